@@ -38,6 +38,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import transformers
 
+from .utils import is_hub_id
+
 log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------
 # Languages: openai-whisper's order (the id of <|xx|> is sot + 1 + index). 'yue' only exists in v3.
@@ -212,12 +214,21 @@ def special_tokens(tokenizer: Any) -> SpecialTokens:
 
 
 def prompt_ids(specials: SpecialTokens, language: str | None = None, task: str = "transcribe",
-               timestamps: bool = False) -> list[int]:
+               timestamps: bool = False, previous: Sequence[int] | None = None,
+               max_previous: int = 223) -> list[int]:
     """Decoder prompt: ``[sot]`` (+ ``[<|lang|>, <|task|>]`` on multilingual models; language default 'en')
-    (+ ``[<|notimestamps|>]`` unless ``timestamps``)."""
+    (+ ``[<|notimestamps|>]`` unless ``timestamps``). With ``previous`` (token ids of earlier text), the
+    prompt starts with ``<|startofprev|>`` and the last ``max_previous`` of them (openai-whisper keeps
+    ``n_text_ctx // 2 - 1`` = 223)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    ids = [specials.sot]
+    ids = []
+    if previous is not None:
+        previous = list(previous)
+        if any(t >= specials.eot for t in previous if t < specials.timestamp_begin):
+            raise ValueError("previous-text prompt must hold text (or timestamp) tokens, not special tokens")
+        ids += [specials.startofprev] + (previous[-max_previous:] if max_previous > 0 else [])
+    ids.append(specials.sot)
     if specials.is_multilingual:
         code = language_code(language if language is not None else "en")
         if code not in specials.language_codes:
@@ -449,10 +460,6 @@ def _config_vocab_size(path: Path) -> int | None:
     return None
 
 
-def _is_hub_id(s: str) -> bool:
-    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not os.path.exists(s)
-
-
 def load_tokenizer(path_or_id: str | os.PathLike) -> transformers.WhisperTokenizerFast:
     """Whisper tokenizer for a CTranslate2 dir, a 🤗 transformers dir or a hub id, with every special token
     and the 1501 timestamps at their openai-whisper ids (see module docstring). Works offline for
@@ -472,7 +479,7 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> transformers.WhisperTokeniz
     if path.is_file():
         raise ValueError(f"{s}: is a file; pass the model directory that holds tokenizer.json "
                          "(or vocab.json + merges.txt)")
-    if not _is_hub_id(s):
+    if not is_hub_id(s):
         raise ValueError(f"{s}: no such tokenizer directory (and not a hub id like 'openai/whisper-tiny.en')")
     try:
         hub = transformers.WhisperTokenizerFast.from_pretrained(s)

@@ -29,3 +29,9 @@ def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def is_hub_id(s: str | os.PathLike) -> bool:
+    """'owner/name' that is not an existing local path: a 🤗 hub repository id."""
+    s = str(s)
+    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not os.path.exists(s)

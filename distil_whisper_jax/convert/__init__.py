@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..model import WhisperConfig
+from ..utils import is_hub_id
 from . import ct2, hf, openai
 
 DEFAULT_MODEL = "tiny.en (bundled)"
@@ -81,8 +82,7 @@ def detect_format(path: str | os.PathLike) -> str:
             return "openai"
         raise ValueError(f"{p}: unsupported model file; expected an openai-whisper .pt/.bin checkpoint or a model "
                          "directory (transformers or CTranslate2)")
-    s = str(path)
-    if s.count("/") == 1 and not s.startswith((".", "/", "~")) and not os.path.exists(s):
+    if is_hub_id(path):
         return "hub"
     raise ValueError(f"{path}: no such model file or directory (and not a hub id like 'openai/whisper-tiny.en')")
 

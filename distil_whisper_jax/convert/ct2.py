@@ -10,7 +10,6 @@ Every length is checked against the bytes that remain, so truncated or fuzzed fi
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import struct
@@ -204,9 +203,8 @@ def read_ct2_model(model_bin: str | os.PathLike | bytes) -> tuple[WhisperConfig,
         raise ValueError(f"{path}: CTranslate2 model.bin not found")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file, expected a CTranslate2 model")
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        config, state = _from_buffer(buf, str(path))
-        return config, {k: np.array(a) for k, a in state.items()}  # copy out of the mmap before it closes
+    # Read into memory (not mmap): arrays view the bytes, which stay alive as long as they do.
+    return _from_buffer(path.read_bytes(), str(path))
 
 
 def _from_buffer(buf, source: str) -> tuple[WhisperConfig, dict[str, np.ndarray]]:

@@ -231,5 +231,7 @@ def write_hf_dir(path: str | os.PathLike, config: WhisperConfig, params: Mapping
         with atomic_write(path / "generation_config.json", "w") as f:
             json.dump(dict(generation_config), f, indent=2)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
+        from ..tokenizer import save_tokenizer
+
+        save_tokenizer(tokenizer, path)  # also the legacy vocab.json/merges.txt/added_tokens.json files
     return path

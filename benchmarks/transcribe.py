@@ -1,0 +1,535 @@
+"""Benchmark: tiny.en greedy transcription (no timestamps) of the bundled clips, JAX vs 🤗 transformers vs CTranslate2.
+
+    python benchmarks/transcribe.py [--repeats 5] [--batch_sizes 1,8] [--quick]
+
+All three engines get the same input, log-mel features already computed (``audio.log_mel_spectrogram``),
+and return token ids, for the whole clip set (the bundled clips ≤ 30 s) looped at each batch size:
+
+* **jax**: this project, fp32, ``distil_whisper_jax.generate.generate`` with ``transcribe.generation_options``
+  on one device (``devices=jax.local_devices()[:1]``); a short last batch is zero-padded to the batch size,
+  as ``transcribe`` does (one compiled shape per batch size). Compile time (first call) is reported
+  separately from the steady state.
+* **transformers**: ``WhisperForConditionalGeneration.generate`` (PyTorch, CPU, fp32) holding the same weights
+  (built from the Flax tree via ``convert.hf.flax_to_hf``, as ``tests/conftest.py`` builds its reference),
+  the same suppress lists and the same ``max_new_tokens``; ``torch.set_num_threads(os.cpu_count())``.
+* **ct2**: ``ctranslate2.models.Whisper(default_model_dir(), compute_type="float32",
+  intra_threads=os.cpu_count())``, ``generate(..., beam_size=1)``. CTranslate2 caps generation at
+  ``max_length // 2`` tokens, so ``max_length = 2 * max_new_tokens`` gives the same cap.
+
+By default the clip list is cycled to fill the last batch (5 clips at batch 8 → 8 clips, 3 repeated), so
+every engine decodes the same full batches; ``--no_fill`` uses each clip once. The frameworks are timed
+round-robin within each repeat (the machine may be shared), steady state = median over ``--repeats``.
+The transcripts of all engines are compared token for token.
+
+Then the encoder alone: analytic forward FLOPs of the encoder (convs, q/k/v/out projections, QKᵀ, AV, MLP;
+2·m·n·k per matmul), cross-checked with XLA's cost analysis, the jitted encoder timed at batch 8 (also
+the transformers and CTranslate2 encoders, for the split encoder/decoder picture), and its FLOP/s as a
+fraction of a measured fp32 matmul peak (best of several jitted ``jnp.dot`` of square fp32 matrices).
+
+Prints a table and writes ``benchmarks/results/transcribe.json`` (atomically). ``--profile`` adds a
+per-op breakdown (XLA thread time) of one JAX batch from the JAX profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.transcribe")
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUTPUT = ROOT / "results" / "transcribe.json"
+FRAMEWORKS = ("jax", "transformers", "ct2")
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, wall seconds, process CPU seconds — all threads) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def strip_ids(row, prompt: list[int], eot: int) -> list[int]:
+    """Generated ids up to (not including) the first EOT, without a leading copy of the prompt."""
+    row = [int(t) for t in row]
+    if row[:len(prompt)] == prompt:
+        row = row[len(prompt):]
+    return row[:row.index(eot)] if eot in row else row
+
+
+def batches_of(n: int, batch_size: int, fill: bool) -> list[list[int]]:
+    """Clip indices per batch; with ``fill`` the clip list is cycled so the last batch is full."""
+    total = -(-n // batch_size) * batch_size if fill else n
+    order = [i % n for i in range(total)]
+    return [order[i:i + batch_size] for i in range(0, total, batch_size)]
+
+
+def encoder_flops(cfg, batch: int = 1) -> dict[str, float]:
+    """Analytic forward FLOPs of the Whisper encoder (2·m·n·k per matmul; elementwise ops not counted)."""
+    t, s, d, f, m, layers = cfg.n_frames, cfg.max_source_positions, cfg.d_model, cfg.encoder_ffn_dim, \
+        cfg.num_mel_bins, cfg.encoder_layers
+    parts = {
+        "conv1": 2.0 * t * d * (3 * m),
+        "conv2": 2.0 * s * d * (3 * d),
+        "qkvo_proj": layers * 4 * 2.0 * s * d * d,
+        "qk_t": layers * 2.0 * s * s * d,
+        "av": layers * 2.0 * s * s * d,
+        "mlp": layers * 2 * 2.0 * s * d * f,
+    }
+    parts = {k: v * batch for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def xla_flops(compiled_or_lowered) -> float | None:
+    try:
+        ca = compiled_or_lowered.cost_analysis()
+    except Exception:  # not every backend/version has it
+        return None
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else None
+    return float(ca["flops"]) if ca and "flops" in ca else None
+
+
+# ------------------------------------------------------------------------------------------------
+# The three engines: each is (name, run(mel_batch [b, 80, 3000], n_valid) -> list of id lists)
+
+
+class JaxEngine:
+    name = "jax"
+
+    def __init__(self, pre, prompt, opts, impl: str = "distil_whisper_jax"):
+        import jax
+
+        self.gen_mod = importlib.import_module(impl + ".generate")
+        from distil_whisper_jax import parallel
+
+        self.pad_batch = parallel.pad_batch
+        self.pre, self.prompt = pre, prompt
+        # A patched copy (--jax_impl) has its own GenerationOptions class; same fields.
+        self.opts = self.gen_mod.GenerationOptions(**dataclasses.asdict(opts))
+        self.devices = jax.local_devices()[:1]
+        self.params = jax.device_put(pre.params, self.devices[0])
+
+    def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
+        padded, n = self.pad_batch(mel, batch_size)  # as transcribe does: one static shape per batch size
+        out = self.gen_mod.generate(self.params, padded, self.prompt, self.pre.config, self.opts,
+                                    devices=self.devices)
+        return [strip_ids(r, self.prompt, self.opts.eot) for r in out[:n]]
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, pre, specials, prompt, opts, threads: int):
+        import torch
+        import transformers
+        from transformers import GenerationConfig, WhisperConfig as HFConfig, WhisperForConditionalGeneration
+
+        from distil_whisper_jax.convert.hf import flax_to_hf, hf_config_dict
+
+        transformers.logging.set_verbosity_error()
+        torch.set_num_threads(threads)
+        self.torch = torch
+        model = WhisperForConditionalGeneration(HFConfig(**hf_config_dict(pre.config))).eval()
+        state = flax_to_hf(pre.params, pre.config)
+        res = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+                                    strict=False)
+        if set(res.missing_keys) - {"proj_out.weight"} or res.unexpected_keys:
+            raise RuntimeError(f"transformers model does not take the converted weights: {res}")
+        model.tie_weights()
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=specials.sot, eos_token_id=specials.eot, pad_token_id=specials.eot,
+            bos_token_id=specials.eot, suppress_tokens=list(opts.suppress_tokens),
+            begin_suppress_tokens=list(opts.begin_suppress_tokens), no_timestamps_token_id=specials.no_timestamps,
+            max_initial_timestamp_index=50, max_length=pre.config.max_target_positions, is_multilingual=False)
+        self.model, self.prompt, self.opts = model, prompt, opts
+
+    def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
+        with self.torch.inference_mode():
+            out = self.model.generate(input_features=self.torch.from_numpy(mel), return_timestamps=False,
+                                      max_new_tokens=self.opts.max_new_tokens, num_beams=1, do_sample=False)
+        return [strip_ids(r, self.prompt, self.opts.eot) for r in out.tolist()]
+
+    def encode(self, mel: np.ndarray):
+        with self.torch.inference_mode():
+            return self.model.model.encoder(self.torch.from_numpy(mel)).last_hidden_state
+
+
+class CT2Engine:
+    name = "ct2"
+
+    def __init__(self, prompt, opts, threads: int):
+        import ctranslate2
+
+        from distil_whisper_jax.convert import default_model_dir
+
+        self.ct2 = ctranslate2
+        self.model = ctranslate2.models.Whisper(str(default_model_dir()), device="cpu", compute_type="float32",
+                                                intra_threads=threads)
+        self.prompt, self.opts = prompt, opts
+
+    def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
+        feats = self.ct2.StorageView.from_array(np.ascontiguousarray(mel, np.float32))
+        res = self.model.generate(feats, [self.prompt] * len(mel), beam_size=1,
+                                  max_length=2 * self.opts.max_new_tokens)  # CT2 generates ≤ max_length // 2
+        return [strip_ids(r.sequences_ids[0], self.prompt, self.opts.eot) for r in res]
+
+    def encode(self, mel: np.ndarray):
+        return self.model.encode(self.ct2.StorageView.from_array(np.ascontiguousarray(mel, np.float32)), to_cpu=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def run_clip_set(engine, mel: np.ndarray, batches: list[list[int]], batch_size: int):
+    """Transcribe the clip set once; returns (ids per clip slot, wall s, cpu s)."""
+
+    def go():
+        ids = []
+        for idx in batches:
+            ids += engine(mel[idx], batch_size)
+        return ids
+
+    return timed(go)
+
+
+def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
+    """Best achieved fp32 FLOP/s of a jitted square jnp.dot (XLA:CPU, all cores), per size and overall."""
+    import jax
+    import jax.numpy as jnp
+
+    dot = jax.jit(jnp.dot)
+    out = {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+        dot(a, b).block_until_ready()
+        reps = max(2, int(3e10 / (2 * n ** 3)))  # ~30 GFLOP per size
+        reps = min(reps, 4 if quick else 10)
+        best = min(timed(lambda: dot(a, b).block_until_ready())[1] for _ in range(reps))
+        out[str(n)] = 2.0 * n ** 3 / best
+    out["peak"] = max(out.values())
+    return out
+
+
+def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from distil_whisper_jax.model import Whisper
+
+    cfg = pre.config
+    mel = np.random.default_rng(0).standard_normal((batch, cfg.num_mel_bins, cfg.n_frames)).astype(np.float32)
+    model = Whisper(cfg)  # the scanned encoder, exactly what generate runs
+    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Whisper.encode))
+    params = jax.device_put(pre.params, jax.local_devices()[0])
+    x = jax.device_put(jnp.asarray(mel), jax.local_devices()[0])
+    analytic = encoder_flops(cfg, batch)
+    # XLA counts a while-loop (scan) body once, so cross-check on the unrolled encoder.
+    unrolled = Whisper(cfg, unroll=True)
+    lowered = jax.jit(lambda p, x: unrolled.apply({"params": p}, x, method=Whisper.encode)).lower(params, x)
+    xla = xla_flops(lowered)
+    if xla is None:
+        xla = xla_flops(lowered.compile())
+    log.info("encoder: analytic %.1f GFLOP at batch %d, XLA cost analysis %s GFLOP", analytic["total"] / 1e9,
+             batch, f"{xla / 1e9:.1f}" if xla else "n/a")
+    _, first, _ = timed(lambda: fn(params, x).block_until_ready())
+    runs = [timed(lambda: fn(params, x).block_until_ready()) for _ in range(repeats)]
+    t_jax = statistics.median(r[1] for r in runs)
+    cpu_jax = statistics.median(r[2] / r[1] for r in runs)
+    peak = matmul_peak(quick=quick)
+    res = {
+        "batch": batch, "analytic_flops": analytic, "xla_cost_analysis_flops": xla,
+        "jax_first_call_s": first, "jax_s": t_jax, "jax_cpu_util": cpu_jax,
+        "jax_flops_per_s": analytic["total"] / t_jax, "matmul_peak_flops_per_s": peak,
+        "pct_of_matmul_peak": 100.0 * analytic["total"] / t_jax / peak["peak"],
+    }
+    for name in ("transformers", "ct2"):
+        eng = engines.get(name)
+        if eng is None:
+            continue
+        eng.encode(mel)
+        res[f"{name}_s"] = statistics.median(timed(lambda: eng.encode(mel))[1] for _ in range(repeats))
+    return res
+
+
+def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 25) -> list[dict]:
+    """Per-op XLA thread time of one JAX batch (ops summed by name), from the JAX profiler."""
+    import collections
+    import glob
+    import shutil
+    import tempfile
+
+    import jax
+
+    d = tempfile.mkdtemp(prefix="dwj-profile-")
+    try:
+        engine(mel, batch_size)
+        jax.profiler.start_trace(d)
+        engine(mel, batch_size)
+        jax.profiler.stop_trace()
+        files = sorted(glob.glob(f"{d}/**/*.xplane.pb", recursive=True))
+        data = jax.profiler.ProfileData.from_file(files[-1])
+        total, count = collections.Counter(), collections.Counter()
+        for plane in data.planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_XLA"):
+                    continue
+                for ev in line.events:
+                    if ev.name.startswith(("ThunkExecutor", "while", "Slinky")):
+                        continue
+                    total[ev.name] += ev.duration_ns
+                    count[ev.name] += 1
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return [{"op": k, "thread_ms": v / 1e6, "calls": count[k]} for k, v in total.most_common(top)]
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over the clip set per engine and batch size")
+    p.add_argument("--batch_sizes", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--quick", action="store_true", help="2 repeats, smaller matmul-peak search (a smoke run)")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
+    p.add_argument("--no_fill", action="store_true",
+                   help="use each clip once (short last batch; JAX pads it with zeros as transcribe does)")
+    p.add_argument("--skip_encoder", action="store_true", help="skip the encoder FLOP-utilisation section")
+    p.add_argument("--profile", action="store_true", help="also print the per-op XLA breakdown of one JAX batch")
+    p.add_argument("--jax_impl", default="distil_whisper_jax",
+                   help="package whose .generate module to time (A/B a patched copy on sys.path)")
+    p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON results file (written atomically)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    repeats = 2 if args.quick else args.repeats
+    if repeats < 1:
+        raise SystemExit("--repeats must be ≥ 1")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"--batch_sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise SystemExit(f"--batch_sizes must be positive integers, got {args.batch_sizes!r}")
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    if not frameworks or set(frameworks) - set(FRAMEWORKS):
+        raise SystemExit(f"--frameworks must be a subset of {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
+    threads = os.cpu_count() or 1
+
+    import jax
+
+    from distil_whisper_jax import audio
+    from distil_whisper_jax.assets import bundled_clips
+    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+    from distil_whisper_jax.transcribe import generation_options
+
+    log.info("loading tiny.en, clips and features")
+    pre = load_pretrained()
+    tok, specials = pre.tokenizer, special_tokens(pre.tokenizer)
+    prompt = prompt_ids(specials)
+    opts = generation_options(pre, specials, prompt_len=len(prompt))
+    clips = bundled_clips()  # ≤ 30 s
+    waves = [audio.load_audio(p) for p, _ in clips]
+    mel = audio.log_mel_spectrogram(waves, n_mels=pre.config.num_mel_bins)
+    durations = [len(w) / audio.SAMPLE_RATE for w in waves]
+    names = [p.name for p, _ in clips]
+    log.info("%d clips, %.1f s of audio; max_new_tokens=%d, prompt=%s", len(clips), sum(durations),
+             opts.max_new_tokens, prompt)
+
+    engines: dict[str, Any] = {}
+    for name in frameworks:
+        log.info("building %s", name)
+        if name == "jax":
+            engines[name] = JaxEngine(pre, prompt, opts, args.jax_impl)
+        elif name == "transformers":
+            engines[name] = TransformersEngine(pre, specials, prompt, opts, threads)
+        else:
+            engines[name] = CT2Engine(prompt, opts, threads)
+
+    results: dict[str, dict] = {name: {} for name in engines}
+    transcripts: dict[str, dict] = {}
+    for bs in batch_sizes:
+        batches = batches_of(len(clips), bs, fill=not args.no_fill)
+        slots = [i for b in batches for i in b]
+        audio_s = sum(durations[i] for i in slots)
+        log.info("batch %d: %d batches, %d clip slots, %.1f s of audio per pass", bs, len(batches), len(slots), audio_s)
+        ids: dict[str, list] = {}
+        for name, eng in engines.items():
+            if name == "jax":  # compile time = first call of this batch shape minus a warm call of it
+                _, cold, _ = timed(lambda: eng(mel[batches[0]], bs))
+                _, warm, _ = timed(lambda: eng(mel[batches[0]], bs))
+                results[name][str(bs)] = {"first_call_s": cold, "warm_call_s": warm, "compile_s": max(cold - warm, 0.0)}
+                log.info("  jax compile ≈ %.2f s (first call %.2f s, warm %.2f s)", cold - warm, cold, warm)
+            out, wall, _ = run_clip_set(eng, mel, batches, bs)  # warm-up pass; gives the transcripts
+            ids[name] = out
+            results[name].setdefault(str(bs), {})["first_pass_s"] = wall
+            log.info("  %-12s warm-up pass %.2f s", name, wall)
+        runs: dict[str, list] = {name: [] for name in engines}
+        for r in range(repeats):
+            for name, eng in engines.items():  # round-robin: noise from other tenants hits everyone alike
+                _, wall, cpu = run_clip_set(eng, mel, batches, bs)
+                runs[name].append((wall, cpu))
+            log.info("  repeat %d/%d: %s", r + 1, repeats,
+                     ", ".join(f"{n} {runs[n][-1][0]:.2f}s" for n in engines))
+        n_tokens = {name: sum(len(x) + 1 for x in ids[name]) for name in engines}  # + EOT
+        for name in engines:
+            walls = [w for w, _ in runs[name]]
+            med = statistics.median(walls)
+            results[name][str(bs)].update(
+                seconds=med, seconds_min=min(walls), seconds_all=walls,
+                cpu_util=statistics.median(c / w for w, c in runs[name]),
+                audio_seconds=audio_s, audio_s_per_s=audio_s / med, tokens=n_tokens[name],
+                tokens_per_s=n_tokens[name] / med, clips=len(slots), batches=len(batches))
+        # Same transcripts? (ids per distinct clip, from each engine's warm-up pass)
+        per_clip = {name: {} for name in engines}
+        for name in engines:
+            for i, row in zip(slots, ids[name]):
+                per_clip[name].setdefault(i, row)
+        ref_name = next(iter(engines))
+        diffs = []
+        for i in range(len(clips)):
+            rows = {name: per_clip[name][i] for name in engines}
+            if any(rows[n] != rows[ref_name] for n in rows):
+                diffs.append({"clip": names[i], **{n: tok.decode(rows[n], skip_special_tokens=True).strip()
+                                                   for n in rows}})
+        transcripts[str(bs)] = {
+            "identical": not diffs, "differences": diffs,
+            "text": {names[i]: tok.decode(per_clip[ref_name][i], skip_special_tokens=True).strip()
+                     for i in range(len(clips))},
+        }
+
+    ratios = {}
+    for bs in batch_sizes:
+        r = results.get("jax", {}).get(str(bs))
+        if not r:
+            continue
+        for other in ("transformers", "ct2"):
+            if other in results:
+                ratios[f"jax/{other}@{bs}"] = r["audio_s_per_s"] / results[other][str(bs)]["audio_s_per_s"]
+
+    encoder = None
+    if not args.skip_encoder and "jax" in engines:
+        log.info("encoder FLOP utilisation (batch 8) and fp32 matmul peak")
+        encoder = encoder_section(pre, engines, 8, max(3, repeats), args.quick)
+
+    profile = None
+    if args.profile and "jax" in engines:
+        bs = max(batch_sizes)
+        idx = batches_of(len(clips), bs, fill=not args.no_fill)[0]
+        log.info("profiling one JAX batch of %d", bs)
+        profile = profile_jax(engines["jax"], mel[idx], bs)
+
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    report = {
+        "benchmark": "tiny.en greedy transcription, no timestamps, log-mel -> token ids",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "loadavg_at_end": list(os.getloadavg()),
+                    "jax_devices": [str(d) for d in jax.local_devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS")},
+        "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers", "ctranslate2",
+                                             "numpy", "distil-whisper-jax")},
+        "settings": {"repeats": repeats, "batch_sizes": batch_sizes, "fill_last_batch": not args.no_fill,
+                     "threads": threads, "max_new_tokens": opts.max_new_tokens, "prompt": prompt,
+                     "jax_impl": args.jax_impl, "dtype": "float32"},
+        "clips": [{"file": n, "seconds": d} for n, d in zip(names, durations)],
+        "results": results, "ratios": ratios, "transcripts": transcripts, "encoder": encoder,
+        "jax_profile": profile,
+    }
+    from distil_whisper_jax.utils import atomic_write
+
+    with atomic_write(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+    print_report(report)
+    log.info("wrote %s", args.output)
+    return 0
+
+
+def print_report(rep: dict) -> None:
+    m, v = rep["machine"], rep["versions"]
+    print(f"\n{rep['benchmark']}\n{rep['date']} | {m['cpu']} ({m['cpu_count']} cores) | jax {v['jax']}, "
+          f"torch {v['torch']}, transformers {v['transformers']}, ctranslate2 {v['ctranslate2']}")
+    print(f"repeats {rep['settings']['repeats']}, clips {', '.join(c['file'] for c in rep['clips'])}\n")
+    print("| engine | batch | audio s | steady s (median) | audio-s/s | tokens/s | CPU util | first call s | compile s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, per_bs in rep["results"].items():
+        for bs, r in per_bs.items():
+            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "–"
+            first = f"{r['first_call_s']:.2f}" if "first_call_s" in r else "–"
+            print(f"| {name} | {bs} | {r['audio_seconds']:.1f} | {r['seconds']:.2f} | {r['audio_s_per_s']:.1f} | "
+                  f"{r['tokens_per_s']:.0f} | {r['cpu_util']:.2f} | {first} | {comp} |")
+    if rep["ratios"]:
+        print("\nspeed ratios (audio-s/s): " + ", ".join(f"{k} = {x:.2f}x" for k, x in rep["ratios"].items()))
+    for bs, t in rep["transcripts"].items():
+        if t["identical"]:
+            print(f"batch {bs}: transcripts identical across engines (token ids)")
+        else:
+            print(f"batch {bs}: transcripts DIFFER on {len(t['differences'])} clip(s):")
+            for d in t["differences"]:
+                print("   ", json.dumps(d, ensure_ascii=False))
+    e = rep.get("encoder")
+    if e:
+        a = e["analytic_flops"]
+        xla = e["xla_cost_analysis_flops"]
+        print(f"\nencoder, batch {e['batch']}: {a['total'] / 1e9:.1f} GFLOP analytic "
+              f"(XLA cost analysis {xla / 1e9:.1f} GFLOP)" if xla else "")
+        print("  per part (GFLOP): " + ", ".join(f"{k} {x / 1e9:.1f}" for k, x in a.items() if k != "total"))
+        pk = e["matmul_peak_flops_per_s"]
+        print(f"  jitted encoder {e['jax_s'] * 1e3:.0f} ms -> {e['jax_flops_per_s'] / 1e9:.1f} GFLOP/s; fp32 matmul peak "
+              f"{pk['peak'] / 1e9:.1f} GFLOP/s (" + ", ".join(f"{k}: {x / 1e9:.0f}" for k, x in pk.items() if k != "peak")
+              + f") -> {e['pct_of_matmul_peak']:.0f}% of peak")
+        for other in ("transformers", "ct2"):
+            if f"{other}_s" in e:
+                print(f"  {other} encoder {e[f'{other}_s'] * 1e3:.0f} ms (jax/{other} speed "
+                      f"{e[f'{other}_s'] / e['jax_s']:.2f}x)")
+    if rep.get("jax_profile"):
+        print("\nJAX per-op XLA thread time, one batch:")
+        for row in rep["jax_profile"]:
+            print(f"  {row['thread_ms']:9.1f} ms {row['calls']:6d} calls  {row['op']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

