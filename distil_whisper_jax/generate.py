@@ -65,8 +65,7 @@ def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt
     gen = tokens[:, prompt_len:]
     pos = jnp.arange(gen.shape[1])
     valid = pos[None, :] < step
-    last = jnp.take_along_axis(gen, jnp.maximum(step - 1, 0)[None, None].repeat(gen.shape[0], 0), 1)[:, 0]
-    penult = jnp.take_along_axis(gen, jnp.maximum(step - 2, 0)[None, None].repeat(gen.shape[0], 0), 1)[:, 0]
+    last, penult = gen[:, jnp.maximum(step - 1, 0)], gen[:, jnp.maximum(step - 2, 0)]
     last_ts = (step >= 1) & (last >= tb)
     penult_ts = (step < 2) | (penult >= tb)
     # Timestamps come in pairs: after "text <|t|>" another timestamp must follow (or EOT);
