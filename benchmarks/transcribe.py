@@ -26,8 +26,12 @@ Then the encoder alone: analytic forward FLOPs of the encoder (convs, q/k/v/out 
 the transformers and CTranslate2 encoders, for the split encoder/decoder picture), and its FLOP/s as a
 fraction of a measured fp32 matmul peak (best of several jitted ``jnp.dot`` of square fp32 matrices).
 
-Prints a table and writes ``benchmarks/results/transcribe.json`` (atomically). ``--profile`` adds a
-per-op breakdown (XLA thread time) of one JAX batch from the JAX profiler.
+``--breakdown`` adds, per engine and batch size, the encoder time and the cost of one decoder step (the
+longest clip repeated to the batch size, decoded for exactly 21 and for 61 tokens); ``--profile`` adds a
+per-op breakdown (XLA thread time) of one JAX batch from the JAX profiler. ``--jax_impl PKG`` times a
+patched copy of the package instead (its ``generate`` and ``model`` modules; put it on ``PYTHONPATH``).
+
+Prints a table and writes ``benchmarks/results/transcribe.json`` (atomically).
 """
 
 from __future__ import annotations
@@ -241,11 +245,11 @@ def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
     return out
 
 
-def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool) -> dict:
+def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, impl: str = "distil_whisper_jax") -> dict:
     import jax
     import jax.numpy as jnp
 
-    from distil_whisper_jax.model import Whisper
+    Whisper = importlib.import_module(impl + ".model").Whisper
 
     cfg = pre.config
     mel = np.random.default_rng(0).standard_normal((batch, cfg.num_mel_bins, cfg.n_frames)).astype(np.float32)
@@ -282,8 +286,73 @@ def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool) -
     return res
 
 
-def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 25) -> list[dict]:
-    """Per-op XLA thread time of one JAX batch (ops summed by name), from the JAX profiler."""
+def breakdown_section(pre, specials, prompt, opts, frameworks: list[str], clip_mel: np.ndarray,
+                      batch_sizes: list[int], repeats: int, threads: int, impl: str,
+                      steps: tuple[int, int] = (21, 61)) -> dict:
+    """Encoder time and time per decoder step, per engine and batch size: one clip repeated ``batch`` times,
+    decoded for exactly ``steps[0]`` and ``steps[1]`` tokens (the clip must be longer than that), so
+    per step = (t[1] - t[0]) / (steps[1] - steps[0]); the rest of t[0] is encoder + prompt + overhead."""
+    out: dict[str, dict] = {}
+    for bs in batch_sizes:
+        mel = np.repeat(clip_mel[None], bs, axis=0)
+        runs: dict[tuple, Callable] = {}
+        for name in frameworks:
+            for n in steps:
+                o = dataclasses.replace(opts, max_new_tokens=n)
+                if name == "jax":
+                    eng = JaxEngine(pre, prompt, o, impl)
+                elif name == "transformers":
+                    eng = TransformersEngine(pre, specials, prompt, o, threads)
+                else:
+                    eng = CT2Engine(prompt, o, threads)
+                got = eng(mel, bs)  # compile / warm up
+                if any(len(r) != n for r in got):
+                    raise RuntimeError(f"{name}: the breakdown clip ended before {n} tokens; use a longer clip")
+                runs[(name, n)] = (lambda eng=eng: eng(mel, bs))
+            if name == "jax":
+                import jax
+
+                Whisper = importlib.import_module(impl + ".model").Whisper
+                model = Whisper(pre.config)
+                fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Whisper.encode))
+                params, x = jax.device_put(pre.params), jax.device_put(mel)
+                runs[(name, "enc")] = (lambda fn=fn, params=params, x=x: fn(params, x).block_until_ready())
+            else:
+                runs[(name, "enc")] = (lambda eng=eng: eng.encode(mel))
+            runs[(name, "enc")]()
+        times = {k: [] for k in runs}
+        cpu = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, fn in runs.items():  # round-robin
+                _, wall, c = timed(fn)
+                times[k].append(wall)
+                cpu[k].append(c / wall)
+        for name in frameworks:
+            t0, t1, te = (statistics.median(times[(name, k)]) for k in (steps[0], steps[1], "enc"))
+            step = (t1 - t0) / (steps[1] - steps[0])
+            out.setdefault(name, {})[str(bs)] = {
+                "encoder_s": te, "per_step_s": step, "rest_s": t0 - te - steps[0] * step,
+                "encoder_cpu_util": statistics.median(cpu[(name, "enc")]),
+                "decode_cpu_util": statistics.median(cpu[(name, steps[1])]),
+            }
+            log.info("  breakdown %-12s batch %d: encoder %.0f ms, %.1f ms/step", name, bs, te * 1e3, step * 1e3)
+    return out
+
+
+def _hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """Instruction name -> the JAX op path it came from (metadata op_name), from optimized HLO text."""
+    import re
+
+    names = {}
+    for m in re.finditer(r"%([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", hlo_text):
+        path = m.group(2).replace("jit(run)/", "").replace("closed_call/", "").replace("while/body/", "")
+        names.setdefault(m.group(1), path)
+    return names
+
+
+def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 30) -> list[dict]:
+    """Per-op XLA thread time of one JAX ``generate`` call (ops summed by name), from the JAX profiler,
+    each op labelled with the JAX source op it was lowered from."""
     import collections
     import glob
     import shutil
@@ -291,6 +360,12 @@ def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 
 
     import jax
 
+    padded, _ = engine.pad_batch(mel, batch_size)
+    fn = engine.gen_mod._compiled(engine.pre.config, jax.numpy.float32, engine.opts, ())
+    try:
+        labels = _hlo_op_names(fn.lower(engine.params, padded, np.asarray(engine.prompt, np.int32)).compile().as_text())
+    except Exception:  # labels are a nicety
+        labels = {}
     d = tempfile.mkdtemp(prefix="dwj-profile-")
     try:
         engine(mel, batch_size)
@@ -311,7 +386,8 @@ def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 
                     count[ev.name] += 1
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return [{"op": k, "thread_ms": v / 1e6, "calls": count[k]} for k, v in total.most_common(top)]
+    return [{"op": k, "source": labels.get(k, ""), "thread_ms": v / 1e6, "calls": count[k]}
+            for k, v in total.most_common(top)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_fill", action="store_true",
                    help="use each clip once (short last batch; JAX pads it with zeros as transcribe does)")
     p.add_argument("--skip_encoder", action="store_true", help="skip the encoder FLOP-utilisation section")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time each engine's encoder and its cost per decoder step (forced 21 vs 61 tokens)")
     p.add_argument("--profile", action="store_true", help="also print the per-op XLA breakdown of one JAX batch")
     p.add_argument("--jax_impl", default="distil_whisper_jax",
                    help="package whose .generate module to time (A/B a patched copy on sys.path)")
@@ -447,14 +525,21 @@ def main(argv=None) -> int:
     encoder = None
     if not args.skip_encoder and "jax" in engines:
         log.info("encoder FLOP utilisation (batch 8) and fp32 matmul peak")
-        encoder = encoder_section(pre, engines, 8, max(3, repeats), args.quick)
+        encoder = encoder_section(pre, engines, 8, max(3, repeats), args.quick, args.jax_impl)
+
+    breakdown = None
+    if args.breakdown:
+        longest = int(np.argmax(durations))
+        log.info("breakdown: encoder vs per-step decoder cost (%s repeated to each batch size)", names[longest])
+        breakdown = breakdown_section(pre, specials, prompt, opts, list(engines), mel[longest], batch_sizes,
+                                      max(3, repeats), threads, args.jax_impl)
 
     profile = None
     if args.profile and "jax" in engines:
         bs = max(batch_sizes)
-        idx = batches_of(len(clips), bs, fill=not args.no_fill)[0]
-        log.info("profiling one JAX batch of %d", bs)
-        profile = profile_jax(engines["jax"], mel[idx], bs)
+        longest = int(np.argmax(durations))
+        log.info("profiling one JAX batch: %s repeated %d times", names[longest], bs)
+        profile = profile_jax(engines["jax"], np.repeat(mel[longest][None], bs, axis=0), bs)
 
     import importlib.metadata as md
 
@@ -477,6 +562,7 @@ def main(argv=None) -> int:
                      "jax_impl": args.jax_impl, "dtype": "float32"},
         "clips": [{"file": n, "seconds": d} for n, d in zip(names, durations)],
         "results": results, "ratios": ratios, "transcripts": transcripts, "encoder": encoder,
+        "breakdown": breakdown,
         "jax_profile": profile,
     }
     from distil_whisper_jax.utils import atomic_write
@@ -525,10 +611,18 @@ def print_report(rep: dict) -> None:
             if f"{other}_s" in e:
                 print(f"  {other} encoder {e[f'{other}_s'] * 1e3:.0f} ms (jax/{other} speed "
                       f"{e[f'{other}_s'] / e['jax_s']:.2f}x)")
+    if rep.get("breakdown"):
+        print("\nwhere the time goes (one clip repeated to the batch size; forced decode lengths):")
+        print("| engine | batch | encoder ms | decoder ms/step | encoder CPU util | decode CPU util |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, per_bs in rep["breakdown"].items():
+            for bs, r in per_bs.items():
+                print(f"| {name} | {bs} | {r['encoder_s'] * 1e3:.0f} | {r['per_step_s'] * 1e3:.1f} | "
+                      f"{r['encoder_cpu_util']:.2f} | {r['decode_cpu_util']:.2f} |")
     if rep.get("jax_profile"):
-        print("\nJAX per-op XLA thread time, one batch:")
+        print("\nJAX per-op XLA thread time, one generate call (longest clip x largest batch size):")
         for row in rep["jax_profile"]:
-            print(f"  {row['thread_ms']:9.1f} ms {row['calls']:6d} calls  {row['op']}")
+            print(f"  {row['thread_ms']:9.1f} ms {row['calls']:6d} calls  {row['op']:32s} {row['source'][:110]}")
 
 
 if __name__ == "__main__":
