@@ -37,6 +37,7 @@ Prints a table and writes ``benchmarks/results/transcribe.json`` (atomically).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import importlib
@@ -297,14 +298,16 @@ def breakdown_section(pre, specials, prompt, opts, frameworks: list[str], clip_m
         mel = np.repeat(clip_mel[None], bs, axis=0)
         runs: dict[tuple, Callable] = {}
         for name in frameworks:
-            for n in steps:
+            if name == "jax":
+                base = JaxEngine(pre, prompt, opts, impl)
+            elif name == "transformers":
+                base = TransformersEngine(pre, specials, prompt, opts, threads)
+            else:
+                base = CT2Engine(prompt, opts, threads)
+            for n in steps:  # one model per engine; only the decode length differs
+                eng = copy.copy(base)
                 o = dataclasses.replace(opts, max_new_tokens=n)
-                if name == "jax":
-                    eng = JaxEngine(pre, prompt, o, impl)
-                elif name == "transformers":
-                    eng = TransformersEngine(pre, specials, prompt, o, threads)
-                else:
-                    eng = CT2Engine(prompt, o, threads)
+                eng.opts = base.gen_mod.GenerationOptions(**dataclasses.asdict(o)) if name == "jax" else o
                 got = eng(mel, bs)  # compile / warm up
                 if any(len(r) != n for r in got):
                     raise RuntimeError(f"{name}: the breakdown clip ended before {n} tokens; use a longer clip")
