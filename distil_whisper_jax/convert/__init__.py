@@ -41,7 +41,7 @@ class Pretrained:
     params: dict  # fp32 numpy tree, layers stacked
     source: str
     tokenizer_dir: Path | None
-    fmt: str  # "hf" | "ct2" | "openai"
+    fmt: str  # "hf" | "ct2" | "openai" | "orbax"
 
     @functools.cached_property
     def tokenizer(self):
@@ -68,15 +68,19 @@ def _fallback_tokenizer_dir(config: WhisperConfig, source: str) -> Path:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'hf', 'ct2', 'openai' or 'hub' for a path or hub id; ValueError for anything else."""
+    """'hf', 'ct2', 'openai', 'orbax' or 'hub' for a path or hub id; ValueError for anything else."""
+    from ..checkpoint import is_checkpoint_dir
+
     p = Path(path)
     if p.is_dir():
         if ct2.is_ct2_dir(p):
             return "ct2"
         if (p / "config.json").is_file():
             return "hf"
-        raise ValueError(f"{p}: directory holds neither a transformers model (config.json + weights) nor a "
-                         "CTranslate2 model (model.bin + vocabulary.txt/json)")
+        if is_checkpoint_dir(p):
+            return "orbax"
+        raise ValueError(f"{p}: directory holds neither a transformers model (config.json + weights), a "
+                         "CTranslate2 model (model.bin + vocabulary.txt/json) nor Orbax training checkpoints")
     if p.is_file():
         if openai.is_openai_checkpoint(p):
             return "openai"
@@ -109,6 +113,12 @@ def load_pretrained(path_or_id: str | os.PathLike | None = None) -> Pretrained:
         path = _hub_dir(str(path))
         fmt = "ct2" if ct2.is_ct2_dir(path) else "hf"
     path = Path(path)
+    if fmt == "orbax":
+        from .. import checkpoint
+
+        config, params = checkpoint.load_params(path)
+        return Pretrained(config=config, params=params, source=str(path), tokenizer_dir=checkpoint.tokenizer_dir(path),
+                          fmt=fmt)
     if fmt == "ct2":
         config, state = ct2.read_ct2_model(path / "model.bin")
         tok_dir = path

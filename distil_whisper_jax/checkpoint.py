@@ -1,0 +1,166 @@
+"""Orbax checkpoints of a distillation run: ``O/checkpoints/<step>/{state,data,meta}``.
+
+* ``state``: the whole train state (params, optimizer state, step, RNG) — everything an exact resume needs.
+* ``data``: the training stream's position (``train_data.StreamState``, JSON) — resuming is O(1), no re-streaming.
+* ``meta``: the student's ``WhisperConfig``, teacher, run flags, tokenizer location, eval WERs (JSON).
+
+Orbax writes each step into a temporary directory and renames it when complete, so a save that dies
+half-way (preemption, full disk) never replaces the previous good checkpoint. Retention: the last
+``save_total_limit`` plus the best one by eval WER. A checkpoint that fails to restore (truncated,
+corrupted) is reported by name and the previous good one is used.
+
+``is_checkpoint_dir`` and ``load_params`` make these directories loadable by ``convert.load_pretrained``
+(format "orbax"), hence by every model loader and the exporter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .model import WhisperConfig
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = "checkpoints"  # sub-directory of the run's output_dir
+TOKENIZER = "tokenizer"  # sub-directory of output_dir holding the tokenizer + generation_config.json
+ITEMS = ("state", "data", "meta")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names it (and the previous good one when known)."""
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def checkpoint_root(path: str | os.PathLike) -> Path:
+    """``O/checkpoints`` for ``O``, ``O/checkpoints`` or ``O/checkpoints/<step>``."""
+    p = Path(path)
+    if p.name.isdigit() and (p / "meta").is_dir():
+        return p.parent
+    if (p / CHECKPOINTS).is_dir():
+        return p / CHECKPOINTS
+    return p
+
+
+def checkpoint_steps(root: str | os.PathLike) -> list[int]:
+    """Finalised checkpoint steps under ``root`` (ascending); temporary, half-written ones are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and d.is_dir() and (d / "meta").is_dir())
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """True for a run directory ``O``, its ``O/checkpoints``, or one ``O/checkpoints/<step>``."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
+        return True
+    return bool(checkpoint_steps(checkpoint_root(p)))
+
+
+def make_manager(root: str | os.PathLike, save_total_limit: int | None = None, keep_best: bool = True,
+                 async_save: bool = True):
+    """An Orbax ``CheckpointManager`` keeping the last ``save_total_limit`` steps (all if None) plus
+    the best by ``eval_wer`` (lower is better) among checkpoints saved with metrics."""
+    ocp = _ocp()
+    from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+    policies = [pp.LatestN(n=save_total_limit)]
+    if keep_best:
+        policies.append(pp.BestN(get_metric_fn=lambda m: m["eval_wer"], reverse=True, n=1,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
+        create=True, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(Path(root).absolute(), options=options, item_names=ITEMS)
+
+
+def save(manager, step: int, state: Any, data_state: dict, meta: dict, eval_wer: float | None = None) -> None:
+    """Start saving (asynchronously) ``state`` + data position + metadata at ``step``."""
+    ocp = _ocp()
+    metrics = None if eval_wer is None else {"eval_wer": float(eval_wer)}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                                               meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+
+
+def _restore_step(manager, step: int, target: Any | None) -> tuple[Any, dict, dict]:
+    ocp = _ocp()
+    state_args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+    out = manager.restore(step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore(),
+                                                        meta=ocp.args.JsonRestore()))
+    return out["state"], out["data"], out["meta"]
+
+
+def restore(manager, target: Any | None, step: int | None = None, fallback: bool = True
+            ) -> tuple[int, Any, dict, dict] | None:
+    """Restore ``step`` (default: the latest). A checkpoint that fails to load is logged by name and, when
+    ``fallback``, the next older one is tried; otherwise ``CheckpointError`` names the previous good one.
+    Returns ``(step, state, data_state, meta)`` or None when there is no checkpoint."""
+    root = Path(str(manager.directory))
+    steps = checkpoint_steps(root)
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"{root}: no checkpoint for step {step} (have {steps})")
+        steps = [s for s in steps if s <= step]
+    errors = []
+    for s in reversed(steps):
+        try:
+            state, data, meta = _restore_step(manager, s, target)
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            msg = f"{root / str(s)}: unreadable checkpoint ({type(e).__name__}: {str(e)[:300]})"
+            errors.append(msg)
+            older = [t for t in steps if t < s]
+            if not fallback:
+                raise CheckpointError(msg + (f"; the previous checkpoint is {root / str(older[-1])}" if older
+                                             else "; there is no older checkpoint")) from None
+            log.error("%s; %s", msg, f"trying {root / str(older[-1])}" if older else "no older checkpoint left")
+            continue
+        if errors:
+            log.warning("resumed from %s after skipping %d damaged checkpoint(s)", root / str(s), len(errors))
+        return s, state, data, meta
+    if errors:
+        raise CheckpointError("; ".join(errors) + ": no usable checkpoint left")
+    return None
+
+
+def load_params(path: str | os.PathLike) -> tuple[WhisperConfig, dict]:
+    """(config, fp32 numpy params) of the latest usable checkpoint under ``path`` (``O``,
+    ``O/checkpoints``) or of one step directory ``O/checkpoints/<step>``."""
+    p = Path(path)
+    root = checkpoint_root(p)
+    step = int(p.name) if p.name.isdigit() and p.parent == root else None
+    manager = make_manager(root, async_save=False)
+    try:
+        found = restore(manager, None, step=step, fallback=step is None)
+    finally:
+        manager.close()
+    if found is None:
+        raise CheckpointError(f"{path}: holds no finished Orbax checkpoint")
+    _, state, _, meta = found
+    params = state["params"] if isinstance(state, dict) else state.params
+    params = _to_numpy(params)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: checkpoint metadata has no model config")
+    return WhisperConfig.from_dict(meta["config"]), params
+
+
+def _to_numpy(tree: Any) -> Any:
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), tree)
+
+
+def tokenizer_dir(path: str | os.PathLike) -> Path | None:
+    """The run's saved tokenizer directory (``O/tokenizer``) for a checkpoint path, if present."""
+    d = checkpoint_root(path).parent / TOKENIZER
+    return d if d.is_dir() else None
