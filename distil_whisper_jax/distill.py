@@ -295,6 +295,7 @@ def train(args: argparse.Namespace) -> int:
 
     _check_flags(args)
     if args.distributed:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; TPUs use ICI/DCN
         jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = Path(args.output_dir)
     is_main = jax.process_index() == 0
@@ -400,6 +401,8 @@ def train(args: argparse.Namespace) -> int:
     t_log, n_log = time.perf_counter(), 0
     exit_code, step = 0, start
     try:
+        if eval_sets and start == 0 and args.eval_steps:  # the untrained student: the baseline of the curves
+            _run_eval(state, teacher, student, eval_sets, specials, args, local_devices, teacher_wer, logger, 0)
         while step < args.max_steps:
             examples = stream.next_batch(global_batch)
             batch = _make_batch(examples[local], stream, data_opts, student.config, specials, args, cache,

@@ -186,3 +186,64 @@ def test_stream_filters_and_bad_columns(labelled, tmp_path, tok, specials):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .parquet files"):
         _stream([tmp_path / "empty"], tok, specials)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _toy_state(i):
+    import jax
+    import jax.numpy as jnp
+
+    return {"params": {"w": jnp.full((3, 4), float(i))}, "opt": (jnp.zeros(2),), "step": jnp.int32(i),
+            "rng": jax.random.PRNGKey(i)}
+
+
+def test_checkpoint_retention_and_damaged_fallback(tmp_path):
+    from distil_whisper_jax import checkpoint as ck
+
+    m = ck.make_manager(tmp_path / "checkpoints", save_total_limit=2)
+    for i, w in zip(range(1, 6), [50.0, 10.0, 60.0, None, 70.0]):
+        ck.save(m, i, _toy_state(i), {"draws": i}, {"config": {}}, eval_wer=w)
+    m.wait_until_finished()
+    assert ck.checkpoint_steps(tmp_path / "checkpoints") == [2, 4, 5]  # last 2 + best WER (step 2)
+    for f in (tmp_path / "checkpoints" / "5" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:7])  # truncated data files
+    step, state, data, _ = ck.restore(m, _toy_state(0))
+    assert step == 4 and data == {"draws": 4} and float(state["params"]["w"][0, 0]) == 4.0
+    with pytest.raises(ck.CheckpointError, match=r"checkpoints/5: unreadable checkpoint.*previous checkpoint is .*/4"):
+        ck.restore(m, _toy_state(0), fallback=False)
+    m.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root, as in CI containers); skipped where mounting is not allowed."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root)")
+    yield d
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_full_disk_keeps_previous_checkpoint(small_disk):
+    import jax.numpy as jnp
+
+    from distil_whisper_jax import checkpoint as ck
+    from distil_whisper_jax.distill import _is_save_error
+
+    m = ck.make_manager(small_disk / "checkpoints")
+    ck.save(m, 1, {"w": jnp.ones((10, 10))}, {"draws": 1}, {"config": {}})
+    m.wait_until_finished()
+    (small_disk / "filler").write_bytes(b"0" * 400 * 1024)
+    with pytest.raises(Exception) as info:
+        ck.save(m, 2, {"w": jnp.ones((300, 300))}, {"draws": 2}, {"config": {}})
+        m.wait_until_finished()
+    assert _is_save_error(info.value), info.value
+    assert ck.checkpoint_steps(small_disk / "checkpoints") == [1]
+    step, state, data, _ = ck.restore(m, {"w": jnp.zeros((10, 10))})
+    assert step == 1 and data == {"draws": 1} and float(state["w"].sum()) == 100.0
+    m.close()
