@@ -85,17 +85,30 @@ def make_manager(root: str | os.PathLike, save_total_limit: int | None = None, k
     return ocp.CheckpointManager(Path(root).absolute(), options=options, item_names=ITEMS)
 
 
+def host_copy(tree: Any) -> Any:
+    """This process's copy of a replicated (possibly multi-host) array tree, as numpy."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data")
+                                  else np.asarray(a), tree)
+
+
 def save(manager, step: int, state: Any, data_state: dict, meta: dict, eval_wer: float | None = None) -> None:
-    """Start saving (asynchronously) ``state`` + data position + metadata at ``step``."""
+    """Start saving (asynchronously) ``state`` + data position + metadata at ``step``.
+
+    The state is copied to host memory first (numpy): the checkpoint then does not depend on the device
+    layout (resume on any device count), and Orbax skips its per-array replica slicing, which on a
+    replicated state costs one compilation per array."""
     ocp = _ocp()
     metrics = None if eval_wer is None else {"eval_wer": float(eval_wer)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_copy(state)),
+                                               data=ocp.args.JsonSave(data_state),
                                                meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
 
 
 def _restore_step(manager, step: int, target: Any | None) -> tuple[Any, dict, dict]:
     ocp = _ocp()
-    state_args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+    state_args = ocp.args.StandardRestore(host_copy(target)) if target is not None else ocp.args.StandardRestore()
     out = manager.restore(step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore(),
                                                         meta=ocp.args.JsonRestore()))
     return out["state"], out["data"], out["meta"]
@@ -103,7 +116,7 @@ def _restore_step(manager, step: int, target: Any | None) -> tuple[Any, dict, di
 
 def restore(manager, target: Any | None, step: int | None = None, fallback: bool = True
             ) -> tuple[int, Any, dict, dict] | None:
-    """Restore ``step`` (default: the latest). A checkpoint that fails to load is logged by name and, when
+    """Restore ``step`` (default: the latest) as host (numpy) arrays shaped like ``target``. A checkpoint that fails to load is logged by name and, when
     ``fallback``, the next older one is tried; otherwise ``CheckpointError`` names the previous good one.
     Returns ``(step, state, data_state, meta)`` or None when there is no checkpoint."""
     root = Path(str(manager.directory))
@@ -136,6 +149,8 @@ def restore(manager, target: Any | None, step: int | None = None, fallback: bool
 def load_params(path: str | os.PathLike) -> tuple[WhisperConfig, dict]:
     """(config, fp32 numpy params) of the latest usable checkpoint under ``path`` (``O``,
     ``O/checkpoints``) or of one step directory ``O/checkpoints/<step>``."""
+    import jax
+
     p = Path(path)
     root = checkpoint_root(p)
     step = int(p.name) if p.name.isdigit() and p.parent == root else None
@@ -148,16 +163,10 @@ def load_params(path: str | os.PathLike) -> tuple[WhisperConfig, dict]:
         raise CheckpointError(f"{path}: holds no finished Orbax checkpoint")
     _, state, _, meta = found
     params = state["params"] if isinstance(state, dict) else state.params
-    params = _to_numpy(params)
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), params)
     if "config" not in meta:
         raise CheckpointError(f"{path}: checkpoint metadata has no model config")
     return WhisperConfig.from_dict(meta["config"]), params
-
-
-def _to_numpy(tree: Any) -> Any:
-    import jax
-
-    return jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), tree)
 
 
 def tokenizer_dir(path: str | os.PathLike) -> Path | None:

@@ -263,14 +263,6 @@ def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) ->
     return wer(eval_set.texts, texts, language=args.language or "en"), texts
 
 
-def local_copy(tree: Any) -> Any:
-    """This process's copy of a replicated (possibly multi-host) array tree, as numpy."""
-    import jax
-
-    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data")
-                                  else np.asarray(a), tree)
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
 
@@ -346,9 +338,11 @@ def train(args: argparse.Namespace) -> int:
     tx = core.make_optimizer(student.params, schedule=schedule, weight_decay=args.weight_decay,
                              adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_epsilon=args.adam_epsilon,
                              max_grad_norm=args.max_grad_norm, freeze_encoder=args.freeze_encoder)
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (parallel.DATA_AXIS,))
-    state = parallel.replicate(core.create_train_state(student.params, tx, args.seed), mesh)
-    teacher_params = parallel.replicate(teacher.params, mesh)
+    mesh = core.data_mesh()  # every device of every process
+    # One compiled program builds the whole state (eager per-leaf ops would compile once per leaf shape).
+    state = jax.jit(lambda p: core.create_train_state(p, tx, args.seed), out_shardings=parallel.replicated(mesh))(
+        parallel.replicate_global(student.params, mesh))
+    teacher_params = parallel.replicate_global(teacher.params, mesh)
     ce_weight = args.ce_weight if args.ce_weight is not None else (0.8 if args.kl_weight > 0 else 1.0)
     dtype = jnp.dtype(args.dtype)
     step_fn = core.make_train_step(student.config, teacher.config, tx, kl_weight=args.kl_weight, ce_weight=ce_weight,
@@ -377,7 +371,8 @@ def train(args: argparse.Namespace) -> int:
     else:
         found = checkpoint.restore(manager, state)
     if found is not None:
-        start, state, data_dict, meta = found
+        start, host_state, data_dict, meta = found
+        state = parallel.replicate_global(host_state, mesh)
         _check_resume(meta, run_meta)
         stream_state = train_data.StreamState.from_dict(data_dict)
         log.info("resumed at step %d (data position: %d batches, %d rows drawn)", start, stream_state.batches,
@@ -463,7 +458,7 @@ def train(args: argparse.Namespace) -> int:
 
     # 6. Final student: transformers directory + provenance; curves.
     if is_main:
-        _write_final(out, student, teacher, local_copy(state.params), step, names, last_eval)
+        _write_final(out, student, teacher, checkpoint.host_copy(state.params), step, names, last_eval)
         if (out / "metrics.jsonl").is_file():
             plot_curves(out / "metrics.jsonl", out / "training_curves.png")
         log.info("done: %d steps; student at %s%s", step, out / "hf",
@@ -543,9 +538,10 @@ def _teacher_local(teacher, devices):
 
 
 def _run_eval(state, teacher, student, eval_sets, specials, args, devices, teacher_wer, logger, step) -> dict:
+    from .checkpoint import host_copy
     from .parallel import local_mesh, replicate
 
-    params = replicate(local_copy(state.params), local_mesh(devices))
+    params = replicate(host_copy(state.params), local_mesh(devices))
     results = {}
     for es in eval_sets:
         s_wer, _ = evaluate_wer(params, student.config, student, es, specials, args, devices)

@@ -49,3 +49,15 @@ def shard_batch(x: np.ndarray, mesh: Mesh) -> jax.Array:
     if x.shape[0] % mesh.size:
         raise ValueError(f"batch of {x.shape[0]} is not divisible by {mesh.size} devices; pad it first")
     return jax.device_put(x, batch_sharded(mesh))
+
+
+def replicate_global(tree: Any, mesh: Mesh) -> Any:
+    """Host (numpy) values → arrays replicated on every device of a mesh that may span several processes
+    (each process passes the same values; ``device_put`` alone cannot address other hosts' devices)."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)

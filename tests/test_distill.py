@@ -73,6 +73,12 @@ def labelled(tmp_path_factory, clips, clip_audio, tok):
     return write_labelled(tmp_path_factory.mktemp("labelled"), rows)
 
 
+def small_config(tiny):
+    return tiny.config.replace(d_model=64, encoder_layers=1, decoder_layers=4, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                               max_target_positions=64)
+
+
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory, tiny):
     """A small random teacher (4 decoder layers, d_model 64, tiny.en's vocabulary) and its 2-layer student."""
@@ -81,9 +87,7 @@ def small_models(tmp_path_factory, tiny):
     from distil_whisper_jax.model import init_params
 
     root = tmp_path_factory.mktemp("models")
-    config = tiny.config.replace(d_model=64, encoder_layers=1, decoder_layers=4, encoder_attention_heads=2,
-                                 decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                                 max_target_positions=64)
+    config = small_config(tiny)
     params = init_params(config, 0)
     gen = student_generation_config(tiny, [0, 1, 2, 3])
     gen["alignment_heads"] = []
@@ -247,3 +251,137 @@ def test_full_disk_keeps_previous_checkpoint(small_disk):
     step, state, data, _ = ck.restore(m, {"w": jnp.zeros((10, 10))})
     assert step == 1 and data == {"draws": 1} and float(state["w"].sum()) == 100.0
     m.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop (small random teacher)
+
+
+def _env(devices: int = 8) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return env
+
+
+def _argv(small_models, labelled, out, max_steps=8, **extra):
+    teacher, student = small_models
+    flags = {"model_name_or_path": student, "teacher_model_name_or_path": teacher, "train_dataset_name": labelled,
+             "output_dir": out, "max_steps": max_steps, "per_device_train_batch_size": 1, "save_steps": 3,
+             "logging_steps": 1, "learning_rate": 3e-3, "warmup_steps": 2, "max_label_length": 48,
+             "timestamp_probability": 0.5, "condition_on_prev_probability": 0.5, "seed": 1, **extra}
+    argv = []
+    for k, v in flags.items():
+        argv += [f"--{k}"] if v is True else [f"--{k}", str(v)]
+    return argv + ["--disable_tqdm", "--freeze_encoder"]
+
+
+def _final_params(out):
+    from distil_whisper_jax.checkpoint import load_params
+
+    return load_params(out)[1]
+
+
+def _max_diff(a, b):
+    import jax
+
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _run_until(argv, step, sig):
+    """Start a training subprocess, send ``sig`` once it logged ``step``; returns (returncode, log)."""
+    p = subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.distill", *argv], env=_env(), cwd=REPO,
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in p.stderr:
+        lines.append(line)
+        if f"step {step}: loss" in line:
+            p.send_signal(sig)
+            break
+    _, rest = p.communicate(timeout=120)
+    return p.wait(), "".join(lines) + (rest or "")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_models, labelled, tmp_path_factory):
+    from distil_whisper_jax.distill import main
+
+    out = tmp_path_factory.mktemp("run_a")
+    assert main(_argv(small_models, labelled, out)) == 0
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp_path):
+    from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.distill import main
+
+    out = tmp_path / "run"
+    code, text = _run_until(_argv(small_models, labelled, out), 4, sig)
+    steps = checkpoint_steps(out / "checkpoints")
+    if sig == signal.SIGKILL:  # killed after step 4: the last checkpoint is step 3's
+        assert code == -signal.SIGKILL and steps == [3], (code, steps, text[-2000:])
+    else:  # checkpointed the step it was in, then exited
+        assert code == 143 and steps[0] == 3 and steps[-1] >= 4, (code, steps, text[-2000:])
+        assert f"SIGTERM: saved a checkpoint at step {steps[-1]}" in text
+    assert main(_argv(small_models, labelled, out)) == 0  # automatic resume from output_dir
+    assert _max_diff(_final_params(out), _final_params(uninterrupted)) <= 1e-6
+    # the resumed run's metrics hold each step once
+    logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in logged if s] == list(range(1, 9))
+
+
+def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp_path):
+    """2 jax.distributed CPU processes × 4 devices == 1 process × 8 devices (same global batch)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.distill",
+                               *_argv(small_models, labelled, out, per_device_train_batch_size=1), "--distributed",
+                               "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
+                               "--process_id", str(i)], env=_env(4), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "8 devices" in logs[0] and "2 processes" in logs[0]
+    assert _max_diff(_final_params(out), _final_params(uninterrupted)) <= 1e-5
+
+
+def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
+    import pyarrow.parquet as pq
+
+    from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.convert.hf import write_hf_dir
+    from distil_whisper_jax.distill import main
+
+    teacher, student = small_models
+    # labelled data without the pseudo-label column
+    table = pq.read_table(labelled / "part-00000.parquet").drop(["whisper_transcript", "whisper_token_ids"])
+    bad = write_labelled(tmp_path / "nolabels", table.to_pylist())
+    assert main(_argv(small_models, bad, tmp_path / "o1")) == 2
+    assert "missing column(s) ['whisper_transcript']" in capsys.readouterr().err
+    # a student of another width than the teacher, with a shared frozen encoder
+    from distil_whisper_jax.model import init_params
+
+    wide = tiny.config.replace(decoder_layers=1, encoder_layers=1, max_target_positions=64)
+    write_hf_dir(tmp_path / "wide", wide, init_params(wide, 0), tokenizer=tiny.tokenizer)
+    assert main(_argv((teacher, tmp_path / "wide"), labelled, tmp_path / "o2")) == 2
+    assert "different widths (d_model 64 vs 384)" in capsys.readouterr().err
+    other = small_config(tiny).replace(vocab_size=51865, decoder_layers=1)
+    write_hf_dir(tmp_path / "multi", other, init_params(other, 0))
+    assert main(_argv((teacher, tmp_path / "multi"), labelled, tmp_path / "o4")) == 2
+    assert "different vocabularies (51864 vs 51865 tokens)" in capsys.readouterr().err
+    # NaN loss: an absurd learning rate blows the params up after the first update
+    out = tmp_path / "o3"
+    assert main(_argv(small_models, labelled, out, learning_rate=1e38, warmup_steps=0, save_steps=1)) == 3
+    assert "non-finite loss (nan) at step 2, batch 2: examples" in caplog.text
+    assert checkpoint_steps(out / "checkpoints") == [1]
+    # corrupt the only checkpoint, then ask to resume from it explicitly: a clear error naming it
+    for f in (out / "checkpoints" / "1" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"")
+    assert main(_argv(small_models, labelled, out, resume_from_checkpoint=out / "checkpoints" / "1")) == 2
+    assert "checkpoints/1: unreadable checkpoint" in capsys.readouterr().err
