@@ -1,0 +1,218 @@
+"""Training core: schedules, optimiser masks, and the jitted step's invariances (device count,
+gradient accumulation, shared encoder pass) on a small random teacher/student pair."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distil_whisper_jax import train
+from distil_whisper_jax.model import Whisper, WhisperConfig, init_params
+
+TEACHER = WhisperConfig(vocab_size=96, num_mel_bins=8, d_model=32, encoder_layers=1, encoder_attention_heads=2,
+                        decoder_layers=4, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_source_positions=16, max_target_positions=16)
+STUDENT = TEACHER.replace(decoder_layers=2)
+STEPS = 3
+
+
+def _slice_student(teacher_params, layers):
+    """Student = teacher with decoder layers ``layers`` (what student.make_student does)."""
+    params = {**teacher_params, "decoder": dict(teacher_params["decoder"])}
+    params["decoder"]["layers"] = jax.tree.map(lambda a: a[np.asarray(layers)], teacher_params["decoder"]["layers"])
+    return params
+
+
+@pytest.fixture(scope="module")
+def pair():
+    teacher = init_params(TEACHER, 0)
+    return teacher, _slice_student(teacher, [0, 3])
+
+
+def _batch(seed, b=8, length=8):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, TEACHER.vocab_size, (b, length)).astype(np.int32)
+    labels[:, :2] = -100  # prompt
+    for i in range(b):  # ragged padding
+        labels[i, length - (i % 4):] = -100
+    return {"input_features": rng.standard_normal((b, TEACHER.num_mel_bins, TEACHER.n_frames)).astype(np.float32),
+            "decoder_input_ids": rng.integers(0, TEACHER.vocab_size, (b, length)).astype(np.int32),
+            "labels": labels}
+
+
+def _tx(params, freeze_encoder=True, **kw):
+    return train.make_optimizer(params, schedule=train.make_schedule("linear", 1e-2, 1, 10),
+                                freeze_encoder=freeze_encoder, weight_decay=0.01, **kw)
+
+
+def _run(pair, devices, grad_accum_steps=1, **kw):
+    teacher, student = pair
+    tx = _tx(student)
+    step = train.make_train_step(STUDENT, TEACHER, tx, freeze_encoder=True, share_encoder=True,
+                                 grad_accum_steps=grad_accum_steps, mesh=train.data_mesh(devices), **kw)
+    state = train.create_train_state(student, tx, seed=0)
+    history = []
+    for i in range(STEPS):
+        state, m = step(state, teacher, _batch(i))
+        history.append({k: float(v) for k, v in m.items()})
+    return jax.device_get(state), history
+
+
+@pytest.fixture(scope="module")
+def reference(pair):
+    """1 device, no accumulation."""
+    return _run(pair, jax.devices()[:1])
+
+
+def _assert_same_run(run, ref):
+    (state, hist), (ref_state, ref_hist) = run, ref
+    assert int(state.step) == int(ref_state.step) == STEPS
+    for key in ("loss", "ce", "kl", "grad_norm", "lr", "num_tokens"):
+        np.testing.assert_allclose([h[key] for h in hist], [h[key] for h in ref_hist], rtol=2e-5, atol=1e-6,
+                                   err_msg=key)
+    # Adam normalises each gradient element, so fp32 reassociation noise in near-zero gradients shows
+    # up at ~1e-6 in the params; every decoder param moves by ≥ 1e-2 over the run (LR 1e-2, 3 steps).
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
+
+
+def test_schedules():
+    lin = train.make_schedule("linear", 1.0, 2, 6)
+    np.testing.assert_allclose([lin(i) for i in range(8)], [0, 0.5, 1, 0.75, 0.5, 0.25, 0, 0], atol=1e-7)
+    cos = train.make_schedule("cosine", 1.0, 2, 6)
+    np.testing.assert_allclose([cos(i) for i in (0, 1, 2, 4, 6, 9)], [0, 0.5, 1, 0.5, 0, 0], atol=1e-7)
+    cww = train.make_schedule("constant_with_warmup", 1.0, 4)
+    np.testing.assert_allclose([cww(i) for i in (0, 2, 4, 100)], [0, 0.5, 1, 1])
+    assert float(train.make_schedule("constant", 3e-4, 10)(0)) == pytest.approx(3e-4)
+    assert float(train.make_schedule("linear", 1.0, 0, 4)(0)) == 1.0  # no warmup: full LR at once
+    with pytest.raises(ValueError, match="lr_scheduler_type"):
+        train.make_schedule("polynomial", 1.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        train.make_schedule("linear", 1.0, 10, 5)
+
+
+def test_weight_decay_mask_and_frozen_params(pair):
+    _, student = pair
+    mask = train.decay_mask(student)
+    assert mask["decoder"]["layers"]["mlp"]["fc1"]["kernel"]
+    assert mask["decoder"]["embed_tokens"]["embedding"]
+    assert not mask["decoder"]["layers"]["mlp"]["fc1"]["bias"]
+    assert not mask["decoder"]["layer_norm"]["scale"] and not mask["decoder"]["layer_norm"]["bias"]
+    assert not mask["decoder"]["layers"]["self_attn_layer_norm"]["scale"]
+
+    labels = train.param_labels(student, freeze_encoder=False)
+    assert labels["encoder"]["embed_positions"]["embedding"] == "frozen"  # the sinusoid table, always
+    assert labels["encoder"]["conv1"]["kernel"] == "trainable"
+    assert set(jax.tree.leaves(train.param_labels(student, True)["encoder"])) == {"frozen"}
+
+    # No optimiser state for frozen params: Adam's two moments cover exactly the decoder.
+    n_decoder = sum(x.size for x in jax.tree.leaves(student["decoder"]))
+    state_size = sum(np.size(x) for x in jax.tree.leaves(_tx(student).init(student)))
+    assert 2 * n_decoder <= state_size < 2 * n_decoder + 16
+
+    # One update with zero gradients: only decayed leaves move (decay ∝ lr·wd·p); frozen never.
+    tx = train.make_optimizer(student, schedule=train.make_schedule("constant", 0.5), weight_decay=0.1,
+                              freeze_encoder=True)
+    zeros = jax.tree.map(jnp.zeros_like, student)
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(student), student)
+    moved = jax.tree.map(lambda u: bool(np.any(u != 0)), updates)
+    assert moved["decoder"]["layers"]["mlp"]["fc1"]["kernel"] and moved["decoder"]["embed_tokens"]["embedding"]
+    assert not moved["decoder"]["layers"]["mlp"]["fc1"]["bias"] and not moved["decoder"]["layer_norm"]["scale"]
+    assert not any(jax.tree.leaves(moved["encoder"]))
+    np.testing.assert_allclose(updates["decoder"]["layers"]["mlp"]["fc1"]["kernel"],
+                               -0.5 * 0.1 * student["decoder"]["layers"]["mlp"]["fc1"]["kernel"], rtol=1e-6)
+
+
+def test_frozen_encoder_unchanged_decoder_trained(pair, reference):
+    _, student = pair
+    state, hist = reference
+    for a, b in zip(jax.tree.leaves(state.params["encoder"]), jax.tree.leaves(student["encoder"])):
+        np.testing.assert_array_equal(a, b)
+    diff = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state.params["decoder"]),
+                                                          jax.tree.leaves(student["decoder"]))]
+    assert min(diff) > 0  # every decoder leaf moved
+    assert [h["lr"] for h in hist] == pytest.approx([0.0, 1e-2, 1e-2 * 8 / 9])  # schedule counts updates
+    assert all(np.isfinite(h["loss"]) and h["kl"] > 0 for h in hist)
+
+
+def test_device_count_invariance(pair, reference):
+    assert len(jax.devices()) == 8
+    _assert_same_run(_run(pair, jax.devices()), reference)
+
+
+def test_grad_accumulation_equals_big_batch(pair, reference):
+    # 4 micro-batches of 2 == 1 batch of 8: same updates, same step count and LR per update.
+    _assert_same_run(_run(pair, jax.devices()[:1], grad_accum_steps=4), reference)
+
+
+def test_shared_encoder_pass_equals_separate_passes(pair):
+    teacher, student = pair
+    batch = {k: jnp.asarray(v) for k, v in _batch(7).items()}
+    rng = jax.random.PRNGKey(0)
+    results = {}
+    for share in (True, False):
+        fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=share)
+        results[share] = jax.jit(jax.value_and_grad(fn, has_aux=True))(student, teacher, batch, rng, 20)
+    mesh1 = train.data_mesh(jax.devices()[:1])
+    enc = train.encoder_outputs(TEACHER, teacher, batch["input_features"], mesh=mesh1)
+    cached = {k: v for k, v in batch.items() if k != "input_features"} | {"encoder_outputs": enc}
+    fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True)
+    results["cached"] = jax.jit(jax.value_and_grad(fn, has_aux=True))(student, teacher, cached, rng, 20)
+    (loss, _), grads = results[True]
+    for other in (results[False], results["cached"]):
+        np.testing.assert_allclose(float(other[0][0]), float(loss), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(other[1]), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert not any(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["encoder"]))
+
+
+def test_share_encoder_refused_when_encoders_differ(pair):
+    teacher, student = pair
+    with pytest.raises(ValueError, match="encoder architecture"):
+        train.make_loss_fn(STUDENT.replace(encoder_layers=2), TEACHER, freeze_encoder=True, share_encoder=True)
+    with pytest.raises(ValueError, match="freeze_encoder"):
+        train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=False, share_encoder=True)
+    with pytest.raises(ValueError, match="vocab_size"):
+        train.make_loss_fn(STUDENT.replace(vocab_size=97), TEACHER)
+    assert train.encoders_identical(student, teacher)
+    other = {**student, "encoder": jax.tree.map(lambda a: a + 1, student["encoder"])}
+    assert not train.encoders_identical(other, teacher)
+    step = train.make_train_step(STUDENT, TEACHER, _tx(student), freeze_encoder=True, grad_accum_steps=3)
+    with pytest.raises(ValueError, match="multiple of local devices"):
+        step(train.create_train_state(student, _tx(student)), teacher, _batch(0))
+
+
+def test_bf16_dropout_unfrozen_step(pair):
+    """bf16 compute, fp32 master weights; dropout on; encoder trained except its position table."""
+    teacher, student = pair
+    config = STUDENT.replace(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
+    tx = _tx(student, freeze_encoder=False)
+    step = train.make_train_step(config, TEACHER, tx, dtype=jnp.bfloat16, remat=True)
+    state = train.create_train_state(student, tx, seed=1)
+    for i in range(2):
+        state, m = step(state, teacher, _batch(i))
+        assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
+    params = jax.device_get(state.params)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+    assert {x.dtype for x in jax.tree.leaves(jax.device_get(state.opt_state))} <= {np.dtype(np.float32),
+                                                                                   np.dtype(np.int32)}
+    assert np.abs(params["encoder"]["conv1"]["kernel"] - student["encoder"]["conv1"]["kernel"]).max() > 0
+    np.testing.assert_array_equal(params["encoder"]["embed_positions"]["embedding"],
+                                  student["encoder"]["embed_positions"]["embedding"])
+
+
+def test_eval_step_and_hidden_states(pair, reference):
+    teacher, student = pair
+    ev = train.make_eval_step(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True)
+    m = ev(student, teacher, _batch(0))
+    # CE does not depend on temperature: the eval CE at the initial params is the first train step's.
+    assert float(m["ce"]) == pytest.approx(reference[1][0]["ce"], rel=1e-5)
+    assert float(m["kl"]) > 0 and float(m["ce_sum"]) == pytest.approx(float(m["ce"]) * float(m["num_tokens"]))
+    # The layer-by-layer decoder (for the MSE term) computes the same logits as Whisper.decode.
+    b = _batch(1)
+    enc = jax.random.normal(jax.random.PRNGKey(0), (8, TEACHER.max_source_positions, TEACHER.d_model))
+    ref, _ = Whisper(STUDENT).apply({"params": student}, b["decoder_input_ids"], enc, method=Whisper.decode)
+    logits, hidden = jax.jit(lambda p, t, e: train.decode_with_hidden(STUDENT, p, t, e))(
+        student, b["decoder_input_ids"], enc)
+    assert len(hidden) == STUDENT.decoder_layers + 1
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
