@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save_total_limit", type=int, default=None,
                    help="keep the last N checkpoints (plus the best by eval WER); default: all")
     t.add_argument("--disable_tqdm", action="store_true", help="no progress bar")
+    t.add_argument("--compilation_cache", action="store_true",
+                   help="persist compiled XLA programs in --cache_dir/jax_cache (restarts and resumes skip compiling)")
+    t.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "distil_whisper_jax"),
+                   help="where --compilation_cache keeps compiled programs")
     t.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() (multi-host; on TPU pods it needs no arguments)")
     t.add_argument("--coordinator_address", default=None, help="with --distributed: host:port of process 0")
@@ -141,13 +145,6 @@ def check_compatible(teacher, student, freeze_encoder: bool, mse_weight: float) 
     if t.d_model != s.d_model and (freeze_encoder or mse_weight > 0):
         raise ValueError(f"{what} have different widths (d_model {t.d_model} vs {s.d_model}): "
                          f"{'--freeze_encoder' if freeze_encoder else '--mse_weight'} needs equal d_model")
-
-
-def encoders_identical(teacher_params: Any, student_params: Any) -> bool:
-    """Weight identity, not just equal shapes (the original shared whenever d_model matched)."""
-    from .convert import tree_equal
-
-    return tree_equal(teacher_params["encoder"], student_params["encoder"])
 
 
 class EncoderCache:
@@ -286,6 +283,9 @@ def train(args: argparse.Namespace) -> int:
     from .tokenizer import load_tokenizer, save_tokenizer, special_tokens
 
     _check_flags(args)
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", str(Path(args.cache_dir) / "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if args.distributed:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; TPUs use ICI/DCN
         jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -304,8 +304,9 @@ def train(args: argparse.Namespace) -> int:
     check_compatible(teacher, student, args.freeze_encoder, args.mse_weight)
     tok = student.tokenizer
     specials = special_tokens(tok)
-    share_encoder = args.freeze_encoder and student.config.encoder_layers == teacher.config.encoder_layers \
-        and encoders_identical(teacher.params, student.params)
+    # Share one encoder pass only when the weights are the teacher's (not merely the same shapes).
+    share_encoder = args.freeze_encoder and core.can_share_encoder(student.config, teacher.config) \
+        and core.encoders_identical(student.params, teacher.params)
     if args.freeze_encoder and not share_encoder:
         log.info("--freeze_encoder: the student's encoder differs from the teacher's, so each runs its own")
     if args.cache_encoder_outputs and not share_encoder:
