@@ -4,7 +4,7 @@ A ``--dataset_name`` entry is one of
 - a ``.tsv`` / ``.csv`` / ``.jsonl`` manifest whose audio column holds paths relative to the manifest,
 - a directory of ``*.parquet`` files (e.g. the output of ``run_pseudo_label.py``),
 - a directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``load_from_disk``),
-- ``audiofolder:DIR`` or any other directory (🤗 ``audiofolder``: audio files + ``metadata.csv``),
+- ``audiofolder:DIR`` or any other directory (🤗 ``audiofolder`` layout: audio files + ``metadata.csv``),
 - a 🤗 hub id (from the local cache, or streamed with ``streaming=True``),
 and several are joined with ``+`` (rows concatenated in order; configs and splits are ``+``-joined too, or
 given once for all). Every source is read as a stream of plain dict rows, in a fixed order, without
@@ -126,6 +126,34 @@ def _open_manifest(spec: SourceSpec) -> Source:
                   base_dir=path.resolve().parent)
 
 
+def _open_audiofolder(spec: SourceSpec, path: Path) -> Source:
+    """🤗 ``audiofolder`` layout, read directly (🤗's builder needs torchcodec): ``metadata.csv`` or
+    ``metadata.jsonl`` with a ``file_name`` column (relative paths) becomes the ``audio`` column; without
+    metadata, every audio file under ``path`` (sorted) is a row with only ``audio``."""
+    from .transcribe import AUDIO_EXTENSIONS
+
+    for meta in ("metadata.jsonl", "metadata.csv"):
+        if (path / meta).exists():
+            inner = _open_manifest(SourceSpec(str(path / meta)))
+            if "file_name" not in inner.columns:
+                raise DataConfigError(f"--dataset_name {spec.name}: {meta} needs a 'file_name' column "
+                                      f"(has {', '.join(inner.columns)})")
+
+            def rows_from(start: int, inner=inner) -> Iterator[dict]:
+                for row in inner.rows_from(start):
+                    row = dict(row)
+                    row["audio"] = row.pop("file_name")
+                    yield row
+            columns = ["audio"] + [c for c in inner.columns if c not in ("file_name", "audio")]
+            return Source(spec, columns, None, rows_from, base_dir=path.resolve())
+    files = sorted(str(f.relative_to(path)) for f in path.rglob("*")
+                   if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise DataConfigError(f"--dataset_name {spec.name}: folder has no metadata.csv/.jsonl and no audio files")
+    return Source(spec, ["audio"], len(files), lambda start: ({"audio": f} for f in files[start:]),
+                  base_dir=path.resolve())
+
+
 def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
     import pyarrow.parquet as pq
 
@@ -210,13 +238,7 @@ def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None
                 return _open_parquet_dir(spec, parquet)
             if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
                 return _hf_source(spec, _pick_split(spec, datasets.load_from_disk(str(path))), path.resolve())
-        try:
-            ds = datasets.load_dataset("audiofolder", data_dir=str(path), split=spec.split or "train",
-                                       streaming=streaming, cache_dir=cache_dir)
-        except Exception as e:  # noqa: BLE001 - 🤗 raises many kinds; all mean "not a usable audio folder"
-            raise DataConfigError(f"--dataset_name {name}: cannot read it as an audio folder "
-                                  f"({type(e).__name__}: {e})") from e
-        return _hf_source(spec, ds, path.resolve())
+        return _open_audiofolder(spec, path)
     if name.startswith(("/", ".", "~")) or name.startswith("audiofolder:") or Path(name).suffix in MANIFEST_SUFFIXES:
         raise DataConfigError(f"--dataset_name {name}: no such file or directory")
     try:

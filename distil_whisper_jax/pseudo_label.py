@@ -256,7 +256,7 @@ def _decoded_units(rows: Iterator[tuple[int, int, dict]], s: Settings) -> Iterat
         speaker = row.get(spk_col) if spk_col else None
         if len(wav) > max_len:
             for j, piece in enumerate(split_long(wav, max_len)):
-                yield Unit(piece, {**kept, **({text_col: None} if text_col else {})}, None, speaker, [gi], j)
+                yield Unit(piece, kept, None, speaker, [gi], j)
         else:
             yield Unit(wav, kept, text, speaker, [gi])
 
@@ -401,7 +401,7 @@ def bad_kind(reason: str) -> str:
     for key, kind in (("longer than", "too_long"), ("no such", "missing_file"), ("cell is empty", "missing_audio"),
                       ("neither a path", "missing_audio"), ("0 bytes", "empty_file"), ("zero-length", "zero_length"),
                       ("non-finite", "non_finite"), ("json", "bad_manifest_line"), ("decodable", "undecodable"),
-                      ("cannot read", "undecodable"), ("directory", "missing_file")):
+                      ("cannot read", "undecodable"), ("can read", "undecodable"), ("directory", "missing_file")):
         if key in r:
             return kind
     return "other"
@@ -442,6 +442,8 @@ def _label_batch(units: list[Unit], mel: np.ndarray, s: Settings, prev: Unit | N
         st["wer_errors_written"] += errs
         st["wer_words_written"] += words
         row = dict(u.row)
+        if a.text_column_name and (len(u.rows) > 1 or u.part):  # a pack's joined text; none for a piece
+            row[a.text_column_name] = u.text
         row[a.audio_column_name] = {"bytes": _flac(u.audio), "path": _unit_name(u)}
         row.update(whisper_transcript=text, whisper_token_ids=ids, wer=w, condition_on_prev=cond,
                    duration=u.duration, pseudo_label_rows=list(u.rows), pseudo_label_part=u.part)
