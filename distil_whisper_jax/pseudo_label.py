@@ -417,11 +417,9 @@ def _label_batch(units: list[Unit], mel: np.ndarray, s: Settings, prev: Unit | N
     eot = s.options.eot
     by_speaker = a.speaker_id_column_name is not None
     for u, ids, full in zip(units, strip(raw, eot), raw):
-        text = tok.decode(ids, skip_special_tokens=not a.return_timestamps,
-                          decode_with_timestamps=a.return_timestamps).strip()
-        if a.return_timestamps:
-            text = text.replace("<|endoftext|>", "")
-        w, errs, words = _row_wer(u.text, text, a.language)
+        plain = tok.decode(ids, skip_special_tokens=True).strip()
+        text = tok.decode(ids, decode_with_timestamps=True).strip() if a.return_timestamps else plain
+        w, errs, words = _row_wer(u.text, plain, a.language)  # WER never counts timestamp tokens
         cond = list(prev_ids) if continues(prev, u, by_speaker, a.concatenate_audio) else []
         prev, prev_ids = u, ids
         st["labelled"] += 1
