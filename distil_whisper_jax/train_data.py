@@ -158,16 +158,14 @@ class RowReader:
 
 
 def load_row_audio(value: Any, src: Source, where: str) -> np.ndarray:
-    """16 kHz float32 audio from an audio cell: 🤗 Audio struct ``{"bytes", "path"}`` or a path string
-    (relative to the dataset directory, or absolute)."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return audio.decode_audio_bytes(value["bytes"], f"{where} ({value.get('path') or 'audio bytes'})")
-        value = value.get("path")
-    if isinstance(value, str) and value:
-        p = Path(value)
-        return audio.load_audio(p if p.is_absolute() else src.root / p)
-    raise ValueError(f"{where}: audio cell holds neither bytes nor a path ({type(value).__name__})")
+    """16 kHz float32 audio of an audio cell (``data.row_audio``: 🤗 Audio struct or a path relative to the
+    dataset directory); errors name the dataset row."""
+    from .data import row_audio
+
+    try:
+        return row_audio(value, src.root)
+    except audio.AudioError as e:
+        raise audio.AudioError(f"{where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
