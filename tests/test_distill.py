@@ -399,3 +399,46 @@ def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
             f.write_bytes(b"")
     assert main(_argv(small_models, labelled, out, resume_from_checkpoint=out / "checkpoints" / "1")) == 2
     assert "checkpoints/1: unreadable checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on the embedded default
+
+
+def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
+    """Real tiny.en → pseudo-labels of bundled training clips (concatenated per speaker) → 2-layer student
+    trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
+    Sized for CI (a fraction of benchmarks/distill_demo.py's corpus and steps; that script has the full run)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from distill_demo import demo_commands
+
+    from distil_whisper_jax.create_student import create_student
+    from distil_whisper_jax.distill import main as distill
+    from distil_whisper_jax.pseudo_label import main as pseudo_label
+    from distil_whisper_jax.transcribe import transcribe
+
+    cmds = demo_commands(tmp_path, max_steps=E2E["steps"], train_rows=E2E["train_rows"], eval_rows=E2E["eval_rows"],
+                         batch=E2E["batch"], learning_rate=E2E["lr"], max_label_length=E2E["max_label_length"])
+    create_student(None, tmp_path / "student", decoder_layers=2)
+    assert pseudo_label(cmds["label"]) == 0
+    assert distill(cmds["train"] + ["--disable_tqdm", "--compilation_cache", "--cache_dir", str(JAX_CACHE)]) == 0
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/heldout/wer" in r]
+    before, after, teacher = evals[0]["eval/heldout/wer"], evals[-1]["eval/heldout/wer"], evals[0]["eval/heldout/teacher_wer"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == E2E["steps"]
+    assert teacher < 15 and after < before - 25, (before, after, teacher)
+    info = json.loads((tmp_path / "run" / "hf" / "distil_info.json").read_text())
+    assert info["train_steps"] == E2E["steps"] and info["decoder_layer_map"] == [0, 3]
+    assert info["eval_wer"]["heldout"]["student"] == after
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
+    assert list((tmp_path / "run" / "runs").glob("events.out.tfevents.*"))
+    # the final student loads through every loader (HF dir and the Orbax run dir give the same weights)
+    from distil_whisper_jax.convert import load_pretrained, tree_equal
+
+    hf, orbax = load_pretrained(tmp_path / "run" / "hf"), load_pretrained(tmp_path / "run")
+    assert orbax.fmt == "orbax" and tree_equal(hf.params, orbax.params)
+    out = transcribe([REPO / "distil_whisper_jax" / "assets" / "clips" / "jfk.flac"], hf, progress=False)
+    assert out[0]["text"]
+
+
+E2E = {"steps": 20, "train_rows": 40, "eval_rows": 8, "batch": 4, "lr": 3e-4, "max_label_length": 160}
