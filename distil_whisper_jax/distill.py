@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache_encoder_outputs_max_gb", type=float, default=2.0, help="memory bound of that cache")
     t.add_argument("--seed", type=int, default=42, help="seeds init RNG, data order and label randomness")
     t.add_argument("--logging_steps", type=int, default=25, help="log train metrics every N steps")
-    t.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (and at the end)")
+    t.add_argument("--eval_steps", type=int, default=None,
+                   help="evaluate every N steps, before training and at the end; each evaluation is also "
+                        "checkpointed so the best checkpoint by WER is kept")
     t.add_argument("--save_steps", type=int, default=500, help="checkpoint every N steps (and at the end)")
     t.add_argument("--save_total_limit", type=int, default=None,
                    help="keep the last N checkpoints (plus the best by eval WER); default: all")
@@ -388,8 +390,8 @@ def train(args: argparse.Namespace) -> int:
     cache = EncoderCache(args.cache_encoder_outputs_max_gb * 2**30) if args.cache_encoder_outputs else None
     local = train_data.process_slice(global_batch, jax.process_index(), n_proc)
     local_devices = jax.local_devices()
-    teacher_wer: dict[str, float] = {}
-    last_eval: dict[str, dict] = {}
+    last_eval: dict[str, dict] = meta.get("eval", {}) if found is not None else {}
+    teacher_wer = {k: v["teacher"] for k, v in last_eval.items()}
     from tqdm.auto import tqdm
 
     bar = tqdm(total=args.max_steps, initial=start, unit="step", disable=args.disable_tqdm or not is_main,
