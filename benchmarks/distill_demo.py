@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 
 def demo_commands(work: Path, max_steps: int, train_rows: int | None, eval_rows: int | None, batch: int,
-                  learning_rate: float, max_label_length: int) -> dict:
+                  learning_rate: float, max_label_length: int, warmup_steps: int | None = None) -> dict:
     """The three stages' argv (also used by tests/test_distill.py's end-to-end test)."""
     from distil_whisper_jax.assets import speech_manifest
 
@@ -40,10 +40,10 @@ def demo_commands(work: Path, max_steps: int, train_rows: int | None, eval_rows:
              "--eval_dataset_name", str(speech_manifest("heldout")), "--output_dir", str(work / "run"),
              "--freeze_encoder", "--cache_encoder_outputs", "--max_steps", str(max_steps),
              "--per_device_train_batch_size", str(batch), "--learning_rate", str(learning_rate),
-             "--warmup_steps", str(max(max_steps // 10, 1)), "--lr_scheduler_type", "linear",
+             "--warmup_steps", str(max(max_steps // 10, 1) if warmup_steps is None else warmup_steps), "--lr_scheduler_type", "linear",
              "--max_label_length", str(max_label_length), "--eval_steps", str(max_steps),
              "--save_steps", str(max_steps), "--logging_steps", str(max(max_steps // 10, 1)), "--seed", "0",
-             "--per_device_eval_batch_size", "8"]
+             "--per_device_eval_batch_size", "8", "--generation_max_length", "64"]  # held-out clips are ≤ 8 s
     if eval_rows:
         train += ["--max_eval_samples", str(eval_rows)]
     return {"label": label, "train": train}

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--language", default=None, help="language of multilingual prompts (default English)")
     d.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     d.add_argument("--max_eval_samples", type=int, default=None, help="cap on rows per evaluation set")
+    d.add_argument("--generation_max_length", type=int, default=None,
+                   help="max new tokens of eval generation (default: --max_label_length)")
     t = p.add_argument_group("training")
     t.add_argument("--output_dir", required=True,
                    help="run directory: checkpoints/, hf/, tokenizer/, runs/ (TensorBoard), metrics.jsonl")
@@ -250,8 +252,10 @@ def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) ->
     from .transcribe import generation_options
 
     prompt = prompt_ids(specials, args.language, args.task, timestamps=False)
-    opts = generation_options(pre, specials, max_new_tokens=args.max_label_length, prompt_len=len(prompt))
-    bs = args.per_device_eval_batch_size * len(devices)
+    opts = generation_options(pre, specials, max_new_tokens=args.generation_max_length or args.max_label_length,
+                              prompt_len=len(prompt))
+    n_dev = len(devices)  # batches: a multiple of the device count, no bigger than the set needs
+    bs = min(args.per_device_eval_batch_size, -(-len(eval_set.texts) // n_dev)) * n_dev
     texts = []
     for i in range(0, len(eval_set.texts), bs):
         from .parallel import pad_batch
