@@ -33,7 +33,7 @@ def demo_commands(work: Path, max_steps: int, train_rows: int | None, eval_rows:
 
     label = ["--dataset_name", str(speech_manifest("train")), "--text_column_name", "text",
              "--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled"),
-             "--per_device_eval_batch_size", "1"]
+             "--per_device_eval_batch_size", "1", "--num_local_devices", "1"]
     if train_rows:
         label += ["--max_samples", str(train_rows)]
     train = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled"),
