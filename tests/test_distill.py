@@ -258,7 +258,8 @@ def test_full_disk_keeps_previous_checkpoint(small_disk):
     m.wait_until_finished()
     (small_disk / "filler").write_bytes(b"0" * 400 * 1024)
     with pytest.raises(Exception) as info:
-        ck.save(m, 2, {"w": jnp.ones((300, 300))}, {"draws": 2}, {"config": {}})
+        big = np.random.default_rng(0).random((300, 300), dtype=np.float32)  # 360 KB, incompressible
+        ck.save(m, 2, {"w": jnp.asarray(big)}, {"draws": 2}, {"config": {}})
         m.wait_until_finished()
     assert _is_save_error(info.value), info.value
     assert ck.checkpoint_steps(small_disk / "checkpoints") == [1]
