@@ -444,4 +444,4 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
 
 
 # 8 emulated devices × 1 = global batch 8 (the benchmark's run: 1 device × 4)
-E2E = {"steps": 12, "train_rows": 40, "eval_rows": 8, "batch": 1, "lr": 3e-4, "max_label_length": 160}
+E2E = {"steps": 30, "train_rows": 40, "eval_rows": 8, "batch": 1, "lr": 3e-4, "max_label_length": 160}
