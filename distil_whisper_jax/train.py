@@ -428,3 +428,57 @@ def encoder_outputs(teacher_config: WhisperConfig, teacher_params: Any, features
     x = features if isinstance(features, jax.Array) else jax.make_array_from_process_local_data(
         NamedSharding(mesh, P(DATA_AXIS)), np.asarray(features, np.float32))
     return _encoder_fn(teacher_config, jnp.dtype(dtype), mesh)(teacher_params, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model FLOPs (for MFU)
+
+
+def encoder_flops(config: WhisperConfig, batch: int = 1) -> float:
+    """Forward matmul FLOPs of the encoder (2·m·n·k per matmul; elementwise ops not counted).
+
+    Per example, F = 2·S mel frames, S = max_source_positions, d = d_model, f = ffn dim:
+    conv1 2·F·3·n_mels·d + conv2 2·S·3d·d + layers · (q,k,v,out 8·S·d² + QKᵀ,AV 4·S²·d + MLP 4·S·d·f).
+    """
+    c = config
+    s, d, f = c.max_source_positions, c.d_model, c.encoder_ffn_dim
+    per_layer = 8 * s * d * d + 4 * s * s * d + 4 * s * d * f
+    return float(batch) * (2 * c.n_frames * 3 * c.num_mel_bins * d + 2 * s * 3 * d * d + c.encoder_layers * per_layer)
+
+
+def decoder_flops(config: WhisperConfig, length: int, batch: int = 1) -> float:
+    """Forward matmul FLOPs of the decoder over ``length`` tokens (teacher forcing, no cache).
+
+    Per example, L = length, S = encoder positions: layers · (self q,k,v,out 8·L·d² + self QKᵀ,AV
+    4·L²·d (dense, as computed: the causal mask does not skip work) + cross q,out 4·L·d² + cross k,v
+    4·S·d² + cross QKᵀ,AV 4·L·S·d + MLP 4·L·d·f) + tied output projection 2·L·d·V.
+    """
+    c = config
+    n, s, d, f = length, c.max_source_positions, c.d_model, c.decoder_ffn_dim
+    per_layer = 12 * n * d * d + 4 * n * n * d + 4 * s * d * d + 4 * n * s * d + 4 * n * d * f
+    return float(batch) * (c.decoder_layers * per_layer + 2 * n * d * c.vocab_size)
+
+
+def flops_per_step(student_config: WhisperConfig, teacher_config: WhisperConfig, batch_size: int,
+                   label_length: int, *, kl_weight: float = 1.0, mse_weight: float = 0.0,
+                   freeze_encoder: bool = False, share_encoder: bool = False,
+                   cached_encoder: bool = False) -> dict[str, float]:
+    """Model FLOPs of one training step on ``batch_size`` examples of ``label_length`` tokens, by part.
+
+    Backward = 2× forward for every part that is differentiated (activation + weight gradients), 0 for
+    frozen or teacher parts; rematerialisation is not counted (model FLOPs, not hardware FLOPs).
+    Parts: ``teacher_encoder`` (once when shared, absent with cached encoder outputs),
+    ``student_encoder`` (unshared only; ×3 when trained), ``teacher_decoder`` (when KL or MSE is on),
+    ``student_decoder`` (×3), ``total``.
+    """
+    b, n = batch_size, label_length
+    need_teacher = bool(kl_weight or mse_weight)
+    parts = {
+        "teacher_encoder": 0.0 if cached_encoder or not (share_encoder or need_teacher)
+        else encoder_flops(teacher_config, b),
+        "student_encoder": 0.0 if share_encoder else encoder_flops(student_config, b) * (1 if freeze_encoder else 3),
+        "teacher_decoder": decoder_flops(teacher_config, n, b) if need_teacher else 0.0,
+        "student_decoder": 3 * decoder_flops(student_config, n, b),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
