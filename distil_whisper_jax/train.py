@@ -315,7 +315,7 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
                     temperature: float = 2.0, mse_weight: float = 0.0, freeze_encoder: bool = False,
                     share_encoder: bool = False, dtype: Any = jnp.float32, remat: bool = False,
                     unroll: int | bool = 1, grad_accum_steps: int = 1, mesh: Mesh | None = None,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, compiler_options: dict | None = None) -> Callable:
     """Jitted ``step(state, teacher_params, batch) -> (state, metrics)``: one optimiser update from one
     global batch (numpy rows of this process, or global arrays from :func:`global_batch`).
 
@@ -327,6 +327,8 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
     then hold ``encoder_outputs`` [B, 1500, d_model] instead of ``input_features``.
     Metrics (replicated scalars): loss, ce, kl, mse, grad_norm (trainable, before clipping), lr (of this
     update), num_tokens (global). The state argument is donated (its buffers are reused).
+    ``compiler_options`` go to ``jax.jit`` (e.g. ``{"xla_backend_optimization_level": 0}`` halves
+    XLA:CPU compile time for tests).
     """
     if grad_accum_steps < 1:
         raise ValueError(f"gradient_accumulation_steps must be ≥ 1, got {grad_accum_steps}")
@@ -369,7 +371,8 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
 
     repl = NamedSharding(mesh, P())
     jitted = jax.jit(train_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))),
-                     out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+                     out_shardings=(repl, repl), donate_argnums=(0,) if donate else (),
+                     compiler_options=compiler_options)
 
     def step(state: TrainState, teacher_params, batch: Batch):
         _check_batch(batch, mesh, k)
@@ -384,7 +387,8 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
 
 def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig, *, kl_weight: float = 1.0,
                    ce_weight: float | None = None, mse_weight: float = 0.0, freeze_encoder: bool = False,
-                   share_encoder: bool = False, dtype: Any = jnp.float32, mesh: Mesh | None = None) -> Callable:
+                   share_encoder: bool = False, dtype: Any = jnp.float32, mesh: Mesh | None = None,
+                   compiler_options: dict | None = None) -> Callable:
     """Jitted ``eval_step(params, teacher_params, batch) -> metrics``: the loss terms at temperature 1,
     no dropout. Returns token means of this batch (loss, ce, kl, mse) and the sums behind them
     (``*_sum``, ``num_tokens``) so a caller can average exactly over many batches. Rows whose labels
@@ -400,7 +404,8 @@ def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig,
         return dict(m, **{f"{key}_sum": m[key] * jnp.maximum(n, 1) for key in ("loss", "ce", "kl", "mse")})
 
     repl = NamedSharding(mesh, P())
-    jitted = jax.jit(eval_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))), out_shardings=repl)
+    jitted = jax.jit(eval_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))), out_shardings=repl,
+                     compiler_options=compiler_options)
 
     def step(params, teacher_params, batch: Batch):
         _check_batch(batch, mesh, 1)
