@@ -239,3 +239,19 @@ def test_flops_per_step_matches_xla_count():
     shared = train.flops_per_step(student, teacher, b, length, freeze_encoder=True, share_encoder=True)
     unshared = train.flops_per_step(student, teacher, b, length, freeze_encoder=True)
     assert unshared["total"] - shared["total"] == pytest.approx(train.encoder_flops(student, b))
+
+
+def test_mse_term(pair):
+    """Hidden-state MSE through the step's loss: 0 (with KL 0) when the student is the teacher, positive
+    with a gradient once the student differs."""
+    teacher, _ = pair
+    fn = train.make_loss_fn(TEACHER, TEACHER, mse_weight=1.0, freeze_encoder=True, share_encoder=True)
+    vg = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)
+    batch = {k: jnp.asarray(v) for k, v in _batch(3).items()}
+    (_, m), _ = vg(teacher, teacher, batch, jax.random.PRNGKey(0), 20)
+    assert abs(float(m["mse"])) < 1e-10 and abs(float(m["kl"])) < 1e-6
+    noisy = jax.tree.map(lambda a: a + 0.01 * np.sign(a), teacher)
+    (_, m), grads = vg(noisy, teacher, batch, jax.random.PRNGKey(0), 20)
+    assert float(m["mse"]) > 0 and float(m["kl"]) > 0
+    g = grads["decoder"]["layers"]["mlp"]["fc2"]["bias"]
+    assert np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0
