@@ -26,6 +26,17 @@ Design (what differs from the original distil-whisper Flax trainer, ``upstream.m
 * **Dropout RNG**: ``fold_in(fold_in(state.rng, step), micro_batch)``. Threefry is partitionable
   (``jax_threefry_partitionable``), so each example's mask depends only on its global position, not on
   the device that holds it: runs with dropout are also device-count invariant.
+
+Usage::
+
+    config, params, _ = student.make_student(teacher_config, teacher_params, 2)
+    tx = make_optimizer(params, schedule=make_schedule("linear", 1e-4, 500, 80_000), freeze_encoder=True)
+    step = make_train_step(config, teacher_config, tx, freeze_encoder=True,
+                           share_encoder=encoders_identical(params, teacher_params), grad_accum_steps=k)
+    teacher = parallel.replicate(teacher_params, step.mesh)  # once
+    state = create_train_state(params, tx, seed)
+    for batch in batches:  # numpy rows of this process: input_features, decoder_input_ids, labels
+        state, metrics = step(state, teacher, batch)
 """
 
 from __future__ import annotations
