@@ -84,10 +84,13 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     d = np.abs(blocks).max(axis=1) / np.float32(127)
     inv = np.zeros_like(d)
     np.divide(np.float32(1), d, out=inv, where=d != 0)
-    v = (blocks * inv[:, None]).astype(np.float64)  # the float32 product, exactly
+    v = blocks * inv[:, None]  # float32, as in C
+    q = np.rint(v)  # round half to even; roundf rounds halves away from zero:
+    tie = np.abs(v - np.trunc(v)) == 0.5  # exact in float32
+    q[tie] = np.trunc(v[tie]) + np.sign(v[tie])
     out = np.empty(len(blocks), Q8_0_BLOCK)
     out["d"] = d.astype(np.float16)  # round to nearest even, as GGML_FP32_TO_FP16
-    out["qs"] = np.sign(v) * np.floor(np.abs(v) + 0.5)  # roundf: halves away from zero
+    out["qs"] = q
     return out
 
 

@@ -288,18 +288,16 @@ def write_hf_dir(path: str | os.PathLike, config: WhisperConfig, params: Mapping
 
 
 def _write_processor(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
-    import tempfile
-
-    from transformers import WhisperFeatureExtractor, WhisperProcessor
+    from transformers import WhisperFeatureExtractor
 
     from ..tokenizer import save_tokenizer
     from ..utils import atomic_write
 
     save_tokenizer(tokenizer, path)  # also the legacy files other tools read
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-    with tempfile.TemporaryDirectory(dir=path, prefix=".processor.") as tmp:  # v5 writes processor_config.json
-        WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(tmp)
-        with atomic_write(path / "processor_config.json", "w") as f:
-            f.write((Path(tmp) / "processor_config.json").read_text())
-    with atomic_write(path / "preprocessor_config.json", "w") as f:  # what v4 and faster-whisper read
-        f.write(extractor.to_json_string())
+    files = {"preprocessor_config.json": extractor.to_dict(),  # what transformers 4.x and faster-whisper read
+             "processor_config.json": {"feature_extractor": extractor.to_dict(),  # what v5's save_pretrained writes
+                                       "processor_class": "WhisperProcessor"}}
+    for name, content in files.items():
+        with atomic_write(path / name, "w") as f:
+            json.dump(content, f, indent=2, sort_keys=True)

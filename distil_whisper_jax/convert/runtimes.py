@@ -4,7 +4,7 @@
 
 ``RUNTIME`` is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whisper ``load_model`` +
 ``decode``) or ``whispercpp`` (pywhispercpp). ``JOB.json`` holds ``{"models": [path, ...], "clips": [path,
-...], "threads": int}``; the last stdout line is ``{"<model>": ["text", ...], ...}`` in clip order. Every
+...], "threads": int, "max_new_tokens": int}``; the last stdout line is ``{"<model>": ["text", ...], ...}`` in clip order. Every
 runtime decodes greedily, without timestamps, English, from its own audio front end. A model that makes the
 runtime crash (a bad ggml file segfaults whisper.cpp) takes only this process down; ``run_runtime`` reports
 the exit status. Imports are local so a worker loads only its own runtime.
@@ -24,7 +24,7 @@ RUNTIMES = ("hf", "openai", "whispercpp")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding distil_whisper_jax/
 
 
-def _hf(model: str, waves: list, threads: int) -> list[str]:
+def _hf(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
@@ -35,11 +35,12 @@ def _hf(model: str, waves: list, threads: int) -> list[str]:
                     device="cpu")
     assert type(pipe.model) is type(net)
     out = pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=len(waves),
-               generate_kwargs={"num_beams": 1, "do_sample": False, "return_timestamps": False})
+               generate_kwargs={"num_beams": 1, "do_sample": False, "return_timestamps": False,
+                                "max_new_tokens": max_new_tokens})
     return [o["text"].strip() for o in out]
 
 
-def _openai(model: str, waves: list, threads: int) -> list[str]:
+def _openai(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
     import torch
     import whisper
 
@@ -47,35 +48,39 @@ def _openai(model: str, waves: list, threads: int) -> list[str]:
     net = whisper.load_model(model, device="cpu")
     mel = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)), net.dims.n_mels)
                        for w in waves])
-    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0)
+    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0,
+                                      sample_len=max_new_tokens)
     return [r.text.strip() for r in whisper.decode(net, mel, options)]
 
 
-def _whispercpp(model: str, waves: list, threads: int) -> list[str]:
+def _whispercpp(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
     from pywhispercpp.model import Model
 
     net = Model(model, n_threads=threads, print_progress=False, print_realtime=False, no_timestamps=True,
-                language="en", temperature=0.0, temperature_inc=0.0)  # no sampling fallback: pure greedy
+                language="en", temperature=0.0, temperature_inc=0.0,  # no sampling fallback: pure greedy
+                max_tokens=max_new_tokens, single_segment=True)
     return ["".join(s.text for s in net.transcribe(w)).strip() for w in waves]
 
 
-def worker(runtime: str, models: Sequence[str], clips: Sequence[str], threads: int = 1) -> dict[str, list[str]]:
+def worker(runtime: str, models: Sequence[str], clips: Sequence[str], threads: int = 1,
+           max_new_tokens: int = 160) -> dict[str, list[str]]:
     """In this process: transcribe ``clips`` with each of ``models`` in ``runtime``."""
     from ..audio import load_audio
 
     run = {"hf": _hf, "openai": _openai, "whispercpp": _whispercpp}[runtime]
     waves = [load_audio(c) for c in clips]
-    return {m: run(m, waves, threads) for m in models}
+    return {m: run(m, waves, threads, max_new_tokens) for m in models}
 
 
 def start_runtime(runtime: str, models: Sequence[str | os.PathLike], clips: Sequence[str | os.PathLike],
-                  threads: int = 1) -> subprocess.Popen:
+                  threads: int = 1, max_new_tokens: int = 160) -> subprocess.Popen:
     """Start a worker subprocess (returns at once; collect with ``finish_runtime``)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
     fd, job = tempfile.mkstemp(prefix="export-verify-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump({"models": [str(m) for m in models], "clips": [str(c) for c in clips], "threads": threads}, f)
+        json.dump({"models": [str(m) for m in models], "clips": [str(c) for c in clips], "threads": threads,
+                   "max_new_tokens": max_new_tokens}, f)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(threads))
@@ -108,7 +113,7 @@ def finish_runtime(proc: subprocess.Popen, timeout: float = 600) -> tuple[dict[s
 def main(argv: Sequence[str] | None = None) -> int:
     runtime, job_file = (argv if argv is not None else sys.argv[1:])[:2]
     job = json.loads(Path(job_file).read_text())
-    result = worker(runtime, job["models"], job["clips"], int(job.get("threads", 1)))
+    result = worker(runtime, job["models"], job["clips"], int(job["threads"]), int(job["max_new_tokens"]))
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     return 0
 
