@@ -214,7 +214,7 @@ def export(pre: Pretrained, formats: Sequence[str], output_dir: str | os.PathLik
         if fmt == "hf":
             gen = pre.generation_defaults
             gen_config = hf_format.hf_generation_config(pre.config, gen.suppress_tokens, gen.begin_suppress_tokens,
-                                                        () if info else gen.alignment_heads)
+                                                        gen.alignment_heads)
 
             def build(d: Path) -> None:
                 hf_format.write_hf_dir(d, pre.config, pre.params, DTYPES[dtype], gen_config, tokenizer)

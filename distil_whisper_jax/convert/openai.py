@@ -124,16 +124,15 @@ def _check_zip(path: Path) -> None:
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
-                    raise ValueError(f"{path}: corrupt PyTorch checkpoint (member {info.filename!r} is compressed "
-                                     f"or larger than the file)")
-            bad = zf.testzip()
-    except ValueError:
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as e:
+            odd = next((i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED or i.file_size > size), None)
+            bad = zf.testzip() if odd is None else None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+            ValueError) as e:  # ValueError includes undecodable member names
         raise ValueError(f"{path}: not a readable openai-whisper checkpoint (not an intact zip-format PyTorch "
                          f"file: {type(e).__name__}: {e})") from None
+    if odd is not None:
+        raise ValueError(f"{path}: corrupt openai-whisper checkpoint (member {odd.filename!r} is compressed or "
+                         "larger than the file)")
     if bad is not None:
         raise ValueError(f"{path}: corrupt openai-whisper checkpoint (CRC mismatch in {bad!r})")
 
