@@ -279,19 +279,19 @@ def verify(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]], clips: Sequenc
            threads: int = 1, dtype: str = "float32", max_new_tokens: int = VERIFY_MAX_NEW_TOKENS
            ) -> list[list[Check]]:
     """Verify exported files of one or more models (one list of checks per job). Runtime subprocesses
-    start first and run while this process computes the JAX references; hf/openai models share one
-    subprocess per runtime, every ggml file gets its own (a bad one segfaults whisper.cpp)."""
+    start first and run while this process computes the JAX references; the transformers and openai-whisper
+    files share one subprocess (one torch import), every ggml file gets its own (a bad one segfaults
+    whisper.cpp, and must not take the other results with it)."""
     from .convert.runtimes import finish_runtime, start_runtime
     from .evaluate import english_normalizer, wer
 
     paths, refs = [c for c, _ in clips], [t for _, t in clips]
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[tuple[str, str]]] = {}  # PyTorch runtimes share a process; each ggml file gets one
     for _, outputs in jobs:
         for fmt, path in outputs.items():
-            key = f"whispercpp:{path}" if RUNTIME[fmt] == "whispercpp" else RUNTIME[fmt]
-            groups.setdefault(key, []).append(str(path))
-    procs = {key: start_runtime(key.split(":")[0], models, paths, threads, max_new_tokens)
-             for key, models in groups.items()}
+            key = f"ggml:{path}" if RUNTIME[fmt] == "whispercpp" else "torch"
+            groups.setdefault(key, []).append((RUNTIME[fmt], str(path)))
+    procs = {key: start_runtime(models, paths, threads, max_new_tokens) for key, models in groups.items()}
 
     references = []
     for pre, outputs in jobs:
@@ -308,7 +308,7 @@ def verify(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]], clips: Sequenc
     results: dict[str, list[str] | str] = {}
     for key, proc in procs.items():
         got, error = finish_runtime(proc)
-        for model in groups[key]:
+        for _, model in groups[key]:
             results[model] = got[model] if got is not None else error
 
     norm = english_normalizer()

@@ -42,21 +42,30 @@ def student(tiny, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def session(tiny, student, clips, tmp_path_factory):
-    """tiny.en (hf fp32) and the student (hf fp16) exported to all formats, all verified in one pass."""
+def verify_clips(clips):
+    """The three shortest bundled clips (2.8, 5.3, 11 s; every runtime pads to 30 s anyway). The CLI verifies
+    on all of them (docs/benchmarks.md); the test keeps to the ≤ 100 s budget."""
+    return clips[:3]
+
+
+@pytest.fixture(scope="module")
+def session(tiny, student, verify_clips, tmp_path_factory):
+    """tiny.en (hf fp32) and the student (hf fp16) exported to all formats, all verified in one pass. The
+    untrained student loops on some clips, so decoding is capped at 48 tokens (in every runtime alike)."""
     root = tmp_path_factory.mktemp("export")
     outputs = {"tiny": ex.export(tiny, ex.FORMATS, root / "tiny"),
                "student": ex.export(student, ex.FORMATS, root / "student", dtype="float16")}
-    tiny_checks, student_checks = ex.verify([(tiny, outputs["tiny"]), (student, outputs["student"])], clips)
+    tiny_checks, student_checks = ex.verify([(tiny, outputs["tiny"]), (student, outputs["student"])], verify_clips,
+                                            max_new_tokens=48)
     return {"root": root, "outputs": outputs, "checks": {"tiny": tiny_checks, "student": student_checks}}
 
 
 @pytest.mark.parametrize("model", ["tiny", "student"])
-def test_every_runtime_reproduces_our_greedy_output(session, model, clips):
+def test_every_runtime_reproduces_our_greedy_output(session, model, verify_clips):
     checks = {c.fmt: c for c in session["checks"][model]}
     print("\n" + ex.format_table(list(checks.values())))
     assert set(checks) == set(ex.FORMATS)
-    n = len(clips)
+    n = len(verify_clips)
     for c in checks.values():
         assert c.texts is not None, f"{c.fmt}: {c.note}"
         assert len(c.texts) == n
@@ -103,7 +112,7 @@ def test_round_trip_of_fp32_weights_rounds_only_to_fp16(tmp_path, small):
         assert np.array_equal(state[name], want), name
 
 
-def test_hf_dir_is_complete_and_card_has_provenance(session, student, clips):
+def test_hf_dir_is_complete_and_card_has_provenance(session):
     tiny_hf, student_hf = session["outputs"]["tiny"]["hf"], session["outputs"]["student"]["hf"]
     for d in (tiny_hf, student_hf):
         names = {p.name for p in d.iterdir()}
@@ -269,7 +278,7 @@ def test_bad_ggml_file_crashes_only_the_runtime_subprocess(small, tmp_path, clip
     path = ggml.write_ggml(tmp_path / "m.bin", config, params, vocab=[b"a"] * 50256)
     data = path.read_bytes()
     path.write_bytes(data[:-1000])  # the last tensor is cut short: whisper.cpp fails to load
-    got, error = finish_runtime(start_runtime("whispercpp", [path], [clips[0][0]]), timeout=120)
+    got, error = finish_runtime(start_runtime([("whispercpp", path)], [clips[0][0]]), timeout=120)
     assert got is None and ("signal" in error or "exit status" in error)
 
 

@@ -1,13 +1,14 @@
-"""Transcribe clips with an exported model in its *real* runtime, one runtime per subprocess.
+"""Transcribe clips with exported models in their *real* runtimes, in a subprocess.
 
-    python -m distil_whisper_jax.convert.runtimes RUNTIME JOB.json
+    python -m distil_whisper_jax.convert.runtimes JOB.json
 
-``RUNTIME`` is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whisper ``load_model`` +
-``decode``) or ``whispercpp`` (pywhispercpp). ``JOB.json`` holds ``{"models": [path, ...], "clips": [path,
-...], "threads": int, "max_new_tokens": int}``; the last stdout line is ``{"<model>": ["text", ...], ...}`` in clip order. Every
-runtime decodes greedily, without timestamps, English, from its own audio front end. A model that makes the
-runtime crash (a bad ggml file segfaults whisper.cpp) takes only this process down; ``run_runtime`` reports
-the exit status. Imports are local so a worker loads only its own runtime.
+A runtime is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whisper ``load_model`` +
+``decode``) or ``whispercpp`` (pywhispercpp). ``JOB.json`` holds ``{"models": [[runtime, path], ...],
+"clips": [path, ...], "threads": int, "max_new_tokens": int}``; the last stdout line is
+``{"<path>": ["text", ...], ...}`` in clip order. Every runtime decodes greedily, without timestamps, in
+English, from its own audio front end, at most ``max_new_tokens`` tokens. A model that makes its runtime
+crash (a bad ggml file segfaults whisper.cpp) takes down only its process; ``finish_runtime`` reports the
+exit status. Imports are local so a worker loads only the runtimes it runs.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ def _hf(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]
 
     torch.set_num_threads(threads)
     WhisperProcessor.from_pretrained(model)  # the processor files must load on their own, too
-    net = WhisperForConditionalGeneration.from_pretrained(model, dtype=torch.float32)  # fp16 files: fp32 on CPU
-    pipe = pipeline("automatic-speech-recognition", model=model, model_kwargs={"dtype": torch.float32},
+    pipe = pipeline("automatic-speech-recognition", model=model, dtype=torch.float32,  # fp16 files: fp32 on CPU
                     device="cpu")
-    assert type(pipe.model) is type(net)
+    if not isinstance(pipe.model, WhisperForConditionalGeneration):
+        raise TypeError(f"{model}: pipeline built {type(pipe.model).__name__}, not WhisperForConditionalGeneration")
     out = pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=len(waves),
                generate_kwargs={"num_beams": 1, "do_sample": False, "return_timestamps": False,
                                 "max_new_tokens": max_new_tokens})
@@ -58,33 +59,35 @@ def _whispercpp(model: str, waves: list, threads: int, max_new_tokens: int) -> l
 
     net = Model(model, n_threads=threads, print_progress=False, print_realtime=False, no_timestamps=True,
                 language="en", temperature=0.0, temperature_inc=0.0,  # no sampling fallback: pure greedy
-                max_tokens=max_new_tokens, single_segment=True)
+                # whisper.cpp stops *after* the token at index max_tokens; suppress_nst = openai's "-1" default
+                max_tokens=max_new_tokens - 1, single_segment=True, suppress_nst=True)
     return ["".join(s.text for s in net.transcribe(w)).strip() for w in waves]
 
 
-def worker(runtime: str, models: Sequence[str], clips: Sequence[str], threads: int = 1,
+def worker(models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int = 1,
            max_new_tokens: int = 160) -> dict[str, list[str]]:
-    """In this process: transcribe ``clips`` with each of ``models`` in ``runtime``."""
+    """In this process: transcribe ``clips`` with each ``(runtime, path)`` of ``models``."""
     from ..audio import load_audio
 
-    run = {"hf": _hf, "openai": _openai, "whispercpp": _whispercpp}[runtime]
+    run = {"hf": _hf, "openai": _openai, "whispercpp": _whispercpp}
     waves = [load_audio(c) for c in clips]
-    return {m: run(m, waves, threads, max_new_tokens) for m in models}
+    return {path: run[runtime](path, waves, threads, max_new_tokens) for runtime, path in models}
 
 
-def start_runtime(runtime: str, models: Sequence[str | os.PathLike], clips: Sequence[str | os.PathLike],
+def start_runtime(models: Sequence[tuple[str, str | os.PathLike]], clips: Sequence[str | os.PathLike],
                   threads: int = 1, max_new_tokens: int = 160) -> subprocess.Popen:
-    """Start a worker subprocess (returns at once; collect with ``finish_runtime``)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+    """Start a worker subprocess for ``(runtime, path)`` pairs (returns at once; collect with ``finish_runtime``)."""
+    bad = [r for r, _ in models if r not in RUNTIMES]
+    if bad:
+        raise ValueError(f"unknown runtime {bad[0]!r}; expected one of {RUNTIMES}")
     fd, job = tempfile.mkstemp(prefix="export-verify-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump({"models": [str(m) for m in models], "clips": [str(c) for c in clips], "threads": threads,
-                   "max_new_tokens": max_new_tokens}, f)
+        json.dump({"models": [[r, str(m)] for r, m in models], "clips": [str(c) for c in clips],
+                   "threads": threads, "max_new_tokens": max_new_tokens}, f)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(threads))
-    proc = subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.convert.runtimes", runtime, job],
+    proc = subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.convert.runtimes", job],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     proc.job_file = job  # type: ignore[attr-defined]
     return proc
@@ -111,9 +114,9 @@ def finish_runtime(proc: subprocess.Popen, timeout: float = 600) -> tuple[dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    runtime, job_file = (argv if argv is not None else sys.argv[1:])[:2]
+    (job_file,) = argv if argv is not None else sys.argv[1:]
     job = json.loads(Path(job_file).read_text())
-    result = worker(runtime, job["models"], job["clips"], int(job["threads"]), int(job["max_new_tokens"]))
+    result = worker([tuple(m) for m in job["models"]], job["clips"], int(job["threads"]), int(job["max_new_tokens"]))
     sys.stdout.write("\n" + json.dumps(result) + "\n")
     return 0
 
