@@ -204,6 +204,26 @@ class _Reader:
         return struct.unpack(f"<{n}{fmt}", self.take(4 * n, what))
 
 
+def _skip_vocab(r: _Reader, n_tokens: int) -> None:
+    """Step over the vocab block (``uint32 len + bytes`` per token), checking every length; a tight loop,
+    as it runs 50k times."""
+    pos, end, buf = r.pos, len(r.buf), r.buf
+    for i in range(n_tokens):
+        if pos + 4 > end:
+            break
+        (n,) = struct.unpack_from("<I", buf, pos)
+        if n > _MAX_TOKEN_BYTES:
+            r.pos = pos
+            raise r.error(f"token {i} claims {n} bytes")
+        pos += 4 + n
+    else:
+        if pos <= end:
+            r.pos = pos
+            return
+    r.pos = min(pos, end)
+    raise r.error(f"vocab block ends early (token {i} of {n_tokens})")
+
+
 def _expected_shapes(config: WhisperConfig) -> dict[str, tuple[int, ...]]:
     """openai name → shape as stored in ggml (conv biases [D, 1])."""
     from .hf import expected_shapes
@@ -250,11 +270,7 @@ def _from_buffer(buf, source: str) -> tuple[WhisperConfig, dict[str, np.ndarray]
     (n_tokens,) = r.ints(1, "vocab size")
     if not 0 <= n_tokens <= config.vocab_size:
         raise r.error(f"vocab block claims {n_tokens} tokens for n_vocab {config.vocab_size}")
-    for i in range(n_tokens):
-        (n,) = r.ints(1, f"length of token {i}", "I")
-        if n > _MAX_TOKEN_BYTES:
-            raise r.error(f"token {i} claims {n} bytes")
-        r.take(n, f"token {i}")
+    _skip_vocab(r, n_tokens)
 
     shapes = _expected_shapes(config)
     state: dict[str, np.ndarray] = {}
