@@ -124,11 +124,12 @@ def model_card(pre: Pretrained, info: Mapping | None, formats: Sequence[str], dt
     rows = [("distilled from (teacher)", info.get("teacher")),
             ("teacher decoder layers", info.get("teacher_decoder_layers")),
             ("decoder layer map (student ← teacher layer)", info.get("decoder_layer_map")),
-            ("encoder layer map", info.get("encoder_layer_map", "unknown") if info else None),
+            ("encoder layer map", ("none (encoder kept whole)" if info.get("encoder_layer_map", 0) is None
+                                   else info.get("encoder_layer_map"))),
             ("training steps", info.get("train_steps")), ("training data", info.get("train_datasets"))]
-    lines = ["---", f"language: {'multilingual' if c.is_multilingual else 'en'}", "library_name: transformers",
+    lines = ["---", *([] if c.is_multilingual else ["language: en"]), "library_name: transformers",
              "pipeline_tag: automatic-speech-recognition", "tags: [whisper, distil-whisper, audio, jax]", "---", "",
-             f"# Whisper student exported from `{Path(pre.source).name}`", "",
+             f"# Whisper {'student' if info else 'model'} exported from `{Path(pre.source).name}`", "",
              f"Exported by distil-whisper-jax from `{pre.source}` (format: {pre.fmt}). "
              + ("Provenance from `distil_info.json`." if info else
                 "No `distil_info.json` was found next to the source, so provenance is unknown."), "",
@@ -298,12 +299,12 @@ def verify(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]], clips: Sequenc
             groups.setdefault(key, []).append((RUNTIME[fmt], str(path)))
     procs = {key: start_runtime(models, paths, threads, max_new_tokens) for key, models in groups.items()}
 
+    import jax
+
     references = []
     for pre, outputs in jobs:
         exact = _jax_texts(pre, paths, max_new_tokens)
         rounded_params = fp16_rounded(pre.params)
-        import jax
-
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(pre.params),
                                                         jax.tree_util.tree_leaves(rounded_params)))
         rounded = exact if same else _jax_texts(dataclasses.replace(pre, params=rounded_params), paths,

@@ -35,9 +35,10 @@ def _hf(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]
                     device="cpu")
     if not isinstance(pipe.model, WhisperForConditionalGeneration):
         raise TypeError(f"{model}: pipeline built {type(pipe.model).__name__}, not WhisperForConditionalGeneration")
-    out = pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=len(waves),
-               generate_kwargs={"num_beams": 1, "do_sample": False, "return_timestamps": False,
-                                "max_new_tokens": max_new_tokens})
+    kwargs = {"num_beams": 1, "do_sample": False, "return_timestamps": False, "max_new_tokens": max_new_tokens}
+    if getattr(pipe.model.generation_config, "is_multilingual", False):
+        kwargs.update(language="en", task="transcribe")  # as the others; no language detection
+    out = pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=len(waves), generate_kwargs=kwargs)
     return [o["text"].strip() for o in out]
 
 
