@@ -251,6 +251,9 @@ def hf_generation_config(config: WhisperConfig, suppress_tokens: Any, begin_supp
     if sp.is_multilingual:
         gen["lang_to_id"] = {f"<|{code}|>": i for code, i in sp.lang_to_id.items()}
         gen["task_to_id"] = sp.task_to_id
+        # As openai/whisper-* ship it: without it, transformers 5 leaves <|transcribe|> out of the prompt when
+        # it detects the language itself, and whisper-base then loops (seen by export verification).
+        gen["forced_decoder_ids"] = [[1, None], [2, sp.transcribe]]
     return gen
 
 
