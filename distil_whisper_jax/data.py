@@ -15,7 +15,10 @@ and resampled to 16 kHz.
 
 Work is split between processes by fixed-size blocks of the global row index (``owned_blocks``): block
 ``b`` belongs to process ``b % process_count``. Outputs named by block number therefore sort in input
-order whatever the number of processes, and a restarted job can skip finished blocks.
+order whatever the number of processes, and a restarted job can skip finished blocks. (``datasets``'
+``split_dataset_by_node`` is not used: it hands whole files to nodes when it can, which loses the global
+row index and with it the input order of the merged output and O(1) resume; the cost here is that, for a
+hub *stream*, every process reads past the other processes' rows.)
 """
 
 from __future__ import annotations
