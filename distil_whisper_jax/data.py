@@ -54,10 +54,13 @@ class SourceSpec:
 def parse_sources(names: str, configs: str | None = None, splits: str | None = None) -> list[SourceSpec]:
     """Split the ``+``-joined ``--dataset_name/--dataset_config_name/--dataset_split_name`` flags.
 
-    Configs and splits may be given once (used for every dataset) or once per dataset."""
+    Configs and splits may be given once (used for every dataset) or once per dataset; one dataset with
+    several splits (``--dataset_split_name train+validation``, the original labeller's style) reads each."""
     name_list = [n.strip() for n in names.split("+")]
     if not all(name_list):
         raise DataConfigError(f"--dataset_name {names!r}: empty entry between '+' separators")
+    if len(name_list) == 1 and splits and "+" in splits:
+        name_list *= len(splits.split("+"))
 
     def per_source(value: str | None, flag: str) -> list[str | None]:
         if value is None or value == "":

@@ -207,17 +207,18 @@ def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
     assert rows[2]["wer"] is None  # row 3 has no ground truth
 
 
-def _unit(n, rows, speaker="a", text="x", part=0):
-    return pl.Unit(np.full(n, len(rows), np.int16), {}, text, speaker, rows, part)
+def _unit(n, rows, speaker="a", text="x", part=0, pieces=1):
+    return pl.Unit(np.full(n, len(rows), np.int16), {}, text, speaker, rows, part, pieces)
 
 
 def test_pack_and_split_long_are_exact():
     units = [_unit(10, [0]), _unit(15, [1]), _unit(10, [2]), _unit(5, [3], "b"), _unit(5, [5], "b"),
-             pl.Bad(6, "m", "bad"), _unit(4, [7], "b", None), _unit(4, [8], "b"), _unit(30, [9], part=1)]
+             pl.Bad(6, "m", "bad"), _unit(4, [7], "b", None), _unit(4, [8], "b"), _unit(5, [9], "b", None, 0, 2),
+             _unit(5, [9], "b", None, 1, 2)]
     out = list(pl.pack(iter(units), max_len=30, by_speaker=True))
     got = [(u.rows, len(u.audio), u.text) if isinstance(u, pl.Unit) else "bad" for u in out]
     assert got == [([0, 1], 25, "x x"), ([2], 10, "x"), ([3], 5, "x"), ([5], 5, "x"), "bad",
-                   ([7, 8], 8, None), ([9], 30, "x")]
+                   ([7, 8], 8, None), ([9], 5, None), ([9], 5, None)]  # pieces of a cut clip stand alone
     x = (np.random.default_rng(0).standard_normal(95_000) * 1000).astype(np.int16)
     x[40_000:41_000] = 0  # a pause inside the search window
     pieces = pl.split_long(x, 48_000, search=16_000)
@@ -333,7 +334,7 @@ def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
     cases = [(["--text_column_name", "transcript"], "--text_column_name 'transcript'"),
              (["--audio_column_name", "wav"], "--audio_column_name 'wav'"),
              (["--speaker_id_column_name", "spk"], "--speaker_id_column_name"),
-             (["--dataset_split_name", "a+b"], "has 2 '+'-separated entries"),
+             (["--dataset_config_name", "a+b"], "has 2 '+'-separated entries"),
              (["--max_duration_in_seconds", "40"], "(0, 30]")]
     for extra, msg in cases:
         assert run(tmp_path / "o", corpus, *extra) == 2
