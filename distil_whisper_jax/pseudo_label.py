@@ -461,6 +461,12 @@ def block_state_path(out: Path, b: int) -> Path:
     return out / STATE_DIR / f"block-{b:0{SHARD_DIGITS}d}.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class _NoRows(Exception):
     """A block that kept no rows: its (empty) shard file is not written."""
 
@@ -508,6 +514,7 @@ def run_blocks(s: Settings, info: dict) -> dict:
                     if writer is None:
                         raise _NoRows
                     writer.close()
+                    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → what a plain open() would give
             except _NoRows:
                 shard_path(out, b).unlink(missing_ok=True)  # a stale shard of an earlier, different run
             finally:
