@@ -1,4 +1,5 @@
-"""Files that ship with the package: speech clips with transcripts, the English spelling map."""
+"""Files that ship with the package: speech clips with transcripts, a small English speech corpus
+(``speech/``: train and held-out manifests), the English spelling map."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).parent
 CLIPS_DIR = ASSETS_DIR / "clips"
+SPEECH_DIR = ASSETS_DIR / "speech"
+SPEECH_SPLITS = ("train", "heldout")
 
 
 def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
@@ -18,3 +21,15 @@ def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
 
         rows = [(p, t) for p, t in rows if sf.info(str(p)).duration <= max_seconds]
     return rows
+
+
+def speech_manifest(split: str) -> Path:
+    """Path of the bundled speech corpus manifest for ``split`` ("train" | "heldout"): a tab-separated file with
+    header ``audio text speaker_id duration``, audio paths relative to the manifest (see ``speech/README.md``)."""
+    if split not in SPEECH_SPLITS:
+        raise ValueError(f"unknown speech corpus split {split!r}; expected one of {', '.join(SPEECH_SPLITS)}")
+    path = SPEECH_DIR / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bundled speech manifest is missing (regenerate it with "
+                                f"{SPEECH_DIR / 'generate.py'} or reinstall the package)")
+    return path

@@ -1,0 +1,71 @@
+"""Student initialisation: a teacher with fewer layers, each copied from a maximally spaced teacher layer.
+
+Distil-Whisper keeps the teacher's encoder whole (and frozen during training) and only a few decoder
+layers: 2 layers → the teacher's first and last. Because our layers are stored stacked (leading layer
+axis), a student is literally a slice of the teacher's parameter tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .model import WhisperConfig
+
+
+def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher layer index for each student layer: ``floor(linspace(0, T-1, S))`` with the last forced
+    to ``T-1`` (the original's maps: 32→2 gives 0,31; 32→4 gives 0,10,20,31; one layer keeps the last)."""
+    if not 1 <= student_layers <= teacher_layers:
+        raise ValueError(f"student layers must be between 1 and the teacher's {teacher_layers}, got {student_layers}")
+    idx = np.floor(np.linspace(0, teacher_layers - 1, student_layers)).astype(int).tolist()
+    idx[-1] = teacher_layers - 1
+    return idx
+
+
+def _take_layers(tree: Mapping, index: Sequence[int]) -> dict:
+    """Every leaf of a stacked-layer subtree, indexed along its leading (layer) axis."""
+    return {k: _take_layers(v, index) if isinstance(v, Mapping) else np.asarray(v)[np.asarray(index)]
+            for k, v in tree.items()}
+
+
+def _copy_tree(tree: Mapping) -> dict:
+    """A deep numpy copy, so the student never aliases the teacher's arrays."""
+    return {k: _copy_tree(v) if isinstance(v, Mapping) else np.array(v, copy=True) for k, v in tree.items()}
+
+
+def make_student(teacher_config: WhisperConfig, teacher_params: Mapping, decoder_layers: int,
+                 encoder_layers: int | None = None,
+                 max_source_positions: int | None = None) -> tuple[WhisperConfig, dict, dict]:
+    """Slice a teacher into a student.
+
+    Returns ``(config, params, info)``; ``info`` holds the layer maps (``decoder_layer_map``,
+    ``encoder_layer_map`` or None when the encoder is kept whole). Every non-layer parameter (conv
+    stem, embeddings, final layer norms; the output projection is tied to the token embedding) is
+    copied. ``max_source_positions`` < the teacher's keeps the first rows of the encoder position
+    table, for students trained on shorter windows (750 → 15 s).
+    """
+    dec_map = layer_map(teacher_config.decoder_layers, decoder_layers)
+    enc_map = None
+    if encoder_layers is not None and encoder_layers != teacher_config.encoder_layers:
+        enc_map = layer_map(teacher_config.encoder_layers, encoder_layers)
+    changes: dict[str, Any] = {"decoder_layers": decoder_layers}
+    if enc_map is not None:
+        changes["encoder_layers"] = encoder_layers
+    if max_source_positions is not None and max_source_positions != teacher_config.max_source_positions:
+        if not 0 < max_source_positions <= teacher_config.max_source_positions:
+            raise ValueError(f"max_source_positions must be in 1..{teacher_config.max_source_positions}, "
+                             f"got {max_source_positions}")
+        changes["max_source_positions"] = max_source_positions
+    config = teacher_config.replace(**changes)
+
+    params = {"encoder": dict(teacher_params["encoder"]), "decoder": dict(teacher_params["decoder"])}
+    params["decoder"]["layers"] = _take_layers(teacher_params["decoder"]["layers"], dec_map)
+    if enc_map is not None:
+        params["encoder"]["layers"] = _take_layers(teacher_params["encoder"]["layers"], enc_map)
+    if "max_source_positions" in changes:
+        pos = dict(params["encoder"]["embed_positions"])
+        pos["embedding"] = np.asarray(pos["embedding"])[:max_source_positions]
+        params["encoder"]["embed_positions"] = pos
+    return config, _copy_tree(params), {"decoder_layer_map": dec_map, "encoder_layer_map": enc_map}

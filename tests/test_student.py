@@ -1,0 +1,76 @@
+"""Student creation: maximally spaced layer maps, exact slices of the real tiny.en, a reloadable directory."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from distil_whisper_jax import create_student as cs
+from distil_whisper_jax.convert import load_pretrained
+from distil_whisper_jax.model import Whisper, count_params
+from distil_whisper_jax.student import layer_map, make_student
+
+
+@pytest.mark.parametrize("t, s, expected", [
+    (32, 2, [0, 31]), (32, 3, [0, 15, 31]), (32, 4, [0, 10, 20, 31]), (32, 8, [0, 4, 8, 13, 17, 22, 26, 31]),
+    (24, 8, [0, 3, 6, 9, 13, 16, 19, 23]), (12, 8, [0, 1, 3, 4, 6, 7, 9, 11]), (4, 2, [0, 3]), (4, 1, [3]),
+    (4, 4, [0, 1, 2, 3])])
+def test_layer_map_matches_the_original_tables(t, s, expected):
+    assert layer_map(t, s) == expected
+
+
+@pytest.mark.parametrize("s", [0, 5])
+def test_layer_map_rejects_impossible_sizes(s):
+    with pytest.raises(ValueError, match="between 1 and the teacher's 4"):
+        layer_map(4, s)
+
+
+def test_two_layer_student_is_the_teachers_first_and_last_layer(tiny, clip_audio):
+    config, params, info = make_student(tiny.config, tiny.params, 2)
+    assert info == {"decoder_layer_map": [0, 3], "encoder_layer_map": None}
+    assert config == tiny.config.replace(decoder_layers=2)
+    flat_t = dict(jax.tree_util.tree_leaves_with_path(tiny.params))
+    flat_s = jax.tree_util.tree_leaves_with_path(params)
+    assert len(flat_s) == len(flat_t)
+    for path, leaf in flat_s:
+        keys = [k.key for k in path]
+        want = np.asarray(flat_t[path])
+        if keys[:2] == ["decoder", "layers"]:
+            want = want[[0, 3]]
+        np.testing.assert_array_equal(leaf, want, err_msg="/".join(keys))  # bit for bit
+    # a copy, not a view: training the student must never touch the teacher
+    assert not np.shares_memory(params["encoder"]["conv1"]["kernel"], np.asarray(tiny.params["encoder"]["conv1"]["kernel"]))
+
+    from distil_whisper_jax.audio import log_mel_spectrogram
+    mel = log_mel_spectrogram(clip_audio[:1], tiny.config.num_mel_bins)
+    enc_t = Whisper(tiny.config).apply({"params": tiny.params}, mel, method="encode")
+    enc_s = Whisper(config).apply({"params": params}, mel, method="encode")
+    np.testing.assert_array_equal(np.asarray(enc_s), np.asarray(enc_t))
+
+
+def test_reduced_encoder_and_shorter_context(tiny):
+    config, params, info = make_student(tiny.config, tiny.params, 1, encoder_layers=2, max_source_positions=750)
+    assert info["encoder_layer_map"] == [0, 3] and info["decoder_layer_map"] == [3]
+    assert (config.encoder_layers, config.decoder_layers, config.max_source_positions) == (2, 1, 750)
+    np.testing.assert_array_equal(params["encoder"]["embed_positions"]["embedding"],
+                                  np.asarray(tiny.params["encoder"]["embed_positions"]["embedding"])[:750])
+    with pytest.raises(ValueError, match="max_source_positions"):
+        make_student(tiny.config, tiny.params, 2, max_source_positions=3000)
+
+
+def test_cli_writes_a_reloadable_student(tiny, tmp_path, caplog):
+    out = tmp_path / "student"
+    with caplog.at_level("INFO"):
+        assert cs.main(["--decoder_layers", "2", "--output_dir", str(out)]) == 0
+    back = load_pretrained(out)
+    _, params, _ = make_student(tiny.config, tiny.params, 2)
+    assert back.config.decoder_layers == 2 and count_params(back.params) == count_params(params)
+    info = json.loads((out / "distil_info.json").read_text())
+    assert info["decoder_layer_map"] == [0, 3] and info["teacher_decoder_layers"] == 4
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["suppress_tokens"] == list(tiny.generation_defaults.suppress_tokens)
+    assert all(0 <= layer < 2 for layer, _ in gen["alignment_heads"])
+    assert back.tokenizer.decode(back.tokenizer(" hello world").input_ids, skip_special_tokens=True) == " hello world"
+    assert "decoder layers (teacher layers [0, 3])" in caplog.text
+    assert cs.main(["--decoder_layers", "9", "--output_dir", str(tmp_path / "bad")]) == 2
