@@ -176,9 +176,12 @@ def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
             pf = pq.ParquetFile(f)
             for rg in range(pf.num_row_groups):
                 m = pf.metadata.row_group(rg).num_rows
-                if start < offset + m:
-                    rows = pf.read_row_group(rg).to_pylist()
-                    yield from rows[max(0, start - offset):]
+                if start < offset + m:  # small record batches: memory stays flat for huge row groups
+                    skip = max(0, start - offset)
+                    for batch in pf.iter_batches(batch_size=64, row_groups=[rg]):
+                        rows = batch.to_pylist()
+                        yield from rows[skip:]
+                        skip = max(0, skip - len(rows))
                 offset += m
     return Source(spec, list(schema.names), sum(counts), rows_from, base_dir=Path(spec.name).resolve(),
                   arrow_schema=schema)
