@@ -250,6 +250,8 @@ def generate(params: Any, mel: np.ndarray, prompt: Sequence[int], config: Whispe
     if len(devices) > 1:
         padded, n = parallel.pad_batch(mel, len(devices))
         fn = _compiled(config, dtype, options, tuple(devices))
+        # committed to the local mesh first: under jax.distributed, jit refuses sharded numpy inputs
+        padded = parallel.shard_batch(padded, parallel.local_mesh(devices))
         return np.asarray(fn(params, padded, prompt_arr))[:n]
     return np.asarray(_compiled(config, dtype, options, ())(params, mel, prompt_arr))
 

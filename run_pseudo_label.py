@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Pseudo-label a speech dataset with a teacher Whisper (see distil_whisper_jax/pseudo_label.py)."""
+
+import sys
+
+from distil_whisper_jax.pseudo_label import main
+
+if __name__ == "__main__":
+    sys.exit(main())
