@@ -24,21 +24,15 @@ from .utils import atomic_write
 log = logging.getLogger(__name__)
 
 
-def student_generation_config(teacher: Pretrained, decoder_layer_map: Sequence[int]) -> dict[str, Any]:
+def student_generation_config(teacher: Pretrained, student_config, decoder_layer_map: Sequence[int]) -> dict[str, Any]:
     """The teacher's generation defaults, with alignment heads renumbered to the student's layers
     (heads on teacher layers the student does not keep are dropped)."""
-    from .tokenizer import special_tokens
+    from .convert.hf import hf_generation_config
 
     gen = teacher.generation_defaults
-    sp = special_tokens(teacher.tokenizer)
     new_index = {t: s for s, t in enumerate(decoder_layer_map)}
-    heads = [[new_index[layer], head] for layer, head in gen.alignment_heads if layer in new_index]
-    return {"decoder_start_token_id": sp.sot, "eos_token_id": sp.eot, "pad_token_id": sp.eot,
-            "bos_token_id": sp.eot, "no_timestamps_token_id": sp.no_timestamps,
-            "suppress_tokens": list(gen.suppress_tokens), "begin_suppress_tokens": list(gen.begin_suppress_tokens),
-            "alignment_heads": heads, "max_length": teacher.config.max_target_positions,
-            "is_multilingual": sp.is_multilingual,
-            **({"lang_to_id": sp.lang_to_id, "task_to_id": sp.task_to_id} if sp.is_multilingual else {})}
+    heads = [(new_index[layer], head) for layer, head in gen.alignment_heads if layer in new_index]
+    return hf_generation_config(student_config, gen.suppress_tokens, gen.begin_suppress_tokens, heads)
 
 
 def create_student(teacher: str | Pretrained | None, output_dir: str | Path, decoder_layers: int,
@@ -49,7 +43,7 @@ def create_student(teacher: str | Pretrained | None, output_dir: str | Path, dec
     pre = teacher if isinstance(teacher, Pretrained) else load_pretrained(teacher)
     config, params, maps = make_student(pre.config, pre.params, decoder_layers, encoder_layers, max_source_positions)
     out = Path(output_dir)
-    write_hf_dir(out, config, params, generation_config=student_generation_config(pre, maps["decoder_layer_map"]),
+    write_hf_dir(out, config, params, generation_config=student_generation_config(pre, config, maps["decoder_layer_map"]),
                  tokenizer=pre.tokenizer)
     info = {"teacher": pre.source, "teacher_decoder_layers": pre.config.decoder_layers,
             "teacher_encoder_layers": pre.config.encoder_layers, **maps, "train_steps": 0}

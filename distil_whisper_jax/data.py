@@ -15,7 +15,10 @@ and resampled to 16 kHz.
 
 Work is split between processes by fixed-size blocks of the global row index (``owned_blocks``): block
 ``b`` belongs to process ``b % process_count``. Outputs named by block number therefore sort in input
-order whatever the number of processes, and a restarted job can skip finished blocks.
+order whatever the number of processes, and a restarted job can skip finished blocks. (``datasets``'
+``split_dataset_by_node`` is not used: it hands whole files to nodes when it can, which loses the global
+row index and with it the input order of the merged output and O(1) resume; the cost here is that, for a
+hub *stream*, every process reads past the other processes' rows.)
 """
 
 from __future__ import annotations
@@ -51,10 +54,13 @@ class SourceSpec:
 def parse_sources(names: str, configs: str | None = None, splits: str | None = None) -> list[SourceSpec]:
     """Split the ``+``-joined ``--dataset_name/--dataset_config_name/--dataset_split_name`` flags.
 
-    Configs and splits may be given once (used for every dataset) or once per dataset."""
+    Configs and splits may be given once (used for every dataset) or once per dataset; one dataset with
+    several splits (``--dataset_split_name train+validation``, the original labeller's style) reads each."""
     name_list = [n.strip() for n in names.split("+")]
     if not all(name_list):
         raise DataConfigError(f"--dataset_name {names!r}: empty entry between '+' separators")
+    if len(name_list) == 1 and splits and "+" in splits:
+        name_list *= len(splits.split("+"))
 
     def per_source(value: str | None, flag: str) -> list[str | None]:
         if value is None or value == "":
@@ -170,9 +176,12 @@ def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
             pf = pq.ParquetFile(f)
             for rg in range(pf.num_row_groups):
                 m = pf.metadata.row_group(rg).num_rows
-                if start < offset + m:
-                    rows = pf.read_row_group(rg).to_pylist()
-                    yield from rows[max(0, start - offset):]
+                if start < offset + m:  # small record batches: memory stays flat for huge row groups
+                    skip = max(0, start - offset)
+                    for batch in pf.iter_batches(batch_size=64, row_groups=[rg]):
+                        rows = batch.to_pylist()
+                        yield from rows[skip:]
+                        skip = max(0, skip - len(rows))
                 offset += m
     return Source(spec, list(schema.names), sum(counts), rows_from, base_dir=Path(spec.name).resolve(),
                   arrow_schema=schema)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import parallel
-from .model import Whisper, WhisperConfig, init_cache
+from .model import Whisper, WhisperConfig, init_cache, unstack_decoder
 
 NEG_INF = -jnp.inf
 
@@ -89,18 +89,30 @@ def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt
     return jnp.where((ts_mass > best_text)[:, None] & (vocab < tb)[None], NEG_INF, logits)
 
 
-def _greedy(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions):
+def stage_sizes(batch: int, multiple: int = 1) -> list[int]:
+    """Batch sizes greedy decoding shrinks through as rows finish: halving, but always a multiple of
+    ``multiple`` (the device count, so every device keeps an equal share): 8 → [8, 4, 2, 1] on one
+    device, [8] on eight, 64 → [64, 32, 16, 8] on eight."""
+    sizes = [batch]
+    while True:
+        nxt = -(-((sizes[-1] + 1) // 2) // multiple) * multiple
+        if nxt >= sizes[-1]:
+            return sizes
+        sizes.append(nxt)
+
+
+def _greedy(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions, multiple: int = 1):
+    """Greedy decoding. Rows are independent, so whenever no more than the next stage size of rows is
+    still running, the running rows are gathered into that smaller batch (finished-row compaction): a
+    batch of short and long clips stops paying for the finished ones. Each stage is its own static-shape
+    while loop, so the function still compiles once per batch shape."""
     b = encoder_out.shape[0]
     p = prompt.shape[0]
     length = p + opts.max_new_tokens
     tokens = jnp.full((b, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
-    cache = init_cache(model.config, b, length, model.dtype)
+    cache = init_cache(model.config, b, length, model.dtype, per_layer=model.unstacked_decoder)
     logits, cache = model.apply({"params": params}, tokens[:, :p], encoder_out, cache, 0, method=Whisper.decode)
     logits = logits[:, -1:]
-
-    def cond(state):
-        step, _, _, _, done = state
-        return (step < opts.max_new_tokens) & ~jnp.all(done)
 
     def body(state):
         step, tokens, cache, logits, done = state
@@ -111,9 +123,22 @@ def _greedy(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions
         logits, cache = model.apply({"params": params}, nxt[:, None], None, cache, p + step, method=Whisper.decode)
         return step + 1, tokens, cache, logits, done
 
+    sizes = stage_sizes(b, multiple) if model.unstacked_decoder else [b]
     state = (jnp.int32(0), tokens, cache, logits, jnp.zeros((b,), bool))
-    _, tokens, _, _, _ = jax.lax.while_loop(cond, body, state)
-    return tokens[:, p:]
+    out, rows = tokens, jnp.arange(b)
+    for size, nxt_size in zip(sizes, sizes[1:] + [0]):
+        def cond(state, nxt_size=nxt_size):
+            step, _, _, _, done = state
+            return (step < opts.max_new_tokens) & (jnp.sum(~done) > nxt_size)
+
+        state = jax.lax.while_loop(cond, body, state)
+        step, tokens, cache, logits, done = state
+        out = out.at[rows].set(tokens)
+        if nxt_size:
+            keep = jnp.argsort(done, stable=True)[:nxt_size]  # running rows first
+            rows = rows[keep]
+            state = (step, *jax.tree_util.tree_map(lambda a: a[keep], (tokens, cache, logits, done)))
+    return out[:, p:]
 
 
 def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions):
@@ -191,12 +216,15 @@ def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOp
 
 @functools.lru_cache(maxsize=32)
 def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_key: tuple):
-    model = Whisper(config, dtype=dtype)
+    model = Whisper(config, dtype=dtype, unstacked_decoder=opts.num_beams == 1)
 
     def run(params, mel, prompt):
+        if model.unstacked_decoder and "layers" in params["decoder"]:
+            params = unstack_decoder(params)  # inside the jit, before the while loop
         encoder_out = model.apply({"params": params}, mel, method=Whisper.encode)
-        search = _greedy if opts.num_beams == 1 else _beam_search
-        return search(model, params, encoder_out, prompt, opts)
+        if opts.num_beams > 1:
+            return _beam_search(model, params, encoder_out, prompt, opts)
+        return _greedy(model, params, encoder_out, prompt, opts, multiple=max(1, len(mesh_key)))
 
     if mesh_key:
         mesh = parallel.local_mesh(list(mesh_key))

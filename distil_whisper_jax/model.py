@@ -134,19 +134,50 @@ class Attention(nn.Module):
         return x.reshape(x.shape[:2] + (self.num_heads, -1))
 
     def project_kv(self, x: Array) -> tuple[Array, Array]:
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        """k as [B, H, D, T] and v as [B, H, T, D]: the layouts q·kᵀ and p·v read without a transpose,
+        which matters in decoding where cached cross-attention k/v are read at every step."""
+        k = jnp.transpose(self._split(self.k_proj(x)), (0, 2, 3, 1))
+        return k, jnp.swapaxes(self._split(self.v_proj(x)), 1, 2)
 
     def __call__(self, x: Array, k: Array, v: Array, mask: Array | None, deterministic: bool = True) -> Array:
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * (head_dim**-0.5)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        # Long unmasked attention (the encoder) on CPU: tile it so score blocks stay in cache. On TPU/GPU
+        # the fused full-matrix form is the fast one.
+        if (mask is None and (deterministic or self.dropout == 0) and q.shape[1] >= 512 and k.shape[3] >= 512
+                and jax.default_backend() == "cpu"):
+            out = _tiled_attention(jnp.swapaxes(q, 1, 2).astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype))
+            out = jnp.swapaxes(out, 1, 2)
+            return self.out_proj(out.reshape(out.shape[:2] + (self.d_model,)))
+        scores = jnp.einsum("bqhd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         if self.dropout > 0 and not deterministic:
             probs = self.attn_dropout(probs, deterministic=False)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v.astype(self.dtype))
+        out = jnp.einsum("bhqk,bhkd->bqhd", probs.astype(self.dtype), v.astype(self.dtype))
         return self.out_proj(out.reshape(out.shape[:2] + (self.d_model,)))
+
+
+def _tiled_attention(q: Array, k: Array, v: Array, q_chunk: int = 250) -> Array:
+    """softmax(q kᵀ) v for heads-first [B, H, T, D] inputs, one (batch, head, query-chunk) tile at a time,
+    so each score tile ([q_chunk, K] fp32) stays in cache instead of streaming a [B, H, T, K] tensor
+    through memory for the max/exp/sum/normalise passes."""
+    b, h, t, d = q.shape
+    c = q_chunk if t % q_chunk == 0 else t
+    qt = q.reshape(b * h, t // c, c, d)
+    kt, vt = k.reshape(b * h, d, k.shape[3]), v.reshape(b * h, v.shape[2], d)
+
+    def one_head(args):
+        qq, kk, vv = args
+
+        def one_chunk(qc):
+            s = jnp.einsum("qd,dk->qk", qc, kk, preferred_element_type=jnp.float32)
+            return jnp.einsum("qk,kd->qd", jax.nn.softmax(s, axis=-1).astype(vv.dtype), vv)
+
+        return jax.lax.map(one_chunk, qq)
+
+    return jax.lax.map(one_head, (qt, kt, vt)).reshape(b, h, t, d)
 
 
 class MLP(nn.Module):
@@ -202,10 +233,10 @@ class DecoderLayer(nn.Module):
             mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
         else:
             # Write the new keys/values at `index`; a query at absolute position i sees keys j <= i.
-            k = jax.lax.dynamic_update_slice(cache["self_k"], k.astype(cache["self_k"].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache["self_v"], v.astype(cache["self_v"].dtype), (0, index, 0, 0))
+            k = jax.lax.dynamic_update_slice(cache["self_k"], k.astype(cache["self_k"].dtype), (0, 0, 0, index))
+            v = jax.lax.dynamic_update_slice(cache["self_v"], v.astype(cache["self_v"].dtype), (0, 0, index, 0))
             q_pos = index + jnp.arange(t)
-            mask = (jnp.arange(k.shape[1])[None, :] <= q_pos[:, None])[None, None]
+            mask = (jnp.arange(k.shape[3])[None, :] <= q_pos[:, None])[None, None]
         x = x + drop(self_attn(h, k, v, mask, deterministic))
 
         h = _layer_norm("encoder_attn_layer_norm")(x).astype(self.dtype)
@@ -259,6 +290,7 @@ class Decoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     unroll: int | bool = 1
+    unstacked: bool = False  # per-layer params/cache (generation: no per-step slicing of stacked arrays)
 
     def setup(self):
         c = self.config
@@ -266,9 +298,12 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, name="embed_tokens")
         self.embed_positions = nn.Embed(c.max_target_positions, c.d_model, embedding_init=init,
                                         name="embed_positions")
-        layer_cls = _stack(DecoderLayer, c.decoder_layers, self.remat, self.unroll,
-                           (0, nn.broadcast, nn.broadcast, nn.broadcast))
-        self.layers = layer_cls(c, self.dtype, name="layers")
+        if self.unstacked:
+            self.layer_list = [DecoderLayer(c, self.dtype, name=f"layer_{i}") for i in range(c.decoder_layers)]
+        else:
+            layer_cls = _stack(DecoderLayer, c.decoder_layers, self.remat, self.unroll,
+                               (0, nn.broadcast, nn.broadcast, nn.broadcast))
+            self.layers = layer_cls(c, self.dtype, name="layers")
         self.layer_norm = _layer_norm("layer_norm")
 
     def __call__(self, tokens: Array, encoder_out: Array | None, cache: dict | None = None,
@@ -281,7 +316,15 @@ class Decoder(nn.Module):
         t = tokens.shape[1]
         positions = jnp.asarray(index) + jnp.arange(t)
         x = self.embed_tokens(tokens) + self.embed_positions(positions)[None]
-        x, new_cache = self.layers(x, cache, encoder_out, jnp.asarray(index, jnp.int32), deterministic)
+        if self.unstacked:  # cache: a list of per-layer dicts
+            new_cache = []
+            for i, layer in enumerate(self.layer_list):
+                x, nc = layer(x, None if cache is None else cache[i], encoder_out, jnp.asarray(index, jnp.int32),
+                              deterministic)
+                new_cache.append(nc)
+            new_cache = None if cache is None else new_cache
+        else:
+            x, new_cache = self.layers(x, cache, encoder_out, jnp.asarray(index, jnp.int32), deterministic)
         x = self.layer_norm(x)
         logits = self.embed_tokens.attend(x.astype(self.dtype)).astype(jnp.float32)  # tied output projection
         return (logits, new_cache, x) if return_hidden else (logits, new_cache)
@@ -295,10 +338,11 @@ class Whisper(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     unroll: int | bool = 1
+    unstacked_decoder: bool = False
 
     def setup(self):
         self.encoder = Encoder(self.config, self.dtype, self.remat, self.unroll)
-        self.decoder = Decoder(self.config, self.dtype, self.remat, self.unroll)
+        self.decoder = Decoder(self.config, self.dtype, self.remat, self.unroll, self.unstacked_decoder)
 
     def encode(self, mel: Array, deterministic: bool = True) -> Array:
         return self.encoder(mel, deterministic)
@@ -312,13 +356,20 @@ class Whisper(nn.Module):
         return logits
 
 
-def init_cache(config: WhisperConfig, batch: int, length: int, dtype: Dtype = jnp.float32) -> dict:
-    """Empty self-attention cache for ``length`` positions (cross k/v are filled by the first decode)."""
+def init_cache(config: WhisperConfig, batch: int, length: int, dtype: Dtype = jnp.float32,
+               per_layer: bool = False) -> dict | list[dict]:
+    """Empty self-attention cache for ``length`` positions (cross k/v are filled by the first decode):
+    stacked [layers, batch, ...] arrays for the scanned decoder, or one dict per layer (``per_layer``) for
+    ``Whisper(..., unstacked_decoder=True)``. k is [batch, heads, head_dim, length], v [batch, heads, length,
+    head_dim] (see ``Attention.project_kv``)."""
     if length > config.max_target_positions:
         raise ValueError(f"cache length {length} exceeds max_target_positions={config.max_target_positions}")
-    shape = (config.decoder_layers, batch, length, config.decoder_attention_heads,
-             config.d_model // config.decoder_attention_heads)
-    return {"self_k": jnp.zeros(shape, dtype), "self_v": jnp.zeros(shape, dtype)}
+    h, d = config.decoder_attention_heads, config.d_model // config.decoder_attention_heads
+    k, v = (batch, h, d, length), (batch, h, length, d)
+    if per_layer:
+        return [{"self_k": jnp.zeros(k, dtype), "self_v": jnp.zeros(v, dtype)} for _ in range(config.decoder_layers)]
+    n = config.decoder_layers
+    return {"self_k": jnp.zeros((n, *k), dtype), "self_v": jnp.zeros((n, *v), dtype)}
 
 
 def init_params(config: WhisperConfig, rng: Array | int = 0) -> dict:
@@ -341,3 +392,16 @@ def param_shapes(config: WhisperConfig) -> dict:
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def unstack_decoder(params: dict) -> dict:
+    """Params for ``Whisper(..., unstacked_decoder=True)``: decoder layers as ``layer_{i}`` subtrees.
+    Called inside the generation jit, so the per-layer slices are taken once, before the decode loop,
+    instead of a dynamic slice of every stacked weight and cache at every step."""
+    dec = dict(params["decoder"])
+    stacked = dec.pop("layers")
+    n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    for i in range(n):
+        dec[f"layer_{i}"] = jax.tree_util.tree_map(lambda a: a[i], stacked)
+    return {**params, "decoder": dec}
+

@@ -126,6 +126,7 @@ class Unit:
     speaker: Any
     rows: list[int]  # global input row indices
     part: int = 0  # piece index of a long clip
+    pieces: int = 1  # number of pieces the clip was cut into (1: not cut)
 
     @property
     def duration(self) -> float:
@@ -183,12 +184,12 @@ def pack(units: Iterable[Unit | Bad], max_len: int, by_speaker: bool) -> Iterato
             yield from flush()
             yield u
             continue
-        joinable = (cur and u.part == 0 and cur[-1].part == 0
+        joinable = (cur and u.pieces == 1 and cur[-1].pieces == 1
                     and u.rows[0] == cur[-1].rows[-1] + 1 and (not by_speaker or u.speaker == cur[0].speaker)
                     and sum(len(c.audio) for c in cur) + len(u.audio) <= max_len)
         if not joinable:
             yield from flush()
-        if u.part:  # pieces of long clips stand alone
+        if u.pieces > 1:  # pieces of long clips stand alone
             yield u
         else:
             cur.append(u)
@@ -255,8 +256,9 @@ def _decoded_units(rows: Iterator[tuple[int, int, dict]], s: Settings) -> Iterat
         kept = {c: row.get(c) for c in s.columns if c != a.audio_column_name}
         speaker = row.get(spk_col) if spk_col else None
         if len(wav) > max_len:
-            for j, piece in enumerate(split_long(wav, max_len)):
-                yield Unit(piece, kept, None, speaker, [gi], j)
+            pieces = split_long(wav, max_len)
+            for j, piece in enumerate(pieces):
+                yield Unit(piece, kept, None, speaker, [gi], j, len(pieces))
         else:
             yield Unit(wav, kept, text, speaker, [gi])
 
@@ -440,7 +442,7 @@ def _label_batch(units: list[Unit], mel: np.ndarray, s: Settings, prev: Unit | N
         st["wer_errors_written"] += errs
         st["wer_words_written"] += words
         row = dict(u.row)
-        if a.text_column_name and (len(u.rows) > 1 or u.part):  # a pack's joined text; none for a piece
+        if a.text_column_name and (len(u.rows) > 1 or u.pieces > 1):  # a pack's joined text; none for a piece
             row[a.text_column_name] = u.text
         row[a.audio_column_name] = {"bytes": _flac(u.audio), "path": _unit_name(u)}
         row.update(whisper_transcript=text, whisper_token_ids=ids, wer=w, condition_on_prev=cond,
@@ -457,6 +459,12 @@ def shard_path(out: Path, b: int) -> Path:
 
 def block_state_path(out: Path, b: int) -> Path:
     return out / STATE_DIR / f"block-{b:0{SHARD_DIGITS}d}.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _NoRows(Exception):
@@ -506,6 +514,7 @@ def run_blocks(s: Settings, info: dict) -> dict:
                     if writer is None:
                         raise _NoRows
                     writer.close()
+                    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → what a plain open() would give
             except _NoRows:
                 shard_path(out, b).unlink(missing_ok=True)  # a stale shard of an earlier, different run
             finally:

@@ -26,6 +26,17 @@ Design (what differs from the original distil-whisper Flax trainer, ``upstream.m
 * **Dropout RNG**: ``fold_in(fold_in(state.rng, step), micro_batch)``. Threefry is partitionable
   (``jax_threefry_partitionable``), so each example's mask depends only on its global position, not on
   the device that holds it: runs with dropout are also device-count invariant.
+
+Usage::
+
+    config, params, _ = student.make_student(teacher_config, teacher_params, 2)
+    tx = make_optimizer(params, schedule=make_schedule("linear", 1e-4, 500, 80_000), freeze_encoder=True)
+    step = make_train_step(config, teacher_config, tx, freeze_encoder=True,
+                           share_encoder=encoders_identical(params, teacher_params), grad_accum_steps=k)
+    teacher = parallel.replicate(teacher_params, step.mesh)  # once
+    state = create_train_state(params, tx, seed)
+    for batch in batches:  # numpy rows of this process: input_features, decoder_input_ids, labels
+        state, metrics = step(state, teacher, batch)
 """
 
 from __future__ import annotations
@@ -315,7 +326,7 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
                     temperature: float = 2.0, mse_weight: float = 0.0, freeze_encoder: bool = False,
                     share_encoder: bool = False, dtype: Any = jnp.float32, remat: bool = False,
                     unroll: int | bool = 1, grad_accum_steps: int = 1, mesh: Mesh | None = None,
-                    donate: bool = True) -> Callable:
+                    donate: bool = True, compiler_options: dict | None = None) -> Callable:
     """Jitted ``step(state, teacher_params, batch) -> (state, metrics)``: one optimiser update from one
     global batch (numpy rows of this process, or global arrays from :func:`global_batch`).
 
@@ -327,6 +338,8 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
     then hold ``encoder_outputs`` [B, 1500, d_model] instead of ``input_features``.
     Metrics (replicated scalars): loss, ce, kl, mse, grad_norm (trainable, before clipping), lr (of this
     update), num_tokens (global). The state argument is donated (its buffers are reused).
+    ``compiler_options`` go to ``jax.jit`` (e.g. ``{"xla_backend_optimization_level": 0}`` halves
+    XLA:CPU compile time for tests).
     """
     if grad_accum_steps < 1:
         raise ValueError(f"gradient_accumulation_steps must be ≥ 1, got {grad_accum_steps}")
@@ -369,7 +382,8 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
 
     repl = NamedSharding(mesh, P())
     jitted = jax.jit(train_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))),
-                     out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
+                     out_shardings=(repl, repl), donate_argnums=(0,) if donate else (),
+                     compiler_options=compiler_options)
 
     def step(state: TrainState, teacher_params, batch: Batch):
         _check_batch(batch, mesh, k)
@@ -384,7 +398,8 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
 
 def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig, *, kl_weight: float = 1.0,
                    ce_weight: float | None = None, mse_weight: float = 0.0, freeze_encoder: bool = False,
-                   share_encoder: bool = False, dtype: Any = jnp.float32, mesh: Mesh | None = None) -> Callable:
+                   share_encoder: bool = False, dtype: Any = jnp.float32, mesh: Mesh | None = None,
+                   compiler_options: dict | None = None) -> Callable:
     """Jitted ``eval_step(params, teacher_params, batch) -> metrics``: the loss terms at temperature 1,
     no dropout. Returns token means of this batch (loss, ce, kl, mse) and the sums behind them
     (``*_sum``, ``num_tokens``) so a caller can average exactly over many batches. Rows whose labels
@@ -400,7 +415,8 @@ def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig,
         return dict(m, **{f"{key}_sum": m[key] * jnp.maximum(n, 1) for key in ("loss", "ce", "kl", "mse")})
 
     repl = NamedSharding(mesh, P())
-    jitted = jax.jit(eval_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))), out_shardings=repl)
+    jitted = jax.jit(eval_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))), out_shardings=repl,
+                     compiler_options=compiler_options)
 
     def step(params, teacher_params, batch: Batch):
         _check_batch(batch, mesh, 1)
@@ -428,3 +444,57 @@ def encoder_outputs(teacher_config: WhisperConfig, teacher_params: Any, features
     x = features if isinstance(features, jax.Array) else jax.make_array_from_process_local_data(
         NamedSharding(mesh, P(DATA_AXIS)), np.asarray(features, np.float32))
     return _encoder_fn(teacher_config, jnp.dtype(dtype), mesh)(teacher_params, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model FLOPs (for MFU)
+
+
+def encoder_flops(config: WhisperConfig, batch: int = 1) -> float:
+    """Forward matmul FLOPs of the encoder (2·m·n·k per matmul; elementwise ops not counted).
+
+    Per example, F = 2·S mel frames, S = max_source_positions, d = d_model, f = ffn dim:
+    conv1 2·F·3·n_mels·d + conv2 2·S·3d·d + layers · (q,k,v,out 8·S·d² + QKᵀ,AV 4·S²·d + MLP 4·S·d·f).
+    """
+    c = config
+    s, d, f = c.max_source_positions, c.d_model, c.encoder_ffn_dim
+    per_layer = 8 * s * d * d + 4 * s * s * d + 4 * s * d * f
+    return float(batch) * (2 * c.n_frames * 3 * c.num_mel_bins * d + 2 * s * 3 * d * d + c.encoder_layers * per_layer)
+
+
+def decoder_flops(config: WhisperConfig, length: int, batch: int = 1) -> float:
+    """Forward matmul FLOPs of the decoder over ``length`` tokens (teacher forcing, no cache).
+
+    Per example, L = length, S = encoder positions: layers · (self q,k,v,out 8·L·d² + self QKᵀ,AV
+    4·L²·d (dense, as computed: the causal mask does not skip work) + cross q,out 4·L·d² + cross k,v
+    4·S·d² + cross QKᵀ,AV 4·L·S·d + MLP 4·L·d·f) + tied output projection 2·L·d·V.
+    """
+    c = config
+    n, s, d, f = length, c.max_source_positions, c.d_model, c.decoder_ffn_dim
+    per_layer = 12 * n * d * d + 4 * n * n * d + 4 * s * d * d + 4 * n * s * d + 4 * n * d * f
+    return float(batch) * (c.decoder_layers * per_layer + 2 * n * d * c.vocab_size)
+
+
+def flops_per_step(student_config: WhisperConfig, teacher_config: WhisperConfig, batch_size: int,
+                   label_length: int, *, kl_weight: float = 1.0, mse_weight: float = 0.0,
+                   freeze_encoder: bool = False, share_encoder: bool = False,
+                   cached_encoder: bool = False) -> dict[str, float]:
+    """Model FLOPs of one training step on ``batch_size`` examples of ``label_length`` tokens, by part.
+
+    Backward = 2× forward for every part that is differentiated (activation + weight gradients), 0 for
+    frozen or teacher parts; rematerialisation is not counted (model FLOPs, not hardware FLOPs).
+    Parts: ``teacher_encoder`` (once when shared, absent with cached encoder outputs),
+    ``student_encoder`` (unshared only; ×3 when trained), ``teacher_decoder`` (when KL or MSE is on),
+    ``student_decoder`` (×3), ``total``.
+    """
+    b, n = batch_size, label_length
+    need_teacher = bool(kl_weight or mse_weight)
+    parts = {
+        "teacher_encoder": 0.0 if cached_encoder or not (share_encoder or need_teacher)
+        else encoder_flops(teacher_config, b),
+        "student_encoder": 0.0 if share_encoder else encoder_flops(student_config, b) * (1 if freeze_encoder else 3),
+        "teacher_decoder": decoder_flops(teacher_config, n, b) if need_teacher else 0.0,
+        "student_decoder": 3 * decoder_flops(student_config, n, b),
+    }
+    parts["total"] = sum(parts.values())
+    return parts

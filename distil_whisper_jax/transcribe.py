@@ -83,9 +83,10 @@ def segments_from_tokens(ids: Sequence[int], tokenizer: Any, specials: SpecialTo
 def transcribe(paths: Sequence[str | Path], model: str | Pretrained | None = None, batch_size: int = 8,
                dtype: str = "float32", num_beams: int = 1, return_timestamps: bool = False,
                language: str | None = None, task: str = "transcribe", max_new_tokens: int | None = None,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, devices: Sequence[Any] | None = None) -> list[dict]:
     """Transcribe audio files (≤30 s each); returns one dict per input in order:
-    ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input that could not be read."""
+    ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input that could not be read.
+    ``devices``: where to run (default all local devices)."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
@@ -96,7 +97,7 @@ def transcribe(paths: Sequence[str | Path], model: str | Pretrained | None = Non
     prompt = prompt_ids(specials, language=language, task=task, timestamps=return_timestamps)
     opts = generation_options(pre, specials, num_beams=num_beams, return_timestamps=return_timestamps,
                               max_new_tokens=max_new_tokens, prompt_len=len(prompt))
-    devices = jax.local_devices()
+    devices = list(devices) if devices else jax.local_devices()
     # Every batch is padded to one static shape (one compile), a multiple of the device count.
     batch_size = -(-batch_size // len(devices)) * len(devices)
     params = parallel.replicate(pre.params, parallel.local_mesh(devices)) if len(devices) > 1 else \

@@ -17,6 +17,7 @@ def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     try:
         if mode is None:
             yield Path(tmp)
@@ -29,6 +30,12 @@ def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def is_hub_id(s: str | os.PathLike) -> bool:

@@ -2,6 +2,7 @@
 parity with transformers PyTorch on configs unlike any released model (128 mels, odd layer counts)."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +28,27 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS), ids=list(CONFIGS))
-def setup(request):
-    config = CONFIGS[request.param]
+@functools.lru_cache(maxsize=None)
+def _setup(name):
+    config = CONFIGS[name]
     params = init_params(config, 0)
     rng = np.random.default_rng(1)
     mel = rng.standard_normal((2, config.num_mel_bins, config.n_frames)).astype(np.float32)
     tokens = rng.integers(0, config.vocab_size, (2, 7)).astype(np.int32)
     return config, params, mel, tokens
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS), ids=list(CONFIGS))
+def setup(request):
+    return _setup(request.param)
+
+
+# The compile-heavy checks (scan vs unroll vs remat, gradients, dropout) run on one config in CI; the
+# other configs add nothing new to them and take ~30 s each, so they run with `-m slow`.
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=[] if n == "english-odd" else pytest.mark.slow)
+                                        for n in CONFIGS], ids=list(CONFIGS))
+def setup_heavy(request):
+    return _setup(request.param)
 
 
 def test_shapes_and_param_tree(setup):
@@ -61,8 +75,8 @@ def test_cached_decoding_equals_full_pass(setup):
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5)
 
 
-def test_unrolled_and_remat_are_the_same_function(setup):
-    config, params, mel, tokens = setup
+def test_unrolled_and_remat_are_the_same_function(setup_heavy):
+    config, params, mel, tokens = setup_heavy
     base = Whisper(config)
     for variant in (Whisper(config, unroll=True), Whisper(config, remat=True)):
         np.testing.assert_allclose(variant.apply({"params": params}, mel, tokens),
@@ -77,8 +91,8 @@ def test_unrolled_and_remat_are_the_same_function(setup):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_dropout_is_active_only_when_training(setup):
-    config, params, mel, tokens = setup
+def test_dropout_is_active_only_when_training(setup_heavy):
+    config, params, mel, tokens = setup_heavy
     model = Whisper(dataclasses.replace(config, dropout=0.3, attention_dropout=0.1, activation_dropout=0.1))
     a = model.apply({"params": params}, mel, tokens, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
     b = model.apply({"params": params}, mel, tokens, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})

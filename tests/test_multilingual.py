@@ -32,8 +32,10 @@ def test_language_detection_and_english_transcripts(base, clips, clip_audio):
     assert (probs.argmax(-1) == en).all(), probs.max(-1)
     prompt = prompt_ids(sp, language="en", task="transcribe")
     assert prompt == [sp.sot, sp.language_ids[0], sp.transcribe, sp.no_timestamps]
-    opts = generation_options(base, sp, max_new_tokens=150)
-    ids = strip(generate(base.params, mel, prompt, base.config, opts), sp.eot)
+    # Transcribe the three shortest clips (the long ones cost CI a minute and prove nothing more).
+    short = sorted(range(len(clips)), key=lambda i: len(clip_audio[i]))[:3]
+    opts = generation_options(base, sp, max_new_tokens=100)
+    ids = strip(generate(base.params, mel[short], prompt, base.config, opts), sp.eot)
     texts = [base.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
-    score = wer([t for _, t in clips], texts)
+    score = wer([clips[i][1] for i in short], texts)
     assert score < 25.0, (score, texts)

@@ -23,12 +23,26 @@ from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.evaluate import wer
 
 ROOT = Path(__file__).resolve().parents[1]
-# Ground truth: two rows match the audio, one is deliberately wrong (the filter must drop it), one is missing.
-ROWS = [("goforward.wav", "Go backward five meters.", "s1"),
-        ("piper_train.flac", "The last train to Boston leaves at 9 o'clock tonight, so please don't be late.", "s1"),
-        ("jfk.flac", "And so, my fellow Americans, ask not what your country can do for you, ask what you can do "
-                     "for your country.", "s2"),
-        ("goforward.wav", "", "s2")]
+# Four utterances of the bundled speech corpus (contract A), two per speaker. Ground truth: row 0's is
+# deliberately wrong (the filter must drop it), row 3's is missing.
+PICK = (4, 25, 36, 34)  # 1-based rows of train.tsv: speaker A 1.9 s + 1.6 s, speaker B 4.8 s + 4.0 s
+WRONG = "Please close the window before you leave the office."
+
+
+def corpus_rows():
+    import csv
+
+    from distil_whisper_jax.assets import speech_manifest
+
+    with open(speech_manifest("train"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    picked = [dict(rows[i - 1]) for i in PICK]
+    truth = [r["text"] for r in picked]
+    picked[0]["text"], picked[3]["text"] = WRONG, ""
+    return picked, truth
+
+
+ROWS, TRUTH = corpus_rows()
 B2 = ["--num_local_devices", "2", "--per_device_eval_batch_size", "1", "--rows_per_shard", "2"]
 THRESHOLD = 10.0
 
@@ -42,14 +56,15 @@ def write_tsv(path: Path, rows, header=("audio", "text", "speaker")):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, clips):
-    """A manifest with audio paths relative to it (real speech from the bundled clips)."""
+def corpus(tmp_path_factory):
+    """A manifest of real speech with audio paths relative to it."""
+    from distil_whisper_jax.assets import speech_manifest
+
     d = tmp_path_factory.mktemp("corpus")
-    (d / "wav").mkdir()
-    src = {p.name: p for p, _ in clips}
-    for name, _, _ in ROWS:
-        shutil.copy(src[name], d / "wav" / name)
-    return write_tsv(d / "train.tsv", [(f"wav/{n}", t, s) for n, t, s in ROWS])
+    (d / "flac").mkdir()
+    for r in ROWS:
+        shutil.copy(speech_manifest("train").parent / r["audio"], d / r["audio"])
+    return write_tsv(d / "train.tsv", [tuple(r.values()) for r in ROWS], header=tuple(ROWS[0]))
 
 
 def run(out, manifest, *extra):
@@ -81,11 +96,12 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
     rows = read_rows(reference)
     assert [r["pseudo_label_rows"] for r in rows] == [[0], [1], [2], [3]]
     # contract B: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
-    for r, (name, text, spk) in zip(rows, ROWS):
+    for r, src in zip(rows, ROWS):
         wav, sr = sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")
         assert sr == 16000 and sf.info(io.BytesIO(r["audio"]["bytes"])).subtype == "PCM_16"
-        np.testing.assert_array_equal(wav, audio.load_audio(corpus.parent / "wav" / name))
-        assert r["duration"] == pytest.approx(len(wav) / 16000) and (r["text"], r["speaker"]) == (text, spk)
+        np.testing.assert_array_equal(wav, audio.load_audio(corpus.parent / src["audio"]))
+        assert r["duration"] == pytest.approx(float(src["duration"]), abs=1e-3)  # float64, replaces the input's
+        assert (r["text"], r["speaker_id"]) == (src["text"], src["speaker_id"])
         assert r["condition_on_prev"] == []  # no speaker column given, no concatenation
         assert r["whisper_transcript"] == tiny.tokenizer.decode(r["whisper_token_ids"], skip_special_tokens=True).strip()
     # 8 devices x 1 (the corpus twice: one full batch of 8) and 1 device x 2 give the same rows
@@ -102,14 +118,14 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
     same = lambda r: {**r, "pseudo_label_rows": None, "audio": r["audio"]["bytes"]}  # noqa: E731 (names hold the row)
     assert [same(r) for r in rows8] == [same(r) for r in rows * 2]
     # the labels are transcribe()'s greedy transcripts (8 devices, batch 8: the same compiled shape)
-    paths = [corpus.parent / "wav" / n for n, _, _ in ROWS] * 2
+    paths = [corpus.parent / r["audio"] for r in ROWS] * 2
     texts = [r["text"] for r in transcribe(paths, tiny, batch_size=8, max_new_tokens=256, progress=False)]
     assert [r["whisper_transcript"] for r in rows8] == texts
 
 
 def test_wer_filter_marks_and_drops_exactly_rows_above_threshold(reference, corpus, tmp_path):
     rows = read_rows(reference)
-    refs = [t or None for _, t, _ in ROWS]
+    refs = [r["text"] or None for r in ROWS]
     expected = [None if t is None else wer([t], [r["whisper_transcript"]]) for t, r in zip(refs, rows)]
     assert [r["wer"] for r in rows] == pytest.approx(expected)
     assert expected[0] > THRESHOLD and expected[3] is None  # the wrong and the missing ground truth
@@ -190,34 +206,37 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
 
 
 def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
-    assert run(tmp_path, corpus, "--concatenate_audio", "--speaker_id_column_name", "speaker",
-               "--max_duration_in_seconds", "12", "--rows_per_shard", "4") == 0
+    assert run(tmp_path, corpus, "--concatenate_audio", "--speaker_id_column_name", "speaker_id",
+               "--max_duration_in_seconds", "5", "--rows_per_shard", "4") == 0
     rows = read_rows(tmp_path)
-    # s1: rows 0+1 (8.1 s) joined; s2: rows 2 (11 s) and 3 (2.8 s) would exceed 12 s
+    # speaker A: rows 0+1 (3.5 s) joined; speaker B: rows 2 (4.8 s) and 3 (4.0 s) would exceed 5 s
     assert [r["pseudo_label_rows"] for r in rows] == [[0, 1], [2], [3]]
-    assert rows[0]["text"] == ROWS[0][1] + " " + ROWS[1][1] and rows[0]["speaker"] == "s1"
-    wavs = [audio.load_audio(corpus.parent / "wav" / n) for n, _, _ in ROWS]
+    assert rows[0]["text"] == ROWS[0]["text"] + " " + ROWS[1]["text"]
+    assert rows[0]["speaker_id"] == ROWS[0]["speaker_id"]
+    wavs = [audio.load_audio(corpus.parent / r["audio"]) for r in ROWS]
     for r in rows:
         got, _ = sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")
         np.testing.assert_array_equal(got, np.concatenate([wavs[i] for i in r["pseudo_label_rows"]]))
-        assert r["duration"] <= 12.0
-    assert rows[0]["whisper_transcript"].lower().startswith("go forward") and "Boston" in rows[0]["whisper_transcript"]
+        assert r["duration"] <= 5.0
+    # the pack's label covers both utterances, in order
+    assert wer([TRUTH[0] + " " + TRUTH[1]], [rows[0]["whisper_transcript"]]) < 25
     # condition_on_prev: only when the previous row is the same speaker and directly before
     assert rows[1]["condition_on_prev"] == [] and rows[2]["condition_on_prev"] == rows[1]["whisper_token_ids"]
     assert rows[2]["wer"] is None  # row 3 has no ground truth
 
 
-def _unit(n, rows, speaker="a", text="x", part=0):
-    return pl.Unit(np.full(n, len(rows), np.int16), {}, text, speaker, rows, part)
+def _unit(n, rows, speaker="a", text="x", part=0, pieces=1):
+    return pl.Unit(np.full(n, len(rows), np.int16), {}, text, speaker, rows, part, pieces)
 
 
 def test_pack_and_split_long_are_exact():
     units = [_unit(10, [0]), _unit(15, [1]), _unit(10, [2]), _unit(5, [3], "b"), _unit(5, [5], "b"),
-             pl.Bad(6, "m", "bad"), _unit(4, [7], "b", None), _unit(4, [8], "b"), _unit(30, [9], part=1)]
+             pl.Bad(6, "m", "bad"), _unit(4, [7], "b", None), _unit(4, [8], "b"), _unit(5, [9], "b", None, 0, 2),
+             _unit(5, [9], "b", None, 1, 2)]
     out = list(pl.pack(iter(units), max_len=30, by_speaker=True))
     got = [(u.rows, len(u.audio), u.text) if isinstance(u, pl.Unit) else "bad" for u in out]
     assert got == [([0, 1], 25, "x x"), ([2], 10, "x"), ([3], 5, "x"), ([5], 5, "x"), "bad",
-                   ([7, 8], 8, None), ([9], 30, "x")]
+                   ([7, 8], 8, None), ([9], 5, None), ([9], 5, None)]  # pieces of a cut clip stand alone
     x = (np.random.default_rng(0).standard_normal(95_000) * 1000).astype(np.int16)
     x[40_000:41_000] = 0  # a pause inside the search window
     pieces = pl.split_long(x, 48_000, search=16_000)
@@ -245,18 +264,18 @@ def test_blocks_cover_every_row_exactly_once(tmp_path):
 def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, corpus, tmp_path):
     import datasets
 
-    wav = corpus.parent / "wav"
-    expected = audio.load_audio(wav / "jfk.flac")
     import pyarrow as pa
 
-    cell = pa.array([{"bytes": (wav / "jfk.flac").read_bytes(), "path": "jfk.flac"}],
+    flac = corpus.parent / ROWS[2]["audio"]
+    expected = audio.load_audio(flac)
+    cell = pa.array([{"bytes": flac.read_bytes(), "path": flac.name}],
                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     ds = datasets.Dataset(pa.table({"audio": cell, "text": ["t"]})).cast(
         datasets.Features({"audio": datasets.Audio(), "text": datasets.Value("string")}))
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "disk"))
     (tmp_path / "folder").mkdir()
-    shutil.copy(wav / "jfk.flac", tmp_path / "folder" / "jfk.flac")
-    (tmp_path / "folder" / "metadata.csv").write_text("file_name,transcription\njfk.flac,t\n")
+    shutil.copy(flac, tmp_path / "folder" / flac.name)
+    (tmp_path / "folder" / "metadata.csv").write_text(f"file_name,transcription\n{flac.name},t\n")
     for name, split in ((tmp_path / "disk", "train"), (f"audiofolder:{tmp_path / 'folder'}", None)):
         (src,) = data.open_sources(data.parse_sources(str(name), None, split))
         row = next(src.rows_from(0))
@@ -333,7 +352,7 @@ def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
     cases = [(["--text_column_name", "transcript"], "--text_column_name 'transcript'"),
              (["--audio_column_name", "wav"], "--audio_column_name 'wav'"),
              (["--speaker_id_column_name", "spk"], "--speaker_id_column_name"),
-             (["--dataset_split_name", "a+b"], "has 2 '+'-separated entries"),
+             (["--dataset_config_name", "a+b"], "has 2 '+'-separated entries"),
              (["--max_duration_in_seconds", "40"], "(0, 30]")]
     for extra, msg in cases:
         assert run(tmp_path / "o", corpus, *extra) == 2

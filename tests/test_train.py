@@ -7,26 +7,25 @@ import numpy as np
 import pytest
 
 from distil_whisper_jax import train
-from distil_whisper_jax.model import Whisper, WhisperConfig, init_params
+from distil_whisper_jax.model import Whisper, WhisperConfig
+from distil_whisper_jax.student import make_student
 
 TEACHER = WhisperConfig(vocab_size=96, num_mel_bins=8, d_model=32, encoder_layers=1, encoder_attention_heads=2,
                         decoder_layers=4, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                         max_source_positions=16, max_target_positions=16)
 STUDENT = TEACHER.replace(decoder_layers=2)
 STEPS = 3
-
-
-def _slice_student(teacher_params, layers):
-    """Student = teacher with decoder layers ``layers`` (what student.make_student does)."""
-    params = {**teacher_params, "decoder": dict(teacher_params["decoder"])}
-    params["decoder"]["layers"] = jax.tree.map(lambda a: a[np.asarray(layers)], teacher_params["decoder"]["layers"])
-    return params
+FAST = {"xla_backend_optimization_level": 0}  # halves XLA:CPU compile time; these models are tiny
 
 
 @pytest.fixture(scope="module")
 def pair():
-    teacher = init_params(TEACHER, 0)
-    return teacher, _slice_student(teacher, [0, 3])
+    model, rng = Whisper(TEACHER), jax.random.PRNGKey(0)
+    mel, tokens = jnp.zeros((1, TEACHER.num_mel_bins, TEACHER.n_frames)), jnp.zeros((1, 1), jnp.int32)
+    teacher = jax.jit(model.init, compiler_options=FAST)(rng, mel, tokens)["params"]  # = init_params, faster
+    config, student, maps = make_student(TEACHER, teacher, 2)
+    assert config == STUDENT and maps["decoder_layer_map"] == [0, 3]
+    return teacher, student
 
 
 def _batch(seed, b=8, length=8):
@@ -49,7 +48,8 @@ def _run(pair, devices, grad_accum_steps=1, **kw):
     teacher, student = pair
     tx = _tx(student)
     step = train.make_train_step(STUDENT, TEACHER, tx, freeze_encoder=True, share_encoder=True,
-                                 grad_accum_steps=grad_accum_steps, mesh=train.data_mesh(devices), **kw)
+                                 grad_accum_steps=grad_accum_steps, mesh=train.data_mesh(devices),
+                                 compiler_options=FAST, **kw)
     state = train.create_train_state(student, tx, seed=0)
     history = []
     for i in range(STEPS):
@@ -114,7 +114,7 @@ def test_weight_decay_mask_and_frozen_params(pair):
     tx = train.make_optimizer(student, schedule=train.make_schedule("constant", 0.5), weight_decay=0.1,
                               freeze_encoder=True)
     zeros = jax.tree.map(jnp.zeros_like, student)
-    updates, _ = jax.jit(tx.update)(zeros, tx.init(student), student)
+    updates, _ = jax.jit(tx.update, compiler_options=FAST)(zeros, tx.init(student), student)
     moved = jax.tree.map(lambda u: bool(np.any(u != 0)), updates)
     assert moved["decoder"]["layers"]["mlp"]["fc1"]["kernel"] and moved["decoder"]["embed_tokens"]["embedding"]
     assert not moved["decoder"]["layers"]["mlp"]["fc1"]["bias"] and not moved["decoder"]["layer_norm"]["scale"]
@@ -152,18 +152,17 @@ def test_shared_encoder_pass_equals_separate_passes(pair):
     results = {}
     for share in (True, False):
         fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=share)
-        results[share] = jax.jit(jax.value_and_grad(fn, has_aux=True))(student, teacher, batch, rng, 20)
-    mesh1 = train.data_mesh(jax.devices()[:1])
-    enc = train.encoder_outputs(TEACHER, teacher, batch["input_features"], mesh=mesh1)
+        results[share] = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)(student, teacher, batch, rng, 20)
+    (loss, _), grads = results[True]
+    np.testing.assert_allclose(float(results[False][0][0]), float(loss), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(results[False][1]), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert not any(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["encoder"]))
+    # Cached teacher encoder outputs in place of the features: the same loss.
+    enc = train.encoder_outputs(TEACHER, teacher, batch["input_features"], mesh=train.data_mesh(jax.devices()[:1]))
     cached = {k: v for k, v in batch.items() if k != "input_features"} | {"encoder_outputs": enc}
     fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True)
-    results["cached"] = jax.jit(jax.value_and_grad(fn, has_aux=True))(student, teacher, cached, rng, 20)
-    (loss, _), grads = results[True]
-    for other in (results[False], results["cached"]):
-        np.testing.assert_allclose(float(other[0][0]), float(loss), rtol=1e-6)
-        for a, b in zip(jax.tree.leaves(other[1]), jax.tree.leaves(grads)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
-    assert not any(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["encoder"]))
+    np.testing.assert_allclose(float(jax.jit(fn, compiler_options=FAST)(student, teacher, cached, rng, 20)[0]), float(loss), rtol=1e-6)
 
 
 def test_share_encoder_refused_when_encoders_differ(pair):
@@ -187,7 +186,7 @@ def test_bf16_dropout_unfrozen_step(pair):
     teacher, student = pair
     config = STUDENT.replace(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
     tx = _tx(student, freeze_encoder=False)
-    step = train.make_train_step(config, TEACHER, tx, dtype=jnp.bfloat16, remat=True)
+    step = train.make_train_step(config, TEACHER, tx, dtype=jnp.bfloat16, compiler_options=FAST)
     state = train.create_train_state(student, tx, seed=1)
     for i in range(2):
         state, m = step(state, teacher, _batch(i))
@@ -203,7 +202,7 @@ def test_bf16_dropout_unfrozen_step(pair):
 
 def test_eval_step_and_hidden_states(pair, reference):
     teacher, student = pair
-    ev = train.make_eval_step(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True)
+    ev = train.make_eval_step(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True, compiler_options=FAST)
     m = ev(student, teacher, _batch(0))
     # CE does not depend on temperature: the eval CE at the initial params is the first train step's.
     assert float(m["ce"]) == pytest.approx(reference[1][0]["ce"], rel=1e-5)
@@ -212,7 +211,49 @@ def test_eval_step_and_hidden_states(pair, reference):
     b = _batch(1)
     enc = jax.random.normal(jax.random.PRNGKey(0), (8, TEACHER.max_source_positions, TEACHER.d_model))
     ref, _ = Whisper(STUDENT).apply({"params": student}, b["decoder_input_ids"], enc, method=Whisper.decode)
-    logits, hidden = jax.jit(lambda p, t, e: train.decode_with_hidden(STUDENT, p, t, e))(
+    logits, hidden = jax.jit(lambda p, t, e: train.decode_with_hidden(STUDENT, p, t, e), compiler_options=FAST)(
         student, b["decoder_input_ids"], enc)
     assert len(hidden) == STUDENT.decoder_layers + 1
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_flops_per_step_matches_xla_count():
+    """The analytic model FLOPs (used for MFU) agree with XLA's count of the unrolled loss + gradient
+    (which also counts elementwise ops: a few % more at this size)."""
+    from distil_whisper_jax.model import param_shapes
+
+    teacher = WhisperConfig(vocab_size=1024, num_mel_bins=16, d_model=256, encoder_layers=2, encoder_attention_heads=4,
+                            decoder_layers=3, decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
+                            max_source_positions=64, max_target_positions=32)
+    student = teacher.replace(decoder_layers=1)
+    b, length = 2, 32
+    batch = {"input_features": jax.ShapeDtypeStruct((b, 16, 128), jnp.float32),
+             "decoder_input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
+             "labels": jax.ShapeDtypeStruct((b, length), jnp.int32)}
+    # Every part: teacher encoder + decoder forward, trained student encoder and decoder (fwd + bwd).
+    fn = train.make_loss_fn(student, teacher, freeze_encoder=False, unroll=True)
+    lowered = jax.jit(jax.value_and_grad(fn, has_aux=True)).lower(
+        param_shapes(student), param_shapes(teacher), batch, jax.random.PRNGKey(0), 1)
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    analytic = train.flops_per_step(student, teacher, b, length, freeze_encoder=False)
+    assert 1.0 <= cost["flops"] / analytic["total"] < 1.04, (cost["flops"], analytic)
+    shared = train.flops_per_step(student, teacher, b, length, freeze_encoder=True, share_encoder=True)
+    unshared = train.flops_per_step(student, teacher, b, length, freeze_encoder=True)
+    assert unshared["total"] - shared["total"] == pytest.approx(train.encoder_flops(student, b))
+
+
+def test_mse_term(pair):
+    """Hidden-state MSE through the step's loss: 0 (with KL 0) when the student is the teacher, positive
+    with a gradient once the student differs."""
+    teacher, _ = pair
+    fn = train.make_loss_fn(TEACHER, TEACHER, mse_weight=1.0, freeze_encoder=True, share_encoder=True)
+    vg = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)
+    batch = {k: jnp.asarray(v) for k, v in _batch(3).items()}
+    (_, m), _ = vg(teacher, teacher, batch, jax.random.PRNGKey(0), 20)
+    assert abs(float(m["mse"])) < 1e-10 and abs(float(m["kl"])) < 1e-6
+    noisy = jax.tree.map(lambda a: a + 0.01 * np.sign(a), teacher)
+    (_, m), grads = vg(noisy, teacher, batch, jax.random.PRNGKey(0), 20)
+    assert float(m["mse"]) > 0 and float(m["kl"]) > 0
+    g = grads["decoder"]["layers"]["mlp"]["fc2"]["bias"]
+    assert np.all(np.isfinite(g)) and float(jnp.abs(g).max()) > 0

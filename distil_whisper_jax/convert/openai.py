@@ -93,13 +93,17 @@ def read_openai_checkpoint(path: str | os.PathLike) -> tuple[WhisperConfig, dict
         raise ValueError(f"{path}: openai-whisper checkpoint not found")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file, expected an openai-whisper checkpoint")
+    _check_zip(path)
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zips/pickles raise many exception types
         raise ValueError(f"{path}: not a readable openai-whisper checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ValueError(f"{path}: expected a dict with 'dims' and 'model_state_dict' (an openai-whisper checkpoint)")
-    config = config_from_dims(ckpt["dims"], str(path))
+    dims = ckpt["dims"]
+    if not isinstance(dims, dict) or not all(isinstance(v, int) and 0 < v <= 1 << 20 for v in dims.values()):
+        raise ValueError(f"{path}: 'dims' must map names to positive ints, got {dims!r:.200}")
+    config = config_from_dims(dims, str(path))
     state = {}
     for name, tensor in ckpt["model_state_dict"].items():
         hf = openai_to_hf_name(name)
@@ -109,6 +113,28 @@ def read_openai_checkpoint(path: str | os.PathLike) -> tuple[WhisperConfig, dict
             raise ValueError(f"{path}: {name} is not a tensor")
         state[hf] = tensor.to(torch.float32).numpy()
     return config, state
+
+
+def _check_zip(path: Path) -> None:
+    """torch.load does not check the zip CRCs, so a bit-flipped checkpoint would load silently wrong
+    weights: verify every member's CRC first, and that nothing is compressed (torch stores members raw,
+    so sizes are bounded by the file size: no decompression bombs)."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            odd = next((i for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED or i.file_size > size), None)
+            bad = zf.testzip() if odd is None else None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
+            ValueError) as e:  # ValueError includes undecodable member names
+        raise ValueError(f"{path}: not a readable openai-whisper checkpoint (not an intact zip-format PyTorch "
+                         f"file: {type(e).__name__}: {e})") from None
+    if odd is not None:
+        raise ValueError(f"{path}: corrupt openai-whisper checkpoint (member {odd.filename!r} is compressed or "
+                         "larger than the file)")
+    if bad is not None:
+        raise ValueError(f"{path}: corrupt openai-whisper checkpoint (CRC mismatch in {bad!r})")
 
 
 def write_openai_checkpoint(path: str | os.PathLike, config: WhisperConfig, hf_state: Mapping[str, np.ndarray],

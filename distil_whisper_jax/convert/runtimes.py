@@ -1,0 +1,126 @@
+"""Transcribe clips with exported models in their *real* runtimes, in a subprocess.
+
+    python -m distil_whisper_jax.convert.runtimes JOB.json
+
+A runtime is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whisper ``load_model`` +
+``decode``) or ``whispercpp`` (pywhispercpp). ``JOB.json`` holds ``{"models": [[runtime, path], ...],
+"clips": [path, ...], "threads": int, "max_new_tokens": int}``; the last stdout line is
+``{"<path>": ["text", ...], ...}`` in clip order. Every runtime decodes greedily, without timestamps, in
+English, from its own audio front end, at most ``max_new_tokens`` tokens. A model that makes its runtime
+crash (a bad ggml file segfaults whisper.cpp) takes down only its process; ``finish_runtime`` reports the
+exit status. Imports are local so a worker loads only the runtimes it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+RUNTIMES = ("hf", "openai", "whispercpp")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding distil_whisper_jax/
+
+
+def _hf(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+
+    torch.set_num_threads(threads)
+    WhisperProcessor.from_pretrained(model)  # the processor files must load on their own, too
+    pipe = pipeline("automatic-speech-recognition", model=model, dtype=torch.float32,  # fp16 files: fp32 on CPU
+                    device="cpu")
+    if not isinstance(pipe.model, WhisperForConditionalGeneration):
+        raise TypeError(f"{model}: pipeline built {type(pipe.model).__name__}, not WhisperForConditionalGeneration")
+    kwargs = {"num_beams": 1, "do_sample": False, "return_timestamps": False, "max_new_tokens": max_new_tokens}
+    if getattr(pipe.model.generation_config, "is_multilingual", False):
+        kwargs.update(language="en", task="transcribe")  # as the others; no language detection
+    out = pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=len(waves), generate_kwargs=kwargs)
+    return [o["text"].strip() for o in out]
+
+
+def _openai(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
+    import torch
+    import whisper
+
+    torch.set_num_threads(threads)
+    net = whisper.load_model(model, device="cpu")
+    mel = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)), net.dims.n_mels)
+                       for w in waves])
+    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0,
+                                      sample_len=max_new_tokens)
+    return [r.text.strip() for r in whisper.decode(net, mel, options)]
+
+
+def _whispercpp(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
+    from pywhispercpp.model import Model
+
+    net = Model(model, n_threads=threads, print_progress=False, print_realtime=False, no_timestamps=True,
+                language="en", temperature=0.0, temperature_inc=0.0,  # no sampling fallback: pure greedy
+                # whisper.cpp stops *after* the token at index max_tokens; suppress_nst = openai's "-1" default
+                max_tokens=max_new_tokens - 1, single_segment=True, suppress_nst=True)
+    return ["".join(s.text for s in net.transcribe(w)).strip() for w in waves]
+
+
+def worker(models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int = 1,
+           max_new_tokens: int = 160) -> dict[str, list[str]]:
+    """In this process: transcribe ``clips`` with each ``(runtime, path)`` of ``models``."""
+    from ..audio import load_audio
+
+    run = {"hf": _hf, "openai": _openai, "whispercpp": _whispercpp}
+    waves = [load_audio(c) for c in clips]
+    return {path: run[runtime](path, waves, threads, max_new_tokens) for runtime, path in models}
+
+
+def start_runtime(models: Sequence[tuple[str, str | os.PathLike]], clips: Sequence[str | os.PathLike],
+                  threads: int = 1, max_new_tokens: int = 160) -> subprocess.Popen:
+    """Start a worker subprocess for ``(runtime, path)`` pairs (returns at once; collect with ``finish_runtime``)."""
+    bad = [r for r, _ in models if r not in RUNTIMES]
+    if bad:
+        raise ValueError(f"unknown runtime {bad[0]!r}; expected one of {RUNTIMES}")
+    fd, job = tempfile.mkstemp(prefix="export-verify-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"models": [[r, str(m)] for r, m in models], "clips": [str(c) for c in clips],
+                   "threads": threads, "max_new_tokens": max_new_tokens}, f)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false",
+               OMP_NUM_THREADS=str(threads))
+    proc = subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.convert.runtimes", job],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.job_file = job  # type: ignore[attr-defined]
+    return proc
+
+
+def finish_runtime(proc: subprocess.Popen, timeout: float = 600) -> tuple[dict[str, list[str]] | None, str]:
+    """(transcripts by model, "") or (None, reason) when the worker crashed, timed out or printed no result."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, f"timed out after {timeout:.0f} s"
+    finally:
+        Path(proc.job_file).unlink(missing_ok=True)  # type: ignore[attr-defined]
+    if proc.returncode != 0:
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        return None, f"runtime process {how}: {tail}"
+    try:
+        return json.loads(out.strip().splitlines()[-1]), ""
+    except (IndexError, json.JSONDecodeError):
+        return None, f"runtime printed no result: {out[-200:]!r}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    (job_file,) = argv if argv is not None else sys.argv[1:]
+    job = json.loads(Path(job_file).read_text())
+    result = worker([tuple(m) for m in job["models"]], job["clips"], int(job["threads"]), int(job["max_new_tokens"]))
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
