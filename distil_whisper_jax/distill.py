@@ -576,7 +576,7 @@ def _write_generation_config(student, path: Path) -> None:
     else:
         from .create_student import student_generation_config
 
-        gen = student_generation_config(student, list(range(student.config.decoder_layers)))
+        gen = student_generation_config(student, student.config, list(range(student.config.decoder_layers)))
     with atomic_write(path, "w") as f:
         json.dump(gen, f, indent=2)
 

@@ -103,7 +103,7 @@ def small_models(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("models")
     config = small_config(tiny)
     params = init_params(config, 0)
-    gen = student_generation_config(tiny, [0, 1, 2, 3])
+    gen = student_generation_config(tiny, config, [0, 1, 2, 3])
     gen["alignment_heads"] = []
     write_hf_dir(root / "teacher", config, params, generation_config=gen, tokenizer=tiny.tokenizer)
     create_student(str(root / "teacher"), root / "student", decoder_layers=2)
