@@ -26,29 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def demo_commands(work: Path, max_steps: int, train_rows: int | None, eval_rows: int | None, batch: int,
-                  learning_rate: float, max_label_length: int, warmup_steps: int | None = None) -> dict:
-    """The three stages' argv (also used by tests/test_distill.py's end-to-end test)."""
-    from distil_whisper_jax.assets import speech_manifest
-
-    label = ["--dataset_name", str(speech_manifest("train")), "--text_column_name", "text",
-             "--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled"),
-             "--per_device_eval_batch_size", "1", "--num_local_devices", "1"]
-    if train_rows:
-        label += ["--max_samples", str(train_rows)]
-    train = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled"),
-             "--eval_dataset_name", str(speech_manifest("heldout")), "--output_dir", str(work / "run"),
-             "--freeze_encoder", "--cache_encoder_outputs", "--max_steps", str(max_steps),
-             "--per_device_train_batch_size", str(batch), "--learning_rate", str(learning_rate),
-             "--warmup_steps", str(max(max_steps // 10, 1) if warmup_steps is None else warmup_steps), "--lr_scheduler_type", "linear",
-             "--max_label_length", str(max_label_length), "--eval_steps", str(max_steps),
-             "--save_steps", str(max_steps), "--logging_steps", str(max(max_steps // 10, 1)), "--seed", "0",
-             "--per_device_eval_batch_size", "8", "--generation_max_length", "64"]  # held-out clips are ≤ 8 s
-    if eval_rows:
-        train += ["--max_eval_samples", str(eval_rows)]
-    return {"label": label, "train": train}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max_steps", type=int, default=300)
@@ -61,6 +38,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(a.work or tempfile.mkdtemp(prefix="distill_demo_"))
+    from distil_whisper_jax.demo import demo_commands
+
     cmds = demo_commands(work, a.max_steps, a.train_rows, a.eval_rows, a.batch, a.learning_rate, a.max_label_length)
     times = {}
 

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - t0
     sizes = {fmt: ex._size(path) for fmt, path in paths.items()}
 
-    print(f"\n| stage | wall s | CPU s (this process) | CPU s (subprocesses) |\n|---|---:|---:|---:|")
+    print("\n| stage | wall s | CPU s (this process) | CPU s (subprocesses) |\n|---|---:|---:|---:|")
     for s in stages:
         print(f"| {s['stage']} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | {s['subprocess_cpu_s']:.1f} |")
     print(f"| **total** | **{total:.1f}** | {sum(s['cpu_s'] for s in stages):.1f} | "

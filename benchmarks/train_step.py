@@ -96,7 +96,6 @@ def unrolled_xla_flops(student_config, teacher_config, share: bool, batch: dict)
     """XLA's FLOP count of the step's loss + gradient with the layers unrolled (XLA counts a scan's
     body once), from the lowered HLO (no compile). Includes elementwise ops; excludes the optimiser."""
     import jax
-    import jax.numpy as jnp
 
     from distil_whisper_jax import train
     from distil_whisper_jax.model import param_shapes
@@ -157,7 +156,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.batch_size, args.repeats = 2, 2
     import jax
-    import jax.numpy as jnp
 
     from distil_whisper_jax import parallel, train
     from distil_whisper_jax.convert import load_pretrained

@@ -43,7 +43,6 @@ import datetime
 import importlib
 import json
 import logging
-import math
 import os
 import platform
 import statistics

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -286,7 +285,7 @@ def train(args: argparse.Namespace) -> int:
 
     from . import checkpoint, parallel, train as core, train_data
     from .convert import load_pretrained
-    from .tokenizer import load_tokenizer, save_tokenizer, special_tokens
+    from .tokenizer import save_tokenizer, special_tokens
 
     _check_flags(args)
     if args.compilation_cache:

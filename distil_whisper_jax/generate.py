@@ -153,7 +153,6 @@ def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOp
     p = prompt.shape[0]
     length = p + opts.max_new_tokens
     alpha = 1.0 if opts.length_penalty is None else opts.length_penalty
-    flat = lambda x: x.reshape((b * k,) + x.shape[2:])
     unflat = lambda x: x.reshape((b, k) + x.shape[1:])
     enc = jnp.repeat(encoder_out, k, axis=0)
     tokens = jnp.full((b * k, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])

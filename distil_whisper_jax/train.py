@@ -42,11 +42,9 @@ Usage::
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Mapping
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

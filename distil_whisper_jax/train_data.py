@@ -26,11 +26,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import io
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 

@@ -19,7 +19,6 @@ from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from . import audio, parallel

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from distil_whisper_jax import audio
-from distil_whisper_jax.convert import ct2, default_model_dir, detect_format, load_pretrained, tree_equal
+from distil_whisper_jax.convert import ct2, default_model_dir, detect_format, load_pretrained
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
 from distil_whisper_jax.generate import generate, strip
-from distil_whisper_jax.model import Whisper, WhisperConfig, init_params
+from distil_whisper_jax.model import Whisper
 from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
 from distil_whisper_jax.transcribe import generation_options
 

@@ -410,9 +410,7 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     """Real tiny.en → pseudo-labels of bundled training clips (concatenated per speaker) → 2-layer student
     trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
     Sized for CI (a fraction of benchmarks/distill_demo.py's corpus and steps; that script has the full run)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from distill_demo import demo_commands
-
+    from distil_whisper_jax.demo import demo_commands
     from distil_whisper_jax.create_student import create_student
     from distil_whisper_jax.distill import main as distill
     from distil_whisper_jax.pseudo_label import main as pseudo_label

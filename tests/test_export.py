@@ -11,7 +11,6 @@ import os
 import random
 import struct
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np

