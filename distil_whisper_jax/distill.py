@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--adam_beta2", type=float, default=0.999)
     t.add_argument("--adam_epsilon", type=float, default=1e-8)
     t.add_argument("--max_grad_norm", type=float, default=1.0, help="global gradient-norm clip")
+    t.add_argument("--device_peak_tflops", type=float, default=None,
+                   help="peak TFLOP/s of one device, for the logged MFU; default: known for TPU v3/v4/v5e/v5p/v6e "
+                        "(bf16), otherwise only model TFLOP/s is logged")
     t.add_argument("--freeze_encoder", action="store_true",
                    help="do not train the encoder; when it equals the teacher's, one encoder pass feeds both decoders")
     t.add_argument("--kl_weight", type=float, default=1.0, help="weight of T²·KL(teacher_T ‖ student_T)")
@@ -269,6 +272,18 @@ def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) ->
 # The run
 
 
+# bf16 dense peak per device (chip), TFLOP/s, by jax device_kind prefix.
+PEAK_TFLOPS = {"TPU v3": 123.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0,
+               "TPU v5": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+
+
+def known_peak_tflops(device_kind: str) -> float | None:
+    """Peak TFLOP/s for a known accelerator kind (longest matching prefix), else None (CPU/GPU: pass
+    ``--device_peak_tflops``)."""
+    hits = [k for k in PEAK_TFLOPS if device_kind.startswith(k)]
+    return PEAK_TFLOPS[max(hits, key=len)] if hits else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -399,6 +414,12 @@ def train(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=args.max_steps, initial=start, unit="step", disable=args.disable_tqdm or not is_main,
                desc="distil")
+    # Model FLOPs per step (padded label width; backward = 2× forward of what is trained) for TFLOP/s and MFU.
+    step_flops = core.flops_per_step(student.config, teacher.config, global_batch, args.max_label_length - 1,
+                                     kl_weight=args.kl_weight, mse_weight=args.mse_weight,
+                                     freeze_encoder=args.freeze_encoder, share_encoder=share_encoder,
+                                     cached_encoder=cache is not None)["total"]
+    peak = args.device_peak_tflops or known_peak_tflops(jax.devices()[0].device_kind)
     t_log, n_log = time.perf_counter(), 0
     exit_code, step = 0, start
     try:
@@ -425,7 +446,10 @@ def train(args: argparse.Namespace) -> int:
                 dt = time.perf_counter() - t_log
                 scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
                 scalars.update({"train/steps_per_s": n_log / dt, "train/samples_per_s": n_log * global_batch / dt,
-                                "train/epoch": float(max(stream.state.epochs))})
+                                "train/epoch": float(max(stream.state.epochs)),
+                                "train/model_tflops_per_s": step_flops * n_log / dt / 1e12})
+                if peak:
+                    scalars["train/mfu"] = scalars["train/model_tflops_per_s"] / (peak * n_dev)
                 if cache is not None:
                     scalars["train/encoder_cache_hit_rate"] = cache.hits / max(cache.hits + cache.misses, 1)
                 logger.log(step, scalars)

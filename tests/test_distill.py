@@ -427,6 +427,7 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     before, after, teacher = evals[0]["eval/heldout/wer"], evals[-1]["eval/heldout/wer"], evals[0]["eval/heldout/teacher_wer"]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == E2E["steps"]
     assert teacher < 15 and after < before - 25, (before, after, teacher)
+    assert all(r["train/model_tflops_per_s"] > 0 for r in rows if "train/loss" in r)
     info = json.loads((tmp_path / "run" / "hf" / "distil_info.json").read_text())
     assert info["train_steps"] == E2E["steps"] and info["decoder_layer_map"] == [0, 3]
     assert info["eval_wer"]["heldout"]["student"] == after
@@ -443,3 +444,10 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
 
 # 8 emulated devices × 1 = global batch 8 (the benchmark's run: 1 device × 4)
 E2E = {"steps": 30, "train_rows": 40, "eval_rows": 8, "batch": 1, "lr": 3e-4, "max_label_length": 160}
+
+
+def test_known_device_peaks():
+    from distil_whisper_jax.distill import known_peak_tflops
+
+    assert known_peak_tflops("TPU v4") == 275.0 and known_peak_tflops("TPU v5 lite") == 197.0
+    assert known_peak_tflops("TPU v5p") == 459.0 and known_peak_tflops("cpu") is None
