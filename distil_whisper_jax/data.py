@@ -100,7 +100,8 @@ class Source:
 # opening sources
 
 
-def _manifest_rows(path: Path) -> Iterator[dict]:
+def manifest_rows(path: Path) -> Iterator[dict]:
+    """Rows of a CSV/TSV (header line) or JSONL manifest; a bad JSONL line becomes ``{"__error__": why}``."""
     with open(path, newline="", encoding="utf-8") as f:
         if path.suffix == ".jsonl":
             for n, line in enumerate(f, 1):
@@ -118,7 +119,7 @@ def _manifest_rows(path: Path) -> Iterator[dict]:
 
 def _open_manifest(spec: SourceSpec) -> Source:
     path = Path(spec.name)
-    first = next(iter(_manifest_rows(path)), None)
+    first = next(iter(manifest_rows(path)), None)
     if first is None:
         raise DataConfigError(f"--dataset_name {path}: manifest has no rows")
     if path.suffix == ".jsonl":
@@ -128,7 +129,7 @@ def _open_manifest(spec: SourceSpec) -> Source:
     else:
         with open(path, newline="", encoding="utf-8") as f:
             columns = next(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    return Source(spec, columns, None, lambda start: itertools.islice(_manifest_rows(path), start, None),
+    return Source(spec, columns, None, lambda start: itertools.islice(manifest_rows(path), start, None),
                   base_dir=path.resolve().parent)
 
 

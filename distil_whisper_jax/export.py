@@ -114,7 +114,7 @@ def _md_value(value: Any) -> str:
 
 
 def model_card(pre: Pretrained, info: Mapping | None, formats: Sequence[str], dtype: str,
-               verification: str | None = None) -> str:
+               verification: str | None = None, verified_on: str = "the bundled clips") -> str:
     """README.md for the HF directory: provenance (or "unknown"), architecture, eval WER, how to use each
     exported file, and the verification table when there is one."""
     from .model import count_params
@@ -169,7 +169,7 @@ def model_card(pre: Pretrained, info: Mapping | None, formats: Sequence[str], dt
     lines += ["With this project: `python -m distil_whisper_jax.transcribe audio.wav --model path/to/hf`.", ""]
     if verification:
         lines += ["## Export verification", "", "Each file was loaded in its own runtime (in a subprocess) and "
-                  "transcribed the bundled clips greedily, compared with this project's JAX output:", "",
+                  f"transcribed {verified_on} greedily, compared with this project's JAX output:", "",
                   verification, ""]
     return "\n".join(lines)
 
@@ -395,10 +395,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="dtype of hf/model.safetensors (openai is always fp16, ggml f16/q8_0)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="transcribe the bundled clips with each file in its real runtime")
+                   help="transcribe clips with each file in its real runtime")
+    p.add_argument("--verify_audio", default=None,
+                   help="manifest (.tsv/.csv/.jsonl with 'audio' and 'text' columns, audio paths relative to it) of "
+                   "the clips to verify on, e.g. held-out data the model was trained for; default: the bundled clips")
+    p.add_argument("--verify_max_clips", type=int, default=None, help="verify on at most this many clips")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per runtime subprocess during --verify")
     return p
+
+
+def verification_clips(manifest: str | None, max_clips: int | None = None) -> list[tuple[Path, str]]:
+    """(audio path, reference text) to verify on: the rows of ``manifest`` or the bundled clips, at most
+    ``max_clips``. Clips must be ≤ 30 s (verification is short-form greedy)."""
+    if max_clips is not None and max_clips < 1:
+        raise ValueError(f"--verify_max_clips must be ≥ 1, got {max_clips}")
+    if manifest is None:
+        from .assets import bundled_clips
+
+        return bundled_clips()[:max_clips]
+    from .data import manifest_rows
+
+    path = Path(manifest)
+    if path.suffix not in (".tsv", ".csv", ".jsonl") or not path.is_file():
+        raise ValueError(f"--verify_audio {manifest}: expected an existing .tsv/.csv/.jsonl manifest")
+    clips = []
+    for n, row in enumerate(manifest_rows(path), 1):
+        if "__error__" in row or not row.get("audio") or row.get("text") is None:
+            raise ValueError(f"--verify_audio {manifest}: row {n} needs 'audio' and 'text' "
+                             f"({row.get('__error__', 'missing column')})")
+        audio = Path(os.path.expanduser(row["audio"]))
+        audio = audio if audio.is_absolute() else path.resolve().parent / audio
+        if not audio.is_file():
+            raise ValueError(f"--verify_audio {manifest}: row {n}: audio file {audio} does not exist")
+        clips.append((audio, row["text"]))
+        if max_clips is not None and len(clips) == max_clips:
+            break
+    if not clips:
+        raise ValueError(f"--verify_audio {manifest}: manifest has no rows")
+    return clips
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formats = parse_formats(args.formats)
         if args.threads < 1:
             raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+        clips = verification_clips(args.verify_audio, args.verify_max_clips) if args.verify else []
         pre = load_pretrained(args.model)
         paths = export(pre, formats, args.output_dir, args.dtype, args.overwrite)
     except ValueError as e:
@@ -421,14 +457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verify:
         return 0
 
-    from .assets import bundled_clips
     from .evaluate import wer
 
-    clips = bundled_clips()
     (checks,) = verify([(pre, paths)], clips, args.threads, args.dtype)
     jax_wer = wer([t for _, t in clips], checks[0].reference) if checks else None
     table = format_table(checks, jax_wer)
-    print(f"\nverification on {len(clips)} bundled clips (greedy, no timestamps):\n\n{table}\n")
+    what = args.verify_audio or "bundled clips"
+    print(f"\nverification on {len(clips)} clips of {what} (greedy, no timestamps):\n\n{table}\n")
     for diff in _differences(checks, [c for c, _ in clips]):
         print(diff)
     if "hf" in paths:
@@ -436,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         info = read_distil_info(find_distil_info(pre.source))
         with atomic_write(paths["hf"] / "README.md", "w") as f:
-            f.write(model_card(pre, info, formats, args.dtype, verification=table))
+            f.write(model_card(pre, info, formats, args.dtype, verification=table,
+                               verified_on=f"{len(clips)} clips of {what}"))
     print(f"total {time.perf_counter() - t0:.1f} s (export {t_export:.1f} s)")
     return 0 if all(c.passed for c in checks) else 1
 
