@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Sequence
 
 from . import audio
 from .assets import bundled_clips
+from .utils import setup_logging
 
 
 def transcribe_clips(model: str | None, batch_size: int, dtype: str) -> int:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=8, help="(transcribe) clips per batch")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="(transcribe) compute dtype")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.stage == "transcribe":
         return transcribe_clips(args.model, args.batch_size, args.dtype)
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from .convert import Pretrained, load_pretrained, tree_equal
 from .model import count_params
 from .student import make_student
-from .utils import atomic_write
+from .utils import atomic_write, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="shorter encoder context (e.g. 750 = 15 s); default: the teacher's")
     p.add_argument("--output_dir", required=True, help="where to write the student (transformers format)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         create_student(args.teacher_model_name_or_path, args.output_dir, args.decoder_layers, args.encoder_layers,
                        args.max_source_positions)

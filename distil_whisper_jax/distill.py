@@ -286,7 +286,9 @@ def known_peak_tflops(device_kind: str) -> float | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .utils import setup_logging
+
+    setup_logging(timestamps=True)
     try:
         return train(args)
     except ValueError as e:  # bad input: flags, datasets, checkpoints (CheckpointError is a ValueError)

@@ -32,6 +32,7 @@ from .convert import Pretrained, load_pretrained
 from .convert import ggml as ggml_format
 from .convert import hf as hf_format
 from .convert import openai as openai_format
+from .utils import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +439,7 @@ def verification_clips(manifest: str | None, max_clips: int | None = None) -> li
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     t0 = time.perf_counter()
     try:
         formats = parse_formats(args.formats)

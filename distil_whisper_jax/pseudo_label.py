@@ -747,10 +747,10 @@ def setup(a: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (``run_pseudo_label.py``). Exit status: 0 done, 1 failed (``--strict`` bad input,
     runtime error), 2 configuration error (nothing labelled)."""
-    from .utils import atomic_write
+    from .utils import atomic_write, setup_logging
 
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=True)
     _init_distributed(a)
     try:
         s = setup(a)

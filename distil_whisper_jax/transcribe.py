@@ -25,6 +25,7 @@ from . import audio, parallel
 from .convert import Pretrained, load_pretrained
 from .generate import GenerationOptions, generate, strip
 from .tokenizer import SpecialTokens, prompt_ids, special_tokens
+from .utils import setup_logging
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac", ".aiff", ".aif")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         results = transcribe(args.inputs, args.model, args.batch_size, args.dtype, args.num_beams,
                              args.return_timestamps, args.language, args.task, args.max_new_tokens)

@@ -1,12 +1,21 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: CLI logging, atomic file writes."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def setup_logging(timestamps: bool = False) -> None:
+    """INFO logging for a CLI: our progress lines, not the libraries' chatter (Orbax logs every checkpoint
+    save and restore step at INFO through absl)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s " + fmt if timestamps else fmt)
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

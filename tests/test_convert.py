@@ -43,8 +43,17 @@ def tiny_hf_dir(tiny, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def greedy_run(tiny, mel):
+    """``run(pretrained) -> token ids`` on the test clip, and the reference ids of the bundled tiny.en."""
+    sp = special_tokens(tiny.tokenizer)
+    opts = generation_options(tiny, sp, max_new_tokens=100)
+    run = lambda p: strip(generate(p.params, mel, prompt_ids(sp), p.config, opts), sp.eot)
+    return run, run(tiny)
+
+
 @pytest.mark.parametrize("quantization,tol", [("float32", 0), ("int8", 4e-3), ("int16", 2e-3), ("bfloat16", 4e-3)])
-def test_ct2_storage_types_dequantize(tiny, tiny_hf_dir, tmp_path, mel, quantization, tol):
+def test_ct2_storage_types_dequantize(tiny, tiny_hf_dir, tmp_path, greedy_run, quantization, tol):
     """Re-convert tiny.en with CTranslate2's own converter in each storage type; our reader must
     dequantize to the original weights within the type's rounding and transcribe identically."""
     converters = pytest.importorskip("ctranslate2.converters")
@@ -56,10 +65,8 @@ def test_ct2_storage_types_dequantize(tiny, tiny_hf_dir, tmp_path, mel, quantiza
     for name in b:
         scale = np.abs(b[name]).max() or 1.0
         assert np.abs(a[name] - b[name]).max() <= tol * scale + 1e-7, name
-    sp = special_tokens(tiny.tokenizer)
-    opts = generation_options(tiny, sp, max_new_tokens=100)
-    run = lambda p: strip(generate(p.params, mel, prompt_ids(sp), p.config, opts), sp.eot)
-    assert run(pre) == run(tiny)
+    run, reference = greedy_run
+    assert run(pre) == reference
 
 
 def test_openai_loader_matches_openai_whisper_logits(tmp_path):

@@ -406,6 +406,9 @@ def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
 # End to end on the embedded default
 
 
+# ~4 min on 2 cores (8 emulated devices): over CI's budget. Run with `-m slow`; the README's first command and
+# benchmarks/distill_demo.py run the same chain at full size.
+@pytest.mark.slow
 def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     """Real tiny.en → pseudo-labels of bundled training clips (concatenated per speaker) → 2-layer student
     trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
