@@ -393,7 +393,7 @@ def row_audio(value: Any, base_dir: Path | None, sampling_rate: int = audio_lib.
     if value is None or (isinstance(value, str) and not value.strip()):
         raise audio_lib.AudioError("audio cell is empty (no path or bytes)")
     if isinstance(value, (str, os.PathLike)):
-        return audio_lib.load_audio(_resolve(value, base_dir), sampling_rate)
+        return audio_lib.load_audio(resolve_path(value, base_dir), sampling_rate)
     if isinstance(value, dict):
         if value.get("array") is not None:
             arr = np.asarray(value["array"], np.float32)
@@ -411,11 +411,12 @@ def row_audio(value: Any, base_dir: Path | None, sampling_rate: int = audio_lib.
         if value.get("bytes") is not None:
             return audio_lib.decode_audio_bytes(value["bytes"], path or "<audio bytes>", sampling_rate)
         if path:
-            return audio_lib.load_audio(_resolve(path, base_dir), sampling_rate)
+            return audio_lib.load_audio(resolve_path(path, base_dir), sampling_rate)
     raise audio_lib.AudioError(f"audio cell holds neither a path nor bytes ({type(value).__name__})")
 
 
-def _resolve(path: str | os.PathLike, base_dir: Path | None) -> Path:
+def resolve_path(path: str | os.PathLike, base_dir: Path | None) -> Path:
+    """``~`` expanded; a relative path is taken relative to ``base_dir`` (a manifest's folder) when given."""
     p = Path(os.path.expanduser(os.fspath(path)))
     return p if p.is_absolute() or base_dir is None else base_dir / p
 

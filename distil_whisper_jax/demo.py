@@ -42,7 +42,9 @@ def demo_commands(work: Path, max_steps: int, train_rows: int | None, eval_rows:
     # out-of-domain speech a 100-step student loops, and fp16/f32 rounding then decides where a loop breaks off.
     # 24 clips (~270 words) so that one word is well under q8_0's 1-point WER allowance.
     export = ["--model", str(work / "run"), "--output_dir", str(work / "export"), "--overwrite",
-              "--verify_audio", str(speech_manifest("heldout")), "--verify_max_clips", str(eval_rows or 48)]
+              "--verify_audio", str(speech_manifest("heldout"))]
+    if eval_rows:
+        export += ["--verify_max_clips", str(eval_rows)]
     return {"label": label, "train": train, "export": export}
 
 

@@ -415,7 +415,7 @@ def verification_clips(manifest: str | None, max_clips: int | None = None) -> li
         from .assets import bundled_clips
 
         return bundled_clips()[:max_clips]
-    from .data import manifest_rows
+    from .data import manifest_rows, resolve_path
 
     path = Path(manifest)
     if path.suffix not in (".tsv", ".csv", ".jsonl") or not path.is_file():
@@ -425,8 +425,7 @@ def verification_clips(manifest: str | None, max_clips: int | None = None) -> li
         if "__error__" in row or not row.get("audio") or row.get("text") is None:
             raise ValueError(f"--verify_audio {manifest}: row {n} needs 'audio' and 'text' "
                              f"({row.get('__error__', 'missing column')})")
-        audio = Path(os.path.expanduser(row["audio"]))
-        audio = audio if audio.is_absolute() else path.resolve().parent / audio
+        audio = resolve_path(row["audio"], path.resolve().parent)
         if not audio.is_file():
             raise ValueError(f"--verify_audio {manifest}: row {n}: audio file {audio} does not exist")
         clips.append((audio, row["text"]))
@@ -463,8 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (checks,) = verify([(pre, paths)], clips, args.threads, args.dtype)
     jax_wer = wer([t for _, t in clips], checks[0].reference) if checks else None
     table = format_table(checks, jax_wer)
-    what = args.verify_audio or "bundled clips"
-    print(f"\nverification on {len(clips)} clips of {what} (greedy, no timestamps):\n\n{table}\n")
+    verified_on = f"{len(clips)} clips of {args.verify_audio}" if args.verify_audio else f"{len(clips)} bundled clips"
+    print(f"\nverification on {verified_on} (greedy, no timestamps):\n\n{table}\n")
     for diff in _differences(checks, [c for c, _ in clips]):
         print(diff)
     if "hf" in paths:
@@ -472,8 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         info = read_distil_info(find_distil_info(pre.source))
         with atomic_write(paths["hf"] / "README.md", "w") as f:
-            f.write(model_card(pre, info, formats, args.dtype, verification=table,
-                               verified_on=f"{len(clips)} clips of {what}"))
+            f.write(model_card(pre, info, formats, args.dtype, verification=table, verified_on=verified_on))
     print(f"total {time.perf_counter() - t0:.1f} s (export {t_export:.1f} s)")
     return 0 if all(c.passed for c in checks) else 1
 

@@ -356,11 +356,11 @@ def test_malformed_distil_info_is_a_clear_error(tmp_path):
 
 
 def test_verification_clips_from_a_manifest(tmp_path, capsys):
-    from distil_whisper_jax.assets import speech_manifest
+    from distil_whisper_jax.assets import bundled_clips, speech_manifest
 
     clips = ex.verification_clips(str(speech_manifest("heldout")), 3)
     assert len(clips) == 3 and all(p.is_absolute() and p.is_file() and text for p, text in clips)
-    assert ex.verification_clips(None, 2) == bundled_clips_first(2)
+    assert ex.verification_clips(None, 2) == bundled_clips()[:2]
     (tmp_path / "m.tsv").write_text("audio\ttext\nnope.flac\thello\n")
     with pytest.raises(ValueError, match=r"--verify_audio .*m.tsv: row 1: audio file .*nope.flac does not exist"):
         ex.verification_clips(str(tmp_path / "m.tsv"))
@@ -372,9 +372,3 @@ def test_verification_clips_from_a_manifest(tmp_path, capsys):
     assert "missing.tsv" in capsys.readouterr().err and not (tmp_path / "E").exists()
     assert _cli(tmp_path, "--verify", "--verify_max_clips", "0") == 2
     assert "--verify_max_clips" in capsys.readouterr().err
-
-
-def bundled_clips_first(n):
-    from distil_whisper_jax.assets import bundled_clips
-
-    return bundled_clips()[:n]
