@@ -253,8 +253,10 @@ def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, i
 
     cfg = pre.config
     mel = np.random.default_rng(0).standard_normal((batch, cfg.num_mel_bins, cfg.n_frames)).astype(np.float32)
-    model = Whisper(cfg)  # the scanned encoder, exactly what generate runs
-    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Whisper.encode))
+    model = Whisper(cfg)  # the scanned encoder, run as generate runs it (row by row on CPU)
+    encode = getattr(importlib.import_module(impl + ".generate"), "encode",  # (older --jax_impl copies lack it)
+                     lambda m, p, x: m.apply({"params": p}, x, method=Whisper.encode))
+    fn = jax.jit(lambda p, x: encode(model, p, x))
     params = jax.device_put(pre.params, jax.local_devices()[0])
     x = jax.device_put(jnp.asarray(mel), jax.local_devices()[0])
     analytic = encoder_flops(cfg, batch)
@@ -515,7 +517,7 @@ def main(argv=None) -> int:
                      for i in range(len(clips))},
         }
 
-    ratios = {}
+    ratios, paired = {}, {}
     for bs in batch_sizes:
         r = results.get("jax", {}).get(str(bs))
         if not r:
@@ -523,6 +525,11 @@ def main(argv=None) -> int:
         for other in ("transformers", "ct2"):
             if other in results:
                 ratios[f"jax/{other}@{bs}"] = r["audio_s_per_s"] / results[other][str(bs)]["audio_s_per_s"]
+                # Per-repeat ratios of the round-robin runs: a burst of load from other tenants hits one
+                # repeat of both engines, so the paired ratio is steadier than the ratio of medians.
+                pairs = [o / j for o, j in zip(results[other][str(bs)]["seconds_all"], r["seconds_all"])]
+                paired[f"jax/{other}@{bs}"] = {"median": statistics.median(pairs), "min": min(pairs),
+                                               "max": max(pairs), "all": pairs}
 
     encoder = None
     if not args.skip_encoder and "jax" in engines:
@@ -563,7 +570,7 @@ def main(argv=None) -> int:
                      "threads": threads, "max_new_tokens": opts.max_new_tokens, "prompt": prompt,
                      "jax_impl": args.jax_impl, "dtype": "float32"},
         "clips": [{"file": n, "seconds": d} for n, d in zip(names, durations)],
-        "results": results, "ratios": ratios, "transcripts": transcripts, "encoder": encoder,
+        "results": results, "ratios": ratios, "paired_ratios": paired, "transcripts": transcripts, "encoder": encoder,
         "breakdown": breakdown,
         "jax_profile": profile,
     }
@@ -591,6 +598,9 @@ def print_report(rep: dict) -> None:
                   f"{r['tokens_per_s']:.0f} | {r['cpu_util']:.2f} | {first} | {comp} |")
     if rep["ratios"]:
         print("\nspeed ratios (audio-s/s): " + ", ".join(f"{k} = {x:.2f}x" for k, x in rep["ratios"].items()))
+    if rep.get("paired_ratios"):
+        print("per-repeat (paired) ratios, median [min–max]: " + ", ".join(
+            f"{k} = {x['median']:.2f}x [{x['min']:.2f}–{x['max']:.2f}]" for k, x in rep["paired_ratios"].items()))
     for bs, t in rep["transcripts"].items():
         if t["identical"]:
             print(f"batch {bs}: transcripts identical across engines (token ids)")

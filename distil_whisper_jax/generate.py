@@ -52,11 +52,13 @@ def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt
     """
     vocab = jnp.arange(logits.shape[-1])
     at_begin = step == 0
+    # Suppression as one select against constant masks: a scatter of the ids costs ~0.4 ms per step
+    # on CPU at batch 8, a select ~0.06 ms.
+    suppress = _id_mask(opts.suppress_tokens, logits.shape[-1])
     if opts.begin_suppress_tokens:
-        ids = jnp.asarray(opts.begin_suppress_tokens)
-        logits = jnp.where(at_begin, logits.at[:, ids].set(NEG_INF), logits)
-    if opts.suppress_tokens:
-        logits = logits.at[:, jnp.asarray(opts.suppress_tokens)].set(NEG_INF)
+        suppress = suppress | (at_begin & _id_mask(opts.begin_suppress_tokens, logits.shape[-1]))
+    if opts.suppress_tokens or opts.begin_suppress_tokens:
+        logits = jnp.where(suppress[None], NEG_INF, logits)
     if not opts.return_timestamps:
         return logits
 
@@ -89,6 +91,20 @@ def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt
     return jnp.where((ts_mass > best_text)[:, None] & (vocab < tb)[None], NEG_INF, logits)
 
 
+def _id_mask(ids: Sequence[int], size: int) -> jax.Array:
+    """Boolean [size] mask, True at ``ids``."""
+    return jnp.zeros((size,), bool).at[jnp.asarray(ids, jnp.int32)].set(True) if ids else jnp.zeros((size,), bool)
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` as int32 (first index of the maximum; a NaN counts as the maximum), as
+    two plain reductions: XLA:CPU lowers argmax's variadic (value, index) reduce ~3× slower, about 0.9 ms
+    per decoding step at batch 8 over Whisper's 51,865 logits."""
+    m = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == m) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+
+
 def stage_sizes(batch: int, multiple: int = 1) -> list[int]:
     """Batch sizes greedy decoding shrinks through as rows finish: halving, but always a multiple of
     ``multiple`` (the device count, so every device keeps an equal share): 8 → [8, 4, 2, 1] on one
@@ -101,23 +117,42 @@ def stage_sizes(batch: int, multiple: int = 1) -> list[int]:
         sizes.append(nxt)
 
 
-def _greedy(model: Whisper, params, encoder_out, prompt, opts: GenerationOptions, multiple: int = 1):
+def encode(model: Whisper, params, mel, shards: int = 1):
+    """Encoder output for log-mel [B, M, F] as generation computes it: on CPU one row per device at a time
+    (``parallel.map_rows``), ~12 % faster than one batched pass; elsewhere one batched pass."""
+    return parallel.map_rows(lambda m: model.apply({"params": params}, m, method=Whisper.encode), mel, shards)
+
+
+def _prefill(model: Whisper, params, mel, prompt, length: int, multiple: int = 1):
+    """Encoder pass and prompt decode (which fills the cross-attention k/v and the prompt's self-attention
+    cache of ``length`` positions), row by row on CPU (``parallel.map_rows``). Returns the last prompt
+    position's logits [B, 1, V] and the cache."""
+
+    def one(m):
+        enc = model.apply({"params": params}, m, method=Whisper.encode)  # one row: no map inside a map
+        cache = init_cache(model.config, m.shape[0], length, model.dtype, per_layer=model.unstacked_decoder)
+        tokens = jnp.broadcast_to(prompt[None], (m.shape[0], prompt.shape[0]))
+        logits, cache = model.apply({"params": params}, tokens, enc, cache, 0, method=Whisper.decode)
+        return logits[:, -1:], cache
+
+    return parallel.map_rows(one, mel, multiple)
+
+
+def _greedy(model: Whisper, params, mel, prompt, opts: GenerationOptions, multiple: int = 1):
     """Greedy decoding. Rows are independent, so whenever no more than the next stage size of rows is
     still running, the running rows are gathered into that smaller batch (finished-row compaction): a
     batch of short and long clips stops paying for the finished ones. Each stage is its own static-shape
     while loop, so the function still compiles once per batch shape."""
-    b = encoder_out.shape[0]
+    b = mel.shape[0]
     p = prompt.shape[0]
     length = p + opts.max_new_tokens
     tokens = jnp.full((b, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
-    cache = init_cache(model.config, b, length, model.dtype, per_layer=model.unstacked_decoder)
-    logits, cache = model.apply({"params": params}, tokens[:, :p], encoder_out, cache, 0, method=Whisper.decode)
-    logits = logits[:, -1:]
+    logits, cache = _prefill(model, params, mel, prompt, length, multiple)
 
     def body(state):
         step, tokens, cache, logits, done = state
         scores = process_logits(logits[:, -1], tokens, step, p, opts)
-        nxt = jnp.where(done, opts.eot, jnp.argmax(scores, axis=-1).astype(jnp.int32))
+        nxt = jnp.where(done, opts.eot, first_argmax(scores))
         tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, p + step))
         done = done | (nxt == opts.eot)
         logits, cache = model.apply({"params": params}, nxt[:, None], None, cache, p + step, method=Whisper.decode)
@@ -220,10 +255,10 @@ def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_k
     def run(params, mel, prompt):
         if model.unstacked_decoder and "layers" in params["decoder"]:
             params = unstack_decoder(params)  # inside the jit, before the while loop
-        encoder_out = model.apply({"params": params}, mel, method=Whisper.encode)
+        shards = max(1, len(mesh_key))
         if opts.num_beams > 1:
-            return _beam_search(model, params, encoder_out, prompt, opts)
-        return _greedy(model, params, encoder_out, prompt, opts, multiple=max(1, len(mesh_key)))
+            return _beam_search(model, params, encode(model, params, mel, shards), prompt, opts)
+        return _greedy(model, params, mel, prompt, opts, multiple=shards)
 
     if mesh_key:
         mesh = parallel.local_mesh(list(mesh_key))
@@ -260,7 +295,7 @@ def _language_fn(config: WhisperConfig, dtype: Any):
     model = Whisper(config, dtype=dtype)
 
     def run(params, mel, sot, language_ids):
-        enc = model.apply({"params": params}, mel, method=Whisper.encode)
+        enc = encode(model, params, mel)
         tokens = jnp.full((mel.shape[0], 1), sot, jnp.int32)
         logits, _ = model.apply({"params": params}, tokens, enc, method=Whisper.decode)
         return jax.nn.softmax(logits[:, 0, language_ids], axis=-1)

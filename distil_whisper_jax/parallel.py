@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -33,6 +34,23 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Put a copy of ``tree`` on every device of ``mesh`` (do this once, not per batch)."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def map_rows(fn, x: Any, shards: int = 1) -> Any:
+    """``fn`` over batch ``x`` (a pytree with a common leading axis B), ``shards`` rows at a time: with the
+    batch split over ``shards`` devices, each step is one row per device. The outputs are stacked back to
+    B rows, in order. For CPU: one example's activations stay in cache between ops, which makes the
+    Whisper encoder ~12 % faster than one batched pass (benchmarks/transcribe.py); a loop is no gain on
+    TPU/GPU, so elsewhere (or with at most ``shards`` rows) ``fn`` simply runs on the whole batch."""
+    b = jax.tree_util.tree_leaves(x)[0].shape[0]
+    if jax.default_backend() != "cpu" or b <= shards or b % shards:
+        return fn(x)
+    steps = b // shards
+    # device-major split: device d holds rows [d·steps, (d+1)·steps), so step i takes row i of every device
+    split = lambda a: jnp.swapaxes(a.reshape((shards, steps) + a.shape[1:]), 0, 1)
+    merge = lambda a: jnp.swapaxes(a, 0, 1).reshape((b,) + a.shape[2:])
+    out = jax.lax.map(fn, jax.tree_util.tree_map(split, x))
+    return jax.tree_util.tree_map(merge, out)
 
 
 def pad_batch(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:

@@ -132,3 +132,33 @@ def test_previous_text_prompt_matches_transformers(tiny, tiny_torch, mel, specia
     # transformers returns the prompt too on short-form audio; compare what follows it
     ref = [row[len(prompt):] if row[:len(prompt)] == prompt else row for row in ref]
     assert ours == ref
+
+
+def test_first_argmax_is_argmax():
+    from distil_whisper_jax.generate import first_argmax
+
+    x = np.random.default_rng(0).standard_normal((6, 51865)).astype(np.float32)
+    x[1, [7, 900]] = 9.0  # tie: the first index wins
+    x[2, 3000] = np.inf
+    x[3, [50, 60]] = np.nan  # NaN counts as the maximum, first one wins
+    x[4, :] = -np.inf  # everything suppressed
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
+
+
+@pytest.mark.parametrize("shards", [1, 8])
+def test_map_rows_keeps_rows_in_place(shards):
+    from distil_whisper_jax import parallel
+
+    x = jnp.arange(16 * 3, dtype=jnp.float32).reshape(16, 3)
+    calls = []
+
+    def fn(rows):  # a row-wise function: mapping over rows must not change its result
+        calls.append(rows.shape[0])
+        return {"sum": rows.sum(-1), "twice": 2 * rows}
+
+    if shards > 1:
+        x = parallel.shard_batch(np.asarray(x), parallel.local_mesh())
+    out = jax.jit(lambda a: parallel.map_rows(fn, a, shards))(x)
+    np.testing.assert_array_equal(out["sum"], np.asarray(x).sum(-1))
+    np.testing.assert_array_equal(out["twice"], 2 * np.asarray(x))
+    assert calls == [shards]  # traced once, on one row per device
