@@ -492,9 +492,12 @@ def run_blocks(s: Settings, info: dict) -> dict:
                desc=f"pseudo-label p{s.process_index}", dynamic_ncols=True, mininterval=1.0)
     run = {"blocks": 0, "rows": 0, "audio_seconds": 0.0}
     hours = 0.0
+    # A block's seconds run from the end of the previous one (or the start), so they include waiting for
+    # its first batch to be read and decoded: summed, they are the labelling wall time.
+    t0 = time.perf_counter()
     try:
         for b, items in itertools.groupby(_background(_block_batches(blocks, s)), key=lambda item: item[1]):
-            st, t0 = _empty_stats(b, s), time.perf_counter()
+            st = _empty_stats(b, s)
             prev, prev_ids, writer = None, [], None
             try:
                 with atomic_write(shard_path(out, b)) as tmp:
@@ -528,6 +531,7 @@ def run_blocks(s: Settings, info: dict) -> dict:
                                    "reason": bd.reason} for bd in bads[:MAX_BAD_EXAMPLES]]
             bar.update(len(bads))
             st["seconds"] = time.perf_counter() - t0
+            t0 += st["seconds"]
             with atomic_write(block_state_path(out, b), "w") as f:  # the block's "done" marker, written last
                 json.dump(st, f, indent=1)
             _log_block(st)
