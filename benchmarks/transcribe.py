@@ -245,6 +245,17 @@ def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
     return out
 
 
+def jax_encoder(cfg, impl: str = "distil_whisper_jax"):
+    """The jitted scanned encoder, run as generate runs it (row by row on CPU)."""
+    import jax
+
+    Whisper = importlib.import_module(impl + ".model").Whisper
+    model = Whisper(cfg)
+    encode = getattr(importlib.import_module(impl + ".generate"), "encode",  # (older --jax_impl copies lack it)
+                     lambda m, p, x: m.apply({"params": p}, x, method=Whisper.encode))
+    return jax.jit(lambda p, x: encode(model, p, x))
+
+
 def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, impl: str = "distil_whisper_jax") -> dict:
     import jax
     import jax.numpy as jnp
@@ -253,10 +264,7 @@ def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, i
 
     cfg = pre.config
     mel = np.random.default_rng(0).standard_normal((batch, cfg.num_mel_bins, cfg.n_frames)).astype(np.float32)
-    model = Whisper(cfg)  # the scanned encoder, run as generate runs it (row by row on CPU)
-    encode = getattr(importlib.import_module(impl + ".generate"), "encode",  # (older --jax_impl copies lack it)
-                     lambda m, p, x: m.apply({"params": p}, x, method=Whisper.encode))
-    fn = jax.jit(lambda p, x: encode(model, p, x))
+    fn = jax_encoder(cfg, impl)
     params = jax.device_put(pre.params, jax.local_devices()[0])
     x = jax.device_put(jnp.asarray(mel), jax.local_devices()[0])
     analytic = encoder_flops(cfg, batch)
@@ -316,9 +324,7 @@ def breakdown_section(pre, specials, prompt, opts, frameworks: list[str], clip_m
             if name == "jax":
                 import jax
 
-                Whisper = importlib.import_module(impl + ".model").Whisper
-                model = Whisper(pre.config)
-                fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Whisper.encode))
+                fn = jax_encoder(pre.config, impl)
                 params, x = jax.device_put(pre.params), jax.device_put(mel)
                 runs[(name, "enc")] = (lambda fn=fn, params=params, x=x: fn(params, x).block_until_ready())
             else:
