@@ -58,8 +58,9 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    proc = subprocess.run([sys.executable, str(REPO / "run_distillation.py"), *cmds["train"], "--disable_tqdm"],
-                          env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_distillation.py"), *cmds["train"], "--disable_tqdm"], env=env, cwd=REPO
+    )
     times["train_s"] = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"training failed ({proc.returncode})")
@@ -68,20 +69,26 @@ def main(argv=None) -> int:
     wer_rows = [r for r in rows if any(k.endswith("/wer") for k in r)]
     key = next(k for k in wer_rows[0] if k.endswith("/wer"))
     result = {
-        "config": {**vars(a), "work": str(work)}, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                            "load_avg_1m": os.getloadavg()[0]},
-        "labelled_rows": report.get("rows_written", report.get("rows")), "times": times,
+        "config": {**vars(a), "work": str(work)},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "labelled_rows": report.get("rows_written", report.get("rows")),
+        "times": times,
         "peak_rss_gib": {"pseudo_label_and_setup": label_rss, "training": train_rss},
-        "wer": {"student_untrained": wer_rows[0][key], "student_trained": wer_rows[-1][key],
-                "teacher": wer_rows[0][key.replace("/wer", "/teacher_wer")]},
+        "wer": {
+            "student_untrained": wer_rows[0][key],
+            "student_trained": wer_rows[-1][key],
+            "teacher": wer_rows[0][key.replace("/wer", "/teacher_wer")],
+        },
         "train_steps_per_s": [r["train/steps_per_s"] for r in rows if "train/steps_per_s" in r],
     }
     print(f"{'stage':<22}{'wall s':>10}")
     for k, v in times.items():
         print(f"{k:<22}{v:>10.1f}")
     print(f"peak RSS: labelling {label_rss:.2f} GiB, training {train_rss:.2f} GiB (target ≤ 4)")
-    print(f"held-out WER: untrained student {result['wer']['student_untrained']:.1f}%, trained "
-          f"{result['wer']['student_trained']:.1f}%, teacher {result['wer']['teacher']:.1f}%")
+    print(
+        f"held-out WER: untrained student {result['wer']['student_untrained']:.1f}%, trained "
+        f"{result['wer']['student_trained']:.1f}%, teacher {result['wer']['teacher']:.1f}%"
+    )
     from distil_whisper_jax.utils import atomic_write
 
     with atomic_write(REPO / "benchmarks" / "results" / "distill_demo.json", "w") as f:

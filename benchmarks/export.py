@@ -45,8 +45,14 @@ def main(argv=None) -> int:
         c0, w0 = cpu(), time.perf_counter()
         result = fn()
         c1 = cpu()
-        stages.append({"stage": name, "wall_s": time.perf_counter() - w0, "cpu_s": c1[0] - c0[0],
-                       "subprocess_cpu_s": c1[1] - c0[1]})
+        stages.append(
+            {
+                "stage": name,
+                "wall_s": time.perf_counter() - w0,
+                "cpu_s": c1[0] - c0[0],
+                "subprocess_cpu_s": c1[1] - c0[1],
+            }
+        )
         return result
 
     t0 = time.perf_counter()
@@ -55,25 +61,43 @@ def main(argv=None) -> int:
     for fmt in ex.FORMATS:
         paths.update(stage(f"write {fmt}", lambda fmt=fmt: ex.export(pre, [fmt], out, overwrite=True)))
     clips = bundled_clips()
-    (checks,) = stage("verify (JAX reference + runtime subprocesses)",
-                      lambda: ex.verify([(pre, paths)], clips, threads=args.threads))
+    (checks,) = stage(
+        "verify (JAX reference + runtime subprocesses)", lambda: ex.verify([(pre, paths)], clips, threads=args.threads)
+    )
     total = time.perf_counter() - t0
     sizes = {fmt: ex._size(path) for fmt, path in paths.items()}
 
     print("\n| stage | wall s | CPU s (this process) | CPU s (subprocesses) |\n|---|---:|---:|---:|")
     for s in stages:
         print(f"| {s['stage']} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | {s['subprocess_cpu_s']:.1f} |")
-    print(f"| **total** | **{total:.1f}** | {sum(s['cpu_s'] for s in stages):.1f} | "
-          f"{sum(s['subprocess_cpu_s'] for s in stages):.1f} |\n")
+    print(
+        f"| **total** | **{total:.1f}** | {sum(s['cpu_s'] for s in stages):.1f} | "
+        f"{sum(s['subprocess_cpu_s'] for s in stages):.1f} |\n"
+    )
     print("| file | bytes |\n|---|---:|")
     for fmt, n in sizes.items():
         print(f"| {paths[fmt].name} | {n:,} |")
     print("\n" + ex.format_table(checks))
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
-    result = {"total_wall_s": total, "stages": stages, "sizes_bytes": sizes, "clips": len(clips),
-              "load_average": load, "all_passed": all(c.passed for c in checks),
-              "checks": [{"format": c.fmt, "exact": c.exact, "normalized": c.normalized, "wer": c.wer,
-                          "passed": c.passed, "note": c.note} for c in checks]}
+    result = {
+        "total_wall_s": total,
+        "stages": stages,
+        "sizes_bytes": sizes,
+        "clips": len(clips),
+        "load_average": load,
+        "all_passed": all(c.passed for c in checks),
+        "checks": [
+            {
+                "format": c.fmt,
+                "exact": c.exact,
+                "normalized": c.normalized,
+                "wer": c.wer,
+                "passed": c.passed,
+                "note": c.note,
+            }
+            for c in checks
+        ],
+    }
     with atomic_write(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"\nwrote {args.json}; machine load average {load}")

@@ -37,7 +37,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,8 +45,9 @@ TPU_V4_CHIP_BF16 = 275e12  # peak bf16 FLOP/s per TPU v4 chip (Google Cloud TPU 
 
 
 def make_manifest(d: Path, rows: int) -> tuple[Path, float]:
-    from distil_whisper_jax.assets import bundled_clips
     import soundfile as sf
+
+    from distil_whisper_jax.assets import bundled_clips
 
     clips = bundled_clips()
     with open(d / f"m{rows}.tsv", "w", encoding="utf-8") as f:
@@ -63,8 +63,21 @@ def run_ours(manifest: Path, out: Path, batch: int, extra=()) -> tuple[float, fl
     from distil_whisper_jax import pseudo_label
 
     c0, t0 = time.process_time(), time.perf_counter()
-    rc = pseudo_label.main(["--dataset_name", str(manifest), "--output_dir", str(out), "--num_local_devices", "1",
-                            "--per_device_eval_batch_size", str(batch), "--rows_per_shard", "1000", *extra])
+    rc = pseudo_label.main(
+        [
+            "--dataset_name",
+            str(manifest),
+            "--output_dir",
+            str(out),
+            "--num_local_devices",
+            "1",
+            "--per_device_eval_batch_size",
+            str(batch),
+            "--rows_per_shard",
+            "1000",
+            *extra,
+        ]
+    )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if rc != 0:
         raise RuntimeError(f"pseudo_label.main exited {rc}")
@@ -73,19 +86,25 @@ def run_ours(manifest: Path, out: Path, batch: int, extra=()) -> tuple[float, fl
 
 def build_pipeline(pre, batch: int):
     import torch
+    from transcribe import TransformersEngine
     from transformers import WhisperFeatureExtractor, pipeline
 
     from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
     from distil_whisper_jax.transcribe import generation_options
-    from transcribe import TransformersEngine
 
     sp = special_tokens(pre.tokenizer)
     prompt = prompt_ids(sp)
     opts = generation_options(pre, sp, max_new_tokens=256, prompt_len=len(prompt))
     eng = TransformersEngine(pre, sp, prompt, opts, threads=os.cpu_count())
     fe = WhisperFeatureExtractor(feature_size=pre.config.num_mel_bins)
-    pipe = pipeline("automatic-speech-recognition", model=eng.model, tokenizer=pre.tokenizer, feature_extractor=fe,
-                    device="cpu", torch_dtype=torch.float32)
+    pipe = pipeline(
+        "automatic-speech-recognition",
+        model=eng.model,
+        tokenizer=pre.tokenizer,
+        feature_extractor=fe,
+        device="cpu",
+        torch_dtype=torch.float32,
+    )
     return pipe, opts
 
 
@@ -106,8 +125,20 @@ def run_pipeline(pipe, opts, paths: list[str], batch: int) -> tuple[float, float
 def peak_rss(manifest: Path, out: Path, batch: int) -> float:
     """Peak RSS (MiB) of a fresh ``run_pseudo_label.py`` process on ``manifest``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    cmd = [sys.executable, str(ROOT / "run_pseudo_label.py"), "--dataset_name", str(manifest), "--output_dir",
-           str(out), "--per_device_eval_batch_size", str(batch), "--rows_per_shard", "16", "--max_label_length", "8"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_pseudo_label.py"),
+        "--dataset_name",
+        str(manifest),
+        "--output_dir",
+        str(out),
+        "--per_device_eval_batch_size",
+        str(batch),
+        "--rows_per_shard",
+        "16",
+        "--max_label_length",
+        "8",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
@@ -124,8 +155,7 @@ def decoder_flops_per_token(cfg, context: int = 224) -> float:
     return cfg.decoder_layers * per_layer + 2.0 * d * cfg.vocab_size
 
 
-def projection(tiny_cfg, large_cfg, audio_s: float, tokens: int, rows_windows: int, wall: float,
-               peak: float) -> dict:
+def projection(tiny_cfg, large_cfg, audio_s: float, tokens: int, rows_windows: int, wall: float, peak: float) -> dict:
     from transcribe import encoder_flops
 
     tok_per_s = tokens / audio_s
@@ -133,12 +163,19 @@ def projection(tiny_cfg, large_cfg, audio_s: float, tokens: int, rows_windows: i
     util = useful / wall / peak
     # large-v3: one 30 s window per ≤30 s row; rows here average audio_s / rows_windows seconds
     sec_per_window = audio_s / rows_windows
-    per_audio_s = encoder_flops(large_cfg)["total"] / sec_per_window + tok_per_s * decoder_flops_per_token(large_cfg, 64)
+    per_audio_s = encoder_flops(large_cfg)["total"] / sec_per_window + tok_per_s * decoder_flops_per_token(
+        large_cfg, 64
+    )
     tpu_peak = 4 * TPU_V4_CHIP_BF16
-    return {"tokens_per_audio_second": tok_per_s, "useful_flops_ours_cpu": useful, "cpu_utilisation": util,
-            "large_v3_flops_per_audio_second": per_audio_s, "tpu_v4_8_peak_flops": tpu_peak,
-            "audio_hours_per_hour_at_measured_utilisation": tpu_peak * util / per_audio_s,
-            "audio_hours_per_hour_at_40pct": tpu_peak * 0.4 / per_audio_s}
+    return {
+        "tokens_per_audio_second": tok_per_s,
+        "useful_flops_ours_cpu": useful,
+        "cpu_utilisation": util,
+        "large_v3_flops_per_audio_second": per_audio_s,
+        "tpu_v4_8_peak_flops": tpu_peak,
+        "audio_hours_per_hour_at_measured_utilisation": tpu_peak * util / per_audio_s,
+        "audio_hours_per_hour_at_40pct": tpu_peak * 0.4 / per_audio_s,
+    }
 
 
 def main(argv=None) -> int:
@@ -155,20 +192,29 @@ def main(argv=None) -> int:
 
     logging.disable(logging.INFO)
     import jax
+    from transcribe import cpu_model, matmul_peak
 
     from distil_whisper_jax.convert import load_pretrained
     from distil_whisper_jax.model import preset
     from distil_whisper_jax.utils import atomic_write
-    from transcribe import cpu_model, matmul_peak
 
     pre = load_pretrained()
     tmp = Path(tempfile.mkdtemp(prefix="bench-plabel-"))
     manifest, audio_s = make_manifest(tmp, a.rows)
     paths = [line.split("\t")[0] for line in manifest.read_text().splitlines()[1:]]
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "jax": jax.__version__},
-              "load_average_at_start": os.getloadavg(), "rows": a.rows, "audio_seconds": audio_s, "runs": []}
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+        },
+        "load_average_at_start": os.getloadavg(),
+        "rows": a.rows,
+        "audio_seconds": audio_s,
+        "runs": [],
+    }
     for batch in [int(b) for b in a.batch_sizes.split(",")]:
         warm, _ = make_manifest(tmp, batch)
         run_ours(warm, tmp / f"warm-{batch}", batch)
@@ -187,42 +233,63 @@ def main(argv=None) -> int:
         same = sum(x["whisper_transcript"] == t for x, t in zip(rows, texts))
         w_ours, w_theirs = statistics.median(x[0] for x in ours), statistics.median(x[0] for x in theirs)
         w_label = statistics.median(labelling)
-        run = {"batch_size": batch, "ours_wall_s": w_ours, "ours_cpu_s": statistics.median(x[1] for x in ours),
-               "ours_labelling_s": w_label, "ours_outside_labelling_s": w_ours - w_label,
-               "transformers_pipeline_wall_s": w_theirs,
-               "transformers_pipeline_cpu_s": statistics.median(x[1] for x in theirs),
-               "ours_audio_s_per_s": audio_s / w_label, "transformers_audio_s_per_s": audio_s / w_theirs,
-               "speedup": w_theirs / w_label, "speedup_incl_our_setup": w_theirs / w_ours,
-               "speedup_paired": statistics.median(t[0] / x for t, x in zip(theirs, labelling)),
-               "identical_transcripts": f"{same}/{len(rows)}",
-               "tokens": sum(len(x["whisper_token_ids"]) for x in rows),
-               "report_audio_hours": report["audio_hours_labelled"]}
+        run = {
+            "batch_size": batch,
+            "ours_wall_s": w_ours,
+            "ours_cpu_s": statistics.median(x[1] for x in ours),
+            "ours_labelling_s": w_label,
+            "ours_outside_labelling_s": w_ours - w_label,
+            "transformers_pipeline_wall_s": w_theirs,
+            "transformers_pipeline_cpu_s": statistics.median(x[1] for x in theirs),
+            "ours_audio_s_per_s": audio_s / w_label,
+            "transformers_audio_s_per_s": audio_s / w_theirs,
+            "speedup": w_theirs / w_label,
+            "speedup_incl_our_setup": w_theirs / w_ours,
+            "speedup_paired": statistics.median(t[0] / x for t, x in zip(theirs, labelling)),
+            "identical_transcripts": f"{same}/{len(rows)}",
+            "tokens": sum(len(x["whisper_token_ids"]) for x in rows),
+            "report_audio_hours": report["audio_hours_labelled"],
+        }
         result["runs"].append(run)
         run["speedup_cpu_seconds"] = run["transformers_pipeline_cpu_s"] / run["ours_cpu_s"]
-        print(f"batch {batch}: ours {run['ours_audio_s_per_s']:.2f} audio-s/s, transformers pipeline "
-              f"{run['transformers_audio_s_per_s']:.2f} audio-s/s -> {run['speedup']:.2f}x wall "
-              f"(paired per repeat {run['speedup_paired']:.2f}x; {run['speedup_incl_our_setup']:.2f}x counting our "
-              f"{run['ours_outside_labelling_s']:.1f} s of model loading and report too), "
-              f"{run['speedup_cpu_seconds']:.2f}x CPU-seconds (ours: all of main); transcripts identical {run['identical_transcripts']}", flush=True)
+        print(
+            f"batch {batch}: ours {run['ours_audio_s_per_s']:.2f} audio-s/s, transformers pipeline "
+            f"{run['transformers_audio_s_per_s']:.2f} audio-s/s -> {run['speedup']:.2f}x wall "
+            f"(paired per repeat {run['speedup_paired']:.2f}x; {run['speedup_incl_our_setup']:.2f}x counting our "
+            f"{run['ours_outside_labelling_s']:.1f} s of model loading and report too), "
+            f"{run['speedup_cpu_seconds']:.2f}x CPU-seconds (ours: all of main); transcripts identical {run['identical_transcripts']}",
+            flush=True,
+        )
     best = max(result["runs"], key=lambda r: r["ours_audio_s_per_s"])
     peak = matmul_peak(quick=True)["peak"]
     result["matmul_peak_flops"] = peak
-    result["projection"] = projection(pre.config, preset("large-v3"), audio_s, best["tokens"], a.rows,
-                                      best["ours_labelling_s"], peak)
+    result["projection"] = projection(
+        pre.config, preset("large-v3"), audio_s, best["tokens"], a.rows, best["ours_labelling_s"], peak
+    )
     result["projection"]["from_batch_size"] = best["batch_size"]
-    print(f"projection: CPU utilisation {100 * result['projection']['cpu_utilisation']:.1f} % of fp32 matmul peak "
-          f"({peak / 1e9:.0f} GFLOP/s); large-v3 on TPU v4-8: "
-          f"{result['projection']['audio_hours_per_hour_at_measured_utilisation']:.0f} audio-h/h at that utilisation, "
-          f"{result['projection']['audio_hours_per_hour_at_40pct']:.0f} at 40 %", flush=True)
+    print(
+        f"projection: CPU utilisation {100 * result['projection']['cpu_utilisation']:.1f} % of fp32 matmul peak "
+        f"({peak / 1e9:.0f} GFLOP/s); large-v3 on TPU v4-8: "
+        f"{result['projection']['audio_hours_per_hour_at_measured_utilisation']:.0f} audio-h/h at that utilisation, "
+        f"{result['projection']['audio_hours_per_hour_at_40pct']:.0f} at 40 %",
+        flush=True,
+    )
     if not a.skip_rss:
         small, _ = make_manifest(tmp, a.rows)
         big, _ = make_manifest(tmp, 10 * a.rows)
         rss1 = peak_rss(small, tmp / "rss1", 8)
         rss10 = peak_rss(big, tmp / "rss10", 8)
-        result["rss_mib"] = {"rows_1x": a.rows, "peak_1x": rss1, "rows_10x": 10 * a.rows, "peak_10x": rss10,
-                             "ratio": rss10 / rss1}
-        print(f"peak RSS: {rss1:.0f} MiB at {a.rows} rows, {rss10:.0f} MiB at {10 * a.rows} rows "
-              f"({rss10 / rss1:.2f}x)", flush=True)
+        result["rss_mib"] = {
+            "rows_1x": a.rows,
+            "peak_1x": rss1,
+            "rows_10x": 10 * a.rows,
+            "peak_10x": rss10,
+            "ratio": rss10 / rss1,
+        }
+        print(
+            f"peak RSS: {rss1:.0f} MiB at {a.rows} rows, {rss10:.0f} MiB at {10 * a.rows} rows ({rss10 / rss1:.2f}x)",
+            flush=True,
+        )
     result["load_average_at_end"] = os.getloadavg()
     out = Path(a.output)
     with atomic_write(out, "w") as f:

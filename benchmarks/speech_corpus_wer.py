@@ -45,11 +45,14 @@ def main(argv=None) -> int:
         for i, r in enumerate(rows):
             by_speaker[r["speaker_id"]].append(i)
         report["splits"][split] = {
-            "clips": len(rows), "seconds": round(sum(float(r["duration"]) for r in rows), 2),
+            "clips": len(rows),
+            "seconds": round(sum(float(r["duration"]) for r in rows), 2),
             "wer": wer(refs, hyps),
             "speakers": {s: wer([refs[i] for i in ix], [hyps[i] for i in ix]) for s, ix in by_speaker.items()},
-            "hypotheses": [{"audio": r["audio"], "ref": r["text"], "hyp": h, "wer": wer([r["text"]], [h])}
-                           for r, h in zip(rows, hyps)],
+            "hypotheses": [
+                {"audio": r["audio"], "ref": r["text"], "hyp": h, "wer": wer([r["text"]], [h])}
+                for r, h in zip(rows, hyps)
+            ],
         }
     print(f"{'split':8s} {'speaker':28s} {'WER %':>6s}")
     for split, d in report["splits"].items():

@@ -69,11 +69,11 @@ def make_batch(pre, batch_size: int, label_length: int) -> dict:
     tokens = np.full((batch_size, label_length), sp.eot, np.int32)
     labels = np.full((batch_size, label_length), -100, np.int32)
     for i, (_, text) in enumerate(rows):
-        seq = (prompt + pre.tokenizer.encode(" " + text.strip(), add_special_tokens=False) + [sp.eot])
-        seq = seq[:label_length + 1]
-        tokens[i, :len(seq) - 1] = seq[:-1]
+        seq = prompt + pre.tokenizer.encode(" " + text.strip(), add_special_tokens=False) + [sp.eot]
+        seq = seq[: label_length + 1]
+        tokens[i, : len(seq) - 1] = seq[:-1]
         # Targets: the next token, ignored while still inside the prompt.
-        labels[i, len(prompt) - 1:len(seq) - 1] = seq[len(prompt):]
+        labels[i, len(prompt) - 1 : len(seq) - 1] = seq[len(prompt) :]
     return {"input_features": mel, "decoder_input_ids": tokens, "labels": labels}
 
 
@@ -103,7 +103,8 @@ def unrolled_xla_flops(student_config, teacher_config, share: bool, batch: dict)
     fn = train.make_loss_fn(student_config, teacher_config, freeze_encoder=True, share_encoder=share, unroll=True)
     spec = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in batch.items()}
     lowered = jax.jit(jax.value_and_grad(fn, has_aux=True)).lower(
-        param_shapes(student_config), param_shapes(teacher_config), spec, jax.random.PRNGKey(0), 1)
+        param_shapes(student_config), param_shapes(teacher_config), spec, jax.random.PRNGKey(0), 1
+    )
     return xla_flops(lowered)
 
 
@@ -115,13 +116,22 @@ def tpu_projection(label_length: int = 128, global_batch: int = 256, chips: int 
     teacher = preset("large-v2")
     student = teacher.replace(decoder_layers=2)
     peak = chips * TPU_V4_BF16_PEAK
-    out = {"teacher": "large-v2", "student_decoder_layers": 2, "global_batch": global_batch,
-           "label_length": label_length, "chips": chips, "peak_flops_per_s": peak}
+    out = {
+        "teacher": "large-v2",
+        "student_decoder_layers": 2,
+        "global_batch": global_batch,
+        "label_length": label_length,
+        "chips": chips,
+        "peak_flops_per_s": peak,
+    }
     for name, kw in (("unshared", {}), ("shared", {"share_encoder": True})):
         f = train.flops_per_step(student, teacher, global_batch, label_length, freeze_encoder=True, **kw)
-        out[name] = {"flops": f, "ideal_step_s": f["total"] / peak,
-                     "step_s_at_40pct_mfu": f["total"] / (0.4 * peak),
-                     "hours_80k_steps_at_40pct_mfu": 80_000 * f["total"] / (0.4 * peak) / 3600}
+        out[name] = {
+            "flops": f,
+            "ideal_step_s": f["total"] / peak,
+            "step_s_at_40pct_mfu": f["total"] / (0.4 * peak),
+            "hours_80k_steps_at_40pct_mfu": 80_000 * f["total"] / (0.4 * peak) / 3600,
+        }
     out["shared_speedup_flops"] = out["unshared"]["flops"]["total"] / out["shared"]["flops"]["total"]
 
     # Parameter + optimiser memory per chip (replicated, fp32 master weights): ours keeps Adam moments
@@ -133,8 +143,11 @@ def tpu_projection(label_length: int = 128, global_batch: int = 256, chips: int 
     n_encoder = count_params(shapes["encoder"])
     gib = 2.0**30
     out["memory_per_chip_gib"] = {
-        "teacher_params_fp32": 4 * n_teacher / gib, "student_params_fp32": 4 * n_student / gib,
-        "adam_moments_ours": 8 * (n_student - n_encoder) / gib, "adam_moments_original": 8 * n_student / gib}
+        "teacher_params_fp32": 4 * n_teacher / gib,
+        "student_params_fp32": 4 * n_student / gib,
+        "adam_moments_ours": 8 * (n_student - n_encoder) / gib,
+        "adam_moments_original": 8 * n_student / gib,
+    }
     out["params"] = {"teacher": n_teacher, "student": n_student, "student_encoder": n_encoder}
     return out
 
@@ -167,8 +180,13 @@ def main(argv=None) -> int:
     n_tokens = int((batch["labels"] >= 0).sum())
     mesh = train.data_mesh(jax.devices()[:1])
     teacher = parallel.replicate(pre.params, mesh)
-    log.info("tiny.en → 2-layer student, batch %d × %d label positions (%d real), %s",
-             args.batch_size, args.label_length, n_tokens, jax.devices()[0])
+    log.info(
+        "tiny.en → 2-layer student, batch %d × %d label positions (%d real), %s",
+        args.batch_size,
+        args.label_length,
+        n_tokens,
+        jax.devices()[0],
+    )
 
     t0 = time.perf_counter()
     enc = train.encoder_outputs(pre.config, teacher, batch["input_features"], mesh=mesh).block_until_ready()
@@ -183,8 +201,16 @@ def main(argv=None) -> int:
     for name in VARIANTS:
         share = name != "unshared"
         tx = train.make_optimizer(s_params, schedule=schedule, freeze_encoder=True)
-        step = train.make_train_step(s_config, pre.config, tx, freeze_encoder=True, share_encoder=share,
-                                     temperature=2.0, kl_weight=1.0, mesh=mesh)
+        step = train.make_train_step(
+            s_config,
+            pre.config,
+            tx,
+            freeze_encoder=True,
+            share_encoder=share,
+            temperature=2.0,
+            kl_weight=1.0,
+            mesh=mesh,
+        )
         state = train.create_train_state(s_params, tx, seed=0)
         b = cached_batch if name == "cached" else batch
         t0 = time.perf_counter()
@@ -192,10 +218,27 @@ def main(argv=None) -> int:
         jax.block_until_ready(m)
         first = time.perf_counter() - t0
         xla = unrolled_xla_flops(s_config, pre.config, share, b)
-        flops = train.flops_per_step(s_config, pre.config, args.batch_size, args.label_length,
-                                     freeze_encoder=True, share_encoder=share, cached_encoder=name == "cached")
-        runs[name] = {"step": step, "state": state, "batch": b, "times": [], "first_call_s": first,
-                      "flops": flops, "xla_flops": xla, "loss": float(m["loss"]), "mfu_wall": [], "mfu_cpu": []}
+        flops = train.flops_per_step(
+            s_config,
+            pre.config,
+            args.batch_size,
+            args.label_length,
+            freeze_encoder=True,
+            share_encoder=share,
+            cached_encoder=name == "cached",
+        )
+        runs[name] = {
+            "step": step,
+            "state": state,
+            "batch": b,
+            "times": [],
+            "first_call_s": first,
+            "flops": flops,
+            "xla_flops": xla,
+            "loss": float(m["loss"]),
+            "mfu_wall": [],
+            "mfu_cpu": [],
+        }
         log.info("%s: first call (compile + step) %.1f s, loss %.4f", name, first, float(m["loss"]))
 
     peaks = []
@@ -204,13 +247,19 @@ def main(argv=None) -> int:
         for name in VARIANTS:
             run = runs[name]
             for _ in range(args.steps_per_repeat):
-                (run["state"], m), wall, cpu = timed(lambda: jax.block_until_ready(
-                    run["step"](run["state"], teacher, run["batch"])))
+                (run["state"], m), wall, cpu = timed(
+                    lambda: jax.block_until_ready(run["step"](run["state"], teacher, run["batch"]))
+                )
                 run["times"].append(wall)
                 run["mfu_wall"].append(run["flops"]["total"] / wall / peaks[-1]["wall"])
                 run["mfu_cpu"].append(run["flops"]["total"] / cpu / peaks[-1]["cpu"])
-        log.info("repeat %d/%d: matmul %.0f GFLOP/s; %s", r + 1, args.repeats, peaks[-1]["wall"] / 1e9,
-                 ", ".join(f"{n} {runs[n]['times'][-1]:.2f} s" for n in VARIANTS))
+        log.info(
+            "repeat %d/%d: matmul %.0f GFLOP/s; %s",
+            r + 1,
+            args.repeats,
+            peaks[-1]["wall"] / 1e9,
+            ", ".join(f"{n} {runs[n]['times'][-1]:.2f} s" for n in VARIANTS),
+        )
 
     peak = matmul_peak(quick=args.quick)
     results = {}
@@ -218,31 +267,55 @@ def main(argv=None) -> int:
         run = runs[name]
         t = statistics.median(run["times"])
         results[name] = {
-            "step_s_median": t, "step_s_all": run["times"], "steps_per_s": 1 / t,
-            "samples_per_s": args.batch_size / t, "tokens_per_s": n_tokens / t,
-            "first_call_s": run["first_call_s"], "model_flops": run["flops"],
+            "step_s_median": t,
+            "step_s_all": run["times"],
+            "steps_per_s": 1 / t,
+            "samples_per_s": args.batch_size / t,
+            "tokens_per_s": n_tokens / t,
+            "first_call_s": run["first_call_s"],
+            "model_flops": run["flops"],
             "xla_cost_analysis_flops": run["xla_flops"],
             "model_flops_per_s": run["flops"]["total"] / t,
             "mfu": statistics.median(run["mfu_wall"]),  # vs the matmul measured in the same repeat
             "mfu_cpu_time": statistics.median(run["mfu_cpu"]),
             "mfu_vs_best_peak": run["flops"]["total"] / t / peak["peak"],
-            "loss_first_step": run["loss"]}
-    ratios = {"shared_vs_unshared_speed": results["unshared"]["step_s_median"] / results["shared"]["step_s_median"],
-              "cached_vs_unshared_speed": results["unshared"]["step_s_median"] / results["cached"]["step_s_median"]}
+            "loss_first_step": run["loss"],
+        }
+    ratios = {
+        "shared_vs_unshared_speed": results["unshared"]["step_s_median"] / results["shared"]["step_s_median"],
+        "cached_vs_unshared_speed": results["unshared"]["step_s_median"] / results["cached"]["step_s_median"],
+    }
     report = {
         "benchmark": "distillation train step, tiny.en -> 2-layer student, fp32, CPU, 1 device",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": list(os.getloadavg()), "jax": jax.__version__,
-                    "XLA_FLAGS": os.environ.get("XLA_FLAGS")},
-        "settings": {"batch_size": args.batch_size, "label_length": args.label_length, "label_tokens": n_tokens,
-                     "repeats": args.repeats, "steps_per_repeat": args.steps_per_repeat, "dtype": "float32",
-                     "freeze_encoder": True, "kl_weight": 1.0, "temperature": 2.0},
-        "matmul_peak_flops_per_s": peak, "matmul_2048_per_repeat": peaks,
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_at_end": list(os.getloadavg()),
+            "jax": jax.__version__,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+        },
+        "settings": {
+            "batch_size": args.batch_size,
+            "label_length": args.label_length,
+            "label_tokens": n_tokens,
+            "repeats": args.repeats,
+            "steps_per_repeat": args.steps_per_repeat,
+            "dtype": "float32",
+            "freeze_encoder": True,
+            "kl_weight": 1.0,
+            "temperature": 2.0,
+        },
+        "matmul_peak_flops_per_s": peak,
+        "matmul_2048_per_repeat": peaks,
         "encoder_outputs_s": {"first_call": encoder_first_s, "steady": encoder_s},
-        "results": results, "ratios": ratios,
-        "targets": {"mfu_ge_0.40": {v: results[v]["mfu"] >= 0.40 for v in VARIANTS},
-                    "shared_ge_1.5x_unshared": ratios["shared_vs_unshared_speed"] >= 1.5},
+        "results": results,
+        "ratios": ratios,
+        "targets": {
+            "mfu_ge_0.40": {v: results[v]["mfu"] >= 0.40 for v in VARIANTS},
+            "shared_ge_1.5x_unshared": ratios["shared_vs_unshared_speed"] >= 1.5,
+        },
         "tpu_v4_8_projection": tpu_projection(),
     }
     print_report(report)
@@ -257,29 +330,44 @@ def main(argv=None) -> int:
 
 def print_report(rep: dict) -> None:
     s = rep["settings"]
-    print(f"\ntiny.en → 2-layer, batch {s['batch_size']} × {s['label_length']} ({s['label_tokens']} label tokens), "
-          f"fp32, {rep['machine']['cpu']}, load {rep['machine']['loadavg_at_end'][0]:.1f}")
-    print(f"fp32 matmul peak {rep['matmul_peak_flops_per_s']['peak'] / 1e9:.0f} GFLOP/s; encoder outputs "
-          f"(batch) {rep['encoder_outputs_s']['steady']:.2f} s")
-    print(f"{'variant':<9} {'step s':>7} {'steps/s':>8} {'samples/s':>9} {'GFLOP/step':>10} {'XLA GFLOP':>9} "
-          f"{'GFLOP/s':>8} {'MFU':>6} {'MFU cpu':>7} {'compile+1 s':>11}")
+    print(
+        f"\ntiny.en → 2-layer, batch {s['batch_size']} × {s['label_length']} ({s['label_tokens']} label tokens), "
+        f"fp32, {rep['machine']['cpu']}, load {rep['machine']['loadavg_at_end'][0]:.1f}"
+    )
+    print(
+        f"fp32 matmul peak {rep['matmul_peak_flops_per_s']['peak'] / 1e9:.0f} GFLOP/s; encoder outputs "
+        f"(batch) {rep['encoder_outputs_s']['steady']:.2f} s"
+    )
+    print(
+        f"{'variant':<9} {'step s':>7} {'steps/s':>8} {'samples/s':>9} {'GFLOP/step':>10} {'XLA GFLOP':>9} "
+        f"{'GFLOP/s':>8} {'MFU':>6} {'MFU cpu':>7} {'compile+1 s':>11}"
+    )
     for name, r in rep["results"].items():
         xla = r["xla_cost_analysis_flops"]
-        print(f"{name:<9} {r['step_s_median']:7.2f} {r['steps_per_s']:8.3f} {r['samples_per_s']:9.2f} "
-              f"{r['model_flops']['total'] / 1e9:10.1f} {(xla or float('nan')) / 1e9:9.1f} "
-              f"{r['model_flops_per_s'] / 1e9:8.1f} {100 * r['mfu']:5.1f}% {100 * r['mfu_cpu_time']:6.1f}% "
-              f"{r['first_call_s']:11.1f}")
-    print("shared/unshared speed: {shared_vs_unshared_speed:.2f}×, cached/unshared: {cached_vs_unshared_speed:.2f}×"
-          .format(**rep["ratios"]))
+        print(
+            f"{name:<9} {r['step_s_median']:7.2f} {r['steps_per_s']:8.3f} {r['samples_per_s']:9.2f} "
+            f"{r['model_flops']['total'] / 1e9:10.1f} {(xla or float('nan')) / 1e9:9.1f} "
+            f"{r['model_flops_per_s'] / 1e9:8.1f} {100 * r['mfu']:5.1f}% {100 * r['mfu_cpu_time']:6.1f}% "
+            f"{r['first_call_s']:11.1f}"
+        )
+    print(
+        "shared/unshared speed: {shared_vs_unshared_speed:.2f}×, cached/unshared: {cached_vs_unshared_speed:.2f}×".format(
+            **rep["ratios"]
+        )
+    )
     t = rep["tpu_v4_8_projection"]
     print(f"\nTPU v4-8 projection, large-v2 → 2-layer, batch {t['global_batch']} × {t['label_length']}:")
     for name in ("unshared", "shared"):
         v = t[name]
-        print(f"  {name:<8} {v['flops']['total'] / 1e15:6.1f} PFLOP/step, ideal {v['ideal_step_s']:.2f} s, "
-              f"at 40% MFU {v['step_s_at_40pct_mfu']:.2f} s → 80k steps {v['hours_80k_steps_at_40pct_mfu']:.0f} h")
+        print(
+            f"  {name:<8} {v['flops']['total'] / 1e15:6.1f} PFLOP/step, ideal {v['ideal_step_s']:.2f} s, "
+            f"at 40% MFU {v['step_s_at_40pct_mfu']:.2f} s → 80k steps {v['hours_80k_steps_at_40pct_mfu']:.0f} h"
+        )
     m = t["memory_per_chip_gib"]
-    print("  per chip: teacher {teacher_params_fp32:.1f} GiB + student {student_params_fp32:.1f} GiB + Adam "
-          "{adam_moments_ours:.2f} GiB (original: {adam_moments_original:.1f} GiB)".format(**m))
+    print(
+        "  per chip: teacher {teacher_params_fp32:.1f} GiB + student {student_params_fp32:.1f} GiB + Adam "
+        "{adam_moments_ours:.2f} GiB (original: {adam_moments_original:.1f} GiB)".format(**m)
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,22 +84,28 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 def strip_ids(row, prompt: list[int], eot: int) -> list[int]:
     """Generated ids up to (not including) the first EOT, without a leading copy of the prompt."""
     row = [int(t) for t in row]
-    if row[:len(prompt)] == prompt:
-        row = row[len(prompt):]
-    return row[:row.index(eot)] if eot in row else row
+    if row[: len(prompt)] == prompt:
+        row = row[len(prompt) :]
+    return row[: row.index(eot)] if eot in row else row
 
 
 def batches_of(n: int, batch_size: int, fill: bool) -> list[list[int]]:
     """Clip indices per batch; with ``fill`` the clip list is cycled so the last batch is full."""
     total = -(-n // batch_size) * batch_size if fill else n
     order = [i % n for i in range(total)]
-    return [order[i:i + batch_size] for i in range(0, total, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, total, batch_size)]
 
 
 def encoder_flops(cfg, batch: int = 1) -> dict[str, float]:
     """Analytic forward FLOPs of the Whisper encoder (2·m·n·k per matmul; elementwise ops not counted)."""
-    t, s, d, f, m, layers = cfg.n_frames, cfg.max_source_positions, cfg.d_model, cfg.encoder_ffn_dim, \
-        cfg.num_mel_bins, cfg.encoder_layers
+    t, s, d, f, m, layers = (
+        cfg.n_frames,
+        cfg.max_source_positions,
+        cfg.d_model,
+        cfg.encoder_ffn_dim,
+        cfg.num_mel_bins,
+        cfg.encoder_layers,
+    )
     parts = {
         "conv1": 2.0 * t * d * (3 * m),
         "conv2": 2.0 * s * d * (3 * d),
@@ -144,8 +151,7 @@ class JaxEngine:
 
     def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
         padded, n = self.pad_batch(mel, batch_size)  # as transcribe does: one static shape per batch size
-        out = self.gen_mod.generate(self.params, padded, self.prompt, self.pre.config, self.opts,
-                                    devices=self.devices)
+        out = self.gen_mod.generate(self.params, padded, self.prompt, self.pre.config, self.opts, devices=self.devices)
         return [strip_ids(r, self.prompt, self.opts.eot) for r in out[:n]]
 
 
@@ -155,7 +161,8 @@ class TransformersEngine:
     def __init__(self, pre, specials, prompt, opts, threads: int):
         import torch
         import transformers
-        from transformers import GenerationConfig, WhisperConfig as HFConfig, WhisperForConditionalGeneration
+        from transformers import GenerationConfig, WhisperForConditionalGeneration
+        from transformers import WhisperConfig as HFConfig
 
         from distil_whisper_jax.convert.hf import flax_to_hf, hf_config_dict
 
@@ -164,22 +171,35 @@ class TransformersEngine:
         self.torch = torch
         model = WhisperForConditionalGeneration(HFConfig(**hf_config_dict(pre.config))).eval()
         state = flax_to_hf(pre.params, pre.config)
-        res = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
-                                    strict=False)
+        res = model.load_state_dict(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False
+        )
         if set(res.missing_keys) - {"proj_out.weight"} or res.unexpected_keys:
             raise RuntimeError(f"transformers model does not take the converted weights: {res}")
         model.tie_weights()
         model.generation_config = GenerationConfig(
-            decoder_start_token_id=specials.sot, eos_token_id=specials.eot, pad_token_id=specials.eot,
-            bos_token_id=specials.eot, suppress_tokens=list(opts.suppress_tokens),
-            begin_suppress_tokens=list(opts.begin_suppress_tokens), no_timestamps_token_id=specials.no_timestamps,
-            max_initial_timestamp_index=50, max_length=pre.config.max_target_positions, is_multilingual=False)
+            decoder_start_token_id=specials.sot,
+            eos_token_id=specials.eot,
+            pad_token_id=specials.eot,
+            bos_token_id=specials.eot,
+            suppress_tokens=list(opts.suppress_tokens),
+            begin_suppress_tokens=list(opts.begin_suppress_tokens),
+            no_timestamps_token_id=specials.no_timestamps,
+            max_initial_timestamp_index=50,
+            max_length=pre.config.max_target_positions,
+            is_multilingual=False,
+        )
         self.model, self.prompt, self.opts = model, prompt, opts
 
     def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
         with self.torch.inference_mode():
-            out = self.model.generate(input_features=self.torch.from_numpy(mel), return_timestamps=False,
-                                      max_new_tokens=self.opts.max_new_tokens, num_beams=1, do_sample=False)
+            out = self.model.generate(
+                input_features=self.torch.from_numpy(mel),
+                return_timestamps=False,
+                max_new_tokens=self.opts.max_new_tokens,
+                num_beams=1,
+                do_sample=False,
+            )
         return [strip_ids(r, self.prompt, self.opts.eot) for r in out.tolist()]
 
     def encode(self, mel: np.ndarray):
@@ -196,14 +216,16 @@ class CT2Engine:
         from distil_whisper_jax.convert import default_model_dir
 
         self.ct2 = ctranslate2
-        self.model = ctranslate2.models.Whisper(str(default_model_dir()), device="cpu", compute_type="float32",
-                                                intra_threads=threads)
+        self.model = ctranslate2.models.Whisper(
+            str(default_model_dir()), device="cpu", compute_type="float32", intra_threads=threads
+        )
         self.prompt, self.opts = prompt, opts
 
     def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
         feats = self.ct2.StorageView.from_array(np.ascontiguousarray(mel, np.float32))
-        res = self.model.generate(feats, [self.prompt] * len(mel), beam_size=1,
-                                  max_length=2 * self.opts.max_new_tokens)  # CT2 generates ≤ max_length // 2
+        res = self.model.generate(
+            feats, [self.prompt] * len(mel), beam_size=1, max_length=2 * self.opts.max_new_tokens
+        )  # CT2 generates ≤ max_length // 2
         return [strip_ids(r.sequences_ids[0], self.prompt, self.opts.eot) for r in res]
 
     def encode(self, mel: np.ndarray):
@@ -237,10 +259,10 @@ def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
         a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
         b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
         dot(a, b).block_until_ready()
-        reps = max(2, int(3e10 / (2 * n ** 3)))  # ~30 GFLOP per size
+        reps = max(2, int(3e10 / (2 * n**3)))  # ~30 GFLOP per size
         reps = min(reps, 4 if quick else 10)
         best = min(timed(lambda: dot(a, b).block_until_ready())[1] for _ in range(reps))
-        out[str(n)] = 2.0 * n ** 3 / best
+        out[str(n)] = 2.0 * n**3 / best
     out["peak"] = max(out.values())
     return out
 
@@ -251,12 +273,17 @@ def jax_encoder(cfg, impl: str = "distil_whisper_jax"):
 
     Whisper = importlib.import_module(impl + ".model").Whisper
     model = Whisper(cfg)
-    encode = getattr(importlib.import_module(impl + ".generate"), "encode",  # (older --jax_impl copies lack it)
-                     lambda m, p, x: m.apply({"params": p}, x, method=Whisper.encode))
+    encode = getattr(
+        importlib.import_module(impl + ".generate"),
+        "encode",  # (older --jax_impl copies lack it)
+        lambda m, p, x: m.apply({"params": p}, x, method=Whisper.encode),
+    )
     return jax.jit(lambda p, x: encode(model, p, x))
 
 
-def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, impl: str = "distil_whisper_jax") -> dict:
+def encoder_section(
+    pre, engines: dict, batch: int, repeats: int, quick: bool, impl: str = "distil_whisper_jax"
+) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -274,17 +301,26 @@ def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, i
     xla = xla_flops(lowered)
     if xla is None:
         xla = xla_flops(lowered.compile())
-    log.info("encoder: analytic %.1f GFLOP at batch %d, XLA cost analysis %s GFLOP", analytic["total"] / 1e9,
-             batch, f"{xla / 1e9:.1f}" if xla else "n/a")
+    log.info(
+        "encoder: analytic %.1f GFLOP at batch %d, XLA cost analysis %s GFLOP",
+        analytic["total"] / 1e9,
+        batch,
+        f"{xla / 1e9:.1f}" if xla else "n/a",
+    )
     _, first, _ = timed(lambda: fn(params, x).block_until_ready())
     runs = [timed(lambda: fn(params, x).block_until_ready()) for _ in range(repeats)]
     t_jax = statistics.median(r[1] for r in runs)
     cpu_jax = statistics.median(r[2] / r[1] for r in runs)
     peak = matmul_peak(quick=quick)
     res = {
-        "batch": batch, "analytic_flops": analytic, "xla_cost_analysis_flops": xla,
-        "jax_first_call_s": first, "jax_s": t_jax, "jax_cpu_util": cpu_jax,
-        "jax_flops_per_s": analytic["total"] / t_jax, "matmul_peak_flops_per_s": peak,
+        "batch": batch,
+        "analytic_flops": analytic,
+        "xla_cost_analysis_flops": xla,
+        "jax_first_call_s": first,
+        "jax_s": t_jax,
+        "jax_cpu_util": cpu_jax,
+        "jax_flops_per_s": analytic["total"] / t_jax,
+        "matmul_peak_flops_per_s": peak,
         "pct_of_matmul_peak": 100.0 * analytic["total"] / t_jax / peak["peak"],
     }
     for name in ("transformers", "ct2"):
@@ -296,9 +332,19 @@ def encoder_section(pre, engines: dict, batch: int, repeats: int, quick: bool, i
     return res
 
 
-def breakdown_section(pre, specials, prompt, opts, frameworks: list[str], clip_mel: np.ndarray,
-                      batch_sizes: list[int], repeats: int, threads: int, impl: str,
-                      steps: tuple[int, int] = (21, 61)) -> dict:
+def breakdown_section(
+    pre,
+    specials,
+    prompt,
+    opts,
+    frameworks: list[str],
+    clip_mel: np.ndarray,
+    batch_sizes: list[int],
+    repeats: int,
+    threads: int,
+    impl: str,
+    steps: tuple[int, int] = (21, 61),
+) -> dict:
     """Encoder time and time per decoder step, per engine and batch size: one clip repeated ``batch`` times,
     decoded for exactly ``steps[0]`` and ``steps[1]`` tokens (the clip must be longer than that), so
     per step = (t[1] - t[0]) / (steps[1] - steps[0]); the rest of t[0] is encoder + prompt + overhead."""
@@ -320,15 +366,15 @@ def breakdown_section(pre, specials, prompt, opts, frameworks: list[str], clip_m
                 got = eng(mel, bs)  # compile / warm up
                 if any(len(r) != n for r in got):
                     raise RuntimeError(f"{name}: the breakdown clip ended before {n} tokens; use a longer clip")
-                runs[(name, n)] = (lambda eng=eng: eng(mel, bs))
+                runs[(name, n)] = lambda eng=eng: eng(mel, bs)
             if name == "jax":
                 import jax
 
                 fn = jax_encoder(pre.config, impl)
                 params, x = jax.device_put(pre.params), jax.device_put(mel)
-                runs[(name, "enc")] = (lambda fn=fn, params=params, x=x: fn(params, x).block_until_ready())
+                runs[(name, "enc")] = lambda fn=fn, params=params, x=x: fn(params, x).block_until_ready()
             else:
-                runs[(name, "enc")] = (lambda eng=eng: eng.encode(mel))
+                runs[(name, "enc")] = lambda eng=eng: eng.encode(mel)
             runs[(name, "enc")]()
         times = {k: [] for k in runs}
         cpu = {k: [] for k in runs}
@@ -341,7 +387,9 @@ def breakdown_section(pre, specials, prompt, opts, frameworks: list[str], clip_m
             t0, t1, te = (statistics.median(times[(name, k)]) for k in (steps[0], steps[1], "enc"))
             step = (t1 - t0) / (steps[1] - steps[0])
             out.setdefault(name, {})[str(bs)] = {
-                "encoder_s": te, "per_step_s": step, "rest_s": t0 - te - steps[0] * step,
+                "encoder_s": te,
+                "per_step_s": step,
+                "rest_s": t0 - te - steps[0] * step,
                 "encoder_cpu_util": statistics.median(cpu[(name, "enc")]),
                 "decode_cpu_util": statistics.median(cpu[(name, steps[1])]),
             }
@@ -396,28 +444,40 @@ def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 
                     count[ev.name] += 1
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return [{"op": k, "source": labels.get(k, ""), "thread_ms": v / 1e6, "calls": count[k]}
-            for k, v in total.most_common(top)]
+    return [
+        {"op": k, "source": labels.get(k, ""), "thread_ms": v / 1e6, "calls": count[k]}
+        for k, v in total.most_common(top)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed passes over the clip set per engine and batch size")
     p.add_argument("--batch_sizes", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--quick", action="store_true", help="2 repeats, smaller matmul-peak search (a smoke run)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
-    p.add_argument("--no_fill", action="store_true",
-                   help="use each clip once (short last batch; JAX pads it with zeros as transcribe does)")
+    p.add_argument(
+        "--no_fill",
+        action="store_true",
+        help="use each clip once (short last batch; JAX pads it with zeros as transcribe does)",
+    )
     p.add_argument("--skip_encoder", action="store_true", help="skip the encoder FLOP-utilisation section")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time each engine's encoder and its cost per decoder step (forced 21 vs 61 tokens)")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each engine's encoder and its cost per decoder step (forced 21 vs 61 tokens)",
+    )
     p.add_argument("--profile", action="store_true", help="also print the per-op XLA breakdown of one JAX batch")
-    p.add_argument("--jax_impl", default="distil_whisper_jax",
-                   help="package whose .generate module to time (A/B a patched copy on sys.path)")
+    p.add_argument(
+        "--jax_impl",
+        default="distil_whisper_jax",
+        help="package whose .generate module to time (A/B a patched copy on sys.path)",
+    )
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON results file (written atomically)")
     return p
 
@@ -458,8 +518,13 @@ def main(argv=None) -> int:
     mel = audio.log_mel_spectrogram(waves, n_mels=pre.config.num_mel_bins)
     durations = [len(w) / audio.SAMPLE_RATE for w in waves]
     names = [p.name for p, _ in clips]
-    log.info("%d clips, %.1f s of audio; max_new_tokens=%d, prompt=%s", len(clips), sum(durations),
-             opts.max_new_tokens, prompt)
+    log.info(
+        "%d clips, %.1f s of audio; max_new_tokens=%d, prompt=%s",
+        len(clips),
+        sum(durations),
+        opts.max_new_tokens,
+        prompt,
+    )
 
     engines: dict[str, Any] = {}
     for name in frameworks:
@@ -494,17 +559,23 @@ def main(argv=None) -> int:
             for name, eng in engines.items():  # round-robin: noise from other tenants hits everyone alike
                 _, wall, cpu = run_clip_set(eng, mel, batches, bs)
                 runs[name].append((wall, cpu))
-            log.info("  repeat %d/%d: %s", r + 1, repeats,
-                     ", ".join(f"{n} {runs[n][-1][0]:.2f}s" for n in engines))
+            log.info("  repeat %d/%d: %s", r + 1, repeats, ", ".join(f"{n} {runs[n][-1][0]:.2f}s" for n in engines))
         n_tokens = {name: sum(len(x) + 1 for x in ids[name]) for name in engines}  # + EOT
         for name in engines:
             walls = [w for w, _ in runs[name]]
             med = statistics.median(walls)
             results[name][str(bs)].update(
-                seconds=med, seconds_min=min(walls), seconds_all=walls,
+                seconds=med,
+                seconds_min=min(walls),
+                seconds_all=walls,
                 cpu_util=statistics.median(c / w for w, c in runs[name]),
-                audio_seconds=audio_s, audio_s_per_s=audio_s / med, tokens=n_tokens[name],
-                tokens_per_s=n_tokens[name] / med, clips=len(slots), batches=len(batches))
+                audio_seconds=audio_s,
+                audio_s_per_s=audio_s / med,
+                tokens=n_tokens[name],
+                tokens_per_s=n_tokens[name] / med,
+                clips=len(slots),
+                batches=len(batches),
+            )
         # Same transcripts? (ids per distinct clip, from each engine's warm-up pass)
         per_clip = {name: {} for name in engines}
         for name in engines:
@@ -515,12 +586,15 @@ def main(argv=None) -> int:
         for i in range(len(clips)):
             rows = {name: per_clip[name][i] for name in engines}
             if any(rows[n] != rows[ref_name] for n in rows):
-                diffs.append({"clip": names[i], **{n: tok.decode(rows[n], skip_special_tokens=True).strip()
-                                                   for n in rows}})
+                diffs.append(
+                    {"clip": names[i], **{n: tok.decode(rows[n], skip_special_tokens=True).strip() for n in rows}}
+                )
         transcripts[str(bs)] = {
-            "identical": not diffs, "differences": diffs,
-            "text": {names[i]: tok.decode(per_clip[ref_name][i], skip_special_tokens=True).strip()
-                     for i in range(len(clips))},
+            "identical": not diffs,
+            "differences": diffs,
+            "text": {
+                names[i]: tok.decode(per_clip[ref_name][i], skip_special_tokens=True).strip() for i in range(len(clips))
+            },
         }
 
     ratios, paired = {}, {}
@@ -534,8 +608,12 @@ def main(argv=None) -> int:
                 # Per-repeat ratios of the round-robin runs: a burst of load from other tenants hits one
                 # repeat of both engines, so the paired ratio is steadier than the ratio of medians.
                 pairs = [o / j for o, j in zip(results[other][str(bs)]["seconds_all"], r["seconds_all"])]
-                paired[f"jax/{other}@{bs}"] = {"median": statistics.median(pairs), "min": min(pairs),
-                                               "max": max(pairs), "all": pairs}
+                paired[f"jax/{other}@{bs}"] = {
+                    "median": statistics.median(pairs),
+                    "min": min(pairs),
+                    "max": max(pairs),
+                    "all": pairs,
+                }
 
     encoder = None
     if not args.skip_encoder and "jax" in engines:
@@ -546,8 +624,18 @@ def main(argv=None) -> int:
     if args.breakdown:
         longest = int(np.argmax(durations))
         log.info("breakdown: encoder vs per-step decoder cost (%s repeated to each batch size)", names[longest])
-        breakdown = breakdown_section(pre, specials, prompt, opts, list(engines), mel[longest], batch_sizes,
-                                      max(3, repeats), threads, args.jax_impl)
+        breakdown = breakdown_section(
+            pre,
+            specials,
+            prompt,
+            opts,
+            list(engines),
+            mel[longest],
+            batch_sizes,
+            max(3, repeats),
+            threads,
+            args.jax_impl,
+        )
 
     profile = None
     if args.profile and "jax" in engines:
@@ -567,16 +655,35 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "tiny.en greedy transcription, no timestamps, log-mel -> token ids",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "loadavg_at_end": list(os.getloadavg()),
-                    "jax_devices": [str(d) for d in jax.local_devices()], "XLA_FLAGS": os.environ.get("XLA_FLAGS")},
-        "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers", "ctranslate2",
-                                             "numpy", "distil-whisper-jax")},
-        "settings": {"repeats": repeats, "batch_sizes": batch_sizes, "fill_last_batch": not args.no_fill,
-                     "threads": threads, "max_new_tokens": opts.max_new_tokens, "prompt": prompt,
-                     "jax_impl": args.jax_impl, "dtype": "float32"},
+        "machine": {
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_end": list(os.getloadavg()),
+            "jax_devices": [str(d) for d in jax.local_devices()],
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+        },
+        "versions": {
+            p: version(p)
+            for p in ("jax", "jaxlib", "flax", "torch", "transformers", "ctranslate2", "numpy", "distil-whisper-jax")
+        },
+        "settings": {
+            "repeats": repeats,
+            "batch_sizes": batch_sizes,
+            "fill_last_batch": not args.no_fill,
+            "threads": threads,
+            "max_new_tokens": opts.max_new_tokens,
+            "prompt": prompt,
+            "jax_impl": args.jax_impl,
+            "dtype": "float32",
+        },
         "clips": [{"file": n, "seconds": d} for n, d in zip(names, durations)],
-        "results": results, "ratios": ratios, "paired_ratios": paired, "transcripts": transcripts, "encoder": encoder,
+        "results": results,
+        "ratios": ratios,
+        "paired_ratios": paired,
+        "transcripts": transcripts,
+        "encoder": encoder,
         "breakdown": breakdown,
         "jax_profile": profile,
     }
@@ -591,22 +698,32 @@ def main(argv=None) -> int:
 
 def print_report(rep: dict) -> None:
     m, v = rep["machine"], rep["versions"]
-    print(f"\n{rep['benchmark']}\n{rep['date']} | {m['cpu']} ({m['cpu_count']} cores) | jax {v['jax']}, "
-          f"torch {v['torch']}, transformers {v['transformers']}, ctranslate2 {v['ctranslate2']}")
+    print(
+        f"\n{rep['benchmark']}\n{rep['date']} | {m['cpu']} ({m['cpu_count']} cores) | jax {v['jax']}, "
+        f"torch {v['torch']}, transformers {v['transformers']}, ctranslate2 {v['ctranslate2']}"
+    )
     print(f"repeats {rep['settings']['repeats']}, clips {', '.join(c['file'] for c in rep['clips'])}\n")
-    print("| engine | batch | audio s | steady s (median) | audio-s/s | tokens/s | CPU util | first call s | compile s |")
+    print(
+        "| engine | batch | audio s | steady s (median) | audio-s/s | tokens/s | CPU util | first call s | compile s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, per_bs in rep["results"].items():
         for bs, r in per_bs.items():
             comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "–"
             first = f"{r['first_call_s']:.2f}" if "first_call_s" in r else "–"
-            print(f"| {name} | {bs} | {r['audio_seconds']:.1f} | {r['seconds']:.2f} | {r['audio_s_per_s']:.1f} | "
-                  f"{r['tokens_per_s']:.0f} | {r['cpu_util']:.2f} | {first} | {comp} |")
+            print(
+                f"| {name} | {bs} | {r['audio_seconds']:.1f} | {r['seconds']:.2f} | {r['audio_s_per_s']:.1f} | "
+                f"{r['tokens_per_s']:.0f} | {r['cpu_util']:.2f} | {first} | {comp} |"
+            )
     if rep["ratios"]:
         print("\nspeed ratios (audio-s/s): " + ", ".join(f"{k} = {x:.2f}x" for k, x in rep["ratios"].items()))
     if rep.get("paired_ratios"):
-        print("per-repeat (paired) ratios, median [min–max]: " + ", ".join(
-            f"{k} = {x['median']:.2f}x [{x['min']:.2f}–{x['max']:.2f}]" for k, x in rep["paired_ratios"].items()))
+        print(
+            "per-repeat (paired) ratios, median [min–max]: "
+            + ", ".join(
+                f"{k} = {x['median']:.2f}x [{x['min']:.2f}–{x['max']:.2f}]" for k, x in rep["paired_ratios"].items()
+            )
+        )
     for bs, t in rep["transcripts"].items():
         if t["identical"]:
             print(f"batch {bs}: transcripts identical across engines (token ids)")
@@ -618,25 +735,36 @@ def print_report(rep: dict) -> None:
     if e:
         a = e["analytic_flops"]
         xla = e["xla_cost_analysis_flops"]
-        print(f"\nencoder, batch {e['batch']}: {a['total'] / 1e9:.1f} GFLOP analytic "
-              f"(XLA cost analysis {xla / 1e9:.1f} GFLOP)" if xla else "")
+        print(
+            f"\nencoder, batch {e['batch']}: {a['total'] / 1e9:.1f} GFLOP analytic "
+            f"(XLA cost analysis {xla / 1e9:.1f} GFLOP)"
+            if xla
+            else ""
+        )
         print("  per part (GFLOP): " + ", ".join(f"{k} {x / 1e9:.1f}" for k, x in a.items() if k != "total"))
         pk = e["matmul_peak_flops_per_s"]
-        print(f"  jitted encoder {e['jax_s'] * 1e3:.0f} ms -> {e['jax_flops_per_s'] / 1e9:.1f} GFLOP/s; fp32 matmul peak "
-              f"{pk['peak'] / 1e9:.1f} GFLOP/s (" + ", ".join(f"{k}: {x / 1e9:.0f}" for k, x in pk.items() if k != "peak")
-              + f") -> {e['pct_of_matmul_peak']:.0f}% of peak")
+        print(
+            f"  jitted encoder {e['jax_s'] * 1e3:.0f} ms -> {e['jax_flops_per_s'] / 1e9:.1f} GFLOP/s; fp32 matmul peak "
+            f"{pk['peak'] / 1e9:.1f} GFLOP/s ("
+            + ", ".join(f"{k}: {x / 1e9:.0f}" for k, x in pk.items() if k != "peak")
+            + f") -> {e['pct_of_matmul_peak']:.0f}% of peak"
+        )
         for other in ("transformers", "ct2"):
             if f"{other}_s" in e:
-                print(f"  {other} encoder {e[f'{other}_s'] * 1e3:.0f} ms (jax/{other} speed "
-                      f"{e[f'{other}_s'] / e['jax_s']:.2f}x)")
+                print(
+                    f"  {other} encoder {e[f'{other}_s'] * 1e3:.0f} ms (jax/{other} speed "
+                    f"{e[f'{other}_s'] / e['jax_s']:.2f}x)"
+                )
     if rep.get("breakdown"):
         print("\nwhere the time goes (one clip repeated to the batch size; forced decode lengths):")
         print("| engine | batch | encoder ms | decoder ms/step | encoder CPU util | decode CPU util |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, per_bs in rep["breakdown"].items():
             for bs, r in per_bs.items():
-                print(f"| {name} | {bs} | {r['encoder_s'] * 1e3:.0f} | {r['per_step_s'] * 1e3:.1f} | "
-                      f"{r['encoder_cpu_util']:.2f} | {r['decode_cpu_util']:.2f} |")
+                print(
+                    f"| {name} | {bs} | {r['encoder_s'] * 1e3:.0f} | {r['per_step_s'] * 1e3:.1f} | "
+                    f"{r['encoder_cpu_util']:.2f} | {r['decode_cpu_util']:.2f} |"
+                )
     if rep.get("jax_profile"):
         print("\nJAX per-op XLA thread time, one generate call (longest clip x largest batch size):")
         for row in rep["jax_profile"]:

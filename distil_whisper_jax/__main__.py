@@ -1,7 +1,7 @@
 """Default job on the embedded default (bundled tiny.en teacher, bundled speech), offline.
 
-    python -m distil_whisper_jax [--output_dir demo_output] [--max_steps 100]   # label → distil → eval → export
-    python -m distil_whisper_jax --stage transcribe [--model PATH_OR_HUB_ID]     # teacher WER on the bundled clips
+python -m distil_whisper_jax [--output_dir demo_output] [--max_steps 100]   # label → distil → eval → export
+python -m distil_whisper_jax --stage transcribe [--model PATH_OR_HUB_ID]     # teacher WER on the bundled clips
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import audio
 from .assets import bundled_clips
@@ -31,16 +31,25 @@ def transcribe_clips(model: str | None, batch_size: int, dtype: str) -> int:
     print(f"\n{'clip':<28} {'WER %':>6}  transcript")
     for (clip, ref), hyp in zip(clips, hyps):
         print(f"{clip.name:<28} {wer([ref], [hyp]):6.1f}  {hyp}")
-    print(f"\n{len(clips)} clips, {seconds:.1f} s of audio, {elapsed:.1f} s wall (incl. compile): "
-          f"WER {wer(refs, hyps):.2f} % (EnglishTextNormalizer)")
+    print(
+        f"\n{len(clips)} clips, {seconds:.1f} s of audio, {elapsed:.1f} s wall (incl. compile): "
+        f"WER {wer(refs, hyps):.2f} % (EnglishTextNormalizer)"
+    )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distil_whisper_jax", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--stage", choices=["all", "transcribe"], default="all",
-                   help="all: label → distil → eval → export; transcribe: only the teacher on the bundled clips")
+    p = argparse.ArgumentParser(
+        prog="python -m distil_whisper_jax",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--stage",
+        choices=["all", "transcribe"],
+        default="all",
+        help="all: label → distil → eval → export; transcribe: only the teacher on the bundled clips",
+    )
     p.add_argument("--output_dir", default="demo_output", help="where the labelled data, run and exports go")
     p.add_argument("--max_steps", type=int, default=100, help="distillation steps")
     p.add_argument("--eval_rows", type=int, default=24, help="held-out clips evaluated (0 = all 48)")
@@ -63,10 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nstage            wall s")
     for name, s in r["times_s"].items():
         print(f"{name:<16} {s:7.1f}")
-    print(f"\npseudo-labels: {lab['rows_read']} clips ({lab['audio_hours_labelled'] * 60:.1f} min) → "
-          f"{lab['rows_written']} rows of ≤ 30 s, teacher WER vs ground truth {lab['wer_all_labelled']:.2f} %")
-    print(f"held-out WER (EnglishTextNormalizer): teacher {w['teacher']:.1f} %, 2-layer student before training "
-          f"{w['student_untrained']:.1f} %, after {args.max_steps} steps {w['student_trained']:.1f} %")
+    print(
+        f"\npseudo-labels: {lab['rows_read']} clips ({lab['audio_hours_labelled'] * 60:.1f} min) → "
+        f"{lab['rows_written']} rows of ≤ 30 s, teacher WER vs ground truth {lab['wer_all_labelled']:.2f} %"
+    )
+    print(
+        f"held-out WER (EnglishTextNormalizer): teacher {w['teacher']:.1f} %, 2-layer student before training "
+        f"{w['student_untrained']:.1f} %, after {args.max_steps} steps {w['student_trained']:.1f} %"
+    )
     if "export_status" in r:
         print(f"exports in {out / 'export'}: verification {'passed' if r['export_status'] == 0 else 'FAILED'}")
         return r["export_status"]

@@ -118,8 +118,10 @@ def _ffmpeg_decode(source: str | bytes, name: str, sampling_rate: int, sf_reason
     """Decode with the ffmpeg CLI to float32 mono at ``sampling_rate`` (stereo is downmixed to the mean)."""
     exe = shutil.which("ffmpeg")
     if exe is None:
-        raise AudioError(f"{name}: not a format soundfile can read ({sf_reason}), and ffmpeg is not installed "
-                         "to try it (apt-get install ffmpeg)")
+        raise AudioError(
+            f"{name}: not a format soundfile can read ({sf_reason}), and ffmpeg is not installed "
+            "to try it (apt-get install ffmpeg)"
+        )
     with tempfile.TemporaryDirectory(prefix="dwj-audio-") as tmp:
         if isinstance(source, bytes):
             # ffmpeg needs a seekable input for formats like mp4/m4a, so bytes go through a temp file.
@@ -128,11 +130,33 @@ def _ffmpeg_decode(source: str | bytes, name: str, sampling_rate: int, sf_reason
                 f.write(source)
         else:
             path = os.path.abspath(source)
-        cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i", "file:" + path,
-               "-vn", "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-ac", "1",
-               # with float output ffmpeg does not normalise its downmix (stereo would be (L+R)*0.707);
-               # rematrix_maxval=1 makes it (L+R)/2, the channel mean soundfile's path uses.
-               "-rematrix_maxval", "1.0", "-ar", str(sampling_rate), "-"]
+        cmd = [
+            exe,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-threads",
+            "0",
+            "-i",
+            "file:" + path,
+            "-vn",
+            "-map",
+            "0:a:0",
+            "-f",
+            "f32le",
+            "-acodec",
+            "pcm_f32le",
+            "-ac",
+            "1",
+            # with float output ffmpeg does not normalise its downmix (stereo would be (L+R)*0.707);
+            # rematrix_maxval=1 makes it (L+R)/2, the channel mean soundfile's path uses.
+            "-rematrix_maxval",
+            "1.0",
+            "-ar",
+            str(sampling_rate),
+            "-",
+        ]
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
         except OSError as e:
@@ -197,7 +221,7 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, log_part, 200.0 * m / 3.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mel_filters(n_mels: int) -> np.ndarray:
     """Slaney-scale, Slaney-normalised (constant area) triangular mel filters over 0-8 kHz, [n_mels, 201].
 
@@ -216,7 +240,7 @@ def mel_filters(n_mels: int) -> np.ndarray:
     return weights
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hann_window(n: int) -> np.ndarray:
     """Periodic Hann window (``torch.hann_window(n)``), float64, read-only."""
     w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
@@ -243,8 +267,9 @@ def _as_batch(audio: np.ndarray | Sequence[np.ndarray], length: int) -> np.ndarr
     return out
 
 
-def log_mel_spectrogram(audio: np.ndarray | Sequence[np.ndarray], n_mels: int = 80,
-                        padding: int = N_SAMPLES) -> np.ndarray:
+def log_mel_spectrogram(
+    audio: np.ndarray | Sequence[np.ndarray], n_mels: int = 80, padding: int = N_SAMPLES
+) -> np.ndarray:
     """Whisper's log-mel input features, float32 [B, n_mels, padding // 160] (default [B, n_mels, 3000]).
 
     ``audio``: 16 kHz float audio as a 1-D array, a 2-D [B, T] array, or a list of 1-D arrays of any lengths.
@@ -262,10 +287,11 @@ def log_mel_spectrogram(audio: np.ndarray | Sequence[np.ndarray], n_mels: int = 
     # All frames of a block are done at once; blocks of one example measured fastest (a 3000x400 float64
     # frame buffer stays cache-friendly; bigger blocks were 1.5-2x slower on a 2-core machine).
     for start in range(0, batch.shape[0], _MEL_BLOCK):
-        x = np.pad(batch[start:start + _MEL_BLOCK].astype(np.float64), ((0, 0), (N_FFT // 2, N_FFT // 2)),
-                   mode="reflect")
+        x = np.pad(
+            batch[start : start + _MEL_BLOCK].astype(np.float64), ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect"
+        )
         # frame t starts at t * HOP_LENGTH of the padded signal; the STFT's final frame is dropped (never computed)
-        frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT, axis=-1)[:, :n_frames * HOP_LENGTH:HOP_LENGTH]
+        frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT, axis=-1)[:, : n_frames * HOP_LENGTH : HOP_LENGTH]
         spec = np.fft.rfft(frames * window, axis=-1)  # [b, n_frames, 201] complex128
         power = np.square(spec.real)
         power += np.square(spec.imag)
@@ -274,5 +300,5 @@ def log_mel_spectrogram(audio: np.ndarray | Sequence[np.ndarray], n_mels: int = 
         np.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0, out=log_spec)
         log_spec += 4.0
         log_spec /= 4.0
-        out[start:start + _MEL_BLOCK] = log_spec.transpose(0, 2, 1)
+        out[start : start + _MEL_BLOCK] = log_spec.transpose(0, 2, 1)
     return out

@@ -68,8 +68,9 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     return bool(checkpoint_steps(checkpoint_root(p)))
 
 
-def make_manager(root: str | os.PathLike, save_total_limit: int | None = None, keep_best: bool = True,
-                 async_save: bool = True):
+def make_manager(
+    root: str | os.PathLike, save_total_limit: int | None = None, keep_best: bool = True, async_save: bool = True
+):
     """An Orbax ``CheckpointManager`` keeping the last ``save_total_limit`` steps (all if None) plus
     the best by ``eval_wer`` (lower is better) among checkpoints saved with metrics."""
     ocp = _ocp()
@@ -77,11 +78,15 @@ def make_manager(root: str | os.PathLike, save_total_limit: int | None = None, k
 
     policies = [pp.LatestN(n=save_total_limit)]
     if keep_best:
-        policies.append(pp.BestN(get_metric_fn=lambda m: m["eval_wer"], reverse=True, n=1,
-                                 keep_checkpoints_without_metrics=False))
+        policies.append(
+            pp.BestN(get_metric_fn=lambda m: m["eval_wer"], reverse=True, n=1, keep_checkpoints_without_metrics=False)
+        )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
-        create=True, cleanup_tmp_directories=True)
+        preservation_policy=pp.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=True,
+        cleanup_tmp_directories=True,
+    )
     return ocp.CheckpointManager(Path(root).absolute(), options=options, item_names=ITEMS)
 
 
@@ -89,8 +94,9 @@ def host_copy(tree: Any) -> Any:
     """This process's copy of a replicated (possibly multi-host) array tree, as numpy."""
     import jax
 
-    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data")
-                                  else np.asarray(a), tree)
+    return jax.tree_util.tree_map(
+        lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data") else np.asarray(a), tree
+    )
 
 
 def save(manager, step: int, state: Any, data_state: dict, meta: dict, eval_wer: float | None = None) -> None:
@@ -101,21 +107,30 @@ def save(manager, step: int, state: Any, data_state: dict, meta: dict, eval_wer:
     replicated state costs one compilation per array."""
     ocp = _ocp()
     metrics = None if eval_wer is None else {"eval_wer": float(eval_wer)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_copy(state)),
-                                               data=ocp.args.JsonSave(data_state),
-                                               meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(host_copy(state)),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        metrics=metrics,
+        force=True,
+    )
 
 
 def _restore_step(manager, step: int, target: Any | None) -> tuple[Any, dict, dict]:
     ocp = _ocp()
     state_args = ocp.args.StandardRestore(host_copy(target)) if target is not None else ocp.args.StandardRestore()
-    out = manager.restore(step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore(),
-                                                        meta=ocp.args.JsonRestore()))
+    out = manager.restore(
+        step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
+    )
     return out["state"], out["data"], out["meta"]
 
 
-def restore(manager, target: Any | None, step: int | None = None, fallback: bool = True
-            ) -> tuple[int, Any, dict, dict] | None:
+def restore(
+    manager, target: Any | None, step: int | None = None, fallback: bool = True
+) -> tuple[int, Any, dict, dict] | None:
     """Restore ``step`` (default: the latest) as host (numpy) arrays shaped like ``target``. A checkpoint that fails to load is logged by name and, when
     ``fallback``, the next older one is tried; otherwise ``CheckpointError`` names the previous good one.
     Returns ``(step, state, data_state, meta)`` or None when there is no checkpoint."""
@@ -134,8 +149,14 @@ def restore(manager, target: Any | None, step: int | None = None, fallback: bool
             errors.append(msg)
             older = [t for t in steps if t < s]
             if not fallback:
-                raise CheckpointError(msg + (f"; the previous checkpoint is {root / str(older[-1])}" if older
-                                             else "; there is no older checkpoint")) from None
+                raise CheckpointError(
+                    msg
+                    + (
+                        f"; the previous checkpoint is {root / str(older[-1])}"
+                        if older
+                        else "; there is no older checkpoint"
+                    )
+                ) from None
             log.error("%s; %s", msg, f"trying {root / str(older[-1])}" if older else "no older checkpoint left")
             continue
         if errors:

@@ -28,8 +28,9 @@ import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,12 +70,18 @@ def parse_sources(names: str, configs: str | None = None, splits: str | None = N
         if len(parts) == 1:
             return parts * len(name_list)
         if len(parts) != len(name_list):
-            raise DataConfigError(f"{flag} {value!r} has {len(parts)} '+'-separated entries but --dataset_name "
-                                  f"has {len(name_list)}; give one for all or one per dataset")
+            raise DataConfigError(
+                f"{flag} {value!r} has {len(parts)} '+'-separated entries but --dataset_name "
+                f"has {len(name_list)}; give one for all or one per dataset"
+            )
         return parts
 
-    return [SourceSpec(n, c, s) for n, c, s in zip(name_list, per_source(configs, "--dataset_config_name"),
-                                                   per_source(splits, "--dataset_split_name"))]
+    return [
+        SourceSpec(n, c, s)
+        for n, c, s in zip(
+            name_list, per_source(configs, "--dataset_config_name"), per_source(splits, "--dataset_split_name")
+        )
+    ]
 
 
 @dataclasses.dataclass
@@ -92,8 +99,11 @@ class Source:
 
     @property
     def label(self) -> str:
-        return self.spec.name + (f":{self.spec.config}" if self.spec.config else "") + \
-            (f"[{self.spec.split}]" if self.spec.split else "")
+        return (
+            self.spec.name
+            + (f":{self.spec.config}" if self.spec.config else "")
+            + (f"[{self.spec.split}]" if self.spec.split else "")
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,8 +139,13 @@ def _open_manifest(spec: SourceSpec) -> Source:
     else:
         with open(path, newline="", encoding="utf-8") as f:
             columns = next(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    return Source(spec, columns, None, lambda start: itertools.islice(manifest_rows(path), start, None),
-                  base_dir=path.resolve().parent)
+    return Source(
+        spec,
+        columns,
+        None,
+        lambda start: itertools.islice(manifest_rows(path), start, None),
+        base_dir=path.resolve().parent,
+    )
 
 
 def _open_audiofolder(spec: SourceSpec, path: Path) -> Source:
@@ -143,22 +158,26 @@ def _open_audiofolder(spec: SourceSpec, path: Path) -> Source:
         if (path / meta).exists():
             inner = _open_manifest(SourceSpec(str(path / meta)))
             if "file_name" not in inner.columns:
-                raise DataConfigError(f"--dataset_name {spec.name}: {meta} needs a 'file_name' column "
-                                      f"(has {', '.join(inner.columns)})")
+                raise DataConfigError(
+                    f"--dataset_name {spec.name}: {meta} needs a 'file_name' column (has {', '.join(inner.columns)})"
+                )
 
             def rows_from(start: int, inner=inner) -> Iterator[dict]:
                 for row in inner.rows_from(start):
                     row = dict(row)
                     row["audio"] = row.pop("file_name")
                     yield row
+
             columns = ["audio"] + [c for c in inner.columns if c not in ("file_name", "audio")]
             return Source(spec, columns, None, rows_from, base_dir=path.resolve())
-    files = sorted(str(f.relative_to(path)) for f in path.rglob("*")
-                   if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    files = sorted(
+        str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+    )
     if not files:
         raise DataConfigError(f"--dataset_name {spec.name}: folder has no metadata.csv/.jsonl and no audio files")
-    return Source(spec, ["audio"], len(files), lambda start: ({"audio": f} for f in files[start:]),
-                  base_dir=path.resolve())
+    return Source(
+        spec, ["audio"], len(files), lambda start: ({"audio": f} for f in files[start:]), base_dir=path.resolve()
+    )
 
 
 def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
@@ -184,8 +203,10 @@ def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
                         yield from rows[skip:]
                         skip = max(0, skip - len(rows))
                 offset += m
-    return Source(spec, list(schema.names), sum(counts), rows_from, base_dir=Path(spec.name).resolve(),
-                  arrow_schema=schema)
+
+    return Source(
+        spec, list(schema.names), sum(counts), rows_from, base_dir=Path(spec.name).resolve(), arrow_schema=schema
+    )
 
 
 def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Source:
@@ -201,12 +222,14 @@ def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Sourc
     columns = list(features) if features is not None else list(next(iter(ds)).keys())
     schema = features.arrow_schema if features is not None else None
     if isinstance(ds, datasets.Dataset):
+
         def rows_from(start: int) -> Iterator[dict]:
             for i in range(start, len(ds), 256):
-                batch = ds[i:i + 256]
+                batch = ds[i : i + 256]
                 keys = list(batch)
                 for j in range(len(batch[keys[0]])):
                     yield {k: batch[k][j] for k in keys}
+
         return Source(spec, columns, len(ds), rows_from, base_dir, schema)
     return Source(spec, columns, None, lambda start: itertools.islice(iter(ds), start, None), base_dir, schema)
 
@@ -222,8 +245,9 @@ def _pick_split(spec: SourceSpec, dd: Any) -> Any:
         raise DataConfigError(f"--dataset_name {spec.name} has splits {sorted(dd)}; choose with --dataset_split_name")
     missing = [s for s in spec.split.split(",") if s not in dd]  # "train,validation" reads both in order
     if missing:
-        raise DataConfigError(f"--dataset_split_name {spec.split!r}: {spec.name} has no split {missing[0]!r} "
-                              f"(available: {sorted(dd)})")
+        raise DataConfigError(
+            f"--dataset_split_name {spec.split!r}: {spec.name} has no split {missing[0]!r} (available: {sorted(dd)})"
+        )
     parts = [dd[s] for s in spec.split.split(",")]
     if len(parts) == 1:
         return parts[0]
@@ -235,11 +259,13 @@ def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None
     import datasets
 
     name = spec.name
-    path = Path(name[len("audiofolder:"):] if name.startswith("audiofolder:") else name)
+    path = Path(name[len("audiofolder:") :] if name.startswith("audiofolder:") else name)
     if path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
-            raise DataConfigError(f"--dataset_name {path}: a file must be a manifest ({', '.join(MANIFEST_SUFFIXES)})"
-                                  f", got {path.suffix or 'no extension'}")
+            raise DataConfigError(
+                f"--dataset_name {path}: a file must be a manifest ({', '.join(MANIFEST_SUFFIXES)})"
+                f", got {path.suffix or 'no extension'}"
+            )
         return _open_manifest(SourceSpec(str(path), spec.config, spec.split))
     if path.is_dir():
         if not name.startswith("audiofolder:"):
@@ -254,8 +280,10 @@ def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None
     try:
         ds = datasets.load_dataset(name, spec.config, split=spec.split, streaming=streaming, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001
-        raise DataConfigError(f"--dataset_name {name} (config {spec.config!r}, split {spec.split!r}): cannot load "
-                              f"it from the 🤗 hub or the local cache ({type(e).__name__}: {e})") from e
+        raise DataConfigError(
+            f"--dataset_name {name} (config {spec.config!r}, split {spec.split!r}): cannot load "
+            f"it from the 🤗 hub or the local cache ({type(e).__name__}: {e})"
+        ) from e
     return _hf_source(spec, _pick_split(spec, ds))
 
 
@@ -268,8 +296,9 @@ def require_columns(sources: Sequence[Source], **columns: str | None) -> None:
     for src in sources:
         for flag, col in columns.items():
             if col is not None and col not in src.columns:
-                raise DataConfigError(f"--{flag} {col!r}: dataset {src.label} has no such column "
-                                      f"(columns: {', '.join(src.columns)})")
+                raise DataConfigError(
+                    f"--{flag} {col!r}: dataset {src.label} has no such column (columns: {', '.join(src.columns)})"
+                )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,9 +376,15 @@ class _Cursor:
             item = self._next()
 
 
-def owned_blocks(sources: Sequence[Source], block_rows: int, process_index: int, process_count: int,
-                 skip: Callable[[int], bool] = lambda b: False, limit: int | None = None,
-                 info: dict | None = None) -> Iterator[tuple[int, Iterator[tuple[int, int, dict]]]]:
+def owned_blocks(
+    sources: Sequence[Source],
+    block_rows: int,
+    process_index: int,
+    process_count: int,
+    skip: Callable[[int], bool] = lambda b: False,
+    limit: int | None = None,
+    info: dict | None = None,
+) -> Iterator[tuple[int, Iterator[tuple[int, int, dict]]]]:
     """This process's blocks: ``(block_number, rows)`` for every block ``b ≡ process_index (mod
     process_count)`` that is not ``skip(b)``; rows are ``(global_index, source_index, row)``, at most
     ``limit`` rows in all.

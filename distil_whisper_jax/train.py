@@ -42,14 +42,16 @@ Usage::
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from . import losses
 from .model import DecoderLayer, Whisper, WhisperConfig
@@ -64,8 +66,9 @@ BATCH_KEYS = ("input_features", "encoder_outputs", "decoder_input_ids", "labels"
 # Schedules and optimiser
 
 
-def make_schedule(kind: str, learning_rate: float, warmup_steps: int = 0,
-                  max_steps: int | None = None) -> optax.Schedule:
+def make_schedule(
+    kind: str, learning_rate: float, warmup_steps: int = 0, max_steps: int | None = None
+) -> optax.Schedule:
     """LR as a function of the number of optimizer updates done.
 
     ``linear``: 0 → lr over ``warmup_steps`` then linearly → 0 at ``max_steps``; ``cosine``: same
@@ -78,8 +81,10 @@ def make_schedule(kind: str, learning_rate: float, warmup_steps: int = 0,
         raise ValueError(f"--warmup_steps must be ≥ 0, got {warmup_steps}")
     decays = kind in ("linear", "cosine")
     if decays and (max_steps is None or max_steps <= warmup_steps):
-        raise ValueError(f"--lr_scheduler_type {kind} needs --max_steps > --warmup_steps "
-                         f"(got max_steps={max_steps}, warmup_steps={warmup_steps})")
+        raise ValueError(
+            f"--lr_scheduler_type {kind} needs --max_steps > --warmup_steps "
+            f"(got max_steps={max_steps}, warmup_steps={warmup_steps})"
+        )
     lr = float(learning_rate)
 
     def schedule(count):
@@ -101,7 +106,7 @@ def _path_names(path) -> tuple[str, ...]:
 
 
 def param_labels(params: Any, freeze_encoder: bool) -> Any:
-    """"trainable" / "frozen" per parameter. Frozen: the whole encoder when ``freeze_encoder``, and
+    """ "trainable" / "frozen" per parameter. Frozen: the whole encoder when ``freeze_encoder``, and
     always the encoder's sinusoidal position table (a fixed buffer stored like a weight)."""
 
     def label(path, _):
@@ -119,9 +124,17 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: _path_names(path)[-1] in ("kernel", "embedding"), params)
 
 
-def make_optimizer(params: Any, *, schedule: optax.Schedule, weight_decay: float = 0.0, adam_beta1: float = 0.9,
-                   adam_beta2: float = 0.999, adam_epsilon: float = 1e-8, max_grad_norm: float | None = 1.0,
-                   freeze_encoder: bool = False) -> optax.GradientTransformation:
+def make_optimizer(
+    params: Any,
+    *,
+    schedule: optax.Schedule,
+    weight_decay: float = 0.0,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.999,
+    adam_epsilon: float = 1e-8,
+    max_grad_norm: float | None = 1.0,
+    freeze_encoder: bool = False,
+) -> optax.GradientTransformation:
     """AdamW (decoupled decay, masked) with global-norm clipping on the trainable parameters only.
 
     Frozen parameters go through ``set_to_zero``: no optimiser state is allocated for them and they
@@ -134,8 +147,9 @@ def make_optimizer(params: Any, *, schedule: optax.Schedule, weight_decay: float
         optax.add_decayed_weights(weight_decay, mask=decay_mask) if weight_decay else optax.identity(),
         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=schedule),
     )
-    return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()},
-                                 param_labels(params, freeze_encoder))
+    return optax.multi_transform(
+        {"trainable": trainable, "frozen": optax.set_to_zero()}, param_labels(params, freeze_encoder)
+    )
 
 
 def current_lr(opt_state: Any) -> Array:
@@ -161,8 +175,9 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int 
     """Fresh state with fp32 master weights. The parameters are copied: the step donates the state's
     buffers, which must not be shared with the teacher's (a student made by slicing a teacher is)."""
     params = jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(seed))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=jax.random.PRNGKey(seed)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,8 +191,14 @@ def data_mesh(devices: list | None = None) -> Mesh:
 
 def can_share_encoder(student_config: WhisperConfig, teacher_config: WhisperConfig) -> bool:
     """Whether the two encoders have the same architecture (a necessary condition for sharing)."""
-    keys = ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
-            "max_source_positions")
+    keys = (
+        "num_mel_bins",
+        "d_model",
+        "encoder_layers",
+        "encoder_attention_heads",
+        "encoder_ffn_dim",
+        "max_source_positions",
+    )
     return all(getattr(student_config, k) == getattr(teacher_config, k) for k in keys)
 
 
@@ -186,8 +207,10 @@ def encoders_identical(student_params: Any, teacher_params: Any) -> bool:
     s, t = student_params["encoder"], teacher_params["encoder"]
     if jax.tree.structure(s) != jax.tree.structure(t):
         return False
-    return all(a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(t)))
+    return all(
+        a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(t))
+    )
 
 
 def _layer_norm(x: Array, p: Mapping[str, Array]) -> Array:
@@ -197,9 +220,16 @@ def _layer_norm(x: Array, p: Mapping[str, Array]) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]
 
 
-def decode_with_hidden(config: WhisperConfig, params: Any, tokens: Array, encoder_out: Array, *,
-                       dtype: Any = jnp.float32, deterministic: bool = True,
-                       rng: Array | None = None) -> tuple[Array, list[Array]]:
+def decode_with_hidden(
+    config: WhisperConfig,
+    params: Any,
+    tokens: Array,
+    encoder_out: Array,
+    *,
+    dtype: Any = jnp.float32,
+    deterministic: bool = True,
+    rng: Array | None = None,
+) -> tuple[Array, list[Array]]:
     """Decoder logits plus the hidden states after the embeddings and after every layer (for the MSE
     term), running the stacked layers one by one. Same numbers as ``Whisper.decode``."""
     d = params["decoder"]
@@ -223,23 +253,38 @@ def _has_dropout(c: WhisperConfig) -> bool:
     return bool(c.dropout or c.attention_dropout or c.activation_dropout)
 
 
-def make_loss_fn(student_config: WhisperConfig, teacher_config: WhisperConfig, *, kl_weight: float = 1.0,
-                 ce_weight: float | None = None, temperature: float = 2.0, mse_weight: float = 0.0,
-                 freeze_encoder: bool = False, share_encoder: bool = False, dtype: Any = jnp.float32,
-                 remat: bool = False, unroll: int | bool = 1, train: bool = True) -> Callable:
+def make_loss_fn(
+    student_config: WhisperConfig,
+    teacher_config: WhisperConfig,
+    *,
+    kl_weight: float = 1.0,
+    ce_weight: float | None = None,
+    temperature: float = 2.0,
+    mse_weight: float = 0.0,
+    freeze_encoder: bool = False,
+    share_encoder: bool = False,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+    unroll: int | bool = 1,
+    train: bool = True,
+) -> Callable:
     """``loss_fn(params, teacher_params, batch, rng, num_tokens) -> (loss, metrics)`` for one
     (micro-)batch, loss = weighted sums / ``num_tokens`` (pass the global count). ``train=False``:
     no dropout. Raises if the configuration cannot be honoured (see :func:`make_train_step`)."""
     if student_config.vocab_size != teacher_config.vocab_size:
-        raise ValueError(f"student vocab_size {student_config.vocab_size} != teacher vocab_size "
-                         f"{teacher_config.vocab_size}: KL needs one vocabulary")
+        raise ValueError(
+            f"student vocab_size {student_config.vocab_size} != teacher vocab_size "
+            f"{teacher_config.vocab_size}: KL needs one vocabulary"
+        )
     if student_config.d_model != teacher_config.d_model and share_encoder:
         raise ValueError("share_encoder needs equal d_model")
     if share_encoder and not freeze_encoder:
         raise ValueError("share_encoder needs freeze_encoder: a trained student encoder diverges from the teacher's")
     if share_encoder and not can_share_encoder(student_config, teacher_config):
-        raise ValueError("share_encoder needs the student's encoder architecture to equal the teacher's "
-                         f"(student {student_config.encoder_layers} layers, teacher {teacher_config.encoder_layers})")
+        raise ValueError(
+            "share_encoder needs the student's encoder architecture to equal the teacher's "
+            f"(student {student_config.encoder_layers} layers, teacher {teacher_config.encoder_layers})"
+        )
     if mse_weight and student_config.d_model != teacher_config.d_model:
         raise ValueError("mse_weight > 0 needs equal d_model")
     student = Whisper(student_config, dtype, remat, unroll)
@@ -256,29 +301,44 @@ def make_loss_fn(student_config: WhisperConfig, teacher_config: WhisperConfig, *
                 raise ValueError("batch['encoder_outputs'] is only accepted with share_encoder=True")
             enc_s = enc_t = jax.lax.stop_gradient(batch["encoder_outputs"])
         elif share_encoder:
-            enc_s = enc_t = jax.lax.stop_gradient(
-                teacher.apply(tv, batch["input_features"], method=Whisper.encode))
+            enc_s = enc_t = jax.lax.stop_gradient(teacher.apply(tv, batch["input_features"], method=Whisper.encode))
         else:
             enc_t = teacher.apply(tv, batch["input_features"], method=Whisper.encode) if need_teacher else None
-            enc_s = student.apply(sv, batch["input_features"], not (dropout and not freeze_encoder),
-                                  method=Whisper.encode, rngs={"dropout": r_enc})
+            enc_s = student.apply(
+                sv,
+                batch["input_features"],
+                not (dropout and not freeze_encoder),
+                method=Whisper.encode,
+                rngs={"dropout": r_enc},
+            )
             if freeze_encoder:
                 enc_s = jax.lax.stop_gradient(enc_s)
         t_logits = s_hidden = t_hidden = None
         if mse_weight:
-            s_logits, s_hidden = decode_with_hidden(student_config, params, tokens, enc_s, dtype=dtype,
-                                                    deterministic=not dropout, rng=r_dec)
+            s_logits, s_hidden = decode_with_hidden(
+                student_config, params, tokens, enc_s, dtype=dtype, deterministic=not dropout, rng=r_dec
+            )
             t_logits, t_hidden = decode_with_hidden(teacher_config, teacher_params, tokens, enc_t, dtype=dtype)
         else:
-            s_logits, _ = student.apply(sv, tokens, enc_s, deterministic=not dropout, method=Whisper.decode,
-                                        rngs={"dropout": r_dec})
+            s_logits, _ = student.apply(
+                sv, tokens, enc_s, deterministic=not dropout, method=Whisper.decode, rngs={"dropout": r_dec}
+            )
             if kl_weight:
                 t_logits, _ = teacher.apply(tv, tokens, enc_t, method=Whisper.decode)
         if t_logits is not None:
             t_logits = jax.lax.stop_gradient(t_logits)
         return losses.distillation_loss(
-            s_logits, t_logits, labels, temperature=temperature, kl_weight=kl_weight, ce_weight=ce_weight,
-            mse_weight=mse_weight, student_hidden=s_hidden, teacher_hidden=t_hidden, num_tokens=num_tokens)
+            s_logits,
+            t_logits,
+            labels,
+            temperature=temperature,
+            kl_weight=kl_weight,
+            ce_weight=ce_weight,
+            mse_weight=mse_weight,
+            student_hidden=s_hidden,
+            teacher_hidden=t_hidden,
+            num_tokens=num_tokens,
+        )
 
     return loss_fn
 
@@ -303,14 +363,17 @@ def global_batch(batch: Batch, mesh: Mesh) -> dict:
 def _check_batch(batch: Batch, mesh: Mesh, grad_accum_steps: int) -> None:
     for key in ("decoder_input_ids", "labels"):
         if key not in batch:
-            raise KeyError(f"batch is missing {key!r} (needs decoder_input_ids, labels and input_features "
-                           "or encoder_outputs)")
+            raise KeyError(
+                f"batch is missing {key!r} (needs decoder_input_ids, labels and input_features or encoder_outputs)"
+            )
     if "input_features" not in batch and "encoder_outputs" not in batch:
         raise KeyError("batch needs 'input_features' or 'encoder_outputs'")
     b, n = batch["labels"].shape[0], len(mesh.local_devices)
     if b % (n * grad_accum_steps):
-        raise ValueError(f"batch of {b} rows (this process) must be a multiple of local devices × "
-                         f"gradient_accumulation_steps = {n} × {grad_accum_steps}")
+        raise ValueError(
+            f"batch of {b} rows (this process) must be a multiple of local devices × "
+            f"gradient_accumulation_steps = {n} × {grad_accum_steps}"
+        )
 
 
 def _split_micro(x: Array, k: int) -> Array:
@@ -319,12 +382,25 @@ def _split_micro(x: Array, k: int) -> Array:
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
 
-def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig,
-                    tx: optax.GradientTransformation, *, kl_weight: float = 1.0, ce_weight: float | None = None,
-                    temperature: float = 2.0, mse_weight: float = 0.0, freeze_encoder: bool = False,
-                    share_encoder: bool = False, dtype: Any = jnp.float32, remat: bool = False,
-                    unroll: int | bool = 1, grad_accum_steps: int = 1, mesh: Mesh | None = None,
-                    donate: bool = True, compiler_options: dict | None = None) -> Callable:
+def make_train_step(
+    student_config: WhisperConfig,
+    teacher_config: WhisperConfig,
+    tx: optax.GradientTransformation,
+    *,
+    kl_weight: float = 1.0,
+    ce_weight: float | None = None,
+    temperature: float = 2.0,
+    mse_weight: float = 0.0,
+    freeze_encoder: bool = False,
+    share_encoder: bool = False,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+    unroll: int | bool = 1,
+    grad_accum_steps: int = 1,
+    mesh: Mesh | None = None,
+    donate: bool = True,
+    compiler_options: dict | None = None,
+) -> Callable:
     """Jitted ``step(state, teacher_params, batch) -> (state, metrics)``: one optimiser update from one
     global batch (numpy rows of this process, or global arrays from :func:`global_batch`).
 
@@ -342,9 +418,19 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
     if grad_accum_steps < 1:
         raise ValueError(f"gradient_accumulation_steps must be ≥ 1, got {grad_accum_steps}")
     k = grad_accum_steps
-    loss_fn = make_loss_fn(student_config, teacher_config, kl_weight=kl_weight, ce_weight=ce_weight,
-                           temperature=temperature, mse_weight=mse_weight, freeze_encoder=freeze_encoder,
-                           share_encoder=share_encoder, dtype=dtype, remat=remat, unroll=unroll)
+    loss_fn = make_loss_fn(
+        student_config,
+        teacher_config,
+        kl_weight=kl_weight,
+        ce_weight=ce_weight,
+        temperature=temperature,
+        mse_weight=mse_weight,
+        freeze_encoder=freeze_encoder,
+        share_encoder=share_encoder,
+        dtype=dtype,
+        remat=remat,
+        unroll=unroll,
+    )
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     mesh = data_mesh() if mesh is None else mesh
 
@@ -364,24 +450,30 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
                 return jax.tree.map(jnp.add, carry, (g, m)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            m0 = {key: jnp.zeros((), jnp.int32 if key == "num_tokens" else jnp.float32)
-                  for key in ("loss", "ce", "kl", "mse", "num_tokens")}
+            m0 = {
+                key: jnp.zeros((), jnp.int32 if key == "num_tokens" else jnp.float32)
+                for key in ("loss", "ce", "kl", "mse", "num_tokens")
+            }
             (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), (jnp.arange(k), micro))
         labels_tree = param_labels(state.params, freeze_encoder)
         trainable = jax.tree.map(lambda lab, g: g if lab == "trainable" else None, labels_tree, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         # Frozen leaves are returned untouched (no `p + 0` over the whole encoder).
-        new_params = jax.tree.map(lambda lab, new, old: old if lab == "frozen" else new,
-                                  labels_tree, new_params, state.params)
-        metrics = dict(metrics, num_tokens=num_tokens, grad_norm=optax.global_norm(trainable),
-                       lr=current_lr(opt_state))
+        new_params = jax.tree.map(
+            lambda lab, new, old: old if lab == "frozen" else new, labels_tree, new_params, state.params
+        )
+        metrics = dict(metrics, num_tokens=num_tokens, grad_norm=optax.global_norm(trainable), lr=current_lr(opt_state))
         return state.replace(step=state.step + 1, params=new_params, opt_state=opt_state), metrics
 
     repl = NamedSharding(mesh, P())
-    jitted = jax.jit(train_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))),
-                     out_shardings=(repl, repl), donate_argnums=(0,) if donate else (),
-                     compiler_options=compiler_options)
+    jitted = jax.jit(
+        train_step,
+        in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,) if donate else (),
+        compiler_options=compiler_options,
+    )
 
     def step(state: TrainState, teacher_params, batch: Batch):
         _check_batch(batch, mesh, k)
@@ -394,17 +486,35 @@ def make_train_step(student_config: WhisperConfig, teacher_config: WhisperConfig
     return step
 
 
-def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig, *, kl_weight: float = 1.0,
-                   ce_weight: float | None = None, mse_weight: float = 0.0, freeze_encoder: bool = False,
-                   share_encoder: bool = False, dtype: Any = jnp.float32, mesh: Mesh | None = None,
-                   compiler_options: dict | None = None) -> Callable:
+def make_eval_step(
+    student_config: WhisperConfig,
+    teacher_config: WhisperConfig,
+    *,
+    kl_weight: float = 1.0,
+    ce_weight: float | None = None,
+    mse_weight: float = 0.0,
+    freeze_encoder: bool = False,
+    share_encoder: bool = False,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    compiler_options: dict | None = None,
+) -> Callable:
     """Jitted ``eval_step(params, teacher_params, batch) -> metrics``: the loss terms at temperature 1,
     no dropout. Returns token means of this batch (loss, ce, kl, mse) and the sums behind them
     (``*_sum``, ``num_tokens``) so a caller can average exactly over many batches. Rows whose labels
     are all -100 (padding to a full batch) count for nothing."""
-    loss_fn = make_loss_fn(student_config, teacher_config, kl_weight=kl_weight, ce_weight=ce_weight,
-                           temperature=1.0, mse_weight=mse_weight, freeze_encoder=freeze_encoder,
-                           share_encoder=share_encoder, dtype=dtype, train=False)
+    loss_fn = make_loss_fn(
+        student_config,
+        teacher_config,
+        kl_weight=kl_weight,
+        ce_weight=ce_weight,
+        temperature=1.0,
+        mse_weight=mse_weight,
+        freeze_encoder=freeze_encoder,
+        share_encoder=share_encoder,
+        dtype=dtype,
+        train=False,
+    )
     mesh = data_mesh() if mesh is None else mesh
 
     def eval_step(params, teacher_params, batch):
@@ -413,8 +523,12 @@ def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig,
         return dict(m, **{f"{key}_sum": m[key] * jnp.maximum(n, 1) for key in ("loss", "ce", "kl", "mse")})
 
     repl = NamedSharding(mesh, P())
-    jitted = jax.jit(eval_step, in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))), out_shardings=repl,
-                     compiler_options=compiler_options)
+    jitted = jax.jit(
+        eval_step,
+        in_shardings=(repl, repl, NamedSharding(mesh, P(DATA_AXIS))),
+        out_shardings=repl,
+        compiler_options=compiler_options,
+    )
 
     def step(params, teacher_params, batch: Batch):
         _check_batch(batch, mesh, 1)
@@ -429,18 +543,29 @@ def make_eval_step(student_config: WhisperConfig, teacher_config: WhisperConfig,
 def _encoder_fn(config: WhisperConfig, dtype: Any, mesh: Mesh):
     model = Whisper(config, dtype)
     data = NamedSharding(mesh, P(DATA_AXIS))
-    return jax.jit(lambda p, x: model.apply({"params": p}, x, method=Whisper.encode),
-                   in_shardings=(NamedSharding(mesh, P()), data), out_shardings=data)
+    return jax.jit(
+        lambda p, x: model.apply({"params": p}, x, method=Whisper.encode),
+        in_shardings=(NamedSharding(mesh, P()), data),
+        out_shardings=data,
+    )
 
 
-def encoder_outputs(teacher_config: WhisperConfig, teacher_params: Any, features: Any, dtype: Any = jnp.float32,
-                    mesh: Mesh | None = None) -> Array:
+def encoder_outputs(
+    teacher_config: WhisperConfig,
+    teacher_params: Any,
+    features: Any,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+) -> Array:
     """Teacher encoder outputs [B, 1500, d_model] (fp32) for this process's ``features`` rows, as a
     global array split over ``mesh``: cache them when the encoder is frozen and shared and pass them as
     ``batch["encoder_outputs"]``. Compiled once per (config, dtype, mesh, batch shape)."""
     mesh = data_mesh() if mesh is None else mesh
-    x = features if isinstance(features, jax.Array) else jax.make_array_from_process_local_data(
-        NamedSharding(mesh, P(DATA_AXIS)), np.asarray(features, np.float32))
+    x = (
+        features
+        if isinstance(features, jax.Array)
+        else jax.make_array_from_process_local_data(NamedSharding(mesh, P(DATA_AXIS)), np.asarray(features, np.float32))
+    )
     return _encoder_fn(teacher_config, jnp.dtype(dtype), mesh)(teacher_params, x)
 
 
@@ -473,10 +598,18 @@ def decoder_flops(config: WhisperConfig, length: int, batch: int = 1) -> float:
     return float(batch) * (c.decoder_layers * per_layer + 2 * n * d * c.vocab_size)
 
 
-def flops_per_step(student_config: WhisperConfig, teacher_config: WhisperConfig, batch_size: int,
-                   label_length: int, *, kl_weight: float = 1.0, mse_weight: float = 0.0,
-                   freeze_encoder: bool = False, share_encoder: bool = False,
-                   cached_encoder: bool = False) -> dict[str, float]:
+def flops_per_step(
+    student_config: WhisperConfig,
+    teacher_config: WhisperConfig,
+    batch_size: int,
+    label_length: int,
+    *,
+    kl_weight: float = 1.0,
+    mse_weight: float = 0.0,
+    freeze_encoder: bool = False,
+    share_encoder: bool = False,
+    cached_encoder: bool = False,
+) -> dict[str, float]:
     """Model FLOPs of one training step on ``batch_size`` examples of ``label_length`` tokens, by part.
 
     Backward = 2× forward for every part that is differentiated (activation + weight gradients), 0 for
@@ -488,7 +621,8 @@ def flops_per_step(student_config: WhisperConfig, teacher_config: WhisperConfig,
     b, n = batch_size, label_length
     need_teacher = bool(kl_weight or mse_weight)
     parts = {
-        "teacher_encoder": 0.0 if cached_encoder or not (share_encoder or need_teacher)
+        "teacher_encoder": 0.0
+        if cached_encoder or not (share_encoder or need_teacher)
         else encoder_flops(teacher_config, b),
         "student_encoder": 0.0 if share_encoder else encoder_flops(student_config, b) * (1 if freeze_encoder else 3),
         "teacher_decoder": decoder_flops(teacher_config, n, b) if need_teacher else 0.0,

@@ -28,8 +28,9 @@ import dataclasses
 import glob
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,10 @@ def _parquet_files(name: str, split: str | None) -> tuple[list[Path], Path]:
             in_split = [f for f in files if split in f.relative_to(p).as_posix()]
             files = in_split or files
         if not files:
-            raise ValueError(f"{name}: directory holds no .parquet files (expected the output of "
-                             "run_pseudo_label.py or a dataset's Parquet shards)")
+            raise ValueError(
+                f"{name}: directory holds no .parquet files (expected the output of "
+                "run_pseudo_label.py or a dataset's Parquet shards)"
+            )
         return files, p
     if p.is_file():
         return [p], p.parent
@@ -84,8 +87,10 @@ def _parquet_files(name: str, split: str | None) -> tuple[list[Path], Path]:
         try:
             local = Path(snapshot_download(name, repo_type="dataset", allow_patterns=["*.parquet", "**/*.parquet"]))
         except Exception as e:  # offline, unknown repo, auth
-            raise ValueError(f"{name}: could not get the dataset's Parquet files from the 🤗 hub or cache "
-                             f"({type(e).__name__}: {e}); pass a local directory instead") from None
+            raise ValueError(
+                f"{name}: could not get the dataset's Parquet files from the 🤗 hub or cache "
+                f"({type(e).__name__}: {e}); pass a local directory instead"
+            ) from None
         return _parquet_files(str(local), split)
     raise ValueError(f"{name}: no such dataset directory, Parquet file or manifest (and not a hub dataset id)")
 
@@ -118,8 +123,11 @@ def open_source(name: str, split: str | None = None) -> Source:
             columns = cols
         elif set(cols) != set(columns):
             raise ValueError(f"{f}: columns {sorted(cols)} differ from {files[0]}'s {sorted(columns)}")
-        groups += [(i, g, meta.metadata.row_group(g).num_rows) for g in range(meta.num_row_groups)
-                   if meta.metadata.row_group(g).num_rows]
+        groups += [
+            (i, g, meta.metadata.row_group(g).num_rows)
+            for g in range(meta.num_row_groups)
+            if meta.metadata.row_group(g).num_rows
+        ]
     src = Source(name, files, groups, columns or [], root)
     if not src.num_rows:
         raise ValueError(f"{name}: dataset has no rows")
@@ -150,8 +158,9 @@ class RowReader:
                 try:
                     self._rows = pq.ParquetFile(self.src.files[fi]).read_row_group(rg, columns=self.columns).to_pylist()
                 except Exception as e:
-                    raise ValueError(f"{self.src.files[fi]}: cannot read row group {rg} "
-                                     f"({type(e).__name__}: {e})") from None
+                    raise ValueError(
+                        f"{self.src.files[fi]}: cannot read row group {rg} ({type(e).__name__}: {e})"
+                    ) from None
             self._key = g
         return self._rows
 
@@ -185,8 +194,13 @@ def strip_timestamps(ids: Sequence[int], specials: SpecialTokens) -> list[int]:
     return [t for t in ids if t < specials.timestamp_begin]
 
 
-def build_sequence(target: Sequence[int], previous: Sequence[int] | None, specials: SpecialTokens,
-                   opts: LabelOptions, rng: np.random.Generator) -> list[int] | None:
+def build_sequence(
+    target: Sequence[int],
+    previous: Sequence[int] | None,
+    specials: SpecialTokens,
+    opts: LabelOptions,
+    rng: np.random.Generator,
+) -> list[int] | None:
     """Full decoder token sequence ``[<|startofprev|> prev…] <|sot|> [lang task] [<|notimestamps|>] text <|eot|>``.
 
     ``target``: the teacher's ids after its prompt (EOT excluded), possibly with timestamps; or a complete
@@ -200,7 +214,7 @@ def build_sequence(target: Sequence[int], previous: Sequence[int] | None, specia
     target = list(target)
     if target and target[0] in (specials.sot, specials.startofprev):
         seq = target + ([] if target[-1] == specials.eot else [specials.eot])
-        return seq if len(seq) <= opts.max_label_length else (seq[:opts.max_label_length] if opts.truncate else None)
+        return seq if len(seq) <= opts.max_label_length else (seq[: opts.max_label_length] if opts.truncate else None)
     has_ts = any(t >= specials.timestamp_begin for t in target)
     keep_ts = has_ts and u_ts < opts.timestamp_probability
     if not keep_ts:
@@ -209,7 +223,7 @@ def build_sequence(target: Sequence[int], previous: Sequence[int] | None, specia
     if len(rest) > opts.max_label_length:
         if not opts.truncate:
             return None
-        rest = rest[:opts.max_label_length]
+        rest = rest[: opts.max_label_length]
     prev: list[int] = []
     if previous is not None and len(previous) and u_prev < opts.condition_on_prev_probability:
         p = [t for t in previous if t < specials.eot or t >= specials.timestamp_begin]
@@ -233,7 +247,7 @@ def sequence_to_arrays(seq: Sequence[int], width: int, specials: SpecialTokens) 
     labels = np.full(width, IGNORE, np.int32)
     inputs[:n], labels[:n] = seq[:-1], seq[1:]
     sot_pos = int(np.argmax(seq == specials.sot)) if (seq == specials.sot).any() else 0
-    labels[:max(sot_pos - 1, 0)] = IGNORE
+    labels[: max(sot_pos - 1, 0)] = IGNORE
     return inputs, labels
 
 
@@ -255,9 +269,10 @@ class StreamState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StreamState":
-        return cls(**{k: (dict(v) if k == "filtered" else (list(v) if isinstance(v, list) else int(v)))
-                      for k, v in d.items()})
+    def from_dict(cls, d: dict) -> StreamState:
+        return cls(
+            **{k: (dict(v) if k == "filtered" else (list(v) if isinstance(v, list) else int(v))) for k, v in d.items()}
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,14 +306,24 @@ def _epoch_order(src: Source, seed: int, k: int, epoch: int) -> tuple[np.ndarray
 class TrainStream:
     """Deterministic, resumable stream of filtered, labelled examples from several sources."""
 
-    def __init__(self, sources: Sequence[Source], weights: Sequence[float] | None, tokenizer: Any,
-                 specials: SpecialTokens, opts: DataOptions, seed: int, state: StreamState | None = None):
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        weights: Sequence[float] | None,
+        tokenizer: Any,
+        specials: SpecialTokens,
+        opts: DataOptions,
+        seed: int,
+        state: StreamState | None = None,
+    ):
         if not sources:
             raise ValueError("no training datasets given")
         weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
         if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"--train_dataset_samples must give one non-negative weight per dataset "
-                             f"({len(sources)}), not all zero; got {weights}")
+            raise ValueError(
+                f"--train_dataset_samples must give one non-negative weight per dataset "
+                f"({len(sources)}), not all zero; got {weights}"
+            )
         self.sources, self.tok, self.sp, self.opts, self.seed = list(sources), tokenizer, specials, opts, seed
         self.probs = np.asarray(weights) / sum(weights)
         for s in self.sources:
@@ -326,8 +351,10 @@ class TrainStream:
         src, st = self.sources[k], self.state
         if st.cursors[k] >= src.num_rows:
             if self._seen_whole_epoch[k] and self._kept_in_epoch[k] == 0:
-                raise ValueError(f"{src.name}: all {src.num_rows} rows were filtered out in a whole epoch "
-                                 f"(skipped so far: {st.filtered}); relax the filters")
+                raise ValueError(
+                    f"{src.name}: all {src.num_rows} rows were filtered out in a whole epoch "
+                    f"(skipped so far: {st.filtered}); relax the filters"
+                )
             st.epochs[k] += 1
             st.cursors[k] = 0
             self._kept_in_epoch[k], self._seen_whole_epoch[k] = 0, True
@@ -339,7 +366,10 @@ class TrainStream:
         j = int(np.searchsorted(cum, c, side="right"))
         g = int(order[j])
         if self._perm[k][0] != (epoch, g):
-            self._perm[k] = ((epoch, g), np.random.default_rng([self.seed, 29, k, epoch, g]).permutation(src.groups[g][2]))
+            self._perm[k] = (
+                (epoch, g),
+                np.random.default_rng([self.seed, 29, k, epoch, g]).permutation(src.groups[g][2]),
+            )
         r = int(self._perm[k][1][c - (int(cum[j - 1]) if j else 0)])
         st.cursors[k] += 1
         return int(self._offsets[k][g]) + r, self.readers[k].group(g)[r]
@@ -362,8 +392,11 @@ class TrainStream:
         while True:
             d = self.state.draws
             self.state.draws += 1
-            k = int(np.random.default_rng([self.seed, 7, d]).choice(len(self.sources), p=self.probs)) \
-                if len(self.sources) > 1 else 0
+            k = (
+                int(np.random.default_rng([self.seed, 7, d]).choice(len(self.sources), p=self.probs))
+                if len(self.sources) > 1
+                else 0
+            )
             row_id, row = self._row(k)
             epoch = self.state.epochs[k]
             where = f"{self.sources[k].name} row {row_id}"
@@ -407,8 +440,10 @@ def example_audio(ex: Example, sources: Sequence[Source], opts: DataOptions) -> 
     src = sources[ex.source]
     wav = load_row_audio(ex.audio_cell, src, f"{src.name} row {ex.key[1]}")
     if len(wav) > audio.N_SAMPLES:
-        raise ValueError(f"{src.name} row {ex.key[1]}: {len(wav) / audio.SAMPLE_RATE:.1f} s of audio is longer "
-                         "than Whisper's 30 s window (filter it with --max_duration_in_seconds)")
+        raise ValueError(
+            f"{src.name} row {ex.key[1]}: {len(wav) / audio.SAMPLE_RATE:.1f} s of audio is longer "
+            "than Whisper's 30 s window (filter it with --max_duration_in_seconds)"
+        )
     return wav
 
 
@@ -442,8 +477,15 @@ class EvalSet:
     texts: list[str]
 
 
-def load_eval_set(name: str, split: str | None, audio_column: str, text_column: str, n_mels: int,
-                  max_samples: int | None = None, max_duration: float = 30.0) -> EvalSet:
+def load_eval_set(
+    name: str,
+    split: str | None,
+    audio_column: str,
+    text_column: str,
+    n_mels: int,
+    max_samples: int | None = None,
+    max_duration: float = 30.0,
+) -> EvalSet:
     """All rows of an evaluation dataset (in order) with their reference texts and features."""
     src = open_source(name, split)
     require_columns(src, [audio_column, text_column], "for evaluation (--eval_text_column_name: the reference)")

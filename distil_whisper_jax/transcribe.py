@@ -14,8 +14,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,20 +48,32 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def generation_options(pre: Pretrained, specials: SpecialTokens, *, num_beams: int = 1,
-                       return_timestamps: bool = False, max_new_tokens: int | None = None,
-                       prompt_len: int = 3) -> GenerationOptions:
+def generation_options(
+    pre: Pretrained,
+    specials: SpecialTokens,
+    *,
+    num_beams: int = 1,
+    return_timestamps: bool = False,
+    max_new_tokens: int | None = None,
+    prompt_len: int = 3,
+) -> GenerationOptions:
     """Decoding options for a checkpoint: its suppress lists, and as many new tokens as fit."""
     gen = pre.generation_defaults
     room = pre.config.max_target_positions - prompt_len
     return GenerationOptions(
-        max_new_tokens=min(max_new_tokens or room // 2, room), num_beams=num_beams,
-        return_timestamps=return_timestamps, eot=specials.eot, timestamp_begin=specials.timestamp_begin,
-        suppress_tokens=tuple(gen.suppress_tokens), begin_suppress_tokens=tuple(gen.begin_suppress_tokens))
+        max_new_tokens=min(max_new_tokens or room // 2, room),
+        num_beams=num_beams,
+        return_timestamps=return_timestamps,
+        eot=specials.eot,
+        timestamp_begin=specials.timestamp_begin,
+        suppress_tokens=tuple(gen.suppress_tokens),
+        begin_suppress_tokens=tuple(gen.begin_suppress_tokens),
+    )
 
 
-def segments_from_tokens(ids: Sequence[int], tokenizer: Any, specials: SpecialTokens,
-                         offset: float = 0.0) -> list[dict]:
+def segments_from_tokens(
+    ids: Sequence[int], tokenizer: Any, specials: SpecialTokens, offset: float = 0.0
+) -> list[dict]:
     """Split timestamped ids into ``{"start", "end", "text"}`` segments (0.02 s per timestamp step)."""
     segments, text_ids, start = [], [], None
     for t in ids:
@@ -69,21 +82,36 @@ def segments_from_tokens(ids: Sequence[int], tokenizer: Any, specials: SpecialTo
             if start is None:
                 start = time_s
             else:
-                segments.append({"start": round(start, 2), "end": round(time_s, 2),
-                                 "text": tokenizer.decode(text_ids, skip_special_tokens=True)})
+                segments.append(
+                    {
+                        "start": round(start, 2),
+                        "end": round(time_s, 2),
+                        "text": tokenizer.decode(text_ids, skip_special_tokens=True),
+                    }
+                )
                 text_ids, start = [], None
         else:
             text_ids.append(t)
     if text_ids:  # unterminated last segment (max_new_tokens reached)
-        segments.append({"start": round(start or 0.0, 2), "end": None,
-                         "text": tokenizer.decode(text_ids, skip_special_tokens=True)})
+        segments.append(
+            {"start": round(start or 0.0, 2), "end": None, "text": tokenizer.decode(text_ids, skip_special_tokens=True)}
+        )
     return segments
 
 
-def transcribe(paths: Sequence[str | Path], model: str | Pretrained | None = None, batch_size: int = 8,
-               dtype: str = "float32", num_beams: int = 1, return_timestamps: bool = False,
-               language: str | None = None, task: str = "transcribe", max_new_tokens: int | None = None,
-               progress: bool = True, devices: Sequence[Any] | None = None) -> list[dict]:
+def transcribe(
+    paths: Sequence[str | Path],
+    model: str | Pretrained | None = None,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    num_beams: int = 1,
+    return_timestamps: bool = False,
+    language: str | None = None,
+    task: str = "transcribe",
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+    devices: Sequence[Any] | None = None,
+) -> list[dict]:
     """Transcribe audio files (≤30 s each); returns one dict per input in order:
     ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input that could not be read.
     ``devices``: where to run (default all local devices)."""
@@ -95,13 +123,20 @@ def transcribe(paths: Sequence[str | Path], model: str | Pretrained | None = Non
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
     tok, specials = pre.tokenizer, special_tokens(pre.tokenizer)
     prompt = prompt_ids(specials, language=language, task=task, timestamps=return_timestamps)
-    opts = generation_options(pre, specials, num_beams=num_beams, return_timestamps=return_timestamps,
-                              max_new_tokens=max_new_tokens, prompt_len=len(prompt))
+    opts = generation_options(
+        pre,
+        specials,
+        num_beams=num_beams,
+        return_timestamps=return_timestamps,
+        max_new_tokens=max_new_tokens,
+        prompt_len=len(prompt),
+    )
     devices = list(devices) if devices else jax.local_devices()
     # Every batch is padded to one static shape (one compile), a multiple of the device count.
     batch_size = -(-batch_size // len(devices)) * len(devices)
-    params = parallel.replicate(pre.params, parallel.local_mesh(devices)) if len(devices) > 1 else \
-        jax.device_put(pre.params)
+    params = (
+        parallel.replicate(pre.params, parallel.local_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
+    )
     results: list[dict] = [{"file": str(f)} for f in files]
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")
     audio_seconds, t0 = 0.0, time.perf_counter()
@@ -111,8 +146,10 @@ def transcribe(paths: Sequence[str | Path], model: str | Pretrained | None = Non
             try:
                 wav = audio.load_audio(files[i])
                 if len(wav) > audio.N_SAMPLES:
-                    raise audio.AudioError(f"{files[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than 30 s; "
-                                           "long-form transcription is not supported here yet")
+                    raise audio.AudioError(
+                        f"{files[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than 30 s; "
+                        "long-form transcription is not supported here yet"
+                    )
             except audio.AudioError as e:
                 results[i]["error"] = str(e)
                 continue
@@ -129,26 +166,35 @@ def transcribe(paths: Sequence[str | Path], model: str | Pretrained | None = Non
         bar.update(min(batch_size, len(files) - start))
     bar.close()
     elapsed = time.perf_counter() - t0
-    log.info("transcribed %d files (%.1f s of audio) in %.1f s: %.1f audio-s/s, %d unreadable",
-             len(files), audio_seconds, elapsed, audio_seconds / max(elapsed, 1e-9),
-             sum("error" in r for r in results))
+    log.info(
+        "transcribed %d files (%.1f s of audio) in %.1f s: %.1f audio-s/s, %d unreadable",
+        len(files),
+        audio_seconds,
+        elapsed,
+        audio_seconds / max(elapsed, 1e-9),
+        sum("error" in r for r in results),
+    )
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m distil_whisper_jax.transcribe", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m distil_whisper_jax.transcribe",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR", help="audio files and/or folders of audio files")
-    p.add_argument("--model", default=None,
-                   help="model directory (transformers or CTranslate2), openai .pt file, or hub id; "
-                        "default: the bundled tiny.en")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory (transformers or CTranslate2), openai .pt file, or hub id; default: the bundled tiny.en",
+    )
     p.add_argument("--batch_size", type=int, default=8, help="clips per batch (rounded up to a multiple of devices)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype (params stay fp32)")
     p.add_argument("--num_beams", type=int, default=1, help="beam size; 1 = greedy")
     p.add_argument("--return_timestamps", action="store_true", help="predict segment timestamps")
     p.add_argument("--language", default=None, help="language code or name (multilingual models); default English")
-    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe",
-                   help="multilingual models only")
+    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe", help="multilingual models only")
     p.add_argument("--max_new_tokens", type=int, default=None, help="cap on generated tokens per clip")
     p.add_argument("--output_json", default=None, help="write results here instead of printing file<TAB>text")
     return p
@@ -158,8 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        results = transcribe(args.inputs, args.model, args.batch_size, args.dtype, args.num_beams,
-                             args.return_timestamps, args.language, args.task, args.max_new_tokens)
+        results = transcribe(
+            args.inputs,
+            args.model,
+            args.batch_size,
+            args.dtype,
+            args.num_beams,
+            args.return_timestamps,
+            args.language,
+            args.task,
+            args.max_new_tokens,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,8 +6,8 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def setup_logging(timestamps: bool = False) -> None:

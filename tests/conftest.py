@@ -33,9 +33,8 @@ def tiny_hf_state():
 def torch_whisper(config, state, generation=None):
     """A transformers PyTorch WhisperForConditionalGeneration holding ``state`` (the reference)."""
     import torch
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, WhisperForConditionalGeneration
     from transformers import WhisperConfig as HFConfig
-    from transformers import WhisperForConditionalGeneration
 
     from distil_whisper_jax.convert.hf import hf_config_dict
 
@@ -55,10 +54,18 @@ def tiny_torch(tiny_hf_state, tiny):
     from distil_whisper_jax.tokenizer import special_tokens
 
     sp = special_tokens(tiny.tokenizer)
-    gen = dict(decoder_start_token_id=sp.sot, eos_token_id=sp.eot, pad_token_id=sp.eot, bos_token_id=sp.eot,
-               suppress_tokens=list(g.suppress_tokens), begin_suppress_tokens=list(g.begin_suppress_tokens),
-               no_timestamps_token_id=sp.no_timestamps, max_initial_timestamp_index=50, max_length=448,
-               is_multilingual=False)
+    gen = dict(
+        decoder_start_token_id=sp.sot,
+        eos_token_id=sp.eot,
+        pad_token_id=sp.eot,
+        bos_token_id=sp.eot,
+        suppress_tokens=list(g.suppress_tokens),
+        begin_suppress_tokens=list(g.begin_suppress_tokens),
+        no_timestamps_token_id=sp.no_timestamps,
+        max_initial_timestamp_index=50,
+        max_length=448,
+        is_multilingual=False,
+    )
     return torch_whisper(config, state, gen)
 
 

@@ -26,7 +26,8 @@ from distil_whisper_jax.audio import (
 
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None
 needs_ffmpeg = pytest.mark.skipif(
-    not HAVE_FFMPEG, reason="ffmpeg CLI not on PATH (apt-get install ffmpeg): the ffmpeg fallback decoder is untested")
+    not HAVE_FFMPEG, reason="ffmpeg CLI not on PATH (apt-get install ffmpeg): the ffmpeg fallback decoder is untested"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,15 @@ def test_bundled_clips_are_16k_mono_and_decode(real_clips):
 def test_mel_filters_match_transformers(n_mels):
     from transformers.audio_utils import mel_filter_bank
 
-    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0, max_frequency=8000,
-                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    ref = mel_filter_bank(
+        num_frequency_bins=201,
+        num_mel_filters=n_mels,
+        min_frequency=0,
+        max_frequency=8000,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     ours = mel_filters(n_mels)
     assert ours.shape == (n_mels, 201)
     np.testing.assert_allclose(ours, ref.T, rtol=0, atol=1e-12)
@@ -132,8 +140,8 @@ def test_resample_keeps_frequency_and_length_ratio(orig_sr, freq):
     assert y.dtype == np.float32
     assert len(y) == int(np.ceil(len(x) * 16000 / orig_sr))
     assert abs(peak_hz(y, 16000) - freq) <= 16000 / len(y)  # within one FFT bin
-    mid = y[len(y) // 4: 3 * len(y) // 4]  # away from the filter's edge transients
-    assert abs(np.sqrt(2 * np.mean(mid ** 2)) - 0.5) < 0.01  # amplitude preserved
+    mid = y[len(y) // 4 : 3 * len(y) // 4]  # away from the filter's edge transients
+    assert abs(np.sqrt(2 * np.mean(mid**2)) - 0.5) < 0.01  # amplitude preserved
 
 
 def test_resample_same_rate_is_noop_and_removes_content_above_nyquist():

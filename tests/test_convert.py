@@ -71,9 +71,18 @@ def test_ct2_storage_types_dequantize(tiny, tiny_hf_dir, tmp_path, greedy_run, q
 
 def test_openai_loader_matches_openai_whisper_logits(tmp_path):
     whisper = pytest.importorskip("whisper")
-    dims = whisper.model.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4,
-                                         n_audio_layer=2, n_vocab=51865, n_text_ctx=32, n_text_state=64,
-                                         n_text_head=4, n_text_layer=3)
+    dims = whisper.model.ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=4,
+        n_audio_layer=2,
+        n_vocab=51865,
+        n_text_ctx=32,
+        n_text_state=64,
+        n_text_head=4,
+        n_text_layer=3,
+    )
     torch.manual_seed(0)
     ref = whisper.model.Whisper(dims).eval()
     for p in ref.parameters():  # openai initialises LayerNorms to 1/0 and some weights to 0: randomise all
@@ -93,8 +102,9 @@ def test_openai_loader_matches_openai_whisper_logits(tmp_path):
 
 def test_openai_export_of_real_tiny_loads_in_openai_whisper(tiny, tmp_path, mel):
     whisper = pytest.importorskip("whisper")
-    path = write_openai_checkpoint(tmp_path / "tiny.en.pt", tiny.config, flax_to_hf(tiny.params, tiny.config),
-                                   dtype=np.float32)
+    path = write_openai_checkpoint(
+        tmp_path / "tiny.en.pt", tiny.config, flax_to_hf(tiny.params, tiny.config), dtype=np.float32
+    )
     ref = whisper.load_model(str(path), device="cpu")
     tokens = np.array([[50257, 50362, 383, 2068]] * len(mel))
     with torch.no_grad():
@@ -113,8 +123,19 @@ def test_format_detection(tiny_hf_dir, tmp_path):
     assert detect_format(tmp_path / "x.pt") == "openai"
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_dir", "unsupported_file", "empty_pt", "text_as_pt",
-                                  "truncated_ct2", "hf_missing_weights", "hf_bad_json"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "empty_dir",
+        "unsupported_file",
+        "empty_pt",
+        "text_as_pt",
+        "truncated_ct2",
+        "hf_missing_weights",
+        "hf_bad_json",
+    ],
+)
 def test_bad_model_inputs_raise_clear_errors(case, tmp_path, tiny_hf_dir):
     target = tmp_path / "model"
     if case == "missing":

@@ -27,7 +27,9 @@ def _compilation_cache(tmp_path_factory):
 
     global JAX_CACHE
     JAX_CACHE = tmp_path_factory.mktemp("jax_cache")
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    saved = {
+        k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    }
     yield
     for k, v in saved.items():
         jax.config.update(k, v)
@@ -74,23 +76,36 @@ def labelled(tmp_path_factory, clips, clip_audio, tok):
     rows = []
     for copy in range(2):
         for i, ((path, text), wav) in enumerate(zip(clips, clip_audio)):
-            wav = wav[copy * 8000: copy * 8000 + 8 * 16000]
+            wav = wav[copy * 8000 : copy * 8000 + 8 * 16000]
             ids = tok.encode(" " + text.strip(), add_special_tokens=False)[:20]
             ts = i % 2 == 0
             ids_ts = ([50364] + ids + [50364 + 50]) if ts else ids
-            rows.append({"audio": {"bytes": _flac_bytes(wav), "path": f"{Path(path).stem}_{copy}.flac"},
-                         "text": text, "speaker_id": str(i),
-                         "whisper_transcript": tok.decode(ids_ts, decode_with_timestamps=True),
-                         "whisper_token_ids": ids_ts, "wer": float(10 * i),
-                         "condition_on_prev": rows[-1]["whisper_token_ids"] if copy else [],
-                         "duration": len(wav) / 16000})
+            rows.append(
+                {
+                    "audio": {"bytes": _flac_bytes(wav), "path": f"{Path(path).stem}_{copy}.flac"},
+                    "text": text,
+                    "speaker_id": str(i),
+                    "whisper_transcript": tok.decode(ids_ts, decode_with_timestamps=True),
+                    "whisper_token_ids": ids_ts,
+                    "wer": float(10 * i),
+                    "condition_on_prev": rows[-1]["whisper_token_ids"] if copy else [],
+                    "duration": len(wav) / 16000,
+                }
+            )
     return write_labelled(tmp_path_factory.mktemp("labelled"), rows)
 
 
 def small_config(tiny):
-    return tiny.config.replace(d_model=64, encoder_layers=1, decoder_layers=4, encoder_attention_heads=2,
-                               decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                               max_target_positions=64)
+    return tiny.config.replace(
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=4,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_target_positions=64,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +145,7 @@ def test_build_sequence_timestamps_prompt_and_masking(specials):
     assert seq2 == [specials.sot, specials.no_timestamps, 100, 200, specials.eot]
     # teacher forcing arrays: previous-text targets ignored, SOT predicted from the prompt, padding ignored
     inputs, labels = sequence_to_arrays(seq, 15, specials)
-    assert inputs[:len(seq) - 1].tolist() == seq[:-1]
+    assert inputs[: len(seq) - 1].tolist() == seq[:-1]
     assert labels.tolist() == [IGNORE] * 4 + seq[5:] + [IGNORE] * (15 - len(seq) + 1)
     assert labels[4] == specials.sot
     inputs2, labels2 = sequence_to_arrays(seq2, 15, specials)
@@ -149,7 +164,12 @@ def test_build_sequence_length_limits(specials):
     # the previous text is front-trimmed to fit: total never exceeds max_label_length
     fit = LabelOptions(max_label_length=30, timestamp_probability=0.0, condition_on_prev_probability=1.0)
     seq = build_sequence(target, list(range(300, 340)), specials, fit, rng())
-    assert len(seq) == 30 and seq[0] == specials.startofprev and seq[7] == specials.sot and seq[1:7] == list(range(334, 340))
+    assert (
+        len(seq) == 30
+        and seq[0] == specials.startofprev
+        and seq[7] == specials.sot
+        and seq[1:7] == list(range(334, 340))
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +179,9 @@ def test_build_sequence_length_limits(specials):
 def _stream(names, tok, specials, weights=None, state=None, **kw):
     from distil_whisper_jax.train_data import DataOptions, LabelOptions, TrainStream, open_source
 
-    opts = DataOptions(labels=LabelOptions(max_label_length=64, timestamp_probability=0.5,
-                                           condition_on_prev_probability=0.5), **kw)
+    opts = DataOptions(
+        labels=LabelOptions(max_label_length=64, timestamp_probability=0.5, condition_on_prev_probability=0.5), **kw
+    )
     return TrainStream([open_source(str(n)) for n in names], weights, tok, specials, opts, seed=3, state=state)
 
 
@@ -214,8 +235,12 @@ def _toy_state(i):
     import jax
     import jax.numpy as jnp
 
-    return {"params": {"w": jnp.full((3, 4), float(i))}, "opt": (jnp.zeros(2),), "step": jnp.int32(i),
-            "rng": jax.random.PRNGKey(i)}
+    return {
+        "params": {"w": jnp.full((3, 4), float(i))},
+        "opt": (jnp.zeros(2),),
+        "step": jnp.int32(i),
+        "rng": jax.random.PRNGKey(i),
+    }
 
 
 def test_checkpoint_retention_and_damaged_fallback(tmp_path):
@@ -273,17 +298,36 @@ def test_full_disk_keeps_previous_checkpoint(small_disk):
 
 
 def _env(devices: int = 8) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
     return env
 
 
 def _argv(small_models, labelled, out, max_steps=8, **extra):
     teacher, student = small_models
-    flags = {"model_name_or_path": student, "teacher_model_name_or_path": teacher, "train_dataset_name": labelled,
-             "output_dir": out, "max_steps": max_steps, "per_device_train_batch_size": 1, "save_steps": 3,
-             "logging_steps": 1, "learning_rate": 3e-3, "warmup_steps": 2, "max_label_length": 32,
-             "timestamp_probability": 0.5, "condition_on_prev_probability": 0.5, "seed": 1, **extra}
+    flags = {
+        "model_name_or_path": student,
+        "teacher_model_name_or_path": teacher,
+        "train_dataset_name": labelled,
+        "output_dir": out,
+        "max_steps": max_steps,
+        "per_device_train_batch_size": 1,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "max_label_length": 32,
+        "timestamp_probability": 0.5,
+        "condition_on_prev_probability": 0.5,
+        "seed": 1,
+        **extra,
+    }
     argv = []
     for k, v in flags.items():
         argv += [f"--{k}"] if v is True else [f"--{k}", str(v)]
@@ -299,14 +343,22 @@ def _final_params(out):
 def _max_diff(a, b):
     import jax
 
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 def _run_until(argv, step, sig):
     """Start a training subprocess, send ``sig`` once it logged ``step``; returns (returncode, log)."""
-    p = subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.distill", *argv], env=_env(), cwd=REPO,
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "distil_whisper_jax.distill", *argv],
+        env=_env(),
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     lines = []
     for line in p.stderr:
         lines.append(line)
@@ -354,11 +406,29 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.distill",
-                               *_argv(small_models, labelled, out, per_device_train_batch_size=1), "--distributed",
-                               "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
-                               "--process_id", str(i)], env=_env(4), cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distil_whisper_jax.distill",
+                *_argv(small_models, labelled, out, per_device_train_batch_size=1),
+                "--distributed",
+                "--coordinator_address",
+                f"localhost:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+            ],
+            env=_env(4),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "8 devices" in logs[0] and "2 processes" in logs[0]
@@ -413,21 +483,32 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     """Real tiny.en → pseudo-labels of bundled training clips (concatenated per speaker) → 2-layer student
     trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
     Sized for CI (a fraction of benchmarks/distill_demo.py's corpus and steps; that script has the full run)."""
-    from distil_whisper_jax.demo import demo_commands
     from distil_whisper_jax.create_student import create_student
+    from distil_whisper_jax.demo import demo_commands
     from distil_whisper_jax.distill import main as distill
     from distil_whisper_jax.pseudo_label import main as pseudo_label
     from distil_whisper_jax.transcribe import transcribe
 
-    cmds = demo_commands(tmp_path, max_steps=E2E["steps"], train_rows=E2E["train_rows"], eval_rows=E2E["eval_rows"],
-                         batch=E2E["batch"], learning_rate=E2E["lr"], max_label_length=E2E["max_label_length"],
-                         warmup_steps=2)
+    cmds = demo_commands(
+        tmp_path,
+        max_steps=E2E["steps"],
+        train_rows=E2E["train_rows"],
+        eval_rows=E2E["eval_rows"],
+        batch=E2E["batch"],
+        learning_rate=E2E["lr"],
+        max_label_length=E2E["max_label_length"],
+        warmup_steps=2,
+    )
     create_student(None, tmp_path / "student", decoder_layers=2)
     assert pseudo_label(cmds["label"]) == 0
     assert distill(cmds["train"] + ["--disable_tqdm", "--compilation_cache", "--cache_dir", str(JAX_CACHE)]) == 0
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]
-    before, after, teacher = evals[0]["eval/heldout/wer"], evals[-1]["eval/heldout/wer"], evals[0]["eval/heldout/teacher_wer"]
+    before, after, teacher = (
+        evals[0]["eval/heldout/wer"],
+        evals[-1]["eval/heldout/wer"],
+        evals[0]["eval/heldout/teacher_wer"],
+    )
     assert evals[0]["step"] == 0 and evals[-1]["step"] == E2E["steps"]
     assert teacher < 15 and after < before - 25, (before, after, teacher)
     assert all(r["train/model_tflops_per_s"] > 0 for r in rows if "train/loss" in r)

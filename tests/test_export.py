@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from distil_whisper_jax import export as ex
-from distil_whisper_jax.convert import load_pretrained, tree_equal
-from distil_whisper_jax.convert import ggml
+from distil_whisper_jax.convert import ggml, load_pretrained, tree_equal
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
 from distil_whisper_jax.convert.runtimes import finish_runtime, start_runtime
@@ -52,10 +51,13 @@ def session(tiny, student, verify_clips, tmp_path_factory):
     """tiny.en (hf fp32) and the student (hf fp16) exported to all formats, all verified in one pass. The
     untrained student loops on some clips, so decoding is capped at 48 tokens (in every runtime alike)."""
     root = tmp_path_factory.mktemp("export")
-    outputs = {"tiny": ex.export(tiny, ex.FORMATS, root / "tiny"),
-               "student": ex.export(student, ex.FORMATS, root / "student", dtype="float16")}
-    tiny_checks, student_checks = ex.verify([(tiny, outputs["tiny"]), (student, outputs["student"])], verify_clips,
-                                            max_new_tokens=48)
+    outputs = {
+        "tiny": ex.export(tiny, ex.FORMATS, root / "tiny"),
+        "student": ex.export(student, ex.FORMATS, root / "student", dtype="float16"),
+    }
+    tiny_checks, student_checks = ex.verify(
+        [(tiny, outputs["tiny"]), (student, outputs["student"])], verify_clips, max_new_tokens=48
+    )
     return {"root": root, "outputs": outputs, "checks": {"tiny": tiny_checks, "student": student_checks}}
 
 
@@ -115,9 +117,20 @@ def test_hf_dir_is_complete_and_card_has_provenance(session):
     tiny_hf, student_hf = session["outputs"]["tiny"]["hf"], session["outputs"]["student"]["hf"]
     for d in (tiny_hf, student_hf):
         names = {p.name for p in d.iterdir()}
-        assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "vocab.json",
-                "merges.txt", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json",
-                "preprocessor_config.json", "processor_config.json", "README.md"} <= names
+        assert {
+            "model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+            "added_tokens.json",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "README.md",
+        } <= names
         assert not [n for n in names if n.startswith(".")]  # no temp leftovers
         gen = json.loads((d / "generation_config.json").read_text())
         assert gen["no_timestamps_token_id"] == 50362 and gen["decoder_start_token_id"] == 50257
@@ -125,8 +138,9 @@ def test_hf_dir_is_complete_and_card_has_provenance(session):
         assert json.loads((d / "preprocessor_config.json").read_text())["feature_size"] == 80
     # tiny.en's CT2 config.json has alignment heads; the student keeps those on teacher layers 0 and 3.
     assert json.loads((tiny_hf / "generation_config.json").read_text())["alignment_heads"][0] == [1, 0]
-    assert all(layer < 2 for layer, _ in json.loads((student_hf / "generation_config.json").read_text())
-               ["alignment_heads"])
+    assert all(
+        layer < 2 for layer, _ in json.loads((student_hf / "generation_config.json").read_text())["alignment_heads"]
+    )
     from safetensors import safe_open
 
     with safe_open(str(student_hf / "model.safetensors"), "np") as f:  # --dtype float16
@@ -145,8 +159,15 @@ def libggml():
         pytest.skip("libggml-base (pywhispercpp) not found")
     fn = ctypes.CDLL(libs[0]).ggml_quantize_chunk
     fn.restype = ctypes.c_size_t
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_void_p]
+    fn.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     return fn
 
 
@@ -168,18 +189,18 @@ def _quantize_like_whisper_cpp(f16: bytes, quantize_chunk) -> bytes:
     while pos < len(f16):
         n_dims, name_len, ttype = struct.unpack_from("<3i", f16, pos)
         ne = struct.unpack_from(f"<{n_dims}i", f16, pos + 12)
-        name = f16[pos + 12 + 4 * n_dims: pos + 12 + 4 * n_dims + name_len].decode()
+        name = f16[pos + 12 + 4 * n_dims : pos + 12 + 4 * n_dims + name_len].decode()
         head_end = pos + 12 + 4 * n_dims + name_len
         count = int(np.prod(ne))
         nbytes = count * (4 if ttype == 0 else 2)
-        data = f16[head_end: head_end + nbytes]
+        data = f16[head_end : head_end + nbytes]
         if n_dims == 2 and name not in skip:
             x = np.frombuffer(data, "<f2").astype(np.float32)
             dst = np.zeros(count * 2, np.uint8)
             size = quantize_chunk(8, x.ctypes.data, dst.ctypes.data, 0, count // ne[0], ne[0], None)
             out += struct.pack(f"<3i{n_dims}i", n_dims, name_len, 8, *ne) + name.encode() + dst[:size].tobytes()
         else:
-            out += f16[pos:head_end + nbytes]
+            out += f16[pos : head_end + nbytes]
         pos = head_end + nbytes
     return bytes(out)
 
@@ -200,8 +221,10 @@ def test_quantize_q8_0_matches_ggml_on_ties_zeros_and_scales(libggml):
         dst = np.zeros(x.size // 32 * 34, np.uint8)
         libggml(8, x.ctypes.data, dst.ctypes.data, 0, 64, 96, None)
         assert ggml.quantize_q8_0(x).tobytes() == dst.tobytes()
-        assert np.abs(ggml.dequantize_q8_0(ggml.quantize_q8_0(x)).reshape(x.shape) - x).max() <= \
-            np.abs(x).max() / 254 * 1.01
+        assert (
+            np.abs(ggml.dequantize_q8_0(ggml.quantize_q8_0(x)).reshape(x.shape) - x).max()
+            <= np.abs(x).max() / 254 * 1.01
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,22 +234,32 @@ def test_quantize_q8_0_matches_ggml_on_ties_zeros_and_scales(libggml):
 @pytest.fixture(scope="module")
 def small():
     """A small random Whisper (d_model 64) that whisper.cpp's and openai's layouts accept."""
-    config = WhisperConfig(vocab_size=51864, d_model=64, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-                           decoder_attention_heads=2, encoder_ffn_dim=256, decoder_ffn_dim=256, max_target_positions=32)
+    config = WhisperConfig(
+        vocab_size=51864,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        max_target_positions=32,
+    )
     return config, random_params(config)
 
 
 def random_params(config, seed=0):
     """Random float32 params of ``config`` (numpy; no model init compile)."""
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-                                  param_shapes(config))
+    return jax.tree_util.tree_map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(config)
+    )
 
 
 def _mutate(data: bytes, rng: random.Random, header: int) -> tuple[str, bytes]:
     buf = bytearray(data)
     if rng.random() < 0.5:
-        return "truncated", bytes(buf[:rng.randrange(len(buf))])
+        return "truncated", bytes(buf[: rng.randrange(len(buf))])
     for _ in range(rng.randrange(1, 4)):  # half the flips in the header/vocab/metadata region
         pos = rng.randrange(header) if rng.random() < 0.5 else rng.randrange(len(buf))
         buf[pos] ^= 1 << rng.randrange(8)
@@ -300,8 +333,16 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
     assert "cannot export to openai" in err and "ffn_dim == 4·d_model" in err
     assert not (tmp_path / "E").exists()  # nothing written, not even the hf dir that was possible
     with pytest.raises(ValueError, match="q8_0 .* multiple of 32"):
-        ex.check_exportable(config.replace(d_model=48, encoder_ffn_dim=192, decoder_ffn_dim=192,
-                                           encoder_attention_heads=3, decoder_attention_heads=3), ["ggml-q8_0"])
+        ex.check_exportable(
+            config.replace(
+                d_model=48,
+                encoder_ffn_dim=192,
+                decoder_ffn_dim=192,
+                encoder_attention_heads=3,
+                decoder_attention_heads=3,
+            ),
+            ["ggml-q8_0"],
+        )
     with pytest.raises(ValueError, match="cannot export to ggml: .*1500"):
         ex.check_exportable(config.replace(max_source_positions=750), ["ggml"])
     with pytest.raises(ValueError, match="not a Whisper vocabulary size"):
@@ -338,8 +379,7 @@ def test_failed_writes_leave_no_partial_outputs(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(ggml, "_records", boom)
     with pytest.raises(OSError, match="disk full"):
         ex.export(tiny, ["ggml"], tmp_path)
-    monkeypatch.setattr(ex.hf_format, "write_hf_dir", lambda d, *a, **k: (d.mkdir(), (d / "x").write_text("x"),
-                                                                         1 / 0))
+    monkeypatch.setattr(ex.hf_format, "write_hf_dir", lambda d, *a, **k: (d.mkdir(), (d / "x").write_text("x"), 1 / 0))
     with pytest.raises(ZeroDivisionError):
         ex.export(tiny, ["hf"], tmp_path)
     assert list(tmp_path.iterdir()) == []  # neither the files nor their temp names

@@ -56,8 +56,12 @@ def test_encoder_and_logits_match_torch(tiny, tiny_torch, mel, specials):
 @pytest.mark.parametrize("timestamps", [False, True], ids=["text", "timestamps"])
 def test_greedy_ids_equal_transformers_generate(tiny, tiny_torch, mel, specials, timestamps):
     opts = generation_options(tiny, specials, return_timestamps=timestamps, max_new_tokens=200)
-    ours = strip(generate(tiny.params, mel, prompt_ids(specials, timestamps=timestamps), tiny.config, opts,
-                          devices=one_device()), specials.eot)
+    ours = strip(
+        generate(
+            tiny.params, mel, prompt_ids(specials, timestamps=timestamps), tiny.config, opts, devices=one_device()
+        ),
+        specials.eot,
+    )
     ref = hf_generate(tiny_torch, mel, timestamps)
     for got, want in zip(ours, ref):
         assert got == want
@@ -79,8 +83,9 @@ def test_eight_devices_equal_one(tiny, mel, specials, timestamps, beams):
     assert len(jax.local_devices()) == 8, "conftest sets 8 emulated CPU devices"
     # 3 clips (3 rows padded to 8; 6 beam rows) still exercise padding, per-device bookkeeping and timestamp
     # rules on every device; greedy keeps all clips, the long looping one included.
-    opts = generation_options(tiny, specials, return_timestamps=timestamps, num_beams=beams,
-                              max_new_tokens=120 if beams == 1 else 80)
+    opts = generation_options(
+        tiny, specials, return_timestamps=timestamps, num_beams=beams, max_new_tokens=120 if beams == 1 else 80
+    )
     prompt = prompt_ids(specials, timestamps=timestamps)
     mel = mel if beams == 1 and not timestamps else mel[:3]
     from distil_whisper_jax import parallel
@@ -102,8 +107,9 @@ def test_compiled_once_per_shape(tiny, mel, specials):
 
 def test_beam_search_matches_transformers(tiny, tiny_torch, mel, specials):
     opts = generation_options(tiny, specials, num_beams=3, max_new_tokens=120)
-    ours = strip(generate(tiny.params, mel, prompt_ids(specials), tiny.config, opts, devices=one_device()),
-                 specials.eot)
+    ours = strip(
+        generate(tiny.params, mel, prompt_ids(specials), tiny.config, opts, devices=one_device()), specials.eot
+    )
     ref = hf_generate(tiny_torch, mel, False, num_beams=3)
     assert ours == ref
 
@@ -117,20 +123,26 @@ def test_max_new_tokens_respected(tiny, mel, specials):
 
 def test_prompt_too_long_is_rejected(tiny, mel, specials):
     with pytest.raises(ValueError, match="max_new_tokens"):
-        generate(tiny.params, mel[:1], [specials.sot] * 10, tiny.config,
-                 GenerationOptions(max_new_tokens=440), devices=one_device())
+        generate(
+            tiny.params,
+            mel[:1],
+            [specials.sot] * 10,
+            tiny.config,
+            GenerationOptions(max_new_tokens=440),
+            devices=one_device(),
+        )
 
 
 def test_previous_text_prompt_matches_transformers(tiny, tiny_torch, mel, specials):
     previous = tiny.tokenizer.encode(" Boston, Chicago and Denver. Mr. John Dashwood.", add_special_tokens=False)
     prompt = prompt_ids(specials, previous=previous)
-    assert prompt[0] == specials.startofprev and prompt[1:len(previous) + 1] == previous
+    assert prompt[0] == specials.startofprev and prompt[1 : len(previous) + 1] == previous
     opts = generation_options(tiny, specials, max_new_tokens=120, prompt_len=len(prompt))
     ours = strip(generate(tiny.params, mel, prompt, tiny.config, opts, devices=one_device()), specials.eot)
     hf_prompt = torch.tensor([specials.startofprev] + previous)
     ref = hf_generate(tiny_torch, mel, False, prompt_ids=hf_prompt)
     # transformers returns the prompt too on short-form audio; compare what follows it
-    ref = [row[len(prompt):] if row[:len(prompt)] == prompt else row for row in ref]
+    ref = [row[len(prompt) :] if row[: len(prompt)] == prompt else row for row in ref]
     assert ours == ref
 
 

@@ -16,19 +16,47 @@ from distil_whisper_jax.model import Whisper, WhisperConfig, count_params, init_
 from tests.conftest import torch_whisper
 
 CONFIGS = {
-    "multilingual-128mel": WhisperConfig(vocab_size=51866, num_mel_bins=128, d_model=64, encoder_layers=3,
-                                         decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=2,
-                                         encoder_ffn_dim=96, decoder_ffn_dim=160, max_target_positions=64),
-    "english-odd": WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=48, encoder_layers=1, decoder_layers=3,
-                                 encoder_attention_heads=3, decoder_attention_heads=6, encoder_ffn_dim=192,
-                                 decoder_ffn_dim=192, max_target_positions=32),
-    "short-context": WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
-                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
-                                   decoder_ffn_dim=128, max_source_positions=750, max_target_positions=40),
+    "multilingual-128mel": WhisperConfig(
+        vocab_size=51866,
+        num_mel_bins=128,
+        d_model=64,
+        encoder_layers=3,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=96,
+        decoder_ffn_dim=160,
+        max_target_positions=64,
+    ),
+    "english-odd": WhisperConfig(
+        vocab_size=51864,
+        num_mel_bins=80,
+        d_model=48,
+        encoder_layers=1,
+        decoder_layers=3,
+        encoder_attention_heads=3,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=192,
+        decoder_ffn_dim=192,
+        max_target_positions=32,
+    ),
+    "short-context": WhisperConfig(
+        vocab_size=51865,
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_source_positions=750,
+        max_target_positions=40,
+    ),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(name):
     config = CONFIGS[name]
     params = init_params(config, 0)
@@ -45,8 +73,11 @@ def setup(request):
 
 # The compile-heavy checks (scan vs unroll vs remat, gradients, dropout) run on one config in CI; the
 # other configs add nothing new to them and take ~30 s each, so they run with `-m slow`.
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=[] if n == "english-odd" else pytest.mark.slow)
-                                        for n in CONFIGS], ids=list(CONFIGS))
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(n, marks=[] if n == "english-odd" else pytest.mark.slow) for n in CONFIGS],
+    ids=list(CONFIGS),
+)
 def setup_heavy(request):
     return _setup(request.param)
 
@@ -70,7 +101,7 @@ def test_cached_decoding_equals_full_pass(setup):
     out, cache = model.apply({"params": params}, tokens[:, :3], enc, cache, 0, method=Whisper.decode)
     steps = [out]
     for i in range(3, 7):
-        out, cache = model.apply({"params": params}, tokens[:, i:i + 1], None, cache, i, method=Whisper.decode)
+        out, cache = model.apply({"params": params}, tokens[:, i : i + 1], None, cache, i, method=Whisper.decode)
         steps.append(out)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5)
 
@@ -79,8 +110,9 @@ def test_unrolled_and_remat_are_the_same_function(setup_heavy):
     config, params, mel, tokens = setup_heavy
     base = Whisper(config)
     for variant in (Whisper(config, unroll=True), Whisper(config, remat=True)):
-        np.testing.assert_allclose(variant.apply({"params": params}, mel, tokens),
-                                   base.apply({"params": params}, mel, tokens), atol=1e-5)
+        np.testing.assert_allclose(
+            variant.apply({"params": params}, mel, tokens), base.apply({"params": params}, mel, tokens), atol=1e-5
+        )
 
     def loss(p, model):
         return jnp.mean(model.apply({"params": p}, mel, tokens) ** 2)
@@ -116,8 +148,10 @@ def test_save_load_round_trip_and_transformers_parity(setup, tmp_path):
     from transformers import WhisperForConditionalGeneration
 
     hf = WhisperForConditionalGeneration.from_pretrained(tmp_path)
-    np.testing.assert_array_equal(hf.model.decoder.embed_tokens.weight.detach().numpy(),
-                                  np.asarray(params["decoder"]["embed_tokens"]["embedding"]))
+    np.testing.assert_array_equal(
+        hf.model.decoder.embed_tokens.weight.detach().numpy(),
+        np.asarray(params["decoder"]["embed_tokens"]["embedding"]),
+    )
 
 
 def test_hf_to_flax_rejects_mismatched_state(setup):

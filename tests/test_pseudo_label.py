@@ -103,15 +103,51 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
         assert r["duration"] == pytest.approx(float(src["duration"]), abs=1e-3)  # float64, replaces the input's
         assert (r["text"], r["speaker_id"]) == (src["text"], src["speaker_id"])
         assert r["condition_on_prev"] == []  # no speaker column given, no concatenation
-        assert r["whisper_transcript"] == tiny.tokenizer.decode(r["whisper_token_ids"], skip_special_tokens=True).strip()
+        assert (
+            r["whisper_transcript"] == tiny.tokenizer.decode(r["whisper_token_ids"], skip_special_tokens=True).strip()
+        )
     # 8 devices x 1 (the corpus twice: one full batch of 8) and 1 device x 2 give the same rows
     out8, out1 = tmp_path / "d8", tmp_path / "d1"
-    assert pl.main(["--dataset_name", f"{corpus}+{corpus}", "--output_dir", str(out8), "--rows_per_shard", "8",
-                    "--per_device_eval_batch_size", "1", "--wer_threshold", str(THRESHOLD),
-                    "--wer_filter_mode", "mark"]) == 0
-    assert pl.main(["--dataset_name", str(corpus), "--output_dir", str(out1), "--rows_per_shard", "2",
-                    "--num_local_devices", "1", "--per_device_eval_batch_size", "2", "--wer_threshold",
-                    str(THRESHOLD), "--wer_filter_mode", "mark"]) == 0
+    assert (
+        pl.main(
+            [
+                "--dataset_name",
+                f"{corpus}+{corpus}",
+                "--output_dir",
+                str(out8),
+                "--rows_per_shard",
+                "8",
+                "--per_device_eval_batch_size",
+                "1",
+                "--wer_threshold",
+                str(THRESHOLD),
+                "--wer_filter_mode",
+                "mark",
+            ]
+        )
+        == 0
+    )
+    assert (
+        pl.main(
+            [
+                "--dataset_name",
+                str(corpus),
+                "--output_dir",
+                str(out1),
+                "--rows_per_shard",
+                "2",
+                "--num_local_devices",
+                "1",
+                "--per_device_eval_batch_size",
+                "2",
+                "--wer_threshold",
+                str(THRESHOLD),
+                "--wer_filter_mode",
+                "mark",
+            ]
+        )
+        == 0
+    )
     assert read_rows(out1) == rows
     rows8 = read_rows(out8)
     assert [r["pseudo_label_rows"] for r in rows8] == [[i] for i in range(8)]
@@ -150,8 +186,13 @@ def test_wer_filter_marks_and_drops_exactly_rows_above_threshold(reference, corp
 
 
 def _env(devices):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TQDM_DISABLE="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        TQDM_DISABLE="1",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     return env
 
 
@@ -163,11 +204,29 @@ def _free_port():
 
 def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
     port = _free_port()
-    cmd = [sys.executable, str(ROOT / "run_pseudo_label.py"), "--dataset_name", str(corpus), "--output_dir",
-           str(tmp_path), *B2, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark",
-           "--coordinator_address", f"localhost:{port}", "--num_processes", "2"]
-    procs = [subprocess.Popen(cmd + ["--process_id", str(i)], env=_env(2), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_pseudo_label.py"),
+        "--dataset_name",
+        str(corpus),
+        "--output_dir",
+        str(tmp_path),
+        *B2,
+        "--wer_threshold",
+        str(THRESHOLD),
+        "--wer_filter_mode",
+        "mark",
+        "--coordinator_address",
+        f"localhost:{port}",
+        "--num_processes",
+        "2",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--process_id", str(i)], env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for i in range(2)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert "process 1 of 2" in logs[1] and "process 0 of 2" in logs[0]
@@ -175,13 +234,25 @@ def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference
     assert rows == read_rows(reference)  # same rows, in input order, each exactly once
     blocks = [json.loads(p.read_text()) for p in sorted((tmp_path / ".plabel").glob("block-*.json"))]
     assert [(b["block"], b["process"]) for b in blocks] == [(0, 0), (1, 1)]
-    assert strip_timing(json.loads((tmp_path / "report.json").read_text())) == \
-        strip_timing(json.loads((reference / "report.json").read_text()))
+    assert strip_timing(json.loads((tmp_path / "report.json").read_text())) == strip_timing(
+        json.loads((reference / "report.json").read_text())
+    )
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path):
-    cmd = [sys.executable, str(ROOT / "run_pseudo_label.py"), "--dataset_name", str(corpus), "--output_dir",
-           str(tmp_path), *B2, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_pseudo_label.py"),
+        "--dataset_name",
+        str(corpus),
+        "--output_dir",
+        str(tmp_path),
+        *B2,
+        "--wer_threshold",
+        str(THRESHOLD),
+        "--wer_filter_mode",
+        "mark",
+    ]
     proc = subprocess.Popen(cmd, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = tmp_path / ".plabel" / "block-00000000.json"
     deadline = time.time() + 600
@@ -195,8 +266,9 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
     assert read_rows(tmp_path) == read_rows(reference)
     assert sorted(p.name for p in tmp_path.glob("*.parquet")) == sorted(p.name for p in reference.glob("*.parquet"))
     assert not list(tmp_path.glob(".*.tmp"))
-    assert strip_timing(json.loads((tmp_path / "report.json").read_text())) == \
-        strip_timing(json.loads((reference / "report.json").read_text()))
+    assert strip_timing(json.loads((tmp_path / "report.json").read_text())) == strip_timing(
+        json.loads((reference / "report.json").read_text())
+    )
     # a finished run started again does nothing and changes nothing
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")}
     assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
@@ -206,8 +278,20 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
 
 
 def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
-    assert run(tmp_path, corpus, "--concatenate_audio", "--speaker_id_column_name", "speaker_id",
-               "--max_duration_in_seconds", "5", "--rows_per_shard", "4") == 0
+    assert (
+        run(
+            tmp_path,
+            corpus,
+            "--concatenate_audio",
+            "--speaker_id_column_name",
+            "speaker_id",
+            "--max_duration_in_seconds",
+            "5",
+            "--rows_per_shard",
+            "4",
+        )
+        == 0
+    )
     rows = read_rows(tmp_path)
     # speaker A: rows 0+1 (3.5 s) joined; speaker B: rows 2 (4.8 s) and 3 (4.0 s) would exceed 5 s
     assert [r["pseudo_label_rows"] for r in rows] == [[0, 1], [2], [3]]
@@ -230,13 +314,30 @@ def _unit(n, rows, speaker="a", text="x", part=0, pieces=1):
 
 
 def test_pack_and_split_long_are_exact():
-    units = [_unit(10, [0]), _unit(15, [1]), _unit(10, [2]), _unit(5, [3], "b"), _unit(5, [5], "b"),
-             pl.Bad(6, "m", "bad"), _unit(4, [7], "b", None), _unit(4, [8], "b"), _unit(5, [9], "b", None, 0, 2),
-             _unit(5, [9], "b", None, 1, 2)]
+    units = [
+        _unit(10, [0]),
+        _unit(15, [1]),
+        _unit(10, [2]),
+        _unit(5, [3], "b"),
+        _unit(5, [5], "b"),
+        pl.Bad(6, "m", "bad"),
+        _unit(4, [7], "b", None),
+        _unit(4, [8], "b"),
+        _unit(5, [9], "b", None, 0, 2),
+        _unit(5, [9], "b", None, 1, 2),
+    ]
     out = list(pl.pack(iter(units), max_len=30, by_speaker=True))
     got = [(u.rows, len(u.audio), u.text) if isinstance(u, pl.Unit) else "bad" for u in out]
-    assert got == [([0, 1], 25, "x x"), ([2], 10, "x"), ([3], 5, "x"), ([5], 5, "x"), "bad",
-                   ([7, 8], 8, None), ([9], 5, None), ([9], 5, None)]  # pieces of a cut clip stand alone
+    assert got == [
+        ([0, 1], 25, "x x"),
+        ([2], 10, "x"),
+        ([3], 5, "x"),
+        ([5], 5, "x"),
+        "bad",
+        ([7, 8], 8, None),
+        ([9], 5, None),
+        ([9], 5, None),
+    ]  # pieces of a cut clip stand alone
     x = (np.random.default_rng(0).standard_normal(95_000) * 1000).astype(np.int16)
     x[40_000:41_000] = 0  # a pause inside the search window
     pieces = pl.split_long(x, 48_000, search=16_000)
@@ -257,21 +358,23 @@ def test_blocks_cover_every_row_exactly_once(tmp_path):
     assert sorted(i for i, _, _ in seen) == [i for i in range(14) if i // 2 != 4]
     assert [(k, a) for i, k, a in sorted(seen)][:3] == [(0, "0.wav"), (0, "1.wav"), (0, "2.wav")]
     info = {}
-    assert [b for b, rows in data.owned_blocks(src, 4, 0, 1, limit=9, info=info) for _ in rows] == [0] * 4 + \
-        [1] * 4 + [2] and info["total_rows"] == 9
+    assert [b for b, rows in data.owned_blocks(src, 4, 0, 1, limit=9, info=info) for _ in rows] == [0] * 4 + [1] * 4 + [
+        2
+    ] and info["total_rows"] == 9
 
 
 def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, corpus, tmp_path):
     import datasets
-
     import pyarrow as pa
 
     flac = corpus.parent / ROWS[2]["audio"]
     expected = audio.load_audio(flac)
-    cell = pa.array([{"bytes": flac.read_bytes(), "path": flac.name}],
-                    pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    cell = pa.array(
+        [{"bytes": flac.read_bytes(), "path": flac.name}], pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    )
     ds = datasets.Dataset(pa.table({"audio": cell, "text": ["t"]})).cast(
-        datasets.Features({"audio": datasets.Audio(), "text": datasets.Value("string")}))
+        datasets.Features({"audio": datasets.Audio(), "text": datasets.Value("string")})
+    )
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "disk"))
     (tmp_path / "folder").mkdir()
     shutil.copy(flac, tmp_path / "folder" / flac.name)
@@ -304,12 +407,21 @@ def bad_manifest(tmp_path_factory, clips):
     (d / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 4)
     sf.write(d / "zero.wav", np.zeros((0,), np.float32), 16000)
     sf.write(d / "nan.wav", np.full(1600, np.nan, np.float32), 16000, subtype="FLOAT")
-    long_clip = [p for p, _ in __import__("distil_whisper_jax.assets", fromlist=["x"]).bundled_clips(None)
-                 if p.name == "piper_moon_long.flac"][0]
-    lines = [{"audio": "missing.wav", "text": "a"}, {"audio": "empty.wav", "text": "a"},
-             {"audio": "corrupt.flac", "text": "a"}, {"audio": "zero.wav", "text": "a"},
-             {"audio": "nan.wav", "text": "a"}, {"audio": "stereo44k.wav", "text": "Go forward ten meters."},
-             {"audio": str(long_clip), "text": "long"}, {"audio": "", "text": "a"}]
+    long_clip = [
+        p
+        for p, _ in __import__("distil_whisper_jax.assets", fromlist=["x"]).bundled_clips(None)
+        if p.name == "piper_moon_long.flac"
+    ][0]
+    lines = [
+        {"audio": "missing.wav", "text": "a"},
+        {"audio": "empty.wav", "text": "a"},
+        {"audio": "corrupt.flac", "text": "a"},
+        {"audio": "zero.wav", "text": "a"},
+        {"audio": "nan.wav", "text": "a"},
+        {"audio": "stereo44k.wav", "text": "Go forward ten meters."},
+        {"audio": str(long_clip), "text": "long"},
+        {"audio": "", "text": "a"},
+    ]
     with open(d / "m.jsonl", "w") as f:
         for i, line in enumerate(lines):
             f.write(json.dumps(line) + "\n")
@@ -325,9 +437,16 @@ def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
     assert rows[0]["whisper_transcript"] == "Go forward 10 meters." and rows[0]["wer"] == 0.0
     rep = json.loads((tmp_path / "skip" / "report.json").read_text())
     assert rep["rows_read"] == 9 and rep["rows_labelled"] == 1
-    assert rep["bad_inputs"]["by_kind"] == {"bad_manifest_line": 1, "empty_file": 1, "missing_audio": 1,
-                                            "missing_file": 1, "non_finite": 1, "too_long": 1, "undecodable": 1,
-                                            "zero_length": 1}
+    assert rep["bad_inputs"]["by_kind"] == {
+        "bad_manifest_line": 1,
+        "empty_file": 1,
+        "missing_audio": 1,
+        "missing_file": 1,
+        "non_finite": 1,
+        "too_long": 1,
+        "undecodable": 1,
+        "zero_length": 1,
+    }
     assert [e["row"] for e in rep["bad_inputs"]["examples"]] == [0, 1, 2, 3, 4, 5, 7, 8]
     assert "missing.wav" in rep["bad_inputs"]["examples"][0]["reason"]
     # --strict: the first bad row fails the job, nothing is written
@@ -349,11 +468,13 @@ def test_long_clip_is_chunked_into_aligned_pieces(bad_manifest, tmp_path):
 
 
 def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
-    cases = [(["--text_column_name", "transcript"], "--text_column_name 'transcript'"),
-             (["--audio_column_name", "wav"], "--audio_column_name 'wav'"),
-             (["--speaker_id_column_name", "spk"], "--speaker_id_column_name"),
-             (["--dataset_config_name", "a+b"], "has 2 '+'-separated entries"),
-             (["--max_duration_in_seconds", "40"], "(0, 30]")]
+    cases = [
+        (["--text_column_name", "transcript"], "--text_column_name 'transcript'"),
+        (["--audio_column_name", "wav"], "--audio_column_name 'wav'"),
+        (["--speaker_id_column_name", "spk"], "--speaker_id_column_name"),
+        (["--dataset_config_name", "a+b"], "has 2 '+'-separated entries"),
+        (["--max_duration_in_seconds", "40"], "(0, 30]"),
+    ]
     for extra, msg in cases:
         assert run(tmp_path / "o", corpus, *extra) == 2
         assert msg in capsys.readouterr().err

@@ -64,8 +64,11 @@ def test_splits_share_no_sentence_and_speakers_are_contiguous(manifests):
     for split, t in texts.items():
         assert len(set(t)) == len(t), f"{split}: a sentence is repeated"
     assert not set(texts["train"]) & set(texts["heldout"])
-    source = {ln.strip() for ln in (SPEECH_DIR / "sentences.txt").read_text(encoding="utf-8").splitlines()
-              if ln.strip() and not ln.startswith("#")}
+    source = {
+        ln.strip()
+        for ln in (SPEECH_DIR / "sentences.txt").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
     assert set(texts["train"]) | set(texts["heldout"]) == source
     for split, (_, _, rows) in manifests.items():
         speakers = [r["speaker_id"] for r in rows]

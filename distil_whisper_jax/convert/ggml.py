@@ -21,8 +21,9 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +36,18 @@ QK8_0 = 32  # values per Q8_0 block
 Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (QK8_0,))])  # 34 bytes
 FTYPES = {"f32": 0, "f16": 1, "q8_0": 2000 + 7}  # header ftype; q8_0 = GGML_QNT_VERSION(2)·1000 + MOSTLY_Q8_0(7)
 N_FFT_BINS = 201  # whisper.cpp asserts n_fft == 1 + 400/2
-HEADER = ("n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
-          "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer", "n_mels")  # header order, n_mels last
+HEADER = (
+    "n_vocab",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+    "n_mels",
+)  # header order, n_mels last
 _CONV_BIASES = ("encoder.conv1.bias", "encoder.conv2.bias")  # stored as [D, 1]
 _KEEP_F32 = _CONV_BIASES + ("encoder.positional_embedding", "decoder.positional_embedding")
 _MAX_DIM = 1 << 20  # sanity bound on header ints (large-v3: n_vocab 51866, d 1280)
@@ -64,8 +75,9 @@ def check_ggml_config(config: WhisperConfig, quant: str = "f16") -> None:
     except ValueError as e:
         raise ValueError(f"whisper.cpp derives its special tokens from n_vocab: {e}") from None
     if config.max_source_positions != 1500:
-        raise ValueError(f"whisper.cpp needs max_source_positions == 1500 (30 s of audio), got "
-                         f"{config.max_source_positions}")
+        raise ValueError(
+            f"whisper.cpp needs max_source_positions == 1500 (30 s of audio), got {config.max_source_positions}"
+        )
     if quant == "q8_0" and config.d_model % QK8_0:
         raise ValueError(f"q8_0 needs rows that are a multiple of {QK8_0} values: d_model {config.d_model} is not")
 
@@ -102,8 +114,9 @@ def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def _unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's ``bytes_to_unicode``: printable bytes map to themselves, the rest to U+0100…"""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -156,8 +169,14 @@ def _records(state: Mapping[str, np.ndarray], ftype: int) -> Iterator[bytes]:
         yield raw
 
 
-def write_ggml(path: str | os.PathLike, config: WhisperConfig, params: Mapping, tokenizer: Any = None,
-               quant: str = "f16", vocab: Sequence[bytes] | None = None) -> Path:
+def write_ggml(
+    path: str | os.PathLike,
+    config: WhisperConfig,
+    params: Mapping,
+    tokenizer: Any = None,
+    quant: str = "f16",
+    vocab: Sequence[bytes] | None = None,
+) -> Path:
     """Write a whisper.cpp model (``quant`` 'f16' or 'q8_0') atomically. The vocab block comes from
     ``tokenizer`` (or pass its ``token_bytes`` as ``vocab``)."""
     from ..audio import mel_filters
@@ -196,7 +215,7 @@ class _Reader:
     def take(self, n: int, what: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.buf):
             raise self.error(f"reading {what}: need {n} bytes, {len(self.buf) - self.pos} left")
-        view = self.buf[self.pos:self.pos + n]
+        view = self.buf[self.pos : self.pos + n]
         self.pos += n
         return view
 
@@ -257,8 +276,11 @@ def _from_buffer(buf, source: str) -> tuple[WhisperConfig, dict[str, np.ndarray]
     if bad:
         raise r.error(f"header field {bad[0]} = {header[bad[0]]}")
     if ftype not in FTYPES.values():
-        raise ValueError(f"{source}: ggml ftype {ftype} is not supported (supported: "
-                         + ", ".join(f"{k} = {v}" for k, v in FTYPES.items()) + ")")
+        raise ValueError(
+            f"{source}: ggml ftype {ftype} is not supported (supported: "
+            + ", ".join(f"{k} = {v}" for k, v in FTYPES.items())
+            + ")"
+        )
     try:
         config = config_from_dims({k: header[k] for k in DIMS}, source)
     except ValueError as e:  # unequal widths, heads not dividing d_model, ...
@@ -307,8 +329,9 @@ def _from_buffer(buf, source: str) -> tuple[WhisperConfig, dict[str, np.ndarray]
         state[name] = values.reshape(shape)
     missing = sorted(set(shapes) - set(state))
     if missing:
-        raise ValueError(f"{source}: truncated or corrupt ggml model (missing {len(missing)} tensors, e.g. "
-                         f"{missing[0]!r})")
+        raise ValueError(
+            f"{source}: truncated or corrupt ggml model (missing {len(missing)} tensors, e.g. {missing[0]!r})"
+        )
     return config, {openai_to_hf_name(k): (v.reshape(-1) if k in _CONV_BIASES else v) for k, v in state.items()}
 
 

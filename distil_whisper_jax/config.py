@@ -1,0 +1,241 @@
+"""Run configs: frozen dataclasses whose fields are the command-line flags.
+
+A run config is declared once, as a frozen dataclass whose fields carry their help text (``flag(...)``),
+in the spirit of openai-whisper's ``DecodingOptions`` and big_vision's configs. The argparse parser,
+``--help`` and the ``--config FILE`` loader are all derived from those fields, so there is one list of
+options, not two. Library functions take the dataclass (``pseudo_label.run(cfg)``); only the CLI edge
+parses argv.
+
+Precedence: field default < ``--config`` file (JSON or YAML) < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+REQUIRED: Any = dataclasses.MISSING  # default of a field that has no default (given by flag or file)
+
+
+class ConfigError(ValueError):
+    """A config file or flag value that does not fit the config class (unknown key, wrong type, missing)."""
+
+
+def flag(
+    default: Any = REQUIRED,
+    help: str = "",
+    *,
+    group: str | None = None,
+    aliases: Sequence[str] = (),
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field that is also a command-line flag ``--<name>``.
+
+    ``default=REQUIRED`` makes it mandatory (from a flag or the config file); ``aliases`` are extra flag
+    names kept for compatibility; ``group`` titles a section of ``--help``; ``cli=False`` keeps a field out
+    of the parser (set only from Python or a config file).
+    """
+    meta = {"help": help, "group": group, "aliases": tuple(aliases), "metavar": metavar, "cli": cli}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("flag defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` → ``(X, True)``; anything else → ``(tp, False)``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Check/convert a config-file value to the field type; ``ConfigError`` names the key."""
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: null is not allowed (expected {getattr(base, '__name__', base)})")
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {list(choices)}")
+        return value
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (item,) = typing.get_args(base)[:1]
+        return tuple(_coerce(f"{name}[{i}]", item, v) for i, v in enumerate(value))
+    return value
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a mapping, refusing unknown keys (a typo'd key must not be silently ignored)."""
+    types_ = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)} for {cls.__name__}")
+    kwargs = {k: _coerce(k, types_[k], v) for k, v in values.items()}
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs and f.default is REQUIRED and f.default_factory is REQUIRED
+    ]
+    if missing:
+        raise ConfigError(f"{source}: missing required " + ", ".join(f"--{m}" for m in missing))
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of every field (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict; ``ConfigError`` names the file on failure."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read ({e.strerror or e})") from None
+    try:
+        values = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config {path}: not valid {'JSON' if p.suffix == '.json' else 'YAML'} ({e})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
+    return values
+
+
+def build_parser(
+    cls: type, prog: str | None = None, description: str | None = None, positional: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of ``cls`` (plus ``--config``).
+
+    Fields named in ``positional`` become positional arguments (tuple fields take ``nargs='+'``). No
+    flag is argparse-``required``: a required field may come from the config file, so ``parse`` checks.
+    """
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="JSON or YAML file of flag values (without '--'); flags on the command line override it",
+    )
+    types_ = _field_types(cls)
+    groups: dict[str | None, Any] = {None: p}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        group = meta.get("group")
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        target = groups[group]
+        base, optional = _unwrap_optional(types_[f.name])
+        help_ = meta.get("help", "")
+        if f.default is REQUIRED:
+            help_ = (help_ + " " if help_ else "") + "(required)"
+        kw: dict[str, Any] = {"help": help_, "dest": f.name, "default": argparse.SUPPRESS}
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if f.name in positional:
+            kw.pop("dest")
+            if typing.get_origin(base) is tuple:
+                kw["nargs"] = "+"
+                base = typing.get_args(base)[0]
+            kw["type"] = base
+            target.add_argument(f.name, **{k: v for k, v in kw.items() if k != "default"})
+            continue
+        names = [f"--{f.name}", *meta.get("aliases", ())]
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction  # --x / --no-x: a flag can undo a config file
+        elif typing.get_origin(base) is Literal:
+            kw["choices"] = list(typing.get_args(base))
+            kw["type"] = type(kw["choices"][0])
+        elif typing.get_origin(base) is tuple:
+            kw["nargs"] = "+"
+            kw["type"] = typing.get_args(base)[0]
+        else:
+            kw["type"] = base
+        if f.default is not REQUIRED:  # default=SUPPRESS hides it from the formatter, so say it here
+            kw["help"] = f"{kw['help']} (default: {f.default})".strip()
+        target.add_argument(*names, **kw)
+    return p
+
+
+def parse(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    positional: Sequence[str] = (),
+) -> T:
+    """Parse argv (and ``--config FILE``) into ``cls``; exits with argparse's usage error on bad input."""
+    parser = build_parser(cls, prog, description, positional)
+    ns = vars(parser.parse_args(argv))
+    config_file = ns.pop("config", None)
+    try:
+        values = load_file(config_file) if config_file else {}
+        merged = {**values, **ns}
+        return from_dict(cls, merged, source=f"--config {config_file}" if config_file else "flags")
+    except ConfigError as e:
+        parser.error(str(e))
+    raise AssertionError("unreachable")
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Human-readable ``key: saved → now`` lines for every key whose value differs (resume checks)."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        if k in ignore:
+            continue
+        a, b = saved.get(k, "<absent>"), now.get(k, "<absent>")
+        if a != b:
+            out.append(f"{k}: {a!r} → {b!r}")
+    return out

@@ -1,0 +1,83 @@
+"""Run configs: parser derived from the dataclass, --config files, precedence, typo'd keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Literal
+
+import pytest
+
+from distil_whisper_jax import config
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+    output_dir: str = config.flag(help="where outputs go")
+    steps: int = config.flag(10, "optimizer steps", group="training")
+    rate: float = config.flag(1e-3, "learning rate", group="training")
+    mode: Literal["a", "b"] = config.flag("a", "a choice")
+    fast: bool = config.flag(False, "go fast")
+    verify: bool = config.flag(True, "check outputs")
+    name: str | None = config.flag(None, "optional name", aliases=("--old_name",))
+    files: tuple[str, ...] = config.flag((), "several values")
+
+
+def test_flags_defaults_and_types():
+    cfg = config.parse(
+        Toy, ["--output_dir", "o", "--steps", "5", "--fast", "--no-verify", "--old_name", "x", "--files", "a", "b"]
+    )
+    assert cfg == Toy(output_dir="o", steps=5, fast=True, verify=False, name="x", files=("a", "b"))
+    assert config.parse(Toy, ["--output_dir", "o"]) == Toy(output_dir="o")
+
+
+def test_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit):
+        config.parse(Toy, ["--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(Toy):
+        assert f"--{f.name}" in out
+    assert "optimizer steps (default: 10)" in out and "training" in out
+
+
+def test_missing_required_and_bad_choice(capsys):
+    with pytest.raises(SystemExit):
+        config.parse(Toy, [])
+    assert "--output_dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config.parse(Toy, ["--output_dir", "o", "--mode", "c"])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_config_file_and_precedence(tmp_path, suffix):
+    values = {"output_dir": "from_file", "steps": 7, "fast": True, "files": ["x"]}
+    f = tmp_path / f"run{suffix}"
+    f.write_text(
+        json.dumps(values) if suffix == ".json" else "output_dir: from_file\nsteps: 7\nfast: true\nfiles: [x]\n"
+    )
+    cfg = config.parse(Toy, ["--config", str(f), "--steps", "9", "--no-fast"])
+    assert cfg == Toy(output_dir="from_file", steps=9, fast=False, files=("x",))
+
+
+def test_config_file_errors(tmp_path, capsys):
+    f = tmp_path / "run.yaml"
+    f.write_text("output_dir: o\nstesp: 3\n")
+    with pytest.raises(SystemExit):
+        config.parse(Toy, ["--config", str(f)])
+    err = capsys.readouterr().err
+    assert "stesp" in err and "did you mean 'steps'" in err and str(f) in err
+    f.write_text("output_dir: o\nsteps: three\n")
+    with pytest.raises(SystemExit):
+        config.parse(Toy, ["--config", str(f)])
+    assert "steps: expected an integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        config.parse(Toy, ["--config", str(tmp_path / "absent.yaml")])
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_round_trip_and_differences():
+    cfg = Toy(output_dir="o", files=("a",))
+    d = config.to_dict(cfg)
+    assert config.from_dict(Toy, d) == cfg
+    assert config.differences(d, {**d, "steps": 11}) == ["steps: 10 → 11"]
+    assert config.differences(d, {**d, "steps": 11}, ignore=["steps"]) == []
