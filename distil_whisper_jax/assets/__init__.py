@@ -31,7 +31,7 @@ def speech_manifest(split: str) -> Path:
     path = SPEECH_DIR / f"{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: bundled speech manifest is missing (regenerate it with "
-            f"{SPEECH_DIR / 'generate.py'} or reinstall the package)"
+            f"{path}: bundled speech manifest is missing (reinstall the package, or regenerate the corpus "
+            "with tools/generate_speech.py from the source repository)"
         )
     return path
