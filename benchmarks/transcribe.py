@@ -1,6 +1,6 @@
 """Benchmark: tiny.en greedy transcription (no timestamps) of the bundled clips, JAX vs 🤗 transformers vs CTranslate2.
 
-    python benchmarks/transcribe.py [--repeats 5] [--batch_sizes 1,8] [--quick]
+    python -m benchmarks.transcribe [--repeats 5] [--batch_sizes 1,8] [--quick]
 
 All three engines get the same input, log-mel features already computed (``audio.log_mel_spectrogram``),
 and return token ids, for the whole clip set (the bundled clips ≤ 30 s) looped at each batch size:
