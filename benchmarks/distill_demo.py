@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         },
         "config": {**vars(a), "work": str(work)},
         "labelled_rows": r["labelled"]["rows_written"],
-        "times_s": r["times_s"],
+        "times": {f"{'train' if k == 'distill' else k}_s": v for k, v in r["times_s"].items()},
         "total_s": total,
         "wer": r["heldout_wer"],
         "export_status": r["export_status"],
