@@ -244,3 +244,25 @@ def test_the_rules_catch_violations(fake_package):
     ):
         with pytest.raises(AssertionError):
             rule()
+
+
+def test_console_scripts_are_cli_mains():
+    """Every installed command is ``distil_whisper_jax.cli.<module>:main`` and that module defines ``main``."""
+    pyproject = (ROOT.parent / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    scripts = dict(
+        (name.strip(), target.strip().strip('"'))
+        for name, target in (ln.split("=", 1) for ln in section.split("\n") if "=" in ln)
+    )
+    assert len(scripts) >= 6, scripts
+    bad = []
+    for name, target in scripts.items():
+        module, _, func = target.partition(":")
+        path = ROOT.parent / (module.replace(".", "/") + ".py")
+        if not module.startswith(f"{PACKAGE}.cli.") or func != "main" or not path.is_file():
+            bad.append(f"{name} = {target}")
+            continue
+        defined = {n.name for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, ast.FunctionDef)}
+        if "main" not in defined:
+            bad.append(f"{name} = {target}: {rel(path)} defines no main()")
+    assert not bad, "console scripts must point at cli/<module>.py:main:\n" + "\n".join(bad)
