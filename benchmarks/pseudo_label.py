@@ -39,7 +39,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 TPU_V4_CHIP_BF16 = 275e12  # peak bf16 FLOP/s per TPU v4 chip (Google Cloud TPU v4 documentation)
 
@@ -86,9 +85,9 @@ def run_ours(manifest: Path, out: Path, batch: int, extra=()) -> tuple[float, fl
 
 def build_pipeline(pre, batch: int):
     import torch
-    from transcribe import TransformersEngine
     from transformers import WhisperFeatureExtractor, pipeline
 
+    from benchmarks.common import TransformersEngine
     from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
     from distil_whisper_jax.transcribe import generation_options
 
@@ -156,7 +155,7 @@ def decoder_flops_per_token(cfg, context: int = 224) -> float:
 
 
 def projection(tiny_cfg, large_cfg, audio_s: float, tokens: int, rows_windows: int, wall: float, peak: float) -> dict:
-    from transcribe import encoder_flops
+    from benchmarks.common import encoder_flops
 
     tok_per_s = tokens / audio_s
     useful = rows_windows * encoder_flops(tiny_cfg)["total"] + tokens * decoder_flops_per_token(tiny_cfg, 64)
@@ -192,8 +191,8 @@ def main(argv=None) -> int:
 
     logging.disable(logging.INFO)
     import jax
-    from transcribe import cpu_model, matmul_peak
 
+    from benchmarks.common import cpu_model, matmul_peak
     from distil_whisper_jax.convert import load_pretrained
     from distil_whisper_jax.model import preset
     from distil_whisper_jax.utils import atomic_write

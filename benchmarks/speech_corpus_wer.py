@@ -1,6 +1,6 @@
 """Measure: tiny.en greedy WER on the bundled speech corpus (``assets/speech``), per split and per speaker.
 
-    python benchmarks/speech_corpus_wer.py [--batch_size 16]
+    python -m benchmarks.speech_corpus_wer [--batch_size 16]
 
 Transcribes every clip of ``train.tsv`` and ``heldout.tsv`` with the bundled real tiny.en
 (``transcribe.transcribe``, fp32, greedy, no timestamps) and scores it with ``evaluate.wer`` (English

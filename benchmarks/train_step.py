@@ -46,8 +46,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-from transcribe import cpu_model, matmul_peak, timed, xla_flops  # noqa: E402  (shared benchmark helpers)
+from benchmarks.common import cpu_model, matmul_peak, timed, xla_flops  # noqa: E402  (shared benchmark helpers)
 
 log = logging.getLogger("benchmarks.train_step")
 DEFAULT_OUTPUT = ROOT / "results" / "train_step.json"

@@ -1,6 +1,6 @@
 """Benchmark: tiny.en greedy transcription (no timestamps) of the bundled clips, JAX vs 🤗 transformers vs CTranslate2.
 
-    python benchmarks/transcribe.py [--repeats 5] [--batch_sizes 1,8] [--quick]
+    python -m benchmarks.transcribe [--repeats 5] [--batch_sizes 1,8] [--quick]
 
 All three engines get the same input, log-mel features already computed (``audio.log_mel_spectrogram``),
 and return token ids, for the whole clip set (the bundled clips ≤ 30 s) looped at each batch size:
@@ -40,6 +40,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import functools
 import importlib
 import json
 import logging
@@ -47,16 +48,24 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.common import (
+    RESULTS_DIR,
+    TransformersEngine,
+    cpu_model,
+    encoder_flops,
+    matmul_peak,
+    strip_ids,
+    timed,
+    xla_flops,
+)
+
 log = logging.getLogger("benchmarks.transcribe")
-ROOT = Path(__file__).resolve().parent
-DEFAULT_OUTPUT = ROOT / "results" / "transcribe.json"
+DEFAULT_OUTPUT = RESULTS_DIR / "transcribe.json"
 FRAMEWORKS = ("jax", "transformers", "ct2")
 
 
@@ -64,69 +73,11 @@ FRAMEWORKS = ("jax", "transformers", "ct2")
 # Small helpers
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, wall seconds, process CPU seconds — all threads) of one call."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0, time.process_time() - c0
-
-
-def strip_ids(row, prompt: list[int], eot: int) -> list[int]:
-    """Generated ids up to (not including) the first EOT, without a leading copy of the prompt."""
-    row = [int(t) for t in row]
-    if row[: len(prompt)] == prompt:
-        row = row[len(prompt) :]
-    return row[: row.index(eot)] if eot in row else row
-
-
 def batches_of(n: int, batch_size: int, fill: bool) -> list[list[int]]:
     """Clip indices per batch; with ``fill`` the clip list is cycled so the last batch is full."""
     total = -(-n // batch_size) * batch_size if fill else n
     order = [i % n for i in range(total)]
     return [order[i : i + batch_size] for i in range(0, total, batch_size)]
-
-
-def encoder_flops(cfg, batch: int = 1) -> dict[str, float]:
-    """Analytic forward FLOPs of the Whisper encoder (2·m·n·k per matmul; elementwise ops not counted)."""
-    t, s, d, f, m, layers = (
-        cfg.n_frames,
-        cfg.max_source_positions,
-        cfg.d_model,
-        cfg.encoder_ffn_dim,
-        cfg.num_mel_bins,
-        cfg.encoder_layers,
-    )
-    parts = {
-        "conv1": 2.0 * t * d * (3 * m),
-        "conv2": 2.0 * s * d * (3 * d),
-        "qkvo_proj": layers * 4 * 2.0 * s * d * d,
-        "qk_t": layers * 2.0 * s * s * d,
-        "av": layers * 2.0 * s * s * d,
-        "mlp": layers * 2 * 2.0 * s * d * f,
-    }
-    parts = {k: v * batch for k, v in parts.items()}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
-def xla_flops(compiled_or_lowered) -> float | None:
-    try:
-        ca = compiled_or_lowered.cost_analysis()
-    except Exception:  # not every backend/version has it
-        return None
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else None
-    return float(ca["flops"]) if ca and "flops" in ca else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,58 +104,6 @@ class JaxEngine:
         padded, n = self.pad_batch(mel, batch_size)  # as transcribe does: one static shape per batch size
         out = self.gen_mod.generate(self.params, padded, self.prompt, self.pre.config, self.opts, devices=self.devices)
         return [strip_ids(r, self.prompt, self.opts.eot) for r in out[:n]]
-
-
-class TransformersEngine:
-    name = "transformers"
-
-    def __init__(self, pre, specials, prompt, opts, threads: int):
-        import torch
-        import transformers
-        from transformers import GenerationConfig, WhisperForConditionalGeneration
-        from transformers import WhisperConfig as HFConfig
-
-        from distil_whisper_jax.convert.hf import flax_to_hf, hf_config_dict
-
-        transformers.logging.set_verbosity_error()
-        torch.set_num_threads(threads)
-        self.torch = torch
-        model = WhisperForConditionalGeneration(HFConfig(**hf_config_dict(pre.config))).eval()
-        state = flax_to_hf(pre.params, pre.config)
-        res = model.load_state_dict(
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False
-        )
-        if set(res.missing_keys) - {"proj_out.weight"} or res.unexpected_keys:
-            raise RuntimeError(f"transformers model does not take the converted weights: {res}")
-        model.tie_weights()
-        model.generation_config = GenerationConfig(
-            decoder_start_token_id=specials.sot,
-            eos_token_id=specials.eot,
-            pad_token_id=specials.eot,
-            bos_token_id=specials.eot,
-            suppress_tokens=list(opts.suppress_tokens),
-            begin_suppress_tokens=list(opts.begin_suppress_tokens),
-            no_timestamps_token_id=specials.no_timestamps,
-            max_initial_timestamp_index=50,
-            max_length=pre.config.max_target_positions,
-            is_multilingual=False,
-        )
-        self.model, self.prompt, self.opts = model, prompt, opts
-
-    def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                input_features=self.torch.from_numpy(mel),
-                return_timestamps=False,
-                max_new_tokens=self.opts.max_new_tokens,
-                num_beams=1,
-                do_sample=False,
-            )
-        return [strip_ids(r, self.prompt, self.opts.eot) for r in out.tolist()]
-
-    def encode(self, mel: np.ndarray):
-        with self.torch.inference_mode():
-            return self.model.model.encoder(self.torch.from_numpy(mel)).last_hidden_state
 
 
 class CT2Engine:
@@ -246,25 +145,6 @@ def run_clip_set(engine, mel: np.ndarray, batches: list[list[int]], batch_size: 
         return ids
 
     return timed(go)
-
-
-def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
-    """Best achieved fp32 FLOP/s of a jitted square jnp.dot (XLA:CPU, all cores), per size and overall."""
-    import jax
-    import jax.numpy as jnp
-
-    dot = jax.jit(jnp.dot)
-    out = {}
-    for n in sizes:
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-        dot(a, b).block_until_ready()
-        reps = max(2, int(3e10 / (2 * n**3)))  # ~30 GFLOP per size
-        reps = min(reps, 4 if quick else 10)
-        best = min(timed(lambda: dot(a, b).block_until_ready())[1] for _ in range(reps))
-        out[str(n)] = 2.0 * n**3 / best
-    out["peak"] = max(out.values())
-    return out
 
 
 def jax_encoder(cfg, impl: str = "distil_whisper_jax"):
@@ -328,7 +208,7 @@ def encoder_section(
         if eng is None:
             continue
         eng.encode(mel)
-        res[f"{name}_s"] = statistics.median(timed(lambda: eng.encode(mel))[1] for _ in range(repeats))
+        res[f"{name}_s"] = statistics.median(timed(lambda eng=eng: eng.encode(mel))[1] for _ in range(repeats))
     return res
 
 
@@ -366,7 +246,7 @@ def breakdown_section(
                 got = eng(mel, bs)  # compile / warm up
                 if any(len(r) != n for r in got):
                     raise RuntimeError(f"{name}: the breakdown clip ended before {n} tokens; use a longer clip")
-                runs[(name, n)] = lambda eng=eng: eng(mel, bs)
+                runs[(name, n)] = lambda eng=eng, mel=mel, bs=bs: eng(mel, bs)
             if name == "jax":
                 import jax
 
@@ -374,7 +254,7 @@ def breakdown_section(
                 params, x = jax.device_put(pre.params), jax.device_put(mel)
                 runs[(name, "enc")] = lambda fn=fn, params=params, x=x: fn(params, x).block_until_ready()
             else:
-                runs[(name, "enc")] = lambda eng=eng: eng.encode(mel)
+                runs[(name, "enc")] = lambda eng=eng, mel=mel: eng.encode(mel)
             runs[(name, "enc")]()
         times = {k: [] for k in runs}
         cpu = {k: [] for k in runs}
@@ -492,7 +372,7 @@ def main(argv=None) -> int:
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:
-        raise SystemExit(f"--batch_sizes must be comma-separated integers, got {args.batch_sizes!r}")
+        raise SystemExit(f"--batch_sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
     if not batch_sizes or min(batch_sizes) < 1:
         raise SystemExit(f"--batch_sizes must be positive integers, got {args.batch_sizes!r}")
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -546,8 +426,9 @@ def main(argv=None) -> int:
         ids: dict[str, list] = {}
         for name, eng in engines.items():
             if name == "jax":  # compile time = first call of this batch shape minus a warm call of it
-                _, cold, _ = timed(lambda: eng(mel[batches[0]], bs))
-                _, warm, _ = timed(lambda: eng(mel[batches[0]], bs))
+                first = functools.partial(eng, mel[batches[0]], bs)
+                _, cold, _ = timed(first)
+                _, warm, _ = timed(first)
                 results[name][str(bs)] = {"first_call_s": cold, "warm_call_s": warm, "compile_s": max(cold - warm, 0.0)}
                 log.info("  jax compile ≈ %.2f s (first call %.2f s, warm %.2f s)", cold - warm, cold, warm)
             out, wall, _ = run_clip_set(eng, mel, batches, bs)  # warm-up pass; gives the transcripts

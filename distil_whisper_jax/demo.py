@@ -2,18 +2,91 @@
 
 bundled tiny.en teacher → 2-layer student (teacher layers 0 and 3) → pseudo-labels of the bundled training
 corpus (concatenated per speaker to ≤ 30 s) → distillation with the frozen encoder shared and cached → greedy
-WER on the held-out sentences (teacher, untrained student, trained student) → export of the trained student
-to transformers, openai-whisper and whisper.cpp (f16 + q8_0), each verified in its own runtime.
+WER on held-out sentences spread over every speaker (teacher, untrained student, trained student) → export of
+the trained student to transformers, openai-whisper and whisper.cpp (f16 + q8_0), each verified in its own
+runtime on the same held-out sentences.
 
-Every stage is the same code path the CLIs run (``pseudo_label.main``, ``distill.main``, ``export.main``).
+Each stage is written as the command line a user would type (``demo_commands``) and run through the same
+config parser and ``run(cfg)`` as that command, so the demo exercises exactly the CLIs' code path.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from . import audio, config, create_student, distill, export, pseudo_label
+from .assets import bundled_clips, speech_manifest
+from .evaluate import wer
+from .transcribe import transcribe
+from .utils import atomic_write
+
+HELDOUT_SUBSET = "eval/heldout.tsv"  # in the work directory; named "heldout" in metrics like the full split
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """``python -m distil_whisper_jax`` / ``distil-whisper-demo``."""
+
+    stage: Literal["all", "transcribe"] = config.flag(
+        "all", "all: label → distil → eval → export; transcribe: only the teacher on the bundled clips"
+    )
+    output_dir: str = config.flag("demo_output", "where the labelled data, the run and the exports go")
+    max_steps: int = config.flag(100, "distillation steps")
+    eval_rows: int = config.flag(24, "held-out clips evaluated, spread evenly over the speakers (0 = all 48)")
+    no_export: bool = config.flag(False, "skip the export + verification stage")
+    model: str | None = config.flag(None, "(transcribe) model path or hub id; default: the bundled tiny.en")
+    batch_size: int = config.flag(8, "(transcribe) clips per batch")
+    dtype: Literal["float32", "bfloat16"] = config.flag("float32", "(transcribe) compute dtype")
+
+    def validate(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"--max_steps must be ≥ 1, got {self.max_steps}")
+        if self.eval_rows < 0:
+            raise ValueError(f"--eval_rows must be ≥ 0 (0 = all), got {self.eval_rows}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be ≥ 1, got {self.batch_size}")
+
+
+def spread_over_speakers(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    """``n`` rows taken round-robin over the speakers (every speaker's first clip, then every speaker's second,
+    ...), returned in manifest order: a small evaluation set then hears every speaker, not the first few."""
+    by_speaker: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_speaker.setdefault(r["speaker_id"], []).append(i)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(n, len(rows)):
+        for idx in by_speaker.values():
+            if depth < len(idx) and len(picked) < n:
+                picked.append(idx[depth])
+        depth += 1
+    return [rows[i] for i in sorted(picked)]
+
+
+def heldout_manifest(work: Path, rows: int | None) -> Path:
+    """The held-out manifest the demo evaluates and verifies on: the whole bundled split, or ``rows`` of it
+    spread over every speaker, written to ``work/eval/heldout.tsv`` with absolute audio paths."""
+    full = speech_manifest("heldout")
+    if not rows:
+        return full
+    with open(full, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header, table = list(reader.fieldnames or ()), list(reader)
+    subset = spread_over_speakers(table, rows)
+    for r in subset:
+        r["audio"] = str((full.parent / r["audio"]).resolve())
+    path = Path(work) / HELDOUT_SUBSET
+    with atomic_write(path, "w") as f:
+        w = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
+        w.writeheader()
+        w.writerows(subset)
+    return path
 
 
 def demo_commands(
@@ -25,85 +98,45 @@ def demo_commands(
     learning_rate: float,
     max_label_length: int,
     warmup_steps: int | None = None,
-) -> dict:
-    """The labelling, training and export argv of the demo (also used by the end-to-end test and
-    ``benchmarks/distill_demo.py``)."""
-    from .assets import speech_manifest
-
-    label = [
-        "--dataset_name",
-        str(speech_manifest("train")),
-        "--text_column_name",
-        "text",
-        "--speaker_id_column_name",
-        "speaker_id",
-        "--concatenate_audio",
-        "--output_dir",
-        str(work / "labelled"),
-        "--per_device_eval_batch_size",
-        "1",
-        "--num_local_devices",
-        "1",
-    ]
+) -> dict[str, list[str]]:
+    """The labelling, training and export flags of the demo (also used by the end-to-end test and
+    ``benchmarks/distill_demo.py``). Writes the held-out subset manifest into ``work`` when ``eval_rows``."""
+    work = Path(work)
+    heldout = str(heldout_manifest(work, eval_rows))
+    label = ["--dataset_name", str(speech_manifest("train")), "--text_column_name", "text"]
+    label += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
+    label += ["--per_device_eval_batch_size", "1", "--num_local_devices", "1"]
     if train_rows:
         label += ["--max_samples", str(train_rows)]
     every = str(max(max_steps // 10, 1))
-    train = [
-        "--model_name_or_path",
-        str(work / "student"),
-        "--train_dataset_name",
-        str(work / "labelled"),
-        "--eval_dataset_name",
-        str(speech_manifest("heldout")),
-        "--output_dir",
-        str(work / "run"),
-        "--freeze_encoder",
-        "--cache_encoder_outputs",
-        "--max_steps",
-        str(max_steps),
-        "--per_device_train_batch_size",
-        str(batch),
-        "--learning_rate",
-        str(learning_rate),
-        "--warmup_steps",
-        every if warmup_steps is None else str(warmup_steps),
-        "--lr_scheduler_type",
-        "linear",
-        "--max_label_length",
-        str(max_label_length),
-        "--eval_steps",
-        str(max_steps),
-        "--save_steps",
-        str(max_steps),
-        "--logging_steps",
-        every,
-        "--seed",
-        "0",
-        "--per_device_eval_batch_size",
-        "8",
-        "--generation_max_length",
-        "64",
-    ]  # held-out clips are ≤ 8 s
-    if eval_rows:
-        train += ["--max_eval_samples", str(eval_rows)]
+    train = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
+    train += ["--eval_dataset_name", heldout, "--output_dir", str(work / "run")]
+    train += ["--freeze_encoder", "--cache_encoder_outputs", "--max_steps", str(max_steps)]
+    train += ["--per_device_train_batch_size", str(batch), "--learning_rate", str(learning_rate)]
+    train += ["--warmup_steps", every if warmup_steps is None else str(warmup_steps), "--lr_scheduler_type", "linear"]
+    train += ["--max_label_length", str(max_label_length), "--eval_steps", str(max_steps)]
+    train += ["--save_steps", str(max_steps), "--logging_steps", every, "--seed", "0"]
+    train += ["--per_device_eval_batch_size", "8", "--generation_max_length", "64"]  # held-out clips are ≤ 8 s
     # Verified on the held-out sentences it was evaluated on (the voice it was trained for): on far
     # out-of-domain speech a 100-step student loops, and fp16/f32 rounding then decides where a loop breaks off.
     # 24 clips (~270 words) so that one word is well under q8_0's 1-point WER allowance.
-    export = [
-        "--model",
-        str(work / "run"),
-        "--output_dir",
-        str(work / "export"),
-        "--overwrite",
-        "--verify_audio",
-        str(speech_manifest("heldout")),
-    ]
-    if eval_rows:
-        export += ["--verify_max_clips", str(eval_rows)]
-    return {"label": label, "train": train, "export": export}
+    export_ = ["--model", str(work / "run"), "--output_dir", str(work / "export"), "--overwrite"]
+    export_ += ["--verify_audio", heldout]
+    return {"label": label, "train": train, "export": export_}
 
 
-def run(
+def run_stage(name: Literal["label", "train", "export"], argv: list[str]) -> int:
+    """One stage from its flags, through the stage's own config parser and ``run(cfg)`` (as its CLI does)."""
+    stages = {
+        "label": (pseudo_label.PseudoLabelConfig, pseudo_label.run),
+        "train": (distill.DistillConfig, distill.run),
+        "export": (export.ExportConfig, export.run),
+    }
+    cls, run_fn = stages[name]
+    return run_fn(config.parse(cls, argv, prog=f"demo {name}"))
+
+
+def run_pipeline(
     work: Path,
     max_steps: int = 100,
     train_rows: int | None = None,
@@ -114,25 +147,20 @@ def run(
     export: bool = True,
 ) -> dict[str, Any]:
     """Run every stage in ``work``; returns wall times, held-out WERs and the export's exit status."""
-    from .create_student import create_student
-    from .distill import main as distill
-    from .export import main as export_main
-    from .pseudo_label import main as pseudo_label
-
     work = Path(work)
     cmds = demo_commands(work, max_steps, train_rows, eval_rows, batch, learning_rate, max_label_length)
     times: dict[str, float] = {}
 
-    def stage(name: str, fn, *args) -> Any:
+    def timed(name: str, fn, *args) -> Any:
         t = time.perf_counter()
         out = fn(*args)
         times[name] = time.perf_counter() - t
         return out
 
-    stage("create_student", create_student, None, work / "student", 2)
-    if stage("pseudo_label", pseudo_label, cmds["label"]) != 0:
+    timed("create_student", create_student.create_student, None, work / "student", 2)
+    if timed("pseudo_label", run_stage, "label", cmds["label"]) != 0:
         raise RuntimeError(f"pseudo-labelling failed; see {work / 'labelled'}")
-    if stage("distill", distill, cmds["train"]) != 0:
+    if timed("distill", run_stage, "train", cmds["train"]) != 0:
         raise RuntimeError(f"distillation failed; see {work / 'run'}")
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]
@@ -147,5 +175,50 @@ def run(
         },
     }
     if export:
-        result["export_status"] = stage("export", export_main, cmds["export"])
+        result["export_status"] = timed("export", run_stage, "export", cmds["export"])
     return result
+
+
+def transcribe_clips(model: str | None, batch_size: int, dtype: str) -> int:
+    """The teacher transcribes the bundled clips; prints each transcript and the WER."""
+    clips = bundled_clips()
+    t0 = time.perf_counter()
+    results = transcribe([c for c, _ in clips], model, batch_size, dtype)
+    elapsed = time.perf_counter() - t0
+    seconds = sum(len(audio.load_audio(c)) for c, _ in clips) / audio.SAMPLE_RATE
+    refs, hyps = [t for _, t in clips], [r.get("text", "") for r in results]
+    print(f"\n{'clip':<28} {'WER %':>6}  transcript")
+    for (clip, ref), hyp in zip(clips, hyps):
+        print(f"{clip.name:<28} {wer([ref], [hyp]):6.1f}  {hyp}")
+    print(
+        f"\n{len(clips)} clips, {seconds:.1f} s of audio, {elapsed:.1f} s wall (incl. compile): "
+        f"WER {wer(refs, hyps):.2f} % (EnglishTextNormalizer)"
+    )
+    return 0
+
+
+def run(cfg: DemoConfig) -> int:
+    """The demo's command: the whole pipeline (or only the teacher's transcription), with a printed summary."""
+    cfg.validate()
+    if cfg.stage == "transcribe":
+        return transcribe_clips(cfg.model, cfg.batch_size, cfg.dtype)
+    out = Path(cfg.output_dir)
+    if (out / "run").exists() or (out / "labelled").exists():
+        print(f"note: {out} holds an earlier demo; finished stages are resumed, not redone", file=sys.stderr)
+    r = run_pipeline(out, max_steps=cfg.max_steps, eval_rows=cfg.eval_rows or None, export=not cfg.no_export)
+    lab, w = r["labelled"], r["heldout_wer"]
+    print("\nstage            wall s")
+    for name, s in r["times_s"].items():
+        print(f"{name:<16} {s:7.1f}")
+    print(
+        f"\npseudo-labels: {lab['rows_read']} clips ({lab['audio_hours_labelled'] * 60:.1f} min) → "
+        f"{lab['rows_written']} rows of ≤ 30 s, teacher WER vs ground truth {lab['wer_all_labelled']:.2f} %"
+    )
+    print(
+        f"held-out WER (EnglishTextNormalizer): teacher {w['teacher']:.1f} %, 2-layer student before training "
+        f"{w['student_untrained']:.1f} %, after {cfg.max_steps} steps {w['student_trained']:.1f} %"
+    )
+    if "export_status" in r:
+        print(f"exports in {out / 'export'}: verification {'passed' if r['export_status'] == 0 else 'FAILED'}")
+        return r["export_status"]
+    return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import soundfile as sf
+
 ASSETS_DIR = Path(__file__).parent
 CLIPS_DIR = ASSETS_DIR / "clips"
 SPEECH_DIR = ASSETS_DIR / "speech"
@@ -17,8 +19,6 @@ def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
     with open(CLIPS_DIR / "clips.tsv", newline="", encoding="utf-8") as f:
         rows = [(CLIPS_DIR / r["file"], r["text"]) for r in csv.DictReader(f, delimiter="\t")]
     if max_seconds is not None:
-        import soundfile as sf
-
         rows = [(p, t) for p, t in rows if sf.info(str(p)).duration <= max_seconds]
     return rows
 
@@ -31,7 +31,7 @@ def speech_manifest(split: str) -> Path:
     path = SPEECH_DIR / f"{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: bundled speech manifest is missing (regenerate it with "
-            f"{SPEECH_DIR / 'generate.py'} or reinstall the package)"
+            f"{path}: bundled speech manifest is missing (reinstall the package, or regenerate the corpus "
+            "with tools/generate_speech.py from the source repository)"
         )
     return path

