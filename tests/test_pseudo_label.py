@@ -18,13 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax import audio, data
+from distil_whisper_jax import audio, data, data_blocks
 from distil_whisper_jax import pseudo_label as pl
+from distil_whisper_jax.cli.pseudo_label import main
 from distil_whisper_jax.evaluate import wer
+from distil_whisper_jax.label_units import PseudoLabelError
+from distil_whisper_jax.row_audio import row_audio
 
 ROOT = Path(__file__).resolve().parents[1]
-# Four utterances of the bundled speech corpus (contract A), two per speaker. Ground truth: row 0's is
-# deliberately wrong (the filter must drop it), row 3's is missing.
+# Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
+# speaker. Ground truth: row 0's is deliberately wrong (the filter must drop it), row 3's is missing.
 PICK = (4, 25, 36, 34)  # 1-based rows of train.tsv: speaker A 1.9 s + 1.6 s, speaker B 4.8 s + 4.0 s
 WRONG = "Please close the window before you leave the office."
 
@@ -43,8 +46,12 @@ def corpus_rows():
 
 
 ROWS, TRUTH = corpus_rows()
-B2 = ["--num_local_devices", "2", "--per_device_eval_batch_size", "1", "--rows_per_shard", "2"]
+B2 = dict(num_local_devices=2, per_device_eval_batch_size=1, rows_per_shard=2)
+B2_ARGV = ["--num_local_devices", "2", "--per_device_eval_batch_size", "1", "--rows_per_shard", "2"]
 THRESHOLD = 10.0
+# the WER filter in mark mode; the row without ground truth is kept (and unmarked) on request
+MARK = dict(wer_threshold=THRESHOLD, wer_filter_mode="mark", keep_rows_without_ground_truth=True)
+MARK_ARGV = ["--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark", "--keep_rows_without_ground_truth"]
 
 
 def write_tsv(path: Path, rows, header=("audio", "text", "speaker")):
@@ -67,8 +74,8 @@ def corpus(tmp_path_factory):
     return write_tsv(d / "train.tsv", [tuple(r.values()) for r in ROWS], header=tuple(ROWS[0]))
 
 
-def run(out, manifest, *extra):
-    return pl.main(["--dataset_name", str(manifest), "--output_dir", str(out), *B2, *extra])
+def run(out, manifest, **kw):
+    return pl.run(pl.PseudoLabelConfig(dataset_name=str(manifest), output_dir=str(out), **{**B2, **kw}))
 
 
 def read_rows(out):
@@ -86,7 +93,7 @@ def strip_timing(report):
 def reference(tmp_path_factory, corpus):
     """The uninterrupted run that the others are compared with (mark mode: every row kept)."""
     out = tmp_path_factory.mktemp("ref")
-    assert run(out, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
+    assert run(out, corpus, **MARK) == 0
     return out
 
 
@@ -95,7 +102,7 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
 
     rows = read_rows(reference)
     assert [r["pseudo_label_rows"] for r in rows] == [[0], [1], [2], [3]]
-    # contract B: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
+    # the labelled output: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
     for r, src in zip(rows, ROWS):
         wav, sr = sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")
         assert sr == 16000 and sf.info(io.BytesIO(r["audio"]["bytes"])).subtype == "PCM_16"
@@ -108,46 +115,9 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
         )
     # 8 devices x 1 (the corpus twice: one full batch of 8) and 1 device x 2 give the same rows
     out8, out1 = tmp_path / "d8", tmp_path / "d1"
-    assert (
-        pl.main(
-            [
-                "--dataset_name",
-                f"{corpus}+{corpus}",
-                "--output_dir",
-                str(out8),
-                "--rows_per_shard",
-                "8",
-                "--per_device_eval_batch_size",
-                "1",
-                "--wer_threshold",
-                str(THRESHOLD),
-                "--wer_filter_mode",
-                "mark",
-            ]
-        )
-        == 0
-    )
-    assert (
-        pl.main(
-            [
-                "--dataset_name",
-                str(corpus),
-                "--output_dir",
-                str(out1),
-                "--rows_per_shard",
-                "2",
-                "--num_local_devices",
-                "1",
-                "--per_device_eval_batch_size",
-                "2",
-                "--wer_threshold",
-                str(THRESHOLD),
-                "--wer_filter_mode",
-                "mark",
-            ]
-        )
-        == 0
-    )
+    cfg8 = dict(rows_per_shard=8, per_device_eval_batch_size=1, num_local_devices=None, **MARK)
+    assert pl.run(pl.PseudoLabelConfig(dataset_name=f"{corpus}+{corpus}", output_dir=str(out8), **cfg8)) == 0
+    assert run(out1, corpus, rows_per_shard=2, num_local_devices=1, per_device_eval_batch_size=2, **MARK) == 0
     assert read_rows(out1) == rows
     rows8 = read_rows(out8)
     assert [r["pseudo_label_rows"] for r in rows8] == [[i] for i in range(8)]
@@ -166,7 +136,7 @@ def test_wer_filter_marks_and_drops_exactly_rows_above_threshold(reference, corp
     assert [r["wer"] for r in rows] == pytest.approx(expected)
     assert expected[0] > THRESHOLD and expected[3] is None  # the wrong and the missing ground truth
     assert [r["wer_above_threshold"] for r in rows] == [w is not None and w > THRESHOLD for w in expected]
-    assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD)) == 0
+    assert run(tmp_path, corpus, wer_threshold=THRESHOLD, keep_rows_without_ground_truth=True) == 0
     kept = read_rows(tmp_path)
     keep = [r for r in rows if not r["wer_above_threshold"]]
     assert [r["pseudo_label_rows"] for r in kept] == [r["pseudo_label_rows"] for r in keep]
@@ -211,11 +181,8 @@ def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference
         str(corpus),
         "--output_dir",
         str(tmp_path),
-        *B2,
-        "--wer_threshold",
-        str(THRESHOLD),
-        "--wer_filter_mode",
-        "mark",
+        *B2_ARGV,
+        *MARK_ARGV,
         "--coordinator_address",
         f"localhost:{port}",
         "--num_processes",
@@ -247,11 +214,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
         str(corpus),
         "--output_dir",
         str(tmp_path),
-        *B2,
-        "--wer_threshold",
-        str(THRESHOLD),
-        "--wer_filter_mode",
-        "mark",
+        *B2_ARGV,
+        *MARK_ARGV,
     ]
     proc = subprocess.Popen(cmd, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = tmp_path / ".plabel" / "block-00000000.json"
@@ -262,7 +226,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
     os.kill(proc.pid, signal.SIGKILL)  # mid-run: block 1 is being labelled
     proc.wait()
     assert not (tmp_path / "report.json").exists() and not (tmp_path / ".plabel" / "block-00000001.json").exists()
-    assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
+    assert run(tmp_path, corpus, **MARK) == 0
     assert read_rows(tmp_path) == read_rows(reference)
     assert sorted(p.name for p in tmp_path.glob("*.parquet")) == sorted(p.name for p in reference.glob("*.parquet"))
     assert not list(tmp_path.glob(".*.tmp"))
@@ -271,10 +235,13 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
     )
     # a finished run started again does nothing and changes nothing
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")}
-    assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
+    assert run(tmp_path, corpus, **MARK) == 0
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")} == before
-    # different settings in the same directory: refused before any work
-    assert run(tmp_path, corpus, "--wer_threshold", "50") == 2
+    # different settings in the same directory: refused before any work, naming each difference
+    with pytest.raises(data.DataConfigError, match=r"wer_filter_mode: 'mark' → 'drop'; wer_threshold: 10.0 → 50.0"):
+        run(tmp_path, corpus, wer_threshold=50.0, keep_rows_without_ground_truth=True)
+    # batch size, devices and processes may change: a restart with others resumes (here: nothing left to do)
+    assert run(tmp_path, corpus, per_device_eval_batch_size=2, num_local_devices=1, **MARK) == 0
 
 
 def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
@@ -282,13 +249,10 @@ def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
         run(
             tmp_path,
             corpus,
-            "--concatenate_audio",
-            "--speaker_id_column_name",
-            "speaker_id",
-            "--max_duration_in_seconds",
-            "5",
-            "--rows_per_shard",
-            "4",
+            concatenate_audio=True,
+            speaker_id_column_name="speaker_id",
+            max_duration_in_seconds=5.0,
+            rows_per_shard=4,
         )
         == 0
     )
@@ -351,16 +315,16 @@ def test_blocks_cover_every_row_exactly_once(tmp_path):
     seen = []
     for p in range(3):
         info = {}
-        for b, rows in data.owned_blocks(src, 2, p, 3, skip=lambda b: b == 4, info=info):
+        for b, rows in data_blocks.owned_blocks(src, 2, p, 3, skip=lambda b: b == 4, info=info):
             assert b % 3 == p
             seen += [(i, k, r["audio"]) for i, k, r in rows]
         assert info["total_rows"] == 14
     assert sorted(i for i, _, _ in seen) == [i for i in range(14) if i // 2 != 4]
     assert [(k, a) for i, k, a in sorted(seen)][:3] == [(0, "0.wav"), (0, "1.wav"), (0, "2.wav")]
     info = {}
-    assert [b for b, rows in data.owned_blocks(src, 4, 0, 1, limit=9, info=info) for _ in rows] == [0] * 4 + [1] * 4 + [
-        2
-    ] and info["total_rows"] == 9
+    assert [b for b, rows in data_blocks.owned_blocks(src, 4, 0, 1, limit=9, info=info) for _ in rows] == [0] * 4 + [
+        1
+    ] * 4 + [2] and info["total_rows"] == 9
 
 
 def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, corpus, tmp_path):
@@ -382,12 +346,12 @@ def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, c
     for name, split in ((tmp_path / "disk", "train"), (f"audiofolder:{tmp_path / 'folder'}", None)):
         (src,) = data.open_sources(data.parse_sources(str(name), None, split))
         row = next(src.rows_from(0))
-        np.testing.assert_allclose(data.row_audio(row["audio"], src.base_dir), expected, atol=1e-6)
+        np.testing.assert_allclose(row_audio(row["audio"], src.base_dir), expected, atol=1e-6)
     # the labelled output reads back as a dataset: audio bytes decode to the exact audio that was labelled
     (src,) = data.open_sources(data.parse_sources(str(reference)))
     assert src.num_rows == 4 and "whisper_transcript" in src.columns
     rows = list(src.rows_from(2))
-    np.testing.assert_array_equal(data.row_audio(rows[0]["audio"], src.base_dir), expected)
+    np.testing.assert_array_equal(row_audio(rows[0]["audio"], src.base_dir), expected)
     hf = datasets.load_dataset("parquet", data_files=str(reference / "*.parquet"), split="train")
     assert hf["whisper_transcript"] == [r["whisper_transcript"] for r in read_rows(reference)]
     with pytest.raises(data.DataConfigError, match="no split 'test'"):
@@ -431,7 +395,7 @@ def bad_manifest(tmp_path_factory, clips):
 
 
 def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
-    assert run(tmp_path / "skip", bad_manifest, "--rows_per_shard", "9") == 0
+    assert run(tmp_path / "skip", bad_manifest, rows_per_shard=9) == 0
     rows = read_rows(tmp_path / "skip")
     assert [r["pseudo_label_rows"] for r in rows] == [[6]]  # only the stereo 44.1 kHz clip is usable
     assert rows[0]["whisper_transcript"] == "Go forward 10 meters." and rows[0]["wer"] == 0.0
@@ -450,12 +414,13 @@ def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
     assert [e["row"] for e in rep["bad_inputs"]["examples"]] == [0, 1, 2, 3, 4, 5, 7, 8]
     assert "missing.wav" in rep["bad_inputs"]["examples"][0]["reason"]
     # --strict: the first bad row fails the job, nothing is written
-    assert run(tmp_path / "strict", bad_manifest, "--strict") == 1
+    with pytest.raises(PseudoLabelError, match="--strict"):
+        run(tmp_path / "strict", bad_manifest, strict=True)
     assert not list((tmp_path / "strict").glob("*.parquet"))
 
 
 def test_long_clip_is_chunked_into_aligned_pieces(bad_manifest, tmp_path):
-    assert run(tmp_path, bad_manifest, "--long_audio", "chunk", "--max_samples", "8", "--rows_per_shard", "1") == 0
+    assert run(tmp_path, bad_manifest, long_audio="chunk", max_samples=8, rows_per_shard=1) == 0
     rows = [r for r in read_rows(tmp_path) if r["pseudo_label_rows"] == [7]]
     assert [r["pseudo_label_part"] for r in rows] == [0, 1]
     assert all(r["duration"] <= 30.0 and r["wer"] is None and r["text"] is None for r in rows)
@@ -476,10 +441,10 @@ def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
         (["--max_duration_in_seconds", "40"], "(0, 30]"),
     ]
     for extra, msg in cases:
-        assert run(tmp_path / "o", corpus, *extra) == 2
+        assert main(["--dataset_name", str(corpus), "--output_dir", str(tmp_path / "o"), *B2_ARGV, *extra]) == 2
         assert msg in capsys.readouterr().err
-    assert pl.main(["--dataset_name", "no-such-org/no-such-dataset", "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["--dataset_name", "no-such-org/no-such-dataset", "--output_dir", str(tmp_path / "o")]) == 2
     assert "cannot load it" in capsys.readouterr().err
-    assert pl.main(["--dataset_name", str(tmp_path / "nope.tsv"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["--dataset_name", str(tmp_path / "nope.tsv"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
