@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax import audio, data, data_blocks
+from distil_whisper_jax import audio, config, data, data_blocks
 from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.cli.pseudo_label import main
 from distil_whisper_jax.evaluate import wer
@@ -448,3 +448,56 @@ def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
     assert main(["--dataset_name", str(tmp_path / "nope.tsv"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_path):
+    assert run(tmp_path / "whole", corpus, speaker_id_column_name="speaker_id", rows_per_shard=4) == 0
+    whole = read_rows(tmp_path / "whole")
+    ids = [r["whisper_token_ids"] for r in whole]
+    # rows 1 and 3 continue rows 0 and 2 (speakers A A B B)
+    assert [r["condition_on_prev"] for r in whole] == [[], ids[0], [], ids[2]]
+    out = tmp_path / "blocks"
+    cfg = pl.PseudoLabelConfig(
+        dataset_name=str(corpus),
+        output_dir=str(out),
+        speaker_id_column_name="speaker_id",
+        **{**B2, "rows_per_shard": 1},
+    )
+    assert pl.run(cfg) == 0
+    assert read_rows(out) == whole  # one row per block: each block's first row is still prompted
+    assert json.loads((out / ".plabel" / "config.json").read_text()) == config.to_dict(cfg)  # the whole config
+    # a restart after blocks 1 and 3 were lost: their prompts come from blocks 0 and 2 of the earlier run
+    for b in (1, 3):
+        (out / ".plabel" / f"block-{b:08d}.json").unlink()
+        (out / f"shard-{b:08d}.parquet").unlink()
+    (out / "report.json").unlink()
+    assert pl.run(cfg) == 0
+    assert read_rows(out) == whole
+
+
+def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp_path, tiny):
+    """Labelling drops rows whose ground truth is missing or normalises to nothing (the rule training uses);
+    the output of a manifest whose audio column is ``wav`` trains and evaluates with no column flags."""
+    from distil_whisper_jax import train_data
+    from distil_whisper_jax.tokenizer import special_tokens
+
+    texts = [WRONG, "[inaudible]", ROWS[2]["text"], ""]
+    rows = [(str(corpus.parent / r["audio"]), t) for r, t in zip(ROWS, texts)]
+    manifest = write_tsv(tmp_path / "m.tsv", rows, header=("wav", "sentence"))
+    out = tmp_path / "out"
+    assert run(out, manifest, audio_column_name="wav", text_column_name="sentence", wer_threshold=THRESHOLD) == 0
+    kept = read_rows(out)
+    assert [r["pseudo_label_rows"] for r in kept] == [[2]] and kept[0]["wer"] < THRESHOLD
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rows_dropped_by_wer"] == 3 and rep["rows_without_ground_truth"] == 1
+    assert json.loads((out / data.SCHEMA_FILE).read_text())["columns"]["audio"] == "wav"
+    # training: the stream finds the audio ('wav') and the ground truth ('sentence') in schema.json
+    opts = train_data.DataOptions(wer_threshold=THRESHOLD)
+    sources = train_data.open_sources(str(out))
+    stream = train_data.TrainStream(sources, None, tiny.tokenizer, special_tokens(tiny.tokenizer), opts, seed=0)
+    batch = stream.next_batch(2)
+    feats = train_data.features(batch, stream.sources, opts, tiny.config.num_mel_bins)
+    expected = audio.log_mel_spectrogram([audio.load_audio(corpus.parent / ROWS[2]["audio"])], n_mels=80)[0]
+    np.testing.assert_allclose(feats[0], expected, atol=1e-4)
+    ev = train_data.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
+    assert ev.texts == [ROWS[2]["text"]]
