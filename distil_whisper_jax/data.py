@@ -111,6 +111,11 @@ class Source:
     groups_fn: Callable[[], RowGroups] | None = None  # None: a stream only (🤗 streaming)
 
     @property
+    def name(self) -> str:
+        """The dataset as the user named it."""
+        return self.spec.name
+
+    @property
     def label(self) -> str:
         return (
             self.spec.name
