@@ -5,7 +5,7 @@ corpus (concatenated per speaker to ≤ 30 s) → distillation with the frozen e
 WER on the held-out sentences (teacher, untrained student, trained student) → export of the trained student
 to transformers, openai-whisper and whisper.cpp (f16 + q8_0), each verified in its own runtime.
 
-Every stage is the same code path the CLIs run (``pseudo_label.main``, ``distill.main``, ``export.main``).
+Every stage is the same code path the CLIs run (``pseudo_label.run``, ``distill.main``, ``export.main``).
 """
 
 from __future__ import annotations
@@ -114,10 +114,15 @@ def run(
     export: bool = True,
 ) -> dict[str, Any]:
     """Run every stage in ``work``; returns wall times, held-out WERs and the export's exit status."""
+    from .config import parse
     from .create_student import create_student
     from .distill import main as distill
     from .export import main as export_main
-    from .pseudo_label import main as pseudo_label
+    from .pseudo_label import PseudoLabelConfig
+    from .pseudo_label import run as run_pseudo_label
+
+    def pseudo_label(argv: list[str]) -> int:
+        return run_pseudo_label(parse(PseudoLabelConfig, argv))
 
     work = Path(work)
     cmds = demo_commands(work, max_steps, train_rows, eval_rows, batch, learning_rate, max_label_length)
