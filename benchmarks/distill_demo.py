@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     cmds = demo_commands(work, a.max_steps, a.train_rows, a.eval_rows, a.batch, a.learning_rate, a.max_label_length)
     times = {}
 
+    from distil_whisper_jax.cli.pseudo_label import main as pseudo_label
     from distil_whisper_jax.create_student import create_student
-    from distil_whisper_jax.pseudo_label import main as pseudo_label
 
     t = time.perf_counter()
     create_student(None, work / "student", decoder_layers=2)
