@@ -13,7 +13,7 @@ Labelling reads a source as a forward stream of plain dict rows (``Source.rows_f
 materialising it, so memory does not grow with the dataset. Training needs random access in a shuffled
 order: ``Source.row_groups()`` gives the source as groups of rows (a Parquet row group, a slice of an
 Arrow dataset, a whole manifest) read one at a time. Audio is never decoded by 🤗 (no torchcodec): columns
-are cast to ``Audio(decode=False)`` and ``row_audio`` decodes the bytes or the path with
+are cast to ``Audio(decode=False)`` and ``row_audio.row_audio`` decodes the bytes or the path with
 ``audio.decode_audio_bytes`` / ``audio.load_audio`` (soundfile, ffmpeg fallback), downmixed to mono and
 resampled to 16 kHz.
 

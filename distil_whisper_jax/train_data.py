@@ -275,7 +275,10 @@ class TrainStream:
         self._orders: list[tuple] = [(-1, None, None)] * len(sources)  # (epoch, group order, cumulative rows)
         self._perm: list[tuple] = [(None, None)] * len(sources)  # ((epoch, group), row permutation)
         self._offsets = [np.concatenate([[0], np.cumsum(z)]) for z in self.sizes]
-        self._durations = [np.full(n, np.nan) for n in self.num_rows]  # header durations read so far
+        self._durations = [np.full(n, np.nan) for n in self.num_rows]  # durations from audio headers
+        for k, s in enumerate(self.sources):
+            if "duration" not in s.columns:  # e.g. a TSV manifest: filter by duration before training starts
+                self._scan_durations(k)
         self._kept_in_epoch = [0] * len(sources)
         self._seen_whole_epoch = [st == 0 for st in self.state.cursors]  # for the "all rows filtered" check
 
@@ -313,8 +316,16 @@ class TrainStream:
     def _skip(self, reason: str) -> None:
         self.state.filtered[reason] = self.state.filtered.get(reason, 0) + 1
 
+    def _scan_durations(self, k: int) -> None:
+        """Read every row's duration from its audio header (a source without a ``duration`` column)."""
+        log.info("dataset %s has no duration column: reading %d audio headers", self.sources[k].label, self.num_rows[k])
+        reader, audio_col = self.readers[k], self.columns[k].audio
+        for g in range(len(self.sizes[k])):
+            for r, row in enumerate(reader.groups.read(g, [audio_col])):
+                self._duration(k, int(self._offsets[k][g]) + r, row)
+
     def _duration(self, k: int, row_id: int, row: dict) -> float:
-        """The row's ``duration`` cell, else the length its audio header gives (read once per row)."""
+        """The row's ``duration`` cell, else the length its audio header gives (read once per row and kept)."""
         if row.get("duration") is not None:
             return float(row["duration"])
         if np.isnan(self._durations[k][row_id]):
@@ -425,52 +436,6 @@ def process_slice(n: int, process_index: int, process_count: int) -> slice:
         raise ValueError(f"global batch {n} is not divisible by {process_count} processes")
     per = n // process_count
     return slice(process_index * per, (process_index + 1) * per)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation sets
-
-
-@dataclasses.dataclass
-class EvalSet:
-    name: str
-    features: np.ndarray  # [N, n_mels, 3000]
-    texts: list[str]
-
-
-def load_eval_set(
-    name: str,
-    split: str | None,
-    audio_column: str | None,
-    text_column: str | None,
-    n_mels: int,
-    max_samples: int | None = None,
-    max_duration: float = 30.0,
-) -> EvalSet:
-    """All rows of an evaluation dataset (in order) with their reference texts and features. ``None``
-    columns: the ones the dataset records (labelled output), else ``audio`` / ``text``."""
-    (src,) = data.open_sources([data.SourceSpec(name, None, split)])
-    audio_col = src.column_for("audio", audio_column, "audio")
-    text_col = src.column_for("text", text_column, "text")
-    data.require_columns(
-        src,
-        {"audio_column_name": audio_col, "eval_text_column_name": text_col},
-        " for evaluation (the audio and its reference transcript)",
-    )
-    reader = RowReader(src, [audio_col, text_col])
-    waves, texts = [], []
-    for g in range(len(reader.groups.sizes)):
-        for row in reader.group(g):
-            if max_samples is not None and len(texts) >= max_samples:
-                break
-            wav = load_row_audio(row[audio_col], src, f"{name} row {len(texts)}")
-            if len(wav) > max_duration * audio.SAMPLE_RATE:
-                continue
-            waves.append(wav)
-            texts.append(row[text_col] or "")
-    if not texts:
-        raise ValueError(f"{name}: no evaluation rows (after the {max_duration} s duration limit)")
-    return EvalSet(name, audio.log_mel_spectrogram(waves, n_mels=n_mels), texts)
 
 
 def split_plus(value: str | None) -> list[str]:

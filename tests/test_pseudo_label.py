@@ -478,7 +478,7 @@ def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_pa
 def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp_path, tiny):
     """Labelling drops rows whose ground truth is missing or normalises to nothing (the rule training uses);
     the output of a manifest whose audio column is ``wav`` trains and evaluates with no column flags."""
-    from distil_whisper_jax import train_data
+    from distil_whisper_jax import eval_data, train_data
     from distil_whisper_jax.tokenizer import special_tokens
 
     texts = [WRONG, "[inaudible]", ROWS[2]["text"], ""]
@@ -499,5 +499,5 @@ def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp
     feats = train_data.features(batch, stream.sources, opts, tiny.config.num_mel_bins)
     expected = audio.log_mel_spectrogram([audio.load_audio(corpus.parent / ROWS[2]["audio"])], n_mels=80)[0]
     np.testing.assert_allclose(feats[0], expected, atol=1e-4)
-    ev = train_data.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
+    ev = eval_data.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
     assert ev.texts == [ROWS[2]["text"]]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distil_whisper_jax import audio, data, train_data, wer_filter
+from distil_whisper_jax import audio, data, eval_data, train_data, wer_filter
 from distil_whisper_jax.assets import bundled_clips
 from distil_whisper_jax.tokenizer import special_tokens
 
@@ -61,6 +61,11 @@ def test_duration_filter_without_duration_column_reads_audio_headers(tsv_with_lo
     # min/max from the header: only the 5-12 s clips (piper_train 5.3 s, jfk 11 s)
     s = _stream(tsv_with_long_clip, tiny, specials, min_duration=5.0, max_duration=12.0)
     assert _kept_rows(s, len(names)) == {names.index("piper_train.flac"), names.index("jfk.flac")}
+    # durations are read when the stream is built: a missing file is reported before any training step
+    bad = tsv_with_long_clip.parent / "bad.tsv"
+    bad.write_text(tsv_with_long_clip.read_text() + "missing.wav\tx\n")
+    with pytest.raises(audio.AudioError, match=rf"bad.tsv row {len(names)}: .*missing.wav"):
+        _stream(bad, tiny, specials)
 
 
 def test_wer_rule_cases():
@@ -134,7 +139,7 @@ def test_labelled_directory_records_columns_and_trains_without_column_flags(
     s = _stream(tmp_path, tiny, specials, wer_threshold=50.0)
     batch = s.next_batch(2)
     assert train_data.features(batch, s.sources, s.opts, 80).shape == (2, 80, 3000)
-    ev = train_data.load_eval_set(str(tmp_path), None, None, None, 80)
+    ev = eval_data.load_eval_set(str(tmp_path), None, None, None, 80)
     assert ev.texts == [t for _, t in clips[:3]]
     with pytest.raises(data.DataConfigError, match=r"missing column\(s\) \['audio'\]"):
         _stream(tmp_path, tiny, specials, audio_column="audio")  # a flag still overrides the recorded role
