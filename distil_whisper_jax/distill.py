@@ -420,7 +420,7 @@ def train(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from . import checkpoint, parallel, train_data
+    from . import checkpoint, eval_data, parallel, train_data
     from . import train as core
     from .convert import load_pretrained
     from .tokenizer import save_tokenizer, special_tokens
@@ -485,7 +485,7 @@ def train(args: argparse.Namespace) -> int:
     sources = train_data.open_sources(args.train_dataset_name, args.train_split_name)
     weights = train_data.weights_from_flag(args.train_dataset_samples, len(names))
     eval_sets = [
-        train_data.load_eval_set(
+        eval_data.load_eval_set(
             n,
             args.eval_split_name,
             args.audio_column_name,
