@@ -34,6 +34,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
+import pyarrow.parquet as pq
+
 MANIFEST_SUFFIXES = (".tsv", ".csv", ".jsonl")
 SCHEMA_FILE = "schema.json"  # column roles of a labelled directory
 SCHEMA_FORMAT = "distil-whisper-jax pseudo-labels"
@@ -267,8 +270,6 @@ def read_roles(directory: Path) -> dict[str, str | None]:
 
 
 def _open_parquet(spec: SourceSpec, files: list[Path], base_dir: Path) -> Source:
-    import pyarrow.parquet as pq
-
     metas = []
     for f in files:
         try:
@@ -334,8 +335,6 @@ def _nested_parquet(path: Path, split: str | None) -> list[Path]:
 
 def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Source:
     """Wrap a 🤗 Dataset / IterableDataset: audio columns cast to ``Audio(decode=False)``."""
-    import datasets
-
     features = ds.features
     if features is not None:
         for col, feat in features.items():
@@ -366,8 +365,6 @@ def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Sourc
 
 
 def _pick_split(spec: SourceSpec, dd: Any) -> Any:
-    import datasets
-
     if not isinstance(dd, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return dd
     if spec.split is None:
@@ -390,8 +387,6 @@ def _pick_split(spec: SourceSpec, dd: Any) -> Any:
 
 
 def _open_directory(spec: SourceSpec, path: Path) -> Source:
-    import datasets
-
     if not spec.name.startswith("audiofolder:"):
         parquet = sorted(path.glob("*.parquet"))
         if parquet:
@@ -413,8 +408,6 @@ def _open_directory(spec: SourceSpec, path: Path) -> Source:
 
 def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None = None) -> Source:
     """Open one dataset entry (see the module docstring for what ``spec.name`` may be)."""
-    import datasets
-
     name = spec.name
     path = Path(os.path.expanduser(name[len("audiofolder:") :] if name.startswith("audiofolder:") else name))
     if path.is_file():

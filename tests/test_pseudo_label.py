@@ -2,6 +2,7 @@
 process counts, kill + resume, concatenation, bad inputs. Most runs share one compiled shape (global batch
 2 over 2 of the 8 emulated devices, blocks of 2 rows), so the real model stays cheap."""
 
+import csv
 import io
 import json
 import os
@@ -13,17 +14,23 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from scipy.signal import resample_poly
 
-from distil_whisper_jax import audio, config, data, data_blocks
+from distil_whisper_jax import audio, config, data, data_blocks, eval_data, train_data
 from distil_whisper_jax import pseudo_label as pl
+from distil_whisper_jax.assets import bundled_clips, speech_manifest
 from distil_whisper_jax.cli.pseudo_label import main
 from distil_whisper_jax.evaluate import wer
 from distil_whisper_jax.label_units import PseudoLabelError
 from distil_whisper_jax.row_audio import row_audio
+from distil_whisper_jax.tokenizer import special_tokens
+from distil_whisper_jax.transcribe import transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
@@ -33,10 +40,6 @@ WRONG = "Please close the window before you leave the office."
 
 
 def corpus_rows():
-    import csv
-
-    from distil_whisper_jax.assets import speech_manifest
-
     with open(speech_manifest("train"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     picked = [dict(rows[i - 1]) for i in PICK]
@@ -65,8 +68,6 @@ def write_tsv(path: Path, rows, header=("audio", "text", "speaker")):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A manifest of real speech with audio paths relative to it."""
-    from distil_whisper_jax.assets import speech_manifest
-
     d = tmp_path_factory.mktemp("corpus")
     (d / "flac").mkdir()
     for r in ROWS:
@@ -98,8 +99,6 @@ def reference(tmp_path_factory, corpus):
 
 
 def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus, tiny, tmp_path):
-    from distil_whisper_jax.transcribe import transcribe
-
     rows = read_rows(reference)
     assert [r["pseudo_label_rows"] for r in rows] == [[0], [1], [2], [3]]
     # the labelled output: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
@@ -328,9 +327,6 @@ def test_blocks_cover_every_row_exactly_once(tmp_path):
 
 
 def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, corpus, tmp_path):
-    import datasets
-    import pyarrow as pa
-
     flac = corpus.parent / ROWS[2]["audio"]
     expected = audio.load_audio(flac)
     cell = pa.array(
@@ -363,19 +359,13 @@ def bad_manifest(tmp_path_factory, clips):
     d = tmp_path_factory.mktemp("bad")
     src = {p.name: p for p, _ in clips}
     x, sr = sf.read(src["goforward.wav"], dtype="float32")
-    from scipy.signal import resample_poly
-
     stereo = resample_poly(x, 441, 160)
     sf.write(d / "stereo44k.wav", np.stack([stereo, stereo], 1), 44100, subtype="PCM_16")
     (d / "empty.wav").write_bytes(b"")
     (d / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 4)
     sf.write(d / "zero.wav", np.zeros((0,), np.float32), 16000)
     sf.write(d / "nan.wav", np.full(1600, np.nan, np.float32), 16000, subtype="FLOAT")
-    long_clip = [
-        p
-        for p, _ in __import__("distil_whisper_jax.assets", fromlist=["x"]).bundled_clips(None)
-        if p.name == "piper_moon_long.flac"
-    ][0]
+    long_clip = [p for p, _ in bundled_clips(None) if p.name == "piper_moon_long.flac"][0]
     lines = [
         {"audio": "missing.wav", "text": "a"},
         {"audio": "empty.wav", "text": "a"},
@@ -478,9 +468,6 @@ def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_pa
 def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp_path, tiny):
     """Labelling drops rows whose ground truth is missing or normalises to nothing (the rule training uses);
     the output of a manifest whose audio column is ``wav`` trains and evaluates with no column flags."""
-    from distil_whisper_jax import eval_data, train_data
-    from distil_whisper_jax.tokenizer import special_tokens
-
     texts = [WRONG, "[inaudible]", ROWS[2]["text"], ""]
     rows = [(str(corpus.parent / r["audio"]), t) for r, t in zip(ROWS, texts)]
     manifest = write_tsv(tmp_path / "m.tsv", rows, header=("wav", "sentence"))

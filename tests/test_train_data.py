@@ -2,6 +2,7 @@
 headers), the one WER-filter rule (strict threshold, empty references, rows without ground truth, a
 dataset without a ``wer`` column) and column roles read from a labelled directory's ``schema.json``."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 
 from distil_whisper_jax import audio, data, eval_data, train_data, wer_filter
 from distil_whisper_jax.assets import bundled_clips
@@ -84,10 +86,6 @@ def test_wer_rule_cases():
 @pytest.fixture(scope="module")
 def texts_dir(tmp_path_factory, clips, clip_audio):
     """Labelled-style rows with ``text`` and ``whisper_transcript`` but no ``wer`` column."""
-    import io
-
-    import soundfile as sf
-
     wav = clip_audio[0][: 16000 * 2]
     buf = io.BytesIO()
     sf.write(buf, wav, 16000, format="FLAC", subtype="PCM_16")
@@ -123,10 +121,6 @@ def test_labelled_directory_records_columns_and_trains_without_column_flags(
 ):
     """A directory with ``schema.json`` (as the labeller writes it) whose audio column is ``wav``: the stream
     and the evaluation set find the audio and the ground truth without flags."""
-    import io
-
-    import soundfile as sf
-
     rows = []
     for (path, text), wav in zip(clips[:3], clip_audio[:3]):
         buf = io.BytesIO()
