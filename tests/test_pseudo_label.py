@@ -171,17 +171,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
+def _two_processes(out, manifest, *flags):
+    """Label with 2 jax.distributed processes of 2 devices each; returns their logs."""
     port = _free_port()
     cmd = [
         sys.executable,
         str(ROOT / "run_pseudo_label.py"),
         "--dataset_name",
-        str(corpus),
+        str(manifest),
         "--output_dir",
-        str(tmp_path),
+        str(out),
         *B2_ARGV,
-        *MARK_ARGV,
+        *flags,
         "--coordinator_address",
         f"localhost:{port}",
         "--num_processes",
@@ -195,6 +196,11 @@ def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference
     ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
+    return logs
+
+
+def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
+    logs = _two_processes(tmp_path, corpus, *MARK_ARGV)
     assert "process 1 of 2" in logs[1] and "process 0 of 2" in logs[0]
     rows = read_rows(tmp_path)
     assert rows == read_rows(reference)  # same rows, in input order, each exactly once
@@ -463,6 +469,15 @@ def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_pa
     (out / "report.json").unlink()
     assert pl.run(cfg) == 0
     assert read_rows(out) == whole
+
+
+def test_two_processes_prompt_each_blocks_first_row_like_one(corpus, tmp_path):
+    """Blocks of one row alternate between the processes: each block's first row waits for the previous
+    block's label from the other process, and the output equals one process's."""
+    assert run(tmp_path / "one", corpus, speaker_id_column_name="speaker_id", rows_per_shard=4) == 0
+    _two_processes(tmp_path / "two", corpus, "--speaker_id_column_name", "speaker_id", "--rows_per_shard", "1")
+    rows = read_rows(tmp_path / "two")
+    assert rows == read_rows(tmp_path / "one") and rows[1]["condition_on_prev"] == rows[0]["whisper_token_ids"]
 
 
 def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp_path, tiny):
