@@ -3,7 +3,7 @@
 
 import sys
 
-from distil_whisper_jax.pseudo_label import main
+from distil_whisper_jax.cli.pseudo_label import main
 
 if __name__ == "__main__":
     sys.exit(main())

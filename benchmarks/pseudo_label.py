@@ -3,7 +3,7 @@ peak memory at 1× and 10× the data, and a FLOP-based projection to large-v3 on
 
     python benchmarks/pseudo_label.py [--batch_sizes 1,8] [--rows 16] [--repeats 1] [--skip_rss]
 
-* **ours**: ``pseudo_label.main`` on a TSV manifest of the bundled clips ≤ 30 s (cycled to ``--rows``
+* **ours**: ``pseudo_label.run`` on a TSV manifest of the bundled clips ≤ 30 s (cycled to ``--rows``
   rows): decoding, log-mel, generation (tiny.en, greedy, fp32, one CPU device), WER, FLAC + Parquet
   output. A warm-up run on one batch compiles first; each timed run writes a fresh dir. The compared time
   is the labelling wall time the run reports (``report.json`` throughput: every block from the moment the
@@ -59,10 +59,11 @@ def make_manifest(d: Path, rows: int) -> tuple[Path, float]:
 
 
 def run_ours(manifest: Path, out: Path, batch: int, extra=()) -> tuple[float, float, dict]:
-    from distil_whisper_jax import pseudo_label
+    from distil_whisper_jax import config, pseudo_label
 
     c0, t0 = time.process_time(), time.perf_counter()
-    rc = pseudo_label.main(
+    cfg = config.parse(
+        pseudo_label.PseudoLabelConfig,
         [
             "--dataset_name",
             str(manifest),
@@ -75,11 +76,12 @@ def run_ours(manifest: Path, out: Path, batch: int, extra=()) -> tuple[float, fl
             "--rows_per_shard",
             "1000",
             *extra,
-        ]
+        ],
     )
+    rc = pseudo_label.run(cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if rc != 0:
-        raise RuntimeError(f"pseudo_label.main exited {rc}")
+        raise RuntimeError(f"pseudo_label.run exited {rc}")
     return wall, cpu, json.loads((out / "report.json").read_text())
 
 

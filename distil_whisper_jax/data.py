@@ -1,46 +1,50 @@
-"""Speech dataset input for labelling and training: 🤗 datasets, local manifests, audio folders, Parquet dirs.
+"""Speech datasets for labelling, training and evaluation: one way to open every kind of source.
 
-A ``--dataset_name`` entry is one of
+A ``--dataset_name`` (or ``--train_dataset_name``, ``--eval_dataset_name``) entry is one of
 - a ``.tsv`` / ``.csv`` / ``.jsonl`` manifest whose audio column holds paths relative to the manifest,
-- a directory of ``*.parquet`` files (e.g. the output of ``run_pseudo_label.py``),
+- a directory of ``*.parquet`` files (e.g. the labeller's output), a ``.parquet`` file, or a glob of them,
 - a directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``load_from_disk``),
 - ``audiofolder:DIR`` or any other directory (🤗 ``audiofolder`` layout: audio files + ``metadata.csv``),
 - a 🤗 hub id (from the local cache, or streamed with ``streaming=True``),
 and several are joined with ``+`` (rows concatenated in order; configs and splits are ``+``-joined too, or
-given once for all). Every source is read as a stream of plain dict rows, in a fixed order, without
-materialising the dataset, so memory does not grow with its size. Audio is never decoded by 🤗 (no
-torchcodec): columns are cast to ``Audio(decode=False)`` and ``row_audio`` decodes the bytes or the path
-with ``audio.decode_audio_bytes`` / ``audio.load_audio`` (soundfile, ffmpeg fallback), downmixed to mono
-and resampled to 16 kHz.
+given once for all).
 
-Work is split between processes by fixed-size blocks of the global row index (``owned_blocks``): block
-``b`` belongs to process ``b % process_count``. Outputs named by block number therefore sort in input
-order whatever the number of processes, and a restarted job can skip finished blocks. (``datasets``'
-``split_dataset_by_node`` is not used: it hands whole files to nodes when it can, which loses the global
-row index and with it the input order of the merged output and O(1) resume; the cost here is that, for a
-hub *stream*, every process reads past the other processes' rows.)
+Labelling reads a source as a forward stream of plain dict rows (``Source.rows_from``), without
+materialising it, so memory does not grow with the dataset. Training needs random access in a shuffled
+order: ``Source.row_groups()`` gives the source as groups of rows (a Parquet row group, a slice of an
+Arrow dataset, a whole manifest) read one at a time. Audio is never decoded by 🤗 (no torchcodec): columns
+are cast to ``Audio(decode=False)`` and ``row_audio.row_audio`` decodes the bytes or the path with
+``audio.decode_audio_bytes`` / ``audio.load_audio`` (soundfile, ffmpeg fallback), downmixed to mono and
+resampled to 16 kHz.
+
+A labelled output directory records which column plays which part (audio, ground truth, transcript, ...)
+in ``schema.json``; ``Source.roles`` holds it, so that training and evaluation read a labelled directory
+without restating its column names.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import audio as audio_lib
+import datasets
+import pyarrow.parquet as pq
 
 MANIFEST_SUFFIXES = (".tsv", ".csv", ".jsonl")
+SCHEMA_FILE = "schema.json"  # column roles of a labelled directory
+SCHEMA_FORMAT = "distil-whisper-jax pseudo-labels"
+HF_GROUP_ROWS = 1000  # rows per random-access group of an Arrow (🤗) dataset
 
 
 class DataConfigError(ValueError):
-    """A dataset flag that cannot work (unknown dataset, split or column); raised before any labelling."""
+    """A dataset flag that cannot work (unknown dataset, split or column); raised before any work starts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +60,7 @@ def parse_sources(names: str, configs: str | None = None, splits: str | None = N
     """Split the ``+``-joined ``--dataset_name/--dataset_config_name/--dataset_split_name`` flags.
 
     Configs and splits may be given once (used for every dataset) or once per dataset; one dataset with
-    several splits (``--dataset_split_name train+validation``, the original labeller's style) reads each."""
+    several splits (``--dataset_split_name train+validation``) reads each in turn."""
     name_list = [n.strip() for n in names.split("+")]
     if not all(name_list):
         raise DataConfigError(f"--dataset_name {names!r}: empty entry between '+' separators")
@@ -84,11 +88,21 @@ def parse_sources(names: str, configs: str | None = None, splits: str | None = N
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class RowGroups:
+    """Random access to a source: ``sizes[g]`` rows in group ``g``; ``read(g, columns)`` returns them."""
+
+    sizes: list[int]
+    read: Callable[[int, Sequence[str]], list[dict]]
+
+
 @dataclasses.dataclass
 class Source:
-    """An opened dataset: its columns, its size when known, and a way to stream rows from a given row on.
+    """An opened dataset: its columns, its size when known, a forward stream of its rows, and (for
+    training) random access by groups of rows.
 
-    ``base_dir`` is where relative audio paths in this source are resolved."""
+    ``base_dir`` is where relative audio paths in this source are resolved; ``roles`` maps a part
+    (``audio``, ``text``, ``transcript``, ...) to its column when the source records it (labelled output)."""
 
     spec: SourceSpec
     columns: list[str]
@@ -96,6 +110,13 @@ class Source:
     rows_from: Callable[[int], Iterator[dict]]  # rows_from(i): rows i, i+1, ... (cheap skip when possible)
     base_dir: Path | None = None
     arrow_schema: Any = None  # pyarrow schema of the rows when known (🤗 / Parquet sources)
+    roles: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    groups_fn: Callable[[], RowGroups] | None = None  # None: a stream only (🤗 streaming)
+
+    @property
+    def name(self) -> str:
+        """The dataset as the user named it."""
+        return self.spec.name
 
     @property
     def label(self) -> str:
@@ -105,9 +126,33 @@ class Source:
             + (f"[{self.spec.split}]" if self.spec.split else "")
         )
 
+    def column_for(self, role: str, given: str | None, default: str | None) -> str | None:
+        """The column of ``role``: the one given by a flag, else the one the source records, else ``default``."""
+        return given if given is not None else self.roles.get(role, default)
+
+    def row_groups(self) -> RowGroups:
+        """Random access to the rows (reads a manifest into memory); ``DataConfigError`` for a stream."""
+        if self.groups_fn is None:
+            raise DataConfigError(
+                f"{self.label}: a streamed dataset has no random access; training needs a local copy "
+                "(drop --streaming, or label it first: the labeller's output is a Parquet directory)"
+            )
+        return self.groups_fn()
+
+
+def require_columns(src: Source, columns: Mapping[str, str | None], why: str = "") -> None:
+    """``DataConfigError`` naming the flags and the missing columns when ``src`` lacks any of ``columns``
+    (a mapping flag name → column; ``None`` columns are not needed)."""
+    missing = {flag: col for flag, col in columns.items() if col is not None and col not in src.columns}
+    if missing:
+        flags = ", ".join(f"--{flag} {col!r}" for flag, col in missing.items())
+        raise DataConfigError(
+            f"{src.label}: missing column(s) {list(missing.values())} ({flags}){why}; it has {sorted(src.columns)}"
+        )
+
 
 # ----------------------------------------------------------------------------------------------------------------
-# opening sources
+# manifests and audio folders
 
 
 def manifest_rows(path: Path) -> Iterator[dict]:
@@ -125,6 +170,24 @@ def manifest_rows(path: Path) -> Iterator[dict]:
                     yield row
         else:
             yield from csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+
+
+def _in_memory_groups(rows_fn: Callable[[], list[dict]], where: str) -> Callable[[], RowGroups]:
+    """Random access to a small source: all rows read once, as one group (rows must all be valid)."""
+    cache: list[RowGroups] = []
+
+    def groups() -> RowGroups:
+        if not cache:
+            rows = rows_fn()
+            bad = next((r["__error__"] for r in rows if "__error__" in r), None)
+            if bad is not None:
+                raise DataConfigError(f"{where}: {bad}")
+            if not rows:
+                raise DataConfigError(f"{where}: dataset has no rows")
+            cache.append(RowGroups([len(rows)], lambda g, columns: [{c: r.get(c) for c in columns} for r in rows]))
+        return cache[0]
+
+    return groups
 
 
 def _open_manifest(spec: SourceSpec) -> Source:
@@ -145,14 +208,15 @@ def _open_manifest(spec: SourceSpec) -> Source:
         None,
         lambda start: itertools.islice(manifest_rows(path), start, None),
         base_dir=path.resolve().parent,
+        groups_fn=_in_memory_groups(lambda: list(manifest_rows(path)), str(path)),
     )
 
 
-def _open_audiofolder(spec: SourceSpec, path: Path) -> Source:
+def _open_audiofolder(spec: SourceSpec, path: Path) -> Source | None:
     """🤗 ``audiofolder`` layout, read directly (🤗's builder needs torchcodec): ``metadata.csv`` or
     ``metadata.jsonl`` with a ``file_name`` column (relative paths) becomes the ``audio`` column; without
-    metadata, every audio file under ``path`` (sorted) is a row with only ``audio``."""
-    from .transcribe import AUDIO_EXTENSIONS
+    metadata, every audio file under ``path`` (sorted) is a row with only ``audio``. None: no audio at all."""
+    from .transcribe import AUDIO_EXTENSIONS  # moves to audio.py with the architecture rework
 
     for meta in ("metadata.jsonl", "metadata.csv"):
         if (path / meta).exists():
@@ -162,30 +226,67 @@ def _open_audiofolder(spec: SourceSpec, path: Path) -> Source:
                     f"--dataset_name {spec.name}: {meta} needs a 'file_name' column (has {', '.join(inner.columns)})"
                 )
 
-            def rows_from(start: int, inner=inner) -> Iterator[dict]:
+            def rows_from(start: int, inner: Source = inner) -> Iterator[dict]:
                 for row in inner.rows_from(start):
                     row = dict(row)
                     row["audio"] = row.pop("file_name")
                     yield row
 
             columns = ["audio"] + [c for c in inner.columns if c not in ("file_name", "audio")]
-            return Source(spec, columns, None, rows_from, base_dir=path.resolve())
+            groups = _in_memory_groups(lambda: list(rows_from(0)), str(path / meta))
+            return Source(spec, columns, None, rows_from, base_dir=path.resolve(), groups_fn=groups)
     files = sorted(
         str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
     )
     if not files:
-        raise DataConfigError(f"--dataset_name {spec.name}: folder has no metadata.csv/.jsonl and no audio files")
+        return None
     return Source(
-        spec, ["audio"], len(files), lambda start: ({"audio": f} for f in files[start:]), base_dir=path.resolve()
+        spec,
+        ["audio"],
+        len(files),
+        lambda start: ({"audio": f} for f in files[start:]),
+        base_dir=path.resolve(),
+        groups_fn=_in_memory_groups(lambda: [{"audio": f} for f in files], str(path)),
     )
 
 
-def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
-    import pyarrow.parquet as pq
+# ----------------------------------------------------------------------------------------------------------------
+# Parquet files and 🤗 datasets
 
-    metas = [pq.ParquetFile(f) for f in files]
-    counts = [m.metadata.num_rows for m in metas]
+
+def read_roles(directory: Path) -> dict[str, str | None]:
+    """The column roles a labelled directory records in ``schema.json`` ({} when it has none)."""
+    path = directory / SCHEMA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+        roles = meta["columns"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataConfigError(f"{path}: not a valid column schema ({type(e).__name__}: {e})") from None
+    if not isinstance(roles, dict):
+        raise DataConfigError(f"{path}: 'columns' must map roles to column names")
+    return roles
+
+
+def _open_parquet(spec: SourceSpec, files: list[Path], base_dir: Path) -> Source:
+    metas = []
+    for f in files:
+        try:
+            metas.append(pq.ParquetFile(f))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for truncated or foreign files
+            raise DataConfigError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from None
     schema = metas[0].schema_arrow
+    for f, m in zip(files[1:], metas[1:]):
+        if set(m.schema_arrow.names) != set(schema.names):
+            raise DataConfigError(f"{f}: columns {sorted(m.schema_arrow.names)} differ from {files[0]}'s")
+    counts = [m.metadata.num_rows for m in metas]
+    groups = [
+        (i, g, m.metadata.row_group(g).num_rows)
+        for i, m in enumerate(metas)
+        for g in range(m.num_row_groups)
+        if m.metadata.row_group(g).num_rows
+    ]
 
     def rows_from(start: int) -> Iterator[dict]:
         offset = 0
@@ -204,15 +305,36 @@ def _open_parquet_dir(spec: SourceSpec, files: list[Path]) -> Source:
                         skip = max(0, skip - len(rows))
                 offset += m
 
+    def read(g: int, columns: Sequence[str]) -> list[dict]:
+        fi, rg, _ = groups[g]
+        try:
+            return pq.ParquetFile(files[fi]).read_row_group(rg, columns=list(columns)).to_pylist()
+        except Exception as e:  # noqa: BLE001
+            raise DataConfigError(f"{files[fi]}: cannot read row group {rg} ({type(e).__name__}: {e})") from None
+
+    row_groups = RowGroups([n for _, _, n in groups], read)
     return Source(
-        spec, list(schema.names), sum(counts), rows_from, base_dir=Path(spec.name).resolve(), arrow_schema=schema
+        spec,
+        list(schema.names),
+        sum(counts),
+        rows_from,
+        base_dir=base_dir.resolve(),
+        arrow_schema=schema,
+        roles=read_roles(base_dir),
+        groups_fn=lambda: row_groups,
     )
+
+
+def _nested_parquet(path: Path, split: str | None) -> list[Path]:
+    """Parquet files below ``path`` (a hub dataset's layout), those whose path names ``split`` if any do."""
+    files = sorted(path.rglob("*.parquet"))
+    if split and len(files) > 1:
+        files = [f for f in files if split in f.relative_to(path).as_posix()] or files
+    return files
 
 
 def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Source:
     """Wrap a 🤗 Dataset / IterableDataset: audio columns cast to ``Audio(decode=False)``."""
-    import datasets
-
     features = ds.features
     if features is not None:
         for col, feat in features.items():
@@ -221,22 +343,28 @@ def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Sourc
         features = ds.features
     columns = list(features) if features is not None else list(next(iter(ds)).keys())
     schema = features.arrow_schema if features is not None else None
-    if isinstance(ds, datasets.Dataset):
+    if not isinstance(ds, datasets.Dataset):
+        return Source(spec, columns, None, lambda start: itertools.islice(iter(ds), start, None), base_dir, schema)
 
-        def rows_from(start: int) -> Iterator[dict]:
-            for i in range(start, len(ds), 256):
-                batch = ds[i : i + 256]
-                keys = list(batch)
-                for j in range(len(batch[keys[0]])):
-                    yield {k: batch[k][j] for k in keys}
+    def read(g: int, cols: Sequence[str]) -> list[dict]:
+        batch = ds.select_columns(list(cols))[g * HF_GROUP_ROWS : (g + 1) * HF_GROUP_ROWS]
+        n = len(next(iter(batch.values()))) if batch else 0
+        return [{k: batch[k][j] for k in batch} for j in range(n)]
 
-        return Source(spec, columns, len(ds), rows_from, base_dir, schema)
-    return Source(spec, columns, None, lambda start: itertools.islice(iter(ds), start, None), base_dir, schema)
+    def rows_from(start: int) -> Iterator[dict]:
+        for i in range(start, len(ds), 256):
+            batch = ds[i : i + 256]
+            keys = list(batch)
+            for j in range(len(batch[keys[0]])):
+                yield {k: batch[k][j] for k in keys}
+
+    n = len(ds)
+    sizes = [min(HF_GROUP_ROWS, n - i) for i in range(0, n, HF_GROUP_ROWS)]
+    row_groups = RowGroups(sizes, read)
+    return Source(spec, columns, n, rows_from, base_dir, schema, groups_fn=lambda: row_groups)
 
 
 def _pick_split(spec: SourceSpec, dd: Any) -> Any:
-    import datasets
-
     if not isinstance(dd, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return dd
     if spec.split is None:
@@ -254,28 +382,51 @@ def _pick_split(spec: SourceSpec, dd: Any) -> Any:
     return datasets.concatenate_datasets(parts)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# opening an entry
+
+
+def _open_directory(spec: SourceSpec, path: Path) -> Source:
+    if not spec.name.startswith("audiofolder:"):
+        parquet = sorted(path.glob("*.parquet"))
+        if parquet:
+            return _open_parquet(spec, parquet, path)
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return _hf_source(spec, _pick_split(spec, datasets.load_from_disk(str(path))), path.resolve())
+        has_meta = (path / "metadata.csv").exists() or (path / "metadata.jsonl").exists()
+        nested = [] if has_meta else _nested_parquet(path, spec.split)
+        if nested:
+            return _open_parquet(spec, nested, path)
+    src = _open_audiofolder(spec, path)
+    if src is None:
+        raise DataConfigError(
+            f"--dataset_name {spec.name}: directory holds no .parquet files, no save_to_disk dataset, "
+            "no metadata.csv/.jsonl and no audio files"
+        )
+    return src
+
+
 def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None = None) -> Source:
     """Open one dataset entry (see the module docstring for what ``spec.name`` may be)."""
-    import datasets
-
     name = spec.name
-    path = Path(name[len("audiofolder:") :] if name.startswith("audiofolder:") else name)
+    path = Path(os.path.expanduser(name[len("audiofolder:") :] if name.startswith("audiofolder:") else name))
     if path.is_file():
+        if path.suffix.lower() == ".parquet":
+            return _open_parquet(spec, [path], path.parent)
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
             raise DataConfigError(
-                f"--dataset_name {path}: a file must be a manifest ({', '.join(MANIFEST_SUFFIXES)})"
+                f"--dataset_name {path}: a file must be a manifest ({', '.join(MANIFEST_SUFFIXES)}) or .parquet"
                 f", got {path.suffix or 'no extension'}"
             )
         return _open_manifest(SourceSpec(str(path), spec.config, spec.split))
     if path.is_dir():
-        if not name.startswith("audiofolder:"):
-            parquet = sorted(path.glob("*.parquet"))
-            if parquet:
-                return _open_parquet_dir(spec, parquet)
-            if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-                return _hf_source(spec, _pick_split(spec, datasets.load_from_disk(str(path))), path.resolve())
-        return _open_audiofolder(spec, path)
-    if name.startswith(("/", ".", "~")) or name.startswith("audiofolder:") or Path(name).suffix in MANIFEST_SUFFIXES:
+        return _open_directory(spec, path)
+    if glob.has_magic(name):
+        matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(name)) if m.endswith(".parquet"))
+        if not matches:
+            raise DataConfigError(f"--dataset_name {name}: the pattern matches no .parquet file")
+        return _open_parquet(spec, matches, matches[0].parent)
+    if name.startswith(("/", ".", "~", "audiofolder:")) or Path(name).suffix in (*MANIFEST_SUFFIXES, ".parquet"):
         raise DataConfigError(f"--dataset_name {name}: no such file or directory")
     try:
         ds = datasets.load_dataset(name, spec.config, split=spec.split, streaming=streaming, cache_dir=cache_dir)
@@ -291,173 +442,7 @@ def open_sources(specs: Sequence[SourceSpec], streaming: bool = False, cache_dir
     return [open_source(s, streaming, cache_dir) for s in specs]
 
 
-def require_columns(sources: Sequence[Source], **columns: str | None) -> None:
-    """Raise ``DataConfigError`` naming the flag when a column is missing from a source."""
-    for src in sources:
-        for flag, col in columns.items():
-            if col is not None and col not in src.columns:
-                raise DataConfigError(
-                    f"--{flag} {col!r}: dataset {src.label} has no such column (columns: {', '.join(src.columns)})"
-                )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# rows, blocks and processes
-
-
-def iter_rows(sources: Sequence[Source], start: int = 0) -> Iterator[tuple[int, int, dict]]:
-    """``(global_index, source_index, row)`` over all sources in order, from global row ``start`` on.
-
-    Sources of known size are skipped without reading them."""
-    offset = 0
-    for k, src in enumerate(sources):
-        if src.num_rows is not None:
-            if start < offset + src.num_rows:
-                local = max(0, start - offset)
-                for i, row in enumerate(src.rows_from(local), offset + local):
-                    yield i, k, row
-            offset += src.num_rows
-        else:  # unknown size: count while reading past
-            count = 0
-            for row in src.rows_from(0):
-                if offset + count >= start:
-                    yield offset + count, k, row
-                count += 1
-            offset += count
-
-
-def total_rows(sources: Sequence[Source]) -> int | None:
-    """Total rows when every source knows its size (manifests and streams do not)."""
-    sizes = [s.num_rows for s in sources]
-    return None if any(n is None for n in sizes) else sum(sizes)
-
-
-class _Cursor:
-    """A forward reader over the joined sources that jumps (sources of known size) or reads past rows."""
-
-    def __init__(self, sources: Sequence[Source], limit: int | None):
-        self.sources, self.limit = sources, limit
-        n = total_rows(sources)
-        self.known = n if limit is None or n is None else min(n, limit)
-        self.it: Iterator | None = None
-        self.pos = 0  # global index of the next row ``it`` yields
-        self.head: tuple | None = None  # a row read by ``seek`` and not yet taken
-
-    def _next(self) -> tuple | None:
-        if self.limit is not None and self.pos >= self.limit:
-            return None
-        item = next(self.it, None)
-        if item is not None:
-            self.pos += 1
-        return item
-
-    def seek(self, start: int) -> bool:
-        """Position at row ``start``; False when the data ends before it."""
-        if self.known is not None and start >= self.known:
-            return False
-        if self.head is not None and self.pos - 1 == start:
-            return True
-        if self.it is None or self.pos > start or (self.known is not None and start - self.pos > 1024):
-            self.it, self.pos = iter_rows(self.sources, start), start
-        self.head = None
-        while self.pos < start:
-            if self._next() is None:
-                return False
-        self.head = self._next()
-        return self.head is not None
-
-    def take(self, end: int) -> Iterator[tuple[int, int, dict]]:
-        """Rows from the sought position up to (not including) ``end``."""
-        item, self.head = self.head, None
-        while item is not None:
-            yield item
-            if self.pos >= end:
-                return
-            item = self._next()
-
-
-def owned_blocks(
-    sources: Sequence[Source],
-    block_rows: int,
-    process_index: int,
-    process_count: int,
-    skip: Callable[[int], bool] = lambda b: False,
-    limit: int | None = None,
-    info: dict | None = None,
-) -> Iterator[tuple[int, Iterator[tuple[int, int, dict]]]]:
-    """This process's blocks: ``(block_number, rows)`` for every block ``b ≡ process_index (mod
-    process_count)`` that is not ``skip(b)``; rows are ``(global_index, source_index, row)``, at most
-    ``limit`` rows in all.
-
-    One forward pass over the data; rows of other processes' blocks are read past (jumped over for
-    sources of known size) but never decoded. Consume each block's rows before asking for the next.
-    When the data ends, ``info["total_rows"]`` is set to the number of rows (known to every process).
-    """
-    if block_rows < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"bad block split: block_rows={block_rows}, process {process_index} of {process_count}")
-    cur = _Cursor(sources, limit)
-    b = process_index
-    while True:
-        start = b * block_rows
-        if skip(b) and cur.known is not None:
-            if start >= cur.known:
-                break
-            b += process_count
-            continue
-        if not cur.seek(start):
-            break
-        if not skip(b):
-            yield b, cur.take(start + block_rows)
-        b += process_count
-    if info is not None:
-        if cur.known is None:  # read to the end: the last block's rows may not all have been read
-            while cur._next() is not None:
-                pass
-        info["total_rows"] = cur.known if cur.known is not None else cur.pos
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# audio of a row
-
-
-def row_audio(value: Any, base_dir: Path | None, sampling_rate: int = audio_lib.SAMPLE_RATE) -> np.ndarray:
-    """Decode a row's audio cell to float32 mono at ``sampling_rate``.
-
-    Accepts a path (relative to ``base_dir``), the 🤗 Audio storage ``{"bytes", "path"}``, or a decoded
-    ``{"array", "sampling_rate"}``. Raises ``audio.AudioError`` naming the file for anything unusable."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise audio_lib.AudioError("audio cell is empty (no path or bytes)")
-    if isinstance(value, (str, os.PathLike)):
-        return audio_lib.load_audio(resolve_path(value, base_dir), sampling_rate)
-    if isinstance(value, dict):
-        if value.get("array") is not None:
-            arr = np.asarray(value["array"], np.float32)
-            sr = value.get("sampling_rate")
-            if sr is None:
-                raise audio_lib.AudioError("decoded audio has no sampling_rate")
-            if arr.ndim == 2:  # [channels, time] as 🤗 returns for multichannel
-                arr = arr.mean(axis=0 if arr.shape[0] < arr.shape[1] else 1)
-            if arr.size == 0:
-                raise audio_lib.AudioError("zero-length audio array")
-            if not np.isfinite(arr).all():
-                raise audio_lib.AudioError("audio array contains non-finite samples (NaN or inf)")
-            return audio_lib.resample(arr, int(sr), sampling_rate)
-        path = value.get("path")
-        if value.get("bytes") is not None:
-            return audio_lib.decode_audio_bytes(value["bytes"], path or "<audio bytes>", sampling_rate)
-        if path:
-            return audio_lib.load_audio(resolve_path(path, base_dir), sampling_rate)
-    raise audio_lib.AudioError(f"audio cell holds neither a path nor bytes ({type(value).__name__})")
-
-
 def resolve_path(path: str | os.PathLike, base_dir: Path | None) -> Path:
     """``~`` expanded; a relative path is taken relative to ``base_dir`` (a manifest's folder) when given."""
     p = Path(os.path.expanduser(os.fspath(path)))
     return p if p.is_absolute() or base_dir is None else base_dir / p
-
-
-def process_info() -> tuple[int, int]:
-    """``(jax.process_index(), jax.process_count())``."""
-    import jax
-
-    return jax.process_index(), jax.process_count()

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from . import wer_filter
+
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16")
 EXIT_PREEMPTED, EXIT_NAN, EXIT_SAVE_FAILED = 143, 3, 4
@@ -81,9 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="'+'-joined evaluation datasets (each evaluated and logged separately); none = no eval",
     )
     d.add_argument("--eval_split_name", default="validation", help="split of hub evaluation datasets")
-    d.add_argument("--eval_text_column_name", default="text", help="reference transcript column of eval data")
+    d.add_argument(
+        "--eval_text_column_name",
+        default=None,
+        help="reference transcript column of eval data (default: the one a labelled dir records, else 'text')",
+    )
     d.add_argument("--train_text_column_name", default="whisper_transcript", help="training target column")
-    d.add_argument("--audio_column_name", default="audio", help="audio column (🤗 Audio struct or path)")
+    d.add_argument(
+        "--audio_column_name",
+        default=None,
+        help="audio column (🤗 Audio struct or path); default: the one a labelled dir records, else 'audio'",
+    )
     d.add_argument("--min_duration_in_seconds", type=float, default=0.0, help="drop shorter training audio")
     d.add_argument("--max_duration_in_seconds", type=float, default=30.0, help="drop longer training audio")
     d.add_argument(
@@ -101,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--wer_threshold",
         type=float,
         default=None,
-        help="drop rows whose pseudo-label WER vs. ground truth (the 'wer' column, %%) is ≥ this",
+        help=wer_filter.HELP.replace("%", "%%") + " (WER in %%: the 'wer' column, else computed)",
     )
+    d.add_argument("--keep_rows_without_ground_truth", action="store_true", help=wer_filter.KEEP_HELP)
     d.add_argument(
         "--drop_rows_without_ground_truth",
         action="store_true",
-        help="with --wer_threshold, also drop rows whose WER is unknown (no ground truth)",
+        help="accepted for old command lines: dropping them is now the default",
     )
     d.add_argument(
         "--timestamp_probability",
@@ -409,7 +420,7 @@ def train(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from . import checkpoint, parallel, train_data
+    from . import checkpoint, eval_data, parallel, train_data
     from . import train as core
     from .convert import load_pretrained
     from .tokenizer import save_tokenizer, special_tokens
@@ -467,14 +478,14 @@ def train(args: argparse.Namespace) -> int:
         min_duration=args.min_duration_in_seconds,
         max_duration=args.max_duration_in_seconds,
         wer_threshold=args.wer_threshold,
-        drop_without_ground_truth=args.drop_rows_without_ground_truth,
+        keep_without_ground_truth=args.keep_rows_without_ground_truth,
         labels=label_opts,
     )
     names = train_data.split_plus(args.train_dataset_name)
-    sources = [train_data.open_source(n, args.train_split_name) for n in names]
+    sources = train_data.open_sources(args.train_dataset_name, args.train_split_name)
     weights = train_data.weights_from_flag(args.train_dataset_samples, len(names))
     eval_sets = [
-        train_data.load_eval_set(
+        eval_data.load_eval_set(
             n,
             args.eval_split_name,
             args.audio_column_name,
@@ -487,7 +498,7 @@ def train(args: argparse.Namespace) -> int:
     log.info(
         "data: %s (%s rows), global batch %d = %d per device × %d devices × %d accumulation, %d processes; eval: %s",
         names,
-        [s.num_rows for s in sources],
+        [sum(s.row_groups().sizes) for s in sources],
         global_batch,
         args.per_device_train_batch_size,
         n_dev,

@@ -1,11 +1,8 @@
 """Training-side data: labelled datasets → static-shape batches, with an O(1)-resumable position.
 
-The original re-streamed (and re-featurised) every skipped example on resume and built the whole
-global batch on every host. Here:
+Datasets are opened by ``data`` (any source it knows that offers random access: the labeller's Parquet
+output, Parquet shards, manifests, ``save_to_disk`` and cached hub datasets). Here:
 
-* A **source** is one labelled dataset: its Parquet files (contract B, ``run_pseudo_label.py``'s
-  output, a hub dataset's Parquet shards) or a TSV/CSV manifest (contract A). Rows are addressed by
-  (row group, offset), so reading row ``i`` of an epoch touches one row group only.
 * Each epoch visits a source's rows in a seeded permutation (row groups shuffled, then rows within a
   group), so a position is just ``(epoch, cursor)`` per source; ``StreamState`` (plain ints, JSON)
   is saved in every checkpoint and resuming costs one row-group read.
@@ -16,26 +13,26 @@ global batch on every host. Here:
   same global batch of labels, but decodes audio only for its own slice of the batch. Per-example
   randomness (timestamp / previous-text choices) is seeded by the example's identity, so the batch
   is the same for any process or device count.
-* Labels follow the original (upstream.md §2.2): decoder prompt, timestamps kept with probability
+* Rows are filtered before they reach a batch: by duration (the ``duration`` column, else the audio
+  file's header, so a clip too long for Whisper's window never aborts a run), by the shared WER rule
+  (``wer_filter``: the ``wer`` column, else computed from the ground truth), and by label length.
+* Labels follow the original recipe: decoder prompt, timestamps kept with probability
   ``timestamp_probability`` else stripped, ``<|startofprev|>`` + previous text with probability
   ``condition_on_prev_probability``, EOT; over-long labels dropped (or truncated on request).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import glob
 import logging
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import audio
-from .tokenizer import SpecialTokens
+from . import audio, data, wer_filter
+from .row_audio import audio_duration, row_audio
+from .tokenizer import SpecialTokens, prompt_ids
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of positions the loss skips
@@ -45,133 +42,36 @@ IGNORE = -100  # label of positions the loss skips
 # Sources
 
 
-@dataclasses.dataclass
-class Source:
-    """One dataset: where its rows live and how many rows each row group holds."""
-
-    name: str  # as the user gave it (for messages)
-    files: list[Path]
-    groups: list[tuple[int, int, int]]  # (file index, row group index, rows)
-    columns: list[str]
-    root: Path  # relative audio paths are resolved against this
-    table: Any = None  # a whole in-memory pyarrow table (TSV/CSV manifests)
-
-    @property
-    def num_rows(self) -> int:
-        return sum(n for _, _, n in self.groups)
-
-
-def _parquet_files(name: str, split: str | None) -> tuple[list[Path], Path]:
-    p = Path(name).expanduser()
-    if p.is_dir():
-        files = sorted(p.glob("*.parquet")) or sorted(p.rglob("*.parquet"))
-        if split and len(files) > 1:
-            in_split = [f for f in files if split in f.relative_to(p).as_posix()]
-            files = in_split or files
-        if not files:
-            raise ValueError(
-                f"{name}: directory holds no .parquet files (expected the output of "
-                "run_pseudo_label.py or a dataset's Parquet shards)"
-            )
-        return files, p
-    if p.is_file():
-        return [p], p.parent
-    matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(name)))
-    if matches:
-        return matches, matches[0].parent
-    from .utils import is_hub_id
-
-    if is_hub_id(name):
-        from huggingface_hub import snapshot_download
-
-        try:
-            local = Path(snapshot_download(name, repo_type="dataset", allow_patterns=["*.parquet", "**/*.parquet"]))
-        except Exception as e:  # offline, unknown repo, auth
-            raise ValueError(
-                f"{name}: could not get the dataset's Parquet files from the 🤗 hub or cache "
-                f"({type(e).__name__}: {e}); pass a local directory instead"
-            ) from None
-        return _parquet_files(str(local), split)
-    raise ValueError(f"{name}: no such dataset directory, Parquet file or manifest (and not a hub dataset id)")
-
-
-def open_source(name: str, split: str | None = None) -> Source:
-    """Open a labelled dataset: a directory of Parquet files (contract B), a ``.parquet`` file or glob,
-    a ``.tsv``/``.csv`` manifest (contract A: ``audio`` paths relative to it), or a hub dataset id
-    (its Parquet shards whose path contains ``split``)."""
-    p = Path(name).expanduser()
-    if p.suffix.lower() in (".tsv", ".csv") and p.is_file():
-        import pyarrow as pa
-
-        with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
-        if not rows:
-            raise ValueError(f"{p}: manifest has no rows")
-        table = pa.Table.from_pylist(rows)
-        return Source(name, [p], [(0, 0, len(rows))], list(rows[0]), p.parent, table)
-    import pyarrow.parquet as pq
-
-    files, root = _parquet_files(name, split)
-    groups, columns = [], None
-    for i, f in enumerate(files):
-        try:
-            meta = pq.ParquetFile(f)
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for truncated or foreign files
-            raise ValueError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-        cols = meta.schema_arrow.names
-        if columns is None:
-            columns = cols
-        elif set(cols) != set(columns):
-            raise ValueError(f"{f}: columns {sorted(cols)} differ from {files[0]}'s {sorted(columns)}")
-        groups += [
-            (i, g, meta.metadata.row_group(g).num_rows)
-            for g in range(meta.num_row_groups)
-            if meta.metadata.row_group(g).num_rows
-        ]
-    src = Source(name, files, groups, columns or [], root)
-    if not src.num_rows:
-        raise ValueError(f"{name}: dataset has no rows")
-    return src
-
-
-def require_columns(src: Source, needed: Iterable[str], why: str) -> None:
-    missing = [c for c in needed if c not in src.columns]
-    if missing:
-        raise ValueError(f"{src.name}: missing column(s) {missing} needed {why}; it has {sorted(src.columns)}")
+def open_sources(names: str, split: str | None = None) -> list[data.Source]:
+    """Open ``+``-joined training (or evaluation) datasets; each must offer random access and hold rows.
+    ``split`` picks a split of hub / ``save_to_disk`` datasets and of Parquet shards named by split."""
+    sources = data.open_sources(data.parse_sources(names, None, split))
+    for src in sources:
+        if not sum(src.row_groups().sizes):
+            raise data.DataConfigError(f"{src.label}: dataset has no rows")
+    return sources
 
 
 class RowReader:
     """Random access to a source's rows, one row group cached (the stream reads groups in order)."""
 
-    def __init__(self, src: Source, columns: Sequence[str] | None = None):
-        self.src, self.columns = src, [c for c in (columns or src.columns) if c in src.columns]
-        self._key, self._rows = None, None
+    def __init__(self, src: data.Source, columns: Sequence[str]):
+        self.src, self.groups = src, src.row_groups()
+        self.columns = list(dict.fromkeys(c for c in columns if c is not None and c in src.columns))
+        self._key: int | None = None
+        self._rows: list[dict] = []
 
     def group(self, g: int) -> list[dict]:
         if self._key != g:
-            fi, rg, _ = self.src.groups[g]
-            if self.src.table is not None:
-                self._rows = self.src.table.select(self.columns).to_pylist()
-            else:
-                import pyarrow.parquet as pq
-
-                try:
-                    self._rows = pq.ParquetFile(self.src.files[fi]).read_row_group(rg, columns=self.columns).to_pylist()
-                except Exception as e:
-                    raise ValueError(
-                        f"{self.src.files[fi]}: cannot read row group {rg} ({type(e).__name__}: {e})"
-                    ) from None
-            self._key = g
+            self._rows, self._key = self.groups.read(g, self.columns), g
         return self._rows
 
 
-def load_row_audio(value: Any, src: Source, where: str) -> np.ndarray:
-    """16 kHz float32 audio of an audio cell (``data.row_audio``: 🤗 Audio struct or a path relative to the
-    dataset directory); errors name the dataset row."""
-    from .data import row_audio
-
+def load_row_audio(value: Any, src: data.Source, where: str) -> np.ndarray:
+    """16 kHz float32 audio of an audio cell (🤗 Audio struct or a path relative to the dataset directory);
+    errors name the dataset row."""
     try:
-        return row_audio(value, src.root)
+        return row_audio(value, src.base_dir)
     except audio.AudioError as e:
         raise audio.AudioError(f"{where}: {e}") from None
 
@@ -208,8 +108,6 @@ def build_sequence(
     fit in ``max_label_length`` and ``opts.truncate`` is off (the original drops such rows).
     Two random draws per example, always in the same order, so a seeded ``rng`` makes this deterministic.
     """
-    from .tokenizer import prompt_ids
-
     u_ts, u_prev = rng.random(), rng.random()
     target = list(target)
     if target and target[0] in (specials.sot, specials.startofprev):
@@ -277,15 +175,49 @@ class StreamState:
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    audio_column: str = "audio"
+    audio_column: str | None = None  # None: the column the dataset records (labelled output), else "audio"
     text_column: str = "whisper_transcript"
     ids_column: str = "whisper_token_ids"  # used instead of re-tokenising the text column when present
     prev_column: str = "condition_on_prev"
+    reference_column: str | None = None  # ground truth for the WER filter; None: recorded, else "text"
     min_duration: float = 0.0
     max_duration: float = 30.0
     wer_threshold: float | None = None
-    drop_without_ground_truth: bool = False
+    keep_without_ground_truth: bool = False
     labels: LabelOptions = LabelOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """The columns of one source that the stream reads (resolved from the options and the source's roles)."""
+
+    audio: str
+    reference: str | None
+    text: str
+    ids: str
+    prev: str
+
+    @classmethod
+    def resolve(cls, src: data.Source, o: DataOptions) -> Columns:
+        return cls(
+            audio=src.column_for("audio", o.audio_column, "audio"),
+            reference=src.column_for("text", o.reference_column, "text"),
+            text=o.text_column,
+            ids=o.ids_column,
+            prev=o.prev_column,
+        )
+
+    def check(self, src: data.Source, o: DataOptions) -> None:
+        """``DataConfigError`` naming the flag for a column the run needs and the source lacks."""
+        data.require_columns(src, {"audio_column_name": self.audio}, " for training (the audio the teacher heard)")
+        if self.text not in src.columns and self.ids not in src.columns:
+            data.require_columns(src, {"train_text_column_name": self.text}, " for training (the pseudo-labels)")
+        if o.wer_threshold is not None and "wer" not in src.columns and not o.keep_without_ground_truth:
+            data.require_columns(
+                src,
+                {"wer_threshold": self.reference},
+                " by --wer_threshold (a 'wer' column or the ground truth to compute it)",
+            )
 
 
 @dataclasses.dataclass
@@ -296,11 +228,11 @@ class Example:
     source: int
 
 
-def _epoch_order(src: Source, seed: int, k: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def _epoch_order(sizes: Sequence[int], seed: int, k: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Row groups in this epoch's order and the cumulative row counts along it."""
     rng = np.random.default_rng([seed, 17, k, epoch])
-    order = rng.permutation(len(src.groups))
-    return order, np.cumsum([src.groups[g][2] for g in order])
+    order = rng.permutation(len(sizes))
+    return order, np.cumsum([sizes[g] for g in order])
 
 
 class TrainStream:
@@ -308,7 +240,7 @@ class TrainStream:
 
     def __init__(
         self,
-        sources: Sequence[Source],
+        sources: Sequence[data.Source],
         weights: Sequence[float] | None,
         tokenizer: Any,
         specials: SpecialTokens,
@@ -326,14 +258,15 @@ class TrainStream:
             )
         self.sources, self.tok, self.sp, self.opts, self.seed = list(sources), tokenizer, specials, opts, seed
         self.probs = np.asarray(weights) / sum(weights)
-        for s in self.sources:
-            require_columns(s, [opts.audio_column], "for training (the audio the teacher heard)")
-            if opts.text_column not in s.columns and opts.ids_column not in s.columns:
-                require_columns(s, [opts.text_column], "for training (--train_text_column_name: the pseudo-labels)")
-            if opts.wer_threshold is not None and "wer" not in s.columns:
-                require_columns(s, ["wer"], "by --wer_threshold (run_pseudo_label.py writes it)")
-        meta_cols = [opts.text_column, opts.ids_column, opts.prev_column, "duration", "wer", opts.audio_column]
-        self.readers = [RowReader(s, meta_cols) for s in self.sources]
+        self.columns = [Columns.resolve(s, opts) for s in self.sources]
+        for s, c in zip(self.sources, self.columns):
+            c.check(s, opts)
+        self.readers = [
+            RowReader(s, [c.text, c.ids, c.prev, "duration", "wer", c.audio, c.reference])
+            for s, c in zip(self.sources, self.columns)
+        ]
+        self.sizes = [r.groups.sizes for r in self.readers]
+        self.num_rows = [sum(z) for z in self.sizes]
         self.state = state or StreamState()
         if not self.state.epochs:
             self.state.epochs, self.state.cursors = [0] * len(sources), [0] * len(sources)
@@ -341,35 +274,41 @@ class TrainStream:
             raise ValueError(f"saved data position has {len(self.state.epochs)} datasets, this run has {len(sources)}")
         self._orders: list[tuple] = [(-1, None, None)] * len(sources)  # (epoch, group order, cumulative rows)
         self._perm: list[tuple] = [(None, None)] * len(sources)  # ((epoch, group), row permutation)
-        self._offsets = [np.concatenate([[0], np.cumsum([n for _, _, n in s.groups])]) for s in self.sources]
+        self._offsets = [np.concatenate([[0], np.cumsum(z)]) for z in self.sizes]
+        self._durations = [np.full(n, np.nan) for n in self.num_rows]  # durations from audio headers
+        for k, s in enumerate(self.sources):
+            if "duration" not in s.columns:  # e.g. a TSV manifest: filter by duration before training starts
+                self._scan_durations(k)
         self._kept_in_epoch = [0] * len(sources)
         self._seen_whole_epoch = [st == 0 for st in self.state.cursors]  # for the "all rows filtered" check
 
     # -- rows ---------------------------------------------------------------------------------
+    def _next_epoch(self, k: int) -> None:
+        st = self.state
+        if self._seen_whole_epoch[k] and self._kept_in_epoch[k] == 0:
+            raise ValueError(
+                f"{self.sources[k].label}: all {self.num_rows[k]} rows were filtered out in a whole epoch "
+                f"(skipped so far: {st.filtered}); relax the filters"
+            )
+        st.epochs[k] += 1
+        st.cursors[k] = 0
+        self._kept_in_epoch[k], self._seen_whole_epoch[k] = 0, True
+        log.info("dataset %s: starting epoch %d", self.sources[k].label, st.epochs[k])
+
     def _row(self, k: int) -> tuple[int, dict]:
         """Next row of source ``k`` (advancing its cursor, wrapping to a new epoch); (row id, row)."""
-        src, st = self.sources[k], self.state
-        if st.cursors[k] >= src.num_rows:
-            if self._seen_whole_epoch[k] and self._kept_in_epoch[k] == 0:
-                raise ValueError(
-                    f"{src.name}: all {src.num_rows} rows were filtered out in a whole epoch "
-                    f"(skipped so far: {st.filtered}); relax the filters"
-                )
-            st.epochs[k] += 1
-            st.cursors[k] = 0
-            self._kept_in_epoch[k], self._seen_whole_epoch[k] = 0, True
-            log.info("dataset %s: starting epoch %d", src.name, st.epochs[k])
+        st = self.state
+        if st.cursors[k] >= self.num_rows[k]:
+            self._next_epoch(k)
         c, epoch = st.cursors[k], st.epochs[k]
         if self._orders[k][0] != epoch:
-            self._orders[k] = (epoch, *_epoch_order(src, self.seed, k, epoch))
+            self._orders[k] = (epoch, *_epoch_order(self.sizes[k], self.seed, k, epoch))
         _, order, cum = self._orders[k]
         j = int(np.searchsorted(cum, c, side="right"))
         g = int(order[j])
         if self._perm[k][0] != (epoch, g):
-            self._perm[k] = (
-                (epoch, g),
-                np.random.default_rng([self.seed, 29, k, epoch, g]).permutation(src.groups[g][2]),
-            )
+            perm = np.random.default_rng([self.seed, 29, k, epoch, g]).permutation(self.sizes[k][g])
+            self._perm[k] = ((epoch, g), perm)
         r = int(self._perm[k][1][c - (int(cum[j - 1]) if j else 0)])
         st.cursors[k] += 1
         return int(self._offsets[k][g]) + r, self.readers[k].group(g)[r]
@@ -377,54 +316,87 @@ class TrainStream:
     def _skip(self, reason: str) -> None:
         self.state.filtered[reason] = self.state.filtered.get(reason, 0) + 1
 
-    def _target(self, row: dict, where: str) -> list[int] | None:
+    def _scan_durations(self, k: int) -> None:
+        """Read every row's duration from its audio header (a source without a ``duration`` column)."""
+        log.info("dataset %s has no duration column: reading %d audio headers", self.sources[k].label, self.num_rows[k])
+        reader, audio_col = self.readers[k], self.columns[k].audio
+        for g in range(len(self.sizes[k])):
+            for r, row in enumerate(reader.groups.read(g, [audio_col])):
+                self._duration(k, int(self._offsets[k][g]) + r, row)
+
+    def _duration(self, k: int, row_id: int, row: dict) -> float:
+        """The row's ``duration`` cell, else the length its audio header gives (read once per row and kept)."""
+        if row.get("duration") is not None:
+            return float(row["duration"])
+        if np.isnan(self._durations[k][row_id]):
+            cell = row.get(self.columns[k].audio)
+            try:
+                self._durations[k][row_id] = audio_duration(cell, self.sources[k].base_dir)
+            except audio.AudioError as e:
+                raise audio.AudioError(f"{self.sources[k].label} row {row_id}: {e}") from None
+        return float(self._durations[k][row_id])
+
+    def _transcript(self, k: int, row: dict) -> str | None:
+        c = self.columns[k]
+        if row.get(c.text) is not None:
+            return row[c.text]
+        ids = row.get(c.ids)
+        return None if ids is None else self.tok.decode(ids, skip_special_tokens=True)
+
+    def _wer_drop(self, k: int, row: dict) -> str | None:
+        """Why the shared WER rule drops the row (None: kept); the ``wer`` cell when there is one."""
         o = self.opts
-        if o.text_column == "whisper_transcript" and row.get(o.ids_column) is not None:
-            return list(row[o.ids_column])
-        text = row.get(o.text_column)
+        if o.wer_threshold is None:
+            return None
+        ref = row.get(self.columns[k].reference) if self.columns[k].reference else None
+        transcript = self._transcript(k, row)
+        w = row.get("wer")  # the labeller's score: it had the ground truth
+        has_ref = w is not None or wer_filter.has_ground_truth(ref)
+        if w is None:
+            w, _, _ = wer_filter.row_wer(ref, transcript, o.labels.language)
+        return wer_filter.drop_reason(has_ref, transcript is not None, w, o.wer_threshold, o.keep_without_ground_truth)
+
+    def _target(self, k: int, row: dict) -> list[int] | None:
+        c = self.columns[k]
+        if c.text == "whisper_transcript" and row.get(c.ids) is not None:
+            return list(row[c.ids])
+        text = row.get(c.text)
         if text is None:
             return None
         return list(self.tok.encode(text, add_special_tokens=False))
+
+    def _draw_source(self) -> int:
+        d = self.state.draws
+        self.state.draws += 1
+        if len(self.sources) == 1:
+            return 0
+        return int(np.random.default_rng([self.seed, 7, d]).choice(len(self.sources), p=self.probs))
 
     def next_example(self) -> Example:
         """The next example that passes every filter (rows that fail are counted in ``state.filtered``)."""
         o = self.opts
         while True:
-            d = self.state.draws
-            self.state.draws += 1
-            k = (
-                int(np.random.default_rng([self.seed, 7, d]).choice(len(self.sources), p=self.probs))
-                if len(self.sources) > 1
-                else 0
-            )
+            k = self._draw_source()
             row_id, row = self._row(k)
             epoch = self.state.epochs[k]
-            where = f"{self.sources[k].name} row {row_id}"
-            dur = row.get("duration")
-            if dur is not None and not (o.min_duration <= float(dur) <= o.max_duration):
+            if not o.min_duration <= self._duration(k, row_id, row) <= o.max_duration:
                 self._skip("duration")
                 continue
-            if o.wer_threshold is not None:
-                w = row.get("wer")
-                if w is None:
-                    if o.drop_without_ground_truth:
-                        self._skip("no_ground_truth")
-                        continue
-                elif not float(w) < o.wer_threshold:
-                    self._skip("wer")
-                    continue
-            target = self._target(row, where)
+            reason = self._wer_drop(k, row)
+            if reason is not None:
+                self._skip(reason)
+                continue
+            target = self._target(k, row)
             if not target:
                 self._skip("empty_label")
                 continue
             rng = np.random.default_rng([self.seed, 11, k, epoch, row_id])
-            prev = row.get(o.prev_column)
-            seq = build_sequence(target, prev, self.sp, o.labels, rng)
+            seq = build_sequence(target, row.get(self.columns[k].prev), self.sp, o.labels, rng)
             if seq is None:
                 self._skip("label_too_long")
                 continue
             self._kept_in_epoch[k] += 1
-            return Example((k, row_id), seq, row.get(o.audio_column), k)
+            return Example((k, row_id), seq, row.get(self.columns[k].audio), k)
 
     def next_batch(self, batch_size: int) -> list[Example]:
         out = [self.next_example() for _ in range(batch_size)]
@@ -436,24 +408,24 @@ class TrainStream:
 # Features and collation
 
 
-def example_audio(ex: Example, sources: Sequence[Source], opts: DataOptions) -> np.ndarray:
+def example_audio(ex: Example, sources: Sequence[data.Source], opts: DataOptions) -> np.ndarray:
     src = sources[ex.source]
-    wav = load_row_audio(ex.audio_cell, src, f"{src.name} row {ex.key[1]}")
+    wav = load_row_audio(ex.audio_cell, src, f"{src.label} row {ex.key[1]}")
     if len(wav) > audio.N_SAMPLES:
         raise ValueError(
-            f"{src.name} row {ex.key[1]}: {len(wav) / audio.SAMPLE_RATE:.1f} s of audio is longer "
+            f"{src.label} row {ex.key[1]}: {len(wav) / audio.SAMPLE_RATE:.1f} s of audio is longer "
             "than Whisper's 30 s window (filter it with --max_duration_in_seconds)"
         )
     return wav
 
 
-def features(examples: Sequence[Example], sources: Sequence[Source], opts: DataOptions, n_mels: int) -> np.ndarray:
+def features(examples: Sequence[Example], sources: Sequence[data.Source], opts: DataOptions, n_mels: int) -> np.ndarray:
     """Log-mel features [len(examples), n_mels, 3000] (decodes each example's audio)."""
     return audio.log_mel_spectrogram([example_audio(e, sources, opts) for e in examples], n_mels=n_mels)
 
 
 def collate_labels(examples: Sequence[Example], width: int, specials: SpecialTokens) -> dict[str, np.ndarray]:
-    """``decoder_input_ids`` and ``labels`` int32 [B, width] (contract C)."""
+    """``decoder_input_ids`` and ``labels`` int32 [B, width]: teacher-forcing inputs and shifted targets."""
     pairs = [sequence_to_arrays(e.sequence, width, specials) for e in examples]
     return {"decoder_input_ids": np.stack([p[0] for p in pairs]), "labels": np.stack([p[1] for p in pairs])}
 
@@ -464,45 +436,6 @@ def process_slice(n: int, process_index: int, process_count: int) -> slice:
         raise ValueError(f"global batch {n} is not divisible by {process_count} processes")
     per = n // process_count
     return slice(process_index * per, (process_index + 1) * per)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation sets
-
-
-@dataclasses.dataclass
-class EvalSet:
-    name: str
-    features: np.ndarray  # [N, n_mels, 3000]
-    texts: list[str]
-
-
-def load_eval_set(
-    name: str,
-    split: str | None,
-    audio_column: str,
-    text_column: str,
-    n_mels: int,
-    max_samples: int | None = None,
-    max_duration: float = 30.0,
-) -> EvalSet:
-    """All rows of an evaluation dataset (in order) with their reference texts and features."""
-    src = open_source(name, split)
-    require_columns(src, [audio_column, text_column], "for evaluation (--eval_text_column_name: the reference)")
-    reader = RowReader(src, [audio_column, text_column])
-    waves, texts = [], []
-    for g in range(len(src.groups)):
-        for i, row in enumerate(reader.group(g)):
-            if max_samples is not None and len(texts) >= max_samples:
-                break
-            wav = load_row_audio(row[audio_column], src, f"{name} row {len(texts)}")
-            if len(wav) > max_duration * audio.SAMPLE_RATE:
-                continue
-            waves.append(wav)
-            texts.append(row[text_column] or "")
-    if not texts:
-        raise ValueError(f"{name}: no evaluation rows (after the {max_duration} s duration limit)")
-    return EvalSet(name, audio.log_mel_spectrogram(waves, n_mels=n_mels), texts)
 
 
 def split_plus(value: str | None) -> list[str]:

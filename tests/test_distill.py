@@ -177,12 +177,12 @@ def test_build_sequence_length_limits(specials):
 
 
 def _stream(names, tok, specials, weights=None, state=None, **kw):
-    from distil_whisper_jax.train_data import DataOptions, LabelOptions, TrainStream, open_source
+    from distil_whisper_jax.train_data import DataOptions, LabelOptions, TrainStream, open_sources
 
     opts = DataOptions(
         labels=LabelOptions(max_label_length=64, timestamp_probability=0.5, condition_on_prev_probability=0.5), **kw
     )
-    return TrainStream([open_source(str(n)) for n in names], weights, tok, specials, opts, seed=3, state=state)
+    return TrainStream([open_sources(str(n))[0] for n in names], weights, tok, specials, opts, seed=3, state=state)
 
 
 def test_stream_resumes_exactly_mixes_and_wraps(labelled, tmp_path, tok, specials):

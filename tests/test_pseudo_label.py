@@ -2,6 +2,7 @@
 process counts, kill + resume, concatenation, bad inputs. Most runs share one compiled shape (global batch
 2 over 2 of the 8 emulated devices, blocks of 2 rows), so the real model stays cheap."""
 
+import csv
 import io
 import json
 import os
@@ -13,27 +14,32 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from scipy.signal import resample_poly
 
-from distil_whisper_jax import audio, data
+from distil_whisper_jax import audio, config, data, data_blocks, eval_data, train_data
 from distil_whisper_jax import pseudo_label as pl
+from distil_whisper_jax.assets import bundled_clips, speech_manifest
+from distil_whisper_jax.cli.pseudo_label import main
 from distil_whisper_jax.evaluate import wer
+from distil_whisper_jax.label_units import PseudoLabelError
+from distil_whisper_jax.row_audio import row_audio
+from distil_whisper_jax.tokenizer import special_tokens
+from distil_whisper_jax.transcribe import transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
-# Four utterances of the bundled speech corpus (contract A), two per speaker. Ground truth: row 0's is
-# deliberately wrong (the filter must drop it), row 3's is missing.
+# Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
+# speaker. Ground truth: row 0's is deliberately wrong (the filter must drop it), row 3's is missing.
 PICK = (4, 25, 36, 34)  # 1-based rows of train.tsv: speaker A 1.9 s + 1.6 s, speaker B 4.8 s + 4.0 s
 WRONG = "Please close the window before you leave the office."
 
 
 def corpus_rows():
-    import csv
-
-    from distil_whisper_jax.assets import speech_manifest
-
     with open(speech_manifest("train"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     picked = [dict(rows[i - 1]) for i in PICK]
@@ -43,8 +49,12 @@ def corpus_rows():
 
 
 ROWS, TRUTH = corpus_rows()
-B2 = ["--num_local_devices", "2", "--per_device_eval_batch_size", "1", "--rows_per_shard", "2"]
+B2 = dict(num_local_devices=2, per_device_eval_batch_size=1, rows_per_shard=2)
+B2_ARGV = ["--num_local_devices", "2", "--per_device_eval_batch_size", "1", "--rows_per_shard", "2"]
 THRESHOLD = 10.0
+# the WER filter in mark mode; the row without ground truth is kept (and unmarked) on request
+MARK = dict(wer_threshold=THRESHOLD, wer_filter_mode="mark", keep_rows_without_ground_truth=True)
+MARK_ARGV = ["--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark", "--keep_rows_without_ground_truth"]
 
 
 def write_tsv(path: Path, rows, header=("audio", "text", "speaker")):
@@ -58,8 +68,6 @@ def write_tsv(path: Path, rows, header=("audio", "text", "speaker")):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A manifest of real speech with audio paths relative to it."""
-    from distil_whisper_jax.assets import speech_manifest
-
     d = tmp_path_factory.mktemp("corpus")
     (d / "flac").mkdir()
     for r in ROWS:
@@ -67,8 +75,8 @@ def corpus(tmp_path_factory):
     return write_tsv(d / "train.tsv", [tuple(r.values()) for r in ROWS], header=tuple(ROWS[0]))
 
 
-def run(out, manifest, *extra):
-    return pl.main(["--dataset_name", str(manifest), "--output_dir", str(out), *B2, *extra])
+def run(out, manifest, **kw):
+    return pl.run(pl.PseudoLabelConfig(dataset_name=str(manifest), output_dir=str(out), **{**B2, **kw}))
 
 
 def read_rows(out):
@@ -86,16 +94,14 @@ def strip_timing(report):
 def reference(tmp_path_factory, corpus):
     """The uninterrupted run that the others are compared with (mark mode: every row kept)."""
     out = tmp_path_factory.mktemp("ref")
-    assert run(out, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
+    assert run(out, corpus, **MARK) == 0
     return out
 
 
 def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus, tiny, tmp_path):
-    from distil_whisper_jax.transcribe import transcribe
-
     rows = read_rows(reference)
     assert [r["pseudo_label_rows"] for r in rows] == [[0], [1], [2], [3]]
-    # contract B: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
+    # the labelled output: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
     for r, src in zip(rows, ROWS):
         wav, sr = sf.read(io.BytesIO(r["audio"]["bytes"]), dtype="float32")
         assert sr == 16000 and sf.info(io.BytesIO(r["audio"]["bytes"])).subtype == "PCM_16"
@@ -108,46 +114,9 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
         )
     # 8 devices x 1 (the corpus twice: one full batch of 8) and 1 device x 2 give the same rows
     out8, out1 = tmp_path / "d8", tmp_path / "d1"
-    assert (
-        pl.main(
-            [
-                "--dataset_name",
-                f"{corpus}+{corpus}",
-                "--output_dir",
-                str(out8),
-                "--rows_per_shard",
-                "8",
-                "--per_device_eval_batch_size",
-                "1",
-                "--wer_threshold",
-                str(THRESHOLD),
-                "--wer_filter_mode",
-                "mark",
-            ]
-        )
-        == 0
-    )
-    assert (
-        pl.main(
-            [
-                "--dataset_name",
-                str(corpus),
-                "--output_dir",
-                str(out1),
-                "--rows_per_shard",
-                "2",
-                "--num_local_devices",
-                "1",
-                "--per_device_eval_batch_size",
-                "2",
-                "--wer_threshold",
-                str(THRESHOLD),
-                "--wer_filter_mode",
-                "mark",
-            ]
-        )
-        == 0
-    )
+    cfg8 = dict(rows_per_shard=8, per_device_eval_batch_size=1, num_local_devices=None, **MARK)
+    assert pl.run(pl.PseudoLabelConfig(dataset_name=f"{corpus}+{corpus}", output_dir=str(out8), **cfg8)) == 0
+    assert run(out1, corpus, rows_per_shard=2, num_local_devices=1, per_device_eval_batch_size=2, **MARK) == 0
     assert read_rows(out1) == rows
     rows8 = read_rows(out8)
     assert [r["pseudo_label_rows"] for r in rows8] == [[i] for i in range(8)]
@@ -166,7 +135,7 @@ def test_wer_filter_marks_and_drops_exactly_rows_above_threshold(reference, corp
     assert [r["wer"] for r in rows] == pytest.approx(expected)
     assert expected[0] > THRESHOLD and expected[3] is None  # the wrong and the missing ground truth
     assert [r["wer_above_threshold"] for r in rows] == [w is not None and w > THRESHOLD for w in expected]
-    assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD)) == 0
+    assert run(tmp_path, corpus, wer_threshold=THRESHOLD, keep_rows_without_ground_truth=True) == 0
     kept = read_rows(tmp_path)
     keep = [r for r in rows if not r["wer_above_threshold"]]
     assert [r["pseudo_label_rows"] for r in kept] == [r["pseudo_label_rows"] for r in keep]
@@ -202,20 +171,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
+def _two_processes(out, manifest, *flags):
+    """Label with 2 jax.distributed processes of 2 devices each; returns their logs."""
     port = _free_port()
     cmd = [
         sys.executable,
         str(ROOT / "run_pseudo_label.py"),
         "--dataset_name",
-        str(corpus),
+        str(manifest),
         "--output_dir",
-        str(tmp_path),
-        *B2,
-        "--wer_threshold",
-        str(THRESHOLD),
-        "--wer_filter_mode",
-        "mark",
+        str(out),
+        *B2_ARGV,
+        *flags,
         "--coordinator_address",
         f"localhost:{port}",
         "--num_processes",
@@ -229,6 +196,11 @@ def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference
     ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
+    return logs
+
+
+def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
+    logs = _two_processes(tmp_path, corpus, *MARK_ARGV)
     assert "process 1 of 2" in logs[1] and "process 0 of 2" in logs[0]
     rows = read_rows(tmp_path)
     assert rows == read_rows(reference)  # same rows, in input order, each exactly once
@@ -247,11 +219,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
         str(corpus),
         "--output_dir",
         str(tmp_path),
-        *B2,
-        "--wer_threshold",
-        str(THRESHOLD),
-        "--wer_filter_mode",
-        "mark",
+        *B2_ARGV,
+        *MARK_ARGV,
     ]
     proc = subprocess.Popen(cmd, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = tmp_path / ".plabel" / "block-00000000.json"
@@ -262,7 +231,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
     os.kill(proc.pid, signal.SIGKILL)  # mid-run: block 1 is being labelled
     proc.wait()
     assert not (tmp_path / "report.json").exists() and not (tmp_path / ".plabel" / "block-00000001.json").exists()
-    assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
+    assert run(tmp_path, corpus, **MARK) == 0
     assert read_rows(tmp_path) == read_rows(reference)
     assert sorted(p.name for p in tmp_path.glob("*.parquet")) == sorted(p.name for p in reference.glob("*.parquet"))
     assert not list(tmp_path.glob(".*.tmp"))
@@ -271,10 +240,13 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
     )
     # a finished run started again does nothing and changes nothing
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")}
-    assert run(tmp_path, corpus, "--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark") == 0
+    assert run(tmp_path, corpus, **MARK) == 0
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")} == before
-    # different settings in the same directory: refused before any work
-    assert run(tmp_path, corpus, "--wer_threshold", "50") == 2
+    # different settings in the same directory: refused before any work, naming each difference
+    with pytest.raises(data.DataConfigError, match=r"wer_filter_mode: 'mark' → 'drop'; wer_threshold: 10.0 → 50.0"):
+        run(tmp_path, corpus, wer_threshold=50.0, keep_rows_without_ground_truth=True)
+    # batch size, devices and processes may change: a restart with others resumes (here: nothing left to do)
+    assert run(tmp_path, corpus, per_device_eval_batch_size=2, num_local_devices=1, **MARK) == 0
 
 
 def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
@@ -282,13 +254,10 @@ def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
         run(
             tmp_path,
             corpus,
-            "--concatenate_audio",
-            "--speaker_id_column_name",
-            "speaker_id",
-            "--max_duration_in_seconds",
-            "5",
-            "--rows_per_shard",
-            "4",
+            concatenate_audio=True,
+            speaker_id_column_name="speaker_id",
+            max_duration_in_seconds=5.0,
+            rows_per_shard=4,
         )
         == 0
     )
@@ -351,22 +320,19 @@ def test_blocks_cover_every_row_exactly_once(tmp_path):
     seen = []
     for p in range(3):
         info = {}
-        for b, rows in data.owned_blocks(src, 2, p, 3, skip=lambda b: b == 4, info=info):
+        for b, rows in data_blocks.owned_blocks(src, 2, p, 3, skip=lambda b: b == 4, info=info):
             assert b % 3 == p
             seen += [(i, k, r["audio"]) for i, k, r in rows]
         assert info["total_rows"] == 14
     assert sorted(i for i, _, _ in seen) == [i for i in range(14) if i // 2 != 4]
     assert [(k, a) for i, k, a in sorted(seen)][:3] == [(0, "0.wav"), (0, "1.wav"), (0, "2.wav")]
     info = {}
-    assert [b for b, rows in data.owned_blocks(src, 4, 0, 1, limit=9, info=info) for _ in rows] == [0] * 4 + [1] * 4 + [
-        2
-    ] and info["total_rows"] == 9
+    assert [b for b, rows in data_blocks.owned_blocks(src, 4, 0, 1, limit=9, info=info) for _ in rows] == [0] * 4 + [
+        1
+    ] * 4 + [2] and info["total_rows"] == 9
 
 
 def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, corpus, tmp_path):
-    import datasets
-    import pyarrow as pa
-
     flac = corpus.parent / ROWS[2]["audio"]
     expected = audio.load_audio(flac)
     cell = pa.array(
@@ -382,12 +348,12 @@ def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, c
     for name, split in ((tmp_path / "disk", "train"), (f"audiofolder:{tmp_path / 'folder'}", None)):
         (src,) = data.open_sources(data.parse_sources(str(name), None, split))
         row = next(src.rows_from(0))
-        np.testing.assert_allclose(data.row_audio(row["audio"], src.base_dir), expected, atol=1e-6)
+        np.testing.assert_allclose(row_audio(row["audio"], src.base_dir), expected, atol=1e-6)
     # the labelled output reads back as a dataset: audio bytes decode to the exact audio that was labelled
     (src,) = data.open_sources(data.parse_sources(str(reference)))
     assert src.num_rows == 4 and "whisper_transcript" in src.columns
     rows = list(src.rows_from(2))
-    np.testing.assert_array_equal(data.row_audio(rows[0]["audio"], src.base_dir), expected)
+    np.testing.assert_array_equal(row_audio(rows[0]["audio"], src.base_dir), expected)
     hf = datasets.load_dataset("parquet", data_files=str(reference / "*.parquet"), split="train")
     assert hf["whisper_transcript"] == [r["whisper_transcript"] for r in read_rows(reference)]
     with pytest.raises(data.DataConfigError, match="no split 'test'"):
@@ -399,19 +365,13 @@ def bad_manifest(tmp_path_factory, clips):
     d = tmp_path_factory.mktemp("bad")
     src = {p.name: p for p, _ in clips}
     x, sr = sf.read(src["goforward.wav"], dtype="float32")
-    from scipy.signal import resample_poly
-
     stereo = resample_poly(x, 441, 160)
     sf.write(d / "stereo44k.wav", np.stack([stereo, stereo], 1), 44100, subtype="PCM_16")
     (d / "empty.wav").write_bytes(b"")
     (d / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 4)
     sf.write(d / "zero.wav", np.zeros((0,), np.float32), 16000)
     sf.write(d / "nan.wav", np.full(1600, np.nan, np.float32), 16000, subtype="FLOAT")
-    long_clip = [
-        p
-        for p, _ in __import__("distil_whisper_jax.assets", fromlist=["x"]).bundled_clips(None)
-        if p.name == "piper_moon_long.flac"
-    ][0]
+    long_clip = [p for p, _ in bundled_clips(None) if p.name == "piper_moon_long.flac"][0]
     lines = [
         {"audio": "missing.wav", "text": "a"},
         {"audio": "empty.wav", "text": "a"},
@@ -431,7 +391,7 @@ def bad_manifest(tmp_path_factory, clips):
 
 
 def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
-    assert run(tmp_path / "skip", bad_manifest, "--rows_per_shard", "9") == 0
+    assert run(tmp_path / "skip", bad_manifest, rows_per_shard=9) == 0
     rows = read_rows(tmp_path / "skip")
     assert [r["pseudo_label_rows"] for r in rows] == [[6]]  # only the stereo 44.1 kHz clip is usable
     assert rows[0]["whisper_transcript"] == "Go forward 10 meters." and rows[0]["wer"] == 0.0
@@ -450,12 +410,13 @@ def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
     assert [e["row"] for e in rep["bad_inputs"]["examples"]] == [0, 1, 2, 3, 4, 5, 7, 8]
     assert "missing.wav" in rep["bad_inputs"]["examples"][0]["reason"]
     # --strict: the first bad row fails the job, nothing is written
-    assert run(tmp_path / "strict", bad_manifest, "--strict") == 1
+    with pytest.raises(PseudoLabelError, match="--strict"):
+        run(tmp_path / "strict", bad_manifest, strict=True)
     assert not list((tmp_path / "strict").glob("*.parquet"))
 
 
 def test_long_clip_is_chunked_into_aligned_pieces(bad_manifest, tmp_path):
-    assert run(tmp_path, bad_manifest, "--long_audio", "chunk", "--max_samples", "8", "--rows_per_shard", "1") == 0
+    assert run(tmp_path, bad_manifest, long_audio="chunk", max_samples=8, rows_per_shard=1) == 0
     rows = [r for r in read_rows(tmp_path) if r["pseudo_label_rows"] == [7]]
     assert [r["pseudo_label_part"] for r in rows] == [0, 1]
     assert all(r["duration"] <= 30.0 and r["wer"] is None and r["text"] is None for r in rows)
@@ -476,10 +437,69 @@ def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
         (["--max_duration_in_seconds", "40"], "(0, 30]"),
     ]
     for extra, msg in cases:
-        assert run(tmp_path / "o", corpus, *extra) == 2
+        assert main(["--dataset_name", str(corpus), "--output_dir", str(tmp_path / "o"), *B2_ARGV, *extra]) == 2
         assert msg in capsys.readouterr().err
-    assert pl.main(["--dataset_name", "no-such-org/no-such-dataset", "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["--dataset_name", "no-such-org/no-such-dataset", "--output_dir", str(tmp_path / "o")]) == 2
     assert "cannot load it" in capsys.readouterr().err
-    assert pl.main(["--dataset_name", str(tmp_path / "nope.tsv"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["--dataset_name", str(tmp_path / "nope.tsv"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_path):
+    assert run(tmp_path / "whole", corpus, speaker_id_column_name="speaker_id", rows_per_shard=4) == 0
+    whole = read_rows(tmp_path / "whole")
+    ids = [r["whisper_token_ids"] for r in whole]
+    # rows 1 and 3 continue rows 0 and 2 (speakers A A B B)
+    assert [r["condition_on_prev"] for r in whole] == [[], ids[0], [], ids[2]]
+    out = tmp_path / "blocks"
+    cfg = pl.PseudoLabelConfig(
+        dataset_name=str(corpus),
+        output_dir=str(out),
+        speaker_id_column_name="speaker_id",
+        **{**B2, "rows_per_shard": 1},
+    )
+    assert pl.run(cfg) == 0
+    assert read_rows(out) == whole  # one row per block: each block's first row is still prompted
+    assert json.loads((out / ".plabel" / "config.json").read_text()) == config.to_dict(cfg)  # the whole config
+    # a restart after blocks 1 and 3 were lost: their prompts come from blocks 0 and 2 of the earlier run
+    for b in (1, 3):
+        (out / ".plabel" / f"block-{b:08d}.json").unlink()
+        (out / f"shard-{b:08d}.parquet").unlink()
+    (out / "report.json").unlink()
+    assert pl.run(cfg) == 0
+    assert read_rows(out) == whole
+
+
+def test_two_processes_prompt_each_blocks_first_row_like_one(corpus, tmp_path):
+    """Blocks of one row alternate between the processes: each block's first row waits for the previous
+    block's label from the other process, and the output equals one process's."""
+    assert run(tmp_path / "one", corpus, speaker_id_column_name="speaker_id", rows_per_shard=4) == 0
+    _two_processes(tmp_path / "two", corpus, "--speaker_id_column_name", "speaker_id", "--rows_per_shard", "1")
+    rows = read_rows(tmp_path / "two")
+    assert rows == read_rows(tmp_path / "one") and rows[1]["condition_on_prev"] == rows[0]["whisper_token_ids"]
+
+
+def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp_path, tiny):
+    """Labelling drops rows whose ground truth is missing or normalises to nothing (the rule training uses);
+    the output of a manifest whose audio column is ``wav`` trains and evaluates with no column flags."""
+    texts = [WRONG, "[inaudible]", ROWS[2]["text"], ""]
+    rows = [(str(corpus.parent / r["audio"]), t) for r, t in zip(ROWS, texts)]
+    manifest = write_tsv(tmp_path / "m.tsv", rows, header=("wav", "sentence"))
+    out = tmp_path / "out"
+    assert run(out, manifest, audio_column_name="wav", text_column_name="sentence", wer_threshold=THRESHOLD) == 0
+    kept = read_rows(out)
+    assert [r["pseudo_label_rows"] for r in kept] == [[2]] and kept[0]["wer"] < THRESHOLD
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rows_dropped_by_wer"] == 3 and rep["rows_without_ground_truth"] == 1
+    assert json.loads((out / data.SCHEMA_FILE).read_text())["columns"]["audio"] == "wav"
+    # training: the stream finds the audio ('wav') and the ground truth ('sentence') in schema.json
+    opts = train_data.DataOptions(wer_threshold=THRESHOLD)
+    sources = train_data.open_sources(str(out))
+    stream = train_data.TrainStream(sources, None, tiny.tokenizer, special_tokens(tiny.tokenizer), opts, seed=0)
+    batch = stream.next_batch(2)
+    feats = train_data.features(batch, stream.sources, opts, tiny.config.num_mel_bins)
+    expected = audio.log_mel_spectrogram([audio.load_audio(corpus.parent / ROWS[2]["audio"])], n_mels=80)[0]
+    np.testing.assert_allclose(feats[0], expected, atol=1e-4)
+    ev = eval_data.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
+    assert ev.texts == [ROWS[2]["text"]]
