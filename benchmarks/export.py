@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from distil_whisper_jax import export as ex  # noqa: E402
 from distil_whisper_jax.assets import bundled_clips  # noqa: E402
-from distil_whisper_jax.convert import load_pretrained  # noqa: E402
+from distil_whisper_jax.models import load_pretrained  # noqa: E402
 from distil_whisper_jax.utils import atomic_write  # noqa: E402
 
 

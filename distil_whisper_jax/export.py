@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .convert import Pretrained, load_pretrained
+from .models import Pretrained, load_pretrained
 from .convert import ggml as ggml_format
 from .convert import hf as hf_format
 from .convert import openai as openai_format

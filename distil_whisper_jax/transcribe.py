@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from . import audio, parallel
-from .convert import Pretrained, load_pretrained
+from .models import Pretrained, load_pretrained
 from .generate import GenerationOptions, generate, strip
 from .tokenizer import SpecialTokens, prompt_ids, special_tokens
 from .utils import setup_logging

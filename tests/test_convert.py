@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from distil_whisper_jax import audio
-from distil_whisper_jax.convert import ct2, default_model_dir, detect_format, load_pretrained
+from distil_whisper_jax.convert import ct2
+from distil_whisper_jax.models import default_model_dir, detect_format, load_pretrained
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
 from distil_whisper_jax.generate import generate, strip

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from distil_whisper_jax import export as ex
-from distil_whisper_jax.convert import ggml, load_pretrained, tree_equal
+from distil_whisper_jax.convert import ggml, tree_equal
+from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
 from distil_whisper_jax.convert.runtimes import finish_runtime, start_runtime

@@ -4,7 +4,7 @@ detection and <|en|><|transcribe|> prompts on the bundled English clips."""
 import pytest
 
 from distil_whisper_jax import audio
-from distil_whisper_jax.convert import load_pretrained
+from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.evaluate import wer
 from distil_whisper_jax.generate import detect_language, generate, strip
 from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
