@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     import jax
     from transcribe import cpu_model, matmul_peak
 
-    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.model import preset
     from distil_whisper_jax.utils import atomic_write
 

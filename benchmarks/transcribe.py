@@ -213,7 +213,7 @@ class CT2Engine:
     def __init__(self, prompt, opts, threads: int):
         import ctranslate2
 
-        from distil_whisper_jax.convert import default_model_dir
+        from distil_whisper_jax.models import default_model_dir
 
         self.ct2 = ctranslate2
         self.model = ctranslate2.models.Whisper(
@@ -504,7 +504,7 @@ def main(argv=None) -> int:
 
     from distil_whisper_jax import audio
     from distil_whisper_jax.assets import bundled_clips
-    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
     from distil_whisper_jax.transcribe import generation_options
 

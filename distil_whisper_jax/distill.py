@@ -411,7 +411,7 @@ def train(args: argparse.Namespace) -> int:
 
     from . import checkpoint, parallel, train_data
     from . import train as core
-    from .convert import load_pretrained
+    from .models import load_pretrained
     from .tokenizer import save_tokenizer, special_tokens
 
     _check_flags(args)

@@ -277,7 +277,7 @@ class Settings:
     args: argparse.Namespace
     sources: list
     columns: list[str]  # input columns written (common to all sources), audio column included
-    pre: Any  # convert.Pretrained
+    pre: Any  # models.Pretrained
     prompt: list[int]
     options: Any  # generate.GenerationOptions
     dtype: Any
@@ -876,7 +876,7 @@ def setup(a: argparse.Namespace) -> Settings:
     import jax.numpy as jnp
 
     from . import parallel
-    from .convert import load_pretrained
+    from .models import load_pretrained
     from .tokenizer import prompt_ids, special_tokens
     from .transcribe import generation_options
 
