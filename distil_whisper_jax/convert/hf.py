@@ -320,15 +320,19 @@ def write_hf_dir(
     legacy ``vocab.json``/``merges.txt``/``added_tokens.json``/``special_tokens_map.json``) and the feature
     extractor (``preprocessor_config.json`` and transformers 5's ``processor_config.json``). Each file is
     written to a temp name and renamed into place."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save as safetensors_bytes
 
     from ..utils import atomic_write
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = flax_to_hf(params, config, dtype)
-    with atomic_write(path / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    # Serialised in memory and written through our file object: safetensors' own file writer drops write
+    # errors (a full disk leaves a truncated file and no error), and replaces the temp file's permissions.
+    data = safetensors_bytes(state, metadata={"format": "pt"})
+    with atomic_write(path / "model.safetensors", "wb") as f:
+        f.write(data)
+    del data
     if generation_config is None and tokenizer is not None:
         from ..tokenizer import suppress_tokens
 

@@ -199,8 +199,9 @@ def write_openai_checkpoint(
         for k, v in hf_state.items()
         if k != "proj_out.weight"
     }
-    with atomic_write(path) as tmp:
-        torch.save({"dims": dims, "model_state_dict": state}, str(tmp))
+    # Through a Python file object: writing to a path, torch reports a full disk as "unexpected pos".
+    with atomic_write(path, "wb") as f:
+        torch.save({"dims": dims, "model_state_dict": state}, f)
     return Path(path)
 
 
