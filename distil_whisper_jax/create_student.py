@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .convert import tree_equal
-from .models import Pretrained, load_pretrained
 from .model import count_params
+from .models import Pretrained, load_pretrained
 from .student import make_student
 from .utils import atomic_write, setup_logging
 

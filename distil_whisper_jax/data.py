@@ -152,7 +152,7 @@ def _open_audiofolder(spec: SourceSpec, path: Path) -> Source:
     """🤗 ``audiofolder`` layout, read directly (🤗's builder needs torchcodec): ``metadata.csv`` or
     ``metadata.jsonl`` with a ``file_name`` column (relative paths) becomes the ``audio`` column; without
     metadata, every audio file under ``path`` (sorted) is a row with only ``audio``."""
-    from .transcribe import AUDIO_EXTENSIONS
+    from .audio import AUDIO_EXTENSIONS
 
     for meta in ("metadata.jsonl", "metadata.csv"):
         if (path / meta).exists():

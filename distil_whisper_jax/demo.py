@@ -114,9 +114,14 @@ def run(
     export: bool = True,
 ) -> dict[str, Any]:
     """Run every stage in ``work``; returns wall times, held-out WERs and the export's exit status."""
+    from . import config as config_lib
     from .create_student import create_student
     from .distill import main as distill
-    from .export import main as export_main
+    from .export import ExportConfig
+    from .export import run as export_run
+
+    def export_main(argv: list[str]) -> int:
+        return export_run(config_lib.parse(ExportConfig, argv))
     from .pseudo_label import main as pseudo_label
 
     work = Path(work)

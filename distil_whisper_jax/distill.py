@@ -349,9 +349,8 @@ def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) ->
     import jax.numpy as jnp
 
     from .evaluate import wer
-    from .generate import generate, strip
+    from .generate import generate, generation_options, strip
     from .tokenizer import prompt_ids
-    from .transcribe import generation_options
 
     prompt = prompt_ids(specials, args.language, args.task, timestamps=False)
     opts = generation_options(

@@ -876,9 +876,9 @@ def setup(a: argparse.Namespace) -> Settings:
     import jax.numpy as jnp
 
     from . import parallel
+    from .generate import generation_options
     from .models import load_pretrained
     from .tokenizer import prompt_ids, special_tokens
-    from .transcribe import generation_options
 
     _check_flags(a)
     specs = data.parse_sources(a.dataset_name, a.dataset_config_name, a.dataset_split_name)
