@@ -1,4 +1,4 @@
-"""Export benchmark (issue 5): tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage.
+"""Export benchmark: tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage.
 
     python benchmarks/export.py [--output_dir DIR] [--threads 1]
 

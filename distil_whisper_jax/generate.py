@@ -23,7 +23,7 @@ from .model import Whisper, WhisperConfig, init_cache, unstack_decoder
 
 if TYPE_CHECKING:
     from .models import Pretrained
-    from .tokenizer import SpecialTokens
+    from .token_layout import SpecialTokens
 
 NEG_INF = -jnp.inf
 

@@ -19,7 +19,8 @@ import jax
 from . import checkpoint, convert
 from .convert import ct2
 from .model import WhisperConfig
-from .tokenizer import GenerationDefaults, load_generation_defaults, load_tokenizer
+from .generation_defaults import GenerationDefaults, load_generation_defaults
+from .tokenizer import load_tokenizer
 from .utils import is_hub_id
 
 DEFAULT_MODEL = "tiny.en (bundled)"

@@ -1,4 +1,4 @@
-"""Export (issue 5): real tiny.en and a 2-layer student to every format, each verified in its real runtime in
+"""Export: real tiny.en and a 2-layer student to every format, each verified in its real runtime in
 a subprocess (transformers, openai-whisper, whisper.cpp); round trips back into Flax; q8_0 byte-identical to
 ggml's own quantizer; fuzzed files rejected cleanly; bad inputs refused before anything is written.
 
@@ -107,7 +107,7 @@ def test_round_trip_of_fp32_weights_rounds_only_to_fp16(tmp_path, small):
     assert back.config == config and tree_equal(back.params, rounded)
     assert load_pretrained(paths["ggml"]).config == config
     back_config, state = ggml.read_ggml_model(paths["ggml"])
-    for name, want in flax_to_hf(params, config).items():  # formats.md §5.5: matrices F16, the rest F32
+    for name, want in flax_to_hf(params, config).items():  # whisper.cpp f16: matrices F16, the rest F32
         if want.ndim >= 2 and "embed_positions" not in name:
             want = want.astype(np.float16).astype(np.float32)
         assert np.array_equal(state[name], want), name

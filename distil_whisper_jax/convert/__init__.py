@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from ..model import WhisperConfig
@@ -80,8 +81,6 @@ def check_finite(state: Mapping[str, Any], source: str) -> None:
 
 def tree_equal(a: Any, b: Any, atol: float = 0.0) -> bool:
     """True when two param trees have the same structure and values (within ``atol``)."""
-    import jax
-
     la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
     if [p for p, _ in la] != [p for p, _ in lb]:
         return False
