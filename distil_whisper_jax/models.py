@@ -18,8 +18,8 @@ import jax
 
 from . import checkpoint, convert
 from .convert import ct2
-from .model import WhisperConfig
 from .generation_defaults import GenerationDefaults, load_generation_defaults
+from .model import WhisperConfig
 from .tokenizer import load_tokenizer
 from .utils import is_hub_id
 
