@@ -20,6 +20,8 @@ from distil_whisper_jax import export as ex
 from distil_whisper_jax import export_card, export_verify, utils
 from distil_whisper_jax.cli import export as cli
 from distil_whisper_jax.convert import ggml, tree_equal
+from distil_whisper_jax.convert import hf as hf_writer
+from distil_whisper_jax.convert import openai as openai_writer
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
 from distil_whisper_jax.export_runtimes import finish_runtime, start_runtime
@@ -453,7 +455,8 @@ def _full_disk(path, mode=None):
 def test_full_disk_names_the_file_and_the_cause(tiny, tmp_path, capsys, monkeypatch, fmt):
     """Each real writer on a full disk: "no space left on device" and the file, not a traceback (torch.save
     to a path used to say "unexpected pos", and safetensors' writer silently left a truncated file)."""
-    monkeypatch.setattr(utils, "atomic_write", _full_disk)
+    for writer in (hf_writer, openai_writer, ggml):
+        monkeypatch.setattr(writer, "atomic_write", _full_disk)
     monkeypatch.setattr(ex, "load_pretrained", lambda *a: tiny)
     out = tmp_path / "E"
     with pytest.raises(utils.OutputWriteError, match="no space left on device") as err:
