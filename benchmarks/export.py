@@ -1,4 +1,4 @@
-"""Export benchmark (issue 5): tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage.
+"""Export benchmark: tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage.
 
     python benchmarks/export.py [--output_dir DIR] [--threads 1]
 
@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from distil_whisper_jax import export as ex  # noqa: E402
+from distil_whisper_jax import export_verify  # noqa: E402
 from distil_whisper_jax.assets import bundled_clips  # noqa: E402
-from distil_whisper_jax.convert import load_pretrained  # noqa: E402
+from distil_whisper_jax.models import load_pretrained  # noqa: E402
 from distil_whisper_jax.utils import atomic_write  # noqa: E402
 
 
@@ -62,10 +63,11 @@ def main(argv=None) -> int:
         paths.update(stage(f"write {fmt}", lambda fmt=fmt: ex.export(pre, [fmt], out, overwrite=True)))
     clips = bundled_clips()
     (checks,) = stage(
-        "verify (JAX reference + runtime subprocesses)", lambda: ex.verify([(pre, paths)], clips, threads=args.threads)
+        "verify (JAX reference + runtime subprocesses)",
+        lambda: export_verify.verify([(pre, paths)], clips, threads=args.threads),
     )
     total = time.perf_counter() - t0
-    sizes = {fmt: ex._size(path) for fmt, path in paths.items()}
+    sizes = {fmt: ex.size_of(path) for fmt, path in paths.items()}
 
     print("\n| stage | wall s | CPU s (this process) | CPU s (subprocesses) |\n|---|---:|---:|---:|")
     for s in stages:
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     print("| file | bytes |\n|---|---:|")
     for fmt, n in sizes.items():
         print(f"| {paths[fmt].name} | {n:,} |")
-    print("\n" + ex.format_table(checks))
+    print("\n" + export_verify.format_table(checks))
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     result = {
         "total_wall_s": total,

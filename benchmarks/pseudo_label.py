@@ -195,8 +195,8 @@ def main(argv=None) -> int:
     import jax
 
     from benchmarks.common import cpu_model, matmul_peak
-    from distil_whisper_jax.convert import load_pretrained
     from distil_whisper_jax.model import preset
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.utils import atomic_write
 
     pre = load_pretrained()
@@ -258,7 +258,8 @@ def main(argv=None) -> int:
             f"{run['transformers_audio_s_per_s']:.2f} audio-s/s -> {run['speedup']:.2f}x wall "
             f"(paired per repeat {run['speedup_paired']:.2f}x; {run['speedup_incl_our_setup']:.2f}x counting our "
             f"{run['ours_outside_labelling_s']:.1f} s of model loading and report too), "
-            f"{run['speedup_cpu_seconds']:.2f}x CPU-seconds (ours: all of main); transcripts identical {run['identical_transcripts']}",
+            f"{run['speedup_cpu_seconds']:.2f}x CPU-seconds (ours: all of main); "
+            f"transcripts identical {run['identical_transcripts']}",
             flush=True,
         )
     best = max(result["runs"], key=lambda r: r["ours_audio_s_per_s"])

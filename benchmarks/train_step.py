@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     import jax
 
     from distil_whisper_jax import parallel, train
-    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.student import make_student
 
     pre = load_pretrained()

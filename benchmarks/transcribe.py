@@ -5,7 +5,7 @@
 All three engines get the same input, log-mel features already computed (``audio.log_mel_spectrogram``),
 and return token ids, for the whole clip set (the bundled clips ≤ 30 s) looped at each batch size:
 
-* **jax**: this project, fp32, ``distil_whisper_jax.generate.generate`` with ``transcribe.generation_options``
+* **jax**: this project, fp32, ``distil_whisper_jax.generate.generate`` with ``generate.generation_options``
   on one device (``devices=jax.local_devices()[:1]``); a short last batch is zero-padded to the batch size,
   as ``transcribe`` does (one compiled shape per batch size). Compile time (first call) is reported
   separately from the steady state.
@@ -112,7 +112,7 @@ class CT2Engine:
     def __init__(self, prompt, opts, threads: int):
         import ctranslate2
 
-        from distil_whisper_jax.convert import default_model_dir
+        from distil_whisper_jax.models import default_model_dir
 
         self.ct2 = ctranslate2
         self.model = ctranslate2.models.Whisper(
@@ -384,9 +384,9 @@ def main(argv=None) -> int:
 
     from distil_whisper_jax import audio
     from distil_whisper_jax.assets import bundled_clips
-    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
-    from distil_whisper_jax.transcribe import generation_options
+    from distil_whisper_jax.generate import generation_options
 
     log.info("loading tiny.en, clips and features")
     pre = load_pretrained()

@@ -29,6 +29,7 @@ __all__ = [
     "CHUNK_LENGTH",
     "N_SAMPLES",
     "N_FRAMES",
+    "AUDIO_EXTENSIONS",
     "AudioError",
     "load_audio",
     "decode_audio_bytes",
@@ -46,6 +47,9 @@ N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s window
 
 _MEL_BLOCK = 1  # examples per vectorised STFT block in log_mel_spectrogram (see there)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac", ".aiff", ".aif")
+"""File extensions taken as audio when a folder is expanded (transcription inputs, audio-only datasets)."""
 
 _PathLike = Union[str, "os.PathLike[str]"]
 
@@ -104,7 +108,7 @@ def _decode(source: str | bytes, name: str, sampling_rate: int) -> np.ndarray:
             audio = f.read(dtype="float32", always_2d=True)  # [T, C]
         audio = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        sf_reason = getattr(e, "error_string", None) or str(e) or type(e).__name__
+        sf_reason = _soundfile_reason(e)
         audio = _ffmpeg_decode(source, name, sampling_rate, sf_reason)
         sr = sampling_rate
     if audio.size == 0:
@@ -112,6 +116,15 @@ def _decode(source: str | bytes, name: str, sampling_rate: int) -> np.ndarray:
     if not np.isfinite(audio).all():
         raise AudioError(f"{name}: audio contains non-finite samples (NaN or inf)")
     return np.ascontiguousarray(resample(audio, sr, sampling_rate), dtype=np.float32)
+
+
+def _soundfile_reason(e: Exception) -> str:
+    """libsndfile's reason, minus its misleading "does not exist" (it says that when a decoder, e.g. mpg123
+    on a text file named .mp3, rejects a file that is there: the caller has checked that it exists)."""
+    reason = getattr(e, "error_string", None) or str(e) or type(e).__name__
+    if "does not exist" in reason:
+        return "not recognised as audio, cannot decode it"
+    return reason
 
 
 def _ffmpeg_decode(source: str | bytes, name: str, sampling_rate: int, sf_reason: str) -> np.ndarray:

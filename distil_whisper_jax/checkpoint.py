@@ -9,7 +9,7 @@ half-way (preemption, full disk) never replaces the previous good checkpoint. Re
 ``save_total_limit`` plus the best one by eval WER. A checkpoint that fails to restore (truncated,
 corrupted) is reported by name and the previous good one is used.
 
-``is_checkpoint_dir`` and ``load_params`` make these directories loadable by ``convert.load_pretrained``
+``is_checkpoint_dir`` and ``load_params`` make these directories loadable by ``models.load_pretrained``
 (format "orbax"), hence by every model loader and the exporter.
 """
 

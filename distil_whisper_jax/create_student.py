@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .convert import Pretrained, load_pretrained, tree_equal
+from .convert import tree_equal
 from .model import count_params
+from .models import Pretrained, load_pretrained
 from .student import make_student
 from .utils import atomic_write, setup_logging
 

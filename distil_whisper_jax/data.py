@@ -37,6 +37,8 @@ from typing import Any
 import datasets
 import pyarrow.parquet as pq
 
+from .audio import AUDIO_EXTENSIONS
+
 MANIFEST_SUFFIXES = (".tsv", ".csv", ".jsonl")
 SCHEMA_FILE = "schema.json"  # column roles of a labelled directory
 SCHEMA_FORMAT = "distil-whisper-jax pseudo-labels"
@@ -216,7 +218,6 @@ def _open_audiofolder(spec: SourceSpec, path: Path) -> Source | None:
     """🤗 ``audiofolder`` layout, read directly (🤗's builder needs torchcodec): ``metadata.csv`` or
     ``metadata.jsonl`` with a ``file_name`` column (relative paths) becomes the ``audio`` column; without
     metadata, every audio file under ``path`` (sorted) is a row with only ``audio``. None: no audio at all."""
-    from .transcribe import AUDIO_EXTENSIONS  # moves to audio.py with the architecture rework
 
     for meta in ("metadata.jsonl", "metadata.csv"):
         if (path / meta).exists():

@@ -360,9 +360,8 @@ def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) ->
     import jax.numpy as jnp
 
     from .evaluate import wer
-    from .generate import generate, strip
+    from .generate import generate, generation_options, strip
     from .tokenizer import prompt_ids
-    from .transcribe import generation_options
 
     prompt = prompt_ids(specials, args.language, args.task, timestamps=False)
     opts = generation_options(
@@ -422,7 +421,7 @@ def train(args: argparse.Namespace) -> int:
 
     from . import checkpoint, eval_data, parallel, train_data
     from . import train as core
-    from .convert import load_pretrained
+    from .models import load_pretrained
     from .tokenizer import save_tokenizer, special_tokens
 
     _check_flags(args)

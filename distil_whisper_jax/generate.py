@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,10 @@ import numpy as np
 
 from . import parallel
 from .model import Whisper, WhisperConfig, init_cache, unstack_decoder
+
+if TYPE_CHECKING:
+    from .models import Pretrained
+    from .token_layout import SpecialTokens
 
 NEG_INF = -jnp.inf
 
@@ -43,6 +47,30 @@ class GenerationOptions:
             raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be ≥ 1, got {self.num_beams}")
+
+
+def generation_options(
+    pre: Pretrained,
+    specials: SpecialTokens,
+    *,
+    num_beams: int = 1,
+    return_timestamps: bool = False,
+    max_new_tokens: int | None = None,
+    prompt_len: int = 3,
+) -> GenerationOptions:
+    """Decoding options for a checkpoint (a ``models.Pretrained``): its suppress lists, and ``max_new_tokens``
+    capped to what fits after the prompt (``None``: half the room). A cap below 1 is refused, 0 included."""
+    gen = pre.generation_defaults
+    room = pre.config.max_target_positions - prompt_len
+    return GenerationOptions(
+        max_new_tokens=room // 2 if max_new_tokens is None else min(max_new_tokens, room),
+        num_beams=num_beams,
+        return_timestamps=return_timestamps,
+        eot=specials.eot,
+        timestamp_begin=specials.timestamp_begin,
+        suppress_tokens=tuple(gen.suppress_tokens),
+        begin_suppress_tokens=tuple(gen.begin_suppress_tokens),
+    )
 
 
 def process_logits(
@@ -164,7 +192,7 @@ def _greedy(model: Whisper, params, mel, prompt, opts: GenerationOptions, multip
     sizes = stage_sizes(b, multiple) if model.unstacked_decoder else [b]
     state = (jnp.int32(0), tokens, cache, logits, jnp.zeros((b,), bool))
     out, rows = tokens, jnp.arange(b)
-    for size, nxt_size in zip(sizes, sizes[1:] + [0]):
+    for nxt_size in sizes[1:] + [0]:
 
         def cond(state, nxt_size=nxt_size):
             step, _, _, _, done = state
@@ -176,7 +204,7 @@ def _greedy(model: Whisper, params, mel, prompt, opts: GenerationOptions, multip
         if nxt_size:
             keep = jnp.argsort(done, stable=True)[:nxt_size]  # running rows first
             rows = rows[keep]
-            state = (step, *jax.tree_util.tree_map(lambda a: a[keep], (tokens, cache, logits, done)))
+            state = (step, *jax.tree_util.tree_map(lambda a, keep=keep: a[keep], (tokens, cache, logits, done)))
     return out[:, p:]
 
 

@@ -38,13 +38,12 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import data, data_blocks, label_output, label_report, parallel, wer_filter
-from .convert import load_pretrained
-from .generate import generate, strip
+from .generate import generate, generation_options, strip
 from .label_config import PseudoLabelConfig, output_config
 from .label_units import Bad, Batcher, PseudoLabelError, Unit, continues, pack, split_long
+from .models import load_pretrained
 from .prefetch import background
 from .tokenizer import prompt_ids, special_tokens
-from .transcribe import generation_options
 from .utils import atomic_write
 
 __all__ = ["PseudoLabelConfig", "PseudoLabelError", "run", "Unit", "Bad", "pack", "split_long"]
@@ -58,7 +57,7 @@ class Settings:
 
     cfg: PseudoLabelConfig
     batcher: Batcher
-    pre: Any  # convert.Pretrained
+    pre: Any  # models.Pretrained
     prompt: list[int]
     options: Any  # generate.GenerationOptions
     dtype: Any

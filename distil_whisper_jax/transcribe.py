@@ -9,28 +9,62 @@ the exit status 1; the other files are still transcribed.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from . import audio, parallel
-from .convert import Pretrained, load_pretrained
-from .generate import GenerationOptions, generate, strip
+from . import config as config_lib
+from .generate import generate, generation_options, strip
+from .models import Pretrained, load_pretrained
 from .tokenizer import SpecialTokens, prompt_ids, special_tokens
-from .utils import setup_logging
+from .utils import atomic_write, check_writable_dir, write_error
 
 log = logging.getLogger(__name__)
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac", ".aiff", ".aif")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscribeConfig:
+    """What to transcribe, with which model, and where the results go."""
+
+    inputs: tuple[str, ...] = config_lib.flag(help="audio files and/or folders of audio files", metavar="AUDIO_OR_DIR")
+    model: str | None = config_lib.flag(
+        None,
+        "model directory (transformers or CTranslate2), openai .pt or ggml file, Orbax run, or hub id; "
+        "default: the bundled tiny.en",
+    )
+    batch_size: int = config_lib.flag(8, "clips per batch (rounded up to a multiple of devices)")
+    dtype: Literal["bfloat16", "float32"] = config_lib.flag("float32", "compute dtype (params stay fp32)")
+    num_beams: int = config_lib.flag(1, "beam size; 1 = greedy")
+    return_timestamps: bool = config_lib.flag(False, "predict segment timestamps")
+    language: str | None = config_lib.flag(None, "language code or name (multilingual models); default English")
+    task: Literal["transcribe", "translate"] = config_lib.flag("transcribe", "multilingual models only")
+    max_new_tokens: int | None = config_lib.flag(None, "cap on generated tokens per clip (≥ 1)")
+    output_json: str | None = config_lib.flag(None, "write results here instead of printing file<TAB>text")
+
+    def validate(self) -> None:
+        """``ValueError`` naming the flag for a value out of range or an unwritable ``--output_json``."""
+        if not self.inputs:
+            raise ValueError("no inputs: give audio files or folders")
+        for name in ("batch_size", "num_beams", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be ≥ 1, got {value}")
+        if self.output_json:
+            target = Path(self.output_json)
+            if target.is_dir():
+                raise ValueError(f"--output_json {target}: is a directory; give a file name")
+            check_writable_dir(target.parent, "--output_json")
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
@@ -39,36 +73,13 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in audio.AUDIO_EXTENSIONS)
             if not found:
-                raise ValueError(f"{p}: folder contains no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+                raise ValueError(f"{p}: folder contains no audio files ({', '.join(audio.AUDIO_EXTENSIONS)})")
             out += found
         else:
             out.append(p)
     return out
-
-
-def generation_options(
-    pre: Pretrained,
-    specials: SpecialTokens,
-    *,
-    num_beams: int = 1,
-    return_timestamps: bool = False,
-    max_new_tokens: int | None = None,
-    prompt_len: int = 3,
-) -> GenerationOptions:
-    """Decoding options for a checkpoint: its suppress lists, and as many new tokens as fit."""
-    gen = pre.generation_defaults
-    room = pre.config.max_target_positions - prompt_len
-    return GenerationOptions(
-        max_new_tokens=min(max_new_tokens or room // 2, room),
-        num_beams=num_beams,
-        return_timestamps=return_timestamps,
-        eot=specials.eot,
-        timestamp_begin=specials.timestamp_begin,
-        suppress_tokens=tuple(gen.suppress_tokens),
-        begin_suppress_tokens=tuple(gen.begin_suppress_tokens),
-    )
 
 
 def segments_from_tokens(
@@ -177,61 +188,47 @@ def transcribe(
     return results
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m distil_whisper_jax.transcribe",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR", help="audio files and/or folders of audio files")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="model directory (transformers or CTranslate2), openai .pt file, or hub id; default: the bundled tiny.en",
-    )
-    p.add_argument("--batch_size", type=int, default=8, help="clips per batch (rounded up to a multiple of devices)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype (params stay fp32)")
-    p.add_argument("--num_beams", type=int, default=1, help="beam size; 1 = greedy")
-    p.add_argument("--return_timestamps", action="store_true", help="predict segment timestamps")
-    p.add_argument("--language", default=None, help="language code or name (multilingual models); default English")
-    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe", help="multilingual models only")
-    p.add_argument("--max_new_tokens", type=int, default=None, help="cap on generated tokens per clip")
-    p.add_argument("--output_json", default=None, help="write results here instead of printing file<TAB>text")
-    return p
+def _print_texts(results: Sequence[dict], out=None) -> None:
+    for r in results:
+        if "text" in r:
+            print(f"{r['file']}\t{r['text']}", file=out or sys.stdout)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        results = transcribe(
-            args.inputs,
-            args.model,
-            args.batch_size,
-            args.dtype,
-            args.num_beams,
-            args.return_timestamps,
-            args.language,
-            args.task,
-            args.max_new_tokens,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(cfg: TranscribeConfig) -> int:
+    """Transcribe ``cfg.inputs``; print ``file<TAB>text`` lines or write ``--output_json``. 0 when every
+    input was transcribed, 1 when some could not be read (each reported on stderr) or the JSON could not be
+    written (then the transcripts are printed instead, so that no work is lost). Bad flags raise
+    ``ValueError`` before any work; so does an ``--output_json`` whose directory cannot be written."""
+    cfg.validate()
+    results = transcribe(
+        cfg.inputs,
+        cfg.model,
+        cfg.batch_size,
+        cfg.dtype,
+        cfg.num_beams,
+        cfg.return_timestamps,
+        cfg.language,
+        cfg.task,
+        cfg.max_new_tokens,
+    )
     for r in results:
         if "error" in r:
             print(f"error: {r['error']}", file=sys.stderr)
-    if args.output_json:
-        from .utils import atomic_write
-
-        with atomic_write(args.output_json, "w") as f:
+    status = 1 if any("error" in r for r in results) else 0
+    if not cfg.output_json:
+        _print_texts(results)
+        return status
+    try:
+        with atomic_write(cfg.output_json, "w") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)
-    else:
-        for r in results:
-            if "text" in r:
-                print(f"{r['file']}\t{r['text']}")
-    return 1 if any("error" in r for r in results) else 0
+    except OSError as e:
+        _print_texts(results)
+        print(f"error: {write_error(cfg.output_json, e)}; the transcripts are printed above instead", file=sys.stderr)
+        return 1
+    return status
 
 
 if __name__ == "__main__":
+    from .cli.transcribe import main
+
     sys.exit(main())

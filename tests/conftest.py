@@ -26,7 +26,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny():
     """The bundled real tiny.en (CTranslate2 fp16) loaded into our Flax tree."""
-    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.models import load_pretrained
 
     return load_pretrained()
 
@@ -34,7 +34,8 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_hf_state():
     """HF-named fp32 state dict of the bundled tiny.en, straight from the CTranslate2 file."""
-    from distil_whisper_jax.convert import ct2, default_model_dir
+    from distil_whisper_jax.convert import ct2
+    from distil_whisper_jax.models import default_model_dir
 
     return ct2.read_ct2_model(default_model_dir() / "model.bin")
 

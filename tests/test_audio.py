@@ -24,10 +24,13 @@ from distil_whisper_jax.audio import (
     resample,
 )
 
-HAVE_FFMPEG = shutil.which("ffmpeg") is not None
-needs_ffmpeg = pytest.mark.skipif(
-    not HAVE_FFMPEG, reason="ffmpeg CLI not on PATH (apt-get install ffmpeg): the ffmpeg fallback decoder is untested"
-)
+
+@pytest.fixture
+def needs_ffmpeg():
+    """The ffmpeg fallback decoder's tests run for real: CI installs ffmpeg, so its absence is a failure."""
+    exe = shutil.which("ffmpeg")
+    assert exe is not None, "ffmpeg CLI not on PATH (apt-get install ffmpeg): the ffmpeg fallback decoder is untested"
+    return exe
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +196,9 @@ def test_decode_audio_bytes_matches_load_audio(name):
 
 @pytest.mark.parametrize("fmt,subtype,ext", [("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")])
 def test_lossy_formats_soundfile_reads_skip_ffmpeg(tmp_path, ffmpeg_calls, fmt, subtype, ext):
-    if fmt not in sf.available_formats():
-        pytest.skip(f"this libsndfile cannot write {fmt}")
+    # The soundfile wheels bundle libsndfile >= 1.1, which reads and writes both; without them these files
+    # would silently go through ffmpeg, which is what this test guards against.
+    assert fmt in sf.available_formats(), f"this libsndfile ({sf.__libsndfile_version__}) cannot handle {fmt}"
     path = tmp_path / f"tone.{ext}"
     sf.write(str(path), tone(1000, 22050, 1.0), 22050, format=fmt, subtype=subtype)
     y = load_audio(path)
@@ -231,6 +235,20 @@ def test_decode_audio_bytes_errors_name_the_file(data):
         decode_audio_bytes(data, "clip_0042.flac")
 
 
+@pytest.mark.parametrize("ffmpeg", [False, True])
+def test_text_named_mp3_is_not_audio_not_missing(tmp_path, monkeypatch, ffmpeg):
+    """libsndfile's mpg123 decoder reports a text file named .mp3 as "does not exist"; the file is there."""
+    path = tmp_path / "notes.mp3"
+    path.write_text("hello, this is not audio at all\n" * 20)
+    if not ffmpeg:
+        monkeypatch.setattr(audio.shutil, "which", lambda _: None)
+    with pytest.raises(AudioError) as err:
+        load_audio(path)
+    msg = str(err.value)
+    assert "notes.mp3" in msg and "does not exist" not in msg and "no such" not in msg
+    assert "cannot decode" in msg or "not a decodable audio file" in msg
+
+
 def test_undecodable_without_ffmpeg_says_so(tmp_path, monkeypatch):
     path = tmp_path / "notes.wav"
     _write_text_as_wav(path)
@@ -261,8 +279,7 @@ def ffmpeg_calls(monkeypatch) -> list[str]:
     return calls
 
 
-@needs_ffmpeg
-def test_ffmpeg_fallback_lossless_m4a_stereo(tmp_path, ffmpeg_calls):
+def test_ffmpeg_fallback_lossless_m4a_stereo(needs_ffmpeg, tmp_path, ffmpeg_calls):
     left, right = tone(440, 16000, 1.0, 0.4), tone(1000, 16000, 1.0, 0.2)
     src = tmp_path / "src.wav"
     sf.write(str(src), np.stack([left, right], axis=1), 16000, subtype="PCM_16")
@@ -278,8 +295,7 @@ def test_ffmpeg_fallback_lossless_m4a_stereo(tmp_path, ffmpeg_calls):
     np.testing.assert_array_equal(from_bytes, got)
 
 
-@needs_ffmpeg
-def test_ffmpeg_fallback_aac_resamples(tmp_path, ffmpeg_calls):
+def test_ffmpeg_fallback_aac_resamples(needs_ffmpeg, tmp_path, ffmpeg_calls):
     src = tmp_path / "tone.wav"
     sf.write(str(src), tone(1000, 44100, 2.0), 44100, subtype="PCM_16")
     m4a = tmp_path / "tone.m4a"
@@ -290,8 +306,7 @@ def test_ffmpeg_fallback_aac_resamples(tmp_path, ffmpeg_calls):
     assert abs(peak_hz(y, 16000) - 1000) <= 16000 / len(y)
 
 
-@needs_ffmpeg
-def test_ffmpeg_fallback_undecodable_reports_both_decoders(tmp_path, ffmpeg_calls):
+def test_ffmpeg_fallback_undecodable_reports_both_decoders(needs_ffmpeg, tmp_path, ffmpeg_calls):
     path = tmp_path / "fake.m4a"
     path.write_bytes(b"\x00\x01garbage" * 100)
     with pytest.raises(AudioError, match="fake.m4a") as err:

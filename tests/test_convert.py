@@ -3,19 +3,23 @@ openai-whisper's own logits), format detection, and clean errors for bad files."
 
 import random
 
+import ctranslate2
+import ctranslate2.converters
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import whisper
 
 from distil_whisper_jax import audio
-from distil_whisper_jax.convert import ct2, default_model_dir, detect_format, load_pretrained
+from distil_whisper_jax.convert import ct2
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
-from distil_whisper_jax.generate import generate, strip
+from distil_whisper_jax.generate import generate, generation_options, strip
 from distil_whisper_jax.model import Whisper
+from distil_whisper_jax.models import default_model_dir, detect_format, load_pretrained
 from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
-from distil_whisper_jax.transcribe import generation_options
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,6 @@ def encode(pre, mel):
 
 
 def test_ct2_loader_matches_ctranslate2_encoder(tiny, mel):
-    ctranslate2 = pytest.importorskip("ctranslate2")
     model = ctranslate2.models.Whisper(str(default_model_dir()), device="cpu", compute_type="float32")
     theirs = np.array(model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel)), to_cpu=True))
     ours = encode(tiny, mel)
@@ -56,9 +59,8 @@ def greedy_run(tiny, mel):
 def test_ct2_storage_types_dequantize(tiny, tiny_hf_dir, tmp_path, greedy_run, quantization, tol):
     """Re-convert tiny.en with CTranslate2's own converter in each storage type; our reader must
     dequantize to the original weights within the type's rounding and transcribe identically."""
-    converters = pytest.importorskip("ctranslate2.converters")
     out = tmp_path / quantization
-    converters.TransformersConverter(str(tiny_hf_dir)).convert(str(out), quantization=quantization)
+    ctranslate2.converters.TransformersConverter(str(tiny_hf_dir)).convert(str(out), quantization=quantization)
     pre = load_pretrained(out)
     assert pre.fmt == "ct2" and pre.config == tiny.config
     a, b = flax_to_hf(pre.params, pre.config), flax_to_hf(tiny.params, tiny.config)
@@ -70,7 +72,6 @@ def test_ct2_storage_types_dequantize(tiny, tiny_hf_dir, tmp_path, greedy_run, q
 
 
 def test_openai_loader_matches_openai_whisper_logits(tmp_path):
-    whisper = pytest.importorskip("whisper")
     dims = whisper.model.ModelDimensions(
         n_mels=80,
         n_audio_ctx=1500,
@@ -101,7 +102,6 @@ def test_openai_loader_matches_openai_whisper_logits(tmp_path):
 
 
 def test_openai_export_of_real_tiny_loads_in_openai_whisper(tiny, tmp_path, mel):
-    whisper = pytest.importorskip("whisper")
     path = write_openai_checkpoint(
         tmp_path / "tiny.en.pt", tiny.config, flax_to_hf(tiny.params, tiny.config), dtype=np.float32
     )
@@ -188,3 +188,42 @@ def test_ct2_reader_survives_fuzzing():
             ct2.read_ct2_model(bytes(buf))
         except ValueError:
             pass
+
+
+@pytest.mark.parametrize("fmt,bad", [("hf", np.nan), ("hf", np.inf), ("openai", np.nan), ("openai", -np.inf)])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(tiny, tmp_path, fmt, bad):
+    """A checkpoint with a NaN/inf weight would load and transcribe garbage: every loader refuses it."""
+    params = jax.tree_util.tree_map(np.array, tiny.params)  # a writable copy
+    params["decoder"]["layer_norm"]["scale"][3] = bad
+    if fmt == "hf":
+        target = tmp_path / "hf"
+        write_hf_dir(target, tiny.config, params, tokenizer=tiny.tokenizer)
+        file = "model.safetensors"
+    else:
+        target = tmp_path / "model.pt"
+        write_openai_checkpoint(target, tiny.config, flax_to_hf(params, tiny.config), dtype=np.float32)
+        file = "model.pt"
+    with pytest.raises(ValueError, match="NaN/inf") as err:
+        load_pretrained(target)
+    assert file in str(err.value) or str(target) in str(err.value)
+    assert "layer_norm" in str(err.value)
+
+
+def test_outputs_get_the_permissions_of_open(tiny, tmp_path):
+    """model.safetensors was 0600 (its writer replaced the temp file after its mode was set) while every
+    other output was 0644: all get 0666 minus the umask, as a plain open() would give."""
+    import os
+
+    from distil_whisper_jax.utils import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        write_hf_dir(tmp_path / "hf", tiny.config, tiny.params, tokenizer=tiny.tokenizer)
+        with atomic_write(tmp_path / "replaced.bin") as tmp:  # a writer that replaces the file it was given
+            (tmp_path / "other").write_bytes(b"x")
+            os.replace(tmp_path / "other", tmp)
+            os.chmod(tmp, 0o600)
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*(tmp_path / "hf").iterdir(), tmp_path / "replaced.bin"]}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes

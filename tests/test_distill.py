@@ -518,7 +518,8 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
     assert list((tmp_path / "run" / "runs").glob("events.out.tfevents.*"))
     # the final student loads through every loader (HF dir and the Orbax run dir give the same weights)
-    from distil_whisper_jax.convert import load_pretrained, tree_equal
+    from distil_whisper_jax.convert import tree_equal
+    from distil_whisper_jax.models import load_pretrained
 
     hf, orbax = load_pretrained(tmp_path / "run" / "hf"), load_pretrained(tmp_path / "run")
     assert orbax.fmt == "orbax" and tree_equal(hf.params, orbax.params)

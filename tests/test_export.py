@@ -1,30 +1,32 @@
-"""Export (issue 5): real tiny.en and a 2-layer student to every format, each verified in its real runtime in
+"""Export: real tiny.en and a 2-layer student to every format, each verified in its real runtime in
 a subprocess (transformers, openai-whisper, whisper.cpp); round trips back into Flax; q8_0 byte-identical to
 ggml's own quantizer; fuzzed files rejected cleanly; bad inputs refused before anything is written.
 
 One module-scoped export + verification session is shared by the tests (the subprocesses are the cost)."""
 
+import contextlib
 import ctypes
 import glob
 import json
 import os
 import random
 import struct
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from distil_whisper_jax import export as ex
-from distil_whisper_jax.convert import ggml, load_pretrained, tree_equal
+from distil_whisper_jax import export_card, export_verify, utils
+from distil_whisper_jax.cli import export as cli
+from distil_whisper_jax.convert import ggml, tree_equal
+from distil_whisper_jax.convert import hf as hf_writer
+from distil_whisper_jax.convert import openai as openai_writer
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
-from distil_whisper_jax.convert.runtimes import finish_runtime, start_runtime
+from distil_whisper_jax.export_runtimes import finish_runtime, start_runtime
 from distil_whisper_jax.model import WhisperConfig, param_shapes
-
-pytest.importorskip("whisper")
-pytest.importorskip("pywhispercpp")
+from distil_whisper_jax.models import load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def session(tiny, student, verify_clips, tmp_path_factory):
         "tiny": ex.export(tiny, ex.FORMATS, root / "tiny"),
         "student": ex.export(student, ex.FORMATS, root / "student", dtype="float16"),
     }
-    tiny_checks, student_checks = ex.verify(
+    tiny_checks, student_checks = export_verify.verify(
         [(tiny, outputs["tiny"]), (student, outputs["student"])], verify_clips, max_new_tokens=48
     )
     return {"root": root, "outputs": outputs, "checks": {"tiny": tiny_checks, "student": student_checks}}
@@ -64,7 +66,7 @@ def session(tiny, student, verify_clips, tmp_path_factory):
 @pytest.mark.parametrize("model", ["tiny", "student"])
 def test_every_runtime_reproduces_our_greedy_output(session, model, verify_clips):
     checks = {c.fmt: c for c in session["checks"][model]}
-    print("\n" + ex.format_table(list(checks.values())))
+    print("\n" + export_verify.format_table(list(checks.values())))
     assert set(checks) == set(ex.FORMATS)
     n = len(verify_clips)
     for c in checks.values():
@@ -101,13 +103,13 @@ def test_round_trip_of_fp32_weights_rounds_only_to_fp16(tmp_path, small):
     paths = ex.output_paths(tmp_path, ["openai", "ggml"])
     write_openai_checkpoint(paths["openai"], config, flax_to_hf(params, config))
     ggml.write_ggml(paths["ggml"], config, params, vocab=[b"a"] * 10)
-    rounded = ex.fp16_rounded(params)
+    rounded = export_verify.fp16_rounded(params)
     assert not tree_equal(rounded, params)
     back = load_pretrained(paths["openai"])
     assert back.config == config and tree_equal(back.params, rounded)
     assert load_pretrained(paths["ggml"]).config == config
     back_config, state = ggml.read_ggml_model(paths["ggml"])
-    for name, want in flax_to_hf(params, config).items():  # formats.md §5.5: matrices F16, the rest F32
+    for name, want in flax_to_hf(params, config).items():  # whisper.cpp f16: matrices F16, the rest F32
         if want.ndim >= 2 and "embed_positions" not in name:
             want = want.astype(np.float16).astype(np.float32)
         assert np.array_equal(state[name], want), name
@@ -152,12 +154,23 @@ def test_hf_dir_is_complete_and_card_has_provenance(session):
     assert "| distilled from (teacher) | unknown |" in tiny_card and "whisper.load_model" in tiny_card
 
 
+def find_libggml() -> str:
+    """ggml's shared library as pywhispercpp installs it: next to its extension module in site-packages,
+    or in the wheel's ``pywhispercpp.libs``/``.libs`` folder (auditwheel renames it with a hash)."""
+    import _pywhispercpp
+    import pywhispercpp
+
+    roots = {os.path.dirname(_pywhispercpp.__file__), os.path.dirname(os.path.dirname(pywhispercpp.__file__))}
+    roots |= {os.path.join(r, d) for r in list(roots) for d in ("pywhispercpp.libs", ".libs")}
+    roots.add(os.path.join(os.path.dirname(pywhispercpp.__file__), ".libs"))
+    libs = sorted(lib for r in roots for lib in glob.glob(os.path.join(r, "libggml-base*.so*")))
+    assert libs, f"libggml-base (pywhispercpp's ggml) not found under {sorted(roots)}"
+    return libs[0]
+
+
 @pytest.fixture(scope="module")
 def libggml():
-    libs = glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "libggml-base.so*"))
-    if not libs:
-        pytest.skip("libggml-base (pywhispercpp) not found")
-    fn = ctypes.CDLL(libs[0]).ggml_quantize_chunk
+    fn = ctypes.CDLL(find_libggml()).ggml_quantize_chunk
     fn.restype = ctypes.c_size_t
     fn.argtypes = [
         ctypes.c_int,
@@ -321,7 +334,7 @@ def test_bad_ggml_file_crashes_only_the_runtime_subprocess(small, tmp_path, clip
 
 
 def _cli(tmp_path, *args):
-    return ex.main(["--output_dir", str(tmp_path / "E"), "--no-verify", *args])
+    return cli.main(["--output_dir", str(tmp_path / "E"), "--no-verify", *args])
 
 
 def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys):
@@ -388,27 +401,103 @@ def test_failed_writes_leave_no_partial_outputs(tiny, tmp_path, monkeypatch):
 def test_malformed_distil_info_is_a_clear_error(tmp_path):
     (tmp_path / "distil_info.json").write_text('{"decoder_layer_map": [0, 3]}')
     with pytest.raises(ValueError, match="distil_info.json.*'teacher'"):
-        ex.read_distil_info(ex.find_distil_info(tmp_path))
+        export_card.read_distil_info(export_card.find_distil_info(tmp_path))
     run = tmp_path / "run"
     (run / "checkpoints" / "100").mkdir(parents=True)
     (run / "distil_info.json").write_text('{"teacher": "t"}')
-    assert ex.find_distil_info(run / "checkpoints" / "100") == run / "distil_info.json"
+    assert export_card.find_distil_info(run / "checkpoints" / "100") == run / "distil_info.json"
 
 
 def test_verification_clips_from_a_manifest(tmp_path, capsys):
     from distil_whisper_jax.assets import bundled_clips, speech_manifest
 
-    clips = ex.verification_clips(str(speech_manifest("heldout")), 3)
+    clips = export_verify.verification_clips(str(speech_manifest("heldout")), 3)
     assert len(clips) == 3 and all(p.is_absolute() and p.is_file() and text for p, text in clips)
-    assert ex.verification_clips(None, 2) == bundled_clips()[:2]
+    assert export_verify.verification_clips(None, 2) == bundled_clips()[:2]
     (tmp_path / "m.tsv").write_text("audio\ttext\nnope.flac\thello\n")
     with pytest.raises(ValueError, match=r"--verify_audio .*m.tsv: row 1: audio file .*nope.flac does not exist"):
-        ex.verification_clips(str(tmp_path / "m.tsv"))
+        export_verify.verification_clips(str(tmp_path / "m.tsv"))
     (tmp_path / "m.csv").write_text("path,sentence\na.wav,hi\n")
     with pytest.raises(ValueError, match="row 1 needs 'audio' and 'text'"):
-        ex.verification_clips(str(tmp_path / "m.csv"))
+        export_verify.verification_clips(str(tmp_path / "m.csv"))
     # checked before anything is loaded or written
     assert _cli(tmp_path, "--verify", "--verify_audio", str(tmp_path / "missing.tsv")) == 2
     assert "missing.tsv" in capsys.readouterr().err and not (tmp_path / "E").exists()
     assert _cli(tmp_path, "--verify", "--verify_max_clips", "0") == 2
     assert "--verify_max_clips" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Write errors, stale temporaries, permissions
+
+
+def test_unwritable_output_dir_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so the unwritable places are a path under a regular file and /proc."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setattr(ex, "load_pretrained", lambda *a: pytest.fail("model loaded before the output check"))
+    for target in (blocker / "E", "/proc/distil-whisper-export"):
+        with pytest.raises(ValueError, match="--output_dir .*cannot write there"):
+            ex.run(ex.ExportConfig(output_dir=str(target), formats="openai", verify=False))
+        assert cli.main(["--output_dir", str(target), "--formats", "openai", "--no-verify"]) == 2
+        assert "cannot write there" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def _full_disk(path, mode=None):
+    """``atomic_write`` on a full disk: every byte goes to /dev/full, whose writes fail with ENOSPC."""
+    with open("/dev/full", mode or "wb") as f:
+        yield f
+        f.flush()
+
+
+@pytest.mark.parametrize("fmt", ["hf", "openai", "ggml"])
+def test_full_disk_names_the_file_and_the_cause(tiny, tmp_path, capsys, monkeypatch, fmt):
+    """Each real writer on a full disk: "no space left on device" and the file, not a traceback (torch.save
+    to a path used to say "unexpected pos", and safetensors' writer silently left a truncated file)."""
+    for writer in (hf_writer, openai_writer, ggml):
+        monkeypatch.setattr(writer, "atomic_write", _full_disk)
+    monkeypatch.setattr(ex, "load_pretrained", lambda *a: tiny)
+    out = tmp_path / "E"
+    with pytest.raises(utils.OutputWriteError, match="no space left on device") as err:
+        ex.run(ex.ExportConfig(output_dir=str(out), formats=fmt, verify=False))
+    assert str(out / ex.OUTPUT_NAMES[fmt]) in str(err.value)
+    assert cli.main(["--output_dir", str(out), "--formats", fmt, "--no-verify"]) == 1
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert msg.startswith("error: cannot write") and "no space left on device" in msg and "Traceback" not in msg
+    assert list(out.iterdir()) == []  # no partial output and no temp folder
+
+
+def test_killed_export_leftovers_are_removed(tmp_path):
+    """A killed export leaves a full-size ``.hf.tmp-<pid>/`` and ``atomic_write`` temp files; the next run
+    removes those of dead processes (with or without --overwrite) and leaves a live writer's alone."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    out = tmp_path / "E"
+    stale = [
+        out / f".hf.tmp-{dead.pid}",
+        out / f".hf.old-{dead.pid}",
+        out / f".ggml-model.bin.{dead.pid}.k2j4h1x0.tmp",
+        out / ".ggml-model-q8_0.bin.k2j4h1x0.tmp",  # an older writer's name, without a pid
+        out / "hf" / f".model.safetensors.{dead.pid}.abcdefgh.tmp",
+    ]
+    kept = [out / f".original-model.bin.{live.pid}.abcdefgh.tmp", out / f".hf.tmp-{live.pid}"]
+    try:
+        for p in stale + kept:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if "hf.tmp" in p.name or "hf.old" in p.name:
+                p.mkdir()
+                (p / "model.safetensors").write_bytes(b"x" * 100)
+            else:
+                p.write_bytes(b"partial")
+        assert ex.run(ex.ExportConfig(output_dir=str(out), formats="openai", verify=False, overwrite=True)) == 0
+        assert not [p for p in stale if p.exists()]
+        assert all(p.exists() for p in kept)
+        assert (out / "original-model.bin").is_file()
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(ex.remove_stale_outputs(out)) == sorted(kept)  # now their writer is dead too

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from distil_whisper_jax import audio
-from distil_whisper_jax.generate import GenerationOptions, _compiled, generate, strip
+from distil_whisper_jax.generate import GenerationOptions, _compiled, generate, generation_options, strip
 from distil_whisper_jax.model import Whisper
 from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
-from distil_whisper_jax.transcribe import generation_options
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +173,12 @@ def test_map_rows_keeps_rows_in_place(shards):
     np.testing.assert_array_equal(out["sum"], np.asarray(x).sum(-1))
     np.testing.assert_array_equal(out["twice"], 2 * np.asarray(x))
     assert calls == [shards]  # traced once, on one row per device
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_max_new_tokens_below_one_is_refused(tiny, specials, bad):
+    """0 used to fall back silently to the default cap, while -5 was refused."""
+    with pytest.raises(ValueError, match="max_new_tokens must be ≥ 1"):
+        generation_options(tiny, specials, max_new_tokens=bad)
+    assert generation_options(tiny, specials).max_new_tokens == (tiny.config.max_target_positions - 3) // 2
+    assert generation_options(tiny, specials, max_new_tokens=1).max_new_tokens == 1

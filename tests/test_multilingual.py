@@ -4,11 +4,10 @@ detection and <|en|><|transcribe|> prompts on the bundled English clips."""
 import pytest
 
 from distil_whisper_jax import audio
-from distil_whisper_jax.convert import load_pretrained
 from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.generate import detect_language, generate, strip
+from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
+from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
-from distil_whisper_jax.transcribe import generation_options
 
 
 @pytest.fixture(scope="module")

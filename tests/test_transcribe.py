@@ -9,15 +9,17 @@ import pytest
 import soundfile as sf
 
 from distil_whisper_jax import transcribe as tr
+from distil_whisper_jax.cli import transcribe as cli
 from distil_whisper_jax.evaluate import wer
+from distil_whisper_jax.transcribe import TranscribeConfig
 
 
 def test_cli_prints_file_tab_text_in_input_order(clips, capsys):
     files = [str(p) for p, _ in clips][::-1]
-    assert tr.main(files + ["--batch_size", "4"]) == 0
+    assert tr.run(TranscribeConfig(inputs=tuple(files), batch_size=4)) == 0
     lines = capsys.readouterr().out.strip().split("\n")
-    assert [l.split("\t")[0] for l in lines] == files
-    texts = [l.split("\t", 1)[1] for l in lines]
+    assert [line.split("\t")[0] for line in lines] == files
+    texts = [line.split("\t", 1)[1] for line in lines]
     refs = {str(p): t for p, t in clips}
     assert wer([refs[f] for f in files], texts) < 15.0
 
@@ -25,7 +27,7 @@ def test_cli_prints_file_tab_text_in_input_order(clips, capsys):
 def test_output_json_with_timestamps(clips, tmp_path):
     out = tmp_path / "out.json"
     files = [str(p) for p, _ in clips[:3]]
-    assert tr.main(files + ["--return_timestamps", "--output_json", str(out)]) == 0
+    assert tr.run(TranscribeConfig(inputs=tuple(files), return_timestamps=True, output_json=str(out))) == 0
     results = json.loads(out.read_text())
     assert [r["file"] for r in results] == files
     for r, f in zip(results, files):
@@ -42,24 +44,61 @@ def test_folder_input_and_bad_files_are_reported(clips, tmp_path, capsys):
     shutil.copy(clips[0][0], folder / clips[0][0].name)
     (folder / "empty.wav").write_bytes(b"")
     (folder / "notes.wav").write_text("this is not audio")
-    rc = tr.main([str(folder), str(tmp_path / "missing.flac")])
+    rc = tr.run(TranscribeConfig(inputs=(str(folder), str(tmp_path / "missing.flac"))))
     captured = capsys.readouterr()
     assert rc == 1
     assert "empty.wav" in captured.err and "notes.wav" in captured.err and "missing.flac" in captured.err
-    good = [l for l in captured.out.strip().split("\n") if l]
+    good = [line for line in captured.out.strip().split("\n") if line]
     assert len(good) == 1 and good[0].startswith(str(folder / clips[0][0].name))
 
 
 def test_clear_errors_for_bad_arguments(clips, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert tr.main([str(empty)]) == 2
+    assert cli.main([str(empty)]) == 2
     assert "no audio files" in capsys.readouterr().err
-    assert tr.main([str(clips[0][0]), "--model", str(tmp_path / "nope")]) == 2
+    assert cli.main([str(clips[0][0]), "--model", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        tr.main([str(clips[0][0]), "--dtype", "float16"])
+        cli.main([str(clips[0][0]), "--dtype", "float16"])
     assert "invalid choice" in capsys.readouterr().err
+    for bad in ("0", "-5"):  # 0 used to mean the default cap silently
+        assert cli.main([str(clips[0][0]), "--max_new_tokens", bad]) == 2
+        assert "--max_new_tokens must be ≥ 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_output_json_is_refused_before_any_work(clips, tmp_path, capsys, monkeypatch, where):
+    """A path under a regular file, or in /proc, cannot be written even by root: refused up front."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    target = blocker / "out.json" if where == "under_a_file" else "/proc/distil-whisper-out.json"
+    monkeypatch.setattr(tr, "transcribe", lambda *a, **k: pytest.fail("transcribed before checking the output"))
+    with pytest.raises(ValueError, match="--output_json") as err:
+        tr.run(TranscribeConfig(inputs=(str(clips[0][0]),), output_json=str(target)))
+    assert "cannot write" in str(err.value)
+    assert cli.main([str(clips[0][0]), "--output_json", str(target)]) == 2
+    assert "--output_json" in capsys.readouterr().err
+
+
+def test_failed_json_write_keeps_the_transcripts(clips, tmp_path, capsys, monkeypatch):
+    """The disk fills up after transcribing: the transcripts go to stdout, the error names path and cause."""
+    import errno
+
+    out = tmp_path / "out.json"
+    real_dump = tr.json.dump
+
+    def full_disk(obj, f, **kw):
+        real_dump(obj, f, **kw)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tr.json, "dump", full_disk)
+    files = [str(p) for p, _ in clips[:2]]
+    assert tr.run(TranscribeConfig(inputs=tuple(files), output_json=str(out))) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.strip().split("\n")] == files
+    assert str(out) in captured.err and "no space left on device" in captured.err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial file, no temp left
 
 
 def test_demo_runs_and_reports_wer():

@@ -1,6 +1,6 @@
 """whisper.cpp legacy ggml model files (``ggml-*.bin``) ⇄ HF-named weights.
 
-Layout (little-endian, packed; formats.md §5): ``int32 magic 'ggml'`` | 10 int32 dims in whisper.cpp's
+Layout (little-endian, packed): ``int32 magic 'ggml'`` | 10 int32 dims in whisper.cpp's
 order (``n_vocab … n_text_layer, n_mels``) | ``int32 ftype`` | mel filters (``int32 n_mel, n_fft=201``,
 float32 [n_mel, 201]) | vocab (``int32 n``, n × ``uint32 len + raw bytes`` of the regular BPE tokens;
 whisper.cpp synthesises the specials from ``n_vocab``) | tensor records until EOF (``int32 n_dims, name_len,
@@ -19,6 +19,7 @@ bit-flipped files raise ``ValueError`` naming the file (no crash, no allocation 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import mel_filters
 from ..model import WhisperConfig
+from ..token_layout import SpecialTokens, special_tokens
+from ..utils import atomic_write
+from .hf import expected_shapes, flax_to_hf
 from .openai import DIMS, config_from_dims, dims_from_config, hf_to_openai_name, openai_to_hf_name
 
 MAGIC = 0x67676D6C  # "ggml", stored little-endian as b"lmgg"
@@ -65,8 +70,6 @@ def tensor_type(name: str, ndim: int, ftype: int) -> int:
 
 def check_ggml_config(config: WhisperConfig, quant: str = "f16") -> None:
     """Raise ``ValueError`` naming the constraint if whisper.cpp cannot run ``config`` as ``quant``."""
-    from ..tokenizer import SpecialTokens
-
     if quant not in ("f16", "q8_0"):
         raise ValueError(f"ggml quantization must be 'f16' or 'q8_0', got {quant!r}")
     dims_from_config(config)  # ffn_dim == 4·d_model (whisper.cpp hard-codes it too)
@@ -129,10 +132,6 @@ def _unicode_to_byte() -> dict[str, int]:
 
 def token_bytes(tokenizer: Any) -> list[bytes]:
     """Raw bytes of the regular BPE tokens ``0 .. eot-1`` in id order (the ggml vocab block)."""
-    import json
-
-    from ..tokenizer import special_tokens
-
     eot = special_tokens(tokenizer).eot
     vocab = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["vocab"]
     by_id = {i: s for s, i in vocab.items() if i < eot}
@@ -147,8 +146,6 @@ def token_bytes(tokenizer: Any) -> list[bytes]:
 
 def openai_state(config: WhisperConfig, params: Mapping) -> dict[str, np.ndarray]:
     """openai-whisper-named float32 arrays of Flax ``params`` (the names ggml uses too)."""
-    from .hf import flax_to_hf
-
     return {hf_to_openai_name(k): v for k, v in flax_to_hf(params, config, np.float32).items()}
 
 
@@ -179,9 +176,6 @@ def write_ggml(
 ) -> Path:
     """Write a whisper.cpp model (``quant`` 'f16' or 'q8_0') atomically. The vocab block comes from
     ``tokenizer`` (or pass its ``token_bytes`` as ``vocab``)."""
-    from ..audio import mel_filters
-    from ..utils import atomic_write
-
     check_ggml_config(config, quant)
     if vocab is None:
         if tokenizer is None:
@@ -245,8 +239,6 @@ def _skip_vocab(r: _Reader, n_tokens: int) -> None:
 
 def _expected_shapes(config: WhisperConfig) -> dict[str, tuple[int, ...]]:
     """openai name → shape as stored in ggml (conv biases [D, 1])."""
-    from .hf import expected_shapes
-
     shapes = {hf_to_openai_name(k): v for k, v in expected_shapes(config).items()}
     shapes.update({n: (config.d_model, 1) for n in _CONV_BIASES})
     return shapes

@@ -13,9 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
+from transformers import WhisperFeatureExtractor
 
-from ..model import WhisperConfig
+from ..generation_defaults import suppress_tokens
+from ..model import WhisperConfig, param_shapes
+from ..token_layout import SpecialTokens
+from ..tokenizer import save_tokenizer
+from ..utils import atomic_write
 
 # (hf suffix, flax path inside one layer, kind). kind: dense | conv | vector | embed.
 _ATTN = [
@@ -129,8 +138,6 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
 
     Raises ``ValueError`` naming ``source`` on missing/unexpected tensors or wrong shapes.
     """
-    from ..model import param_shapes
-
     state = {k[len("model.") :] if k.startswith("model.model.") else k: v for k, v in state.items()}
     names = set(expected_names(config))
     missing = sorted(names - set(state))
@@ -155,8 +162,6 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
     if TIED in state and not np.array_equal(f32(TIED), f32("model.decoder.embed_tokens.weight")):
         raise ValueError(f"{source}: proj_out.weight differs from the token embedding; Whisper ties them")
     expected = param_shapes(config)
-    import jax
-
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(params)):
         if tuple(want.shape) != tuple(got.shape):
             raise ValueError(
@@ -187,8 +192,6 @@ def flax_to_hf(params: Mapping, config: WhisperConfig, dtype: Any = np.float32) 
 
 def hf_config_dict(config: WhisperConfig, specials: Any = None, **extra) -> dict:
     """A transformers ``config.json`` for ``config``."""
-    from ..tokenizer import SpecialTokens
-
     sp = specials or SpecialTokens.from_vocab_size(config.vocab_size)
     d = {
         "architectures": ["WhisperForConditionalGeneration"],
@@ -240,9 +243,6 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[WhisperConfig, dict[str, np.nd
 
 
 def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
@@ -271,11 +271,9 @@ def _read_torch(file: Path) -> dict[str, np.ndarray]:
 def hf_generation_config(
     config: WhisperConfig, suppress_tokens: Any, begin_suppress_tokens: Any, alignment_heads: Any = ()
 ) -> dict:
-    """A transformers ``generation_config.json`` for Whisper (formats.md §3): token ids, suppress lists,
+    """A transformers ``generation_config.json`` for Whisper: token ids, suppress lists,
     timestamp settings, ``lang_to_id`` / ``task_to_id`` for multilingual models, and ``alignment_heads``
     when known (heads outside ``config`` are dropped)."""
-    from ..tokenizer import SpecialTokens
-
     sp = SpecialTokens.from_vocab_size(config.vocab_size)
     heads = [
         [int(layer), int(head)]
@@ -320,18 +318,16 @@ def write_hf_dir(
     legacy ``vocab.json``/``merges.txt``/``added_tokens.json``/``special_tokens_map.json``) and the feature
     extractor (``preprocessor_config.json`` and transformers 5's ``processor_config.json``). Each file is
     written to a temp name and renamed into place."""
-    from safetensors.numpy import save_file
-
-    from ..utils import atomic_write
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = flax_to_hf(params, config, dtype)
-    with atomic_write(path / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    # Serialised in memory and written through our file object: safetensors' own file writer drops write
+    # errors (a full disk leaves a truncated file and no error), and replaces the temp file's permissions.
+    data = safetensors_bytes(state, metadata={"format": "pt"})
+    with atomic_write(path / "model.safetensors", "wb") as f:
+        f.write(data)
+    del data
     if generation_config is None and tokenizer is not None:
-        from ..tokenizer import suppress_tokens
-
         generation_config = hf_generation_config(config, *suppress_tokens(tokenizer))
     lists = {
         k: list(generation_config[k])
@@ -350,11 +346,6 @@ def write_hf_dir(
 
 
 def _write_processor(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
-    from transformers import WhisperFeatureExtractor
-
-    from ..tokenizer import save_tokenizer
-    from ..utils import atomic_write
-
     save_tokenizer(tokenizer, path)  # also the legacy files other tools read
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
     files = {

