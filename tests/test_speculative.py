@@ -8,9 +8,8 @@ import pytest
 
 from distil_whisper_jax import audio, speculative
 from distil_whisper_jax import student as student_lib
-from distil_whisper_jax.generate import GenerationOptions, generate
+from distil_whisper_jax.generate import GenerationOptions, generate, generation_options
 from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
-from distil_whisper_jax.transcribe import generation_options
 
 MAX_NEW = 120
 
