@@ -9,7 +9,7 @@ import pytest
 from distil_whisper_jax import audio, speculative
 from distil_whisper_jax import student as student_lib
 from distil_whisper_jax.generate import GenerationOptions, generate, generation_options
-from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
 MAX_NEW = 120
 
