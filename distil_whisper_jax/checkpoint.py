@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ def restore(
         try:
             state, data, meta = _restore_step(manager, s, target)
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            _silence_orphaned_reads()
             msg = f"{root / str(s)}: unreadable checkpoint ({type(e).__name__}: {str(e)[:300]})"
             errors.append(msg)
             older = [t for t in steps if t < s]
@@ -169,6 +171,28 @@ def restore(
     if errors:
         raise CheckpointError("; ".join(errors) + ": no usable checkpoint left")
     return None
+
+
+def _silence_orphaned_reads() -> None:
+    """Drop the ``RuntimeError('Event loop is closed')`` reports of a failed restore's other reads.
+
+    When one file of a checkpoint is unreadable, Orbax gives up and closes its event loop while
+    tensorstore still has the other reads in flight; each then completes on a worker thread, fails to
+    schedule its callback on the closed loop and is reported through ``sys.unraisablehook`` (some hundred
+    tracebacks that say nothing about the damaged file, which the error already names). The hook installed
+    here drops exactly those reports and passes every other one on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 def _set_aside(manager, step_dir: Path) -> None:

@@ -100,6 +100,10 @@ def run(cfg: DistillConfig) -> int:
     except Exception as e:
         if not is_write_error(e):
             raise
+        try:  # let the saves in flight settle, so the report names the last checkpoint that is complete
+            r.manager.wait_until_finished()
+        except Exception as again:
+            log.debug("a save in flight failed too: %s", again)
         _report_write_error(r, e)
         code = EXIT_SAVE_FAILED
     finally:

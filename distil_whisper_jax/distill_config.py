@@ -296,5 +296,5 @@ def _check_numbers(cfg: DistillConfig) -> None:
         below = value <= lo if lo_open else value < lo
         above = hi is not None and (value >= hi if hi_open else value > hi)
         if below or above:
-            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            left, right = "(" if lo_open else "[", ")" if hi_open or hi is None else "]"
             raise ValueError(f"--{name} must be in {left}{lo}, {'∞' if hi is None else hi}{right}, got {value}")

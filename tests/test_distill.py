@@ -456,6 +456,168 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
     assert _max_diff(_final_params(out), _final_params(uninterrupted)) <= 1e-5
 
 
+def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, tmp_path, caplog):
+    """A resumed run must be the run that was checkpointed: each changed setting is named and refused unless
+    --allow_resume_changes; how often it logs/evaluates/saves may change."""
+    import shutil
+
+    from distil_whisper_jax.distill import run
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    shutil.rmtree(out / "hf")
+    changed = _cfg(small_models, labelled, out, learning_rate=1e-3, seed=5, max_steps=10)
+    with pytest.raises(ValueError) as info:
+        run(changed)
+    msg = str(info.value)
+    assert "--learning_rate: 0.003 → 0.001" in msg and "--seed: 1 → 5" in msg and "--max_steps: 8 → 10" in msg
+    assert "--allow_resume_changes" in msg and "logging_steps" not in msg
+    # a bigger global batch changes the data position's meaning: refused too
+    with pytest.raises(ValueError, match="global batch: 8 → 16"):
+        run(_cfg(small_models, labelled, out, per_device_train_batch_size=2))
+    assert not (out / "hf").exists()
+    # what may change on resume: logging/saving frequency (the run is complete, so it only finishes)
+    assert run(_cfg(small_models, labelled, out, logging_steps=2, save_steps=4)) == 0
+    assert (out / "hf" / "model.safetensors").is_file()
+    # with --allow_resume_changes: a warning naming the changes, and the run goes on to the new end
+    assert run(_cfg(small_models, labelled, out, max_steps=9, allow_resume_changes=True)) == 0
+    assert "--max_steps: 8 → 9" in caplog.text and "resuming anyway" in caplog.text
+
+
+def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_models, labelled, tmp_path, tiny):
+    """The student's distil_info.json names its teacher (portably, with a digest of its weights): that is
+    the default teacher, and another teacher is refused unless --allow_teacher_mismatch."""
+    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.convert.hf import write_hf_dir
+    from distil_whisper_jax.distill_setup import load_models
+    from distil_whisper_jax.model import init_params
+    from distil_whisper_jax.student import params_digest
+
+    teacher, student = small_models
+    info = json.loads((student / "distil_info.json").read_text())
+    digest = params_digest(load_pretrained(teacher).params)
+    assert info["teacher"] == str(teacher.absolute()) and info["teacher_sha256"] == digest
+    models = load_models(_cfg(small_models, labelled, tmp_path / "o", teacher_model_name_or_path=None))
+    assert models.teacher.source == str(teacher) and models.teacher_sha256 == digest
+    # same architecture, other weights: refused, naming both
+    config = small_config(tiny)
+    write_hf_dir(tmp_path / "other", config, init_params(config, 1), tokenizer=tiny.tokenizer)
+    other = _cfg(small_models, labelled, tmp_path / "o", teacher_model_name_or_path=tmp_path / "other")
+    with pytest.raises(ValueError, match=r"is not the model the student was created from .*--allow_teacher_mismatch"):
+        load_models(other)
+    allowed = _cfg(
+        small_models,
+        labelled,
+        tmp_path / "o",
+        teacher_model_name_or_path=tmp_path / "other",
+        allow_teacher_mismatch=True,
+    )
+    assert load_models(allowed).teacher_sha256 == params_digest(init_params(config, 1))
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("learning_rate", -1e-4, "--learning_rate must be in (0, ∞)"),
+        ("learning_rate", float("nan"), "--learning_rate must be a finite number"),
+        ("learning_rate", float("inf"), "--learning_rate must be a finite number"),
+        ("warmup_steps", 9, "--warmup_steps (9) exceeds --max_steps (8)"),
+        ("warmup_steps", -1, "--warmup_steps must be ≥ 0"),
+        ("per_device_train_batch_size", 0, "--per_device_train_batch_size must be ≥ 1"),
+        ("gradient_accumulation_steps", 0, "--gradient_accumulation_steps must be ≥ 1"),
+        ("temperature", 0.0, "--temperature must be in (0, ∞)"),
+        ("kl_weight", -1.0, "--kl_weight must be in [0, ∞)"),
+        ("ce_weight", -0.5, "--ce_weight must be in [0, ∞)"),
+        ("mse_weight", float("nan"), "--mse_weight must be a finite number"),
+        ("timestamp_probability", 1.5, "--timestamp_probability must be in [0, 1]"),
+        ("condition_on_prev_probability", -0.1, "--condition_on_prev_probability must be in [0, 1]"),
+        ("adam_beta2", 1.0, "--adam_beta2 must be in [0, 1)"),
+        ("weight_decay", -0.1, "--weight_decay must be in [0, ∞)"),
+        ("save_steps", 0, "--save_steps must be ≥ 1"),
+        ("eval_steps", 0, "--eval_steps must be ≥ 1"),
+        ("logging_steps", -5, "--logging_steps must be ≥ 1"),
+        ("max_steps", 0, "--max_steps must be ≥ 1"),
+        ("max_duration_in_seconds", 0.0, "--max_duration_in_seconds must be in (0, ∞)"),
+        ("wer_threshold", -1.0, "--wer_threshold must be in [0, ∞)"),
+        ("kl_weight", 0.0, None),  # fine alone (CE-only), but with ce 0 there is nothing to train:
+    ],
+)
+def test_nonsense_hyperparameters_are_refused_before_loading(flag, value, expected, small_models, labelled, tmp_path):
+    from distil_whisper_jax.distill import run
+
+    if expected is None:
+        flag_values, expected = {"kl_weight": 0.0, "ce_weight": 0.0}, "there is nothing to train"
+    else:
+        flag_values = {flag: value}
+    # the student path does not exist: the flag is named before any model (or data) is opened
+    cfg = _cfg((small_models[0], tmp_path / "no-such-student"), labelled, tmp_path / "o", **flag_values)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        run(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_dir_is_refused_before_work(small_models, labelled, tmp_path):
+    from distil_whisper_jax.distill import run
+
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(ValueError, match=r"--output_dir .*file/run: cannot write there \(.*not a directory"):
+        run(_cfg(small_models, labelled, tmp_path / "file" / "run"))
+
+
+def test_full_disk_mid_run_names_the_path_and_keeps_the_last_checkpoint(
+    small_models, labelled, tmp_path, caplog, monkeypatch
+):
+    """The disk fills up at the second save: exit status 4, the message names the path and the cause, the
+    first checkpoint stays usable."""
+    import errno
+
+    from distil_whisper_jax import distill
+    from distil_whisper_jax.checkpoint import checkpoint_steps
+
+    real_save = distill.checkpoint.save
+
+    def save(manager, step, *args, **kw):
+        if step > 3:
+            target = Path(str(manager.directory)) / str(step)
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_save(manager, step, *args, **kw)
+
+    monkeypatch.setattr(distill.checkpoint, "save", save)
+    out = tmp_path / "run"
+    assert distill.run(_cfg(small_models, labelled, out)) == distill.EXIT_SAVE_FAILED
+    assert f"writing {out / 'checkpoints' / '6'} failed: no space left on device" in caplog.text
+    assert f"the last good checkpoint {out / 'checkpoints' / '3'} is intact" in caplog.text
+    assert checkpoint_steps(out / "checkpoints") == [3] and not (out / "hf").exists()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_checkpoint_is_set_aside_and_the_run_finishes(small_models, labelled, tmp_path, capfd, caplog):
+    """A truncated checkpoint is skipped on resume and renamed out of the way, so that saving its step
+    again works (it used to fail on every rerun with 'Checkpoint for step 8 already exists')."""
+    import shutil
+
+    from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.distill import run
+
+    out = tmp_path / "run"
+    cfg = _cfg(small_models, labelled, out, max_steps=12, save_steps=4)
+    assert run(cfg) == 0
+    shutil.rmtree(out / "checkpoints" / "12")
+    shutil.rmtree(out / "hf")
+    files = [f for f in (out / "checkpoints" / "8" / "state").rglob("*") if f.is_file()]
+    largest = max(files, key=lambda f: f.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    capfd.readouterr()
+    assert run(cfg) == 0
+    assert checkpoint_steps(out / "checkpoints") == [4, 8, 12]
+    aside = list((out / "checkpoints").glob("8.damaged-*"))
+    assert len(aside) == 1 and (aside[0] / "state").is_dir()
+    assert f"set the damaged checkpoint aside as {aside[0]}" in caplog.text
+    assert (out / "hf" / "model.safetensors").is_file()
+    err = capfd.readouterr().err
+    assert "Event loop is closed" not in err and "Traceback" not in err, err[-3000:]
+
+
 def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
     import pyarrow.parquet as pq
 
