@@ -121,10 +121,7 @@ def setup(cfg: DistillConfig) -> Run:
     """Runtime, output directory, models, data, train state and resume point."""
     _init_runtime(cfg)
     out, is_main = Path(cfg.output_dir), jax.process_index() == 0
-    check_writable(out)
-    if cfg.overwrite_output_dir and is_main and (out / checkpoint.CHECKPOINTS).exists():
-        shutil.rmtree(out / checkpoint.CHECKPOINTS)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+    _prepare_output(cfg, out, is_main)
     models = load_models(cfg)
     data = open_data(cfg, models.student)
     global_batch = cfg.per_device_train_batch_size * jax.device_count() * cfg.gradient_accumulation_steps
@@ -145,33 +142,76 @@ def setup(cfg: DistillConfig) -> Run:
     }
     manager = checkpoint.make_manager(out / checkpoint.CHECKPOINTS, cfg.save_total_limit)
     start, state, stream_state, saved = resume(cfg, manager, state, meta, mesh)
-    stream = train_data.TrainStream(
-        data.sources, data.weights, models.student.tokenizer, specials, data.opts, cfg.seed, stream_state
-    )
-    evaluate = Evaluator(
-        models.student, models.teacher, data.eval_sets, specials, _gen_options(cfg), jax.local_devices()
-    )
+    tok = models.student.tokenizer
+    stream = train_data.TrainStream(data.sources, data.weights, tok, specials, data.opts, cfg.seed, stream_state)
+    gen = _gen_options(cfg)
+    evaluate = Evaluator(models.student, models.teacher, data.eval_sets, specials, gen, jax.local_devices())
     last_eval = saved.get("eval", {})
     evaluate.teacher_wer.update({k: v["teacher"] for k, v in last_eval.items()})
-    cache = EncoderCache(cfg.cache_encoder_outputs_max_gb * 2**30) if cfg.cache_encoder_outputs else None
-    batcher = Batcher(
-        data.sources, data.opts, specials, cfg.max_label_length - 1, models.student.config.num_mel_bins, cache,
-        models.teacher.config, evaluate.teacher_params, jnp.dtype(cfg.dtype), jax.local_devices(),
-    )  # fmt: skip
+    batcher = _make_batcher(cfg, models, data, specials, evaluate)
     logger = Logger(out, is_main)
     logger.truncate_after(start)
-    flops = core.flops_per_step(
-        models.student.config, models.teacher.config, global_batch, cfg.max_label_length - 1,
-        kl_weight=cfg.kl_weight, mse_weight=cfg.mse_weight, freeze_encoder=cfg.freeze_encoder,
-        share_encoder=models.share_encoder, cached_encoder=cache is not None,
-    )["total"]  # fmt: skip
-    peak = cfg.device_peak_tflops or known_peak_tflops(jax.devices()[0].device_kind)
-    throughput = Throughput(global_batch, flops, peak, jax.device_count())
-    teacher_params = parallel.replicate_global(models.teacher.params, mesh)
     return Run(
-        cfg, out, is_main, models, data, global_batch, state, teacher_params, step_fn, stream, batcher, evaluate,
-        manager, meta, logger, throughput, step=start, last_eval=last_eval,
-    )  # fmt: skip
+        cfg=cfg,
+        out=out,
+        is_main=is_main,
+        models=models,
+        data=data,
+        global_batch=global_batch,
+        state=state,
+        teacher_params=parallel.replicate_global(models.teacher.params, mesh),
+        step_fn=step_fn,
+        stream=stream,
+        batcher=batcher,
+        evaluate=evaluate,
+        manager=manager,
+        meta=meta,
+        logger=logger,
+        throughput=_make_throughput(cfg, models, global_batch, batcher.cache is not None),
+        step=start,
+        last_eval=last_eval,
+    )
+
+
+def _prepare_output(cfg: DistillConfig, out: Path, is_main: bool) -> None:
+    check_writable(out)
+    if cfg.overwrite_output_dir and is_main and (out / checkpoint.CHECKPOINTS).exists():
+        shutil.rmtree(out / checkpoint.CHECKPOINTS)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _make_batcher(cfg: DistillConfig, models: Models, data: TrainData, specials, evaluate: Evaluator) -> Batcher:
+    cache = EncoderCache(cfg.cache_encoder_outputs_max_gb * 2**30) if cfg.cache_encoder_outputs else None
+    return Batcher(
+        data.sources,
+        data.opts,
+        specials,
+        label_width=cfg.max_label_length - 1,
+        num_mel_bins=models.student.config.num_mel_bins,
+        cache=cache,
+        teacher_config=models.teacher.config,
+        teacher_params=evaluate.teacher_params,
+        dtype=jnp.dtype(cfg.dtype),
+        devices=jax.local_devices(),
+    )
+
+
+def _make_throughput(cfg: DistillConfig, models: Models, global_batch: int, cached: bool) -> Throughput:
+    """Model FLOPs per step (padded label width; backward = 2× forward of what is trained), for the logged
+    TFLOP/s and MFU."""
+    flops = core.flops_per_step(
+        models.student.config,
+        models.teacher.config,
+        global_batch,
+        cfg.max_label_length - 1,
+        kl_weight=cfg.kl_weight,
+        mse_weight=cfg.mse_weight,
+        freeze_encoder=cfg.freeze_encoder,
+        share_encoder=models.share_encoder,
+        cached_encoder=cached,
+    )["total"]
+    peak = cfg.device_peak_tflops or known_peak_tflops(jax.devices()[0].device_kind)
+    return Throughput(global_batch, flops, peak, jax.device_count())
 
 
 def _init_runtime(cfg: DistillConfig) -> None:
