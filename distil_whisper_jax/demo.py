@@ -114,8 +114,10 @@ def run(
     export: bool = True,
 ) -> dict[str, Any]:
     """Run every stage in ``work``; returns wall times, held-out WERs and the export's exit status."""
+    from .config import parse
     from .create_student import create_student
-    from .distill import main as distill
+    from .distill import DistillConfig
+    from .distill import run as distill_run
     from .export import main as export_main
     from .pseudo_label import main as pseudo_label
 
@@ -132,7 +134,7 @@ def run(
     stage("create_student", create_student, None, work / "student", 2)
     if stage("pseudo_label", pseudo_label, cmds["label"]) != 0:
         raise RuntimeError(f"pseudo-labelling failed; see {work / 'labelled'}")
-    if stage("distill", distill, cmds["train"]) != 0:
+    if stage("distill", lambda argv: distill_run(parse(DistillConfig, argv)), cmds["train"]) != 0:
         raise RuntimeError(f"distillation failed; see {work / 'run'}")
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]
