@@ -141,7 +141,11 @@ def setup(cfg: DistillConfig) -> Run:
         "run_config": to_dict(cfg),
     }
     manager = checkpoint.make_manager(out / checkpoint.CHECKPOINTS, cfg.save_total_limit)
-    start, state, stream_state, saved = resume(cfg, manager, state, meta, mesh)
+    try:
+        start, state, stream_state, saved = resume(cfg, manager, state, meta, mesh)
+    except BaseException:
+        manager.close()
+        raise
     tok = models.student.tokenizer
     stream = train_data.TrainStream(data.sources, data.weights, tok, specials, data.opts, cfg.seed, stream_state)
     gen = _gen_options(cfg)
