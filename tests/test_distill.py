@@ -49,7 +49,7 @@ def _flac_bytes(wav: np.ndarray) -> bytes:
 
 
 def write_labelled(path: Path, rows: list[dict], rows_per_group: int = 3) -> Path:
-    """A contract-B labelled dataset (one Parquet file, several row groups)."""
+    """A labelled dataset in the labelling stage's layout (one Parquet file, several row groups)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
