@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_SPEAKER = 6  # 48 clips labelled by the teacher
 HELDOUT_PER_SPEAKER = 2  # 16 clips, every held-out speaker
 STEPS = 40  # × global batch 8 (1 device × 8): ~7 epochs of the labelled clips
-MARGIN = 30  # WER points the trained student must gain over the fresh one
+MARGIN = 30  # WER points the trained student must gain over the fresh one (measured: ~87, 110 → 23)
 
 
 def _rows_per_speaker(split: str, n: int) -> list[dict]:
