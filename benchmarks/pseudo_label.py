@@ -90,8 +90,8 @@ def build_pipeline(pre, batch: int):
     from transformers import WhisperFeatureExtractor, pipeline
 
     from benchmarks.common import TransformersEngine
-    from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
     from distil_whisper_jax.generate import generation_options
+    from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
 
     sp = special_tokens(pre.tokenizer)
     prompt = prompt_ids(sp)

@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 
 from distil_whisper_jax.assets import SPEECH_SPLITS, speech_manifest
-from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.evaluate import wer
+from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.transcribe import transcribe
 from distil_whisper_jax.utils import atomic_write
 

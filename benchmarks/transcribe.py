@@ -384,9 +384,9 @@ def main(argv=None) -> int:
 
     from distil_whisper_jax import audio
     from distil_whisper_jax.assets import bundled_clips
+    from distil_whisper_jax.generate import generation_options
     from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
-    from distil_whisper_jax.generate import generation_options
 
     log.info("loading tiny.en, clips and features")
     pre = load_pretrained()

@@ -7,7 +7,8 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a save that dies
 half-way (preemption, full disk) never replaces the previous good checkpoint. Retention: the last
 ``save_total_limit`` plus the best one by eval WER. A checkpoint that fails to restore (truncated,
-corrupted) is reported by name and the previous good one is used.
+corrupted) is reported by name and the previous good one is used; a run that trains on renames the
+damaged one ``<step>.damaged-<time>`` so that it neither blocks the save of that step nor is lost.
 
 ``is_checkpoint_dir`` and ``load_params`` make these directories loadable by ``models.load_pretrained``
 (format "orbax"), hence by every model loader and the exporter.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +132,15 @@ def _restore_step(manager, step: int, target: Any | None) -> tuple[Any, dict, di
 
 
 def restore(
-    manager, target: Any | None, step: int | None = None, fallback: bool = True
+    manager, target: Any | None, step: int | None = None, fallback: bool = True, set_aside: bool = False
 ) -> tuple[int, Any, dict, dict] | None:
-    """Restore ``step`` (default: the latest) as host (numpy) arrays shaped like ``target``. A checkpoint that fails to load is logged by name and, when
-    ``fallback``, the next older one is tried; otherwise ``CheckpointError`` names the previous good one.
-    Returns ``(step, state, data_state, meta)`` or None when there is no checkpoint."""
+    """Restore ``step`` (default: the latest) as host (numpy) arrays shaped like ``target``.
+
+    A checkpoint that fails to load is logged by name and, when ``fallback``, the next older one is tried;
+    otherwise ``CheckpointError`` names the previous good one. With ``set_aside`` (a run that will train
+    on), each damaged step directory is renamed ``<step>.damaged-<time>``, so that saving that step again
+    later does not collide with it. Returns ``(step, state, data_state, meta)`` or None when there is no
+    checkpoint."""
     root = Path(str(manager.directory))
     steps = checkpoint_steps(root)
     if step is not None:
@@ -145,19 +152,18 @@ def restore(
         try:
             state, data, meta = _restore_step(manager, s, target)
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            _silence_orphaned_reads()
             msg = f"{root / str(s)}: unreadable checkpoint ({type(e).__name__}: {str(e)[:300]})"
             errors.append(msg)
             older = [t for t in steps if t < s]
             if not fallback:
-                raise CheckpointError(
-                    msg
-                    + (
-                        f"; the previous checkpoint is {root / str(older[-1])}"
-                        if older
-                        else "; there is no older checkpoint"
-                    )
-                ) from None
+                prev = (
+                    f"the previous checkpoint is {root / str(older[-1])}" if older else "there is no older checkpoint"
+                )
+                raise CheckpointError(f"{msg}; {prev}") from None
             log.error("%s; %s", msg, f"trying {root / str(older[-1])}" if older else "no older checkpoint left")
+            if set_aside:
+                _set_aside(manager, root / str(s))
             continue
         if errors:
             log.warning("resumed from %s after skipping %d damaged checkpoint(s)", root / str(s), len(errors))
@@ -165,6 +171,43 @@ def restore(
     if errors:
         raise CheckpointError("; ".join(errors) + ": no usable checkpoint left")
     return None
+
+
+def _silence_orphaned_reads() -> None:
+    """Drop the ``RuntimeError('Event loop is closed')`` reports of a failed restore's other reads.
+
+    When one file of a checkpoint is unreadable, Orbax gives up and closes its event loop while
+    tensorstore still has the other reads in flight; each then completes on a worker thread, fails to
+    schedule its callback on the closed loop and is reported through ``sys.unraisablehook`` (some hundred
+    tracebacks that say nothing about the damaged file, which the error already names). The hook installed
+    here drops exactly those reports and passes every other one on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _set_aside(manager, step_dir: Path) -> None:
+    """Rename a damaged step directory out of the manager's sight (process 0 renames; all reload)."""
+    import jax
+
+    if jax.process_index() == 0:
+        target = step_dir.with_name(f"{step_dir.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        step_dir.rename(target)
+        log.warning("set the damaged checkpoint aside as %s", target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"set aside {step_dir.name}")
+    manager.reload()
 
 
 def load_params(path: str | os.PathLike) -> tuple[WhisperConfig, dict]:

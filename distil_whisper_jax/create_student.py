@@ -1,40 +1,50 @@
 """Create a student from a teacher: keep the encoder, copy maximally spaced decoder layers.
 
-    python -m distil_whisper_jax.create_student [--teacher_model_name_or_path T] --decoder_layers 2 --output_dir S
+    distil-whisper-create-student [--teacher_model_name_or_path T] --decoder_layers 2 --output_dir S
 
 Writes a transformers directory (weights, config, generation config, tokenizer) plus ``distil_info.json``
-(teacher and layer maps, read by the exporter's model card), reloads it to check it is exactly the slice
-that was intended, and prints the parameter counts.
+(the teacher, portably: the bundled name, hub id or path, with a digest of its weights; and the layer
+maps, read by distillation and by the exporter's model card), reloads it to check it is exactly the
+slice that was intended, and logs the parameter counts.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from .config import flag
 from .convert import tree_equal
+from .convert.hf import write_hf_dir
 from .model import count_params
 from .models import Pretrained, load_pretrained
-from .student import make_student
-from .utils import atomic_write, setup_logging
+from .student import make_student, params_digest, student_generation_config, teacher_reference
+from .utils import atomic_write
 
 log = logging.getLogger(__name__)
+DISTIL_INFO = "distil_info.json"
 
 
-def student_generation_config(teacher: Pretrained, student_config, decoder_layer_map: Sequence[int]) -> dict[str, Any]:
-    """The teacher's generation defaults, with alignment heads renumbered to the student's layers
-    (heads on teacher layers the student does not keep are dropped)."""
-    from .convert.hf import hf_generation_config
+@dataclasses.dataclass(frozen=True)
+class CreateStudentConfig:
+    """Flags of ``distil-whisper-create-student``."""
 
-    gen = teacher.generation_defaults
-    new_index = {t: s for s, t in enumerate(decoder_layer_map)}
-    heads = [(new_index[layer], head) for layer, head in gen.alignment_heads if layer in new_index]
-    return hf_generation_config(student_config, gen.suppress_tokens, gen.begin_suppress_tokens, heads)
+    output_dir: str = flag(help="where to write the student (transformers format)")
+    teacher_model_name_or_path: str | None = flag(
+        None, "teacher checkpoint (transformers dir, CTranslate2 dir, openai .pt, hub id); default: the bundled tiny.en"
+    )
+    decoder_layers: int = flag(2, "student decoder layers (2 → teacher's first and last)")
+    encoder_layers: int | None = flag(None, "student encoder layers (default: all)")
+    max_source_positions: int | None = flag(None, "shorter encoder context (e.g. 750 = 15 s); default: the teacher's")
+
+
+def run(cfg: CreateStudentConfig) -> Path:
+    """Create the student ``cfg`` describes; returns its directory."""
+    return create_student(
+        cfg.teacher_model_name_or_path, cfg.output_dir, cfg.decoder_layers, cfg.encoder_layers, cfg.max_source_positions
+    )
 
 
 def create_student(
@@ -45,9 +55,8 @@ def create_student(
     max_source_positions: int | None = None,
 ) -> Path:
     """Slice ``teacher`` (any loadable checkpoint; None = bundled tiny.en) into a student saved at ``output_dir``."""
-    from .convert.hf import write_hf_dir
-
     pre = teacher if isinstance(teacher, Pretrained) else load_pretrained(teacher)
+    requested = pre.source if isinstance(teacher, Pretrained) else teacher
     config, params, maps = make_student(pre.config, pre.params, decoder_layers, encoder_layers, max_source_positions)
     out = Path(output_dir)
     write_hf_dir(
@@ -58,13 +67,14 @@ def create_student(
         tokenizer=pre.tokenizer,
     )
     info = {
-        "teacher": pre.source,
+        "teacher": teacher_reference(requested, pre.source),
+        "teacher_sha256": params_digest(pre.params),
         "teacher_decoder_layers": pre.config.decoder_layers,
         "teacher_encoder_layers": pre.config.encoder_layers,
         **maps,
         "train_steps": 0,
     }
-    with atomic_write(out / "distil_info.json", "w") as f:
+    with atomic_write(out / DISTIL_INFO, "w") as f:
         json.dump(info, f, indent=2)
 
     back = load_pretrained(out)  # what every later stage will load: must be exactly the slice
@@ -83,45 +93,3 @@ def create_student(
         out,
     )
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m distil_whisper_jax.create_student",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--teacher_model_name_or_path",
-        default=None,
-        help="teacher checkpoint (transformers dir, CTranslate2 dir, openai .pt, hub id); default: the bundled tiny.en",
-    )
-    p.add_argument(
-        "--decoder_layers", type=int, default=2, help="student decoder layers (2 → teacher's first and last)"
-    )
-    p.add_argument("--encoder_layers", type=int, default=None, help="student encoder layers (default: all)")
-    p.add_argument(
-        "--max_source_positions",
-        type=int,
-        default=None,
-        help="shorter encoder context (e.g. 750 = 15 s); default: the teacher's",
-    )
-    p.add_argument("--output_dir", required=True, help="where to write the student (transformers format)")
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        create_student(
-            args.teacher_model_name_or_path,
-            args.output_dir,
-            args.decoder_layers,
-            args.encoder_layers,
-            args.max_source_positions,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

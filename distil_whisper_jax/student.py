@@ -7,12 +7,18 @@ axis), a student is literally a slice of the teacher's parameter tree.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .convert.hf import hf_generation_config
 from .model import WhisperConfig
+from .models import DEFAULT_MODEL, Pretrained, default_model_dir
+from .utils import is_hub_id
 
 
 def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -77,3 +83,57 @@ def make_student(
         pos["embedding"] = np.asarray(pos["embedding"])[:max_source_positions]
         params["encoder"]["embed_positions"] = pos
     return config, _copy_tree(params), {"decoder_layer_map": dec_map, "encoder_layer_map": enc_map}
+
+
+def student_generation_config(
+    teacher: Pretrained, student_config: WhisperConfig, decoder_layer_map: Sequence[int]
+) -> dict[str, Any]:
+    """The teacher's generation defaults, with alignment heads renumbered to the student's layers
+    (heads on teacher layers the student does not keep are dropped)."""
+    gen = teacher.generation_defaults
+    new_index = {t: s for s, t in enumerate(decoder_layer_map)}
+    heads = [(new_index[layer], head) for layer, head in gen.alignment_heads if layer in new_index]
+    return hf_generation_config(student_config, gen.suppress_tokens, gen.begin_suppress_tokens, heads)
+
+
+def params_digest(params: Mapping) -> str:
+    """SHA-256 of a parameter tree as fp32 values: the same weights give the same digest whichever format
+    they were loaded from (every loader yields the same fp32 tree), so it identifies a teacher portably.
+
+    Each leaf contributes its path, shape and little-endian fp32 bytes, in sorted path order."""
+    h = hashlib.sha256()
+
+    def walk(tree: Mapping, prefix: str) -> None:
+        for key in sorted(tree):
+            value, path = tree[key], f"{prefix}/{key}"
+            if isinstance(value, Mapping):
+                walk(value, path)
+                continue
+            a = np.ascontiguousarray(np.asarray(value, dtype="<f4"))
+            h.update(f"{path}:{a.shape};".encode())
+            h.update(a.tobytes())
+
+    walk(params, "")
+    return h.hexdigest()
+
+
+def teacher_reference(requested: str | os.PathLike | None, source: str) -> str:
+    """How to find this teacher again on another machine: the bundled name for the bundled tiny.en, the
+    hub id when it came from the hub, else the absolute path."""
+    if requested is None or Path(source).absolute() == _bundled_dir():
+        return DEFAULT_MODEL
+    if is_hub_id(requested):
+        return str(requested)
+    return str(Path(source).absolute())
+
+
+def _bundled_dir() -> Path | None:
+    try:
+        return default_model_dir().absolute()
+    except ValueError:  # the bundled-model package is not installed
+        return None
+
+
+def resolve_teacher_reference(reference: str) -> str | None:
+    """The ``load_pretrained`` argument for a recorded teacher reference (None: the bundled tiny.en)."""
+    return None if reference == DEFAULT_MODEL else reference

@@ -8,6 +8,7 @@ only where a process must die or several must cooperate."""
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def _flac_bytes(wav: np.ndarray) -> bytes:
 
 
 def write_labelled(path: Path, rows: list[dict], rows_per_group: int = 3) -> Path:
-    """A contract-B labelled dataset (one Parquet file, several row groups)."""
+    """A labelled dataset in the labelling stage's layout (one Parquet file, several row groups)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -112,8 +113,9 @@ def small_config(tiny):
 def small_models(tmp_path_factory, tiny):
     """A small random teacher (4 decoder layers, d_model 64, tiny.en's vocabulary) and its 2-layer student."""
     from distil_whisper_jax.convert.hf import write_hf_dir
-    from distil_whisper_jax.create_student import create_student, student_generation_config
+    from distil_whisper_jax.create_student import create_student
     from distil_whisper_jax.model import init_params
+    from distil_whisper_jax.student import student_generation_config
 
     root = tmp_path_factory.mktemp("models")
     config = small_config(tiny)
@@ -266,8 +268,9 @@ def small_disk(tmp_path):
     """A 512 KiB tmpfs (needs root, as in CI containers); skipped where mounting is not allowed."""
     d = tmp_path / "disk"
     d.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (not root)")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)], capture_output=True, text=True)
+    if mount.returncode:
+        pytest.skip(f"ALLOWED-SKIP: the kernel refuses to mount a small tmpfs here ({mount.stderr.strip()})")
     yield d
     subprocess.run(["umount", str(d)], check=False)
 
@@ -276,7 +279,7 @@ def test_full_disk_keeps_previous_checkpoint(small_disk):
     import jax.numpy as jnp
 
     from distil_whisper_jax import checkpoint as ck
-    from distil_whisper_jax.distill import _is_save_error
+    from distil_whisper_jax.distill import is_write_error
 
     m = ck.make_manager(small_disk / "checkpoints")
     ck.save(m, 1, {"w": jnp.ones((10, 10))}, {"draws": 1}, {"config": {}})
@@ -286,7 +289,7 @@ def test_full_disk_keeps_previous_checkpoint(small_disk):
         big = np.random.default_rng(0).random((300, 300), dtype=np.float32)  # 360 KB, incompressible
         ck.save(m, 2, {"w": jnp.asarray(big)}, {"draws": 2}, {"config": {}})
         m.wait_until_finished()
-    assert _is_save_error(info.value), info.value
+    assert is_write_error(info.value), info.value
     assert ck.checkpoint_steps(small_disk / "checkpoints") == [1]
     step, state, data, _ = ck.restore(m, {"w": jnp.zeros((10, 10))})
     assert step == 1 and data == {"draws": 1} and float(state["w"].sum()) == 100.0
@@ -309,13 +312,13 @@ def _env(devices: int = 8) -> dict:
     return env
 
 
-def _argv(small_models, labelled, out, max_steps=8, **extra):
+def _flags(small_models, labelled, out, max_steps=8, **extra) -> dict:
     teacher, student = small_models
-    flags = {
-        "model_name_or_path": student,
-        "teacher_model_name_or_path": teacher,
-        "train_dataset_name": labelled,
-        "output_dir": out,
+    return {
+        "model_name_or_path": str(student),
+        "teacher_model_name_or_path": str(teacher),
+        "train_dataset_name": str(labelled),
+        "output_dir": str(out),
         "max_steps": max_steps,
         "per_device_train_batch_size": 1,
         "save_steps": 3,
@@ -326,12 +329,30 @@ def _argv(small_models, labelled, out, max_steps=8, **extra):
         "timestamp_probability": 0.5,
         "condition_on_prev_probability": 0.5,
         "seed": 1,
-        **extra,
+        "disable_tqdm": True,
+        "freeze_encoder": True,
+        "compilation_cache": True,
+        "cache_dir": str(JAX_CACHE),
+        **{k: str(v) if isinstance(v, Path) else v for k, v in extra.items()},
     }
+
+
+def _cfg(small_models, labelled, out, max_steps=8, **extra):
+    """The run config of the small-model runs (tests call the library's ``run(cfg)``)."""
+    from distil_whisper_jax.distill import DistillConfig
+
+    return DistillConfig(**_flags(small_models, labelled, out, max_steps, **extra))
+
+
+def _argv(small_models, labelled, out, max_steps=8, **extra) -> list[str]:
+    """The same run as command-line flags (for subprocesses and CLI tests)."""
     argv = []
-    for k, v in flags.items():
-        argv += [f"--{k}"] if v is True else [f"--{k}", str(v)]
-    return argv + ["--disable_tqdm", "--freeze_encoder", "--compilation_cache", "--cache_dir", str(JAX_CACHE)]
+    for k, v in _flags(small_models, labelled, out, max_steps, **extra).items():
+        if v is True:
+            argv.append(f"--{k}")
+        elif v is not None and v is not False:
+            argv += [f"--{k}", str(v)]
+    return argv
 
 
 def _final_params(out):
@@ -352,7 +373,7 @@ def _max_diff(a, b):
 def _run_until(argv, step, sig):
     """Start a training subprocess, send ``sig`` once it logged ``step``; returns (returncode, log)."""
     p = subprocess.Popen(
-        [sys.executable, "-m", "distil_whisper_jax.distill", *argv],
+        [sys.executable, "-m", "distil_whisper_jax.cli.distill", *argv],
         env=_env(),
         cwd=REPO,
         stderr=subprocess.PIPE,
@@ -371,17 +392,17 @@ def _run_until(argv, step, sig):
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_models, labelled, tmp_path_factory):
-    from distil_whisper_jax.distill import main
+    from distil_whisper_jax.distill import run
 
     out = tmp_path_factory.mktemp("run_a")
-    assert main(_argv(small_models, labelled, out)) == 0
+    assert run(_cfg(small_models, labelled, out)) == 0
     return out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp_path):
     from distil_whisper_jax.checkpoint import checkpoint_steps
-    from distil_whisper_jax.distill import main
+    from distil_whisper_jax.distill import run
 
     out = tmp_path / "run"
     code, text = _run_until(_argv(small_models, labelled, out), 4, sig)
@@ -391,7 +412,7 @@ def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp
     else:  # checkpointed the step it was in, then exited
         assert code == 143 and steps[0] == 3 and steps[-1] >= 4, (code, steps, text[-2000:])
         assert f"SIGTERM: saved a checkpoint at step {steps[-1]}" in text
-    assert main(_argv(small_models, labelled, out)) == 0  # automatic resume from output_dir
+    assert run(_cfg(small_models, labelled, out)) == 0  # automatic resume from output_dir
     assert _max_diff(_final_params(out), _final_params(uninterrupted)) <= 1e-6
     # the resumed run's metrics hold each step once
     logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
@@ -411,7 +432,7 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
             [
                 sys.executable,
                 "-m",
-                "distil_whisper_jax.distill",
+                "distil_whisper_jax.cli.distill",
                 *_argv(small_models, labelled, out, per_device_train_batch_size=1),
                 "--distributed",
                 "--coordinator_address",
@@ -435,15 +456,178 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
     assert _max_diff(_final_params(out), _final_params(uninterrupted)) <= 1e-5
 
 
+def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, tmp_path, caplog):
+    """A resumed run must be the run that was checkpointed: each changed setting is named and refused unless
+    --allow_resume_changes; how often it logs/evaluates/saves may change."""
+    import shutil
+
+    from distil_whisper_jax.distill import run
+
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    shutil.rmtree(out / "hf")
+    changed = _cfg(small_models, labelled, out, learning_rate=1e-3, seed=5, max_steps=10)
+    with pytest.raises(ValueError) as info:
+        run(changed)
+    msg = str(info.value)
+    assert "--learning_rate: 0.003 → 0.001" in msg and "--seed: 1 → 5" in msg and "--max_steps: 8 → 10" in msg
+    assert "--allow_resume_changes" in msg and "logging_steps" not in msg
+    # a bigger global batch changes the data position's meaning: refused too
+    with pytest.raises(ValueError, match="global batch: 8 → 16"):
+        run(_cfg(small_models, labelled, out, per_device_train_batch_size=2))
+    assert not (out / "hf").exists()
+    # what may change on resume: logging/saving frequency (the run is complete, so it only finishes)
+    assert run(_cfg(small_models, labelled, out, logging_steps=2, save_steps=4)) == 0
+    assert (out / "hf" / "model.safetensors").is_file()
+    # with --allow_resume_changes: a warning naming the changes, and the run goes on to the new end
+    assert run(_cfg(small_models, labelled, out, max_steps=9, allow_resume_changes=True)) == 0
+    assert "--max_steps: 8 → 9" in caplog.text and "resuming anyway" in caplog.text
+
+
+def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_models, labelled, tmp_path, tiny):
+    """The student's distil_info.json names its teacher (portably, with a digest of its weights): that is
+    the default teacher, and another teacher is refused unless --allow_teacher_mismatch."""
+    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.convert.hf import write_hf_dir
+    from distil_whisper_jax.distill_setup import load_models
+    from distil_whisper_jax.model import init_params
+    from distil_whisper_jax.student import params_digest
+
+    teacher, student = small_models
+    info = json.loads((student / "distil_info.json").read_text())
+    digest = params_digest(load_pretrained(teacher).params)
+    assert info["teacher"] == str(teacher.absolute()) and info["teacher_sha256"] == digest
+    models = load_models(_cfg(small_models, labelled, tmp_path / "o", teacher_model_name_or_path=None))
+    assert models.teacher.source == str(teacher) and models.teacher_sha256 == digest
+    # same architecture, other weights: refused, naming both
+    config = small_config(tiny)
+    write_hf_dir(tmp_path / "other", config, init_params(config, 1), tokenizer=tiny.tokenizer)
+    other = _cfg(small_models, labelled, tmp_path / "o", teacher_model_name_or_path=tmp_path / "other")
+    with pytest.raises(ValueError, match=r"is not the model the student was created from .*--allow_teacher_mismatch"):
+        load_models(other)
+    allowed = _cfg(
+        small_models,
+        labelled,
+        tmp_path / "o",
+        teacher_model_name_or_path=tmp_path / "other",
+        allow_teacher_mismatch=True,
+    )
+    assert load_models(allowed).teacher_sha256 == params_digest(init_params(config, 1))
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("learning_rate", -1e-4, "--learning_rate must be in (0, ∞)"),
+        ("learning_rate", float("nan"), "--learning_rate must be a finite number"),
+        ("learning_rate", float("inf"), "--learning_rate must be a finite number"),
+        ("warmup_steps", 9, "--warmup_steps (9) exceeds --max_steps (8)"),
+        ("warmup_steps", -1, "--warmup_steps must be ≥ 0"),
+        ("per_device_train_batch_size", 0, "--per_device_train_batch_size must be ≥ 1"),
+        ("gradient_accumulation_steps", 0, "--gradient_accumulation_steps must be ≥ 1"),
+        ("temperature", 0.0, "--temperature must be in (0, ∞)"),
+        ("kl_weight", -1.0, "--kl_weight must be in [0, ∞)"),
+        ("ce_weight", -0.5, "--ce_weight must be in [0, ∞)"),
+        ("mse_weight", float("nan"), "--mse_weight must be a finite number"),
+        ("timestamp_probability", 1.5, "--timestamp_probability must be in [0, 1]"),
+        ("condition_on_prev_probability", -0.1, "--condition_on_prev_probability must be in [0, 1]"),
+        ("adam_beta2", 1.0, "--adam_beta2 must be in [0, 1)"),
+        ("weight_decay", -0.1, "--weight_decay must be in [0, ∞)"),
+        ("save_steps", 0, "--save_steps must be ≥ 1"),
+        ("eval_steps", 0, "--eval_steps must be ≥ 1"),
+        ("logging_steps", -5, "--logging_steps must be ≥ 1"),
+        ("max_steps", 0, "--max_steps must be ≥ 1"),
+        ("max_duration_in_seconds", 0.0, "--max_duration_in_seconds must be in (0, ∞)"),
+        ("wer_threshold", -1.0, "--wer_threshold must be in [0, ∞)"),
+        ("kl_weight", 0.0, None),  # fine alone (CE-only), but with ce 0 there is nothing to train:
+    ],
+)
+def test_nonsense_hyperparameters_are_refused_before_loading(flag, value, expected, small_models, labelled, tmp_path):
+    from distil_whisper_jax.distill import run
+
+    if expected is None:
+        flag_values, expected = {"kl_weight": 0.0, "ce_weight": 0.0}, "there is nothing to train"
+    else:
+        flag_values = {flag: value}
+    # the student path does not exist: the flag is named before any model (or data) is opened
+    cfg = _cfg((small_models[0], tmp_path / "no-such-student"), labelled, tmp_path / "o", **flag_values)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        run(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_dir_is_refused_before_work(small_models, labelled, tmp_path):
+    from distil_whisper_jax.distill import run
+
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(ValueError, match=r"--output_dir .*file/run: cannot write there \(.*not a directory"):
+        run(_cfg(small_models, labelled, tmp_path / "file" / "run"))
+
+
+def test_full_disk_mid_run_names_the_path_and_keeps_the_last_checkpoint(
+    small_models, labelled, tmp_path, caplog, monkeypatch
+):
+    """The disk fills up at the second save: exit status 4, the message names the path and the cause, the
+    first checkpoint stays usable."""
+    import errno
+
+    from distil_whisper_jax import distill
+    from distil_whisper_jax.checkpoint import checkpoint_steps
+
+    real_save = distill.checkpoint.save
+
+    def save(manager, step, *args, **kw):
+        if step > 3:
+            target = Path(str(manager.directory)) / str(step)
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_save(manager, step, *args, **kw)
+
+    monkeypatch.setattr(distill.checkpoint, "save", save)
+    out = tmp_path / "run"
+    assert distill.run(_cfg(small_models, labelled, out)) == distill.EXIT_SAVE_FAILED
+    assert f"writing {out / 'checkpoints' / '6'} failed: no space left on device" in caplog.text
+    assert f"the last good checkpoint {out / 'checkpoints' / '3'} is intact" in caplog.text
+    assert checkpoint_steps(out / "checkpoints") == [3] and not (out / "hf").exists()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_checkpoint_is_set_aside_and_the_run_finishes(small_models, labelled, tmp_path, capfd, caplog):
+    """A truncated checkpoint is skipped on resume and renamed out of the way, so that saving its step
+    again works (it used to fail on every rerun with 'Checkpoint for step 8 already exists')."""
+    import shutil
+
+    from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.distill import run
+
+    out = tmp_path / "run"
+    cfg = _cfg(small_models, labelled, out, max_steps=12, save_steps=4)
+    assert run(cfg) == 0
+    shutil.rmtree(out / "checkpoints" / "12")
+    shutil.rmtree(out / "hf")
+    files = [f for f in (out / "checkpoints" / "8" / "state").rglob("*") if f.is_file()]
+    largest = max(files, key=lambda f: f.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    capfd.readouterr()
+    assert run(cfg) == 0
+    assert checkpoint_steps(out / "checkpoints") == [4, 8, 12]
+    aside = list((out / "checkpoints").glob("8.damaged-*"))
+    assert len(aside) == 1 and (aside[0] / "state").is_dir()
+    assert f"set the damaged checkpoint aside as {aside[0]}" in caplog.text
+    assert (out / "hf" / "model.safetensors").is_file()
+    err = capfd.readouterr().err
+    assert "Event loop is closed" not in err and "Traceback" not in err, err[-3000:]
+
+
 def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
     import pyarrow.parquet as pq
 
     from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.cli.distill import main
     from distil_whisper_jax.convert.hf import write_hf_dir
-    from distil_whisper_jax.distill import main
+    from distil_whisper_jax.distill import run
 
     teacher, student = small_models
-    # labelled data without the pseudo-label column
+    # labelled data without the pseudo-label column: the CLI exits 2 with the message
     table = pq.read_table(labelled / "part-00000.parquet").drop(["whisper_transcript", "whisper_token_ids"])
     bad = write_labelled(tmp_path / "nolabels", table.to_pylist())
     assert main(_argv(small_models, bad, tmp_path / "o1")) == 2
@@ -453,23 +637,24 @@ def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
 
     wide = tiny.config.replace(decoder_layers=1, encoder_layers=1, max_target_positions=64)
     write_hf_dir(tmp_path / "wide", wide, init_params(wide, 0), tokenizer=tiny.tokenizer)
-    assert main(_argv((teacher, tmp_path / "wide"), labelled, tmp_path / "o2")) == 2
-    assert "different widths (d_model 64 vs 384)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape("different widths (d_model 64 vs 384)")):
+        run(_cfg((teacher, tmp_path / "wide"), labelled, tmp_path / "o2"))
     other = small_config(tiny).replace(vocab_size=51865, decoder_layers=1)
     write_hf_dir(tmp_path / "multi", other, init_params(other, 0))
-    assert main(_argv((teacher, tmp_path / "multi"), labelled, tmp_path / "o4")) == 2
-    assert "different vocabularies (51864 vs 51865 tokens)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape("different vocabularies (51864 vs 51865 tokens)")):
+        run(_cfg((teacher, tmp_path / "multi"), labelled, tmp_path / "o4"))
     # NaN loss: an absurd learning rate blows the params up after the first update
     out = tmp_path / "o3"
-    assert main(_argv(small_models, labelled, out, learning_rate=1e38, warmup_steps=0, save_steps=1)) == 3
+    assert run(_cfg(small_models, labelled, out, learning_rate=1e38, warmup_steps=0, save_steps=1)) == 3
     assert "non-finite loss (nan) at step 2, batch 2: examples" in caplog.text
     assert checkpoint_steps(out / "checkpoints") == [1]
     # corrupt the only checkpoint, then ask to resume from it explicitly: a clear error naming it
     for f in (out / "checkpoints" / "1" / "state").rglob("*"):
         if f.is_file() and f.parent.name == "d":
             f.write_bytes(b"")
-    assert main(_argv(small_models, labelled, out, resume_from_checkpoint=out / "checkpoints" / "1")) == 2
-    assert "checkpoints/1: unreadable checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="checkpoints/1: unreadable checkpoint"):
+        run(_cfg(small_models, labelled, out, learning_rate=1e38, warmup_steps=0, save_steps=1,
+                 resume_from_checkpoint=out / "checkpoints" / "1"))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,9 +668,10 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     """Real tiny.en → pseudo-labels of bundled training clips (concatenated per speaker) → 2-layer student
     trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
     Sized for CI (a fraction of benchmarks/distill_demo.py's corpus and steps; that script has the full run)."""
+    from distil_whisper_jax import config
     from distil_whisper_jax.create_student import create_student
     from distil_whisper_jax.demo import demo_commands
-    from distil_whisper_jax.distill import main as distill
+    from distil_whisper_jax.distill import DistillConfig, run
     from distil_whisper_jax.pseudo_label import main as pseudo_label
     from distil_whisper_jax.transcribe import transcribe
 
@@ -501,7 +687,8 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     )
     create_student(None, tmp_path / "student", decoder_layers=2)
     assert pseudo_label(cmds["label"]) == 0
-    assert distill(cmds["train"] + ["--disable_tqdm", "--compilation_cache", "--cache_dir", str(JAX_CACHE)]) == 0
+    argv = cmds["train"] + ["--disable_tqdm", "--compilation_cache", "--cache_dir", str(JAX_CACHE)]
+    assert run(config.parse(DistillConfig, argv)) == 0
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]
     before, after, teacher = (

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from distil_whisper_jax.convert import tree_equal
-from distil_whisper_jax.models import load_pretrained
 from distil_whisper_jax.convert.hf import flax_to_hf, hf_to_flax, write_hf_dir
 from distil_whisper_jax.model import Whisper, WhisperConfig, count_params, init_cache, init_params, param_shapes, preset
+from distil_whisper_jax.models import load_pretrained
 from tests.conftest import torch_whisper
 
 CONFIGS = {

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from distil_whisper_jax import create_student as cs
-from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.cli import create_student as cs
 from distil_whisper_jax.model import Whisper, count_params
-from distil_whisper_jax.student import layer_map, make_student
+from distil_whisper_jax.models import DEFAULT_MODEL, load_pretrained
+from distil_whisper_jax.student import layer_map, make_student, params_digest
 
 
 @pytest.mark.parametrize(
@@ -83,9 +83,25 @@ def test_cli_writes_a_reloadable_student(tiny, tmp_path, caplog):
     assert back.config.decoder_layers == 2 and count_params(back.params) == count_params(params)
     info = json.loads((out / "distil_info.json").read_text())
     assert info["decoder_layer_map"] == [0, 3] and info["teacher_decoder_layers"] == 4
+    # the teacher is recorded portably: the bundled name (not this machine's path) and its weights' digest
+    assert info["teacher"] == DEFAULT_MODEL and info["teacher_sha256"] == params_digest(tiny.params)
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["suppress_tokens"] == list(tiny.generation_defaults.suppress_tokens)
     assert all(0 <= layer < 2 for layer, _ in gen["alignment_heads"])
     assert back.tokenizer.decode(back.tokenizer(" hello world").input_ids, skip_special_tokens=True) == " hello world"
     assert "decoder layers (teacher layers [0, 3])" in caplog.text
     assert cs.main(["--decoder_layers", "9", "--output_dir", str(tmp_path / "bad")]) == 2
+
+
+def test_params_digest_is_the_same_from_every_format_and_changes_with_the_weights(tiny, tmp_path):
+    """The bundled tiny.en (CTranslate2 fp16) and its transformers copy (fp32 safetensors) hold the same
+    values, so they get the same digest; any changed weight changes it."""
+    from distil_whisper_jax.convert.hf import write_hf_dir
+
+    write_hf_dir(tmp_path / "hf", tiny.config, tiny.params, tokenizer=tiny.tokenizer)
+    hf = load_pretrained(tmp_path / "hf")
+    assert hf.fmt == "hf" and tiny.fmt == "ct2"
+    assert params_digest(hf.params) == params_digest(tiny.params)
+    changed = jax.tree_util.tree_map(np.array, hf.params)
+    changed["decoder"]["layers"]["mlp"]["fc1"]["kernel"][0, 0, 0] += 1e-3
+    assert params_digest(changed) != params_digest(tiny.params)
