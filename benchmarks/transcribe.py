@@ -272,7 +272,10 @@ def jax_encoder(cfg, impl: str = "distil_whisper_jax"):
     import jax
 
     Whisper = importlib.import_module(impl + ".model").Whisper
-    model = Whisper(cfg)
+    par = importlib.import_module(impl + ".parallel")
+    # CPU attention tiling is chosen by the caller (older --jax_impl copies chose it inside the model)
+    tiling = {"attention_query_chunk": par.attention_query_chunk()} if hasattr(par, "attention_query_chunk") else {}
+    model = Whisper(cfg, **tiling)
     encode = getattr(
         importlib.import_module(impl + ".generate"),
         "encode",  # (older --jax_impl copies lack it)

@@ -27,8 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from .losses import default_ce_weight
+from .model import DTYPES as COMPUTE_DTYPES
+
 log = logging.getLogger(__name__)
-DTYPES = ("float32", "bfloat16")
+DTYPES = tuple(COMPUTE_DTYPES)
 EXIT_PREEMPTED, EXIT_NAN, EXIT_SAVE_FAILED = 143, 3, 4
 
 
@@ -346,8 +349,6 @@ def plot_curves(metrics_file: Path, png: Path) -> None:
 
 def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) -> tuple[float, list[str]]:
     """Greedy transcripts of an eval set and their WER (EnglishTextNormalizer for English)."""
-    import jax.numpy as jnp
-
     from .evaluate import wer
     from .generate import generate, strip
     from .tokenizer import prompt_ids
@@ -364,7 +365,7 @@ def evaluate_wer(params: Any, config, pre, eval_set, specials, args, devices) ->
         from .parallel import pad_batch
 
         mel, n = pad_batch(eval_set.features[i : i + bs], bs)
-        ids = strip(generate(params, mel, prompt, config, opts, jnp.dtype(args.dtype), devices)[:n], specials.eot)
+        ids = strip(generate(params, mel, prompt, config, opts, COMPUTE_DTYPES[args.dtype], devices)[:n], specials.eot)
         texts += [pre.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
     return wer(eval_set.texts, texts, language=args.language or "en"), texts
 
@@ -407,7 +408,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     import jax
-    import jax.numpy as jnp
 
     from . import checkpoint, parallel, train_data
     from . import train as core
@@ -514,8 +514,8 @@ def train(args: argparse.Namespace) -> int:
         parallel.replicate_global(student.params, mesh)
     )
     teacher_params = parallel.replicate_global(teacher.params, mesh)
-    ce_weight = args.ce_weight if args.ce_weight is not None else (0.8 if args.kl_weight > 0 else 1.0)
-    dtype = jnp.dtype(args.dtype)
+    ce_weight = args.ce_weight if args.ce_weight is not None else default_ce_weight(args.kl_weight)
+    dtype = COMPUTE_DTYPES[args.dtype]
     step_fn = core.make_train_step(
         student.config,
         teacher.config,
@@ -762,7 +762,7 @@ def _make_batch(examples, stream, opts, config, specials, args, cache, teacher, 
         batch["input_features"] = train_data.features(examples, stream.sources, opts, config.num_mel_bins)
         return batch
     from . import train as core
-    from .parallel import local_mesh, pad_batch
+    from .parallel import data_mesh, pad_batch
 
     outs = [cache.get(e.key) for e in examples]
     missing = [i for i, o in enumerate(outs) if o is None]
@@ -770,7 +770,7 @@ def _make_batch(examples, stream, opts, config, specials, args, cache, teacher, 
         feats = train_data.features([examples[i] for i in missing], stream.sources, opts, config.num_mel_bins)
         feats, n = pad_batch(feats, len(examples))  # one static shape → one compile
         enc = np.asarray(
-            core.encoder_outputs(teacher.config, _teacher_local(teacher, devices), feats, dtype, local_mesh(devices))
+            core.encoder_outputs(teacher.config, _teacher_local(teacher, devices), feats, dtype, data_mesh(devices))
         )[:n].astype(np.float32)
         for j, i in enumerate(missing):
             outs[i] = enc[j]
@@ -784,20 +784,20 @@ _TEACHER_LOCAL: dict = {}
 
 def _teacher_local(teacher, devices):
     """The teacher replicated over this process's devices (for the encoder-output cache), made once."""
-    from .parallel import local_mesh, replicate
+    from .parallel import data_mesh, replicate
 
     key = (id(teacher), tuple(devices))
     if key not in _TEACHER_LOCAL:
         _TEACHER_LOCAL.clear()
-        _TEACHER_LOCAL[key] = replicate(teacher.params, local_mesh(devices))
+        _TEACHER_LOCAL[key] = replicate(teacher.params, data_mesh(devices))
     return _TEACHER_LOCAL[key]
 
 
 def _run_eval(state, teacher, student, eval_sets, specials, args, devices, teacher_wer, logger, step) -> dict:
     from .checkpoint import host_copy
-    from .parallel import local_mesh, replicate
+    from .parallel import data_mesh, replicate
 
-    params = replicate(host_copy(state.params), local_mesh(devices))
+    params = replicate(host_copy(state.params), data_mesh(devices))
     results = {}
     for es in eval_sets:
         s_wer, _ = evaluate_wer(params, student.config, student, es, specials, args, devices)

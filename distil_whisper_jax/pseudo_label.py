@@ -873,10 +873,10 @@ def _prepare_output(out: Path, config: dict, overwrite: bool, process_index: int
 def setup(a: argparse.Namespace) -> Settings:
     """Resolve flags into ``Settings``; every configuration error is raised here, before any labelling."""
     import jax
-    import jax.numpy as jnp
 
     from . import parallel
     from .convert import load_pretrained
+    from .model import DTYPES
     from .tokenizer import prompt_ids, special_tokens
     from .transcribe import generation_options
 
@@ -916,7 +916,7 @@ def setup(a: argparse.Namespace) -> Settings:
             raise data.DataConfigError(f"--num_local_devices {a.num_local_devices}: only {len(devices)} available")
         devices = devices[: a.num_local_devices]
     params = (
-        parallel.replicate(pre.params, parallel.local_mesh(devices))
+        parallel.replicate(pre.params, parallel.data_mesh(devices))
         if len(devices) > 1
         else jax.device_put(pre.params, devices[0])
     )
@@ -928,7 +928,7 @@ def setup(a: argparse.Namespace) -> Settings:
         pre,
         prompt,
         options,
-        {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[a.dtype],
+        DTYPES[a.dtype],
         devices,
         params,
         a.per_device_eval_batch_size * len(devices),

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from . import audio
+from .losses import IGNORE_INDEX
 from .tokenizer import SpecialTokens
 
 log = logging.getLogger(__name__)
-IGNORE = -100  # label of positions the loss skips
+IGNORE = IGNORE_INDEX  # label of positions the loss skips
 
 
 # ----------------------------------------------------------------------------------------------

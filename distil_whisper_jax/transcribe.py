@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from . import audio, parallel
 from .convert import Pretrained, load_pretrained
 from .generate import GenerationOptions, generate, strip
+from .model import DTYPES
 from .tokenizer import SpecialTokens, prompt_ids, special_tokens
 from .utils import setup_logging
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac", ".aiff", ".aif")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
@@ -135,7 +134,7 @@ def transcribe(
     # Every batch is padded to one static shape (one compile), a multiple of the device count.
     batch_size = -(-batch_size // len(devices)) * len(devices)
     params = (
-        parallel.replicate(pre.params, parallel.local_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
+        parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
     )
     results: list[dict] = [{"file": str(f)} for f in files]
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")
