@@ -31,6 +31,10 @@ Dtype = Any
 # Compute dtypes by the name the command-line flags use (parameters stay fp32 whatever is chosen).
 DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# Query rows per tile of long unmasked attention (the encoder's) in its tiled form, the CPU form: a
+# [750, 1500] fp32 score tile, the tile size measured fastest on CPU (docs/benchmarks.md).
+ATTENTION_QUERY_CHUNK = 750
+
 
 @dataclasses.dataclass(frozen=True)
 class WhisperConfig:
@@ -313,7 +317,7 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     unroll: int | bool = 1
-    attention_query_chunk: int | None = None
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK
 
     @nn.compact
     def __call__(self, mel: Array, deterministic: bool = True) -> Array:
@@ -344,7 +348,7 @@ class Decoder(nn.Module):
     remat: bool = False
     unroll: int | bool = 1
     unstacked: bool = False  # per-layer params/cache (generation: no per-step slicing of stacked arrays)
-    attention_query_chunk: int | None = None
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK
 
     def setup(self):
         c = self.config
@@ -401,11 +405,12 @@ class Whisper(nn.Module):
     """Whisper encoder-decoder. ``encode`` and ``decode`` are separate entry points so one encoder
     pass can feed several decoders (distillation) and generation can run the decoder step by step.
 
-    ``attention_query_chunk``: when set, long unmasked attention (≥ 512 queries and keys: the encoder)
-    runs one (example, head, chunk of this many queries) tile at a time, which keeps score blocks in
-    cache on CPU; None (for TPU/GPU) keeps the full-matrix form those backends fuse. The caller that
-    knows the backend chooses it (``parallel.attention_query_chunk``); both forms compute the same
-    numbers up to float rounding.
+    ``attention_query_chunk``: when set (the default), long unmasked attention (≥ 512 queries and keys:
+    the encoder) runs one (example, head, chunk of this many queries) tile at a time, which keeps score
+    blocks in cache on CPU; None keeps the full-matrix form that TPU/GPU compilers fuse. The model never
+    looks at the backend: the code that builds a program for one passes
+    ``parallel.attention_query_chunk(platform)``. Both forms compute the same numbers up to float
+    rounding.
     """
 
     config: WhisperConfig
@@ -413,7 +418,7 @@ class Whisper(nn.Module):
     remat: bool = False
     unroll: int | bool = 1
     unstacked_decoder: bool = False
-    attention_query_chunk: int | None = None
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK
 
     def setup(self):
         chunk = self.attention_query_chunk

@@ -15,12 +15,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .model import ATTENTION_QUERY_CHUNK
+
 DATA_AXIS = "data"
-
-
-# Query rows per tile of the encoder's attention on CPU (a [750, 1500] fp32 score tile): the tile size
-# measured fastest (docs/benchmarks.md).
-CPU_ATTENTION_QUERY_CHUNK = 750
 
 
 def data_mesh(devices: list | None = None) -> Mesh:
@@ -35,7 +32,7 @@ def attention_query_chunk(platform: str | None = None) -> int | None:
     default backend): tiled attention on CPU, where it keeps score blocks in cache; none on TPU/GPU,
     whose compilers fuse the full-matrix form."""
     platform = jax.default_backend() if platform is None else platform
-    return CPU_ATTENTION_QUERY_CHUNK if platform == "cpu" else None
+    return ATTENTION_QUERY_CHUNK if platform == "cpu" else None
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

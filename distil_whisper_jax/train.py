@@ -52,7 +52,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import losses
 from .flops import decoder_flops, decoder_train_flops, encoder_flops, encoder_train_flops, flops_per_step
-from .model import Whisper, WhisperConfig
+from .model import ATTENTION_QUERY_CHUNK, Whisper, WhisperConfig
 from .optim import (
     SCHEDULES,
     TrainState,
@@ -171,12 +171,12 @@ def make_loss_fn(
     remat: bool = False,
     unroll: int | bool = 1,
     train: bool = True,
-    attention_query_chunk: int | None = None,
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK,
 ) -> Callable:
     """``loss_fn(params, teacher_params, batch, rng, num_tokens) -> (loss, metrics)`` for one
     (micro-)batch, loss = weighted sums / ``num_tokens`` (pass the global count). ``train=False``:
     no dropout. ``attention_query_chunk``: the models' attention tiling (the step builders pass the
-    mesh's, see ``parallel.attention_query_chunk``). Raises if the configuration cannot be honoured (see
+    mesh's backend's, see ``parallel.attention_query_chunk``). Raises if the configuration cannot be honoured (see
     :func:`make_train_step`)."""
     _check_pair(
         student_config,
