@@ -91,7 +91,7 @@ def build_pipeline(pre, batch: int):
 
     from benchmarks.common import TransformersEngine
     from distil_whisper_jax.generate import generation_options
-    from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+    from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
     sp = special_tokens(pre.tokenizer)
     prompt = prompt_ids(sp)

@@ -152,7 +152,10 @@ def jax_encoder(cfg, impl: str = "distil_whisper_jax"):
     import jax
 
     Whisper = importlib.import_module(impl + ".model").Whisper
-    model = Whisper(cfg)
+    par = importlib.import_module(impl + ".parallel")
+    # CPU attention tiling is chosen by the caller (older --jax_impl copies chose it inside the model)
+    tiling = {"attention_query_chunk": par.attention_query_chunk()} if hasattr(par, "attention_query_chunk") else {}
+    model = Whisper(cfg, **tiling)
     encode = getattr(
         importlib.import_module(impl + ".generate"),
         "encode",  # (older --jax_impl copies lack it)
@@ -386,7 +389,7 @@ def main(argv=None) -> int:
     from distil_whisper_jax.assets import bundled_clips
     from distil_whisper_jax.generate import generation_options
     from distil_whisper_jax.models import load_pretrained
-    from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+    from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
     log.info("loading tiny.en, clips and features")
     pre = load_pretrained()

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -40,6 +39,7 @@ from .distill_config import DistillConfig
 from .distill_eval import Evaluator, tag
 from .distill_log import Logger, Throughput, is_write_error, known_peak_tflops, log_line, os_cause, plot_curves
 from .distill_setup import Models, build_state, check_writable, load_models, resume
+from .model import DTYPES
 from .models import Pretrained
 from .student import student_generation_config
 from .token_layout import special_tokens
@@ -128,7 +128,7 @@ def setup(cfg: DistillConfig) -> Run:
     data = open_data(cfg, models.student)
     global_batch = cfg.per_device_train_batch_size * jax.device_count() * cfg.gradient_accumulation_steps
     _log_data(cfg, data, global_batch)
-    mesh = core.data_mesh()  # every device of every process
+    mesh = parallel.data_mesh()  # every device of every process
     state, step_fn = build_state(cfg, models, mesh)
     specials = special_tokens(models.student.tokenizer)
     if is_main:
@@ -197,7 +197,7 @@ def _make_batcher(cfg: DistillConfig, models: Models, data: TrainData, specials,
         cache=cache,
         teacher_config=models.teacher.config,
         teacher_params=evaluate.teacher_params,
-        dtype=jnp.dtype(cfg.dtype),
+        dtype=DTYPES[cfg.dtype],
         devices=jax.local_devices(),
     )
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import data, train_data
-from .parallel import local_mesh, pad_batch
+from .parallel import data_mesh, pad_batch
 from .train import encoder_outputs
 
 
@@ -68,7 +68,7 @@ class Batcher:
         if missing:
             feats = train_data.features([examples[i] for i in missing], self.sources, self.opts, self.num_mel_bins)
             feats, n = pad_batch(feats, len(examples))  # one static shape → one compile
-            mesh = local_mesh(self.devices)
+            mesh = data_mesh(self.devices)
             enc = encoder_outputs(self.teacher_config, self.teacher_params(), feats, self.dtype, mesh)
             enc = np.asarray(enc)[:n].astype(np.float32)
             for j, i in enumerate(missing):

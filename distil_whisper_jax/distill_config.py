@@ -15,6 +15,7 @@ from typing import Literal
 
 from . import wer_filter
 from .config import flag
+from .losses import default_ce_weight
 
 DTYPES = ("float32", "bfloat16")
 _DEFAULT_CACHE = str(Path.home() / ".cache" / "distil_whisper_jax")
@@ -231,7 +232,7 @@ class DistillConfig:
         """``--ce_weight``, defaulting to 0.8 with a KL term and 1.0 without (the original's rule)."""
         if self.ce_weight is not None:
             return self.ce_weight
-        return 0.8 if self.kl_weight > 0 else 1.0
+        return default_ce_weight(self.kl_weight)
 
     def validate(self) -> None:
         """``ValueError`` naming the first flag whose value makes no sense; called before anything loads."""

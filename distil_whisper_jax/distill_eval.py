@@ -15,7 +15,7 @@ from .eval_data import EvalSet
 from .evaluate import wer
 from .generate import generate, generation_options, strip
 from .models import Pretrained
-from .parallel import local_mesh, pad_batch, replicate
+from .parallel import data_mesh, pad_batch, replicate
 from .token_layout import prompt_ids
 
 log = logging.getLogger("distil_whisper_jax.distill")
@@ -62,11 +62,11 @@ class Evaluator:
     def teacher_params(self) -> Any:
         """The teacher replicated over this process's devices, made once (also feeds the encoder cache)."""
         if self._teacher_params is None:
-            self._teacher_params = replicate(self.teacher.params, local_mesh(self.devices))
+            self._teacher_params = replicate(self.teacher.params, data_mesh(self.devices))
         return self._teacher_params
 
     def __call__(self, state_params: Any, step: int, logger) -> dict[str, dict[str, float]]:
-        params = replicate(host_copy(state_params), local_mesh(self.devices))
+        params = replicate(host_copy(state_params), data_mesh(self.devices))
         results = {}
         for es in self.eval_sets:
             s_wer, _ = evaluate_wer(params, self.student, es, self.specials, self.gen, self.devices)

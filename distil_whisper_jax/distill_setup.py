@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from . import checkpoint, parallel, train_data
 from . import train as core
@@ -21,6 +20,7 @@ from .config import differences
 from .create_student import DISTIL_INFO
 from .distill_config import RESUME_MAY_CHANGE, DistillConfig
 from .distill_log import os_cause
+from .model import DTYPES
 from .models import Pretrained, load_pretrained
 from .student import params_digest, resolve_teacher_reference, teacher_reference
 
@@ -136,7 +136,7 @@ def build_state(cfg: DistillConfig, models: Models, mesh) -> tuple[Any, Callable
         mse_weight=cfg.mse_weight,
         freeze_encoder=cfg.freeze_encoder,
         share_encoder=models.share_encoder,
-        dtype=jnp.dtype(cfg.dtype),
+        dtype=DTYPES[cfg.dtype],
         remat=cfg.gradient_checkpointing,
         grad_accum_steps=cfg.gradient_accumulation_steps,
         mesh=mesh,

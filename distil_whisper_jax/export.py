@@ -35,7 +35,7 @@ from .evaluate import wer
 from .export_card import DISTIL_INFO, find_distil_info, model_card, read_distil_info
 from .export_verify import differences, format_table, verification_clips, verify
 from .models import Pretrained, load_pretrained
-from .tokenizer import SpecialTokens
+from .token_layout import SpecialTokens
 from .utils import atomic_write, check_writable_dir, remove_stale_temporaries, write_error
 
 log = logging.getLogger(__name__)

@@ -284,7 +284,8 @@ def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOp
 
 @functools.lru_cache(maxsize=32)
 def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_key: tuple):
-    model = Whisper(config, dtype=dtype, unstacked_decoder=opts.num_beams == 1)
+    chunk = parallel.attention_query_chunk()
+    model = Whisper(config, dtype=dtype, unstacked_decoder=opts.num_beams == 1, attention_query_chunk=chunk)
 
     def run(params, mel, prompt):
         if model.unstacked_decoder and "layers" in params["decoder"]:
@@ -295,7 +296,7 @@ def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_k
         return _greedy(model, params, mel, prompt, opts, multiple=shards)
 
     if mesh_key:
-        mesh = parallel.local_mesh(list(mesh_key))
+        mesh = parallel.data_mesh(list(mesh_key))
         return jax.jit(
             run,
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
@@ -331,14 +332,14 @@ def generate(
         padded, n = parallel.pad_batch(mel, len(devices))
         fn = _compiled(config, dtype, options, tuple(devices))
         # committed to the local mesh first: under jax.distributed, jit refuses sharded numpy inputs
-        padded = parallel.shard_batch(padded, parallel.local_mesh(devices))
+        padded = parallel.shard_batch(padded, parallel.data_mesh(devices))
         return np.asarray(fn(params, padded, prompt_arr))[:n]
     return np.asarray(_compiled(config, dtype, options, ())(params, mel, prompt_arr))
 
 
 @functools.lru_cache(maxsize=8)
 def _language_fn(config: WhisperConfig, dtype: Any):
-    model = Whisper(config, dtype=dtype)
+    model = Whisper(config, dtype=dtype, attention_query_chunk=parallel.attention_query_chunk())
 
     def run(params, mel, sot, language_ids):
         enc = encode(model, params, mel)

@@ -1,10 +1,10 @@
 """Distillation losses: pure functions of logits, hidden states and labels.
 
-Every term is returned as a **sum over non-ignored label positions** (labels < 0, i.e. -100, are
-padding or prompt positions) together with the number of those positions. The training step divides
-the weighted sum by the token count of the GLOBAL batch (all devices, hosts and accumulation
-micro-batches), so the loss is the token mean of the whole batch whatever the batch is split into —
-the original distil-whisper semantics (``upstream.md`` §2.3), made exact under accumulation.
+Every term is returned as a **sum over non-ignored label positions** (labels < 0, i.e.
+``IGNORE_INDEX``, are padding or prompt positions) together with the number of those positions. The
+training step divides the weighted sum by the token count of the GLOBAL batch (all devices, hosts and
+accumulation micro-batches), so the loss is the token mean of the whole batch whatever the batch is
+split into: the original distil-whisper's token mean, made exact under accumulation.
 
     loss = (ce_weight · CE_sum + kl_weight · T² · KL_sum + mse_weight · MSE_sum) / N
 
@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of positions no loss term counts (prompt, padding)
 
 
 def label_mask(labels: Array) -> Array:
-    """True where a label is a real target (every negative id, e.g. -100, is ignored)."""
+    """True where a label is a real target (every negative id, e.g. ``IGNORE_INDEX``, is ignored)."""
     return labels >= 0
 
 
@@ -78,9 +78,10 @@ def hidden_mse(
 ) -> tuple[Array, Array]:
     """Hidden-state MSE summed over non-ignored positions, and their count.
 
-    ``*_hidden`` hold the embedding output followed by every layer's output ([S+1] and [T+1] arrays of
-    [B, L, D]). The embedding outputs are tied, and student layer i to teacher layer ``layer_map[i]``
-    (default :func:`mse_layer_map`). Per position: Σ over tied pairs of the mean over D of the squared
+    ``*_hidden`` hold the embedding output followed by every layer's output (S+1 and T+1 arrays of
+    [B, L, D], or those stacked, as ``Whisper.decode(..., output_hidden_states=True)`` returns them).
+    The embedding outputs are tied, and student layer i to teacher layer ``layer_map[i]`` (default
+    :func:`mse_layer_map`). Per position: Σ over tied pairs of the mean over D of the squared
     difference. Unlike the original, padding positions are masked out.
     """
     s_layers, t_layers = len(student_hidden) - 1, len(teacher_hidden) - 1

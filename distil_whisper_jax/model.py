@@ -1,10 +1,10 @@
 """Whisper in Flax linen: config, encoder, decoder with an explicit KV cache.
 
 One readable file, in the spirit of openai/whisper's ``model.py``. Parameter names mirror 🤗
-transformers' ``WhisperForConditionalGeneration`` so converters are a rename plus a transpose
-(``docs/formats.md`` of the project's shared specs). Layers are always held *stacked* (one leading
-layer axis, as ``nn.scan`` lays them out): a student is a slice of its teacher, and the tree is the
-same whether the layers run as a scan or unrolled (``unroll=True``).
+transformers' ``WhisperForConditionalGeneration`` so converters are a rename plus a transpose.
+Layers are always held *stacked* (one leading layer axis, as ``nn.scan`` lays them out): a student is
+a slice of its teacher, and the tree is the same whether the layers run as a scan or unrolled
+(``unroll=True``).
 
 Numerics that matter for parity with PyTorch: LayerNorm eps 1e-5, exact (erf) GELU, q scaled by
 ``head_dim**-0.5`` after its bias, no bias on k projections, output projection tied to the token
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,13 @@ import numpy as np
 
 Array = jax.Array
 Dtype = Any
+
+# Compute dtypes by the name the command-line flags use (parameters stay fp32 whatever is chosen).
+DTYPES: dict[str, Dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Query rows per tile of long unmasked attention (the encoder's) in its tiled form, the CPU form: a
+# [750, 1500] fp32 score tile, the tile size measured fastest on CPU (docs/benchmarks.md).
+ATTENTION_QUERY_CHUNK = 750
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +144,7 @@ class Attention(nn.Module):
     d_model: int
     dtype: Dtype = jnp.float32
     dropout: float = 0.0
+    query_chunk: int | None = None  # tile long unmasked attention by this many query rows (see Whisper)
 
     def setup(self):
         dense = lambda name, bias=True: nn.Dense(self.d_model, use_bias=bias, dtype=self.dtype, name=name)
@@ -155,16 +164,17 @@ class Attention(nn.Module):
     def __call__(self, x: Array, k: Array, v: Array, mask: Array | None, deterministic: bool = True) -> Array:
         head_dim = self.d_model // self.num_heads
         q = self._split(self.q_proj(x)) * (head_dim**-0.5)
-        # Long unmasked attention (the encoder) on CPU: tile it so score blocks stay in cache. On TPU/GPU
-        # the fused full-matrix form is the fast one.
+        # Long unmasked attention (the encoder), tiled when the caller asks for it (on CPU, so score blocks
+        # stay in cache); without ``query_chunk`` the full-matrix form, which TPU/GPU fuse.
         if (
-            mask is None
+            self.query_chunk
+            and mask is None
             and (deterministic or self.dropout == 0)
             and q.shape[1] >= 512
             and k.shape[3] >= 512
-            and jax.default_backend() == "cpu"
         ):
-            out = _tiled_attention(jnp.swapaxes(q, 1, 2).astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype))
+            q, k, v = (jnp.swapaxes(q, 1, 2).astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype))
+            out = _tiled_attention(q, k, v, self.query_chunk)
             out = jnp.swapaxes(out, 1, 2)
             return self.out_proj(out.reshape(out.shape[:2] + (self.d_model,)))
         scores = jnp.einsum("bqhd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32)
@@ -177,11 +187,11 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(out.shape[:2] + (self.d_model,)))
 
 
-def _tiled_attention(q: Array, k: Array, v: Array, q_chunk: int = 750) -> Array:
+def _tiled_attention(q: Array, k: Array, v: Array, q_chunk: int) -> Array:
     """softmax(q kᵀ) v for heads-first [B, H, T, D] inputs, one (batch, head, query-chunk) tile at a time,
     so each score tile ([q_chunk, K] fp32) stays in cache instead of streaming a [B, H, T, K] tensor
-    through memory for the max/exp/sum/normalise passes. 750 query rows (a 4.5 MB tile for K = 1500) was
-    the fastest of 250/375/500/750/1500 with the encoder run one example at a time (docs/benchmarks.md)."""
+    through memory for the max/exp/sum/normalise passes. When ``q_chunk`` does not divide T, one tile
+    per (batch, head) holds every query."""
     b, h, t, d = q.shape
     c = q_chunk if t % q_chunk == 0 else t
     qt = q.reshape(b * h, t // c, c, d)
@@ -216,12 +226,15 @@ class MLP(nn.Module):
 class EncoderLayer(nn.Module):
     config: WhisperConfig
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> tuple[Array, None]:
         c = self.config
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=deterministic or c.dropout == 0)
-        attn = Attention(c.encoder_attention_heads, c.d_model, self.dtype, c.attention_dropout, name="self_attn")
+        attn = Attention(
+            c.encoder_attention_heads, c.d_model, self.dtype, c.attention_dropout, self.query_chunk, name="self_attn"
+        )
         h = _layer_norm("self_attn_layer_norm")(x).astype(self.dtype)
         k, v = attn.project_kv(h)
         x = x + drop(attn(h, k, v, None, deterministic))
@@ -232,21 +245,29 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-LN decoder block. ``cache`` (per layer) holds self-attention k/v for every position up to
-    the cache length and the cross-attention k/v; without it the block runs causally on ``x`` alone."""
+    the cache length and the cross-attention k/v; without it the block runs causally on ``x`` alone.
+    Returns ``(x, (new_cache, x or None))``: the second ``x`` (with ``output_hidden``) is what a scan
+    stacks into the per-layer hidden states."""
 
     config: WhisperConfig
     dtype: Dtype = jnp.float32
+    query_chunk: int | None = None
 
     @nn.compact
     def __call__(
-        self, x: Array, cache: dict | None, encoder_out: Array | None, index: Array | None, deterministic: bool
-    ) -> tuple[Array, dict | None]:
+        self,
+        x: Array,
+        cache: dict | None,
+        encoder_out: Array | None,
+        index: Array | None,
+        deterministic: bool,
+        output_hidden: bool = False,
+    ) -> tuple[Array, tuple[dict | None, Array | None]]:
         c = self.config
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=deterministic or c.dropout == 0)
-        self_attn = Attention(c.decoder_attention_heads, c.d_model, self.dtype, c.attention_dropout, name="self_attn")
-        cross_attn = Attention(
-            c.decoder_attention_heads, c.d_model, self.dtype, c.attention_dropout, name="encoder_attn"
-        )
+        heads, p = c.decoder_attention_heads, c.attention_dropout
+        self_attn = Attention(heads, c.d_model, self.dtype, p, name="self_attn")
+        cross_attn = Attention(heads, c.d_model, self.dtype, p, self.query_chunk, name="encoder_attn")
         t = x.shape[1]
         h = _layer_norm("self_attn_layer_norm")(x).astype(self.dtype)
         k, v = self_attn.project_kv(h)
@@ -270,14 +291,17 @@ class DecoderLayer(nn.Module):
         h = _layer_norm("final_layer_norm")(x).astype(self.dtype)
         x = x + drop(MLP(c.decoder_ffn_dim, c.d_model, self.dtype, c.activation_dropout, name="mlp")(h, deterministic))
         new_cache = None if cache is None else {"self_k": k, "self_v": v, "cross_k": ck, "cross_v": cv}
-        return x, new_cache
+        return x, (new_cache, x if output_hidden else None)
 
 
-def _stack(layer_cls, length: int, remat: bool, unroll: int | bool, in_axes):
+def _stack(layer_cls, length: int, remat: bool, unroll: int | bool, in_axes, n_static: int = 1):
     """Layers held with a leading layer axis (nn.scan), optionally rematerialised."""
     if remat:
-        # `deterministic` (the last argument; self is 0) is static. prevent_cse=False is safe inside scan.
-        layer_cls = nn.remat(layer_cls, prevent_cse=False, static_argnums=(len(in_axes) + 1,))
+        # The last `n_static` arguments (flags such as `deterministic`) are static; self is argument 0 and
+        # the carry 1. prevent_cse=False is safe inside scan.
+        n_args = len(in_axes) + 2
+        static = tuple(range(n_args - n_static, n_args))
+        layer_cls = nn.remat(layer_cls, prevent_cse=False, static_argnums=static)
     return nn.scan(
         layer_cls,
         variable_axes={"params": 0},
@@ -293,6 +317,7 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     unroll: int | bool = 1
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK
 
     @nn.compact
     def __call__(self, mel: Array, deterministic: bool = True) -> Array:
@@ -313,7 +338,7 @@ class Encoder(nn.Module):
         # The sinusoid table is stored like a weight but never trained.
         x = x.astype(jnp.float32) + jax.lax.stop_gradient(pos.embedding)[None]
         layers = _stack(EncoderLayer, c.encoder_layers, self.remat, self.unroll, (nn.broadcast,))
-        x, _ = layers(c, self.dtype, name="layers")(x, deterministic)
+        x, _ = layers(c, self.dtype, self.attention_query_chunk, name="layers")(x, deterministic)
         return _layer_norm("layer_norm")(x)
 
 
@@ -323,19 +348,20 @@ class Decoder(nn.Module):
     remat: bool = False
     unroll: int | bool = 1
     unstacked: bool = False  # per-layer params/cache (generation: no per-step slicing of stacked arrays)
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK
 
     def setup(self):
         c = self.config
         init = nn.initializers.normal(0.02)
         self.embed_tokens = nn.Embed(c.vocab_size, c.d_model, embedding_init=init, name="embed_tokens")
         self.embed_positions = nn.Embed(c.max_target_positions, c.d_model, embedding_init=init, name="embed_positions")
+        chunk = self.attention_query_chunk
         if self.unstacked:
-            self.layer_list = [DecoderLayer(c, self.dtype, name=f"layer_{i}") for i in range(c.decoder_layers)]
+            self.layer_list = [DecoderLayer(c, self.dtype, chunk, name=f"layer_{i}") for i in range(c.decoder_layers)]
         else:
-            layer_cls = _stack(
-                DecoderLayer, c.decoder_layers, self.remat, self.unroll, (0, nn.broadcast, nn.broadcast, nn.broadcast)
-            )
-            self.layers = layer_cls(c, self.dtype, name="layers")
+            in_axes = (0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast)
+            layer_cls = _stack(DecoderLayer, c.decoder_layers, self.remat, self.unroll, in_axes, n_static=2)
+            self.layers = layer_cls(c, self.dtype, chunk, name="layers")
         self.layer_norm = _layer_norm("layer_norm")
 
     def __call__(
@@ -345,44 +371,59 @@ class Decoder(nn.Module):
         cache: dict | None = None,
         index: Array | int = 0,
         deterministic: bool = True,
-        return_hidden: bool = False,
+        output_hidden_states: bool = False,
     ):
         """Logits for ``tokens`` [B, T] at absolute positions ``index + arange(T)``.
 
-        Returns ``(logits, new_cache)`` (``new_cache`` is None without a cache), plus the final hidden
-        states when ``return_hidden``.
+        Returns ``(logits, new_cache)`` (``new_cache`` is None without a cache). With
+        ``output_hidden_states``, also the hidden states [layers + 1, B, T, d_model]: the embedding output
+        followed by every layer's output (before the final LayerNorm), for the hidden-state loss.
         """
         t = tokens.shape[1]
         positions = jnp.asarray(index) + jnp.arange(t)
         x = self.embed_tokens(tokens) + self.embed_positions(positions)[None]
+        embedded, index = x, jnp.asarray(index, jnp.int32)
         if self.unstacked:  # cache: a list of per-layer dicts
-            new_cache = []
+            new_cache, hidden = [], []
             for i, layer in enumerate(self.layer_list):
-                x, nc = layer(
-                    x, None if cache is None else cache[i], encoder_out, jnp.asarray(index, jnp.int32), deterministic
-                )
+                layer_cache = None if cache is None else cache[i]
+                x, (nc, h) = layer(x, layer_cache, encoder_out, index, deterministic, output_hidden_states)
                 new_cache.append(nc)
+                hidden.append(h)
             new_cache = None if cache is None else new_cache
+            hidden = jnp.stack(hidden) if output_hidden_states else None
         else:
-            x, new_cache = self.layers(x, cache, encoder_out, jnp.asarray(index, jnp.int32), deterministic)
+            x, (new_cache, hidden) = self.layers(x, cache, encoder_out, index, deterministic, output_hidden_states)
         x = self.layer_norm(x)
         logits = self.embed_tokens.attend(x.astype(self.dtype)).astype(jnp.float32)  # tied output projection
-        return (logits, new_cache, x) if return_hidden else (logits, new_cache)
+        if not output_hidden_states:
+            return logits, new_cache
+        return logits, new_cache, jnp.concatenate([embedded[None].astype(hidden.dtype), hidden])
 
 
 class Whisper(nn.Module):
     """Whisper encoder-decoder. ``encode`` and ``decode`` are separate entry points so one encoder
-    pass can feed several decoders (distillation) and generation can run the decoder step by step."""
+    pass can feed several decoders (distillation) and generation can run the decoder step by step.
+
+    ``attention_query_chunk``: when set (the default), long unmasked attention (≥ 512 queries and keys:
+    the encoder) runs one (example, head, chunk of this many queries) tile at a time, which keeps score
+    blocks in cache on CPU; None keeps the full-matrix form that TPU/GPU compilers fuse. The model never
+    looks at the backend: the code that builds a program for one passes
+    ``parallel.attention_query_chunk(platform)``. Both forms compute the same numbers up to float
+    rounding.
+    """
 
     config: WhisperConfig
     dtype: Dtype = jnp.float32
     remat: bool = False
     unroll: int | bool = 1
     unstacked_decoder: bool = False
+    attention_query_chunk: int | None = ATTENTION_QUERY_CHUNK
 
     def setup(self):
-        self.encoder = Encoder(self.config, self.dtype, self.remat, self.unroll)
-        self.decoder = Decoder(self.config, self.dtype, self.remat, self.unroll, self.unstacked_decoder)
+        chunk = self.attention_query_chunk
+        self.encoder = Encoder(self.config, self.dtype, self.remat, self.unroll, chunk)
+        self.decoder = Decoder(self.config, self.dtype, self.remat, self.unroll, self.unstacked_decoder, chunk)
 
     def encode(self, mel: Array, deterministic: bool = True) -> Array:
         return self.encoder(mel, deterministic)
@@ -394,9 +435,10 @@ class Whisper(nn.Module):
         cache: dict | None = None,
         index: Array | int = 0,
         deterministic: bool = True,
-        return_hidden: bool = False,
+        output_hidden_states: bool = False,
     ):
-        return self.decoder(tokens, encoder_out, cache, index, deterministic, return_hidden)
+        """See :class:`Decoder`: ``(logits, new_cache)``, plus stacked hidden states if asked for."""
+        return self.decoder(tokens, encoder_out, cache, index, deterministic, output_hidden_states)
 
     def __call__(self, mel: Array, tokens: Array, deterministic: bool = True) -> Array:
         logits, _ = self.decode(tokens, self.encode(mel, deterministic), deterministic=deterministic)
@@ -450,5 +492,5 @@ def unstack_decoder(params: dict) -> dict:
     stacked = dec.pop("layers")
     n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
     for i in range(n):
-        dec[f"layer_{i}"] = jax.tree_util.tree_map(lambda a: a[i], stacked)
+        dec[f"layer_{i}"] = jax.tree_util.tree_map(operator.itemgetter(i), stacked)
     return {**params, "decoder": dec}

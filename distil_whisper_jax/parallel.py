@@ -15,13 +15,24 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .model import ATTENTION_QUERY_CHUNK
+
 DATA_AXIS = "data"
 
 
-def local_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh over this process's devices (or the given ones)."""
-    devices = jax.local_devices() if devices is None else devices
+def data_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D data-parallel mesh over ``devices``: by default every device of every process (training);
+    pass ``jax.local_devices()`` (or a subset) for work each process does on its own (inference)."""
+    devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def attention_query_chunk(platform: str | None = None) -> int | None:
+    """The model's ``attention_query_chunk`` for programs that run on ``platform`` (default: JAX's
+    default backend): tiled attention on CPU, where it keeps score blocks in cache; none on TPU/GPU,
+    whose compilers fuse the full-matrix form."""
+    platform = jax.default_backend() if platform is None else platform
+    return ATTENTION_QUERY_CHUNK if platform == "cpu" else None
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -41,8 +52,8 @@ def map_rows(fn, x: Any, shards: int = 1) -> Any:
     """``fn`` over batch ``x`` (a pytree with a common leading axis B), ``shards`` rows at a time: with the
     batch split over ``shards`` devices, each step is one row per device. The outputs are stacked back to
     B rows, in order. For CPU: one example's activations stay in cache between ops, which makes the
-    Whisper encoder ~12 % faster than one batched pass (benchmarks/transcribe.py); a loop is no gain on
-    TPU/GPU, so elsewhere (or with at most ``shards`` rows) ``fn`` simply runs on the whole batch."""
+    Whisper encoder faster than one batched pass (docs/benchmarks.md); a loop is no gain on TPU/GPU, so
+    elsewhere (or with at most ``shards`` rows) ``fn`` simply runs on the whole batch."""
     b = jax.tree_util.tree_leaves(x)[0].shape[0]
     if jax.default_backend() != "cpu" or b <= shards or b % shards:
         return fn(x)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
@@ -41,9 +40,10 @@ from . import data, data_blocks, label_output, label_report, parallel, wer_filte
 from .generate import generate, generation_options, strip
 from .label_config import PseudoLabelConfig, output_config
 from .label_units import Bad, Batcher, PseudoLabelError, Unit, continues, pack, split_long
+from .model import DTYPES
 from .models import load_pretrained
 from .prefetch import background
-from .tokenizer import prompt_ids, special_tokens
+from .token_layout import prompt_ids, special_tokens
 from .utils import atomic_write
 
 __all__ = ["PseudoLabelConfig", "PseudoLabelError", "run", "Unit", "Bad", "pack", "split_long"]
@@ -127,12 +127,12 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     )
     devices = _devices(cfg)
     params = (
-        parallel.replicate(pre.params, parallel.local_mesh(devices))
+        parallel.replicate(pre.params, parallel.data_mesh(devices))
         if len(devices) > 1
         else jax.device_put(pre.params, devices[0])
     )
     batcher = Batcher(cfg, sources, columns, cfg.per_device_eval_batch_size * len(devices), pre.config.num_mel_bins)
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     pi, pc = data_blocks.process_info()
     return Settings(cfg, batcher, pre, prompt, options, dtype, devices, params, Path(cfg.output_dir), pi, pc)
 

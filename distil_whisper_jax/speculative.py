@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import generate as gen_lib
+from . import parallel
 from .model import Whisper, WhisperConfig, init_cache, unstack_decoder
 
 
@@ -143,8 +144,9 @@ def _speculative(teacher, t_params, student, s_params, mel, prompt, opts, k: int
 
 @functools.lru_cache(maxsize=16)
 def _compiled(t_config, s_config, dtype, opts, k: int, share_encoder: bool):
-    teacher = Whisper(t_config, dtype=dtype, unstacked_decoder=True)
-    student = Whisper(s_config, dtype=dtype, unstacked_decoder=True)
+    chunk = parallel.attention_query_chunk()
+    teacher = Whisper(t_config, dtype=dtype, unstacked_decoder=True, attention_query_chunk=chunk)
+    student = Whisper(s_config, dtype=dtype, unstacked_decoder=True, attention_query_chunk=chunk)
 
     def run(t_params, s_params, mel, prompt):
         t_params, s_params = unstack_decoder(t_params), unstack_decoder(s_params)

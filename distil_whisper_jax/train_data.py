@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 
 from . import audio, data, wer_filter
+from .losses import IGNORE_INDEX
 from .row_audio import audio_duration, row_audio
-from .tokenizer import SpecialTokens, prompt_ids
+from .token_layout import SpecialTokens, prompt_ids
 
 log = logging.getLogger(__name__)
-IGNORE = -100  # label of positions the loss skips
+IGNORE = IGNORE_INDEX  # label of positions the loss skips
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from . import audio, parallel
 from . import config as config_lib
 from .generate import generate, generation_options, strip
+from .model import DTYPES
 from .models import Pretrained, load_pretrained
-from .tokenizer import SpecialTokens, prompt_ids, special_tokens
+from .token_layout import SpecialTokens, prompt_ids, special_tokens
 from .utils import atomic_write, check_writable_dir, write_error
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +145,7 @@ def transcribe(
     # Every batch is padded to one static shape (one compile), a multiple of the device count.
     batch_size = -(-batch_size // len(devices)) * len(devices)
     params = (
-        parallel.replicate(pre.params, parallel.local_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
+        parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
     )
     results: list[dict] = [{"file": str(f)} for f in files]
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")

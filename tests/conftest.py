@@ -61,7 +61,7 @@ def torch_whisper(config, state, generation=None):
 def tiny_torch(tiny_hf_state, tiny):
     config, state = tiny_hf_state
     g = tiny.generation_defaults
-    from distil_whisper_jax.tokenizer import special_tokens
+    from distil_whisper_jax.token_layout import special_tokens
 
     sp = special_tokens(tiny.tokenizer)
     gen = dict(

@@ -19,7 +19,7 @@ from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_open
 from distil_whisper_jax.generate import generate, generation_options, strip
 from distil_whisper_jax.model import Whisper
 from distil_whisper_jax.models import default_model_dir, detect_format, load_pretrained
-from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
 
 @pytest.fixture(scope="module")

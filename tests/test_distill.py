@@ -65,7 +65,7 @@ def tok(tiny):
 
 @pytest.fixture(scope="module")
 def specials(tok):
-    from distil_whisper_jax.tokenizer import special_tokens
+    from distil_whisper_jax.token_layout import special_tokens
 
     return special_tokens(tok)
 

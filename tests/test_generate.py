@@ -9,7 +9,7 @@ import torch
 from distil_whisper_jax import audio
 from distil_whisper_jax.generate import GenerationOptions, _compiled, generate, generation_options, strip
 from distil_whisper_jax.model import Whisper
-from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_eight_devices_equal_one(tiny, mel, specials, timestamps, beams):
     mel = mel if beams == 1 and not timestamps else mel[:3]
     from distil_whisper_jax import parallel
 
-    params8 = parallel.replicate(tiny.params, parallel.local_mesh())
+    params8 = parallel.replicate(tiny.params, parallel.data_mesh(jax.local_devices()))
     single = generate(tiny.params, mel, prompt, tiny.config, opts, devices=one_device())
     sharded = generate(params8, mel, prompt, tiny.config, opts)  # all 8 devices; batch padded to 8
     np.testing.assert_array_equal(single, sharded)
@@ -168,7 +168,7 @@ def test_map_rows_keeps_rows_in_place(shards):
         return {"sum": rows.sum(-1), "twice": 2 * rows}
 
     if shards > 1:
-        x = parallel.shard_batch(np.asarray(x), parallel.local_mesh())
+        x = parallel.shard_batch(np.asarray(x), parallel.data_mesh(jax.local_devices()))
     out = jax.jit(lambda a: parallel.map_rows(fn, a, shards))(x)
     np.testing.assert_array_equal(out["sum"], np.asarray(x).sum(-1))
     np.testing.assert_array_equal(out["twice"], 2 * np.asarray(x))

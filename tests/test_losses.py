@@ -16,10 +16,10 @@ def _np_log_softmax(x):
 @pytest.fixture(scope="module")
 def logits():
     rng = np.random.default_rng(0)
-    b, l, v = 3, 5, 11
-    s = rng.standard_normal((b, l, v)).astype(np.float32) * 3
-    t = rng.standard_normal((b, l, v)).astype(np.float32) * 3
-    labels = rng.integers(0, v, (b, l)).astype(np.int32)
+    b, length, v = 3, 5, 11
+    s = rng.standard_normal((b, length, v)).astype(np.float32) * 3
+    t = rng.standard_normal((b, length, v)).astype(np.float32) * 3
+    labels = rng.integers(0, v, (b, length)).astype(np.int32)
     labels[0, :2] = -100  # prompt positions
     labels[2, 3:] = -100  # padding
     return s, t, labels
@@ -101,3 +101,6 @@ def test_hidden_mse_and_layer_map():
     per_tok = sum(((sh[a] - th[b]) ** 2).mean(-1) for a, b in pairs)
     np.testing.assert_allclose(float(total), per_tok[labels >= 0].sum(), rtol=1e-5)
     assert int(count) == 6
+    # Stacked [layers + 1, B, L, D] arrays, as the model's decoder returns them: the same sum.
+    stacked, _ = losses.hidden_mse(jnp.asarray(sh), jnp.asarray(th), jnp.asarray(labels))
+    assert float(stacked) == pytest.approx(float(total), rel=1e-6)

@@ -10,9 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from distil_whisper_jax import parallel
 from distil_whisper_jax.convert import tree_equal
 from distil_whisper_jax.convert.hf import flax_to_hf, hf_to_flax, write_hf_dir
-from distil_whisper_jax.model import Whisper, WhisperConfig, count_params, init_cache, init_params, param_shapes, preset
+from distil_whisper_jax.model import (
+    Whisper,
+    WhisperConfig,
+    count_params,
+    init_cache,
+    init_params,
+    param_shapes,
+    preset,
+    unstack_decoder,
+)
 from distil_whisper_jax.models import load_pretrained
 from tests.conftest import torch_whisper
 
@@ -192,3 +202,54 @@ def test_config_validation():
     with pytest.raises(ValueError, match="log-mel of shape"):
         c = CONFIGS["english-odd"]
         Whisper(c).init(jax.random.PRNGKey(0), jnp.zeros((1, 80, 100)), jnp.zeros((1, 1), jnp.int32))
+
+
+def test_attention_tiling_is_a_model_field_not_a_backend_query(monkeypatch):
+    """The CPU attention tiling is chosen by the caller (``attention_query_chunk``): the model never asks
+    JAX for the backend, the tiled and full-matrix forms compute the same encoder output, and only the
+    tiled form loops over tiles."""
+    config, params, mel, _ = _setup("short-context")  # 750 encoder positions: long enough to tile
+    x = jnp.asarray(mel[:1])
+
+    def encode(chunk):
+        model = Whisper(config, attention_query_chunk=chunk)
+        return model, lambda p, m: model.apply({"params": p}, m, method=Whisper.encode)
+
+    def no_backend_query(*_):
+        raise AssertionError("the model asked for the backend")
+
+    monkeypatch.setattr(jax, "default_backend", no_backend_query)
+    outputs = {chunk: np.asarray(jax.jit(encode(chunk)[1])(params, x)) for chunk in (None, 750, 250)}
+    monkeypatch.undo()
+    np.testing.assert_allclose(outputs[750], outputs[None], atol=2e-5)
+    np.testing.assert_allclose(outputs[250], outputs[None], atol=2e-5)
+    # lax.map over tiles is a scan inside the layer scan; the full-matrix form has only the layer scan
+    scans = {chunk: str(jax.make_jaxpr(encode(chunk)[1])(params, x)).count("scan[") for chunk in (None, 750)}
+    assert scans[None] == 1 and scans[750] > 1, scans
+    assert parallel.attention_query_chunk("cpu") == 750
+    assert parallel.attention_query_chunk("tpu") is None and parallel.attention_query_chunk("gpu") is None
+
+
+def test_decoder_hidden_states(setup_heavy):
+    """``output_hidden_states``: the embedding output and every layer's output, stacked, the same from the
+    scanned, unrolled and per-layer decoders; the last one, through the final LayerNorm and the tied
+    projection, gives the logits."""
+    config, params, mel, tokens = setup_heavy
+    model = Whisper(config)
+    enc = model.apply({"params": params}, mel, method=Whisper.encode)
+    logits, cache, hidden = model.apply({"params": params}, tokens, enc, output_hidden_states=True, method="decode")
+    assert cache is None and hidden.shape == (config.decoder_layers + 1, 2, 7, config.d_model)
+    plain, _ = model.apply({"params": params}, tokens, enc, method=Whisper.decode)
+    np.testing.assert_array_equal(logits, plain)
+    d = params["decoder"]
+    embedded = d["embed_tokens"]["embedding"][tokens] + d["embed_positions"]["embedding"][:7][None]
+    np.testing.assert_allclose(hidden[0], embedded, atol=1e-6)
+    x = np.asarray(hidden[-1], np.float64)
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    x = x * d["layer_norm"]["scale"] + d["layer_norm"]["bias"]
+    np.testing.assert_allclose(x @ np.asarray(d["embed_tokens"]["embedding"], np.float64).T, logits, atol=1e-4)
+    unrolled = Whisper(config, unroll=True)
+    per_layer = Whisper(config, unstacked_decoder=True)
+    for variant, p in ((unrolled, params), (per_layer, unstack_decoder(params))):
+        _, _, h = variant.apply({"params": p}, tokens, enc, output_hidden_states=True, method="decode")
+        np.testing.assert_allclose(h, hidden, atol=1e-5)

@@ -7,7 +7,7 @@ from distil_whisper_jax import audio
 from distil_whisper_jax.evaluate import wer
 from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
 from distil_whisper_jax.models import load_pretrained
-from distil_whisper_jax.tokenizer import prompt_ids, special_tokens
+from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
 
 @pytest.fixture(scope="module")

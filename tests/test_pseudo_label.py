@@ -29,7 +29,7 @@ from distil_whisper_jax.cli.pseudo_label import main
 from distil_whisper_jax.evaluate import wer
 from distil_whisper_jax.label_units import PseudoLabelError
 from distil_whisper_jax.row_audio import row_audio
-from distil_whisper_jax.tokenizer import special_tokens
+from distil_whisper_jax.token_layout import special_tokens
 from distil_whisper_jax.transcribe import transcribe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from distil_whisper_jax import audio, data, eval_data, train_data, wer_filter
 from distil_whisper_jax.assets import bundled_clips
-from distil_whisper_jax.tokenizer import special_tokens
+from distil_whisper_jax.token_layout import special_tokens
 
 
 @pytest.fixture(scope="module")
