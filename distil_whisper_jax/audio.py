@@ -21,6 +21,7 @@ from typing import Union
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import resample_poly
 
 __all__ = [
     "SAMPLE_RATE",
@@ -197,8 +198,6 @@ def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr == new_sr:
         return x
-    from scipy.signal import resample_poly
-
     g = math.gcd(orig_sr, new_sr)
     return resample_poly(x, new_sr // g, orig_sr // g, axis=-1).astype(np.float32, copy=False)
 

