@@ -367,7 +367,7 @@ def recount(path: Path) -> int:
     """Recompute the FLOP counts of the run saved at ``path`` and every figure derived from them, from its
     stored step times and matmul peaks (each MFU is a median of FLOPs / time / peak over repeats, so it
     scales exactly with the count); the XLA cross-check and the TPU projection are recomputed too."""
-    from distil_whisper_jax.convert import load_pretrained
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.student import make_student
 
     report = json.loads(path.read_text())

@@ -26,7 +26,8 @@ def setup_logging(timestamps: bool = False) -> None:
     """INFO logging for a CLI: our progress lines, not the libraries' chatter (Orbax logs every checkpoint
     save and restore step at INFO through absl)."""
     fmt = "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s " + fmt if timestamps else fmt)
+    # force: importing orbax/absl may already have put a handler on the root logger
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s " + fmt if timestamps else fmt, force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 
