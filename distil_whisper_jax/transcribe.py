@@ -3,8 +3,10 @@
     python -m distil_whisper_jax.transcribe clip.wav more/ [--model PATH_OR_HUB_ID] [--batch_size 8]
 
 Without ``--model`` it uses the bundled tiny.en. Prints ``file<TAB>text`` per input (input order), or
-writes ``--output_json``. Unreadable inputs are reported on stderr with the reason, counted, and make
-the exit status 1; the other files are still transcribed.
+writes ``--output_json``; ``--output_dir`` adds a ``.txt/.srt/.vtt/.json`` set per input. Each file must
+fit the model's input unless ``--long_form chunked`` (any length; see ``chunked.py``). Unreadable inputs
+are reported on stderr with the reason, counted, and make the exit status 1; the other files are still
+transcribed.
 """
 
 from __future__ import annotations

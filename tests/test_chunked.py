@@ -19,7 +19,7 @@ import soundfile as sf
 import srt
 import webvtt
 
-from distil_whisper_jax import audio, chunked
+from distil_whisper_jax import audio, chunked, subtitles
 from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.cli import transcribe as cli
 from distil_whisper_jax.evaluate import wer
@@ -59,12 +59,27 @@ def recording(pieces, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chunked_run(recording, tmp_path_factory):
-    """The long recording through ``run`` with ``--long_form chunked --output_dir`` (8 devices, batch 8)."""
+def odd_inputs(tmp_path_factory):
+    """A 0.1 s click and 40 s of silence: they ride along in the same batches as the long recording."""
+    d = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    sf.write(d / "click.wav", 0.1 * rng.standard_normal(1600).astype(np.float32), audio.SAMPLE_RATE)
+    sf.write(d / "silence.wav", np.zeros(40 * audio.SAMPLE_RATE, np.float32), audio.SAMPLE_RATE)
+    return d / "click.wav", d / "silence.wav"
+
+
+@pytest.fixture(scope="module")
+def chunked_run(recording, odd_inputs, tmp_path_factory):
+    """The long recording (and the odd inputs) through ``run`` with ``--long_form chunked --output_dir``
+    (8 devices, batch 8: 9 + 1 + 2 windows in two batches)."""
     out = tmp_path_factory.mktemp("out")
-    cfg = TranscribeConfig(inputs=(str(recording[0]),), long_form="chunked", output_dir=str(out))
+    inputs = (str(recording[0]), *map(str, odd_inputs))
+    cfg = TranscribeConfig(inputs=inputs, long_form="chunked", output_dir=str(out), output_json=str(out / "all.json"))
     assert tr.run(cfg) == 0
-    return out, json.loads((out / "long.json").read_text())
+    results = json.loads((out / "all.json").read_text())
+    assert [r["file"] for r in results] == list(inputs)
+    assert json.loads((out / "long.json").read_text()) == results[0]
+    return out, results[0], results[1:]
 
 
 def test_chunked_wer_within_two_points_of_the_pieces(tiny, pieces, recording, chunked_run):
@@ -89,6 +104,13 @@ def test_segments_are_monotonic_inside_the_audio_and_carry_the_text(recording, c
     assert "".join(s["text"] for s in segs).split() == result["text"].split()
 
 
+def test_a_click_and_silence_give_results_inside_their_audio(chunked_run, odd_inputs):
+    for r, path in zip(chunked_run[2], odd_inputs):
+        assert "error" not in r and isinstance(r["text"], str)
+        for s in r["segments"]:
+            assert 0 <= s["start"] <= s["end"] <= sf.info(path).duration + 1e-6
+
+
 def test_chunked_is_identical_on_one_and_eight_devices(tiny, recording, chunked_run):
     one = tr.transcribe([recording[0]], tiny, long_form="chunked", devices=jax.local_devices()[:1], progress=False)[0]
     assert one["text"] == chunked_run[1]["text"]
@@ -101,8 +123,9 @@ def _vtt_seconds(clock: str) -> float:
 
 
 def test_output_dir_files_parse(chunked_run):
-    out, result = chunked_run
-    assert sorted(p.name for p in out.iterdir()) == ["long.json", "long.srt", "long.txt", "long.vtt"]
+    out, result, _ = chunked_run
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["all.json"] + [f"{n}.{e}" for n in ("click", "long", "silence") for e in subtitles.WRITERS])
     assert (out / "long.txt").read_text() == result["text"] + "\n"
     subs = list(srt.parse((out / "long.srt").read_text()))
     captions = webvtt.from_buffer(io.StringIO((out / "long.vtt").read_text()))
@@ -141,3 +164,26 @@ def test_window_sizes_follow_the_model_input(tiny):
     student = tiny.config.replace(max_source_positions=750)
     assert chunked.input_seconds(student) == 15.0
     assert chunked.window_sizes(student, None, None) == (240000, 40000)
+
+
+def test_collapse_is_a_long_segment_with_few_words():
+    tb, eot = 1000, 999
+    ts = lambda s: tb + round(s / 0.02)  # noqa: E731
+    assert chunked.collapsed([ts(0), 5, 6, 7, ts(21.76), eot], tb, eot, 30.0)  # 3 tokens in 21.76 s
+    assert chunked.collapsed([ts(0), 5, 6, 7], tb, eot, 30.0)  # left open: ends with the window
+    speech = [ts(0)] + list(range(40)) + [ts(12.0), ts(12.0), eot]  # the empty open segment is fine
+    assert not chunked.collapsed(speech, tb, eot, 30.0)
+    assert not chunked.collapsed([ts(0), 5, ts(2.0), eot], tb, eot, 30.0)  # short segments are fine
+
+
+def test_retry_window_keeps_an_overlap_with_both_neighbours():
+    ws = chunked.longform.chunk_windows(1000, 300, 50)
+    first, middle, last = (
+        chunked.retry_window(ws[0], 50),
+        chunked.retry_window(ws[1], 50),
+        chunked.retry_window(ws[-1], 50),
+    )
+    assert (first.start, first.end) == (0, 275) and first.end > ws[1].start
+    assert (middle.start, middle.end) == (ws[1].start + 25, ws[1].end) and middle.start < ws[0].end
+    assert (last.start, last.end) == (ws[-1].start + 25, 1000)
+    assert chunked.retry_window(chunked.longform.chunk_windows(200, 300, 50)[0], 50) is None
