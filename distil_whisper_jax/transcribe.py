@@ -309,7 +309,7 @@ def write_outputs(results: Sequence[dict], stems: Sequence[Path]) -> list[str]:
                 with atomic_write(target, "w") as f:
                     f.write(render(r))
             except OSError as e:
-                errors.append(write_error(target, e))
+                errors.append(str(write_error(target, e)))
     return errors
 
 
@@ -345,7 +345,7 @@ def run(cfg: TranscribeConfig) -> int:
             with atomic_write(cfg.output_json, "w") as f:
                 json.dump(results, f, indent=2, ensure_ascii=False)
         except OSError as e:
-            write_errors.append(write_error(cfg.output_json, e))
+            write_errors.append(str(write_error(cfg.output_json, e)))
     if not cfg.output_json or write_errors:
         _print_texts(results)
     for e in write_errors:

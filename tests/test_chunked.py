@@ -187,3 +187,14 @@ def test_retry_window_keeps_an_overlap_with_both_neighbours():
     assert (middle.start, middle.end) == (ws[1].start + 25, ws[1].end) and middle.start < ws[0].end
     assert (last.start, last.end) == (ws[-1].start + 25, 1000)
     assert chunked.retry_window(chunked.longform.chunk_windows(200, 300, 50)[0], 50) is None
+
+
+def test_output_dir_write_errors_are_returned_not_raised(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    result = {"file": "a.wav", "text": "hi", "segments": [{"start": 0.0, "end": 1.0, "text": " hi"}]}
+    errors = tr.write_outputs([result, {"file": "b.wav", "error": "unreadable"}], [blocker / "a", tmp_path / "b"])
+    assert len(errors) == len(subtitles.WRITERS) and all(str(blocker) in e for e in errors)
+    assert not (tmp_path / "b.txt").exists()  # nothing is written for an unreadable input
+    assert tr.write_outputs([result], [tmp_path / "a"]) == []
+    assert list(srt.parse((tmp_path / "a.srt").read_text()))[0].content == "hi"
