@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens step in 20 ms
+MERGE_SLACK_SECONDS = 1.0  # how far apart two windows' segment times may be and still be aligned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +129,28 @@ def pieces_from_tokens(
 
 
 def merge_pieces(windows: Sequence[Sequence[Piece]]) -> list[Piece]:
-    """Stitch the windows' pieces together at their best token overlaps (see ``best_overlap``)."""
-    merged: list[Piece] = list(windows[0]) if windows else []
-    for new in windows[1:]:
-        cut_left, cut_right = best_overlap([p.token for p in merged], [p.token for p in new])
-        merged = merged[:cut_left] + list(new[cut_right:])
+    """Stitch the windows' pieces together at their best token overlaps (see ``best_overlap``).
+
+    Only text that can have been heard twice is aligned: a window overlaps only its predecessor, so its
+    tokens are compared with the merged text's tail from the previous window, never with older text
+    (speech repeated minutes apart must not be taken for the overlap); and with timestamps, only the
+    segments of both sides that meet in time (within ``MERGE_SLACK_SECONDS``). Without any agreeing
+    stretch the new window is appended. The pieces of ``windows[k]`` must have been made with ``window=k``."""
+    merged: list[Piece] = []
+    for k, new in enumerate(windows):
+        tail = len(merged)
+        while tail > 0 and merged[tail - 1].origin[0] == k - 1:
+            tail -= 1
+        head = len(new)
+        starts = [p.start for p in new if p.start is not None]
+        ends = [p.end for p in merged[tail:] if p.end is not None]
+        if starts and ends:
+            first, last = min(starts) - MERGE_SLACK_SECONDS, max(ends) + MERGE_SLACK_SECONDS
+            while tail < len(merged) and merged[tail].end is not None and merged[tail].end < first:
+                tail += 1
+            head = next((j for j, p in enumerate(new) if p.start is not None and p.start > last), len(new))
+        cut_left, cut_right = best_overlap([p.token for p in merged[tail:]], [p.token for p in new[:head]])
+        merged = merged[: tail + cut_left] + list(new[cut_right:])
     return merged
 
 

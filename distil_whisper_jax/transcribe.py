@@ -3,8 +3,10 @@
     python -m distil_whisper_jax.transcribe clip.wav more/ [--model PATH_OR_HUB_ID] [--batch_size 8]
 
 Without ``--model`` it uses the bundled tiny.en. Prints ``file<TAB>text`` per input (input order), or
-writes ``--output_json``. Unreadable inputs are reported on stderr with the reason, counted, and make
-the exit status 1; the other files are still transcribed.
+writes ``--output_json``; ``--output_dir`` adds a ``.txt/.srt/.vtt/.json`` set per input. Each file must
+fit the model's input unless ``--long_form chunked`` (any length; see ``chunked.py``). Unreadable inputs
+are reported on stderr with the reason, counted, and make the exit status 1; the other files are still
+transcribed.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
-from . import audio, parallel
+from . import audio, chunked, parallel, subtitles
 from . import config as config_lib
-from .generate import generate, generation_options, strip
+from .generate import GenerationOptions, generate, generation_options, strip
 from .model import DTYPES
 from .models import Pretrained, load_pretrained
 from .token_layout import SpecialTokens, prompt_ids, special_tokens
@@ -50,6 +53,17 @@ class TranscribeConfig:
     task: Literal["transcribe", "translate"] = config_lib.flag("transcribe", "multilingual models only")
     max_new_tokens: int | None = config_lib.flag(None, "cap on generated tokens per clip (≥ 1)")
     output_json: str | None = config_lib.flag(None, "write results here instead of printing file<TAB>text")
+    long_form: Literal["none", "chunked", "sequential"] = config_lib.flag(
+        "none",
+        "none: each file must fit the model's input (30 s); chunked: any length, overlapping windows decoded "
+        "in batches and merged, with timestamps (sequential: not implemented yet)",
+    )
+    chunk_length_s: float | None = config_lib.flag(
+        None, "window length for --long_form chunked (default and maximum: the model's input length)"
+    )
+    output_dir: str | None = config_lib.flag(
+        None, "write FILE.txt, .srt, .vtt and .json per input here (timestamps are then always predicted)"
+    )
 
     def validate(self) -> None:
         """``ValueError`` naming the flag for a value out of range or an unwritable ``--output_json``."""
@@ -59,6 +73,13 @@ class TranscribeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be ≥ 1, got {value}")
+        _check_long_form(self.long_form, self.chunk_length_s)
+        if self.chunk_length_s is not None and self.chunk_length_s <= 0:
+            raise ValueError(f"--chunk_length_s must be > 0, got {self.chunk_length_s}")
+        if self.output_dir:
+            if Path(self.output_dir).is_file():
+                raise ValueError(f"--output_dir {self.output_dir}: is a file; give a directory")
+            check_writable_dir(self.output_dir, "--output_dir")
         if self.output_json:
             target = Path(self.output_json)
             if target.is_dir():
@@ -109,6 +130,60 @@ def segments_from_tokens(
     return segments
 
 
+LONG_FORM_NOT_YET = ("sequential",)
+
+
+def _check_long_form(long_form: str, chunk_length_s: float | None) -> None:
+    if long_form in LONG_FORM_NOT_YET:
+        raise ValueError(f"--long_form {long_form} is not implemented yet; use --long_form chunked")
+    if long_form not in ("none", "chunked"):
+        raise ValueError(f"--long_form must be none, chunked or sequential, got {long_form!r}")
+    if chunk_length_s is not None and long_form != "chunked":
+        raise ValueError("--chunk_length_s needs --long_form chunked")
+
+
+@dataclasses.dataclass
+class _Decoder:
+    """A batch of waveforms → generated ids, through one compiled program (batches padded to ``batch_size``)."""
+
+    pre: Pretrained
+    prompt: tuple[int, ...]
+    opts: GenerationOptions
+    dtype: str
+    devices: tuple[Any, ...]
+    params: Any
+    batch_size: int
+    seconds: float = 0.0  # audio decoded so far (long-form overlaps included)
+
+    def __call__(self, waves: list[np.ndarray]) -> list[list[int]]:
+        c = self.pre.config
+        self.seconds += sum(len(w) for w in waves) / audio.SAMPLE_RATE
+        mel = audio.log_mel_spectrogram(waves, n_mels=c.num_mel_bins, padding=c.n_frames * audio.HOP_LENGTH)
+        mel, n = parallel.pad_batch(mel, self.batch_size)
+        out = generate(self.params, mel, self.prompt, c, self.opts, DTYPES[self.dtype], list(self.devices))
+        return strip(out[:n], self.opts.eot)
+
+
+def _decoder(pre: Pretrained, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices):
+    specials = special_tokens(pre.tokenizer)
+    prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
+    opts = generation_options(
+        pre,
+        specials,
+        num_beams=num_beams,
+        return_timestamps=timestamps,
+        max_new_tokens=max_new_tokens,
+        prompt_len=len(prompt),
+    )
+    devices = list(devices) if devices else jax.local_devices()
+    # Every batch is padded to one static shape (one compile), a multiple of the device count.
+    batch_size = -(-batch_size // len(devices)) * len(devices)
+    params = (
+        parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
+    )
+    return _Decoder(pre, tuple(prompt), opts, dtype, tuple(devices), params, batch_size)
+
+
 def transcribe(
     paths: Sequence[str | Path],
     model: str | Pretrained | None = None,
@@ -121,69 +196,84 @@ def transcribe(
     max_new_tokens: int | None = None,
     progress: bool = True,
     devices: Sequence[Any] | None = None,
+    long_form: str = "none",
+    chunk_length_s: float | None = None,
+    stride_length_s: float | None = None,
 ) -> list[dict]:
-    """Transcribe audio files (≤30 s each); returns one dict per input in order:
-    ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input that could not be read.
-    ``devices``: where to run (default all local devices)."""
+    """Transcribe audio files; returns one dict per input in order: ``{"file", "text", "segments"}`` or
+    ``{"file", "error"}`` for an input that could not be read. ``devices``: where to run (default all
+    local devices).
+
+    ``long_form="none"``: each file must fit the model's input (30 s for Whisper); a longer one gets an
+    error. ``"chunked"``: files of any length, cut into windows of ``chunk_length_s`` (default: the model's
+    input length) overlapping by ``stride_length_s`` on each side (default: a sixth of the chunk); always
+    with timestamped segments."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
+    _check_long_form(long_form, chunk_length_s)
     files = expand_inputs(paths)
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
-    tok, specials = pre.tokenizer, special_tokens(pre.tokenizer)
-    prompt = prompt_ids(specials, language=language, task=task, timestamps=return_timestamps)
-    opts = generation_options(
-        pre,
-        specials,
-        num_beams=num_beams,
-        return_timestamps=return_timestamps,
-        max_new_tokens=max_new_tokens,
-        prompt_len=len(prompt),
-    )
-    devices = list(devices) if devices else jax.local_devices()
-    # Every batch is padded to one static shape (one compile), a multiple of the device count.
-    batch_size = -(-batch_size // len(devices)) * len(devices)
-    params = (
-        parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
-    )
-    results: list[dict] = [{"file": str(f)} for f in files]
+    if long_form == "chunked":
+        chunk, stride = chunked.window_sizes(pre.config, chunk_length_s, stride_length_s)
+    timestamps = return_timestamps or long_form == "chunked"
+    dec = _decoder(pre, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices)
+    specials = special_tokens(pre.tokenizer)
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")
-    audio_seconds, t0 = 0.0, time.perf_counter()
-    for start in range(0, len(files), batch_size):
+    t0 = time.perf_counter()
+    if long_form == "chunked":
+        results = chunked.transcribe_files(
+            files,
+            dec,
+            dec.batch_size,
+            chunk,
+            stride,
+            specials.timestamp_begin,
+            specials.eot,
+            lambda ids: pre.tokenizer.decode(ids, skip_special_tokens=True),
+            on_done=lambda i: bar.update(1),
+        )
+    else:
+        results = _short_form(files, dec, timestamps, bar)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    log.info(
+        "transcribed %d files (%.1f s of audio decoded) in %.1f s: %.1f audio-s/s, %d unreadable",
+        len(files),
+        dec.seconds,
+        elapsed,
+        dec.seconds / max(elapsed, 1e-9),
+        sum("error" in r for r in results),
+    )
+    return results
+
+
+def _short_form(files: Sequence[Path], dec: _Decoder, timestamps: bool, bar) -> list[dict]:
+    """Each file as one model input; a file longer than that gets an error naming ``--long_form chunked``."""
+    tok, specials = dec.pre.tokenizer, special_tokens(dec.pre.tokenizer)
+    limit = chunked.input_seconds(dec.pre.config)
+    results: list[dict] = [{"file": str(f)} for f in files]
+    for start in range(0, len(files), dec.batch_size):
         idx, waves = [], []
-        for i in range(start, min(start + batch_size, len(files))):
+        for i in range(start, min(start + dec.batch_size, len(files))):
             try:
                 wav = audio.load_audio(files[i])
-                if len(wav) > audio.N_SAMPLES:
+                if len(wav) > round(limit * audio.SAMPLE_RATE):
                     raise audio.AudioError(
-                        f"{files[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than 30 s; "
-                        "long-form transcription is not supported here yet"
+                        f"{files[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
+                        f"{limit:g} s input; use --long_form chunked for long recordings"
                     )
             except audio.AudioError as e:
                 results[i]["error"] = str(e)
                 continue
             idx.append(i)
             waves.append(wav)
-            audio_seconds += len(wav) / audio.SAMPLE_RATE
         if waves:
-            mel = audio.log_mel_spectrogram(waves, n_mels=pre.config.num_mel_bins)
-            mel, n = parallel.pad_batch(mel, batch_size)
-            tokens = strip(generate(params, mel, prompt, pre.config, opts, DTYPES[dtype], devices)[:n], specials.eot)
-            for i, ids in zip(idx, tokens):
+            for i, ids in zip(idx, dec(waves)):
                 results[i]["text"] = tok.decode(ids, skip_special_tokens=True).strip()
-                results[i]["segments"] = segments_from_tokens(ids, tok, specials) if return_timestamps else []
-        bar.update(min(batch_size, len(files) - start))
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    log.info(
-        "transcribed %d files (%.1f s of audio) in %.1f s: %.1f audio-s/s, %d unreadable",
-        len(files),
-        audio_seconds,
-        elapsed,
-        audio_seconds / max(elapsed, 1e-9),
-        sum("error" in r for r in results),
-    )
+                results[i]["segments"] = segments_from_tokens(ids, tok, specials) if timestamps else []
+        bar.update(min(dec.batch_size, len(files) - start))
     return results
 
 
@@ -193,38 +283,74 @@ def _print_texts(results: Sequence[dict], out=None) -> None:
             print(f"{r['file']}\t{r['text']}", file=out or sys.stdout)
 
 
+def output_stems(files: Sequence[Path], output_dir: str | Path) -> list[Path]:
+    """``output_dir/<input stem>`` per input (``.txt``/``.srt``/``.vtt``/``.json`` get appended); two inputs
+    with the same stem are refused, naming both, since one set of files would overwrite the other."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise ValueError(
+                f"--output_dir: {seen[f.stem]} and {f} would both write {f.stem}.*; transcribe them in separate runs"
+            )
+        seen[f.stem] = f
+    return [Path(output_dir) / f.stem for f in files]
+
+
+def write_outputs(results: Sequence[dict], stems: Sequence[Path]) -> list[str]:
+    """Each transcribed input's ``.txt``, ``.srt``, ``.vtt`` and ``.json`` (atomic writes); returns the write
+    errors (empty when all were written)."""
+    errors = []
+    for r, stem in zip(results, stems):
+        if "error" in r:
+            continue
+        for ext, render in subtitles.WRITERS.items():
+            target = stem.with_name(f"{stem.name}.{ext}")
+            try:
+                with atomic_write(target, "w") as f:
+                    f.write(render(r))
+            except OSError as e:
+                errors.append(str(write_error(target, e)))
+    return errors
+
+
 def run(cfg: TranscribeConfig) -> int:
-    """Transcribe ``cfg.inputs``; print ``file<TAB>text`` lines or write ``--output_json``. 0 when every
-    input was transcribed, 1 when some could not be read (each reported on stderr) or the JSON could not be
-    written (then the transcripts are printed instead, so that no work is lost). Bad flags raise
-    ``ValueError`` before any work; so does an ``--output_json`` whose directory cannot be written."""
+    """Transcribe ``cfg.inputs``; print ``file<TAB>text`` lines or write ``--output_json``, and with
+    ``--output_dir`` one ``.txt/.srt/.vtt/.json`` set per input. 0 when every input was transcribed and
+    written, 1 when some could not be read (each reported on stderr) or a result could not be written (then
+    the transcripts are printed, so that no work is lost). Bad flags raise ``ValueError`` before any work;
+    so does an output location that cannot be written."""
     cfg.validate()
+    files = expand_inputs(cfg.inputs)
+    stems = output_stems(files, cfg.output_dir) if cfg.output_dir else []
     results = transcribe(
-        cfg.inputs,
+        files,
         cfg.model,
-        cfg.batch_size,
-        cfg.dtype,
-        cfg.num_beams,
-        cfg.return_timestamps,
-        cfg.language,
-        cfg.task,
-        cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        dtype=cfg.dtype,
+        num_beams=cfg.num_beams,
+        return_timestamps=cfg.return_timestamps or bool(cfg.output_dir),
+        language=cfg.language,
+        task=cfg.task,
+        max_new_tokens=cfg.max_new_tokens,
+        long_form=cfg.long_form,
+        chunk_length_s=cfg.chunk_length_s,
     )
     for r in results:
         if "error" in r:
             print(f"error: {r['error']}", file=sys.stderr)
     status = 1 if any("error" in r for r in results) else 0
-    if not cfg.output_json:
+    write_errors = write_outputs(results, stems)
+    if cfg.output_json:
+        try:
+            with atomic_write(cfg.output_json, "w") as f:
+                json.dump(results, f, indent=2, ensure_ascii=False)
+        except OSError as e:
+            write_errors.append(str(write_error(cfg.output_json, e)))
+    if not cfg.output_json or write_errors:
         _print_texts(results)
-        return status
-    try:
-        with atomic_write(cfg.output_json, "w") as f:
-            json.dump(results, f, indent=2, ensure_ascii=False)
-    except OSError as e:
-        _print_texts(results)
-        print(f"error: {write_error(cfg.output_json, e)}; the transcripts are printed above instead", file=sys.stderr)
-        return 1
-    return status
+    for e in write_errors:
+        print(f"error: {e}; the transcripts are printed above instead", file=sys.stderr)
+    return 1 if write_errors else status
 
 
 if __name__ == "__main__":

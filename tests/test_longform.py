@@ -86,6 +86,36 @@ def test_segments_across_a_junction_are_monotonic_and_complete():
     assert " ".join(s["text"] for s in segs) == " ".join(map(str, range(10, 70)))
 
 
+def test_merge_never_aligns_with_text_older_than_the_previous_window():
+    # The same sentence (tokens 10-29) is spoken at the start and again at the end. Window 1 stopped before
+    # the repeat, and window 2 holds only the repeat: it shares nothing with window 1, so it must be
+    # appended, not aligned with the first occurrence in window 0 (which would drop everything between).
+    sentence = list(range(10, 30))
+    w0 = _timed_tokens(sentence + list(range(30, 50)), 0.0, 28.0) + [EOT]
+    w1 = _timed_tokens(list(range(40, 70)), 0.0, 22.0) + [EOT]
+    w2 = _timed_tokens(sentence, 2.0, 10.0) + [EOT]
+    pieces = [
+        longform.pieces_from_tokens(w, TB, EOT, offset=20.0 * k, end_time=20.0 * k + 30, window=k)
+        for k, w in enumerate((w0, w1, w2))
+    ]
+    merged = [p.token for p in longform.merge_pieces(pieces)]
+    assert merged == sentence + list(range(30, 70)) + sentence
+
+
+def test_merge_aligns_only_segments_that_meet_in_time():
+    # Window 1 said tokens 5, 6 early on (20-25 s); window 2 (from 40 s) starts with 5, 6 again, but its
+    # speech begins after window 1's last segment ended: nothing was heard twice, so nothing is cut.
+    w1 = _timed_tokens([5, 6, 70, 71], 0.0, 5.0) + _timed_tokens(list(range(72, 80)), 5.0, 21.0) + [EOT]
+    w2 = _timed_tokens([5, 6, 90, 91], 2.5, 10.0) + [EOT]
+    pieces = [
+        [],
+        longform.pieces_from_tokens(w1, TB, EOT, offset=20.0, end_time=50.0, window=1),
+        longform.pieces_from_tokens(w2, TB, EOT, offset=40.0, end_time=70.0, window=2),
+    ]
+    merged = [p.token for p in longform.merge_pieces(pieces)]
+    assert merged == [5, 6, 70, 71] + list(range(72, 80)) + [5, 6, 90, 91]
+
+
 def test_unterminated_segment_ends_at_window_end_and_untimed_output_has_no_times():
     p = longform.pieces_from_tokens([TB, 5, 6], TB, EOT, offset=10.0, end_time=40.0, window=0)
     assert (p[0].start, p[-1].end) == (10.0, 40.0)

@@ -1,0 +1,195 @@
+"""Chunked long-form transcription: every window of every file through one compiled batched generation.
+
+Each file is cut into overlapping windows (``longform.chunk_windows``); the windows of all files are queued
+and sent to the decoder ``batch_size`` at a time, so one static-shape compiled program serves them all (the
+last batch is padded by the caller's decoder). When the last window of a file comes back, the file's token
+sequences are stitched at their overlaps (``longform.merge_pieces``) and cut into timestamped segments.
+
+A window can make the decoder collapse: typically one starting in the middle of a phrase, which a small model
+answers with a few words stamped over most of the window ("<|0.00|> the oldest most.<|21.76|>") and nothing
+else. Such an output (``collapsed``) is decoded once more from a window with its first ``stride / 2`` seconds
+cut off (the last ``stride / 2`` for the first window); the overlaps with the neighbours stay long enough for
+the merge.
+
+Memory: a file is decoded whole (``audio.load_audio``), but only the windows of the batch in flight are kept
+as copies, and a file's waveform is released once its windows are queued; streaming the decode itself (for
+recordings larger than memory) is not done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import audio, longform
+from .model import WhisperConfig
+
+log = logging.getLogger(__name__)
+
+COLLAPSE_MIN_SECONDS = 8.0  # a segment at least this long ...
+COLLAPSE_MAX_TOKENS_PER_SECOND = 1.0  # ... with fewer text tokens per second than this (speech: ~3-4)
+
+# Decoder: a batch of waveforms (each at most one model input long) → generated ids per row, up to EOT.
+Decoder = Callable[[list[np.ndarray]], list[list[int]]]
+
+
+def input_seconds(config: WhisperConfig) -> float:
+    """Audio length the model's encoder takes: 30 s for Whisper, 15 s for a 750-position student."""
+    return config.n_frames * audio.HOP_LENGTH / audio.SAMPLE_RATE
+
+
+def window_sizes(config: WhisperConfig, chunk_length_s: float | None, stride_length_s: float | None) -> tuple[int, int]:
+    """(chunk, stride) in samples. The chunk defaults to the model's input length; the stride (the overlap
+    on each side) to a sixth of the chunk. ``ValueError`` naming the flag for sizes the model cannot take."""
+    limit = input_seconds(config)
+    chunk_s = limit if chunk_length_s is None else float(chunk_length_s)
+    if not 0 < chunk_s <= limit:
+        raise ValueError(
+            f"--chunk_length_s must be > 0 and at most the model's input length {limit:g} s, got {chunk_s:g}"
+        )
+    stride_s = chunk_s / 6 if stride_length_s is None else float(stride_length_s)
+    if not 0 <= stride_s < chunk_s / 2:
+        raise ValueError(
+            f"stride_length_s must be ≥ 0 and less than half the chunk ({chunk_s / 2:g} s), got {stride_s:g}"
+        )
+    return int(round(chunk_s * audio.SAMPLE_RATE)), int(round(stride_s * audio.SAMPLE_RATE))
+
+
+def collapsed(ids: Sequence[int], timestamp_begin: int, eot: int, window_seconds: float) -> bool:
+    """Does a window's output contain a segment of at least ``COLLAPSE_MIN_SECONDS`` with some text but
+    fewer than ``COLLAPSE_MAX_TOKENS_PER_SECOND`` text tokens per second? A segment left open ends with the
+    window; one without text (the decoder stopping before speech cut by the window's end) is fine."""
+    start, n_text = None, 0
+    for t in list(ids) + [timestamp_begin + round(window_seconds / longform.SECONDS_PER_TIMESTAMP)]:
+        if t >= timestamp_begin:
+            time_s = (t - timestamp_begin) * longform.SECONDS_PER_TIMESTAMP
+            if start is None:
+                start, n_text = time_s, 0
+                continue
+            length = time_s - start
+            if length >= COLLAPSE_MIN_SECONDS and 0 < n_text < COLLAPSE_MAX_TOKENS_PER_SECOND * length:
+                return True
+            start = None
+        elif t < eot:
+            n_text += 1
+        elif t == eot:
+            break
+    return False
+
+
+def retry_window(w: longform.Window, stride: int) -> longform.Window | None:
+    """The window a collapsed output is decoded again from: ``stride / 2`` samples shorter at its start (at its
+    end for a recording's first window); None for a recording of one window (nothing to overlap with)."""
+    cut = stride // 2
+    if (w.stride_left == 0 and w.stride_right == 0) or cut == 0:
+        return None
+    if w.stride_left == 0:
+        return dataclasses.replace(w, end=w.end - cut, stride_right=w.stride_right - cut)
+    return dataclasses.replace(w, start=w.start + cut, stride_left=w.stride_left - cut)
+
+
+@dataclasses.dataclass
+class _File:
+    """A file whose windows are in flight: its windows and the ids decoded for each so far."""
+
+    windows: list[longform.Window]
+    n_samples: int
+    outputs: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Item:
+    """One window waiting for the decoder; ``samples`` is ``audio[window.start:window.end]``."""
+
+    file: int
+    index: int
+    window: longform.Window
+    samples: np.ndarray
+    retried: bool = False
+
+
+def transcribe_files(
+    files: Sequence[Path],
+    decoder: Decoder,
+    batch_size: int,
+    chunk: int,
+    stride: int,
+    timestamp_begin: int,
+    eot: int,
+    decode_text: Callable[[list[int]], str],
+    on_done: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One dict per file in order: ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input
+    that could not be read. ``decoder`` must have been built with a timestamp prompt; ``on_done(i)`` is
+    called as file ``i`` finishes (for progress)."""
+    results: list[dict] = [{"file": str(f)} for f in files]
+    open_files: dict[int, _File] = {}
+    queue: list[_Item] = []
+
+    def flush(batch: list[_Item]) -> None:
+        for item, ids in zip(batch, decoder([q.samples for q in batch])):
+            retry = None if item.retried else retry_window(item.window, stride)
+            seconds = (item.window.end - item.window.start) / audio.SAMPLE_RATE
+            if retry is not None and collapsed(ids, timestamp_begin, eot, seconds):
+                lo, hi = retry.start - item.window.start, retry.end - item.window.start
+                log.info(
+                    "%s: the decoder collapsed on %.1f-%.1f s; decoding %.1f-%.1f s again",
+                    files[item.file],
+                    *(x / audio.SAMPLE_RATE for x in (item.window.start, item.window.end, retry.start, retry.end)),
+                )
+                queue.append(_Item(item.file, item.index, retry, item.samples[lo:hi], retried=True))
+                continue
+            state = open_files[item.file]
+            state.windows[item.index] = item.window
+            state.outputs[item.index] = ids
+            if len(state.outputs) == len(state.windows):
+                results[item.file].update(merge_file(state, timestamp_begin, eot, decode_text))
+                del open_files[item.file]
+                if on_done:
+                    on_done(item.file)
+
+    for i, path in enumerate(files):
+        try:
+            wav = audio.load_audio(path)
+        except audio.AudioError as e:
+            results[i]["error"] = str(e)
+            if on_done:
+                on_done(i)
+            continue
+        windows = longform.chunk_windows(len(wav), chunk, stride)
+        open_files[i] = _File(windows, len(wav))
+        for k, w in enumerate(windows):
+            queue.append(_Item(i, k, w, wav[w.start : w.end].copy()))
+            while len(queue) >= batch_size:
+                batch, queue[:] = queue[:batch_size], queue[batch_size:]
+                flush(batch)
+    while queue:
+        batch, queue[:] = queue[:batch_size], queue[batch_size:]
+        flush(batch)
+    return results
+
+
+def merge_file(
+    state: _File, timestamp_begin: int, eot: int, decode_text: Callable[[list[int]], str]
+) -> dict[str, object]:
+    """``{"text", "segments"}`` of a file from its windows' ids: stitched at the overlaps, segment times
+    absolute and clipped to the recording."""
+    sr = audio.SAMPLE_RATE
+    pieces = [
+        longform.pieces_from_tokens(
+            state.outputs[k], timestamp_begin, eot, offset=w.start / sr, end_time=w.end / sr, window=k
+        )
+        for k, w in enumerate(state.windows)
+    ]
+    merged = longform.merge_pieces(pieces)
+    duration = round(state.n_samples / sr, 2)
+    segments = []
+    for s in longform.segments(merged, decode_text):
+        if s["start"] is not None:  # a timestamp predicted in the padding after the end of the audio
+            s["start"], s["end"] = min(s["start"], duration), min(s["end"], duration)
+        segments.append(s)
+    return {"text": decode_text([p.token for p in merged]).strip(), "segments": segments}
