@@ -487,10 +487,10 @@ def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, 
 def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_models, labelled, tmp_path, tiny):
     """The student's distil_info.json names its teacher (portably, with a digest of its weights): that is
     the default teacher, and another teacher is refused unless --allow_teacher_mismatch."""
-    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.convert.hf import write_hf_dir
     from distil_whisper_jax.distill_setup import load_models
     from distil_whisper_jax.model import init_params
+    from distil_whisper_jax.models import load_pretrained
     from distil_whisper_jax.student import params_digest
 
     teacher, student = small_models
