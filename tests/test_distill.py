@@ -723,3 +723,47 @@ def test_known_device_peaks():
 
     assert known_peak_tflops("TPU v4") == 275.0 and known_peak_tflops("TPU v5 lite") == 197.0
     assert known_peak_tflops("TPU v5p") == 459.0 and known_peak_tflops("cpu") is None
+
+
+def test_labelled_dir_with_other_column_names_trains_without_column_flags(small_models, labelled, tmp_path):
+    """A labelled directory whose audio column is ``wav`` and ground truth ``sentence`` (recorded in its
+    ``schema.json``, as the labeller writes it) trains and evaluates with no column flags."""
+    import pyarrow.parquet as pq
+
+    from distil_whisper_jax.data import SCHEMA_FILE, SCHEMA_FORMAT
+    from distil_whisper_jax.distill import run
+
+    table = pq.read_table(labelled).rename_columns(
+        [
+            "wav" if c == "audio" else "sentence" if c == "text" else c
+            for c in pq.read_schema(next(labelled.glob("*.parquet"))).names
+        ]
+    )
+    data_dir = tmp_path / "labelled_wav"
+    write_labelled(data_dir, table.to_pylist())
+    roles = {
+        "audio": "wav",
+        "text": "sentence",
+        "transcript": "whisper_transcript",
+        "token_ids": "whisper_token_ids",
+        "previous": "condition_on_prev",
+        "duration": "duration",
+        "wer": "wer",
+        "speaker": "speaker_id",
+    }
+    (data_dir / SCHEMA_FILE).write_text(json.dumps({"format": SCHEMA_FORMAT, "version": 1, "columns": roles}))
+    out = tmp_path / "run"
+    cfg = _cfg(
+        small_models,
+        data_dir,
+        out,
+        max_steps=3,
+        eval_dataset_name=data_dir,
+        max_eval_samples=2,
+        save_steps=3,
+        eval_steps=3,
+    )
+    assert cfg.audio_column_name is None and cfg.eval_text_column_name is None
+    assert run(cfg) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and any(k.endswith("/wer") for r in rows for k in r)
