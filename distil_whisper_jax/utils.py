@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,8 +27,18 @@ def setup_logging(timestamps: bool = False) -> None:
     """INFO logging for a CLI: our progress lines, not the libraries' chatter (Orbax logs every checkpoint
     save and restore step at INFO through absl)."""
     fmt = "%(levelname)s %(name)s: %(message)s"
-    # force: importing orbax/absl may already have put a handler on the root logger
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s " + fmt if timestamps else fmt, force=True)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if not any(getattr(h, "distil_whisper_jax", False) for h in root.handlers):
+        # Importing orbax puts a bare stderr handler on the root logger (which would make basicConfig a
+        # no-op): replace that one, keep any other (e.g. a test's log capture).
+        for h in list(root.handlers):
+            if type(h) is logging.StreamHandler and h.stream is sys.stderr:
+                root.removeHandler(h)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s " + fmt if timestamps else fmt))
+        handler.distil_whisper_jax = True
+        root.addHandler(handler)
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 

@@ -153,8 +153,10 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "+ held-out eval before and after | {} |", DD, [(at("times", "train_s"), ".1f")]),
     (BENCH, "teacher {} %, student before training {} %, after 100 steps {} %", DD, DEMO_WERS),
     (BENCH, "run\nin it): {} GiB (target ≤ 4 GiB)", DD, [(at("peak_rss_gib", "demo_process"), ".2f")]),
-    (BENCH, "RSS of the demo ≤ 4 GiB — met ({} GiB for the whole demo process", DD, [(at("peak_rss_gib", "demo_process"), ".2f")]),
-    (BENCH, "| export to four formats, each verified in its runtime on the held-out sentences | {} |", DD, [(at("times", "export_s"), ".1f")]),
+    (BENCH, "RSS of the demo ≤ 4 GiB — met ({} GiB for the whole demo process", DD,
+     [(at("peak_rss_gib", "demo_process"), ".2f")]),
+    (BENCH, "| export to four formats, each verified in its runtime on the held-out sentences | {} |", DD,
+     [(at("times", "export_s"), ".1f")]),
     (BENCH, "| total | {} |", DD, [(at("total_s"), ".1f")]),
     (SPEECH, "**{} % on train, {} % on held-out**", "speech_corpus_wer.json", [
         (at("splits", split, "wer"), ".2f") for split in ("train", "heldout")]),
