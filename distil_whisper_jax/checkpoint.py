@@ -139,11 +139,13 @@ def restore(
             raise CheckpointError(f"{root}: no checkpoint for step {step} (have {steps})")
         steps = [s for s in steps if s <= step]
     errors = []
+    # Installed before the first attempt: a damaged file's orphaned reads may report while the restore is
+    # still failing, before control comes back here.
+    _silence_orphaned_reads()
     for s in reversed(steps):
         try:
             state, data, meta = _restore_step(manager, s, target)
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
-            _silence_orphaned_reads()
             msg = f"{root / str(s)}: unreadable checkpoint ({type(e).__name__}: {str(e)[:300]})"
             errors.append(msg)
             older = [t for t in steps if t < s]
