@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -371,8 +372,9 @@ def _max_diff(a, b):
     )
 
 
-def _run_until(argv, step, sig):
-    """Start a training subprocess, send ``sig`` once it logged ``step``; returns (returncode, log)."""
+def _run_until(argv, step, sig, ready=lambda: True):
+    """Start a training subprocess, send ``sig`` once it logged ``step`` and ``ready()`` holds (waited for up
+    to 60 s); returns (returncode, log)."""
     p = subprocess.Popen(
         [sys.executable, "-m", "distil_whisper_jax.cli.distill", *argv],
         env=_env(),
@@ -385,6 +387,9 @@ def _run_until(argv, step, sig):
     for line in p.stderr:
         lines.append(line)
         if f"step {step}: loss" in line:
+            deadline = time.monotonic() + 60
+            while not ready() and time.monotonic() < deadline:
+                time.sleep(0.05)
             p.send_signal(sig)
             break
     _, rest = p.communicate(timeout=120)
@@ -406,7 +411,11 @@ def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp
     from distil_whisper_jax.distill import run
 
     out = tmp_path / "run"
-    code, text = _run_until(_argv(small_models, labelled, out), 4, sig)
+    # the step-3 checkpoint is saved asynchronously: kill only once it is final (as a preemption that
+    # comes after it would find it), else a loaded machine kills before it lands
+    code, text = _run_until(
+        _argv(small_models, labelled, out), 4, sig, lambda: 3 in checkpoint_steps(out / "checkpoints")
+    )
     steps = checkpoint_steps(out / "checkpoints")
     if sig == signal.SIGKILL:  # killed after step 4: the last checkpoint is step 3's
         assert code == -signal.SIGKILL and steps == [3], (code, steps, text[-2000:])
