@@ -23,6 +23,19 @@ def write_error(path: str | os.PathLike, e: OSError) -> OutputWriteError:
     return OutputWriteError(f"cannot write {path}: {os_error_cause(e)}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record, not the one it was created with
+    (a caller that swaps stderr, as pytest's capture does, may close the old one)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(timestamps: bool = False) -> None:
     """INFO logging for a CLI: our progress lines, not the libraries' chatter (Orbax logs every checkpoint
     save and restore step at INFO through absl)."""
@@ -35,7 +48,7 @@ def setup_logging(timestamps: bool = False) -> None:
         for h in list(root.handlers):
             if type(h) is logging.StreamHandler and h.stream is sys.stderr:
                 root.removeHandler(h)
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s " + fmt if timestamps else fmt))
         handler.distil_whisper_jax = True
         root.addHandler(handler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Literal
 
 import pytest
@@ -81,3 +82,30 @@ def test_round_trip_and_differences():
     assert config.from_dict(Toy, d) == cfg
     assert config.differences(d, {**d, "steps": 11}) == ["steps: 10 → 11"]
     assert config.differences(d, {**d, "steps": 11}, ignore=["steps"]) == []
+
+
+def test_cli_logging_follows_stderr_after_a_capture_closes_it(monkeypatch, capsys):
+    """A CLI run under one stderr (a test's capture, a redirected shell) must not leave the logging
+    handler on that stream: records logged after it closes go to the stderr of that time."""
+    import io
+    import logging
+
+    from distil_whisper_jax.utils import setup_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        setup_logging()
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("distil_whisper_jax.test").info("after the first stderr closed")
+        written = second.getvalue()
+        assert "Logging error" not in written, written
+        assert "INFO distil_whisper_jax.test: after the first stderr closed" in written
+    finally:
+        for h in root.handlers:
+            if h not in before:
+                root.removeHandler(h)
