@@ -11,7 +11,7 @@ else. Such an output (``collapsed``) is decoded once more from a window with its
 cut off (the last ``stride / 2`` for the first window); the overlaps with the neighbours stay long enough for
 the merge.
 
-Memory: a file is decoded whole (``audio.load_audio``), but only the windows of the batch in flight are kept
+Memory: a file is decoded whole (the caller's ``load(i)``), but only the windows of the batch in flight are kept
 as copies, and a file's waveform is released once its windows are queued; streaming the decode itself (for
 recordings larger than memory) is not done.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -113,7 +112,8 @@ class _Item:
 
 
 def transcribe_files(
-    files: Sequence[Path],
+    names: Sequence[str],
+    load: Callable[[int], np.ndarray],
     decoder: Decoder,
     batch_size: int,
     chunk: int,
@@ -123,10 +123,11 @@ def transcribe_files(
     decode_text: Callable[[list[int]], str],
     on_done: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """One dict per file in order: ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input
-    that could not be read. ``decoder`` must have been built with a timestamp prompt; ``on_done(i)`` is
-    called as file ``i`` finishes (for progress)."""
-    results: list[dict] = [{"file": str(f)} for f in files]
+    """One dict per input in order: ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input
+    that could not be read. Input ``i`` is named ``names[i]``; ``load(i)`` returns its 16 kHz waveform (or
+    raises ``audio.AudioError``), called once per input, in order. ``decoder`` must have been built with a
+    timestamp prompt; ``on_done(i)`` is called as input ``i`` finishes (for progress)."""
+    results: list[dict] = [{"file": str(n)} for n in names]
     open_files: dict[int, _File] = {}
     queue: list[_Item] = []
 
@@ -138,7 +139,7 @@ def transcribe_files(
                 lo, hi = retry.start - item.window.start, retry.end - item.window.start
                 log.info(
                     "%s: the decoder collapsed on %.1f-%.1f s; decoding %.1f-%.1f s again",
-                    files[item.file],
+                    names[item.file],
                     *(x / audio.SAMPLE_RATE for x in (item.window.start, item.window.end, retry.start, retry.end)),
                 )
                 queue.append(_Item(item.file, item.index, retry, item.samples[lo:hi], retried=True))
@@ -152,9 +153,9 @@ def transcribe_files(
                 if on_done:
                     on_done(item.file)
 
-    for i, path in enumerate(files):
+    for i in range(len(names)):
         try:
-            wav = audio.load_audio(path)
+            wav = load(i)
         except audio.AudioError as e:
             results[i]["error"] = str(e)
             if on_done:

@@ -16,20 +16,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import audio, chunked, parallel, subtitles
+from . import audio, chunked, subtitles
 from . import config as config_lib
-from .generate import GenerationOptions, generate, generation_options, strip
+from .decoding import Decoder, check_assistant_mode, decoder
 from .model import DTYPES
 from .models import Pretrained, load_pretrained
-from .token_layout import SpecialTokens, prompt_ids, special_tokens
+from .token_layout import SpecialTokens, special_tokens
 from .utils import atomic_write, check_writable_dir, write_error
 
 log = logging.getLogger(__name__)
@@ -64,6 +63,12 @@ class TranscribeConfig:
     output_dir: str | None = config_lib.flag(
         None, "write FILE.txt, .srt, .vtt and .json per input here (timestamps are then always predicted)"
     )
+    assistant_model: str | None = config_lib.flag(
+        None,
+        "speculative decoding: a smaller model with the same tokenizer (e.g. a distilled student) drafts tokens "
+        "that --model verifies; same text as greedy --model alone (greedy only, one device)",
+    )
+    num_assistant_tokens: int = config_lib.flag(5, "tokens the assistant drafts per verification pass")
 
     def validate(self) -> None:
         """``ValueError`` naming the flag for a value out of range or an unwritable ``--output_json``."""
@@ -74,6 +79,9 @@ class TranscribeConfig:
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be ≥ 1, got {value}")
         _check_long_form(self.long_form, self.chunk_length_s)
+        check_assistant_mode(self.assistant_model, self.long_form, self.num_beams)
+        if self.num_assistant_tokens < 1:
+            raise ValueError(f"--num_assistant_tokens must be ≥ 1, got {self.num_assistant_tokens}")
         if self.chunk_length_s is not None and self.chunk_length_s <= 0:
             raise ValueError(f"--chunk_length_s must be > 0, got {self.chunk_length_s}")
         if self.output_dir:
@@ -142,48 +150,6 @@ def _check_long_form(long_form: str, chunk_length_s: float | None) -> None:
         raise ValueError("--chunk_length_s needs --long_form chunked")
 
 
-@dataclasses.dataclass
-class _Decoder:
-    """A batch of waveforms → generated ids, through one compiled program (batches padded to ``batch_size``)."""
-
-    pre: Pretrained
-    prompt: tuple[int, ...]
-    opts: GenerationOptions
-    dtype: str
-    devices: tuple[Any, ...]
-    params: Any
-    batch_size: int
-    seconds: float = 0.0  # audio decoded so far (long-form overlaps included)
-
-    def __call__(self, waves: list[np.ndarray]) -> list[list[int]]:
-        c = self.pre.config
-        self.seconds += sum(len(w) for w in waves) / audio.SAMPLE_RATE
-        mel = audio.log_mel_spectrogram(waves, n_mels=c.num_mel_bins, padding=c.n_frames * audio.HOP_LENGTH)
-        mel, n = parallel.pad_batch(mel, self.batch_size)
-        out = generate(self.params, mel, self.prompt, c, self.opts, DTYPES[self.dtype], list(self.devices))
-        return strip(out[:n], self.opts.eot)
-
-
-def _decoder(pre: Pretrained, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices):
-    specials = special_tokens(pre.tokenizer)
-    prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
-    opts = generation_options(
-        pre,
-        specials,
-        num_beams=num_beams,
-        return_timestamps=timestamps,
-        max_new_tokens=max_new_tokens,
-        prompt_len=len(prompt),
-    )
-    devices = list(devices) if devices else jax.local_devices()
-    # Every batch is padded to one static shape (one compile), a multiple of the device count.
-    batch_size = -(-batch_size // len(devices)) * len(devices)
-    params = (
-        parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else jax.device_put(pre.params)
-    )
-    return _Decoder(pre, tuple(prompt), opts, dtype, tuple(devices), params, batch_size)
-
-
 def transcribe(
     paths: Sequence[str | Path],
     model: str | Pretrained | None = None,
@@ -199,6 +165,8 @@ def transcribe(
     long_form: str = "none",
     chunk_length_s: float | None = None,
     stride_length_s: float | None = None,
+    assistant_model: str | Pretrained | None = None,
+    num_assistant_tokens: int = 5,
 ) -> list[dict]:
     """Transcribe audio files; returns one dict per input in order: ``{"file", "text", "segments"}`` or
     ``{"file", "error"}`` for an input that could not be read. ``devices``: where to run (default all
@@ -207,35 +175,37 @@ def transcribe(
     ``long_form="none"``: each file must fit the model's input (30 s for Whisper); a longer one gets an
     error. ``"chunked"``: files of any length, cut into windows of ``chunk_length_s`` (default: the model's
     input length) overlapping by ``stride_length_s`` on each side (default: a sixth of the chunk); always
-    with timestamped segments."""
+    with timestamped segments. ``assistant_model``: speculative decoding (greedy only; the same text, drafted
+    by a smaller model that shares the tokenizer); the acceptance rate is logged."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
     _check_long_form(long_form, chunk_length_s)
+    check_assistant_mode(assistant_model, long_form, num_beams)
     files = expand_inputs(paths)
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
-    if long_form == "chunked":
-        chunk, stride = chunked.window_sizes(pre.config, chunk_length_s, stride_length_s)
-    timestamps = return_timestamps or long_form == "chunked"
-    dec = _decoder(pre, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices)
-    specials = special_tokens(pre.tokenizer)
+    assistant = None
+    if assistant_model is not None:
+        assistant = assistant_model if isinstance(assistant_model, Pretrained) else load_pretrained(assistant_model)
+    timestamps = return_timestamps or long_form != "none"
+    dec = decoder(
+        pre, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices, assistant,
+        num_assistant_tokens,
+    )  # fmt: skip
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")
     t0 = time.perf_counter()
-    if long_form == "chunked":
-        results = chunked.transcribe_files(
-            files,
-            dec,
-            dec.batch_size,
-            chunk,
-            stride,
-            specials.timestamp_begin,
-            specials.eot,
-            lambda ids: pre.tokenizer.decode(ids, skip_special_tokens=True),
-            on_done=lambda i: bar.update(1),
-        )
-    else:
-        results = _short_form(files, dec, timestamps, bar)
+    names = [str(f) for f in files]
+    results = transcribe_loaded(
+        names,
+        lambda i: audio.load_audio(files[i]),
+        dec,
+        long_form,
+        chunk_length_s,
+        stride_length_s,
+        return_timestamps=timestamps,
+        on_done=lambda i: bar.update(1),
+    )
     bar.close()
     elapsed = time.perf_counter() - t0
     log.info(
@@ -246,22 +216,68 @@ def transcribe(
         dec.seconds / max(elapsed, 1e-9),
         sum("error" in r for r in results),
     )
+    if dec.assistant is not None:
+        log.info(
+            "speculative decoding: %d of %d drafted tokens accepted (%.1f %%), %d verification passes",
+            dec.accepted,
+            dec.drafted,
+            100.0 * (dec.acceptance or 0.0),
+            dec.passes,
+        )
     return results
 
 
-def _short_form(files: Sequence[Path], dec: _Decoder, timestamps: bool, bar) -> list[dict]:
-    """Each file as one model input; a file longer than that gets an error naming ``--long_form chunked``."""
+def transcribe_loaded(
+    names: Sequence[str],
+    load: Callable[[int], np.ndarray],
+    dec: Decoder,
+    long_form: str = "none",
+    chunk_length_s: float | None = None,
+    stride_length_s: float | None = None,
+    return_timestamps: bool = False,
+    on_done: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Transcribe inputs given by name and loader: ``load(i)`` returns input ``i``'s 16 kHz waveform or
+    raises ``audio.AudioError`` (then its result is ``{"file", "error"}``). The long-form dispatch of
+    ``transcribe``; ``dec`` (from ``decoder``) must have a timestamp prompt for long-form."""
+    _check_long_form(long_form, chunk_length_s)
+    if long_form == "chunked":
+        chunk, stride = chunked.window_sizes(dec.pre.config, chunk_length_s, stride_length_s)
+        specials = special_tokens(dec.pre.tokenizer)
+        return chunked.transcribe_files(
+            names,
+            load,
+            dec,
+            dec.batch_size,
+            chunk,
+            stride,
+            specials.timestamp_begin,
+            specials.eot,
+            lambda ids: dec.pre.tokenizer.decode(ids, skip_special_tokens=True),
+            on_done=on_done,
+        )
+    return _short_form(names, load, dec, return_timestamps, on_done)
+
+
+def _short_form(
+    names: Sequence[str],
+    load: Callable[[int], np.ndarray],
+    dec: Decoder,
+    timestamps: bool,
+    on_done: Callable[[int], None] | None,
+) -> list[dict]:
+    """Each input as one model input; one longer than that gets an error naming ``--long_form chunked``."""
     tok, specials = dec.pre.tokenizer, special_tokens(dec.pre.tokenizer)
     limit = chunked.input_seconds(dec.pre.config)
-    results: list[dict] = [{"file": str(f)} for f in files]
-    for start in range(0, len(files), dec.batch_size):
+    results: list[dict] = [{"file": str(n)} for n in names]
+    for start in range(0, len(names), dec.batch_size):
         idx, waves = [], []
-        for i in range(start, min(start + dec.batch_size, len(files))):
+        for i in range(start, min(start + dec.batch_size, len(names))):
             try:
-                wav = audio.load_audio(files[i])
+                wav = load(i)
                 if len(wav) > round(limit * audio.SAMPLE_RATE):
                     raise audio.AudioError(
-                        f"{files[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
+                        f"{names[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
                         f"{limit:g} s input; use --long_form chunked for long recordings"
                     )
             except audio.AudioError as e:
@@ -273,7 +289,9 @@ def _short_form(files: Sequence[Path], dec: _Decoder, timestamps: bool, bar) -> 
             for i, ids in zip(idx, dec(waves)):
                 results[i]["text"] = tok.decode(ids, skip_special_tokens=True).strip()
                 results[i]["segments"] = segments_from_tokens(ids, tok, specials) if timestamps else []
-        bar.update(min(dec.batch_size, len(files) - start))
+        for i in range(start, min(start + dec.batch_size, len(names))):
+            if on_done:
+                on_done(i)
     return results
 
 
@@ -334,6 +352,8 @@ def run(cfg: TranscribeConfig) -> int:
         max_new_tokens=cfg.max_new_tokens,
         long_form=cfg.long_form,
         chunk_length_s=cfg.chunk_length_s,
+        assistant_model=cfg.assistant_model,
+        num_assistant_tokens=cfg.num_assistant_tokens,
     )
     for r in results:
         if "error" in r:
