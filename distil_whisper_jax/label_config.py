@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+import jax
+
 from . import config, wer_filter
 from .data import DataConfigError
 
@@ -34,7 +36,31 @@ DATA, OUTPUT, TEACHER, FILTER, MULTI = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PseudoLabelConfig:
+class MultiHostConfig:
+    """The multi-host flags of a stage that splits its rows over processes (labelling, evaluation)."""
+
+    coordinator_address: str | None = config.flag(None, "host:port of process 0", group=MULTI)
+    num_processes: int | None = config.flag(None, "number of processes", group=MULTI)
+    process_id: int | None = config.flag(None, "this process's index", group=MULTI)
+    jax_distributed: bool = config.flag(
+        False, "call jax.distributed.initialize() with no arguments (TPU pods, SLURM)", group=MULTI
+    )
+
+    def init_distributed(self) -> None:
+        """``jax.distributed.initialize`` when a coordinator (or ``--jax_distributed``) is given."""
+        if self.coordinator_address or self.jax_distributed:
+            kw = {}
+            if self.coordinator_address:
+                kw = dict(
+                    coordinator_address=self.coordinator_address,
+                    num_processes=self.num_processes,
+                    process_id=self.process_id,
+                )
+            jax.distributed.initialize(**kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PseudoLabelConfig(MultiHostConfig):
     """A pseudo-labelling run: which data, which teacher, how to generate, what to keep, where to write."""
 
     # data
@@ -81,13 +107,6 @@ class PseudoLabelConfig:
         "skip", "clips longer than --max_duration_in_seconds: skip (counted) or cut into pieces", group=FILTER
     )
     strict: bool = config.flag(False, "fail on the first bad input instead of skipping it", group=FILTER)
-    # multi-host
-    coordinator_address: str | None = config.flag(None, "host:port of process 0", group=MULTI)
-    num_processes: int | None = config.flag(None, "number of processes", group=MULTI)
-    process_id: int | None = config.flag(None, "this process's index", group=MULTI)
-    jax_distributed: bool = config.flag(
-        False, "call jax.distributed.initialize() with no arguments (TPU pods, SLURM)", group=MULTI
-    )
 
     def validate(self) -> None:
         """``DataConfigError`` naming the flag for a value that cannot work (before any work starts)."""

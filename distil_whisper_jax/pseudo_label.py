@@ -137,16 +137,6 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     return Settings(cfg, batcher, pre, prompt, options, dtype, devices, params, Path(cfg.output_dir), pi, pc)
 
 
-def _init_distributed(cfg: PseudoLabelConfig) -> None:
-    if cfg.coordinator_address or cfg.jax_distributed:
-        kw = {}
-        if cfg.coordinator_address:
-            kw = dict(
-                coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id
-            )
-        jax.distributed.initialize(**kw)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # one batch
 
@@ -358,7 +348,7 @@ def run(cfg: PseudoLabelConfig) -> int:
     """Label the data of ``cfg`` (resuming a run in ``cfg.output_dir``); returns 0. Raises
     ``data.DataConfigError`` for a configuration that cannot work (before any labelling) and
     ``PseudoLabelError`` for a bad input under ``--strict``."""
-    _init_distributed(cfg)
+    cfg.init_distributed()
     s = setup(cfg)
     label_output.prepare_output(s.out, cfg, s.process_index, s.process_count)
     log.info(

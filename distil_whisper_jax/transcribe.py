@@ -141,6 +141,11 @@ def segments_from_tokens(
 LONG_FORM_NOT_YET = ("sequential",)
 
 
+def check_long_form(long_form: str, chunk_length_s: float | None) -> None:
+    """``ValueError`` naming the flag for a long-form mode that is not available or a misplaced window length."""
+    _check_long_form(long_form, chunk_length_s)
+
+
 def _check_long_form(long_form: str, chunk_length_s: float | None) -> None:
     if long_form in LONG_FORM_NOT_YET:
         raise ValueError(f"--long_form {long_form} is not implemented yet; use --long_form chunked")

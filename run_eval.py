@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Evaluate a Whisper model on speech datasets: WER per dataset and overall (see distil_whisper_jax/evaluation.py)."""
+
+import sys
+
+from distil_whisper_jax.cli.eval import main
+
+if __name__ == "__main__":
+    sys.exit(main())
