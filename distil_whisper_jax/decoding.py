@@ -106,7 +106,7 @@ def check_assistant(pre: Pretrained, assistant: Pretrained, flag: str = "--assis
     try:
         speculative.check_assistant(pre.config, assistant.config)
     except ValueError as e:
-        raise ValueError(f"{flag} {assistant.source}: {e}") from None
+        raise ValueError(f"{flag} {assistant.source}: {str(e).removeprefix('assistant model: ')}") from None
     if special_tokens(pre.tokenizer) != special_tokens(assistant.tokenizer):
         raise ValueError(
             f"{flag} {assistant.source}: its tokenizer's special tokens differ from the model's "

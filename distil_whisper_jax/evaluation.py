@@ -114,10 +114,7 @@ class Setup:
     names: list[str]  # one per dataset, unique
     columns: list[tuple[str, str]]  # (audio, text) column per dataset
     dec: Decoder
-
-    @property
-    def block_rows(self) -> int:
-        return 4 * self.dec.batch_size
+    block_rows: int  # rows per block of the per-process split (a few batches)
 
 
 def dataset_names(sources: list[data.Source]) -> list[str]:
@@ -175,7 +172,7 @@ def setup(cfg: EvalConfig) -> Setup:
         cfg.num_assistant_tokens,
         ASSISTANT_FLAG,
     )
-    return Setup(cfg, sources, dataset_names(sources), columns, dec)
+    return Setup(cfg, sources, dataset_names(sources), columns, dec, 4 * dec.batch_size)
 
 
 def _block_entries(s: Setup, k: int, rows: list[tuple[int, int, dict]], on_done: Callable[[int], None]) -> list[dict]:

@@ -1,0 +1,219 @@
+"""run_eval.py on the real tiny.en and real speech: corpus WER per dataset and overall (checked against jiwer),
+results.json / results.md / predictions.csv, empty references and unreadable rows counted, the multi-host
+split and merge, bad input refused before work, and speculative decoding reachable from transcribe and eval.
+
+Every run shares one loaded tiny.en and one compiled shape (batches of 2 on one device)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import jiwer
+import pytest
+
+from distil_whisper_jax import eval_report, evaluation, models
+from distil_whisper_jax import transcribe as tr
+from distil_whisper_jax.assets import speech_manifest
+from distil_whisper_jax.cli.eval import main
+from distil_whisper_jax.decoding import decoder
+from distil_whisper_jax.evaluate import normalizer_for
+
+HELDOUT = speech_manifest("heldout")
+ONE = dict(per_device_eval_batch_size=2, num_local_devices=1)
+ONE_ARGV = ["--per_device_eval_batch_size", "2", "--num_local_devices", "1"]
+
+
+def heldout_rows(*numbers: int) -> list[dict]:
+    with open(HELDOUT, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [dict(rows[n - 1]) for n in numbers]
+
+
+def write_tsv(path: Path, rows: list[dict]) -> Path:
+    cols = list(rows[0])
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(cols) + "\n")
+        for r in rows:
+            f.write("\t".join(r[c] for c in cols) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    """A: three rows, the second's audio missing (unreadable); B: two rows, the second's reference empty."""
+    d = tmp_path_factory.mktemp("eval-data")
+    (d / "flac").mkdir()
+    a = heldout_rows(2, 3, 6)
+    b = heldout_rows(7, 8)
+    for r in a + b:
+        shutil.copy(HELDOUT.parent / r["audio"], d / r["audio"])
+    a[1]["audio"] = "flac/missing.flac"
+    b[1]["text"] = ""
+    return write_tsv(d / "a.tsv", a), write_tsv(d / "b.tsv", b)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_model(tiny):
+    """``load_pretrained`` gives the session's tiny.en for the bundled model (no reload per run)."""
+    real = models.load_pretrained
+    bundled = str(models.default_model_dir())
+
+    def load(path=None):
+        return tiny if path is None or str(path) == bundled else real(path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluation, "load_pretrained", load)
+        yield
+
+
+def cfg_for(manifests, out, **kw) -> evaluation.EvalConfig:
+    a, b = manifests
+    return evaluation.EvalConfig(dataset_name=f"{a}+{b}", output_dir=str(out), **{**ONE, **kw})
+
+
+@pytest.fixture(scope="module")
+def evaluated(manifests, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-out")
+    assert evaluation.run(cfg_for(manifests, out, predictions_csv=True)) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_wer_counts_are_jiwer_on_normalised_text_and_add_up():
+    norm = normalizer_for("en")
+    refs = ["The cat sat on the mat.", "Two dogs barked loudly", "", "It's 10 o'clock"]
+    hyps = ["the cat sat on a mat", "two dogs barked", "noise", "It is ten o'clock now"]
+    entries = [
+        {"dataset": 0, "row": i, "reference": r, "prediction": h, "audio_seconds": 1.0}
+        for i, (r, h) in enumerate(zip(refs, hyps))
+    ]
+    entries.append({"dataset": 0, "row": 4, "reference": "x", "prediction": None, "error": "x: no such audio file"})
+    st, rows = eval_report.score_dataset(entries, norm)
+    nr, nh = [norm(r) for r in refs if r], [norm(h) for r, h in zip(refs, hyps) if r]
+    truth = jiwer.process_words(nr, nh)
+    assert (st["substitutions"], st["deletions"], st["insertions"]) == (
+        truth.substitutions,
+        truth.deletions,
+        truth.insertions,
+    )
+    assert st["wer"] == pytest.approx(100 * truth.wer)
+    assert (
+        st["substitutions"] + st["deletions"] + st["hits"] == st["reference_words"] == sum(len(r.split()) for r in nr)
+    )
+    assert (st["num_samples"], st["scored"], st["empty_references"], st["unreadable"]) == (5, 3, 1, 1)
+    assert rows[0]["wer"] == pytest.approx(100 * jiwer.wer(nr[0], nh[0])) and rows[2]["wer"] is None
+    # overall: errors summed over datasets, not a mean of their WERs; an all-empty dataset has no WER
+    empty, _ = eval_report.score_dataset([{"dataset": 1, "row": 0, "reference": " ", "prediction": "a"}], norm)
+    small, _ = eval_report.score_dataset([{"dataset": 2, "row": 0, "reference": "a b", "prediction": "a"}], norm)
+    assert empty["wer"] is None and "undefined" in empty["note"]
+    per = {n: dict(d, seconds=1.0) for n, d in (("x", st), ("e", empty), ("s", small))}
+    total = eval_report.overall(per)
+    errors = sum(d["substitutions"] + d["deletions"] + d["insertions"] for d in per.values())
+    assert total["reference_words"] == st["reference_words"] + 2
+    assert total["wer"] == pytest.approx(100 * errors / total["reference_words"])
+    assert total["wer"] != pytest.approx((st["wer"] + small["wer"]) / 2)
+
+
+def test_results_per_dataset_and_overall(manifests, evaluated):
+    out, res = evaluated
+    a, b = (str(m) for m in manifests)
+    assert list(res["datasets"]) == [a, b]
+    da, db = res["datasets"][a], res["datasets"][b]
+    assert (da["num_samples"], da["scored"], da["unreadable"], da["empty_references"]) == (3, 2, 1, 0)
+    assert (db["num_samples"], db["scored"], db["unreadable"], db["empty_references"]) == (2, 1, 0, 1)
+    for d in (da, db, res["overall"]):
+        assert set(d) >= {"wer", "substitutions", "insertions", "deletions", "num_samples", "audio_seconds"}
+        assert set(d) >= {"seconds", "rtf", "empty_references", "unreadable"}
+        assert d["substitutions"] + d["deletions"] + d["hits"] == d["reference_words"]
+        assert 0 <= d["wer"] < 30 and d["audio_seconds"] > 0 and d["rtf"] > 0
+    for key in ("num_samples", "scored", "substitutions", "deletions", "insertions", "reference_words"):
+        assert res["overall"][key] == da[key] + db[key]
+    assert da["audio_seconds"] == pytest.approx(2.5658 + 2.2059, abs=0.01)  # the unreadable row adds nothing
+    # predictions.csv: every row, the normalised texts, per-utterance WER; the corpus WER is jiwer's over them
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["row"]) for r in rows] == [(a, "0"), (a, "1"), (a, "2"), (b, "0"), (b, "1")]
+    assert "missing.flac" in rows[1]["error"] and rows[1]["prediction"] == "" and rows[1]["wer"] == ""
+    assert rows[4]["reference"] == "" and rows[4]["prediction"] and rows[4]["wer"] == ""
+    scored = [r for r in rows if r["wer"] != ""]
+    for r in scored:
+        assert r["reference_normalised"] == normalizer_for("en")(r["reference"]).strip()
+    truth = jiwer.wer([r["reference_normalised"] for r in scored], [r["prediction_normalised"] for r in scored])
+    assert res["overall"]["wer"] == pytest.approx(100 * truth)
+    md = (out / "results.md").read_text()
+    assert a in md and "**overall**" in md and f"{res['overall']['wer']:.2f}" in md
+    assert "assistant" not in res and res["config"]["dataset_name"] == f"{a}+{b}"
+
+
+def test_two_processes_split_the_rows_and_process_0_merges(manifests, evaluated, tmp_path):
+    _, single = evaluated
+    cfg = cfg_for(manifests, tmp_path, predictions_csv=True)
+    s = evaluation.setup(cfg)
+    s.block_rows = 1  # rows alternate between the processes
+    mine, sec0 = evaluation.evaluate_process(s, 0, 2)
+    theirs, sec1 = evaluation.evaluate_process(s, 1, 2)
+    assert sorted(e["row"] for e in mine if e["dataset"] == 0) == [0, 2]
+    assert sorted(e["row"] for e in theirs if e["dataset"] == 0) == [1]
+    eval_report.write_part(tmp_path, 1, evaluation.header(s, 1, 2, sec1), theirs)
+    others = eval_report.wait_for_parts(tmp_path, 2, evaluation.run_key(cfg), skip=0, timeout=5)
+    assert evaluation.finish(s, [(evaluation.header(s, 0, 2, sec0), mine), *others]) == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    timing = ("seconds", "rtf")
+    for name in single["datasets"]:
+        got, want = merged["datasets"][name], single["datasets"][name]
+        assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
+    # a part of another run (different settings) is not merged
+    eval_report.write_part(tmp_path, 1, dict(evaluation.header(s, 1, 2, sec1), run={"other": 1}), theirs)
+    with pytest.raises(TimeoutError, match=r"process\(es\) \[1\]"):
+        eval_report.wait_for_parts(tmp_path, 2, evaluation.run_key(cfg), skip=0, timeout=0.6)
+
+
+def test_missing_text_column_is_refused_before_any_work(manifests, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluation, "load_pretrained", lambda *a: pytest.fail("model loaded before the check"))
+    a, _ = manifests
+    argv = ["--dataset_name", str(a), "--text_column_name", "transcript", "--output_dir", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'transcript'" in err and "--text_column_name" in err and str(a) in err
+    assert not (tmp_path / "r").exists()
+    assert main([*argv[:2], "--output_dir", str(tmp_path / "r"), "--long_form", "sequential"]) == 2
+    assert "--long_form sequential" in capsys.readouterr().err
+
+
+def test_speculative_with_the_teacher_drafting_for_itself(tiny, clips, manifests, evaluated, tmp_path, caplog):
+    files = [str(p) for p, _ in clips[:3]]
+    one = jax.local_devices()[:1]
+    plain = tr.transcribe(files, tiny, batch_size=2, devices=one, progress=False)
+    with caplog.at_level(logging.INFO, logger="distil_whisper_jax.transcribe"):
+        spec = tr.transcribe(files, tiny, batch_size=2, assistant_model=tiny, progress=False)
+    assert [r["text"] for r in spec] == [r["text"] for r in plain]
+    assert "accepted (100.0 %)" in caplog.text
+    # in eval: the same predictions as greedy decoding, acceptance 100 %, counts in results.json
+    out = tmp_path / "spec"
+    cfg = cfg_for(manifests, out, predictions_csv=True, assistant_model_name_or_path=str(models.default_model_dir()))
+    assert evaluation.run(cfg) == 0
+    res = json.loads((out / "results.json").read_text())
+    a = res["assistant"]
+    assert a["acceptance_rate"] == 1.0 and a["accepted_tokens"] == a["drafted_tokens"] > 0
+    assert (out / "predictions.csv").read_text() == (evaluated[0] / "predictions.csv").read_text()
+    assert "100.0 %" in (out / "results.md").read_text()
+
+
+def test_assistant_that_cannot_draft_is_refused(tiny, clips, manifests, tmp_path, capsys):
+    other = models.Pretrained(
+        tiny.config.replace(vocab_size=tiny.config.vocab_size + 1), tiny.params, "other", None, "ct2"
+    )
+    with pytest.raises(ValueError, match=r"--assistant_model other: vocab_size"):
+        tr.transcribe([str(clips[0][0])], tiny, assistant_model=other, progress=False)
+    with pytest.raises(ValueError, match=r"--assistant_model_name_or_path other: vocab_size"):
+        decoder(tiny, assistant=other, assistant_flag="--assistant_model_name_or_path")
+    with pytest.raises(ValueError, match="--assistant_model: speculative decoding is greedy"):
+        tr.transcribe([str(clips[0][0])], tiny, assistant_model=tiny, num_beams=2, progress=False)
+    a, _ = manifests
+    argv = ["--dataset_name", str(a), "--output_dir", str(tmp_path), "--assistant_model_name_or_path", "x"]
+    assert main([*argv, "--num_beams", "2"]) == 2
+    assert "--assistant_model_name_or_path: speculative decoding is greedy" in capsys.readouterr().err
