@@ -149,15 +149,15 @@ def setup(cfg: EvalConfig) -> Setup:
     """Validate, open the data, load the model(s) and build the decoder."""
     cfg.validate()
     sources, columns = open_data(cfg)
-    pre = load_pretrained(cfg.model_name_or_path)
-    assistant = None
-    if cfg.assistant_model_name_or_path is not None:
-        assistant = load_pretrained(cfg.assistant_model_name_or_path)
     devices = jax.local_devices()
     if cfg.num_local_devices is not None:
         if cfg.num_local_devices > len(devices):
             raise ValueError(f"--num_local_devices {cfg.num_local_devices}: only {len(devices)} available")
         devices = devices[: cfg.num_local_devices]
+    pre = load_pretrained(cfg.model_name_or_path)
+    assistant = None
+    if cfg.assistant_model_name_or_path is not None:
+        assistant = load_pretrained(cfg.assistant_model_name_or_path)
     dec = decoder(
         pre,
         cfg.per_device_eval_batch_size * len(devices),

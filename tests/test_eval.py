@@ -18,7 +18,7 @@ import pytest
 
 from distil_whisper_jax import eval_report, evaluation, models
 from distil_whisper_jax import transcribe as tr
-from distil_whisper_jax.assets import speech_manifest
+from distil_whisper_jax.assets import bundled_clips, speech_manifest
 from distil_whisper_jax.cli.eval import main
 from distil_whisper_jax.decoding import decoder
 from distil_whisper_jax.evaluate import normalizer_for
@@ -217,3 +217,25 @@ def test_assistant_that_cannot_draft_is_refused(tiny, clips, manifests, tmp_path
     argv = ["--dataset_name", str(a), "--output_dir", str(tmp_path), "--assistant_model_name_or_path", "x"]
     assert main([*argv, "--num_beams", "2"]) == 2
     assert "--assistant_model_name_or_path: speculative decoding is greedy" in capsys.readouterr().err
+
+
+def test_long_rows_are_counted_short_form_and_scored_with_long_form_chunked(tiny, tmp_path):
+    clips = {p.name: (p, t) for p, t in bundled_clips(max_seconds=None)}
+    rows = [clips["piper_moon_long.flac"], clips["goforward.wav"]]  # 42 s (two windows) and 2.8 s
+    manifest = write_tsv(tmp_path / "long.tsv", [{"audio": str(p), "text": t} for p, t in rows])
+    short, chunk = tmp_path / "short", tmp_path / "chunked"
+    assert evaluation.run(evaluation.EvalConfig(dataset_name=str(manifest), output_dir=str(short), **ONE)) == 0
+    d = json.loads((short / "results.json").read_text())["datasets"][str(manifest)]
+    assert (d["num_samples"], d["scored"], d["too_long"], d["unreadable"]) == (2, 1, 1, 0)
+    cfg = evaluation.EvalConfig(
+        dataset_name=str(manifest), output_dir=str(chunk), long_form="chunked", predictions_csv=True, **ONE
+    )
+    assert evaluation.run(cfg) == 0
+    d = json.loads((chunk / "results.json").read_text())["datasets"][str(manifest)]
+    assert (d["num_samples"], d["scored"], d["too_long"]) == (2, 2, 0) and d["wer"] < 10
+    assert d["audio_seconds"] == pytest.approx(42.03 + 2.79, abs=0.01)
+    with open(chunk / "predictions.csv", newline="", encoding="utf-8") as f:
+        predicted = [r["prediction"] for r in csv.DictReader(f)]
+    files = [str(p) for p, _ in rows]
+    direct = tr.transcribe(files, tiny, batch_size=2, long_form="chunked", devices=jax.local_devices()[:1])
+    assert predicted == [r["text"] for r in direct]
