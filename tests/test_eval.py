@@ -149,25 +149,36 @@ def test_results_per_dataset_and_overall(manifests, evaluated):
     assert "assistant" not in res and res["config"]["dataset_name"] == f"{a}+{b}"
 
 
-def test_two_processes_split_the_rows_and_process_0_merges(manifests, evaluated, tmp_path):
+def test_two_processes_split_the_rows_and_process_0_merges(manifests, evaluated, tmp_path, monkeypatch):
+    """``run`` as process 1 then process 0 of 2 (one block per row, so the rows alternate): process 1 writes its
+    part, process 0 merges it with its own rows into the single-process results."""
     _, single = evaluated
+    real_setup = evaluation.setup
+
+    def setup(cfg):
+        s = real_setup(cfg)
+        s.block_rows = 1
+        return s
+
+    monkeypatch.setattr(evaluation, "setup", setup)
+    monkeypatch.setattr(evaluation.multihost_utils, "sync_global_devices", lambda name: None)
     cfg = cfg_for(manifests, tmp_path, predictions_csv=True)
-    s = evaluation.setup(cfg)
-    s.block_rows = 1  # rows alternate between the processes
-    mine, sec0 = evaluation.evaluate_process(s, 0, 2)
-    theirs, sec1 = evaluation.evaluate_process(s, 1, 2)
-    assert sorted(e["row"] for e in mine if e["dataset"] == 0) == [0, 2]
-    assert sorted(e["row"] for e in theirs if e["dataset"] == 0) == [1]
-    eval_report.write_part(tmp_path, 1, evaluation.header(s, 1, 2, sec1), theirs)
-    others = eval_report.wait_for_parts(tmp_path, 2, evaluation.run_key(cfg), skip=0, timeout=5)
-    assert evaluation.finish(s, [(evaluation.header(s, 0, 2, sec0), mine), *others]) == 0
+    monkeypatch.setattr(evaluation.data_blocks, "process_info", lambda: (1, 2))
+    assert evaluation.run(cfg) == 0
+    assert not (tmp_path / "results.json").exists()
+    header, theirs = eval_report.read_part(eval_report.part_path(tmp_path, 1))
+    assert [(e["dataset"], e["row"]) for e in theirs] == [(0, 1), (1, 1)]
+    monkeypatch.setattr(evaluation.data_blocks, "process_info", lambda: (0, 2))
+    assert evaluation.run(cfg) == 0
     merged = json.loads((tmp_path / "results.json").read_text())
     timing = ("seconds", "rtf")
     for name in single["datasets"]:
         got, want = merged["datasets"][name], single["datasets"][name]
         assert {k: v for k, v in got.items() if k not in timing} == {k: v for k, v in want.items() if k not in timing}
+    with open(tmp_path / "predictions.csv", newline="", encoding="utf-8") as f:
+        assert [r["row"] for r in csv.DictReader(f)] == ["0", "1", "2", "0", "1"]
     # a part of another run (different settings) is not merged
-    eval_report.write_part(tmp_path, 1, dict(evaluation.header(s, 1, 2, sec1), run={"other": 1}), theirs)
+    eval_report.write_part(tmp_path, 1, dict(header, run={"other": 1}), theirs)
     with pytest.raises(TimeoutError, match=r"process\(es\) \[1\]"):
         eval_report.wait_for_parts(tmp_path, 2, evaluation.run_key(cfg), skip=0, timeout=0.6)
 
