@@ -169,7 +169,9 @@ def build_parser(
     )
     types_ = _field_types(cls)
     groups: dict[str | None, Any] = {None: p}
-    for f in dataclasses.fields(cls):
+    own = set(cls.__dict__.get("__annotations__", {}))
+    fields = dataclasses.fields(cls)  # a shared base's flags (e.g. the multi-host ones) listed after the own ones
+    for f in [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]:
         meta = f.metadata
         if not meta.get("cli", True):
             continue
