@@ -160,7 +160,7 @@ def setup(cfg: EvalConfig) -> Setup:
         assistant = load_pretrained(cfg.assistant_model_name_or_path)
     dec = decoder(
         pre,
-        cfg.per_device_eval_batch_size * len(devices),
+        cfg.per_device_eval_batch_size * (1 if assistant is not None else len(devices)),  # speculative: 1 device
         cfg.dtype,
         cfg.num_beams,
         cfg.long_form != "none",

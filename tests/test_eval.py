@@ -19,6 +19,7 @@ import pytest
 from distil_whisper_jax import eval_report, evaluation, models
 from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.assets import bundled_clips, speech_manifest
+from distil_whisper_jax.cli import transcribe as tr_cli
 from distil_whisper_jax.cli.eval import main
 from distil_whisper_jax.decoding import decoder
 from distil_whisper_jax.evaluate import normalizer_for
@@ -228,6 +229,8 @@ def test_assistant_that_cannot_draft_is_refused(tiny, clips, manifests, tmp_path
     argv = ["--dataset_name", str(a), "--output_dir", str(tmp_path), "--assistant_model_name_or_path", "x"]
     assert main([*argv, "--num_beams", "2"]) == 2
     assert "--assistant_model_name_or_path: speculative decoding is greedy" in capsys.readouterr().err
+    assert tr_cli.main([str(clips[0][0]), "--assistant_model", "x", "--num_beams", "2"]) == 2
+    assert "--assistant_model: speculative decoding is greedy" in capsys.readouterr().err
 
 
 def test_long_rows_are_counted_short_form_and_scored_with_long_form_chunked(tiny, tmp_path):
