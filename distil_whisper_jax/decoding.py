@@ -131,7 +131,10 @@ def decoder(
     """The decoder ``transcribe_loaded`` runs (build once, reuse for many calls). With an ``assistant``:
     speculative decoding, greedy only (``ValueError`` naming ``assistant_flag`` otherwise), on one device."""
     specials = special_tokens(pre.tokenizer)
-    prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
+    try:
+        prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
+    except ValueError as e:
+        raise ValueError(f"--language/--task: {e}") from None
     opts = generation_options(
         pre,
         specials,
