@@ -125,7 +125,7 @@ def setup(cfg: DistillConfig) -> Run:
     out, is_main = Path(cfg.output_dir), jax.process_index() == 0
     _prepare_output(cfg, out, is_main)
     models = load_models(cfg)
-    data = open_data(cfg, models.student)
+    data = open_data(cfg, models.student, models.teacher)
     global_batch = cfg.per_device_train_batch_size * jax.device_count() * cfg.gradient_accumulation_steps
     _log_data(cfg, data, global_batch)
     mesh = parallel.data_mesh()  # every device of every process
@@ -151,7 +151,16 @@ def setup(cfg: DistillConfig) -> Run:
     tok = models.student.tokenizer
     stream = train_data.TrainStream(data.sources, data.weights, tok, specials, data.opts, cfg.seed, stream_state)
     gen = _gen_options(cfg)
-    evaluate = Evaluator(models.student, models.teacher, data.eval_sets, specials, gen, jax.local_devices())
+    evaluate = Evaluator(
+        models.student,
+        models.teacher,
+        data.eval_sets,
+        specials,
+        gen,
+        jax.local_devices(),
+        eval_step=_make_eval_step(cfg, models) if data.eval_sets else None,
+        label_opts=data.opts.labels,
+    )
     last_eval = saved.get("eval", {})
     evaluate.teacher_wer.update({k: v["teacher"] for k, v in last_eval.items()})
     batcher = _make_batcher(cfg, models, data, specials, evaluate)
@@ -194,6 +203,7 @@ def _make_batcher(cfg: DistillConfig, models: Models, data: TrainData, specials,
         specials,
         label_width=cfg.max_label_length - 1,
         num_mel_bins=models.student.config.num_mel_bins,
+        n_frames=models.teacher.config.n_frames,
         cache=cache,
         teacher_config=models.teacher.config,
         teacher_params=evaluate.teacher_params,
@@ -229,11 +239,26 @@ def _init_runtime(cfg: DistillConfig) -> None:
         jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
 
 
-def open_data(cfg: DistillConfig, student: Pretrained) -> TrainData:
+def max_duration(cfg: DistillConfig, student: Pretrained) -> float:
+    """``--max_duration_in_seconds``, defaulting to the student's input length (15 s for a 750-position
+    student); ``ValueError`` when it asks for more audio than the student's encoder takes."""
+    window = student.config.input_seconds
+    if cfg.max_duration_in_seconds is None:
+        return window
+    if cfg.max_duration_in_seconds > window:
+        raise ValueError(
+            f"--max_duration_in_seconds {cfg.max_duration_in_seconds:g}: the student's encoder takes {window:g} s "
+            f"of audio ({student.config.max_source_positions} positions); give at most {window:g}"
+        )
+    return cfg.max_duration_in_seconds
+
+
+def open_data(cfg: DistillConfig, student: Pretrained, teacher: Pretrained) -> TrainData:
     """The labelled training sources, their mixing weights and filters, and the evaluation sets.
 
     Every process opens the same sources and walks the same stream; each featurises only its share of
-    each global batch."""
+    each global batch. Features are sized for the teacher; a shorter-context student reads their start."""
+    longest = max_duration(cfg, student)
     label_opts = train_data.LabelOptions(
         cfg.max_label_length,
         cfg.timestamp_probability,
@@ -246,7 +271,7 @@ def open_data(cfg: DistillConfig, student: Pretrained) -> TrainData:
         audio_column=cfg.audio_column_name,
         text_column=cfg.train_text_column_name,
         min_duration=cfg.min_duration_in_seconds,
-        max_duration=cfg.max_duration_in_seconds,
+        max_duration=longest,
         wer_threshold=cfg.wer_threshold,
         keep_without_ground_truth=cfg.keep_rows_without_ground_truth,
         labels=label_opts,
@@ -262,6 +287,8 @@ def open_data(cfg: DistillConfig, student: Pretrained) -> TrainData:
             cfg.eval_text_column_name,
             student.config.num_mel_bins,
             cfg.max_eval_samples,
+            max_duration=longest,
+            n_frames=teacher.config.n_frames,
         )
         for n in train_data.split_plus(cfg.eval_dataset_name)
     ]
@@ -279,6 +306,21 @@ def _log_data(cfg: DistillConfig, data: TrainData, global_batch: int) -> None:
         cfg.gradient_accumulation_steps,
         jax.process_count(),
         [(e.name, len(e.texts)) for e in data.eval_sets],
+    )
+
+
+def _make_eval_step(cfg: DistillConfig, models: Models) -> Callable:
+    """The eval-loss step on this process's devices (each process evaluates every eval row)."""
+    return core.make_eval_step(
+        models.student.config,
+        models.teacher.config,
+        kl_weight=cfg.kl_weight,
+        ce_weight=cfg.ce_weight,
+        mse_weight=cfg.mse_weight,
+        freeze_encoder=cfg.freeze_encoder,
+        share_encoder=models.share_encoder,
+        dtype=DTYPES[cfg.dtype],
+        mesh=parallel.data_mesh(jax.local_devices()),
     )
 
 

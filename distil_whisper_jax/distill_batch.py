@@ -48,6 +48,7 @@ class Batcher:
     specials: Any
     label_width: int  # decoder positions: --max_label_length - 1
     num_mel_bins: int
+    n_frames: int  # the teacher's input length in log-mel frames
     cache: EncoderCache | None = None
     teacher_config: Any = None  # with a cache: the shared encoder's config, params and compute dtype
     teacher_params: Callable[[], Any] | None = None
@@ -57,7 +58,9 @@ class Batcher:
     def __call__(self, examples: Sequence[train_data.Example]) -> dict:
         batch = train_data.collate_labels(examples, self.label_width, self.specials)
         if self.cache is None:
-            batch["input_features"] = train_data.features(examples, self.sources, self.opts, self.num_mel_bins)
+            batch["input_features"] = train_data.features(
+                examples, self.sources, self.opts, self.num_mel_bins, self.n_frames
+            )
         else:
             batch["encoder_outputs"] = self._encoded(examples)
         return batch
@@ -66,7 +69,9 @@ class Batcher:
         outs = [self.cache.get(e.key) for e in examples]
         missing = [i for i, o in enumerate(outs) if o is None]
         if missing:
-            feats = train_data.features([examples[i] for i in missing], self.sources, self.opts, self.num_mel_bins)
+            feats = train_data.features(
+                [examples[i] for i in missing], self.sources, self.opts, self.num_mel_bins, self.n_frames
+            )
             feats, n = pad_batch(feats, len(examples))  # one static shape → one compile
             mesh = data_mesh(self.devices)
             enc = encoder_outputs(self.teacher_config, self.teacher_params(), feats, self.dtype, mesh)

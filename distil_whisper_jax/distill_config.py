@@ -112,7 +112,9 @@ class DistillConfig:
         group="data",
     )
     min_duration_in_seconds: float = flag(0.0, "drop shorter training audio", group="data")
-    max_duration_in_seconds: float = flag(30.0, "drop longer training audio", group="data")
+    max_duration_in_seconds: float | None = flag(
+        None, "drop longer training audio (default and maximum: the student's input, 30 s or 15 s)", group="data"
+    )
     max_label_length: int = flag(
         128, "max decoder tokens per example (prompt + text + EOT); sets the static label width", group="data"
     )
@@ -243,7 +245,7 @@ class DistillConfig:
                 f"--warmup_steps ({self.warmup_steps}) exceeds --max_steps ({self.max_steps}): "
                 "the learning rate would never reach its peak"
             )
-        if self.max_duration_in_seconds <= self.min_duration_in_seconds:
+        if self.max_duration_in_seconds is not None and self.max_duration_in_seconds <= self.min_duration_in_seconds:
             raise ValueError(
                 f"--max_duration_in_seconds ({self.max_duration_in_seconds}) must exceed "
                 f"--min_duration_in_seconds ({self.min_duration_in_seconds})"

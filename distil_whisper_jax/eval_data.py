@@ -4,11 +4,14 @@ and reference texts, in order."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
 from . import audio, data
 from .train_data import RowReader, load_row_audio
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -26,6 +29,7 @@ def load_eval_set(
     n_mels: int,
     max_samples: int | None = None,
     max_duration: float = 30.0,
+    n_frames: int = audio.N_FRAMES,
 ) -> EvalSet:
     """All rows of an evaluation dataset (in order) with their reference texts and features. ``None``
     columns: the ones the dataset records (labelled output), else ``audio`` / ``text``."""
@@ -38,16 +42,19 @@ def load_eval_set(
         " for evaluation (the audio and its reference transcript)",
     )
     reader = RowReader(src, [audio_col, text_col])
-    waves, texts = [], []
-    for g in range(len(reader.groups.sizes)):
-        for row in reader.group(g):
-            if max_samples is not None and len(texts) >= max_samples:
-                break
-            wav = load_row_audio(row[audio_col], src, f"{name} row {len(texts)}")
-            if len(wav) > max_duration * audio.SAMPLE_RATE:
-                continue
-            waves.append(wav)
-            texts.append(row[text_col] or "")
+    waves, texts, too_long = [], [], 0
+    rows = (row for g in range(len(reader.groups.sizes)) for row in reader.group(g))
+    for i, row in enumerate(rows):
+        if max_samples is not None and len(texts) >= max_samples:
+            break
+        wav = load_row_audio(row[audio_col], src, f"{name} row {i}")
+        if len(wav) > max_duration * audio.SAMPLE_RATE:
+            too_long += 1
+            continue
+        waves.append(wav)
+        texts.append(row[text_col] or "")
+    if too_long:
+        log.info("%s: %d rows longer than %g s left out of the evaluation set", name, too_long, max_duration)
     if not texts:
-        raise ValueError(f"{name}: no evaluation rows (after the {max_duration} s duration limit)")
-    return EvalSet(name, audio.log_mel_spectrogram(waves, n_mels=n_mels), texts)
+        raise ValueError(f"{name}: no evaluation rows (after the {max_duration:g} s duration limit)")
+    return EvalSet(name, audio.log_mel_spectrogram(waves, n_mels=n_mels, padding=n_frames * audio.HOP_LENGTH), texts)

@@ -33,7 +33,7 @@ from .convert import hf as hf_format
 from .convert import openai as openai_format
 from .evaluate import wer
 from .export_card import DISTIL_INFO, find_distil_info, model_card, read_distil_info
-from .export_verify import differences, format_table, verification_clips, verify
+from .export_verify import clips_within, differences, format_table, verification_clips, verify
 from .models import Pretrained, load_pretrained
 from .token_layout import SpecialTokens
 from .utils import atomic_write, check_writable_dir, remove_stale_temporaries, write_error
@@ -251,6 +251,7 @@ def run(cfg: ExportConfig) -> int:
     remove_stale_outputs(cfg.output_dir)
     clips = verification_clips(cfg.verify_audio, cfg.verify_max_clips) if cfg.verify else []
     pre = load_pretrained(cfg.model)
+    clips = clips_within(clips, pre.config.input_seconds, cfg.verify_audio) if clips else clips
     paths = export(pre, formats, cfg.output_dir, cfg.dtype, cfg.overwrite)
     t_export = time.perf_counter() - t0
     print(f"\nexported {pre.source} in {t_export:.1f} s:")

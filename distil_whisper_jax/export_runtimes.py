@@ -54,8 +54,9 @@ def _openai(model: str, waves: list, threads: int, max_new_tokens: int) -> list[
 
     torch.set_num_threads(threads)
     net = whisper.load_model(model, device="cpu")
+    length = net.dims.n_audio_ctx * 2 * 160  # the model's input (15 s for a 750-position student), not 30 s
     mel = torch.stack(
-        [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)), net.dims.n_mels) for w in waves]
+        [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w), length), net.dims.n_mels) for w in waves]
     )
     options = whisper.DecodingOptions(
         language="en", without_timestamps=True, fp16=False, temperature=0.0, sample_len=max_new_tokens

@@ -10,6 +10,7 @@ f16.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ import jax
 import numpy as np
 
 from .assets import bundled_clips
+from .audio import SAMPLE_RATE, load_audio
 from .data import manifest_rows, resolve_path
 from .evaluate import english_normalizer, wer
 from .export_runtimes import finish_runtime, start_runtime
 from .models import Pretrained
 from .transcribe import transcribe
+
+log = logging.getLogger(__name__)
 
 RUNTIME = {"hf": "hf", "openai": "openai", "ggml": "whispercpp", "ggml-q8_0": "whispercpp"}
 RUNTIME_NAMES = {"hf": "transformers (PyTorch)", "openai": "openai-whisper", "whispercpp": "whisper.cpp"}
@@ -243,3 +247,27 @@ def verification_clips(manifest: str | None, max_clips: int | None = None) -> li
     if not clips:
         raise ValueError(f"--verify_audio {manifest}: manifest has no rows")
     return clips
+
+
+def clips_within(clips: Sequence[tuple[Path, str]], seconds: float, manifest: str | None) -> list[tuple[Path, str]]:
+    """The clips that fit the model's input (verification is short-form). Bundled clips longer than that
+    (a 15 s student) are left out with a log line; a ``--verify_audio`` clip that is too long is an error."""
+    kept = []
+    for path, text in clips:
+        length = len(load_audio(path)) / SAMPLE_RATE
+        if length <= seconds:
+            kept.append((path, text))
+        elif manifest is not None:
+            raise ValueError(
+                f"--verify_audio {manifest}: {path} is {length:.1f} s, longer than the model's {seconds:g} s input"
+            )
+    if len(kept) < len(clips):
+        log.info(
+            "verifying on %d of %d bundled clips: the others exceed the model's %g s input",
+            len(kept),
+            len(clips),
+            seconds,
+        )
+    if not kept:
+        raise ValueError(f"no verification clip fits the model's {seconds:g} s input; pass --verify_audio")
+    return kept

@@ -203,11 +203,13 @@ class Batcher:
     columns: Sequence[str]  # input columns written (common to all sources), audio column included
     batch_size: int  # static global batch of the compiled generation
     n_mels: int
+    n_frames: int = audio_lib.N_FRAMES  # the model's input length (1500 for a 750-position model)
 
     def features(self, units: list[Unit]) -> np.ndarray:
         """Log-mel of a batch, filled up to the static batch size with copies of its last row: a filler row
         then stops decoding when a real one does (silence may never emit EOT and would run to the cap)."""
-        mel = audio_lib.log_mel_spectrogram([u.audio.astype(np.float32) / 32768.0 for u in units], n_mels=self.n_mels)
+        waves = [u.audio.astype(np.float32) / 32768.0 for u in units]
+        mel = audio_lib.log_mel_spectrogram(waves, n_mels=self.n_mels, padding=self.n_frames * audio_lib.HOP_LENGTH)
         return np.concatenate([mel, np.repeat(mel[-1:], self.batch_size - len(units), axis=0)])
 
     def block_items(self, b: int, rows: Iterator[tuple[int, int, dict]]) -> Iterator[tuple]:

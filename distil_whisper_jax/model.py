@@ -1,15 +1,13 @@
 """Whisper in Flax linen: config, encoder, decoder with an explicit KV cache.
 
-One readable file, in the spirit of openai/whisper's ``model.py``. Parameter names mirror 🤗
-transformers' ``WhisperForConditionalGeneration`` so converters are a rename plus a transpose.
-Layers are always held *stacked* (one leading layer axis, as ``nn.scan`` lays them out): a student is
-a slice of its teacher, and the tree is the same whether the layers run as a scan or unrolled
-(``unroll=True``).
+One readable file, in the spirit of openai/whisper's ``model.py``. Parameter names mirror 🤗 transformers'
+``WhisperForConditionalGeneration`` so converters are a rename plus a transpose. Layers are always held
+*stacked* (one leading layer axis, as ``nn.scan`` lays them out): a student is a slice of its teacher, and
+the tree is the same whether the layers run as a scan or unrolled (``unroll=True``).
 
 Numerics that matter for parity with PyTorch: LayerNorm eps 1e-5, exact (erf) GELU, q scaled by
-``head_dim**-0.5`` after its bias, no bias on k projections, output projection tied to the token
-embedding. Parameters are fp32; ``dtype`` sets the compute dtype (bf16 on TPU); softmax and
-LayerNorm statistics run in fp32.
+``head_dim**-0.5`` after its bias, no bias on k projections, output projection tied to the token embedding.
+Parameters are fp32; ``dtype`` sets the compute dtype (bf16 on TPU); softmax and LayerNorm statistics in fp32.
 """
 
 from __future__ import annotations
@@ -67,6 +65,11 @@ class WhisperConfig:
     def n_frames(self) -> int:
         """Log-mel frames the encoder takes (conv2 has stride 2)."""
         return 2 * self.max_source_positions
+
+    @property
+    def input_seconds(self) -> float:
+        """Seconds of audio the encoder takes: one position per 20 ms (1500 → 30 s, 750 → 15 s)."""
+        return self.max_source_positions / 50
 
     @property
     def is_multilingual(self) -> bool:

@@ -106,6 +106,12 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     cfg.validate()
     sources, columns = _open_data(cfg)
     pre = load_pretrained(cfg.model_name_or_path)
+    window = pre.config.input_seconds
+    if cfg.max_duration_in_seconds > window:
+        raise data.DataConfigError(
+            f"--max_duration_in_seconds {cfg.max_duration_in_seconds:g}: the teacher's encoder takes {window:g} s "
+            f"of audio ({pre.config.max_source_positions} positions); pass --max_duration_in_seconds {window:g}"
+        )
     specials = special_tokens(pre.tokenizer)
     try:
         prompt = prompt_ids(specials, language=cfg.language, task=cfg.task, timestamps=cfg.return_timestamps)
@@ -131,7 +137,14 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
         if len(devices) > 1
         else jax.device_put(pre.params, devices[0])
     )
-    batcher = Batcher(cfg, sources, columns, cfg.per_device_eval_batch_size * len(devices), pre.config.num_mel_bins)
+    batcher = Batcher(
+        cfg,
+        sources,
+        columns,
+        cfg.per_device_eval_batch_size * len(devices),
+        pre.config.num_mel_bins,
+        pre.config.n_frames,
+    )
     dtype = DTYPES[cfg.dtype]
     pi, pc = data_blocks.process_info()
     return Settings(cfg, batcher, pre, prompt, options, dtype, devices, params, Path(cfg.output_dir), pi, pc)

@@ -155,6 +155,10 @@ def _check_pair(
         )
     if mse_weight and student_config.d_model != teacher_config.d_model:
         raise ValueError("mse_weight > 0 needs equal d_model")
+    if student_config.max_source_positions > teacher_config.max_source_positions:
+        raise ValueError(
+            f"the student's encoder takes more audio than the teacher's ({student_config.input_seconds:g} s)"
+        )
 
 
 def make_loss_fn(
@@ -245,7 +249,8 @@ def _make_encode(
         enc_t = teacher.apply(tv, batch["input_features"], method=Whisper.encode) if need_teacher else None
         deterministic = not (dropout and not freeze_encoder)
         sv = {"params": params}
-        enc_s = student.apply(sv, batch["input_features"], deterministic, method=Whisper.encode, rngs={"dropout": rng})
+        feats = batch["input_features"][..., : student.config.n_frames]  # a 15 s student: the clip is in the 1st half
+        enc_s = student.apply(sv, feats, deterministic, method=Whisper.encode, rngs={"dropout": rng})
         return (jax.lax.stop_gradient(enc_s) if freeze_encoder else enc_s), enc_t
 
     return encode

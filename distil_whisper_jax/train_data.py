@@ -420,9 +420,17 @@ def example_audio(ex: Example, sources: Sequence[data.Source], opts: DataOptions
     return wav
 
 
-def features(examples: Sequence[Example], sources: Sequence[data.Source], opts: DataOptions, n_mels: int) -> np.ndarray:
-    """Log-mel features [len(examples), n_mels, 3000] (decodes each example's audio)."""
-    return audio.log_mel_spectrogram([example_audio(e, sources, opts) for e in examples], n_mels=n_mels)
+def features(
+    examples: Sequence[Example],
+    sources: Sequence[data.Source],
+    opts: DataOptions,
+    n_mels: int,
+    n_frames: int = audio.N_FRAMES,
+) -> np.ndarray:
+    """Log-mel features [len(examples), n_mels, n_frames] (decodes each example's audio); ``n_frames`` is the
+    teacher's input (3000 = 30 s), a shorter-context student takes the first frames of these."""
+    waves = [example_audio(e, sources, opts) for e in examples]
+    return audio.log_mel_spectrogram(waves, n_mels=n_mels, padding=n_frames * audio.HOP_LENGTH)
 
 
 def collate_labels(examples: Sequence[Example], width: int, specials: SpecialTokens) -> dict[str, np.ndarray]:

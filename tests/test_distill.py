@@ -786,3 +786,42 @@ def test_labelled_dir_with_other_column_names_trains_without_column_flags(small_
     assert run(cfg) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3 and any(k.endswith("/wer") for r in rows for k in r)
+
+
+def test_short_context_student_trains_with_eval_losses_and_exports(small_models, labelled, tmp_path):
+    """A 750-position (15 s) student of the small teacher: the batch's features are sized for the teacher
+    (30 s), the student reads their first half; eval CE and KL are logged beside the WER; the final hf/
+    keeps 750 positions and a 15 s feature extractor. Asking for longer audio than the student takes is
+    refused before training."""
+    import dataclasses
+
+    from distil_whisper_jax.create_student import create_student
+    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.models import load_pretrained
+
+    teacher, _ = small_models
+    student = create_student(str(teacher), tmp_path / "s15", decoder_layers=2, max_source_positions=750)
+    out = tmp_path / "run"
+    cfg = _cfg(
+        (teacher, student),
+        labelled,
+        out,
+        max_steps=2,
+        warmup_steps=1,
+        eval_dataset_name=labelled,
+        max_eval_samples=3,
+        eval_steps=2,
+    )
+    with pytest.raises(ValueError, match="--max_duration_in_seconds 30: the student's encoder takes 15 s"):
+        run(dataclasses.replace(cfg, max_duration_in_seconds=30.0))
+    assert run(cfg) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if any(k.startswith("eval/") and k.endswith("/ce") for k in r)]
+    assert [r["step"] for r in evals] == [0, 2]
+    for r in evals:
+        (ce,) = [v for k, v in r.items() if k.startswith("eval/") and k.endswith("/ce")]
+        (kl,) = [v for k, v in r.items() if k.startswith("eval/") and k.endswith("/kl")]
+        assert 0 < ce < 20 and 0 <= kl < 20, r
+    hf = load_pretrained(out / "hf")
+    assert hf.config.max_source_positions == 750
+    assert json.loads((out / "hf" / "preprocessor_config.json").read_text())["chunk_length"] == 15

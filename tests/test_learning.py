@@ -93,3 +93,6 @@ def test_distilled_student_beats_the_fresh_one_on_heldout_speech(tiny, tmp_path)
     teacher = evals[0]["eval/heldout/teacher_wer"]
     assert teacher < 15, teacher  # the labels are good
     assert trained <= fresh - MARGIN, (fresh, trained, teacher)
+    # the eval losses on the references' text (teacher-forced) fall with the WER
+    assert evals[-1]["eval/heldout/ce"] < evals[0]["eval/heldout/ce"], evals
+    assert evals[-1]["eval/heldout/kl"] < evals[0]["eval/heldout/kl"], evals

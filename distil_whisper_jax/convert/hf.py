@@ -347,7 +347,13 @@ def write_hf_dir(
 
 def _write_processor(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
     save_tokenizer(tokenizer, path)  # also the legacy files other tools read
-    extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    seconds = config.input_seconds  # 15 for a 750-position student: transformers then pads to 15 s, not 30
+    if seconds != int(seconds):
+        raise ValueError(
+            f"max_source_positions {config.max_source_positions}: transformers' feature extractor needs a whole "
+            "number of seconds (a multiple of 50 positions)"
+        )
+    extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=int(seconds))
     files = {
         "preprocessor_config.json": extractor.to_dict(),  # what transformers 4.x and faster-whisper read
         "processor_config.json": {
