@@ -67,9 +67,10 @@ def make_student(
     if enc_map is not None:
         changes["encoder_layers"] = encoder_layers
     if max_source_positions is not None and max_source_positions != teacher_config.max_source_positions:
-        if not 0 < max_source_positions <= teacher_config.max_source_positions:
+        if not 0 < max_source_positions <= teacher_config.max_source_positions or max_source_positions % 50:
             raise ValueError(
-                f"max_source_positions must be in 1..{teacher_config.max_source_positions}, got {max_source_positions}"
+                f"max_source_positions must be a multiple of 50 (whole seconds of audio: 750 = 15 s) in "
+                f"50..{teacher_config.max_source_positions}, got {max_source_positions}"
             )
         changes["max_source_positions"] = max_source_positions
     config = teacher_config.replace(**changes)

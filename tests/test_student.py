@@ -72,6 +72,8 @@ def test_reduced_encoder_and_shorter_context(tiny):
     )
     with pytest.raises(ValueError, match="max_source_positions"):
         make_student(tiny.config, tiny.params, 2, max_source_positions=3000)
+    with pytest.raises(ValueError, match="multiple of 50"):  # 14.8 s: no whole-second feature extractor
+        make_student(tiny.config, tiny.params, 2, max_source_positions=740)
 
 
 def test_cli_writes_a_reloadable_student(tiny, tmp_path, caplog):
