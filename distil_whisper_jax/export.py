@@ -103,6 +103,8 @@ def check_exportable(config: Any, formats: Sequence[str]) -> None:
     for fmt in formats:
         try:
             SpecialTokens.from_vocab_size(config.vocab_size)  # every target needs the Whisper token layout
+            if fmt == "hf" and config.max_source_positions % 50:
+                raise ValueError(f"max_source_positions {config.max_source_positions} is not whole seconds (× 50)")
             if fmt == "openai":
                 openai_format.dims_from_config(config)
             elif fmt.startswith("ggml"):

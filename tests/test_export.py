@@ -356,8 +356,11 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
             ),
             ["ggml-q8_0"],
         )
-    with pytest.raises(ValueError, match="cannot export to ggml: .*1500"):
-        ex.check_exportable(config.replace(max_source_positions=750), ["ggml"])
+    ex.check_exportable(config.replace(max_source_positions=750), ["ggml", "hf", "openai"])  # a 15 s student
+    with pytest.raises(ValueError, match="cannot export to ggml: .*1..1500"):
+        ex.check_exportable(config.replace(max_source_positions=3000), ["ggml"])
+    with pytest.raises(ValueError, match="cannot export to hf: .*whole seconds"):
+        ex.check_exportable(config.replace(max_source_positions=740), ["hf"])
     with pytest.raises(ValueError, match="not a Whisper vocabulary size"):
         ex.check_exportable(config.replace(vocab_size=1000), ["hf"])
 
