@@ -123,6 +123,12 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
         ("delete.sh", ("--name", "t1"), ["--zone (TPU_ZONE)"]),
         ("create.sh", TPU + ("--accelerator-type",), ["--accelerator-type needs a value"]),
         ("label.sh", TPU + ("--output_dirr", "x"), ["unknown flag '--output_dirr'"]),
+        ("create.sh", TPU + ("--accelerator-type", "v4-8", "--spot=yes"), ["--spot takes no value"]),
+        (
+            "distill.sh",
+            TPU + ("--output-dir", "o", "--global-batch-size", "100", "--accelerator-type", "v4-32"),
+            ["not a multiple of the 16 devices"],
+        ),
     ],
 )
 def test_missing_or_bad_settings_fail_at_once_naming_them(fake, script, args, named):
@@ -130,6 +136,17 @@ def test_missing_or_bad_settings_fail_at_once_naming_them(fake, script, args, na
     assert res.returncode == 2 and fake.calls() == [], res.stderr
     for name in named:
         assert name in res.stderr, res.stderr
+
+
+def test_help_lists_every_flag_and_a_bad_boolean_variable_is_refused(fake):
+    for script in sorted(SCRIPTS.glob("*.sh")):
+        if script.name == "lib.sh":
+            continue
+        res = fake.run(script.name, "--help")
+        assert res.returncode == 0 and res.stdout.startswith("usage:") and "--dry-run" in res.stdout, script.name
+        assert "DRY_RUN" in res.stdout and "--name VALUE" in res.stdout, script.name
+    res = fake.run("create.sh", *TPU, "--accelerator-type", "v4-8", TPU_SPOT="yes")
+    assert res.returncode == 2 and "TPU_SPOT=yes: expected 0 or 1" in res.stderr and fake.calls() == []
 
 
 def test_create_builds_the_gcloud_command_and_reads_the_environment(fake):

@@ -50,6 +50,17 @@ die() {
 
 # parse_args "$@": sets the variables of the declared flags; arguments after `--` go to EXTRA_ARGS.
 parse_args() {
+  _parse_flags "$@"
+  local name var
+  for name in "${_OPT_ORDER[@]}"; do
+    var="${_OPT_VAR[$name]}"
+    if [[ "${_OPT_KIND[$name]}" == bool && "${!var}" != 0 && "${!var}" != 1 ]]; then
+      die "$var=${!var}: expected 0 or 1 (or the flag --$name)"
+    fi
+  done
+}
+
+_parse_flags() {
   while (($#)); do
     local arg="$1" value="" has_value=0
     shift
