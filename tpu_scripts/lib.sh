@@ -144,7 +144,9 @@ ssh_workers() {
   shift 2
   local flags
   mapfile -t flags < <(tpu_flags)
-  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${flags[@]}" "--worker=$worker" "$@" --command="$command"
+  # keep-alives: a preempted worker drops the connection within minutes instead of hanging the stage
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${flags[@]}" "--worker=$worker" "$@" \
+    --ssh-flag=-oServerAliveInterval=60 --ssh-flag=-oServerAliveCountMax=5 --command="$command"
 }
 
 # tpu_state: the TPU VM's state (READY, PREEMPTED, CREATING, ...), or NOT_FOUND when describe fails.
