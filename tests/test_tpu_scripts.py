@@ -87,7 +87,12 @@ def fake(tmp_path):
 
         def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
             return subprocess.run(
-                [str(SCRIPTS / script), *args], env={**self.env, **env}, capture_output=True, text=True, timeout=60
+                [str(SCRIPTS / script), *args],
+                env={**self.env, **env},
+                cwd=self.tmp,  # also the "worker's" home when FAKE_SSH_EXEC runs its commands here
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
 
         def calls(self) -> list[list[str]]:
