@@ -234,9 +234,9 @@ def _init_runtime(cfg: DistillConfig) -> None:
     if cfg.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", str(Path(cfg.cache_dir) / "jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    if cfg.distributed:
+    if cfg.multi_host:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; TPUs use ICI/DCN
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+        cfg.init_distributed()
 
 
 def max_duration(cfg: DistillConfig, student: Pretrained) -> float:

@@ -13,9 +13,10 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from . import wer_filter
+from . import multihost, wer_filter
 from .config import flag
 from .losses import default_ce_weight
+from .multihost import MultiHostConfig
 
 DTYPES = ("float32", "bfloat16")
 _DEFAULT_CACHE = str(Path.home() / ".cache" / "distil_whisper_jax")
@@ -52,16 +53,13 @@ RESUME_MAY_CHANGE = (
     "cache_encoder_outputs_max_gb",
     "compilation_cache",
     "cache_dir",
-    "distributed",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
+    *multihost.FIELDS,
 )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DistillConfig:
-    """One distillation run (the flags of ``run_distillation.py``)."""
+class DistillConfig(MultiHostConfig):
+    """One distillation run (the flags of ``run_distillation.py``; the multi-host ones are shared)."""
 
     # models
     model_name_or_path: str = flag(
@@ -222,12 +220,6 @@ class DistillConfig:
         group="training",
     )
     cache_dir: str = flag(_DEFAULT_CACHE, "where --compilation_cache keeps compiled programs", group="training")
-    distributed: bool = flag(
-        False, "call jax.distributed.initialize() (multi-host; on TPU pods it needs no arguments)", group="training"
-    )
-    coordinator_address: str | None = flag(None, "with --distributed: host:port of process 0", group="training")
-    num_processes: int | None = flag(None, "with --distributed: number of processes", group="training")
-    process_id: int | None = flag(None, "with --distributed: this process's index", group="training")
 
     @property
     def effective_ce_weight(self) -> float:
@@ -267,16 +259,14 @@ def _check_counts(cfg: DistillConfig) -> None:
         "save_total_limit",
         "max_eval_samples",
         "generation_max_length",
-        "num_processes",
     ]
     for name in at_least_one:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be ≥ 1, got {value}")
-    for name in ("warmup_steps", "process_id"):
-        value = getattr(cfg, name)
-        if value is not None and value < 0:
-            raise ValueError(f"--{name} must be ≥ 0, got {value}")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"--warmup_steps must be ≥ 0, got {cfg.warmup_steps}")
+    cfg.check_multi_host()
 
 
 def _check_numbers(cfg: DistillConfig) -> None:

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from . import audio, config, data, data_blocks, eval_report, transcribe
 from .decoding import Decoder, check_assistant_mode, decoder
 from .evaluate import normalizer_for
-from .label_config import MultiHostConfig
 from .models import load_pretrained
+from .multihost import MultiHostConfig
 from .train_data import load_row_audio
 from .utils import check_writable_dir
 

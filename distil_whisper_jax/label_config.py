@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-import jax
-
-from . import config, wer_filter
+from . import config, multihost, wer_filter
 from .data import DataConfigError
+from .multihost import MultiHostConfig
 
 # Fields that do not change what is written: a restarted run may change them (batch size, devices,
 # processes, where the 🤗 cache lives, whether bad input fails the job).
@@ -20,43 +19,15 @@ RUN_ONLY_FIELDS = (
     "per_device_eval_batch_size",
     "num_local_devices",
     "strict",
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-    "jax_distributed",
+    *multihost.FIELDS,
 )
 
-DATA, OUTPUT, TEACHER, FILTER, MULTI = (
+DATA, OUTPUT, TEACHER, FILTER = (
     "data",
     "output",
     "teacher and generation",
     "filtering, concatenation, bad input",
-    "multi-host (jax.distributed)",
 )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MultiHostConfig:
-    """The multi-host flags of a stage that splits its rows over processes (labelling, evaluation)."""
-
-    coordinator_address: str | None = config.flag(None, "host:port of process 0", group=MULTI)
-    num_processes: int | None = config.flag(None, "number of processes", group=MULTI)
-    process_id: int | None = config.flag(None, "this process's index", group=MULTI)
-    jax_distributed: bool = config.flag(
-        False, "call jax.distributed.initialize() with no arguments (TPU pods, SLURM)", group=MULTI
-    )
-
-    def init_distributed(self) -> None:
-        """``jax.distributed.initialize`` when a coordinator (or ``--jax_distributed``) is given."""
-        if self.coordinator_address or self.jax_distributed:
-            kw = {}
-            if self.coordinator_address:
-                kw = dict(
-                    coordinator_address=self.coordinator_address,
-                    num_processes=self.num_processes,
-                    process_id=self.process_id,
-                )
-            jax.distributed.initialize(**kw)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -10,6 +10,11 @@ from typing import Literal
 import pytest
 
 from distil_whisper_jax import config
+from distil_whisper_jax.distill_config import DistillConfig
+from distil_whisper_jax.distill_setup import check_resume
+from distil_whisper_jax.evaluation import EvalConfig
+from distil_whisper_jax.label_config import PseudoLabelConfig
+from distil_whisper_jax.multihost import MultiHostConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +114,25 @@ def test_cli_logging_follows_stderr_after_a_capture_closes_it(monkeypatch, capsy
         for h in root.handlers:
             if h not in before:
                 root.removeHandler(h)
+
+
+def test_every_multi_host_stage_takes_the_same_flags_and_distributed_stays_an_alias():
+    for cls in (PseudoLabelConfig, DistillConfig, EvalConfig):
+        assert issubclass(cls, MultiHostConfig), cls
+    base = ["--model_name_or_path", "s", "--train_dataset_name", "d", "--output_dir", "o", "--max_steps", "2"]
+    old = config.parse(DistillConfig, [*base, "--distributed", "--num_processes", "2", "--process_id", "1"])
+    new = config.parse(DistillConfig, [*base, "--jax_distributed"])
+    assert old.jax_distributed and new.jax_distributed and old.multi_host
+    assert not config.parse(DistillConfig, base).multi_host
+    labelled = config.parse(PseudoLabelConfig, ["--dataset_name", "x", "--output_dir", "o", "--distributed"])
+    assert labelled.jax_distributed
+    with pytest.raises(ValueError, match="--process_id 2 must be < --num_processes 2"):
+        dataclasses.replace(old, process_id=2).validate()
+    # a run stored before the rename (field "distributed") resumes under the new name, launched differently
+    stored = {k: v for k, v in config.to_dict(old).items() if k != "jax_distributed"}
+    stored["distributed"] = True
+    meta = {"config": {"d_model": 4}, "global_batch": 8, "teacher_sha256": "t", "teacher": "t"}
+    check_resume(new, {**meta, "run_config": stored}, {**meta, "run_config": config.to_dict(new)})
+    with pytest.raises(ValueError, match="--max_steps"):
+        changed = config.to_dict(dataclasses.replace(new, max_steps=3))
+        check_resume(new, {**meta, "run_config": stored}, {**meta, "run_config": changed})

