@@ -95,6 +95,8 @@ def _run(
     b, cap = prompts.shape
     n = opts.max_new_tokens
     logits, no_speech_prob, cache = _prefill(model, params, mel, prompts, lens - 1, sot, cap + n, no_speech, shards)
+    done = lens == 0  # filler rows (batch padding) generate nothing
+    lens = jnp.maximum(lens, 1)
 
     def cond(state):
         step, _, _, _, done, _ = state
@@ -112,7 +114,7 @@ def _run(
         return step + 1, gen, cache, logits, done, sum_lp
 
     gen = jnp.full((b, n), opts.eot, jnp.int32)
-    state = (jnp.int32(0), gen, cache, logits, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32))
+    state = (jnp.int32(0), gen, cache, logits, done, jnp.zeros((b,), jnp.float32))
     _, gen, _, _, _, sum_lp = jax.lax.while_loop(cond, body, state)
     return gen, sum_lp, no_speech_prob
 
@@ -143,9 +145,10 @@ def generate_prompted(
     devices: list | None = None,
 ) -> PromptedResult:
     """Decode log-mel ``mel`` [B, M, F] after right-padded ``prompts`` [B, P] of ``prompt_lens`` [B] real
-    tokens (``<|startoftranscript|>`` at ``sot_index`` [B]), at ``temperatures`` [B] with PRNG ``keys``
-    [B, 2] (uint32). ``options`` must have the timestamp rules on. The batch must be a multiple of the
-    device count (``devices``, default all local devices); ``params`` replicated on them beforehand."""
+    tokens (0: a filler row, which generates only EOT and costs no decoding steps), ``<|startoftranscript|>``
+    at ``sot_index`` [B], at ``temperatures`` [B] with PRNG ``keys`` [B, 2] (uint32). ``options`` must have
+    the timestamp rules on. The batch must be a multiple of the device count (``devices``, default all local
+    devices); ``params`` replicated on them beforehand."""
     if not options.return_timestamps or options.num_beams != 1:
         raise ValueError("generate_prompted decodes with timestamps, greedily or by sampling (num_beams=1)")
     if prompts.shape[1] + options.max_new_tokens > config.max_target_positions:
@@ -154,8 +157,8 @@ def generate_prompted(
             f"decoder's {config.max_target_positions} positions"
         )
     lens = np.asarray(prompt_lens, np.int32)
-    if lens.min() < 1 or lens.max() > prompts.shape[1]:
-        raise ValueError(f"prompt lengths must be in 1..{prompts.shape[1]}, got {lens.min()}..{lens.max()}")
+    if lens.min() < 0 or lens.max() > prompts.shape[1] or lens.max() == 0:
+        raise ValueError(f"prompt lengths must be in 0..{prompts.shape[1]} (not all 0), got {lens.min()}..{lens.max()}")
     devices = jax.local_devices() if devices is None else list(devices)
     args = (
         np.asarray(mel, np.float32),

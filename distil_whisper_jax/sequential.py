@@ -163,7 +163,7 @@ class _Runner:
         mel = np.zeros((b, c.num_mel_bins, c.n_frames), np.float32)
         prompts = np.full((b, self.capacity), self.specials.eot, np.int32)
         lens, sot, temps, seeks, temp_is = (np.zeros(b, np.int32) for _ in range(5))
-        lens[:], temps = 1, np.zeros(b, np.float32)
+        temps = np.zeros(b, np.float32)  # rows past len(files) are filler (prompt length 0)
         for r, f in enumerate(files):
             p = self.prompt(f)
             mel[r], prompts[r, : len(p)], lens[r], sot[r] = f.mel, p, len(p), p.index(self.specials.sot)
@@ -289,7 +289,7 @@ def _open(run: _Runner, load: Callable, i: int, name: str) -> _File:
     return f
 
 
-def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task, max_new_tokens, options, n_files):
+def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task, max_new_tokens, options):
     """The decoding setup: prompt capacity, generation options, batch rows (a multiple of the devices)."""
     c, specials = pre.config, special_tokens(pre.tokenizer)
     base = len(prompt_ids(specials, language, task, timestamps=True))
@@ -301,7 +301,7 @@ def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task,
         pre, specials, return_timestamps=True, max_new_tokens=min(cap_new, room), prompt_len=capacity
     )
     devices = list(devices) if devices else jax.local_devices()
-    batch = -(-min(batch_size, max(n_files, 1)) // len(devices)) * len(devices)
+    batch = -(-batch_size // len(devices)) * len(devices)
     if params is None:
         params = parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else pre.params
     window = round(chunked.input_seconds(c) * audio.SAMPLE_RATE)
@@ -326,17 +326,24 @@ def transcribe_files(
     max_new_tokens: int | None = None,
     options: SequentialOptions | None = None,
     on_done: Callable[[int], None] | None = None,
+    fixed_batch: bool = False,
+    stats: dict | None = None,
 ) -> list[dict]:
     """One dict per input in order: ``{"file", "text", "segments"}`` or ``{"file", "error"}``. ``load(i)``
     gives input ``i`` as a 16 kHz float32 waveform or an iterable of such blocks (``audio.stream_audio``),
     raising ``audio.AudioError`` for unreadable input. Segments carry openai-whisper's per-window
     ``temperature``, ``avg_logprob``, ``compression_ratio`` and ``no_speech_prob``. ``params``: ``pre``'s
-    parameters already placed on ``devices`` (default: placed here); ``on_done(i)`` as input ``i`` finishes."""
+    parameters already placed on ``devices`` (default: placed here); ``on_done(i)`` as input ``i`` finishes.
+    Batches have ``batch_size`` rows (rounded up to a multiple of the devices), fewer when there are fewer
+    files, unless ``fixed_batch`` (then every call runs the same compiled program). ``stats``, if given, receives
+    the counts of windows decoded, of fallbacks and the seconds of audio in the windows decoded."""
     options = options or SequentialOptions()
-    run = _runner(pre, params, batch_size, dtype, devices, language, task, max_new_tokens, options, len(names))
+    rows = batch_size if fixed_batch else min(batch_size, max(len(names), 1))
+    run = _runner(pre, params, rows, dtype, devices, language, task, max_new_tokens, options)
     results: list[dict] = [{"file": str(n)} for n in names]
     pending, active = deque(range(len(names))), []
-    counts = {"windows": 0, "fallbacks": 0}
+    counts = stats if stats is not None else {}
+    counts.update(windows=0, fallbacks=0, seconds=0.0)
 
     def fail(i: int, e: Exception) -> None:
         results[i]["error"] = str(e)
@@ -355,6 +362,7 @@ def transcribe_files(
         still = []
         for f, (ids, sum_lp, no_speech) in zip(active, run.step(active)):
             counts["windows"] += 1
+            counts["seconds"] += len(f.window) / audio.SAMPLE_RATE
             try:
                 _take(run, f, str(names[f.index]), ids, sum_lp, no_speech)
                 counts["fallbacks"] += f.window is not None

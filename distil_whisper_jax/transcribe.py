@@ -4,7 +4,8 @@
 
 Without ``--model`` it uses the bundled tiny.en. Prints ``file<TAB>text`` per input (input order), or
 writes ``--output_json``; ``--output_dir`` adds a ``.txt/.srt/.vtt/.json`` set per input. Each file must
-fit the model's input unless ``--long_form chunked`` (any length; see ``chunked.py``). Unreadable inputs
+fit the model's input unless ``--long_form chunked`` or ``sequential`` (any length; see ``chunked.py``,
+``sequential.py`` and docs/longform.md). Unreadable inputs
 are reported on stderr with the reason, counted, and make the exit status 1; the other files are still
 transcribed.
 """
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import audio, chunked, parallel, subtitles
+from . import audio, chunked, parallel, sequential, subtitles
 from . import config as config_lib
 from .generate import GenerationOptions, generate, generation_options, strip
 from .model import DTYPES
@@ -56,11 +57,31 @@ class TranscribeConfig:
     long_form: Literal["none", "chunked", "sequential"] = config_lib.flag(
         "none",
         "none: each file must fit the model's input (30 s); chunked: any length, overlapping windows decoded "
-        "in batches and merged, with timestamps (sequential: not implemented yet)",
+        "in batches and merged, with timestamps; sequential: any length, openai-whisper's algorithm (each window "
+        "starts at the last segment end, conditioned on the previous text, with temperature fallback)",
     )
     chunk_length_s: float | None = config_lib.flag(
         None, "window length for --long_form chunked (default and maximum: the model's input length)"
     )
+    temperature: float = config_lib.flag(0.0, "--long_form sequential: first sampling temperature (0: greedy)")
+    temperature_increment_on_fallback: float | None = config_lib.flag(
+        0.2, "--long_form sequential: temperature step when a window fails the thresholds below (0: no fallback)"
+    )
+    compression_ratio_threshold: float | None = config_lib.flag(
+        2.4, "--long_form sequential: decode again hotter when the text's gzip compression ratio is above this"
+    )
+    logprob_threshold: float | None = config_lib.flag(
+        -1.0, "--long_form sequential: decode again hotter when the average log-probability is below this"
+    )
+    no_speech_threshold: float | None = config_lib.flag(
+        0.6,
+        "--long_form sequential: a window is silence if its no-speech probability is above this (and its "
+        "log-probability below --logprob_threshold)",
+    )
+    condition_on_previous_text: bool = config_lib.flag(
+        True, "--long_form sequential: prompt each window with the text before it"
+    )
+    seed: int = config_lib.flag(0, "--long_form sequential: random seed of the temperature sampling")
     output_dir: str | None = config_lib.flag(
         None, "write FILE.txt, .srt, .vtt and .json per input here (timestamps are then always predicted)"
     )
@@ -73,7 +94,8 @@ class TranscribeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be ≥ 1, got {value}")
-        _check_long_form(self.long_form, self.chunk_length_s)
+        _check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
+        sequential_options(self)
         if self.chunk_length_s is not None and self.chunk_length_s <= 0:
             raise ValueError(f"--chunk_length_s must be > 0, got {self.chunk_length_s}")
         if self.output_dir:
@@ -130,14 +152,32 @@ def segments_from_tokens(
     return segments
 
 
-LONG_FORM_NOT_YET = ("sequential",)
+def sequential_options(cfg: TranscribeConfig) -> sequential.SequentialOptions:
+    """The ``--long_form sequential`` settings of ``cfg`` (``ValueError`` naming the flag when out of range):
+    temperatures from ``--temperature`` up to 1 in steps of ``--temperature_increment_on_fallback``."""
+    t0, step = cfg.temperature, cfg.temperature_increment_on_fallback
+    if step is not None and step < 0:
+        raise ValueError(f"--temperature_increment_on_fallback must be ≥ 0 or none, got {step}")
+    if not 0 <= t0 <= 100:
+        raise ValueError(f"--temperature must be in 0..100, got {t0}")
+    temps = (t0,) if not step else tuple(round(t, 6) for t in np.arange(t0, 1.0 + 1e-6, step)) or (t0,)
+    if not 0 <= cfg.seed < 2**31:
+        raise ValueError(f"--seed must be in 0..2**31-1, got {cfg.seed}")
+    return sequential.SequentialOptions(
+        temperatures=temps,
+        compression_ratio_threshold=cfg.compression_ratio_threshold,
+        logprob_threshold=cfg.logprob_threshold,
+        no_speech_threshold=cfg.no_speech_threshold,
+        condition_on_previous_text=cfg.condition_on_previous_text,
+        seed=cfg.seed,
+    )
 
 
-def _check_long_form(long_form: str, chunk_length_s: float | None) -> None:
-    if long_form in LONG_FORM_NOT_YET:
-        raise ValueError(f"--long_form {long_form} is not implemented yet; use --long_form chunked")
-    if long_form not in ("none", "chunked"):
+def _check_long_form(long_form: str, chunk_length_s: float | None, num_beams: int = 1) -> None:
+    if long_form not in ("none", "chunked", "sequential"):
         raise ValueError(f"--long_form must be none, chunked or sequential, got {long_form!r}")
+    if long_form == "sequential" and num_beams > 1:
+        raise ValueError("--long_form sequential decodes greedily (with temperature fallback); drop --num_beams")
     if chunk_length_s is not None and long_form != "chunked":
         raise ValueError("--chunk_length_s needs --long_form chunked")
 
@@ -199,6 +239,7 @@ def transcribe(
     long_form: str = "none",
     chunk_length_s: float | None = None,
     stride_length_s: float | None = None,
+    sequential_options: sequential.SequentialOptions | None = None,
 ) -> list[dict]:
     """Transcribe audio files; returns one dict per input in order: ``{"file", "text", "segments"}`` or
     ``{"file", "error"}`` for an input that could not be read. ``devices``: where to run (default all
@@ -207,12 +248,13 @@ def transcribe(
     ``long_form="none"``: each file must fit the model's input (30 s for Whisper); a longer one gets an
     error. ``"chunked"``: files of any length, cut into windows of ``chunk_length_s`` (default: the model's
     input length) overlapping by ``stride_length_s`` on each side (default: a sixth of the chunk); always
-    with timestamped segments."""
+    with timestamped segments. ``"sequential"``: openai-whisper's algorithm (``sequential.py``), also with
+    timestamped segments, its settings in ``sequential_options``."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
-    _check_long_form(long_form, chunk_length_s)
+    _check_long_form(long_form, chunk_length_s, num_beams)
     files = expand_inputs(paths)
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
     if long_form == "chunked":
@@ -234,6 +276,8 @@ def transcribe(
             lambda ids: pre.tokenizer.decode(ids, skip_special_tokens=True),
             on_done=lambda i: bar.update(1),
         )
+    elif long_form == "sequential":
+        results = _sequential(files, dec, language, task, max_new_tokens, sequential_options, bar)
     else:
         results = _short_form(files, dec, timestamps, bar)
     bar.close()
@@ -246,6 +290,28 @@ def transcribe(
         dec.seconds / max(elapsed, 1e-9),
         sum("error" in r for r in results),
     )
+    return results
+
+
+def _sequential(files: Sequence[Path], dec: _Decoder, language, task, max_new_tokens, options, bar) -> list[dict]:
+    """``--long_form sequential``: the files streamed block by block, on ``dec``'s devices and parameters."""
+    stats: dict = {}
+    results = sequential.transcribe_files(
+        [str(f) for f in files],
+        lambda i: audio.stream_audio(files[i]),
+        dec.pre,
+        params=dec.params,
+        batch_size=dec.batch_size,
+        dtype=DTYPES[dec.dtype],
+        devices=dec.devices,
+        language=language,
+        task=task,
+        max_new_tokens=max_new_tokens,
+        options=options,
+        on_done=lambda i: bar.update(1),
+        stats=stats,
+    )
+    dec.seconds += stats["seconds"]
     return results
 
 
@@ -262,7 +328,7 @@ def _short_form(files: Sequence[Path], dec: _Decoder, timestamps: bool, bar) -> 
                 if len(wav) > round(limit * audio.SAMPLE_RATE):
                     raise audio.AudioError(
                         f"{files[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
-                        f"{limit:g} s input; use --long_form chunked for long recordings"
+                        f"{limit:g} s input; use --long_form chunked or sequential for long recordings"
                     )
             except audio.AudioError as e:
                 results[i]["error"] = str(e)
@@ -334,6 +400,7 @@ def run(cfg: TranscribeConfig) -> int:
         max_new_tokens=cfg.max_new_tokens,
         long_form=cfg.long_form,
         chunk_length_s=cfg.chunk_length_s,
+        sequential_options=sequential_options(cfg) if cfg.long_form == "sequential" else None,
     )
     for r in results:
         if "error" in r:
