@@ -188,3 +188,15 @@ def test_sequential_flags_are_checked_before_any_work(recording, capsys):  # noq
     assert tr.sequential_options(cfg).temperatures == (0.5, 0.7, 0.9)
     cfg = tr.TranscribeConfig(inputs=(long,), long_form="sequential", temperature_increment_on_fallback=0)
     assert tr.sequential_options(cfg).temperatures == (0.0,)
+
+
+def test_a_window_source_holds_only_the_current_window():
+    """Two hours in 1 s blocks through the window reader: the buffer never holds more than a window and a block."""
+    sr, n_blocks, window = audio.SAMPLE_RATE, 7200, 30 * audio.SAMPLE_RATE
+    blocks = (np.full(sr, i, np.float32) for i in range(n_blocks))
+    samples, seek, most = sequential._Samples(blocks), 0, 0
+    while len(w := samples.window(seek, window)):
+        assert w[0] == seek // sr and len(w) == min(window, n_blocks * sr - seek)
+        most = max(most, len(samples.buf))
+        seek += 29 * sr + 123  # as a window that ends at its last complete segment
+    assert samples.total == n_blocks * sr and most <= window + sr
