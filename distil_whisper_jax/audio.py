@@ -115,7 +115,10 @@ def stream_audio(path: _PathLike, block_samples: int = N_SAMPLES) -> Iterator[np
             blocks = (
                 b.mean(axis=1, dtype=np.float32) for b in f.blocks(block_samples, dtype="float32", always_2d=True)
             )
-            yield from _checked_blocks(blocks, name)
+            try:
+                yield from _checked_blocks(blocks, name)
+            except (sf.LibsndfileError, RuntimeError) as e:  # damage further into the file
+                raise AudioError(f"{name}: cannot decode the audio after the start ({_soundfile_reason(e)})") from e
     elif shutil.which("ffmpeg"):
         yield from _checked_blocks(_ffmpeg_stream(name, block_samples, reason), name)
     else:
