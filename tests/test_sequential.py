@@ -200,3 +200,14 @@ def test_a_window_source_holds_only_the_current_window():
         most = max(most, len(samples.buf))
         seek += 29 * sr + 123  # as a window that ends at its last complete segment
     assert samples.total == n_blocks * sr and most <= window + sr
+
+
+def test_unreadable_inputs_are_reported_per_file(tiny, tmp_path):
+    (tmp_path / "text.mp3").write_text("not audio")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), audio.SAMPLE_RATE)
+    paths = [tmp_path / "missing.flac", tmp_path / "text.mp3", tmp_path / "empty.wav"]
+    results = _seq(tiny, paths)
+    assert [r["file"] for r in results] == [str(p) for p in paths]
+    assert "missing.flac: no such audio file" in results[0]["error"]
+    assert "text.mp3: not a decodable audio file" in results[1]["error"]
+    assert "empty.wav: zero-length audio" in results[2]["error"]
