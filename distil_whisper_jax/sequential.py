@@ -212,27 +212,28 @@ def _is_silence(o: SequentialOptions, avg_logprob: float, no_speech: float) -> b
 
 
 def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict) -> None:
-    """Take a window's output: add its segments and tokens to the file and move its window on."""
+    """Take a window's output: add its segments and tokens to the file and move its window on. A window
+    taken as silence only moves on (the prompt is left as it was, as openai-whisper does)."""
     o, sr = run.options, audio.SAMPLE_RATE
     size = len(f.window)
+    f.temp_i = 0
     if _is_silence(o, stats["avg_logprob"], stats["no_speech_prob"]):
         log.info("%s: %.2f-%.2f s taken as silence (no-speech probability %.2f)", name, f.seek / sr,
                  (f.seek + size) / sr, stats["no_speech_prob"])  # fmt: skip
         f.seek += size
-    else:
-        pieces, advance = split_window(ids, run.specials.timestamp_begin, size)
-        offset = f.seek / sr
-        for start, end, piece in pieces:
-            text = run.decode_text([t for t in piece if t < run.specials.eot])
-            if start == end or not text.strip():
-                continue
-            f.tokens += piece
-            seg = {"start": round(offset + start, 2), "end": round(offset + end, 2), "text": text}
-            f.segments.append({**seg, **stats})
-        f.seek += advance
+        return
+    pieces, advance = split_window(ids, run.specials.timestamp_begin, size)
+    offset = f.seek / sr
+    for start, end, piece in pieces:
+        text = run.decode_text([t for t in piece if t < run.specials.eot])
+        if start == end or not text.strip():
+            continue
+        f.tokens += piece
+        seg = {"start": round(offset + start, 2), "end": round(offset + end, 2), "text": text}
+        f.segments.append({**seg, **stats})
+    f.seek += advance
     if not o.condition_on_previous_text or stats["temperature"] > 0.5:
         f.reset_since = len(f.tokens)
-    f.temp_i = 0
 
 
 def _finish(run: _Runner, f: _File) -> dict:
