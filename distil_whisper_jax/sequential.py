@@ -236,7 +236,7 @@ def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict) -> N
         f.reset_since = len(f.tokens)
 
 
-def _finish(run: _Runner, f: _File) -> dict:
+def _finish(run: _Runner, f: _File, name: str) -> dict:
     """``{"text", "segments"}``: segment times clipped to the audio and made monotonic."""
     duration = round(f.samples.total / audio.SAMPLE_RATE, 2)
     prev = 0.0
@@ -244,6 +244,9 @@ def _finish(run: _Runner, f: _File) -> dict:
         s["start"] = min(max(s["start"], prev), duration)
         s["end"] = prev = min(max(s["end"], s["start"]), duration)
     text = run.decode_text([t for t in f.tokens if t < run.specials.eot]).strip()
+    hot = sum(s["temperature"] > 0 for s in f.segments)
+    log.info("%s: %.1f s, %d segments (%d from a window decoded at a temperature > 0)", name, duration,
+             len(f.segments), hot)  # fmt: skip
     return {"text": text, "segments": f.segments}
 
 
@@ -368,7 +371,7 @@ def transcribe_files(
                 _take(run, f, str(names[f.index]), ids, sum_lp, no_speech)
                 counts["fallbacks"] += f.window is not None
                 if f.window is None and not _load_window(run, f):
-                    results[f.index].update(_finish(run, f))
+                    results[f.index].update(_finish(run, f, str(names[f.index])))
                     if on_done:
                         on_done(f.index)
                     continue
