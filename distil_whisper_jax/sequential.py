@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import audio, chunked, parallel
 from .generate import GenerationOptions, generation_options
@@ -332,6 +333,7 @@ def transcribe_files(
     on_done: Callable[[int], None] | None = None,
     fixed_batch: bool = False,
     stats: dict | None = None,
+    progress: bool = False,
 ) -> list[dict]:
     """One dict per input in order: ``{"file", "text", "segments"}`` or ``{"file", "error"}``. ``load(i)``
     gives input ``i`` as a 16 kHz float32 waveform or an iterable of such blocks (``audio.stream_audio``),
@@ -340,7 +342,8 @@ def transcribe_files(
     parameters already placed on ``devices`` (default: placed here); ``on_done(i)`` as input ``i`` finishes.
     Batches have ``batch_size`` rows (rounded up to a multiple of the devices), fewer when there are fewer
     files, unless ``fixed_batch`` (then every call runs the same compiled program). ``stats``, if given, receives
-    the counts of windows decoded, of fallbacks and the seconds of audio in the windows decoded."""
+    the counts of windows decoded, of fallbacks and the seconds of audio in the windows decoded. ``progress``:
+    a tqdm bar of the seconds of audio transcribed (a single long file otherwise shows no progress)."""
     options = options or SequentialOptions()
     rows = batch_size if fixed_batch else min(batch_size, max(len(names), 1))
     run = _runner(pre, params, rows, dtype, devices, language, task, max_new_tokens, options)
@@ -348,6 +351,7 @@ def transcribe_files(
     pending, active = deque(range(len(names))), []
     counts = stats if stats is not None else {}
     counts.update(windows=0, fallbacks=0, seconds=0.0)
+    bar = tqdm(unit="audio-s", desc="sequential", disable=not progress, leave=False)
 
     def fail(i: int, e: Exception) -> None:
         results[i]["error"] = str(e)
@@ -368,7 +372,9 @@ def transcribe_files(
             counts["windows"] += 1
             counts["seconds"] += len(f.window) / audio.SAMPLE_RATE
             try:
+                before = f.seek
                 _take(run, f, str(names[f.index]), ids, sum_lp, no_speech)
+                bar.update(round((f.seek - before) / audio.SAMPLE_RATE, 2))
                 counts["fallbacks"] += f.window is not None
                 if f.window is None and not _load_window(run, f):
                     results[f.index].update(_finish(run, f, str(names[f.index])))
@@ -380,6 +386,7 @@ def transcribe_files(
                 continue
             still.append(f)
         active = still
+    bar.close()
     log.info(
         "sequential: %d windows decoded, %d of them again at a higher temperature",
         counts["windows"],

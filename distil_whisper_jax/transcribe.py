@@ -310,6 +310,7 @@ def _sequential(files: Sequence[Path], dec: _Decoder, language, task, max_new_to
         options=options,
         on_done=lambda i: bar.update(1),
         stats=stats,
+        progress=not bar.disable,
     )
     dec.seconds += stats["seconds"]
     return results
