@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Union
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "load_audio",
+    "stream_audio",
     "decode_audio_bytes",
     "resample",
     "pad_or_trim",
@@ -71,6 +72,12 @@ def load_audio(path: _PathLike, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
     downmix, which for stereo is the same mean), then resampled with ``resample`` (ffmpeg: its own resampler).
     Raises ``AudioError`` for a missing, empty, undecodable or zero-length file, or non-finite samples.
     """
+    name = _check_file(path)
+    return _decode(name, name, sampling_rate)
+
+
+def _check_file(path: _PathLike) -> str:
+    """The path as a string, after checking that it is a non-empty file (``AudioError`` otherwise)."""
     name = os.fspath(path)
     try:
         if not os.path.exists(name):
@@ -81,7 +88,80 @@ def load_audio(path: _PathLike, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
             raise AudioError(f"{name}: empty file (0 bytes), not audio")
     except OSError as e:
         raise AudioError(f"{name}: cannot access audio file ({e})") from e
-    return _decode(name, name, sampling_rate)
+    return name
+
+
+def stream_audio(path: _PathLike, block_samples: int = N_SAMPLES) -> Iterator[np.ndarray]:
+    """Decode an audio file block by block: float32 mono 16 kHz arrays of ``block_samples`` (the last one
+    shorter), so that a long recording is never held whole.
+
+    A file soundfile reads at 16 kHz is read in blocks (the same samples as ``load_audio``); anything else
+    goes through ``ffmpeg`` piped to this process (its resampler, not ``resample``'s, for other rates); without
+    ffmpeg the file is decoded whole by ``load_audio`` and handed out in blocks. Same ``AudioError`` cases
+    as ``load_audio``, raised when the generator is first advanced (or later, for damage further in)."""
+    if block_samples < 1:
+        raise ValueError(f"block_samples must be ≥ 1, got {block_samples}")
+    name = _check_file(path)
+    try:
+        f = sf.SoundFile(name)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        f, reason = None, _soundfile_reason(e)
+    if f is not None and f.samplerate != SAMPLE_RATE:
+        reason = f"{f.samplerate} Hz, not {SAMPLE_RATE}"
+        f.close()
+        f = None
+    if f is not None:
+        with f:
+            blocks = (
+                b.mean(axis=1, dtype=np.float32) for b in f.blocks(block_samples, dtype="float32", always_2d=True)
+            )
+            try:
+                yield from _checked_blocks(blocks, name)
+            except (sf.LibsndfileError, RuntimeError) as e:  # damage further into the file
+                raise AudioError(f"{name}: cannot decode the audio after the start ({_soundfile_reason(e)})") from e
+    elif shutil.which("ffmpeg"):
+        yield from _checked_blocks(_ffmpeg_stream(name, block_samples, reason), name)
+    else:
+        wav = load_audio(name)
+        yield from (wav[i : i + block_samples] for i in range(0, len(wav), block_samples))
+
+
+def _checked_blocks(blocks: Iterator[np.ndarray], name: str) -> Iterator[np.ndarray]:
+    """``blocks`` as contiguous float32, refusing non-finite samples and a stream without any sample."""
+    total = 0
+    for b in blocks:
+        if not np.isfinite(b).all():
+            raise AudioError(f"{name}: audio contains non-finite samples (NaN or inf)")
+        total += len(b)
+        if len(b):
+            yield np.ascontiguousarray(b, dtype=np.float32)
+    if total == 0:
+        raise AudioError(f"{name}: zero-length audio (the file decodes to no samples)")
+
+
+def _ffmpeg_stream(name: str, block_samples: int, sf_reason: str) -> Iterator[np.ndarray]:
+    """ffmpeg's float32 mono 16 kHz output, read from its stdout ``block_samples`` at a time."""
+    path = "file:" + os.path.abspath(name)
+    cmd = [shutil.which("ffmpeg") or "ffmpeg", *_FFMPEG_IN, path, *_FFMPEG_OUT, str(SAMPLE_RATE), "-"]
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as e:
+            raise AudioError(f"{name}: soundfile cannot read it ({sf_reason}) and ffmpeg failed to run ({e})") from e
+        try:
+            while data := proc.stdout.read(4 * block_samples):
+                yield np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4").astype(np.float32)
+            code = proc.wait()
+        finally:  # also when the consumer stops early: no ffmpeg left running
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if code != 0:
+            err.seek(0)
+            lines = err.read().decode("utf-8", "replace").strip().splitlines()
+            reason = lines[-1].replace(path, name) if lines else f"exit status {code}"
+            raise AudioError(f"{name}: not a decodable audio file (soundfile: {sf_reason}; ffmpeg: {reason})")
 
 
 def decode_audio_bytes(data: bytes, name: str, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -128,6 +208,26 @@ def _soundfile_reason(e: Exception) -> str:
     return reason
 
 
+# ffmpeg arguments before the input and after it (up to the sample rate): float32 mono output on stdout.
+_FFMPEG_IN = ("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i")
+# with float output ffmpeg does not normalise its downmix (stereo would be (L+R)*0.707);
+# rematrix_maxval=1 makes it (L+R)/2, the channel mean soundfile's path uses.
+_FFMPEG_OUT = (
+    "-vn",
+    "-map",
+    "0:a:0",
+    "-f",
+    "f32le",
+    "-acodec",
+    "pcm_f32le",
+    "-ac",
+    "1",
+    "-rematrix_maxval",
+    "1.0",
+    "-ar",
+)
+
+
 def _ffmpeg_decode(source: str | bytes, name: str, sampling_rate: int, sf_reason: str) -> np.ndarray:
     """Decode with the ffmpeg CLI to float32 mono at ``sampling_rate`` (stereo is downmixed to the mean)."""
     exe = shutil.which("ffmpeg")
@@ -144,33 +244,7 @@ def _ffmpeg_decode(source: str | bytes, name: str, sampling_rate: int, sf_reason
                 f.write(source)
         else:
             path = os.path.abspath(source)
-        cmd = [
-            exe,
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-threads",
-            "0",
-            "-i",
-            "file:" + path,
-            "-vn",
-            "-map",
-            "0:a:0",
-            "-f",
-            "f32le",
-            "-acodec",
-            "pcm_f32le",
-            "-ac",
-            "1",
-            # with float output ffmpeg does not normalise its downmix (stereo would be (L+R)*0.707);
-            # rematrix_maxval=1 makes it (L+R)/2, the channel mean soundfile's path uses.
-            "-rematrix_maxval",
-            "1.0",
-            "-ar",
-            str(sampling_rate),
-            "-",
-        ]
+        cmd = [exe, *_FFMPEG_IN, "file:" + path, *_FFMPEG_OUT, str(sampling_rate), "-"]
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
         except OSError as e:

@@ -48,6 +48,9 @@ class Decoder:
     params: Any
     batch_size: int
     seconds: float = 0.0  # audio decoded so far (long-form overlaps included)
+    language: str | None = None  # as asked for (sequential long-form builds its own prompts from these)
+    task: str = "transcribe"
+    max_new_tokens: int | None = None
     assistant: Pretrained | None = None
     assistant_params: Any = None
     num_assistant_tokens: int = 5
@@ -164,6 +167,7 @@ def decoder(
         else jax.device_put(pre.params, devices[0])
     )
     dec = Decoder(pre, tuple(prompt), opts, dtype, tuple(devices), params, batch_size)
+    dec.language, dec.task, dec.max_new_tokens = language, task, max_new_tokens
     if assistant is not None:
         dec.assistant, dec.num_assistant_tokens = assistant, int(num_assistant_tokens)
         dec.assistant_params = jax.device_put(assistant.params, devices[0])

@@ -4,7 +4,8 @@
 
 Without ``--model`` it uses the bundled tiny.en. Prints ``file<TAB>text`` per input (input order), or
 writes ``--output_json``; ``--output_dir`` adds a ``.txt/.srt/.vtt/.json`` set per input. Each file must
-fit the model's input unless ``--long_form chunked`` (any length; see ``chunked.py``). Unreadable inputs
+fit the model's input unless ``--long_form chunked`` or ``sequential`` (any length; see ``chunked.py``,
+``sequential.py`` and docs/longform.md). Unreadable inputs
 are reported on stderr with the reason, counted, and make the exit status 1; the other files are still
 transcribed.
 """
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import audio, chunked, subtitles
+from . import audio, chunked, sequential, subtitles
 from . import config as config_lib
 from .decoding import Decoder, check_assistant_mode, decoder
 from .model import DTYPES
@@ -55,7 +56,8 @@ class TranscribeConfig:
     long_form: Literal["none", "chunked", "sequential"] = config_lib.flag(
         "none",
         "none: each file must fit the model's input (30 s); chunked: any length, overlapping windows decoded "
-        "in batches and merged, with timestamps (sequential: not implemented yet)",
+        "in batches and merged, with timestamps; sequential: any length, openai-whisper's algorithm (each window "
+        "starts at the last segment end, conditioned on the previous text, with temperature fallback)",
     )
     chunk_length_s: float | None = config_lib.flag(
         None, "window length for --long_form chunked (default and maximum: the model's input length)"
@@ -63,6 +65,25 @@ class TranscribeConfig:
     output_dir: str | None = config_lib.flag(
         None, "write FILE.txt, .srt, .vtt and .json per input here (timestamps are then always predicted)"
     )
+    temperature: float = config_lib.flag(0.0, "--long_form sequential: first sampling temperature (0: greedy)")
+    temperature_increment_on_fallback: float | None = config_lib.flag(
+        0.2, "--long_form sequential: temperature step when a window fails the thresholds below (0: no fallback)"
+    )
+    compression_ratio_threshold: float | None = config_lib.flag(
+        2.4, "--long_form sequential: decode again hotter when the text's gzip compression ratio is above this"
+    )
+    logprob_threshold: float | None = config_lib.flag(
+        -1.0, "--long_form sequential: decode again hotter when the average log-probability is below this"
+    )
+    no_speech_threshold: float | None = config_lib.flag(
+        0.6,
+        "--long_form sequential: a window is silence if its no-speech probability is above this (and its "
+        "log-probability below --logprob_threshold)",
+    )
+    condition_on_previous_text: bool = config_lib.flag(
+        True, "--long_form sequential: prompt each window with the text before it"
+    )
+    seed: int = config_lib.flag(0, "--long_form sequential: random seed of the temperature sampling")
     assistant_model: str | None = config_lib.flag(
         None,
         "speculative decoding: a smaller model with the same tokenizer (e.g. a distilled student) drafts tokens "
@@ -78,7 +99,8 @@ class TranscribeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be ≥ 1, got {value}")
-        _check_long_form(self.long_form, self.chunk_length_s)
+        _check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
+        sequential_options(self)
         check_assistant_mode(self.assistant_model, self.long_form, self.num_beams)
         if self.num_assistant_tokens < 1:
             raise ValueError(f"--num_assistant_tokens must be ≥ 1, got {self.num_assistant_tokens}")
@@ -138,19 +160,37 @@ def segments_from_tokens(
     return segments
 
 
-LONG_FORM_NOT_YET = ("sequential",)
+def sequential_options(cfg: TranscribeConfig) -> sequential.SequentialOptions:
+    """The ``--long_form sequential`` settings of ``cfg`` (``ValueError`` naming the flag when out of range):
+    temperatures from ``--temperature`` up to 1 in steps of ``--temperature_increment_on_fallback``."""
+    t0, step = cfg.temperature, cfg.temperature_increment_on_fallback
+    if step is not None and step < 0:
+        raise ValueError(f"--temperature_increment_on_fallback must be ≥ 0 or none, got {step}")
+    if not 0 <= t0 <= 100:
+        raise ValueError(f"--temperature must be in 0..100, got {t0}")
+    temps = (t0,) if not step else tuple(round(t, 6) for t in np.arange(t0, 1.0 + 1e-6, step)) or (t0,)
+    if not 0 <= cfg.seed < 2**31:
+        raise ValueError(f"--seed must be in 0..2**31-1, got {cfg.seed}")
+    return sequential.SequentialOptions(
+        temperatures=temps,
+        compression_ratio_threshold=cfg.compression_ratio_threshold,
+        logprob_threshold=cfg.logprob_threshold,
+        no_speech_threshold=cfg.no_speech_threshold,
+        condition_on_previous_text=cfg.condition_on_previous_text,
+        seed=cfg.seed,
+    )
 
 
-def check_long_form(long_form: str, chunk_length_s: float | None) -> None:
-    """``ValueError`` naming the flag for a long-form mode that is not available or a misplaced window length."""
-    _check_long_form(long_form, chunk_length_s)
+def check_long_form(long_form: str, chunk_length_s: float | None, num_beams: int = 1) -> None:
+    """``ValueError`` naming the flag for an unknown long-form mode or a misplaced window length."""
+    _check_long_form(long_form, chunk_length_s, num_beams)
 
 
-def _check_long_form(long_form: str, chunk_length_s: float | None) -> None:
-    if long_form in LONG_FORM_NOT_YET:
-        raise ValueError(f"--long_form {long_form} is not implemented yet; use --long_form chunked")
-    if long_form not in ("none", "chunked"):
+def _check_long_form(long_form: str, chunk_length_s: float | None, num_beams: int = 1) -> None:
+    if long_form not in ("none", "chunked", "sequential"):
         raise ValueError(f"--long_form must be none, chunked or sequential, got {long_form!r}")
+    if long_form == "sequential" and num_beams > 1:
+        raise ValueError("--long_form sequential decodes greedily (with temperature fallback); drop --num_beams")
     if chunk_length_s is not None and long_form != "chunked":
         raise ValueError("--chunk_length_s needs --long_form chunked")
 
@@ -172,6 +212,7 @@ def transcribe(
     stride_length_s: float | None = None,
     assistant_model: str | Pretrained | None = None,
     num_assistant_tokens: int = 5,
+    sequential_options: sequential.SequentialOptions | None = None,
 ) -> list[dict]:
     """Transcribe audio files; returns one dict per input in order: ``{"file", "text", "segments"}`` or
     ``{"file", "error"}`` for an input that could not be read. ``devices``: where to run (default all
@@ -181,12 +222,14 @@ def transcribe(
     error. ``"chunked"``: files of any length, cut into windows of ``chunk_length_s`` (default: the model's
     input length) overlapping by ``stride_length_s`` on each side (default: a sixth of the chunk); always
     with timestamped segments. ``assistant_model``: speculative decoding (greedy only; the same text, drafted
-    by a smaller model that shares the tokenizer); the acceptance rate is logged."""
+    by a smaller model that shares the tokenizer); the acceptance rate is logged. ``"sequential"``:
+    openai-whisper's algorithm (``sequential.py``), files streamed block by block, also with timestamped
+    segments, its settings in ``sequential_options``."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
-    _check_long_form(long_form, chunk_length_s)
+    _check_long_form(long_form, chunk_length_s, num_beams)
     check_assistant_mode(assistant_model, long_form, num_beams)
     files = expand_inputs(paths)
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
@@ -203,13 +246,18 @@ def transcribe(
     names = [str(f) for f in files]
     results = transcribe_loaded(
         names,
-        lambda i: audio.load_audio(files[i]),
+        # sequential reads a file block by block (bounded memory for recordings of hours)
+        (lambda i: audio.stream_audio(files[i]))
+        if long_form == "sequential"
+        else (lambda i: audio.load_audio(files[i])),
         dec,
         long_form,
         chunk_length_s,
         stride_length_s,
         return_timestamps=timestamps,
         on_done=lambda i: bar.update(1),
+        sequential_options=sequential_options,
+        progress=progress,
     )
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -241,11 +289,16 @@ def transcribe_loaded(
     stride_length_s: float | None = None,
     return_timestamps: bool = False,
     on_done: Callable[[int], None] | None = None,
+    sequential_options: sequential.SequentialOptions | None = None,
+    progress: bool = False,
 ) -> list[dict]:
-    """Transcribe inputs given by name and loader: ``load(i)`` returns input ``i``'s 16 kHz waveform or
-    raises ``audio.AudioError`` (then its result is ``{"file", "error"}``). The long-form dispatch of
-    ``transcribe``; ``dec`` (from ``decoder``) must have a timestamp prompt for long-form."""
+    """Transcribe inputs given by name and loader: ``load(i)`` returns input ``i``'s 16 kHz waveform (for
+    sequential also an iterable of blocks) or raises ``audio.AudioError`` (then its result is ``{"file",
+    "error"}``). The long-form dispatch of ``transcribe``; ``dec`` (from ``decoder``) must have a timestamp
+    prompt for long-form."""
     _check_long_form(long_form, chunk_length_s)
+    if long_form == "sequential":
+        return _sequential(names, load, dec, sequential_options, on_done, progress)
     if long_form == "chunked":
         chunk, stride = chunked.window_sizes(dec.pre.config, chunk_length_s, stride_length_s)
         specials = special_tokens(dec.pre.tokenizer)
@@ -262,6 +315,29 @@ def transcribe_loaded(
             on_done=on_done,
         )
     return _short_form(names, load, dec, return_timestamps, on_done)
+
+
+def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> list[dict]:
+    """``--long_form sequential`` on ``dec``'s model, devices, parameters and language."""
+    stats: dict = {}
+    results = sequential.transcribe_files(
+        names,
+        load,
+        dec.pre,
+        params=dec.params,
+        batch_size=dec.batch_size,
+        dtype=DTYPES[dec.dtype],
+        devices=dec.devices,
+        language=dec.language,
+        task=dec.task,
+        max_new_tokens=dec.max_new_tokens,
+        options=options,
+        on_done=on_done,
+        stats=stats,
+        progress=progress,
+    )
+    dec.seconds += stats["seconds"]
+    return results
 
 
 def _short_form(
@@ -283,7 +359,7 @@ def _short_form(
                 if len(wav) > round(limit * audio.SAMPLE_RATE):
                     raise audio.AudioError(
                         f"{names[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
-                        f"{limit:g} s input; use --long_form chunked for long recordings"
+                        f"{limit:g} s input; use --long_form chunked or sequential for long recordings"
                     )
             except audio.AudioError as e:
                 results[i]["error"] = str(e)
@@ -359,6 +435,7 @@ def run(cfg: TranscribeConfig) -> int:
         chunk_length_s=cfg.chunk_length_s,
         assistant_model=cfg.assistant_model,
         num_assistant_tokens=cfg.num_assistant_tokens,
+        sequential_options=sequential_options(cfg) if cfg.long_form == "sequential" else None,
     )
     for r in results:
         if "error" in r:
