@@ -260,10 +260,15 @@ def transcribe(
         progress=progress,
     )
     bar.close()
-    elapsed = time.perf_counter() - t0
+    _log_summary(results, dec, time.perf_counter() - t0)
+    return results
+
+
+def _log_summary(results: Sequence[dict], dec: Decoder, elapsed: float) -> None:
+    """One line of what was done (and the assistant's acceptance with speculative decoding)."""
     log.info(
         "transcribed %d files (%.1f s of audio decoded) in %.1f s: %.1f audio-s/s, %d unreadable",
-        len(files),
+        len(results),
         dec.seconds,
         elapsed,
         dec.seconds / max(elapsed, 1e-9),
@@ -277,7 +282,6 @@ def transcribe(
             100.0 * (dec.acceptance or 0.0),
             dec.passes,
         )
-    return results
 
 
 def transcribe_loaded(
