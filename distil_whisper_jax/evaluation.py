@@ -78,7 +78,10 @@ class EvalConfig(MultiHostConfig):
     num_beams: int = config.flag(1, "beam width (1: greedy)", group=MODEL, aliases=("--generation_num_beams",))
     max_new_tokens: int | None = config.flag(None, "cap on generated tokens per input", group=MODEL)
     long_form: Literal["none", "chunked", "sequential"] = config.flag(
-        "none", "none: rows longer than the model's input are counted, not scored; chunked: any length", group=MODEL
+        "none",
+        "none: rows longer than the model's input are counted, not scored; chunked / sequential: any length "
+        "(sequential with openai-whisper's default thresholds and temperature fallback)",
+        group=MODEL,
     )
     chunk_length_s: float | None = config.flag(None, "window length for --long_form chunked", group=MODEL)
     output_dir: str = config.flag(help="where results.json, results.md (and predictions.csv) go", group=OUTPUT)
@@ -94,7 +97,7 @@ class EvalConfig(MultiHostConfig):
             raise ValueError(f"--max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise ValueError(f"--num_beams must be ≥ 1, got {self.num_beams}")
-        transcribe.check_long_form(self.long_form, self.chunk_length_s)
+        transcribe.check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
         check_assistant_mode(self.assistant_model_name_or_path, self.long_form, self.num_beams, ASSISTANT_FLAG)
         if Path(self.output_dir).is_file():
             raise ValueError(f"--output_dir {self.output_dir}: is a file; give a directory")

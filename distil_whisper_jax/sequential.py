@@ -92,7 +92,8 @@ def split_window(ids: Sequence[int], timestamp_begin: int, window_samples: int) 
         segments.append((step(piece[0]), step(piece[-1]), piece))
         last = cut
     advance = window_samples if single_ending else (ids[last - 1] - timestamp_begin) * SAMPLES_PER_TIMESTAMP
-    return segments, advance if advance > 0 else window_samples
+    # never past the window: a shorter-context model (15 s) can still emit timestamps up to 30 s
+    return segments, min(advance, window_samples) if advance > 0 else window_samples
 
 
 class _Samples:
@@ -212,13 +213,13 @@ def _is_silence(o: SequentialOptions, avg_logprob: float, no_speech: float) -> b
     return o.logprob_threshold is None or avg_logprob <= o.logprob_threshold
 
 
-def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict) -> None:
+def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict, raw: tuple[float, float]) -> None:
     """Take a window's output: add its segments and tokens to the file and move its window on. A window
     taken as silence only moves on (the prompt is left as it was, as openai-whisper does)."""
     o, sr = run.options, audio.SAMPLE_RATE
     size = len(f.window)
     f.temp_i = 0
-    if _is_silence(o, stats["avg_logprob"], stats["no_speech_prob"]):
+    if _is_silence(o, *raw):  # unrounded (average log-prob, no-speech probability)
         log.info("%s: %.2f-%.2f s taken as silence (no-speech probability %.2f)", name, f.seek / sr,
                  (f.seek + size) / sr, stats["no_speech_prob"])  # fmt: skip
         f.seek += size
@@ -229,7 +230,7 @@ def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict) -> N
         text = run.decode_text([t for t in piece if t < run.specials.eot])
         if start == end or not text.strip():
             continue
-        f.tokens += piece
+        f.tokens += [t for t in piece if t < run.specials.eot or t >= run.specials.timestamp_begin]
         seg = {"start": round(offset + start, 2), "end": round(offset + end, 2), "text": text}
         f.segments.append({**seg, **stats})
     f.seek += advance
@@ -239,7 +240,8 @@ def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict) -> N
 
 def _finish(run: _Runner, f: _File, name: str) -> dict:
     """``{"text", "segments"}``: segment times clipped to the audio and made monotonic."""
-    duration = round(f.samples.total / audio.SAMPLE_RATE, 2)
+    read = f.samples.total if f.samples.total is not None else f.samples.start + len(f.samples.buf)
+    duration = round(read / audio.SAMPLE_RATE, 2)
     prev = 0.0
     for s in f.segments:
         s["start"] = min(max(s["start"], prev), duration)
@@ -255,13 +257,14 @@ def _take(run: _Runner, f: _File, name: str, ids: list[int], sum_lp: float, no_s
     """One decoded window: fall back to the next temperature or accept it."""
     temperature = run.options.temperatures[f.temp_i]
     text = run.decode_text([t for t in ids if t < run.specials.eot]).strip()
+    avg_logprob, ratio = sum_lp / (len(ids) + 1), compression_ratio(text)
     stats = {
         "temperature": temperature,
-        "avg_logprob": round(sum_lp / (len(ids) + 1), 4),
-        "compression_ratio": round(compression_ratio(text), 4),
+        "avg_logprob": round(avg_logprob, 4),
+        "compression_ratio": round(ratio, 4),
         "no_speech_prob": round(no_speech, 4),
     }
-    fallback = _needs_fallback(run.options, stats["compression_ratio"], stats["avg_logprob"], no_speech)
+    fallback = _needs_fallback(run.options, ratio, avg_logprob, no_speech)
     if fallback and f.temp_i + 1 < len(run.options.temperatures):
         f.temp_i += 1
         log.info(
@@ -270,7 +273,7 @@ def _take(run: _Runner, f: _File, name: str, ids: list[int], sum_lp: float, no_s
             stats["compression_ratio"], stats["avg_logprob"], run.options.temperatures[f.temp_i],
         )  # fmt: skip
         return
-    _accept(run, f, name, ids, stats)
+    _accept(run, f, name, ids, stats, (avg_logprob, no_speech))
     f.window = None
 
 
@@ -382,6 +385,10 @@ def transcribe_files(
                         on_done(f.index)
                     continue
             except audio.AudioError as e:
+                if f.segments:  # damage further into the file: keep what was transcribed before it
+                    results[f.index].update(
+                        _finish(run, f, str(names[f.index])), truncated_at=round(f.seek / audio.SAMPLE_RATE, 2)
+                    )
                 fail(f.index, e)
                 continue
             still.append(f)

@@ -300,7 +300,7 @@ def transcribe_loaded(
     sequential also an iterable of blocks) or raises ``audio.AudioError`` (then its result is ``{"file",
     "error"}``). The long-form dispatch of ``transcribe``; ``dec`` (from ``decoder``) must have a timestamp
     prompt for long-form."""
-    _check_long_form(long_form, chunk_length_s)
+    _check_long_form(long_form, chunk_length_s, dec.opts.num_beams)
     if long_form == "sequential":
         return _sequential(names, load, dec, sequential_options, on_done, progress)
     if long_form == "chunked":
@@ -404,7 +404,7 @@ def write_outputs(results: Sequence[dict], stems: Sequence[Path]) -> list[str]:
     errors (empty when all were written)."""
     errors = []
     for r, stem in zip(results, stems):
-        if "error" in r:
+        if "text" not in r:  # unreadable (a file damaged part-way keeps what was transcribed before it)
             continue
         for ext, render in subtitles.WRITERS.items():
             target = stem.with_name(f"{stem.name}.{ext}")

@@ -144,10 +144,10 @@ def test_prompt_carries_the_previous_text_until_a_hot_window(tiny):
     assert run.prompt(f) == [sp.sot]
     ids = [tb, 464, 373, tb + 100, tb + 100, 1110, tb + 200]  # two segments, the last one single-ended
     stats = dict(temperature=0.0, avg_logprob=-0.2, compression_ratio=1.0, no_speech_prob=0.1)
-    sequential._accept(run, f, "x", ids, stats)
+    sequential._accept(run, f, "x", ids, stats, (-0.2, 0.1))
     assert f.seek == 16000 * 5 and [s["end"] for s in f.segments] == [2.0, 4.0]
     assert run.prompt(f) == [sp.startofprev, *ids, sp.sot]
-    sequential._accept(run, f, "x", ids, {**stats, "temperature": 0.6})  # above 0.5: the prompt starts over
+    sequential._accept(run, f, "x", ids, {**stats, "temperature": 0.6}, (-0.2, 0.1))  # above 0.5: prompt starts over
     assert run.prompt(f) == [sp.sot] and f.seek == 16000 * 10
 
 
@@ -162,6 +162,9 @@ def test_split_window_follows_openai_whisper():
     # no consecutive timestamps: one segment up to the last timestamp, whole window consumed
     segs, advance = sequential.split_window([tb, 1, 2, tb + 40], tb, 100000)
     assert segs == [(0.0, 0.8, [tb, 1, 2, tb + 40])] and advance == 100000
+    # a 15 s window whose output ends on a timestamp past 15 s: the next window starts at the window's end
+    segs, advance = sequential.split_window([tb, 1, tb + 500, tb + 900, 2, tb + 1100, tb + 1100, 3], tb, 240000)
+    assert advance == 240000
 
 
 def test_stream_reader_returns_the_samples_of_load_audio(tmp_path):

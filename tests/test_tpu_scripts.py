@@ -208,14 +208,14 @@ def test_setup_installs_then_fails_on_a_wrong_device_count(fake, devices, ok):
 def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker(fake):
     venv = _fake_venv(fake.tmp, 4)
     recipe = RECIPES[0] / "label.yaml"
-    extra = ("--dataset_name", "gs://b/my data", "--text_column_name", "it's", "--max_samples", "5")
+    extra = ("--dataset_name", "gs://b/my data+gs://b/two", "--text_column_name", "it's", "--x=gs://b/y")
     env = dict(REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1", REMOTE_MOUNT_ROOT="/mnt/gcs")
     res = fake.run("label.sh", *TPU, "--output-dir", "gs://b/lab", "--config", str(recipe), "--", *extra, **env)
     assert res.returncode == 0, res.stderr
     assert (fake.tmp / "logs" / "label").is_dir()
     assert json.loads(res.stdout.splitlines()[-1])[1:] == [
         *("--jax_distributed", "--output_dir", "/mnt/gcs/b/lab", "--config", "tpu_configs/label-label.yaml"),
-        *("--dataset_name", "/mnt/gcs/b/my data", "--text_column_name", "it's", "--max_samples", "5"),
+        *("--dataset_name", "/mnt/gcs/b/my data+/mnt/gcs/b/two", "--text_column_name", "it's", "--x=/mnt/gcs/b/y"),
     ]
     ssh = fake.calls()[-1]
     assert "--worker=all" in ssh and f"--output-directory={fake.tmp}/logs/label" in ssh
@@ -227,6 +227,7 @@ def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker(fak
     res = fake.run("export.sh", *TPU, "--output-dir", "/data/e", "--", "--model", "/data/run", **env)
     assert json.loads(res.stdout.splitlines()[-1])[1:] == ["--output_dir", "/data/e", "--model", "/data/run"]
     assert "--worker=0" in fake.calls()[-1]
+    assert any(a.startswith("--command=JAX_PLATFORMS=cpu ") for a in fake.calls()[-1])  # one host: not the TPU
     res = fake.run(
         "distill.sh", *TPU, "--output-dir", "/r", "--global-batch-size", "256", "--accelerator-type", "v4-32", **env
     )

@@ -178,14 +178,18 @@ expected_devices() {
 
 # remote_quote ARG: ARG shell-quoted for the worker's shell; a gs://BUCKET/path becomes the path under the
 # worker's gcsfuse mount of the bucket (setup.sh --bucket): the package reads and writes local paths.
+# Every gs:// in the word is rewritten: '+'-joined dataset lists and --flag=gs://... forms too.
 remote_quote() {
-  local arg="$1" quoted
-  if [[ "$arg" == gs://* ]]; then
-    quoted="$(squote "${arg#gs://}")"
-    printf '%s/%s' "$REMOTE_MOUNT_ROOT" "$quoted"
-  else
-    squote "$arg"
+  local rest="$1" out="" head
+  head="${rest%%gs://*}"
+  if [[ -n "$head" || "$rest" != *gs://* ]]; then
+    out="$(squote "$head")"
   fi
+  while [[ "$rest" == *gs://* ]]; do
+    rest="${rest#*gs://}"
+    out+="$REMOTE_MOUNT_ROOT/$(squote "${rest%%gs://*}")"
+  done
+  printf '%s' "$out"
 }
 
 # remote_command WORDS...: one command line for the worker's shell (see remote_quote).
@@ -230,5 +234,10 @@ stage_main() {
   args+=("${EXTRA_ARGS[@]}")
   run mkdir -p "$LOG_DIR/$stage"
   echo "$stage: per-worker logs in $LOG_DIR/$stage/<worker>.log" >&2
-  ssh_workers "$worker" "$REMOTE_VENV/bin/$script $(remote_command "${args[@]}")" "--output-directory=$LOG_DIR/$stage"
+  # A one-worker stage (create-student, export) runs on the CPU: on a multi-host slice, a TPU program on one
+  # host alone would wait for the others to join.
+  local env_prefix=""
+  ((multi)) || env_prefix="JAX_PLATFORMS=cpu "
+  ssh_workers "$worker" "$env_prefix$REMOTE_VENV/bin/$script $(remote_command "${args[@]}")" \
+    "--output-directory=$LOG_DIR/$stage"
 }

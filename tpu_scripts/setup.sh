@@ -36,7 +36,9 @@ else
   run gcloud compute tpus tpu-vm scp "$WHEEL" "$TPU_NAME:" "${flags[@]}" --worker=all
   spec="./$(basename "$WHEEL")[tpu]"
 fi
-ssh_workers all "set -e; [ -x $REMOTE_VENV/bin/python ] || $REMOTE_PYTHON -m venv $REMOTE_VENV; \
+# python3-venv is not on every TPU VM image: installed when creating the venv fails
+ssh_workers all "set -e; [ -x $REMOTE_VENV/bin/python ] || $REMOTE_PYTHON -m venv $REMOTE_VENV || \
+{ sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && $REMOTE_PYTHON -m venv $REMOTE_VENV; }; \
 $REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q $(squote "$spec")"
 
 if [[ -n "$BUCKET" ]]; then
