@@ -11,16 +11,17 @@ else. Such an output (``collapsed``) is decoded once more from a window with its
 cut off (the last ``stride / 2`` for the first window); the overlaps with the neighbours stay long enough for
 the merge.
 
-Memory: a file is decoded whole (the caller's ``load(i)``), but only the windows of the batch in flight are kept
-as copies, and a file's waveform is released once its windows are queued; streaming the decode itself (for
-recordings larger than memory) is not done.
+Memory: files are read block by block (``audio.stream_audio``, as ``transcribe`` passes them) and cut into
+windows as the blocks arrive (``longform.stream_windows``), so only about one window per file and the windows
+of the batch in flight are held: a recording of hours never sits in memory whole. Each window's token ids are
+kept until its file is merged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -98,6 +99,11 @@ class _File:
     windows: list[longform.Window]
     n_samples: int
     outputs: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    complete: bool = False  # every window of the file is known (its stream has ended)
+
+    @property
+    def done(self) -> bool:
+        return self.complete and len(self.outputs) == len(self.windows)
 
 
 @dataclasses.dataclass
@@ -113,7 +119,7 @@ class _Item:
 
 def transcribe_files(
     names: Sequence[str],
-    load: Callable[[int], np.ndarray],
+    load: Callable[[int], np.ndarray | Iterable[np.ndarray]],
     decoder: Decoder,
     batch_size: int,
     chunk: int,
@@ -124,8 +130,9 @@ def transcribe_files(
     on_done: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """One dict per input in order: ``{"file", "text", "segments"}`` or ``{"file", "error"}`` for an input
-    that could not be read. Input ``i`` is named ``names[i]``; ``load(i)`` returns its 16 kHz waveform (or
-    raises ``audio.AudioError``), called once per input, in order. ``decoder`` must have been built with a
+    that could not be read. Input ``i`` is named ``names[i]``; ``load(i)`` returns its 16 kHz waveform or an
+    iterable of blocks of it (``audio.stream_audio``: then only the windows in flight are held), or raises
+    ``audio.AudioError``; called once per input, in order. ``decoder`` must have been built with a
     timestamp prompt; ``on_done(i)`` is called as input ``i`` finishes (for progress)."""
     results: list[dict] = [{"file": str(n)} for n in names]
     open_files: dict[int, _File] = {}
@@ -144,30 +151,37 @@ def transcribe_files(
                 )
                 queue.append(_Item(item.file, item.index, retry, item.samples[lo:hi], retried=True))
                 continue
-            state = open_files[item.file]
+            state = open_files.get(item.file)
+            if state is None:  # the file failed further in: its windows are dropped
+                continue
             state.windows[item.index] = item.window
             state.outputs[item.index] = ids
-            if len(state.outputs) == len(state.windows):
-                results[item.file].update(merge_file(state, timestamp_begin, eot, decode_text))
-                del open_files[item.file]
-                if on_done:
-                    on_done(item.file)
+            finish(item.file)
+
+    def finish(i: int) -> None:
+        if open_files[i].done:
+            results[i].update(merge_file(open_files.pop(i), timestamp_begin, eot, decode_text))
+            if on_done:
+                on_done(i)
 
     for i in range(len(names)):
         try:
-            wav = load(i)
+            source = load(i)
+            blocks = [source] if isinstance(source, np.ndarray) else source
+            open_files[i] = state = _File([], 0)
+            for k, (w, samples) in enumerate(longform.stream_windows(blocks, chunk, stride)):
+                state.windows.append(w)
+                queue.append(_Item(i, k, w, samples))
+                while len(queue) >= batch_size:
+                    batch, queue[:] = queue[:batch_size], queue[batch_size:]
+                    flush(batch)
+            state.n_samples, state.complete = state.windows[-1].end, True
+            finish(i)
         except audio.AudioError as e:
-            results[i]["error"] = str(e)
+            open_files.pop(i, None)
+            results[i] = {"file": str(names[i]), "error": str(e)}
             if on_done:
                 on_done(i)
-            continue
-        windows = longform.chunk_windows(len(wav), chunk, stride)
-        open_files[i] = _File(windows, len(wav))
-        for k, w in enumerate(windows):
-            queue.append(_Item(i, k, w, wav[w.start : w.end].copy()))
-            while len(queue) >= batch_size:
-                batch, queue[:] = queue[:batch_size], queue[batch_size:]
-                flush(batch)
     while queue:
         batch, queue[:] = queue[:batch_size], queue[batch_size:]
         flush(batch)

@@ -13,7 +13,7 @@ with the tokens as absolute times so that segments survive the merge.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,6 +52,33 @@ def chunk_windows(n_samples: int, chunk: int, stride: int) -> list[Window]:
         if last:
             return windows
         start += step
+
+
+def stream_windows(blocks: Iterable[np.ndarray], chunk: int, stride: int) -> Iterator[tuple[Window, np.ndarray]]:
+    """``chunk_windows`` of a recording that arrives in blocks, with each window's samples: the same windows,
+    while only about one window of samples is held (a 2-hour file is never decoded whole)."""
+    chunk_windows(1, chunk, stride)  # the same ValueError for sizes that cannot work
+    step = chunk - 2 * stride
+    it = iter(blocks)
+    buf, buf_start, start, done = np.zeros(0, np.float32), 0, 0, False
+    while True:
+        while not done and buf_start + len(buf) <= start + chunk:  # one sample more than the window: is it last?
+            block = next(it, None)
+            if block is None:
+                done = True
+            else:
+                buf = np.concatenate([buf, np.asarray(block, np.float32)])
+        n_known = buf_start + len(buf)
+        last = done and start + chunk >= n_known
+        end = min(start + chunk, n_known)
+        yield (
+            Window(start, end, 0 if start == 0 else stride, 0 if last else stride),
+            buf[start - buf_start : end - buf_start].copy(),
+        )
+        if last:
+            return
+        start += step
+        buf, buf_start = buf[start - buf_start :], start
 
 
 def best_overlap(left: Sequence[int], right: Sequence[int]) -> tuple[int, int]:

@@ -246,10 +246,8 @@ def transcribe(
     names = [str(f) for f in files]
     results = transcribe_loaded(
         names,
-        # sequential reads a file block by block (bounded memory for recordings of hours)
-        (lambda i: audio.stream_audio(files[i]))
-        if long_form == "sequential"
-        else (lambda i: audio.load_audio(files[i])),
+        # long-form reads a file block by block (bounded memory for recordings of hours)
+        (lambda i: audio.stream_audio(files[i])) if long_form != "none" else (lambda i: audio.load_audio(files[i])),
         dec,
         long_form,
         chunk_length_s,

@@ -28,6 +28,33 @@ def test_windows_cover_the_recording(n):
     assert covered.all()
 
 
+@pytest.mark.parametrize("n", [0, 1, 39, 40, 41, 100, 101, 1234])
+@pytest.mark.parametrize("block", [1, 7, 40, 41, 5000])
+def test_streamed_windows_equal_the_whole_recordings(n, block):
+    """Windows cut as blocks arrive are chunk_windows of the whole recording, with the same samples."""
+    x = np.arange(n, dtype=np.float32)
+    got = list(longform.stream_windows((x[i : i + block] for i in range(0, n, block)), 40, 10))
+    assert [w for w, _ in got] == longform.chunk_windows(n, 40, 10)
+    for w, samples in got:
+        np.testing.assert_array_equal(samples, x[w.start : w.end])
+
+
+def test_streamed_windows_hold_about_one_window():
+    """A 2-hour recording in 1 s blocks: the generator never holds more than a window and a block."""
+    chunk, stride, block = 30 * 16000, 5 * 16000, 16000
+    held = []
+
+    def blocks():
+        for _ in range(2 * 3600):
+            held.append(gen.gi_frame.f_locals["buf"].size if gen.gi_frame else 0)
+            yield np.zeros(block, np.float32)
+
+    gen = longform.stream_windows(blocks(), chunk, stride)
+    n = sum(1 for _ in gen)
+    assert n == len(longform.chunk_windows(2 * 3600 * 16000, chunk, stride))
+    assert max(held) <= chunk + block
+
+
 def test_windows_reject_bad_sizes():
     with pytest.raises(ValueError, match="half the chunk"):
         longform.chunk_windows(100, 40, 20)
