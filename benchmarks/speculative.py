@@ -106,6 +106,15 @@ def measure(pre, waves: list[np.ndarray], batch: int, assistant=None, language=N
     }
 
 
+def student_info(student_dir: str) -> dict:
+    """What the student's run recorded (``distil_info.json``): steps and held-out WERs of student and teacher."""
+    path = Path(student_dir) / "distil_info.json"
+    if not path.is_file():
+        return {}
+    info = json.loads(path.read_text())
+    return {"train_steps": info.get("train_steps"), "eval_wer": info.get("eval_wer")}
+
+
 def pair_rows(name: str, teacher, student, waves, batches, language) -> list[dict]:
     """fp32 at every batch size (ids must be identical), and bf16 at batch 1 (where rounding can change a
     verification: the rows whose ids differ from the teacher alone in bf16 are counted)."""
@@ -171,6 +180,9 @@ def main(argv=None) -> int:
         "items": len(items),
         "audio_seconds": round(sum(len(w) for w in waves) / audio.SAMPLE_RATE, 1),
         "rows": rows,
+        "students": {
+            name: student_info(path) for name, path in (("tiny.en", args.tiny_student), ("base", base_student)) if path
+        },
     }
     print(
         "\n| teacher | dtype | batch | teacher alone audio-s/s | speculative audio-s/s | speedup | acceptance "

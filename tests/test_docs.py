@@ -55,6 +55,22 @@ def _engine_row(engine: str, batch: str) -> list[tuple[Getter, str]]:
     return [(at(*r, "audio_s_per_s"), ".1f"), (at(*r, "tokens_per_s"), ".0f"), (at(*r, "cpu_util"), ".2f")]
 
 
+def _peer_row(section: str, i: int) -> list[tuple[Getter, str]]:
+    r = (section, "rows", i)
+    return [(at(*r, "speed"), ".2f"), (at(*r, "vs_transformers"), ".2f"), (at(*r, "wer"), ".2f")]
+
+
+def _spec_row(i: int) -> list[tuple[Getter, str]]:
+    r = ("rows", i)
+    return [
+        (at(*r, "teacher_speed"), ".2f"),
+        (at(*r, "speculative_speed"), ".2f"),
+        (at(*r, "speedup"), ".2f"),
+        (scaled(at(*r, "acceptance"), 100), ".1f"),
+        (at(*r, "rows_differing"), "d"),
+    ]
+
+
 def _step_row(variant: str) -> list[tuple[Getter, str]]:
     r = ("results", variant)
     return [
@@ -70,6 +86,7 @@ def _step_row(variant: str) -> list[tuple[Getter, str]]:
 
 
 T, PL, TS, EX, DD = "transcribe.json", "pseudo_label.json", "train_step.json", "export.json", "distill_demo.json"
+PE, SP, PS = "peers.json", "speculative.json", ("summary",)
 J8, J1 = ("results", "jax", "8"), ("results", "jax", "1")
 ENC = ("encoder",)
 RUN = ("runs", 0)
@@ -90,6 +107,13 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("paired_ratios", "jax/transformers@8", "median"), ".2f"), (at("ratios", "jax/ct2@8"), ".2f")]),
     (README, "encoder at {} % of the measured matmul peak", T, [(at(*ENC, "pct_of_matmul_peak"), ".0f")]),
     (README, "CPU labelling speed {}× the transformers ASR pipeline", PL, [(at(*RUN, "speedup"), ".2f")]),
+    (README, "on a {}-minute recording chunked runs at {}× the transformers chunked pipeline", PE, [
+        (scaled(at("long_form", "seconds"), 1 / 60), ".1f"), (at(*PS, "chunked_vs_transformers_batched"), ".2f")]),
+    (README, "and {}× faster-whisper's batched pipeline (target 1×", PE, [
+        (at(*PS, "chunked_vs_faster-whisper_batched"), ".2f")]),
+    (README, "({}× at batch 1 with whisper-base", SP, [(at("rows", 3, "speedup"), ".2f")]),
+    (README, "the demo's 2-layer student is {}× its tiny.en teacher at batch 1", PE, [
+        (at(*PS, "student_vs_teacher_batch1"), ".2f")]),
     (BENCH, "| this project (JAX, fp32, 1 device) | 1 | {} | {} | {} | {} |", T, [
         *_engine_row("jax", "1"), (at(*J1, "compile_s"), ".1f")]),
     (BENCH, "| this project (JAX, fp32, 1 device) | 8 | {} | {} | {} | {} |", T, [
@@ -158,6 +182,47 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "| export to four formats, each verified in its runtime on the held-out sentences | {} |", DD,
      [(at("times", "export_s"), ".1f")]),
     (BENCH, "| total | {} |", DD, [(at("total_s"), ".1f")]),
+    (BENCH, "| this project fp32, batch 1 | {} | {}× | {} |", PE, _peer_row("short_form", 0)),
+    (BENCH, "| this project fp32, batch 8 | {} | {}× | {} |", PE, _peer_row("short_form", 1)),
+    (BENCH, "| this project bf16, batch 8 | {} | {}× | {} |", PE, _peer_row("short_form", 2)),
+    (BENCH, "| this project student fp32, batch 1 | {} | {}× | {} |", PE, _peer_row("short_form", 3)),
+    (BENCH, "| this project student fp32, batch 8 | {} | {}× | {} |", PE, _peer_row("short_form", 4)),
+    (BENCH, "| transformers generate, batch 1 | {} | {}× | {} |", PE, _peer_row("short_form", 5)),
+    (BENCH, "| transformers generate, batch 8 | {} | {}× | {} |", PE, _peer_row("short_form", 6)),
+    (BENCH, "| openai-whisper | {} | {}× | {} |", PE, _peer_row("short_form", 7)),
+    (BENCH, "| faster-whisper fp32 | {} | {}× | {} |", PE, _peer_row("short_form", 8)),
+    (BENCH, "| faster-whisper int8 | {} | {}× | {} |", PE, _peer_row("short_form", 9)),
+    (BENCH, "| whisper.cpp f16 | {} | {}× | {} |", PE, _peer_row("short_form", 10)),
+    (BENCH, "| this project chunked fp32, batch 8 | {} | {}× | {} |", PE, _peer_row("long_form", 0)),
+    (BENCH, "| this project sequential fp32 | {} | {}× | {} |", PE, _peer_row("long_form", 1)),
+    (BENCH, "| this project student chunked fp32, batch 8 | {} | {}× | {} |", PE, _peer_row("long_form", 2)),
+    (BENCH, "| transformers chunked pipeline, batch 8 | {} | {}× | {} |", PE, _peer_row("long_form", 3)),
+    (BENCH, "| openai-whisper sequential | {} | {}× | {} |", PE, _peer_row("long_form", 4)),
+    (BENCH, "| faster-whisper sequential fp32 | {} | {}× | {} |", PE, _peer_row("long_form", 5)),
+    (BENCH, "| faster-whisper batched fp32, batch 8 | {} | {}× | {} |", PE, _peer_row("long_form", 6)),
+    (BENCH, "| faster-whisper batched int8, batch 8 | {} | {}× | {} |", PE, _peer_row("long_form", 7)),
+    (BENCH, "| whisper.cpp f16 sequential | {} | {}× | {} |", PE, _peer_row("long_form", 8)),
+    (BENCH, "**{}× the transformers chunked pipeline** (target", PE, [
+        (at(*PS, "chunked_vs_transformers_batched"), ".2f")]),
+    (BENCH, "**{}× faster-whisper's batched pipeline** (target 1×", PE, [
+        (at(*PS, "chunked_vs_faster-whisper_batched"), ".2f")]),
+    (BENCH, "engines, {} points below openai-whisper sequential", PE, [
+        (scaled(at(*PS, "chunked_wer_minus_openai_sequential"), -1), ".2f")]),
+    (BENCH, "Chunked / sequential on this CPU: **{}×**", PE, [(at(*PS, "chunked_vs_sequential"), ".2f")]),
+    (BENCH, "short-form: **{}× at batch 1 and {}× at batch 8** (target 1.8×", PE, [
+        (at(*PS, "student_vs_teacher_batch1"), ".2f"), (at(*PS, "student_vs_teacher_batch8"), ".2f")]),
+    (BENCH, "text exactly, at **{}×** the teacher's speed at batch 1", PE, [
+        (at(*PS, "speculative_speedup_batch1"), ".2f")]),
+    (BENCH, "one recording of {} minutes of real speech", PE, [(scaled(at("long_form", "seconds"), 1 / 60), ".1f")]),
+    *[(BENCH, f"| {t} | {d} | {b} | {{}} | {{}} | {{}}× | {{}} % | {{}} of 53 |", SP, _spec_row(i))
+      for i, (t, d, b) in enumerate([("tiny.en", "float32", 1), ("tiny.en", "float32", 4), ("tiny.en", "bfloat16", 1),
+                                     ("base", "float32", 1), ("base", "float32", 4), ("base", "bfloat16", 1)])],
+    (BENCH, "Here the acceptance is {} % for tiny.en and {} % for base", SP, [
+        (scaled(at("rows", 0, "acceptance"), 100), ".0f"), (scaled(at("rows", 3, "acceptance"), 100), ".0f")]),
+    (BENCH, "held-out WER after its 100 steps is {} % (teacher {} %), the tiny.en one's {} % on the voice", SP, [
+        (at("students", "base", "eval_wer", "heldout", "student"), ".1f"),
+        (at("students", "base", "eval_wer", "heldout", "teacher"), ".1f"),
+        (at("students", "tiny.en", "eval_wer", "heldout", "student"), ".1f")]),
     (SPEECH, "**{} % on train, {} % on held-out**", "speech_corpus_wer.json", [
         (at("splits", split, "wer"), ".2f") for split in ("train", "heldout")]),
 ]  # fmt: skip
