@@ -356,7 +356,9 @@ def transcribe_files(
     counts.update(windows=0, fallbacks=0, seconds=0.0)
     bar = tqdm(unit="audio-s", desc="sequential", disable=not progress, leave=False)
 
-    def fail(i: int, e: Exception) -> None:
+    def fail(i: int, e: Exception, f: _File | None = None) -> None:
+        if f is not None and f.segments:  # damage further into the file: keep what was transcribed before it
+            results[i].update(_finish(run, f, str(names[i])), truncated_at=round(f.seek / audio.SAMPLE_RATE, 2))
         results[i]["error"] = str(e)
         if on_done:
             on_done(i)
@@ -385,11 +387,7 @@ def transcribe_files(
                         on_done(f.index)
                     continue
             except audio.AudioError as e:
-                if f.segments:  # damage further into the file: keep what was transcribed before it
-                    results[f.index].update(
-                        _finish(run, f, str(names[f.index])), truncated_at=round(f.seek / audio.SAMPLE_RATE, 2)
-                    )
-                fail(f.index, e)
+                fail(f.index, e, f)
                 continue
             still.append(f)
         active = still
