@@ -14,7 +14,7 @@ same real tiny.en weights (the bundled CTranslate2 model, exported by this proje
   Debian pocketsphinx-testdata recordings joined with short silences, repeated). This project chunked
   (batch 8) and sequential; the transformers chunked pipeline (batch 8); openai-whisper sequential;
   faster-whisper sequential and its batched pipeline (batch 8, fp32 and int8); whisper.cpp sequential.
-* **speculative** (when ``transcribe`` takes ``assistant_model`` and ``--student`` is given): the teacher
+* **speculative** (with ``--student``): the teacher
   alone vs the teacher verifying the student's drafts, batch 1, short-form; texts must be identical.
 
 Decoding is greedy everywhere (temperature 0, beam 1, no fallback) except where an engine's long-form
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import inspect
 import json
 import logging
 import os
@@ -312,9 +311,8 @@ def long_rows(args, pre, files: dict, student, work: Path) -> tuple[list[dict], 
     waves, refs = [audio.load_audio(path)], [ref]
     engines = [
         ("this project chunked fp32, batch 8", ours(pre, 8, long_form="chunked"), {"model": "tiny.en"}),
+        ("this project sequential fp32", ours(pre, 8, long_form="sequential"), {"model": "tiny.en"}),
     ]
-    if _has_sequential():
-        engines.append(("this project sequential fp32", ours(pre, 8, long_form="sequential"), {"model": "tiny.en"}))
     if student is not None:
         engines.append(
             ("this project student chunked fp32, batch 8", ours(student, 8, long_form="chunked"), {"model": "student"})
@@ -332,14 +330,8 @@ def long_rows(args, pre, files: dict, student, work: Path) -> tuple[list[dict], 
     return rows, seconds
 
 
-def _has_sequential() -> bool:
-    from distil_whisper_jax import transcribe as tr
-
-    return "sequential" not in getattr(tr, "LONG_FORM_NOT_YET", ())
-
-
 def speculative_rows(args, pre, student) -> list[dict]:
-    if student is None or "assistant_model" not in inspect.signature(transcribe).parameters:
+    if student is None:
         return []
     items = short_set(args.quick)
     waves, refs = [audio.load_audio(p) for p, _ in items], [t for _, t in items]

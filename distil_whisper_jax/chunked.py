@@ -39,7 +39,7 @@ Decoder = Callable[[list[np.ndarray]], list[list[int]]]
 
 def input_seconds(config: WhisperConfig) -> float:
     """Audio length the model's encoder takes: 30 s for Whisper, 15 s for a 750-position student."""
-    return config.n_frames * audio.HOP_LENGTH / audio.SAMPLE_RATE
+    return config.input_seconds
 
 
 def window_sizes(config: WhisperConfig, chunk_length_s: float | None, stride_length_s: float | None) -> tuple[int, int]:
