@@ -5,7 +5,10 @@ A ``--dataset_name`` (or ``--train_dataset_name``, ``--eval_dataset_name``) entr
 - a directory of ``*.parquet`` files (e.g. the labeller's output), a ``.parquet`` file, or a glob of them,
 - a directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``load_from_disk``),
 - ``audiofolder:DIR`` or any other directory (🤗 ``audiofolder`` layout: audio files + ``metadata.csv``),
-- a 🤗 hub id (from the local cache, or streamed with ``streaming=True``),
+- a 🤗 hub id (from the local cache, or streamed with ``streaming=True``: by row group from its Parquet files
+  when it has them, see ``data_parquet``),
+- a URL (``gs://``, ``s3://``, ``hf://``, ... through fsspec) of Parquet files: a directory such as the labeller's
+  output, one file, or a glob,
 and several are joined with ``+`` (rows concatenated in order; configs and splits are ``+``-joined too, or
 given once for all).
 
@@ -25,37 +28,33 @@ without restating its column names.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import glob
 import itertools
 import json
+import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow.parquet as pq
 
 from .audio import AUDIO_EXTENSIONS
+from .data_parquet import is_url, nested_parquet, open_hub_stream, open_url, parquet_source
+from .data_source import SCHEMA_FILE, SCHEMA_FORMAT, DataConfigError, RowGroups, Source, SourceSpec, require_columns
 
+__all__ = [  # the data layer's vocabulary, defined in data_source and used as data.<name>
+    "SCHEMA_FILE",
+    "SCHEMA_FORMAT",
+    "DataConfigError",
+    "RowGroups",
+    "Source",
+    "SourceSpec",
+    "require_columns",
+]
+log = logging.getLogger(__name__)
 MANIFEST_SUFFIXES = (".tsv", ".csv", ".jsonl")
-SCHEMA_FILE = "schema.json"  # column roles of a labelled directory
-SCHEMA_FORMAT = "distil-whisper-jax pseudo-labels"
 HF_GROUP_ROWS = 1000  # rows per random-access group of an Arrow (🤗) dataset
-
-
-class DataConfigError(ValueError):
-    """A dataset flag that cannot work (unknown dataset, split or column); raised before any work starts."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    """One ``+``-separated entry of the dataset flags."""
-
-    name: str
-    config: str | None = None
-    split: str | None = None
 
 
 def parse_sources(names: str, configs: str | None = None, splits: str | None = None) -> list[SourceSpec]:
@@ -88,69 +87,6 @@ def parse_sources(names: str, configs: str | None = None, splits: str | None = N
             name_list, per_source(configs, "--dataset_config_name"), per_source(splits, "--dataset_split_name")
         )
     ]
-
-
-@dataclasses.dataclass(frozen=True)
-class RowGroups:
-    """Random access to a source: ``sizes[g]`` rows in group ``g``; ``read(g, columns)`` returns them."""
-
-    sizes: list[int]
-    read: Callable[[int, Sequence[str]], list[dict]]
-
-
-@dataclasses.dataclass
-class Source:
-    """An opened dataset: its columns, its size when known, a forward stream of its rows, and (for
-    training) random access by groups of rows.
-
-    ``base_dir`` is where relative audio paths in this source are resolved; ``roles`` maps a part
-    (``audio``, ``text``, ``transcript``, ...) to its column when the source records it (labelled output)."""
-
-    spec: SourceSpec
-    columns: list[str]
-    num_rows: int | None
-    rows_from: Callable[[int], Iterator[dict]]  # rows_from(i): rows i, i+1, ... (cheap skip when possible)
-    base_dir: Path | None = None
-    arrow_schema: Any = None  # pyarrow schema of the rows when known (🤗 / Parquet sources)
-    roles: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
-    groups_fn: Callable[[], RowGroups] | None = None  # None: a stream only (🤗 streaming)
-
-    @property
-    def name(self) -> str:
-        """The dataset as the user named it."""
-        return self.spec.name
-
-    @property
-    def label(self) -> str:
-        return (
-            self.spec.name
-            + (f":{self.spec.config}" if self.spec.config else "")
-            + (f"[{self.spec.split}]" if self.spec.split else "")
-        )
-
-    def column_for(self, role: str, given: str | None, default: str | None) -> str | None:
-        """The column of ``role``: the one given by a flag, else the one the source records, else ``default``."""
-        return given if given is not None else self.roles.get(role, default)
-
-    def row_groups(self) -> RowGroups:
-        """Random access to the rows (reads a manifest into memory); ``DataConfigError`` for a stream."""
-        if self.groups_fn is None:
-            raise DataConfigError(
-                f"{self.label}: a streamed dataset has no random access; training needs a local copy "
-                "(drop --streaming, or label it first: the labeller's output is a Parquet directory)"
-            )
-        return self.groups_fn()
-
-
-def require_columns(src: Source, columns: Mapping[str, str | None], why: str = "") -> None:
-    """``DataConfigError`` naming the flags and the missing columns when ``src`` lacks any of ``columns``
-    (a mapping flag name → column; ``None`` columns are not needed)."""
-    missing = {flag: col for flag, col in columns.items() if col is not None and col not in src.columns}
-    if missing:
-        flags = ", ".join(f"--{flag} {col!r}" for flag, col in missing.items())
-        raise DataConfigError(
-            f"{src.label}: missing column(s) {list(missing.values())} ({flags}){why}; it has {sorted(src.columns)}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,85 +191,6 @@ def _open_audiofolder(spec: SourceSpec, path: Path) -> Source | None:
 # Parquet files and 🤗 datasets
 
 
-def read_roles(directory: Path) -> dict[str, str | None]:
-    """The column roles a labelled directory records in ``schema.json`` ({} when it has none)."""
-    path = directory / SCHEMA_FILE
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-        roles = meta["columns"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataConfigError(f"{path}: not a valid column schema ({type(e).__name__}: {e})") from None
-    if not isinstance(roles, dict):
-        raise DataConfigError(f"{path}: 'columns' must map roles to column names")
-    return roles
-
-
-def _open_parquet(spec: SourceSpec, files: list[Path], base_dir: Path) -> Source:
-    metas = []
-    for f in files:
-        try:
-            metas.append(pq.ParquetFile(f))
-        except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for truncated or foreign files
-            raise DataConfigError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    schema = metas[0].schema_arrow
-    for f, m in zip(files[1:], metas[1:]):
-        if set(m.schema_arrow.names) != set(schema.names):
-            raise DataConfigError(f"{f}: columns {sorted(m.schema_arrow.names)} differ from {files[0]}'s")
-    counts = [m.metadata.num_rows for m in metas]
-    groups = [
-        (i, g, m.metadata.row_group(g).num_rows)
-        for i, m in enumerate(metas)
-        for g in range(m.num_row_groups)
-        if m.metadata.row_group(g).num_rows
-    ]
-
-    def rows_from(start: int) -> Iterator[dict]:
-        offset = 0
-        for f, n in zip(files, counts):
-            if start >= offset + n:  # skip whole files without reading them
-                offset += n
-                continue
-            pf = pq.ParquetFile(f)
-            for rg in range(pf.num_row_groups):
-                m = pf.metadata.row_group(rg).num_rows
-                if start < offset + m:  # small record batches: memory stays flat for huge row groups
-                    skip = max(0, start - offset)
-                    for batch in pf.iter_batches(batch_size=64, row_groups=[rg]):
-                        rows = batch.to_pylist()
-                        yield from rows[skip:]
-                        skip = max(0, skip - len(rows))
-                offset += m
-
-    def read(g: int, columns: Sequence[str]) -> list[dict]:
-        fi, rg, _ = groups[g]
-        try:
-            return pq.ParquetFile(files[fi]).read_row_group(rg, columns=list(columns)).to_pylist()
-        except Exception as e:  # noqa: BLE001
-            raise DataConfigError(f"{files[fi]}: cannot read row group {rg} ({type(e).__name__}: {e})") from None
-
-    row_groups = RowGroups([n for _, _, n in groups], read)
-    return Source(
-        spec,
-        list(schema.names),
-        sum(counts),
-        rows_from,
-        base_dir=base_dir.resolve(),
-        arrow_schema=schema,
-        roles=read_roles(base_dir),
-        groups_fn=lambda: row_groups,
-    )
-
-
-def _nested_parquet(path: Path, split: str | None) -> list[Path]:
-    """Parquet files below ``path`` (a hub dataset's layout), those whose path names ``split`` if any do."""
-    files = sorted(path.rglob("*.parquet"))
-    if split and len(files) > 1:
-        files = [f for f in files if split in f.relative_to(path).as_posix()] or files
-    return files
-
-
 def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Source:
     """Wrap a 🤗 Dataset / IterableDataset: audio columns cast to ``Audio(decode=False)``."""
     features = ds.features
@@ -391,13 +248,13 @@ def _open_directory(spec: SourceSpec, path: Path) -> Source:
     if not spec.name.startswith("audiofolder:"):
         parquet = sorted(path.glob("*.parquet"))
         if parquet:
-            return _open_parquet(spec, parquet, path)
+            return parquet_source(spec, parquet, path)
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return _hf_source(spec, _pick_split(spec, datasets.load_from_disk(str(path))), path.resolve())
         has_meta = (path / "metadata.csv").exists() or (path / "metadata.jsonl").exists()
-        nested = [] if has_meta else _nested_parquet(path, spec.split)
+        nested = [] if has_meta else nested_parquet(path, spec.split)
         if nested:
-            return _open_parquet(spec, nested, path)
+            return parquet_source(spec, nested, path)
     src = _open_audiofolder(spec, path)
     if src is None:
         raise DataConfigError(
@@ -410,10 +267,12 @@ def _open_directory(spec: SourceSpec, path: Path) -> Source:
 def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None = None) -> Source:
     """Open one dataset entry (see the module docstring for what ``spec.name`` may be)."""
     name = spec.name
+    if is_url(name):
+        return open_url(spec)
     path = Path(os.path.expanduser(name[len("audiofolder:") :] if name.startswith("audiofolder:") else name))
     if path.is_file():
         if path.suffix.lower() == ".parquet":
-            return _open_parquet(spec, [path], path.parent)
+            return parquet_source(spec, [path], path.parent)
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
             raise DataConfigError(
                 f"--dataset_name {path}: a file must be a manifest ({', '.join(MANIFEST_SUFFIXES)}) or .parquet"
@@ -426,9 +285,15 @@ def open_source(spec: SourceSpec, streaming: bool = False, cache_dir: str | None
         matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(name)) if m.endswith(".parquet"))
         if not matches:
             raise DataConfigError(f"--dataset_name {name}: the pattern matches no .parquet file")
-        return _open_parquet(spec, matches, matches[0].parent)
+        return parquet_source(spec, matches, matches[0].parent)
     if name.startswith(("/", ".", "~", "audiofolder:")) or Path(name).suffix in (*MANIFEST_SUFFIXES, ".parquet"):
         raise DataConfigError(f"--dataset_name {name}: no such file or directory")
+    if streaming:
+        src = open_hub_stream(spec, cache_dir)
+        if src is not None:
+            log.info("%s: streaming %d rows from its Parquet files, by row group", src.label, src.num_rows)
+            return src
+        log.warning("%s is not stored as Parquet: streamed row by row, every process reads it from its start", name)
     try:
         ds = datasets.load_dataset(name, spec.config, split=spec.split, streaming=streaming, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001

@@ -3,8 +3,11 @@
 Block ``b`` belongs to process ``b % process_count``. Outputs named by block number therefore sort in input
 order whatever the number of processes, and a restarted job can skip finished blocks. (``datasets``'
 ``split_dataset_by_node`` is not used: it hands whole files to nodes when it can, which loses the global
-row index and with it the input order of the merged output and O(1) resume; the cost here is that, for a
-hub *stream*, every process reads past the other processes' rows.)
+row index and with it the input order of the merged output and O(1) resume; the price is paid only by
+sources of unknown size, a 🤗 stream that is not stored as Parquet and local manifests: every process reads
+past the other processes' rows there, without decoding them. Parquet sources, local or remote, and hub
+datasets stored as Parquet know every row's index from their footers, so a process opens only the row
+groups of its own blocks.)
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ class _Cursor:
             return False
         if self.head is not None and self.pos - 1 == start:
             return True
-        if self.it is None or self.pos > start or (self.known is not None and start - self.pos > 1024):
+        # Sources of known size are jumped over (rows of other processes are not even downloaded); the
+        # others are read past, which for local manifests costs little and never decodes audio.
+        if self.it is None or self.pos > start or (self.known is not None and start > self.pos):
             self.it, self.pos = iter_rows(self.sources, start), start
         self.head = None
         while self.pos < start:
