@@ -98,6 +98,7 @@ def run(cfg: DistillConfig) -> int:
     old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(r, "stop_signal", signum))
     try:
         code = loop(r)
+        log.info("process %d decoded the audio of %d training examples", jax.process_index(), r.batcher.decoded)
         r.manager.wait_until_finished()
     except Exception as e:
         if not is_write_error(e):

@@ -54,6 +54,7 @@ class Batcher:
     teacher_params: Callable[[], Any] | None = None
     dtype: Any = None
     devices: list | None = None
+    decoded: int = 0  # clips whose audio this process decoded (only its own share of each batch)
 
     def __call__(self, examples: Sequence[train_data.Example]) -> dict:
         batch = train_data.collate_labels(examples, self.label_width, self.specials)
@@ -61,6 +62,7 @@ class Batcher:
             batch["input_features"] = train_data.features(
                 examples, self.sources, self.opts, self.num_mel_bins, self.n_frames
             )
+            self.decoded += len(examples)
         else:
             batch["encoder_outputs"] = self._encoded(examples)
         return batch
@@ -72,6 +74,7 @@ class Batcher:
             feats = train_data.features(
                 [examples[i] for i in missing], self.sources, self.opts, self.num_mel_bins, self.n_frames
             )
+            self.decoded += len(missing)
             feats, n = pad_batch(feats, len(examples))  # one static shape → one compile
             mesh = data_mesh(self.devices)
             enc = encoder_outputs(self.teacher_config, self.teacher_params(), feats, self.dtype, mesh)

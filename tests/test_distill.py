@@ -429,6 +429,23 @@ def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp
     assert [s for s in logged if s] == list(range(1, 9))
 
 
+# Runs the distillation CLI counting the calls that decode a training row's audio; the count goes to argv[1].
+COUNT_DECODES = """
+import sys
+from distil_whisper_jax import train_data
+from distil_whisper_jax.cli.distill import main
+calls = [0]
+decode = train_data.row_audio
+def counted(*args, **kwargs):
+    calls[0] += 1
+    return decode(*args, **kwargs)
+train_data.row_audio = counted
+code = main(sys.argv[2:])
+open(sys.argv[1], "w").write(str(calls[0]))
+sys.exit(code)
+"""
+
+
 def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp_path):
     """2 jax.distributed CPU processes × 4 devices == 1 process × 8 devices (same global batch)."""
     import socket
@@ -441,8 +458,9 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
         subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "distil_whisper_jax.cli.distill",
+                "-c",
+                COUNT_DECODES,
+                str(tmp_path / f"decoded-{i}"),
                 *_argv(small_models, labelled, out, per_device_train_batch_size=1),
                 "--distributed",
                 "--coordinator_address",
@@ -464,6 +482,10 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "8 devices" in logs[0] and "2 processes" in logs[0]
     assert _max_diff(_final_params(out), _final_params(uninterrupted)) <= 1e-5
+    # each process decoded the audio of its own half of every global batch (8 steps x 4 rows), and no more
+    for i in range(2):
+        assert (tmp_path / f"decoded-{i}").read_text() == "32", logs[i][-3000:]
+        assert f"process {i} decoded the audio of 32 training examples" in logs[i]
 
 
 def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, tmp_path, caplog):
