@@ -40,8 +40,9 @@ from typing import Any
 import datasets
 
 from .audio import AUDIO_EXTENSIONS
-from .data_parquet import is_url, nested_parquet, open_hub_stream, open_url, parquet_source
+from .data_parquet import nested_parquet, open_hub_stream, open_url, parquet_source
 from .data_source import SCHEMA_FILE, SCHEMA_FORMAT, DataConfigError, RowGroups, Source, SourceSpec, require_columns
+from .storage import is_url
 
 __all__ = [  # the data layer's vocabulary, defined in data_source and used as data.<name>
     "SCHEMA_FILE",

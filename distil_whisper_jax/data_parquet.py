@@ -26,12 +26,6 @@ import pyarrow.parquet as pq
 from .data_source import DataConfigError, RowGroups, Source, SourceSpec, read_roles
 
 
-def is_url(name: str) -> bool:
-    """True for ``scheme://...`` names other than local ``file://`` ones."""
-    scheme, sep, _ = name.partition("://")
-    return bool(sep) and scheme.isidentifier() and scheme != "file"
-
-
 def _file_system(url: str) -> tuple[Any, str]:
     """``(fsspec file system, path inside it)`` for ``url``; ``DataConfigError`` naming the package to
     install when the scheme needs one (``gs://`` → gcsfs)."""

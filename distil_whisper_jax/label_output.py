@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ from . import config
 from .data import SCHEMA_FILE, SCHEMA_FORMAT, DataConfigError, Source
 from .label_config import PseudoLabelConfig, output_differences
 from .label_units import Unit
+from .storage import OutPath, remove_tree
 from .utils import atomic_write
 
 STATE_DIR = ".plabel"
@@ -41,15 +40,15 @@ NEW_COLUMNS = (
 )
 
 
-def shard_path(out: Path, b: int) -> Path:
+def shard_path(out: OutPath, b: int) -> OutPath:
     return out / f"shard-{b:0{SHARD_DIGITS}d}.parquet"
 
 
-def block_state_path(out: Path, b: int) -> Path:
+def block_state_path(out: OutPath, b: int) -> OutPath:
     return out / STATE_DIR / f"block-{b:0{SHARD_DIGITS}d}.json"
 
 
-def tail_path(out: Path, b: int) -> Path:
+def tail_path(out: OutPath, b: int) -> OutPath:
     return out / STATE_DIR / f"tail-{b:0{SHARD_DIGITS}d}.json"
 
 
@@ -111,14 +110,14 @@ def unit_name(u: Unit) -> str:
     return name + (f"-part{u.part}" if u.part else "") + ".flac"
 
 
-def write_tail(out: Path, b: int, unit: Unit | None, ids: list[int]) -> None:
+def write_tail(out: OutPath, b: int, unit: Unit | None, ids: list[int]) -> None:
     """Record block ``b``'s last labelled unit and its label (None: the block labelled nothing)."""
     tail = None if unit is None else {"rows": unit.rows, "part": unit.part, "speaker": unit.speaker, "ids": ids}
     with atomic_write(tail_path(out, b), "w") as f:
         json.dump({"tail": tail}, f, default=str)
 
 
-def read_tail(out: Path, b: int) -> tuple[Unit | None, list[int]] | None:
+def read_tail(out: OutPath, b: int) -> tuple[Unit | None, list[int]] | None:
     """Block ``b``'s recorded tail as ``(unit, ids)`` (unit None: nothing labelled); None: not recorded yet."""
     path = tail_path(out, b)
     if not path.exists():
@@ -130,15 +129,15 @@ def read_tail(out: Path, b: int) -> tuple[Unit | None, list[int]] | None:
     return unit, list(tail["ids"])
 
 
-def _clear(out: Path) -> None:
+def _clear(out: OutPath) -> None:
     for p in out.glob("shard-*.parquet"):
         p.unlink()
     for name in ("report.json", "report.md", SCHEMA_FILE):
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    remove_tree(out / STATE_DIR)
 
 
-def prepare_output(out: Path, cfg: PseudoLabelConfig, process_index: int, process_count: int) -> None:
+def prepare_output(out: OutPath, cfg: PseudoLabelConfig, process_index: int, process_count: int) -> None:
     """Check (or claim) the output directory: a restart must agree on every field that determines the output
     (``DataConfigError`` naming each difference); record the config and the column roles."""
     state = out / STATE_DIR
@@ -170,13 +169,13 @@ def prepare_output(out: Path, cfg: PseudoLabelConfig, process_index: int, proces
             p.unlink(missing_ok=True)
 
 
-def write_end(out: Path, process_index: int, total_rows: int) -> None:
+def write_end(out: OutPath, process_index: int, total_rows: int) -> None:
     """Mark that this process read the data to its end (``total_rows`` rows in all)."""
     with atomic_write(out / STATE_DIR / f"end-{process_index}.json", "w") as f:
         json.dump({"total_rows": total_rows}, f)
 
 
-def stale_shard(out: Path, b: int) -> None:
+def stale_shard(out: OutPath, b: int) -> None:
     """Remove block ``b``'s shard of an earlier, different run (this run kept no rows in the block)."""
     shard_path(out, b).unlink(missing_ok=True)
 

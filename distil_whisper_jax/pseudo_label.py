@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from . import data, data_blocks, label_output, label_report, parallel, wer_filter
+from . import data, data_blocks, label_output, label_report, parallel, storage, wer_filter
 from .generate import generate, generation_options, strip
 from .label_config import PseudoLabelConfig, output_config
 from .label_units import Bad, Batcher, PseudoLabelError, Unit, continues, pack, split_long
@@ -63,7 +63,7 @@ class Settings:
     dtype: Any
     devices: list
     params: Any
-    out: Path
+    out: storage.OutPath
     process_index: int
     process_count: int
 
@@ -104,6 +104,9 @@ def _devices(cfg: PseudoLabelConfig) -> list:
 def setup(cfg: PseudoLabelConfig) -> Settings:
     """Resolve the config into ``Settings``; every configuration error is raised here, before any labelling."""
     cfg.validate()
+    out = storage.location(cfg.output_dir)
+    if storage.is_remote(out):
+        storage.check_writable(out, "--output_dir")
     sources, columns = _open_data(cfg)
     pre = load_pretrained(cfg.model_name_or_path)
     window = pre.config.input_seconds
@@ -147,7 +150,7 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     )
     dtype = DTYPES[cfg.dtype]
     pi, pc = data_blocks.process_info()
-    return Settings(cfg, batcher, pre, prompt, options, dtype, devices, params, Path(cfg.output_dir), pi, pc)
+    return Settings(cfg, batcher, pre, prompt, options, dtype, devices, params, out, pi, pc)
 
 
 # ----------------------------------------------------------------------------------------------------------------

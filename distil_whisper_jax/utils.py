@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .storage import is_remote
+
 
 class OutputWriteError(OSError):
     """Writing an output failed (disk full, read-only, permission): the message names the path and cause."""
@@ -63,7 +65,20 @@ def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
     The temp name ``.<name>.<pid>.<random>.tmp`` carries the writer's process id, so that
     ``remove_stale_temporaries`` can tell a killed writer's leftovers from a live one's. The file gets the
     permissions a plain ``open()`` would give (0666 minus the umask), set just before the rename, so a
-    caller that replaced the temp file (as some library writers do) gets them too."""
+    caller that replaced the temp file (as some library writers do) gets them too.
+
+    A remote ``path`` (``storage.location`` of a URL) is written to a local temp file and uploaded in one
+    go when the block finishes: the object appears whole or not at all."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="distil-whisper-jax-") as d:
+            tmp = Path(d) / path.name
+            if mode is None:
+                yield tmp
+            else:
+                with open(tmp, mode) as f:
+                    yield f
+            path.fs.put_file(str(tmp), path.path)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)

@@ -32,6 +32,8 @@ from distil_whisper_jax.row_audio import row_audio
 from distil_whisper_jax.token_layout import special_tokens
 from distil_whisper_jax.transcribe import transcribe
 
+from . import fake_gcs
+
 ROOT = Path(__file__).resolve().parents[1]
 # Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
 # speaker. Ground truth: row 0's is deliberately wrong (the filter must drop it), row 3's is missing.
@@ -225,6 +227,24 @@ def test_two_processes_label_a_remote_parquet_dataset_like_the_local_manifest(re
         return [{**r, "audio": r["audio"]["bytes"]} if isinstance(r["audio"], dict) else r for r in rows]
 
     assert without_audio_path(read_rows(tmp_path / "out")) == without_audio_path(read_rows(reference))
+
+
+def test_labels_go_to_a_bucket_url_and_resume_there(reference, corpus, tmp_path):
+    """``--output_dir gs://...`` (a GCS stand-in that runs here): every shard, the bookkeeping and the report
+    reach the bucket, a rerun resumes from what is there, and a bucket that does not exist fails first."""
+    gcs = fake_gcs.use(tmp_path / "gcs")
+    assert run("gs://bucket/lab", corpus, **MARK) == 0
+    assert read_rows(tmp_path / "gcs" / "bucket" / "lab") == read_rows(reference)
+    names = {k.removeprefix("bucket/lab/") for k in gcs.written}
+    assert {"shard-00000000.parquet", "shard-00000001.parquet", "report.json", "report.md", "schema.json"} <= names
+    assert not list((tmp_path / "gcs").rglob("*.tmp"))
+    report = json.loads((tmp_path / "gcs" / "bucket" / "lab" / "report.json").read_text())
+    assert strip_timing(report) == strip_timing(json.loads((reference / "report.json").read_text()))
+    gcs.written.clear()
+    assert run("gs://bucket/lab", corpus, **MARK) == 0  # resumed: every block is done, no shard is redone
+    assert not [k for k in gcs.written if k.endswith(".parquet")]
+    with pytest.raises(ValueError, match="--output_dir gs://nobucket/lab: cannot write there .*no such bucket"):
+        run("gs://nobucket/lab", corpus, **MARK)
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path):

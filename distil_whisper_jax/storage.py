@@ -1,0 +1,94 @@
+"""Where outputs go: a local directory, or a bucket URL (``gs://``, ``s3://``, ... through fsspec).
+
+``location(s)`` gives a ``pathlib.Path`` for a local path and a ``upath.UPath`` (the same API over fsspec)
+for a URL, so the writers use one set of path operations for both. What differs is atomicity: a local file
+is written to a temp name and renamed; an object store has no rename, but an upload becomes visible whole
+or not at all, so a remote file is written locally first and uploaded in one go (``utils.atomic_write``).
+Appending (a metrics log) is done to a local copy that is re-uploaded (``Mirror``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import fsspec
+from upath import UPath
+
+OutPath = Path | UPath
+
+
+def is_url(name: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` names other than local ``file://`` ones."""
+    scheme, sep, _ = os.fspath(name).partition("://")
+    return bool(sep) and scheme.isidentifier() and scheme != "file"
+
+
+def is_remote(path: str | os.PathLike | UPath) -> bool:
+    """True for a location on an fsspec file system other than the local disk."""
+    return isinstance(path, UPath) and not isinstance(path, Path) or isinstance(path, str) and is_url(path)
+
+
+def location(name: str | os.PathLike, flag: str = "--output_dir") -> OutPath:
+    """``Path`` for a local path (``~`` expanded), ``UPath`` for a URL; ``ValueError`` naming ``flag`` when
+    the URL's scheme is unknown or needs a package that is not installed (``gs://`` → ``gcsfs``)."""
+    if isinstance(name, UPath) or isinstance(name, Path):
+        return name
+    if not is_url(name):
+        return Path(os.path.expanduser(os.fspath(name)))
+    try:
+        fsspec.get_filesystem_class(name.split("://")[0])
+        return UPath(name)
+    except ImportError as e:
+        raise ValueError(f"{flag} {name}: this URL needs a package that is not installed ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{flag} {name}: not a URL fsspec knows ({e})") from None
+
+
+def check_writable(path: OutPath, flag: str) -> None:
+    """``ValueError`` naming ``flag`` when objects cannot be created under a remote ``path`` (checked by
+    writing and deleting one: a wrong bucket or missing credentials fail here, before any work)."""
+    probe = path / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - each fsspec backend raises its own errors (auth, 404, 403)
+        raise ValueError(f"{flag} {path}: cannot write there ({type(e).__name__}: {e})") from None
+
+
+def remove_tree(path: OutPath) -> None:
+    """Delete a directory (or prefix) and everything below it; nothing when it does not exist."""
+    if is_remote(path):
+        if path.exists():
+            path.fs.rm(path.path, recursive=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def upload_tree(local: Path, dest: OutPath) -> None:
+    """Copy a finished local directory to ``dest`` (a remote location), file by file; a reader that waits
+    for a marker file written last (such as a checkpoint's) never sees a partial tree."""
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        target = dest / f.relative_to(local).as_posix()
+        target.fs.put_file(str(f), target.path)
+
+
+class Mirror:
+    """A local working copy of a remote file that is appended to (``metrics.jsonl``): ``local`` is written
+    as usual and ``push()`` uploads it whole. For a local path, ``local`` is the path itself."""
+
+    def __init__(self, path: OutPath):
+        self.path = path
+        if not is_remote(path):
+            self.local = Path(path)
+            return
+        self.local = Path(tempfile.mkdtemp(prefix="distil-whisper-jax-")) / path.name
+        if path.exists():
+            self.local.write_bytes(path.read_bytes())
+
+    def push(self) -> None:
+        if is_remote(self.path):
+            self.path.fs.put_file(str(self.local), self.path.path)
