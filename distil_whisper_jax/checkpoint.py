@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from . import storage
 from .model import WhisperConfig
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names it (and the previous good one when known)."""
 
 
-def checkpoint_root(path: str | os.PathLike) -> Path:
-    """``O/checkpoints`` for ``O``, ``O/checkpoints`` or ``O/checkpoints/<step>``."""
-    p = Path(path)
+def checkpoint_root(path: str | os.PathLike) -> storage.OutPath:
+    """``O/checkpoints`` for ``O``, ``O/checkpoints`` or ``O/checkpoints/<step>`` (local or a bucket URL)."""
+    p = storage.location(path)
     if p.name.isdigit() and (p / "meta").is_dir():
         return p.parent
     if (p / CHECKPOINTS).is_dir():
@@ -53,7 +54,7 @@ def checkpoint_root(path: str | os.PathLike) -> Path:
 
 def checkpoint_steps(root: str | os.PathLike) -> list[int]:
     """Finalised checkpoint steps under ``root`` (ascending); temporary, half-written ones are ignored."""
-    root = Path(root)
+    root = storage.location(root)
     if not root.is_dir():
         return []
     return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and d.is_dir() and (d / "meta").is_dir())
@@ -61,7 +62,7 @@ def checkpoint_steps(root: str | os.PathLike) -> list[int]:
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     """True for a run directory ``O``, its ``O/checkpoints``, or one ``O/checkpoints/<step>``."""
-    p = Path(path)
+    p = storage.location(path)
     if not p.is_dir():
         return False
     if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
@@ -85,7 +86,9 @@ def make_manager(
         create=True,
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(Path(root).absolute(), options=options, item_names=ITEMS)
+    # A bucket URL goes to Orbax as it is: Orbax writes gs:// itself (tensorstore, etils.epath).
+    directory = str(root) if storage.is_remote(root) else Path(root).absolute()
+    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
 def host_copy(tree: Any) -> Any:
@@ -132,7 +135,7 @@ def restore(
     on), each damaged step directory is renamed ``<step>.damaged-<time>``, so that saving that step again
     later does not collide with it. Returns ``(step, state, data_state, meta)`` or None when there is no
     checkpoint."""
-    root = Path(str(manager.directory))
+    root = storage.location(str(manager.directory))
     steps = checkpoint_steps(root)
     if step is not None:
         if step not in steps:
@@ -202,7 +205,7 @@ def _set_aside(manager, step_dir: Path) -> None:
 def load_params(path: str | os.PathLike) -> tuple[WhisperConfig, dict]:
     """(config, fp32 numpy params) of the latest usable checkpoint under ``path`` (``O``,
     ``O/checkpoints``) or of one step directory ``O/checkpoints/<step>``."""
-    p = Path(path)
+    p = storage.location(path)
     root = checkpoint_root(p)
     step = int(p.name) if p.name.isdigit() and p.parent == root else None
     manager = make_manager(root, async_save=False)

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import checkpoint, eval_data, parallel, train_data
+from . import checkpoint, eval_data, parallel, storage, train_data
 from . import train as core
 from .config import to_dict
 from .convert.hf import write_hf_dir
@@ -66,7 +65,7 @@ class Run:
     """Everything the loop needs, made by ``setup``."""
 
     cfg: DistillConfig
-    out: Path
+    out: storage.OutPath
     is_main: bool
     models: Models
     data: TrainData
@@ -123,7 +122,7 @@ def run(cfg: DistillConfig) -> int:
 def setup(cfg: DistillConfig) -> Run:
     """Runtime, output directory, models, data, train state and resume point."""
     _init_runtime(cfg)
-    out, is_main = Path(cfg.output_dir), jax.process_index() == 0
+    out, is_main = storage.location(cfg.output_dir), jax.process_index() == 0
     _prepare_output(cfg, out, is_main)
     models = load_models(cfg)
     data = open_data(cfg, models.student, models.teacher)
@@ -133,8 +132,9 @@ def setup(cfg: DistillConfig) -> Run:
     state, step_fn = build_state(cfg, models, mesh)
     specials = special_tokens(models.student.tokenizer)
     if is_main:
-        save_tokenizer(models.student.tokenizer, out / checkpoint.TOKENIZER)
-        _write_generation_config(models.student, out / checkpoint.TOKENIZER / "generation_config.json")
+        with storage.staged_dir(out / checkpoint.TOKENIZER) as tok_dir:
+            save_tokenizer(models.student.tokenizer, tok_dir)
+            _write_generation_config(models.student, tok_dir / "generation_config.json")
     meta = {
         "config": models.student.config.to_dict(),
         "teacher": models.teacher_ref,
@@ -189,10 +189,13 @@ def setup(cfg: DistillConfig) -> Run:
     )
 
 
-def _prepare_output(cfg: DistillConfig, out: Path, is_main: bool) -> None:
-    check_writable(out)
+def _prepare_output(cfg: DistillConfig, out: storage.OutPath, is_main: bool) -> None:
+    if storage.is_remote(out):
+        storage.check_writable(out, "--output_dir")
+    else:
+        check_writable(out)
     if cfg.overwrite_output_dir and is_main and (out / checkpoint.CHECKPOINTS).exists():
-        shutil.rmtree(out / checkpoint.CHECKPOINTS)
+        storage.remove_tree(out / checkpoint.CHECKPOINTS)
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
@@ -457,9 +460,13 @@ def _write_generation_config(student: Pretrained, path: Path) -> None:
 
 
 def _write_final(r: Run, params: Any) -> None:
-    hf = r.out / "hf"
-    student, teacher = r.models.student, r.models.teacher
     gen = json.loads((r.out / checkpoint.TOKENIZER / "generation_config.json").read_text())
+    with storage.staged_dir(r.out / "hf") as hf:
+        _write_hf_and_info(r, hf, params, gen)
+
+
+def _write_hf_and_info(r: Run, hf: Path, params: Any, gen: dict) -> None:
+    student, teacher = r.models.student, r.models.teacher
     write_hf_dir(hf, student.config, params, generation_config=gen, tokenizer=student.tokenizer)
     info = dict(r.models.info)
     info["teacher"] = r.models.teacher_ref

@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+from . import storage
 from .utils import atomic_write
 
 log = logging.getLogger("distil_whisper_jax.distill")
@@ -37,7 +38,7 @@ def known_peak_tflops(device_kind: str) -> float | None:
 class Logger:
     """TensorBoard (tensorboardX, no TensorFlow needed) + JSONL, on process 0."""
 
-    out: Path
+    out: storage.OutPath
     enabled: bool
 
     def __post_init__(self):
@@ -45,27 +46,39 @@ class Logger:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out / "runs"))
+            # A bucket output: metrics.jsonl and the event files are kept locally and uploaded after each write.
+            self.metrics = storage.Mirror(self.out / "metrics.jsonl")
+            self.local = self.metrics.local.parent
+            self.writer = SummaryWriter(str(self.local / "runs"))
 
     def truncate_after(self, step: int) -> None:
         """Drop JSONL entries beyond ``step`` (written after the checkpoint a resumed run restarts from)."""
-        f = self.out / "metrics.jsonl"
-        if self.enabled and f.is_file():
-            keep = [ln for ln in f.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-            with atomic_write(f, "w") as fh:
+        if self.enabled and self.metrics.local.is_file():
+            lines = self.metrics.local.read_text().splitlines()
+            keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            with atomic_write(self.metrics.local, "w") as fh:
                 fh.write("".join(ln + "\n" for ln in keep))
+            self.metrics.push()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, step)
-        with open(self.out / "metrics.jsonl", "a") as f:
+        with open(self.metrics.local, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._push()
+
+    def _push(self) -> None:
+        if storage.is_remote(self.out):
+            self.writer.flush()
+            self.metrics.push()
+            storage.upload_tree(self.local / "runs", self.out / "runs")
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._push()
 
 
 @dataclasses.dataclass

@@ -9,10 +9,12 @@ Appending (a metrics log) is done to a local copy that is re-uploaded (``Mirror`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -74,6 +76,19 @@ def upload_tree(local: Path, dest: OutPath) -> None:
     for f in sorted(p for p in local.rglob("*") if p.is_file()):
         target = dest / f.relative_to(local).as_posix()
         target.fs.put_file(str(f), target.path)
+
+
+@contextlib.contextmanager
+def staged_dir(dest: OutPath) -> Iterator[Path]:
+    """A local directory to write ``dest``'s files in: ``dest`` itself when it is local, else a temp
+    directory uploaded to ``dest`` when the block finishes without error."""
+    if not is_remote(dest):
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        yield Path(dest)
+        return
+    with tempfile.TemporaryDirectory(prefix="distil-whisper-jax-") as d:
+        yield Path(d)
+        upload_tree(Path(d), dest)
 
 
 class Mirror:

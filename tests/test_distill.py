@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from . import fake_gcs
+
 REPO = Path(__file__).resolve().parents[1]
 JAX_CACHE = None  # set by the module fixture: runs share compiled programs (in-process and subprocesses)
 
@@ -486,6 +488,48 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
     for i in range(2):
         assert (tmp_path / f"decoded-{i}").read_text() == "32", logs[i][-3000:]
         assert f"process {i} decoded the audio of 32 training examples" in logs[i]
+
+
+def test_bucket_output_dir_gets_every_output_and_orbax_gets_the_url(
+    small_models, labelled, uninterrupted, tmp_path, monkeypatch
+):
+    """``--output_dir gs://...`` on a GCS stand-in that runs here: the tokenizer, metrics, curves, event files
+    and the final ``hf/`` reach the bucket through fsspec, and Orbax is handed the checkpoint URL unchanged
+    (it writes gs:// with its own tensorstore driver, which cannot run here: the spy below lets it write
+    where the stand-in keeps the bucket). A bucket that does not exist fails before any training."""
+    from distil_whisper_jax import checkpoint
+    from distil_whisper_jax.distill import run
+
+    gcs = fake_gcs.use(tmp_path / "gcs")
+    bucket = tmp_path / "gcs" / "bucket"
+    handed = []
+    manager = checkpoint.ocp.CheckpointManager
+
+    def spy(directory, *args, **kwargs):
+        handed.append(directory)
+        return manager(tmp_path / "gcs" / str(directory).removeprefix("gs://"), *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", spy)
+    assert run(_cfg(small_models, labelled, "gs://bucket/run")) == 0
+    assert handed == ["gs://bucket/run/checkpoints"]  # a str, exactly the URL
+    assert _max_diff(_final_params(bucket / "run"), _final_params(uninterrupted)) <= 1e-6
+    written = {k.removeprefix("bucket/run/") for k in gcs.written}
+    for name in ("hf/model.safetensors", "hf/config.json", "tokenizer/tokenizer.json", "training_curves.png"):
+        assert name in written, sorted(written)
+    assert (bucket / "run" / "hf" / "model.safetensors").read_bytes() == (
+        uninterrupted / "hf" / "model.safetensors"
+    ).read_bytes()
+    assert any(k.startswith("runs/") for k in written)
+    steps = [json.loads(ln)["step"] for ln in (bucket / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == list(range(1, 9))
+    resumed = _cfg(small_models, labelled, "gs://bucket/run", max_steps=9, allow_resume_changes=True)
+    assert run(resumed) == 0  # resumes from the checkpoint in the bucket
+    steps = [json.loads(ln)["step"] for ln in (bucket / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == list(range(1, 10))
+    with pytest.raises(ValueError, match="--output_dir gs://nobucket/run: cannot write there"):
+        run(_cfg(small_models, labelled, "gs://nobucket/run"))
+    runs = [d for d in handed if isinstance(d, str)]  # the others: this test's own local reads
+    assert runs == ["gs://bucket/run/checkpoints"] * 2
 
 
 def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, tmp_path, caplog):
