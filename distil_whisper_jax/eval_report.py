@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .evaluate import wer_details
 from .utils import atomic_write, write_error
 
@@ -116,7 +117,7 @@ def score(
 
 
 def part_path(out: str | Path, process_index: int) -> Path:
-    return Path(out) / PARTS_DIR / f"process_{process_index}.jsonl"
+    return storage.location(out) / PARTS_DIR / f"process_{process_index}.jsonl"
 
 
 def write_part(out: str | Path, process_index: int, header: dict, entries: Sequence[dict]) -> Path:
@@ -129,9 +130,8 @@ def write_part(out: str | Path, process_index: int, header: dict, entries: Seque
     return path
 
 
-def read_part(path: Path) -> tuple[dict, list[dict]]:
-    with open(path, encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f if line.strip()]
+def read_part(path: storage.OutPath) -> tuple[dict, list[dict]]:
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return lines[0]["header"], lines[1:]
 
 
@@ -219,7 +219,7 @@ def write_predictions(path: Path, rows: Sequence[dict], names: Sequence[str]) ->
 
 def write_results(out: str | Path, results: dict, rows: Sequence[dict] | None, names: Sequence[str]) -> list[str]:
     """``results.json``, ``results.md`` and (``rows`` given) ``predictions.csv``; returns the write errors."""
-    out, errors = Path(out), []
+    out, errors = storage.location(out), []
     for name, write in (
         ("results.json", lambda p: p.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")),
         ("results.md", lambda p: p.write_text(render_md(results))),

@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from . import audio, config, data, data_blocks, eval_report, transcribe
+from . import audio, config, data, data_blocks, eval_report, storage, transcribe
 from .decoding import Decoder, check_assistant_mode, decoder
 from .evaluate import normalizer_for
 from .models import load_pretrained
@@ -99,6 +99,9 @@ class EvalConfig(MultiHostConfig):
             raise ValueError(f"--num_beams must be ≥ 1, got {self.num_beams}")
         transcribe.check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
         check_assistant_mode(self.assistant_model_name_or_path, self.long_form, self.num_beams, ASSISTANT_FLAG)
+        if storage.is_url(self.output_dir):
+            storage.check_writable(storage.location(self.output_dir), "--output_dir")
+            return
         if Path(self.output_dir).is_file():
             raise ValueError(f"--output_dir {self.output_dir}: is a file; give a directory")
         check_writable_dir(self.output_dir, "--output_dir")
@@ -291,7 +294,7 @@ def finish(s: Setup, parts: list[tuple[dict, list[dict]]]) -> int:
     """Merge the processes' parts, score, write the results (printed instead when they cannot be written)."""
     entries, seconds, assistant = eval_report.merge_parts(parts, len(s.names))
     results, rows = results_of(s, entries, seconds, assistant if s.dec.assistant is not None else None)
-    out = Path(s.cfg.output_dir)
+    out = storage.location(s.cfg.output_dir)
     errors = eval_report.write_results(out, results, rows if s.cfg.predictions_csv else None, s.names)
     _log_results(results, out)
     if errors:
@@ -318,7 +321,7 @@ def run(cfg: EvalConfig) -> int:
     cfg.init_distributed()
     s = setup(cfg)
     pi, pc = data_blocks.process_info()
-    out = Path(cfg.output_dir)
+    out = storage.location(cfg.output_dir)
     eval_report.part_path(out, pi).unlink(missing_ok=True)  # a previous run's
     if pc > 1:
         multihost_utils.sync_global_devices("eval: stale parts removed")

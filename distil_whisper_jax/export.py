@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import config as config_lib
+from . import storage
 from .convert import ggml as ggml_format
 from .convert import hf as hf_format
 from .convert import openai as openai_format
@@ -247,6 +249,8 @@ def _report_verification(cfg: ExportConfig, pre: Pretrained, paths: dict[str, Pa
 def run(cfg: ExportConfig) -> int:
     """Export (and verify) as ``cfg`` says; 0 when every check passed, 1 otherwise. Bad input raises
     ``ValueError`` and a failed write ``utils.OutputWriteError``, both before or instead of a traceback."""
+    if storage.is_url(cfg.output_dir):
+        return _run_to_bucket(cfg)
     t0 = time.perf_counter()
     formats = cfg.validate()
     check_writable_dir(cfg.output_dir, "--output_dir")
@@ -264,6 +268,21 @@ def run(cfg: ExportConfig) -> int:
     passed = _report_verification(cfg, pre, paths, clips)
     print(f"total {time.perf_counter() - t0:.1f} s (export {t_export:.1f} s)")
     return 0 if passed else 1
+
+
+def _run_to_bucket(cfg: ExportConfig) -> int:
+    """``--output_dir`` is a bucket URL: export and verify in a local temp directory, then upload the files."""
+    formats = cfg.validate()
+    dest = storage.location(cfg.output_dir)
+    storage.check_writable(dest, "--output_dir")
+    existing = [str(dest / p.name) for p in output_paths(Path("."), formats).values() if (dest / p.name).exists()]
+    if existing and not cfg.overwrite:
+        raise ValueError(f"output(s) already exist: {', '.join(existing)}; pass --overwrite to replace them")
+    with tempfile.TemporaryDirectory(prefix="distil-whisper-jax-export-") as d:
+        code = run(dataclasses.replace(cfg, output_dir=d, overwrite=True))
+        storage.upload_tree(Path(d), dest)
+    log.info("uploaded the export to %s", dest)
+    return code
 
 
 if __name__ == "__main__":

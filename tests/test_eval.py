@@ -24,6 +24,8 @@ from distil_whisper_jax.cli.eval import main
 from distil_whisper_jax.decoding import decoder
 from distil_whisper_jax.evaluate import normalizer_for
 
+from . import fake_gcs
+
 HELDOUT = speech_manifest("heldout")
 ONE = dict(per_device_eval_batch_size=2, num_local_devices=1)
 ONE_ARGV = ["--per_device_eval_batch_size", "2", "--num_local_devices", "1"]
@@ -256,3 +258,21 @@ def test_long_rows_are_counted_short_form_and_scored_with_long_form_chunked_and_
     assert evaluation.run(cfg) == 0
     d = json.loads((seq / "results.json").read_text())["datasets"][str(manifest)]
     assert (d["num_samples"], d["scored"], d["too_long"]) == (2, 2, 0) and d["wer"] < 10
+
+
+def test_results_go_to_a_bucket_url(manifests, evaluated, tmp_path):
+    """``--output_dir gs://...`` (the GCS stand-in): the same results and predictions reach the bucket; a
+    bucket that does not exist is refused before the model loads."""
+    gcs = fake_gcs.use(tmp_path / "gcs")
+    assert evaluation.run(cfg_for(manifests, "gs://bucket/ev", predictions_csv=True)) == 0
+    local, res = evaluated
+    remote = tmp_path / "gcs" / "bucket" / "ev"
+    got = json.loads((remote / "results.json").read_text())
+    assert got["datasets"].keys() == res["datasets"].keys()
+    for name in res["datasets"]:
+        same = ("wer", "num_samples", "scored", "substitutions", "deletions", "insertions")
+        assert {k: got["datasets"][name][k] for k in same} == {k: res["datasets"][name][k] for k in same}
+    assert (remote / "predictions.csv").read_text() == (local / "predictions.csv").read_text()
+    assert {"bucket/ev/results.json", "bucket/ev/results.md", "bucket/ev/predictions.csv"} <= set(gcs.written)
+    with pytest.raises(ValueError, match="--output_dir gs://nobucket/ev: cannot write there"):
+        cfg_for(manifests, "gs://nobucket/ev").validate()
