@@ -8,8 +8,8 @@
 ``OUT/.plabel/block-<b>.json`` (``label_output`` describes the directory). A block counts as done when that
 file exists, so a job killed at any moment and started again with the same config labels only the missing
 blocks, and the shards sort in input order whatever the number of processes. Within a process the global
-batch (``--per_device_eval_batch_size`` × local devices) is split over all local devices. The last process
-to finish writes ``report.json`` and ``report.md``.
+batch (``--per_device_eval_batch_size`` × local devices) is split over all local devices. When every process
+is done, process 0 writes ``report.json`` and ``report.md``.
 
 Output columns: the input columns, with the audio column replaced by ``{"bytes", "path"}`` (16-bit FLAC of
 the exact 16 kHz audio the teacher heard); ``whisper_transcript``, ``whisper_token_ids``, ``wer`` (null
@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 import pyarrow.parquet as pq
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from . import data, data_blocks, label_output, label_report, parallel, storage, wer_filter
@@ -389,9 +390,13 @@ def run(cfg: PseudoLabelConfig) -> int:
         elapsed,
         totals["audio_seconds"] / max(elapsed, 1e-9),
     )
-    report = label_report.maybe_write_report(s.out, output_config(cfg), cfg.rows_per_shard)
+    if s.process_count > 1:  # every process has marked its end: process 0 alone writes the report
+        multihost_utils.sync_global_devices("pseudo-label: every block labelled")
+    report = None
+    if s.process_index == 0:
+        report = label_report.maybe_write_report(s.out, output_config(cfg), cfg.rows_per_shard)
     if report is None:
-        log.info("other processes still labelling; the last one to finish writes %s", s.out / "report.json")
+        log.info("process 0 writes the report: %s", s.out / "report.json")
     else:
         log.info(
             "report: %d rows written of %d read (%d bad, %d dropped by WER), WER %s %%, %.4f h labelled -> %s",

@@ -25,7 +25,24 @@ from distil_whisper_jax.label_config import PseudoLabelConfig
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tpu_scripts"
 RECIPES = sorted(p for p in (SCRIPTS / "recipes").iterdir() if p.is_dir())
-GCLOUD_ENV = ("TPU_", "DRY_RUN", "GIT_", "WHEEL", "BUCKET", "LOG_DIR", "OUTPUT_DIR", "REMOTE_", "EXPECTED_", "STAGE")
+GCLOUD_ENV = (
+    "TPU_",
+    "PROJECT",
+    "ZONE",
+    "ACCELERATOR_TYPE",
+    "RUNTIME_VERSION",
+    "RECIPE",
+    "RUN_",
+    "DRY_RUN",
+    "GIT_",
+    "WHEEL",
+    "BUCKET",
+    "LOG_DIR",
+    "OUTPUT_DIR",
+    "REMOTE_",
+    "EXPECTED_",
+    "STAGE",
+)
 
 FAKE_GCLOUD = f"""#!{sys.executable}
 # Fake gcloud: logs its argv (one JSON list a line), answers describe from FAKE_STATES (one state a line,
@@ -121,11 +138,12 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
 @pytest.mark.parametrize(
     "script, args, named",
     [
-        ("create.sh", (), ["--name (TPU_NAME)", "--zone (TPU_ZONE)", "--accelerator-type (TPU_ACCELERATOR)"]),
+        ("create.sh", (), ["--name (TPU_NAME)", "--zone (ZONE)"]),
+        ("create.sh", TPU + ("--accelerator-type", "v9-8"), ["--accelerator-type 'v9-8': unknown TPU generation"]),
         ("setup.sh", TPU + ("--accelerator-type", "v4-8"), ["--git-url (GIT_URL) or --wheel (WHEEL)"]),
         ("label.sh", TPU, ["--output-dir (OUTPUT_DIR)"]),
         ("run.sh", ("--zone", "z", "--output-dir", "o", "--accelerator-type", "v4-8"), ["--name (TPU_NAME)"]),
-        ("delete.sh", ("--name", "t1"), ["--zone (TPU_ZONE)"]),
+        ("delete.sh", ("--name", "t1"), ["--zone (ZONE)"]),
         ("create.sh", TPU + ("--accelerator-type",), ["--accelerator-type needs a value"]),
         ("label.sh", TPU + ("--output_dirr", "x"), ["unknown flag '--output_dirr'"]),
         ("create.sh", TPU + ("--accelerator-type", "v4-8", "--spot=yes"), ["--spot takes no value"]),
@@ -152,6 +170,20 @@ def test_help_lists_every_flag_and_a_bad_boolean_variable_is_refused(fake):
         assert "DRY_RUN" in res.stdout and "--name VALUE" in res.stdout, script.name
     res = fake.run("create.sh", *TPU, "--accelerator-type", "v4-8", TPU_SPOT="yes")
     assert res.returncode == 2 and "TPU_SPOT=yes: expected 0 or 1" in res.stderr and fake.calls() == []
+
+
+def test_the_documented_environment_names_and_their_older_aliases(fake):
+    """PROJECT, ZONE, TPU_NAME, ACCELERATOR_TYPE (default v4-8), RUNTIME_VERSION; TPU_ZONE etc. still work."""
+    env = dict(PROJECT="p1", ZONE="z1", TPU_NAME="t1", RUNTIME_VERSION="rv1")
+    assert fake.run("create.sh", **env).returncode == 0
+    create = fake.calls()[0]
+    assert {"--project=p1", "--zone=z1", "--accelerator-type=v4-8", "--version=rv1"} <= set(create), create
+    assert (
+        fake.run("create.sh", TPU_NAME="t1", TPU_ZONE="z2", TPU_ACCELERATOR="v4-32", ACCELERATOR_TYPE="").returncode
+        == 0
+    )
+    assert {"--zone=z2", "--accelerator-type=v4-32"} <= set(fake.calls()[-2])
+    assert "ZONE (TPU_ZONE)" in fake.run("create.sh", "--help").stdout
 
 
 def test_create_builds_the_gcloud_command_and_reads_the_environment(fake):

@@ -6,8 +6,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 _USAGE="usage: create.sh --name TPU --zone ZONE --accelerator-type v4-8 [--version RUNTIME] [--spot|--preemptible] [--queued]"
 create_opts() {
-  opt accelerator-type TPU_ACCELERATOR value "" "slice type: v4-8 (4 chips), v4-32 (16 chips), ..."
-  opt version TPU_RUNTIME value tpu-ubuntu2204-base "TPU VM runtime (software) version"
+  opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type: v4-8 (4 chips), v4-32 (16 chips), ..." TPU_ACCELERATOR
+  opt version RUNTIME_VERSION value tpu-ubuntu2204-base "TPU VM runtime (software) version" TPU_RUNTIME
   opt spot TPU_SPOT bool 0 "spot capacity (cheaper, may be preempted at any time)"
   opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (the older form of --spot)"
   opt queued TPU_QUEUED bool 0 "create a queued resource (gcloud compute tpus queued-resources) instead"
@@ -17,6 +17,7 @@ common_opts
 create_opts
 parse_args "$@"
 require name zone accelerator-type version
+expected_devices "$ACCELERATOR_TYPE" >/dev/null # an unknown slice type fails here, before gcloud
 ((TPU_SPOT && TPU_PREEMPTIBLE)) && die "--spot and --preemptible exclude each other"
 mapfile -t flags < <(tpu_flags)
 capacity=()
@@ -24,11 +25,11 @@ capacity=()
 if ((TPU_QUEUED)); then
   ((TPU_PREEMPTIBLE)) && die "--queued takes --spot, not --preemptible"
   run gcloud compute tpus queued-resources create "$TPU_NAME" "${flags[@]}" --node-id="$TPU_NAME" \
-    --accelerator-type="$TPU_ACCELERATOR" --runtime-version="$TPU_RUNTIME" "${capacity[@]}"
+    --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$RUNTIME_VERSION" "${capacity[@]}"
 else
   ((TPU_PREEMPTIBLE)) && capacity+=(--preemptible)
   run gcloud compute tpus tpu-vm create "$TPU_NAME" "${flags[@]}" \
-    --accelerator-type="$TPU_ACCELERATOR" --version="$TPU_RUNTIME" "${capacity[@]}"
+    --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" "${capacity[@]}"
 fi
 waited=0
 until [[ "$(tpu_state)" == READY ]]; do
@@ -36,4 +37,4 @@ until [[ "$(tpu_state)" == READY ]]; do
   sleep 30
   waited=$((waited + 30))
 done
-echo "$TPU_NAME ($TPU_ACCELERATOR) is READY" >&2
+echo "$TPU_NAME ($ACCELERATOR_TYPE) is READY" >&2

@@ -11,14 +11,20 @@ declare -A _OPT_VAR=() _OPT_KIND=() _OPT_HELP=()
 declare -a EXTRA_ARGS=()
 _USAGE=""
 
-# opt NAME VAR KIND DEFAULT HELP: a flag --NAME (dashes and underscores both accepted) that sets the
-# variable VAR, which the environment may also set; KIND is "value" or "bool" (bools are 0/1).
+# opt NAME VAR KIND DEFAULT HELP [ALIAS]: a flag --NAME (dashes and underscores both accepted) that sets
+# the variable VAR, which the environment may also set (or ALIAS, an older name of VAR); KIND is "value" or
+# "bool" (bools are 0/1).
+declare -A _OPT_ALIAS=()
 opt() {
-  local name="$1" var="$2" kind="$3" default="$4" help="$5"
+  local name="$1" var="$2" kind="$3" default="$4" help="$5" alias="${6:-}"
   _OPT_ORDER+=("$name")
   _OPT_VAR[$name]="$var"
   _OPT_KIND[$name]="$kind"
   _OPT_HELP[$name]="$help"
+  _OPT_ALIAS[$name]="$alias"
+  if [[ -z "${!var:-}" && -n "$alias" && -n "${!alias:-}" ]]; then
+    printf -v "$var" '%s' "${!alias}"
+  fi
   if [[ -z "${!var:-}" ]]; then
     printf -v "$var" '%s' "$default"
   fi
@@ -27,8 +33,8 @@ opt() {
 # The flags every script takes.
 common_opts() {
   opt name TPU_NAME value "" "TPU VM (or queued resource) name"
-  opt zone TPU_ZONE value "" "zone, e.g. us-central2-b (v4 TPU Research Cloud quota lives there)"
-  opt project TPU_PROJECT value "" "Google Cloud project (default: gcloud's configured one)"
+  opt zone ZONE value "" "zone, e.g. us-central2-b (v4 TPU Research Cloud quota lives there)" TPU_ZONE
+  opt project PROJECT value "" "Google Cloud project (default: gcloud's configured one)" TPU_PROJECT
   opt dry-run DRY_RUN bool 0 "print every command this would run, in order, and run none"
 }
 
@@ -38,7 +44,9 @@ usage() {
   for name in "${_OPT_ORDER[@]}"; do
     local arg=" VALUE"
     [[ "${_OPT_KIND[$name]}" == bool ]] && arg=""
-    printf '  --%-22s %-24s %s\n' "$name$arg" "${_OPT_VAR[$name]}" "${_OPT_HELP[$name]}"
+    local var="${_OPT_VAR[$name]}"
+    [[ -z "${_OPT_ALIAS[$name]}" ]] || var+=" (${_OPT_ALIAS[$name]})"
+    printf '  --%-22s %-24s %s\n' "$name$arg" "$var" "${_OPT_HELP[$name]}"
   done
   printf '  --%-22s %-24s %s\n' "help" "" "this text"
 }
@@ -134,8 +142,8 @@ run() {
 
 # The gcloud flags naming the TPU (zone, optional project).
 tpu_flags() {
-  printf '%s\n' "--zone=$TPU_ZONE"
-  [[ -z "$TPU_PROJECT" ]] || printf '%s\n' "--project=$TPU_PROJECT"
+  printf '%s\n' "--zone=$ZONE"
+  [[ -z "$PROJECT" ]] || printf '%s\n' "--project=$PROJECT"
 }
 
 # ssh_workers WORKER COMMAND [GCLOUD FLAGS...]: run a shell command on one worker or on all of them at once.

@@ -10,8 +10,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 _USAGE="usage: run.sh --name TPU --zone ZONE --accelerator-type v4-8 --git-url URL --bucket B --output-dir gs://B/exp \\
     --recipe tpu_scripts/recipes/distil-large-v2 --dataset D --eval-dataset H [--stages label,distill,...]"
 common_opts
-opt accelerator-type TPU_ACCELERATOR value "" "slice type (for create.sh and setup.sh)"
-opt version TPU_RUNTIME value tpu-ubuntu2204-base "TPU VM runtime version (create.sh)"
+opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type (for create.sh and setup.sh)" TPU_ACCELERATOR
+opt version RUNTIME_VERSION value tpu-ubuntu2204-base "TPU VM runtime version (create.sh)" TPU_RUNTIME
 opt spot TPU_SPOT bool 0 "spot capacity (create.sh)"
 opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (create.sh)"
 opt queued TPU_QUEUED bool 0 "queued resource (create.sh, delete.sh)"
@@ -19,7 +19,7 @@ opt git-url GIT_URL value "" "install from this git repository (setup.sh)"
 opt git-ref GIT_REF value main "git ref (setup.sh)"
 opt wheel WHEEL value "" "install this wheel instead (setup.sh)"
 opt bucket BUCKET value "" "gs:// bucket mounted on the workers (setup.sh)"
-opt output-dir RUN_OUTPUT_DIR value "" "base of the outputs: BASE/student, BASE/labelled, BASE/distill, BASE/eval, BASE/export"
+opt output-dir RUN_OUTPUT_DIR value "" "base of the outputs: BASE/student, BASE/labelled, BASE/distill, BASE/eval, BASE/export" OUTPUT_DIR
 opt recipe RECIPE value "" "a recipes/ directory: its student.yaml, label.yaml, distill.yaml are the default configs"
 opt dataset DATASET value "" "--dataset_name of labelling (the audio to distil on)"
 opt eval-dataset EVAL_DATASET value "" "held-out --dataset_name of eval (and --eval_dataset_name of distill)"
@@ -39,7 +39,7 @@ parse_args "$@"
 require name zone accelerator-type output-dir
 [[ "$MAX_RETRIES" =~ ^[0-9]+$ ]] || die "--max-retries '$MAX_RETRIES' (MAX_RETRIES): expected a count"
 [[ "$RETRY_WAIT" =~ ^[0-9]+$ ]] || die "--retry-wait '$RETRY_WAIT' (RETRY_WAIT): expected seconds"
-export TPU_NAME TPU_ZONE TPU_PROJECT DRY_RUN TPU_ACCELERATOR TPU_RUNTIME TPU_SPOT TPU_PREEMPTIBLE TPU_QUEUED \
+export TPU_NAME ZONE PROJECT DRY_RUN ACCELERATOR_TYPE RUNTIME_VERSION TPU_SPOT TPU_PREEMPTIBLE TPU_QUEUED \
   GIT_URL GIT_REF WHEEL BUCKET LOG_DIR GLOBAL_BATCH_SIZE
 base="${RUN_OUTPUT_DIR%/}"
 if [[ -n "$RECIPE" ]]; then

@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 _USAGE="usage: setup.sh --name TPU --zone ZONE --accelerator-type v4-8 (--git-url URL [--git-ref REF] | --wheel FILE|URL) [--bucket B]"
 common_opts
-opt accelerator-type TPU_ACCELERATOR value "" "slice type (sets the expected device count: v4-8 → 4, v4-32 → 16)"
+opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type (sets the expected device count: v4-8 → 4, v4-32 → 16)" TPU_ACCELERATOR
 opt expected-devices EXPECTED_DEVICES value "" "override the expected jax.device_count()"
 opt git-url GIT_URL value "" "git repository of this project to install from"
 opt git-ref GIT_REF value main "branch, tag or commit of --git-url"
@@ -20,7 +20,7 @@ require name zone
 [[ -n "$GIT_URL" && -n "$WHEEL" ]] && die "give --git-url (GIT_URL) or --wheel (WHEEL), not both"
 if [[ -z "$EXPECTED_DEVICES" ]]; then
   require accelerator-type
-  EXPECTED_DEVICES="$(expected_devices "$TPU_ACCELERATOR")"
+  EXPECTED_DEVICES="$(expected_devices "$ACCELERATOR_TYPE")"
 fi
 mapfile -t flags < <(tpu_flags)
 
