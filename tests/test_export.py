@@ -86,6 +86,35 @@ def test_every_runtime_reproduces_our_greedy_output(session, model, verify_clips
         assert checks["hf"].wer < 10
 
 
+@pytest.fixture(scope="module")
+def heldout_checks(session, tiny, tmp_path_factory):
+    """tiny.en's whisper.cpp f16 and 4/5-bit files verified on the first 24 held-out sentences of the bundled
+    speech corpus (~260 words, so a word is 0.4 WER points), joined into ≤ 28 s windows (whisper.cpp pads
+    every clip to 30 s: 4 windows cost a sixth of 24 clips)."""
+    from distil_whisper_jax.assets import speech_manifest
+
+    rows = export_verify.verification_clips(str(speech_manifest("heldout")), 24)
+    clips = export_verify.joined_clips(rows, 28, tmp_path_factory.mktemp("heldout"))
+    out = session["outputs"]["tiny"]
+    files = {f: out[f] for f in ("ggml", "ggml-q5_1", "ggml-q5_0", "ggml-q4_1", "ggml-q4_0")}
+    (checks,) = export_verify.verify([(tiny, files)], clips)
+    return {c.fmt: c for c in checks}
+
+
+def test_4_and_5_bit_files_transcribe_in_whisper_cpp_close_to_f16(heldout_checks):
+    """Each file loads and transcribes in whisper.cpp; WER against f16 rises by at most 1.5 points for q5_0 and
+    q5_1, 3 for q4_0 and q4_1 (export_verify.MAX_WER_INCREASE, the verdict of ``--verify``)."""
+    print("\n" + export_verify.format_table(list(heldout_checks.values())))
+    f16 = heldout_checks["ggml"]
+    assert f16.texts is not None and f16.wer < 10, f16.note
+    for fmt, limit in (("ggml-q5_1", 1.5), ("ggml-q5_0", 1.5), ("ggml-q4_1", 3.0), ("ggml-q4_0", 3.0)):
+        c = heldout_checks[fmt]
+        assert c.texts is not None and len(c.texts) == len(f16.texts), f"{fmt}: {c.note}"
+        print(f"{fmt}: WER {c.wer:.2f} vs f16 {f16.wer:.2f} ({c.wer - f16.wer:+.2f} points)")
+        assert c.wer <= f16.wer + limit and c.passed, (fmt, c.note)
+        assert export_verify.MAX_WER_INCREASE[fmt] == limit
+
+
 # Largest round-trip error of a tensor as a fraction of its largest |value|: q8_0 half a step (amax/127/2),
 # _0 types a whole step at the clamped end (amax/8, amax/16), _1 types half a step of (max-min)/15 or /31.
 ROUND_TRIP_STEPS = {
@@ -382,6 +411,7 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
             ),
             ["ggml-q8_0"],
         )
+    ex.check_exportable(config, ex.FORMATS)  # d_model 64: every row is whole 32-value blocks
     ex.check_exportable(config.replace(max_source_positions=750), ["ggml", "hf", "openai"])  # a 15 s student
     with pytest.raises(ValueError, match="cannot export to ggml: .*1..1500"):
         ex.check_exportable(config.replace(max_source_positions=3000), ["ggml"])
@@ -393,7 +423,10 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
 
 def test_cli_bad_inputs(tmp_path, capsys):
     assert _cli(tmp_path, "--formats", "hf,onnx") == 2
-    assert "--formats" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--formats" in err and "'onnx'" in err and ",".join(ex.FORMATS) in err and "ggml-q4_0" in err
+    assert _cli(tmp_path, "--formats", "ggml-q3_k") == 2
+    assert "unknown format(s) ['ggml-q3_k']" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     assert _cli(tmp_path, "--model", str(tmp_path / "junk.pt")) == 2
     assert "junk.pt" in capsys.readouterr().err
@@ -478,6 +511,24 @@ def _full_disk(path, mode=None):
     with open("/dev/full", mode or "wb") as f:
         yield f
         f.flush()
+
+
+@pytest.mark.parametrize("quant", ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"])
+def test_quantized_types_refuse_rows_that_are_not_whole_blocks(tmp_path, small, capsys, quant):
+    """d_model 48: whisper.cpp would run it in f16, but its 48-value rows cannot be cut into 32-value blocks.
+    The error names the type and the first tensor to be quantized; nothing is written, not even the f16 file."""
+    config, _ = small
+    narrow = config.replace(d_model=48, encoder_ffn_dim=192, decoder_ffn_dim=192)
+    params = random_params(narrow)
+    ggml.check_ggml_config(narrow, "f16")
+    with pytest.raises(ValueError, match=rf"{quant} needs rows that are a multiple of 32 values: tensor '[\w.]+'"):
+        ggml.write_ggml(tmp_path / "m.bin", narrow, params, vocab=[b"a"] * 10, quant=quant)
+    assert list(tmp_path.iterdir()) == []
+    write_hf_dir(tmp_path / "narrow", narrow, params)
+    assert _cli(tmp_path, "--model", str(tmp_path / "narrow"), "--formats", f"ggml,ggml-{quant}") == 2
+    err = capsys.readouterr().err
+    assert f"cannot export to ggml-{quant}: {quant} needs rows" in err and "tensor '" in err and "of 48" in err
+    assert not (tmp_path / "E").exists()
 
 
 @pytest.mark.parametrize("fmt", ["hf", "openai", "ggml"])
