@@ -1,11 +1,15 @@
-"""Export benchmark: tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage.
+"""Export benchmark: tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage; with ``--quant``,
+tiny.en's whisper.cpp files of every type (f16, q8_0, q5_1, q5_0, q4_1, q4_0): size, write time and WER on the
+bundled held-out speech.
 
-    python benchmarks/export.py [--output_dir DIR] [--threads 1]
+    python benchmarks/export.py [--output_dir DIR] [--threads 1] [--quant]
 
-Runs what ``python -m distil_whisper_jax.export`` runs, with a timer around each stage, and the CPU time of
-this process and of the runtime subprocesses (the machine may be shared, so CPU seconds are the stable figure;
-the peer is the runtimes' own work, measured in the same run). Prints a table and writes
-``benchmarks/results/export.json`` (atomically).
+Runs what ``python -m distil_whisper_jax.export`` runs (default formats), with a timer around each stage, and the
+CPU time of this process and of the runtime subprocesses (the machine may be shared, so CPU seconds are the stable
+figure; the peer is the runtimes' own work, measured in the same run). Prints a table and writes
+``benchmarks/results/export.json`` (atomically). ``--quant`` writes ``benchmarks/results/export_quant.json``
+instead: each whisper.cpp file transcribes all 48 held-out sentences of the bundled speech corpus, joined into
+≤ 28 s windows (whisper.cpp pads each clip to 30 s), and its WER is compared with the f16 file's.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", default=None, help="default: a temporary directory")
     p.add_argument("--threads", type=int, default=1, help="threads per runtime subprocess")
-    p.add_argument("--json", default=str(ROOT / "results" / "export.json"))
+    p.add_argument("--json", default=None, help="default: benchmarks/results/export.json (export_quant.json)")
+    p.add_argument("--quant", action="store_true", help="whisper.cpp file types on held-out speech instead")
     args = p.parse_args(argv)
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="export-bench-"))
+    if args.quant:
+        return quant_main(out, args.threads, args.json or str(ROOT / "results" / "export_quant.json"))
+    args.json = args.json or str(ROOT / "results" / "export.json")
     stages = []
 
     def stage(name, fn):
@@ -59,7 +67,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     pre = stage("load tiny.en (CT2 fp16) + tokenizer", lambda: (lambda p: (p.tokenizer, p)[1])(load_pretrained()))
     paths = {}
-    for fmt in ex.FORMATS:
+    for fmt in ex.DEFAULT_FORMATS:
         paths.update(stage(f"write {fmt}", lambda fmt=fmt: ex.export(pre, [fmt], out, overwrite=True)))
     clips = bundled_clips()
     (checks,) = stage(
@@ -103,6 +111,67 @@ def main(argv=None) -> int:
     with atomic_write(args.json, "w") as f:
         json.dump(result, f, indent=2)
     print(f"\nwrote {args.json}; machine load average {load}")
+    return 0 if result["all_passed"] else 1
+
+
+QUANT_FORMATS = ("ggml", *ex.GGML_QUANT_FORMATS)
+
+
+def quant_main(out: Path, threads: int, json_path: str) -> int:
+    """Every whisper.cpp file type of tiny.en: bytes, write time, held-out WER and its change against f16."""
+    from distil_whisper_jax.assets import speech_manifest
+
+    pre = load_pretrained()
+    pre.tokenizer  # noqa: B018 (loaded before the timed writes)
+    writes, paths = {}, {}
+    for fmt in QUANT_FORMATS:
+        c0, w0 = cpu()[0], time.perf_counter()
+        paths.update(ex.export(pre, [fmt], out, overwrite=True))
+        writes[fmt] = {"wall_s": time.perf_counter() - w0, "cpu_s": cpu()[0] - c0}
+    rows = export_verify.verification_clips(str(speech_manifest("heldout")))
+    clips = export_verify.joined_clips(rows, 28, out / "heldout-joined")
+    w0 = time.perf_counter()
+    (checks,) = export_verify.verify([(pre, paths)], clips, threads=threads)
+    verify_s = time.perf_counter() - w0
+    f16 = checks[0]
+    assert f16.fmt == "ggml"
+    formats = {
+        c.fmt: {
+            "file": paths[c.fmt].name,
+            "bytes": ex.size_of(paths[c.fmt]),
+            "vs_f16_size": ex.size_of(paths[c.fmt]) / ex.size_of(paths["ggml"]),
+            "write_wall_s": writes[c.fmt]["wall_s"],
+            "write_cpu_s": writes[c.fmt]["cpu_s"],
+            "wer": c.wer,
+            "wer_vs_f16": None if c.wer is None or f16.wer is None else c.wer - f16.wer,
+            "exact": c.exact,
+            "normalized": c.normalized,
+            "passed": c.passed,
+            "note": c.note,
+        }
+        for c in checks
+    }
+    print("\n| file | bytes | × f16 | write s | held-out WER % | vs f16 |\n|---|---:|---:|---:|---:|---:|")
+    for r in formats.values():
+        delta = "–" if r["wer_vs_f16"] is None else f"{r['wer_vs_f16']:+.2f}"
+        wer_s = "–" if r["wer"] is None else f"{r['wer']:.2f}"
+        print(
+            f"| {r['file']} | {r['bytes']:,} | {r['vs_f16_size']:.2f} | {r['write_wall_s']:.1f} | {wer_s} | {delta} |"
+        )
+    print("\n" + export_verify.format_table(checks))
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    result = {
+        "clips": len(rows),
+        "windows": len(clips),
+        "words": sum(len(t.split()) for _, t in rows),
+        "verify_wall_s": verify_s,
+        "load_average": load,
+        "formats": formats,
+        "all_passed": all(c.passed for c in checks[1:]),
+    }
+    with atomic_write(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {json_path}; machine load average {load}")
     return 0 if result["all_passed"] else 1
 
 

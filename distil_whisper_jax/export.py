@@ -4,7 +4,9 @@
         --output_dir E [--dtype float16|float32] [--no-verify] [--overwrite]
 
 Writes ``E/hf/`` (transformers directory with a model card), ``E/original-model.bin`` (openai-whisper,
-fp16), ``E/ggml-model.bin`` (whisper.cpp f16) and ``E/ggml-model-q8_0.bin``. Without ``--model`` it
+fp16), ``E/ggml-model.bin`` (whisper.cpp f16) and ``E/ggml-model-<type>.bin`` for each quantized whisper.cpp
+format asked for (``ggml-q8_0``, ``ggml-q5_1``, ``ggml-q5_0``, ``ggml-q4_1``, ``ggml-q4_0``; the default
+``--formats`` leaves out the 4/5-bit ones). Without ``--model`` it
 exports the bundled tiny.en. Architecture constraints of every requested format, existing outputs (refused
 unless ``--overwrite``) and the writability of ``E`` are checked before anything is written; each output is
 written to a temp name and renamed, and temporaries a killed export left behind are removed at start.
@@ -42,12 +44,11 @@ from .utils import atomic_write, check_writable_dir, remove_stale_temporaries, w
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("hf", "openai", "ggml", "ggml-q8_0")
-OUTPUT_NAMES = {
-    "hf": "hf",
-    "openai": "original-model.bin",
-    "ggml": "ggml-model.bin",
-    "ggml-q8_0": "ggml-model-q8_0.bin",
+GGML_QUANT_FORMATS = tuple(f"ggml-{q}" for q in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0"))
+FORMATS = ("hf", "openai", "ggml", *GGML_QUANT_FORMATS)  # every format --formats accepts
+DEFAULT_FORMATS = ("hf", "openai", "ggml", "ggml-q8_0")
+OUTPUT_NAMES = {"hf": "hf", "openai": "original-model.bin", "ggml": "ggml-model.bin"} | {
+    f: f"ggml-model-{f.removeprefix('ggml-')}.bin" for f in GGML_QUANT_FORMATS
 }
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Temp names of the writers below (``atomic_write`` files, ``_atomic_dir`` folders), for stale clean-up.
@@ -64,9 +65,9 @@ class ExportConfig:
         "Orbax checkpoint dir, transformers or CTranslate2 dir, openai or ggml file, or hub id; "
         "default: the bundled tiny.en",
     )
-    formats: str = config_lib.flag(",".join(FORMATS), "comma-separated subset of " + ",".join(FORMATS))
+    formats: str = config_lib.flag(",".join(DEFAULT_FORMATS), "comma-separated subset of " + ",".join(FORMATS))
     dtype: Literal["float16", "float32"] = config_lib.flag(
-        "float32", "dtype of hf/model.safetensors (openai is always fp16, ggml f16/q8_0)"
+        "float32", "dtype of hf/model.safetensors (openai is always fp16, ggml f16 or its --formats type)"
     )
     verify: bool = config_lib.flag(True, "transcribe clips with each file in its real runtime", group="verification")
     verify_audio: str | None = config_lib.flag(
@@ -101,7 +102,7 @@ def parse_formats(spec: str) -> tuple[str, ...]:
 def check_exportable(config: Any, formats: Sequence[str]) -> None:
     """Raise ``ValueError`` naming the format and constraint when ``config`` cannot be written as one of
     ``formats`` (openai-whisper and whisper.cpp hard-code ffn_dim = 4·d_model and one model width; whisper.cpp
-    also derives its special tokens from n_vocab and needs 32-value rows for q8_0)."""
+    also derives its special tokens from n_vocab and its quantized types need rows of whole 32-value blocks)."""
     for fmt in formats:
         try:
             SpecialTokens.from_vocab_size(config.vocab_size)  # every target needs the Whisper token layout
@@ -110,9 +111,14 @@ def check_exportable(config: Any, formats: Sequence[str]) -> None:
             if fmt == "openai":
                 openai_format.dims_from_config(config)
             elif fmt.startswith("ggml"):
-                ggml_format.check_ggml_config(config, "q8_0" if fmt == "ggml-q8_0" else "f16")
+                ggml_format.check_ggml_config(config, ggml_quant(fmt))
         except ValueError as e:
             raise ValueError(f"cannot export to {fmt}: {e}") from None
+
+
+def ggml_quant(fmt: str) -> str:
+    """The ggml file type of a whisper.cpp format: ``"ggml"`` → ``"f16"``, ``"ggml-q5_0"`` → ``"q5_0"``."""
+    return "f16" if fmt == "ggml" else fmt.removeprefix("ggml-")
 
 
 def output_paths(output_dir: str | os.PathLike, formats: Sequence[str]) -> dict[str, Path]:
@@ -177,8 +183,7 @@ def _write(pre: Pretrained, fmt: str, path: Path, formats: Sequence[str], dtype:
             path, pre.config, hf_format.flax_to_hf(pre.params, pre.config), dtype=np.float16
         )
     else:
-        quant = "q8_0" if fmt == "ggml-q8_0" else "f16"
-        ggml_format.write_ggml(path, pre.config, pre.params, pre.tokenizer, quant=quant)
+        ggml_format.write_ggml(path, pre.config, pre.params, pre.tokenizer, quant=ggml_quant(fmt))
 
 
 def export(
@@ -201,7 +206,7 @@ def export(
         raise ValueError(f"output(s) already exist: {', '.join(existing)}; pass --overwrite to replace them")
     read_distil_info(find_distil_info(pre.source))
     check_writable_dir(output_dir, "--output_dir")
-    if any(f in formats for f in ("hf", "ggml", "ggml-q8_0")):
+    if any(f == "hf" or f.startswith("ggml") for f in formats):
         pre.tokenizer  # noqa: B018 (load it now: a missing tokenizer is bad input, found before writing)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

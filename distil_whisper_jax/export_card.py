@@ -43,10 +43,12 @@ USAGE = {
         "`ggml-model.bin`: whisper.cpp model (f16)",
         ["```sh", "whisper-cli -m ggml-model.bin -f audio.wav", "```"],
     ),
-    "ggml-q8_0": (
-        "`ggml-model-q8_0.bin`: whisper.cpp model, 8-bit (q8_0) weights",
-        ["```sh", "whisper-cli -m ggml-model-q8_0.bin -f audio.wav", "```"],
-    ),
+} | {
+    f"ggml-{q}": (
+        f"`ggml-model-{q}.bin`: whisper.cpp model, {bits} ({q}) weights",
+        ["```sh", f"whisper-cli -m ggml-model-{q}.bin -f audio.wav", "```"],
+    )
+    for q, bits in (("q8_0", "8-bit"), ("q5_1", "5-bit"), ("q5_0", "5-bit"), ("q4_1", "4-bit"), ("q4_0", "4-bit"))
 }
 
 

@@ -60,6 +60,25 @@ def _peer_row(section: str, i: int) -> list[tuple[Getter, str]]:
     return [(at(*r, "speed"), ".2f"), (at(*r, "vs_transformers"), ".2f"), (at(*r, "wer"), ".2f")]
 
 
+def _quant_row(fmt: str) -> list[tuple[Getter, str]]:
+    r = ("formats", fmt)
+    row = [
+        (at(*r, "bytes"), ","),
+        (at(*r, "vs_f16_size"), ".2f"),
+        (at(*r, "write_wall_s"), ".1f"),
+        (at(*r, "wer"), ".2f"),
+    ]
+    return row if fmt == "ggml" else [*row, (at(*r, "wer_vs_f16"), "+.2f")]
+
+
+def _words_lost(fmt: str) -> Getter:
+    def get(d: Any) -> int:
+        return round(d["formats"][fmt]["wer_vs_f16"] * d["words"] / 100)
+
+    get.__name__ = f"formats.{fmt}.wer_vs_f16 × words / 100"
+    return get
+
+
 def _spec_row(i: int) -> list[tuple[Getter, str]]:
     r = ("rows", i)
     return [
@@ -86,6 +105,7 @@ def _step_row(variant: str) -> list[tuple[Getter, str]]:
 
 
 T, PL, TS, EX, DD = "transcribe.json", "pseudo_label.json", "train_step.json", "export.json", "distill_demo.json"
+EQ = "export_quant.json"
 PE, SP, PS = "peers.json", "speculative.json", ("summary",)
 J8, J1 = ("results", "jax", "8"), ("results", "jax", "1")
 ENC = ("encoder",)
@@ -159,6 +179,16 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "`hf/` {} bytes", EX, [(at("sizes_bytes", "hf"), ",")]),
     (BENCH, "`original-model.bin` {}, `ggml-model.bin` {}, `ggml-model-q8_0.bin` {}", EX, [
         (at("sizes_bytes", k), ",") for k in ("openai", "ggml", "ggml-q8_0")]),
+    (BENCH, "(load average {} at the end; raw numbers: `benchmarks/results/export_quant.json`)", EQ, [
+        (at("load_average", 0), "")]),
+    (BENCH, "on all {} held-out sentences of the bundled speech corpus ({} words, joined into {} windows", EQ, [
+        (at("clips"), "d"), (at("words"), "d"), (at("windows"), "d")]),
+    (BENCH, "| f16 | `ggml-model.bin` | {} | {} | {} | {} | – |", EQ, _quant_row("ggml")),
+    *[(BENCH, f"| {q} | `ggml-model-{q}.bin` | {{}} | {{}} | {{}} | {{}} | {{}} |", EQ, _quant_row(f"ggml-{q}"))
+      for q in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")],
+    (BENCH, "One word is {} points here", EQ, [(_ratio(lambda d: 100, at("words")), ".2f")]),
+    (BENCH, "q4_0 is {} words and q4_1 {} words worse", EQ, [(_words_lost("ggml-q4_0"), "d"),
+                                                            (_words_lost("ggml-q4_1"), "d")]),
     (BENCH, "| this project, labelling (`report.json` throughput) | 8 | {} | – | {} |", PL, [
         (at(*RUN, "ours_labelling_s"), ".2f"), (at(*RUN, "ours_audio_s_per_s"), ".1f")]),
     (BENCH, "| this project, whole `main` incl. model loading and report | 8 | {} | {} |", PL, [

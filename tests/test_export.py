@@ -19,7 +19,7 @@ import pytest
 from distil_whisper_jax import export as ex
 from distil_whisper_jax import export_card, export_verify, utils
 from distil_whisper_jax.cli import export as cli
-from distil_whisper_jax.convert import ggml, tree_equal
+from distil_whisper_jax.convert import ggml, ggml_quant, tree_equal
 from distil_whisper_jax.convert import hf as hf_writer
 from distil_whisper_jax.convert import openai as openai_writer
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
@@ -50,15 +50,17 @@ def verify_clips(clips):
 
 @pytest.fixture(scope="module")
 def session(tiny, student, verify_clips, tmp_path_factory):
-    """tiny.en (hf fp32) and the student (hf fp16) exported to all formats, all verified in one pass. The
-    untrained student loops on some clips, so decoding is capped at 48 tokens (in every runtime alike)."""
+    """tiny.en (hf fp32) exported to every format and the student (hf fp16) to the default ones; the default
+    formats of both verified in one pass (the 4/5-bit files are verified on held-out speech, ``heldout_checks``).
+    The untrained student loops on some clips, so decoding is capped at 48 tokens (in every runtime alike)."""
     root = tmp_path_factory.mktemp("export")
     outputs = {
         "tiny": ex.export(tiny, ex.FORMATS, root / "tiny"),
-        "student": ex.export(student, ex.FORMATS, root / "student", dtype="float16"),
+        "student": ex.export(student, ex.DEFAULT_FORMATS, root / "student", dtype="float16"),
     }
+    default = {f: p for f, p in outputs["tiny"].items() if f in ex.DEFAULT_FORMATS}
     tiny_checks, student_checks = export_verify.verify(
-        [(tiny, outputs["tiny"]), (student, outputs["student"])], verify_clips, max_new_tokens=48
+        [(tiny, default), (student, outputs["student"])], verify_clips, max_new_tokens=48
     )
     return {"root": root, "outputs": outputs, "checks": {"tiny": tiny_checks, "student": student_checks}}
 
@@ -67,7 +69,7 @@ def session(tiny, student, verify_clips, tmp_path_factory):
 def test_every_runtime_reproduces_our_greedy_output(session, model, verify_clips):
     checks = {c.fmt: c for c in session["checks"][model]}
     print("\n" + export_verify.format_table(list(checks.values())))
-    assert set(checks) == set(ex.FORMATS)
+    assert set(checks) == set(ex.DEFAULT_FORMATS)
     n = len(verify_clips)
     for c in checks.values():
         assert c.texts is not None, f"{c.fmt}: {c.note}"
@@ -84,15 +86,55 @@ def test_every_runtime_reproduces_our_greedy_output(session, model, verify_clips
         assert checks["hf"].wer < 10
 
 
+@pytest.fixture(scope="module")
+def heldout_checks(session, tiny, tmp_path_factory):
+    """tiny.en's whisper.cpp f16 and 4/5-bit files verified on the first 24 held-out sentences of the bundled
+    speech corpus (~260 words, so a word is 0.4 WER points), joined into ≤ 28 s windows (whisper.cpp pads
+    every clip to 30 s: 4 windows cost a sixth of 24 clips)."""
+    from distil_whisper_jax.assets import speech_manifest
+
+    rows = export_verify.verification_clips(str(speech_manifest("heldout")), 24)
+    clips = export_verify.joined_clips(rows, 28, tmp_path_factory.mktemp("heldout"))
+    out = session["outputs"]["tiny"]
+    files = {f: out[f] for f in ("ggml", "ggml-q5_1", "ggml-q5_0", "ggml-q4_1", "ggml-q4_0")}
+    (checks,) = export_verify.verify([(tiny, files)], clips)
+    return {c.fmt: c for c in checks}
+
+
+def test_4_and_5_bit_files_transcribe_in_whisper_cpp_close_to_f16(heldout_checks):
+    """Each file loads and transcribes in whisper.cpp; WER against f16 rises by at most 1.5 points for q5_0 and
+    q5_1, 3 for q4_0 and q4_1 (export_verify.MAX_WER_INCREASE, the verdict of ``--verify``)."""
+    print("\n" + export_verify.format_table(list(heldout_checks.values())))
+    f16 = heldout_checks["ggml"]
+    assert f16.texts is not None and f16.wer < 10, f16.note
+    for fmt, limit in (("ggml-q5_1", 1.5), ("ggml-q5_0", 1.5), ("ggml-q4_1", 3.0), ("ggml-q4_0", 3.0)):
+        c = heldout_checks[fmt]
+        assert c.texts is not None and len(c.texts) == len(f16.texts), f"{fmt}: {c.note}"
+        print(f"{fmt}: WER {c.wer:.2f} vs f16 {f16.wer:.2f} ({c.wer - f16.wer:+.2f} points)")
+        assert c.wer <= f16.wer + limit and c.passed, (fmt, c.note)
+        assert export_verify.MAX_WER_INCREASE[fmt] == limit
+
+
+# Largest round-trip error of a tensor as a fraction of its largest |value|: q8_0 half a step (amax/127/2),
+# _0 types a whole step at the clamped end (amax/8, amax/16), _1 types half a step of (max-min)/15 or /31.
+ROUND_TRIP_STEPS = {
+    "ggml-q8_0": 1 / 254,
+    "ggml-q5_0": 1 / 16,
+    "ggml-q5_1": 1 / 31,
+    "ggml-q4_0": 1 / 8,
+    "ggml-q4_1": 1 / 15,
+}
+
+
 def test_round_trip_back_into_flax(session, tiny, student):
     out = session["outputs"]
     for name, pre in (("tiny", tiny), ("student", student)):
         for fmt, path in out[name].items():
             back = load_pretrained(path)
             assert back.config == pre.config, (name, fmt)
-            if fmt == "ggml-q8_0":  # per 32 values: |error| ≤ d/2 = amax/254 (+ the fp16 rounding of d)
+            if fmt in ROUND_TRIP_STEPS:  # per 32 values: |error| ≤ a fraction of amax (+ the fp16 rounding of d)
                 for a, b in zip(jax.tree_util.tree_leaves(back.params), jax.tree_util.tree_leaves(pre.params)):
-                    assert np.abs(a - b).max() <= np.abs(b).max() / 254 * 1.01 + 1e-6
+                    assert np.abs(a - b).max() <= np.abs(b).max() * ROUND_TRIP_STEPS[fmt] * 1.01 + 1e-6, fmt
                 assert not tree_equal(back.params, pre.params)
             else:  # tiny.en's weights are fp16 values (CT2 fp16), so even fp16 files round-trip exactly
                 assert tree_equal(back.params, pre.params), (name, fmt)
@@ -184,11 +226,14 @@ def libggml():
     return fn
 
 
-def _quantize_like_whisper_cpp(f16: bytes, quantize_chunk) -> bytes:
-    """whisper.cpp's examples/quantize (q8_0) re-done in Python around ggml's own C quantizer: copy header
-    (ftype → 2007), filters and vocab; quantize every 2-D tensor except conv biases / positional tables."""
+def _quantize_like_whisper_cpp(f16: bytes, quantize_chunk, quant: str = "q8_0") -> bytes:
+    """whisper.cpp's examples/quantize re-done in Python around ggml's own C quantizer: copy header (ftype →
+    2000 + GGML_FTYPE_MOSTLY_<quant>), filters and vocab; quantize every 2-D tensor except conv biases /
+    positional tables to ggml_type <quant> (whisper.cpp's ftype and ggml's type enums number differently)."""
+    ftype = {"q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9}[quant]  # whisper.cpp quantize.cpp / ggml.h
+    ttype = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8}[quant]  # enum ggml_type
     n_mels, n_vocab = struct.unpack_from("<i", f16, 40)[0], None
-    out = bytearray(f16[:44]) + struct.pack("<i", 2007)
+    out = bytearray(f16[:44]) + struct.pack("<i", 2000 + ftype)
     pos = 48
     n_mel, n_fft = struct.unpack_from("<2i", f16, pos)
     assert n_mel == n_mels
@@ -200,44 +245,54 @@ def _quantize_like_whisper_cpp(f16: bytes, quantize_chunk) -> bytes:
     out += f16[48:pos]
     skip = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding"}
     while pos < len(f16):
-        n_dims, name_len, ttype = struct.unpack_from("<3i", f16, pos)
+        n_dims, name_len, src_type = struct.unpack_from("<3i", f16, pos)
         ne = struct.unpack_from(f"<{n_dims}i", f16, pos + 12)
         name = f16[pos + 12 + 4 * n_dims : pos + 12 + 4 * n_dims + name_len].decode()
         head_end = pos + 12 + 4 * n_dims + name_len
         count = int(np.prod(ne))
-        nbytes = count * (4 if ttype == 0 else 2)
+        nbytes = count * (4 if src_type == 0 else 2)
         data = f16[head_end : head_end + nbytes]
         if n_dims == 2 and name not in skip:
             x = np.frombuffer(data, "<f2").astype(np.float32)
             dst = np.zeros(count * 2, np.uint8)
-            size = quantize_chunk(8, x.ctypes.data, dst.ctypes.data, 0, count // ne[0], ne[0], None)
-            out += struct.pack(f"<3i{n_dims}i", n_dims, name_len, 8, *ne) + name.encode() + dst[:size].tobytes()
+            size = quantize_chunk(ttype, x.ctypes.data, dst.ctypes.data, 0, count // ne[0], ne[0], None)
+            out += struct.pack(f"<3i{n_dims}i", n_dims, name_len, ttype, *ne) + name.encode() + dst[:size].tobytes()
         else:
             out += f16[pos : head_end + nbytes]
         pos = head_end + nbytes
     return bytes(out)
 
 
-def test_q8_0_file_is_byte_identical_to_ggml_quantizer(session, libggml):
+QUANT_SIZES = {"q8_0": 43_550_778, "q5_1": 32_166_138, "q5_0": 29_889_210, "q4_1": 27_612_282, "q4_0": 25_335_354}
+
+
+@pytest.mark.parametrize("quant", list(QUANT_SIZES))
+def test_quantized_file_is_byte_identical_to_ggml_quantizer(session, libggml, quant):
     out = session["outputs"]["tiny"]
-    ours = out["ggml-q8_0"].read_bytes()
-    theirs = _quantize_like_whisper_cpp(out["ggml"].read_bytes(), libggml)
-    assert len(ours) == len(theirs) == 43_550_778 and ours == theirs
+    ours = out[f"ggml-{quant}"].read_bytes()
+    theirs = _quantize_like_whisper_cpp(out["ggml"].read_bytes(), libggml, quant)
+    assert len(ours) == len(theirs) == QUANT_SIZES[quant] and ours == theirs
 
 
-def test_quantize_q8_0_matches_ggml_on_ties_zeros_and_scales(libggml):
+@pytest.mark.parametrize("quant", ggml_quant.QUANTS)
+def test_quantize_matches_ggml_on_ties_zeros_and_scales(libggml, quant):
+    """Random rows at three scales, an all-zero block, exact halves (ties), a block whose largest magnitude
+    occurs with both signs (the first one sets the _0 types' sign): the same bytes as libggml, and the
+    round trip within ``ggml_quant.max_error`` per block (≤ a step; half a step for q8_0 and the _1 types)."""
     rng = np.random.default_rng(0)
     for scale in (1e-4, 1.0, 300.0):
         x = (rng.standard_normal((64, 96)) * scale).astype(np.float32)
         x[0, :32] = 0
         x[1, :32] = np.arange(32) - 15.5  # exact halves after scaling: roundf ties away from zero
-        dst = np.zeros(x.size // 32 * 34, np.uint8)
-        libggml(8, x.ctypes.data, dst.ctypes.data, 0, 64, 96, None)
-        assert ggml.quantize_q8_0(x).tobytes() == dst.tobytes()
-        assert (
-            np.abs(ggml.dequantize_q8_0(ggml.quantize_q8_0(x)).reshape(x.shape) - x).max()
-            <= np.abs(x).max() / 254 * 1.01
-        )
+        x[2, :32] = np.where(np.arange(32) % 2, 1, -1) * np.float32(scale)  # ±amax: the first (-) sets the sign
+        dst = np.zeros(x.size * 2, np.uint8)
+        size = libggml(ggml_quant.GGML_TYPES[quant], x.ctypes.data, dst.ctypes.data, 0, 64, 96, None)
+        blocks = ggml_quant.quantize(x, quant)
+        assert blocks.tobytes() == dst[:size].tobytes()
+        err = np.abs(ggml_quant.dequantize(blocks, quant) - x.reshape(-1)).reshape(-1, 32).max(axis=1)
+        bound = ggml_quant.max_error(x, quant)
+        assert (err <= bound * 1.0001).all()
+        assert err.max() > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,6 +411,7 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
             ),
             ["ggml-q8_0"],
         )
+    ex.check_exportable(config, ex.FORMATS)  # d_model 64: every row is whole 32-value blocks
     ex.check_exportable(config.replace(max_source_positions=750), ["ggml", "hf", "openai"])  # a 15 s student
     with pytest.raises(ValueError, match="cannot export to ggml: .*1..1500"):
         ex.check_exportable(config.replace(max_source_positions=3000), ["ggml"])
@@ -367,7 +423,10 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
 
 def test_cli_bad_inputs(tmp_path, capsys):
     assert _cli(tmp_path, "--formats", "hf,onnx") == 2
-    assert "--formats" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--formats" in err and "'onnx'" in err and ",".join(ex.FORMATS) in err and "ggml-q4_0" in err
+    assert _cli(tmp_path, "--formats", "ggml-q3_k") == 2
+    assert "unknown format(s) ['ggml-q3_k']" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     assert _cli(tmp_path, "--model", str(tmp_path / "junk.pt")) == 2
     assert "junk.pt" in capsys.readouterr().err
@@ -452,6 +511,24 @@ def _full_disk(path, mode=None):
     with open("/dev/full", mode or "wb") as f:
         yield f
         f.flush()
+
+
+@pytest.mark.parametrize("quant", ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"])
+def test_quantized_types_refuse_rows_that_are_not_whole_blocks(tmp_path, small, capsys, quant):
+    """d_model 48: whisper.cpp would run it in f16, but its 48-value rows cannot be cut into 32-value blocks.
+    The error names the type and the first tensor to be quantized; nothing is written, not even the f16 file."""
+    config, _ = small
+    narrow = config.replace(d_model=48, encoder_ffn_dim=192, decoder_ffn_dim=192)
+    params = random_params(narrow)
+    ggml.check_ggml_config(narrow, "f16")
+    with pytest.raises(ValueError, match=rf"{quant} needs rows that are a multiple of 32 values: tensor '[\w.]+'"):
+        ggml.write_ggml(tmp_path / "m.bin", narrow, params, vocab=[b"a"] * 10, quant=quant)
+    assert list(tmp_path.iterdir()) == []
+    write_hf_dir(tmp_path / "narrow", narrow, params)
+    assert _cli(tmp_path, "--model", str(tmp_path / "narrow"), "--formats", f"ggml,ggml-{quant}") == 2
+    err = capsys.readouterr().err
+    assert f"cannot export to ggml-{quant}: {quant} needs rows" in err and "tensor '" in err and "of 48" in err
+    assert not (tmp_path / "E").exists()
 
 
 @pytest.mark.parametrize("fmt", ["hf", "openai", "ggml"])

@@ -6,11 +6,12 @@ float32 [n_mel, 201]) | vocab (``int32 n``, n × ``uint32 len + raw bytes`` of t
 whisper.cpp synthesises the specials from ``n_vocab``) | tensor records until EOF (``int32 n_dims, name_len,
 ttype``, ``int32 ne[n_dims]`` = numpy shape reversed, name, data). Names are openai-whisper's.
 
-Two file types are written: ``f16`` (ftype 1; 2-D+ weights F16, the rest F32; never all-F32, which
-aborts whisper.cpp's conv) and ``q8_0`` (ftype 2007 = ``GGML_QNT_VERSION·1000 + GGML_FTYPE_MOSTLY_Q8_0``),
-byte-for-byte what whisper.cpp's ``quantize`` tool makes from our f16 file: every 2-D tensor except the
-conv biases and positional tables becomes Q8_0 blocks ``{fp16 d; int8 qs[32]}`` with ``d = amax/127``,
-``qs = roundf(x / d)``, computed from the f16-rounded weights (the tool reads the f16 file).
+File types written: ``f16`` (ftype 1; 2-D+ weights F16, the rest F32; never all-F32, which aborts
+whisper.cpp's conv) and the quantized ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0`` (ftype
+``GGML_QNT_VERSION(2)·1000 + GGML_FTYPE_MOSTLY_*``: 2002, 2003, 2008, 2009, 2007), each byte-for-byte what
+whisper.cpp's ``quantize`` tool makes from our f16 file: every 2-D tensor except the conv biases and
+positional tables becomes blocks of 32 values (``ggml_quant``; the tensor record's ggml_type is 2, 3, 6, 7, 8),
+computed from the f16-rounded weights (the tool reads the f16 file); the 3-D conv weights stay F16.
 
 The reader checks every length and shape against the header before touching data, so truncated or
 bit-flipped files raise ``ValueError`` naming the file (no crash, no allocation beyond the file size).
@@ -32,14 +33,16 @@ from ..audio import mel_filters
 from ..model import WhisperConfig
 from ..token_layout import SpecialTokens, special_tokens
 from ..utils import atomic_write
+from .ggml_quant import BLOCKS, GGML_FTYPES, GGML_TYPES, QK, QUANTS, dequantize, quantize
 from .hf import expected_shapes, flax_to_hf
 from .openai import DIMS, config_from_dims, dims_from_config, hf_to_openai_name, openai_to_hf_name
 
 MAGIC = 0x67676D6C  # "ggml", stored little-endian as b"lmgg"
-F32, F16, Q8_0 = 0, 1, 8  # ggml_type of a tensor record
-QK8_0 = 32  # values per Q8_0 block
-Q8_0_BLOCK = np.dtype([("d", "<f2"), ("qs", "i1", (QK8_0,))])  # 34 bytes
-FTYPES = {"f32": 0, "f16": 1, "q8_0": 2000 + 7}  # header ftype; q8_0 = GGML_QNT_VERSION(2)·1000 + MOSTLY_Q8_0(7)
+F32, F16 = 0, 1  # ggml_type of a tensor record (quantized: ggml_quant.GGML_TYPES)
+GGML_QNT_VERSION = 2  # a quantized file's header ftype is GGML_QNT_VERSION·1000 + GGML_FTYPE_MOSTLY_*
+FTYPES = {"f32": 0, "f16": 1} | {q: GGML_QNT_VERSION * 1000 + GGML_FTYPES[q] for q in QUANTS}
+_QUANT_OF_FTYPE = {FTYPES[q]: q for q in QUANTS}
+_QUANT_OF_TYPE = {GGML_TYPES[q]: q for q in QUANTS}
 N_FFT_BINS = 201  # whisper.cpp asserts n_fft == 1 + 400/2
 HEADER = (
     "n_vocab",
@@ -63,15 +66,16 @@ def tensor_type(name: str, ndim: int, ftype: int) -> int:
     """The ggml type whisper.cpp expects for tensor ``name`` (``ndim`` as stored) in a file of ``ftype``."""
     if ftype == FTYPES["f32"] or ndim < 2 or name in _KEEP_F32:
         return F32
-    if ftype == FTYPES["q8_0"] and ndim == 2:
-        return Q8_0
+    if ftype in _QUANT_OF_FTYPE and ndim == 2:  # whisper.cpp's quantize tool: 2-D tensors only
+        return GGML_TYPES[_QUANT_OF_FTYPE[ftype]]
     return F16
 
 
 def check_ggml_config(config: WhisperConfig, quant: str = "f16") -> None:
-    """Raise ``ValueError`` naming the constraint if whisper.cpp cannot run ``config`` as ``quant``."""
-    if quant not in ("f16", "q8_0"):
-        raise ValueError(f"ggml quantization must be 'f16' or 'q8_0', got {quant!r}")
+    """Raise ``ValueError`` naming the constraint if whisper.cpp cannot run ``config`` as ``quant`` (for a
+    quantized type: the first tensor it would quantize whose rows are not whole blocks of 32 values)."""
+    if quant not in FTYPES or quant == "f32":
+        raise ValueError(f"ggml type must be one of {', '.join(t for t in FTYPES if t != 'f32')}, got {quant!r}")
     dims_from_config(config)  # ffn_dim == 4·d_model (whisper.cpp hard-codes it too)
     try:
         SpecialTokens.from_vocab_size(config.vocab_size)
@@ -83,37 +87,17 @@ def check_ggml_config(config: WhisperConfig, quant: str = "f16") -> None:
             f"whisper.cpp needs max_source_positions in 1..1500 (at most 30 s of audio), "
             f"got {config.max_source_positions}"
         )
-    if quant == "q8_0" and config.d_model % QK8_0:
-        raise ValueError(f"q8_0 needs rows that are a multiple of {QK8_0} values: d_model {config.d_model} is not")
+    if quant in QUANTS:
+        for name, shape in _expected_shapes(config).items():
+            if tensor_type(name, len(shape), FTYPES[quant]) not in (F32, F16) and shape[-1] % QK:
+                raise ValueError(
+                    f"{quant} needs rows that are a multiple of {QK} values: tensor {name!r} of shape {shape} "
+                    f"has rows of {shape[-1]} (d_model {config.d_model})"
+                )
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """Q8_0 blocks of ``x`` (float32, last axis a multiple of 32), as ggml's ``quantize_row_q8_0_ref``:
-    per 32 values ``d = amax/127`` (stored fp16), ``q = roundf(x · (1/d))`` with 1/d in float32."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[-1] % QK8_0:
-        raise ValueError(f"q8_0 rows must be a multiple of {QK8_0} values, got {x.shape[-1]}")
-    blocks = x.reshape(-1, QK8_0)
-    d = np.abs(blocks).max(axis=1) / np.float32(127)
-    inv = np.zeros_like(d)
-    np.divide(np.float32(1), d, out=inv, where=d != 0)
-    v = blocks * inv[:, None]  # float32, as in C
-    q = np.rint(v)  # round half to even; roundf rounds halves away from zero:
-    tie = np.abs(v - np.trunc(v)) == 0.5  # exact in float32
-    q[tie] = np.trunc(v[tie]) + np.sign(v[tie])
-    out = np.empty(len(blocks), Q8_0_BLOCK)
-    out["d"] = d.astype(np.float16)  # round to nearest even, as GGML_FP32_TO_FP16
-    out["qs"] = q
-    return out
-
-
-def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
-    """Float32 values of Q8_0 blocks (flat)."""
-    return (blocks["d"].astype(np.float32)[:, None] * blocks["qs"].astype(np.float32)).reshape(-1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,7 +146,7 @@ def _records(state: Mapping[str, np.ndarray], ftype: int) -> Iterator[bytes]:
         elif ttype == F16:
             raw = data.astype("<f2").tobytes()
         else:  # quantize what whisper.cpp's quantize tool would read: the f16 file's values
-            raw = quantize_q8_0(data.astype(np.float16).astype(np.float32)).tobytes()
+            raw = quantize(data.astype(np.float16).astype(np.float32), _QUANT_OF_TYPE[ttype]).tobytes()
         encoded = name.encode("utf-8")
         yield struct.pack(f"<3i{data.ndim}i", data.ndim, len(encoded), ttype, *reversed(data.shape)) + encoded
         yield raw
@@ -176,8 +160,8 @@ def write_ggml(
     quant: str = "f16",
     vocab: Sequence[bytes] | None = None,
 ) -> Path:
-    """Write a whisper.cpp model (``quant`` 'f16' or 'q8_0') atomically. The vocab block comes from
-    ``tokenizer`` (or pass its ``token_bytes`` as ``vocab``)."""
+    """Write a whisper.cpp model atomically: ``quant`` 'f16', 'q4_0', 'q4_1', 'q5_0', 'q5_1' or 'q8_0'. The
+    vocab block comes from ``tokenizer`` (or pass its ``token_bytes`` as ``vocab``)."""
     check_ggml_config(config, quant)
     if vocab is None:
         if tokenizer is None:
@@ -248,7 +232,7 @@ def _expected_shapes(config: WhisperConfig) -> dict[str, tuple[int, ...]]:
 
 def read_ggml_model(model: str | os.PathLike | bytes) -> tuple[WhisperConfig, dict[str, np.ndarray]]:
     """Config and HF-named float32 weights of a whisper.cpp ggml file (a path, or its bytes).
-    Supports ftype f32, f16 and q8_0 (dequantized)."""
+    Supports ftype f32, f16, q4_0, q4_1, q5_0, q5_1 and q8_0 (dequantized)."""
     if isinstance(model, (bytes, bytearray, memoryview)):
         return _from_buffer(model, "ggml model")
     path = Path(model)
@@ -310,11 +294,12 @@ def _from_buffer(buf, source: str) -> tuple[WhisperConfig, dict[str, np.ndarray]
         if ttype != want:
             raise r.error(f"tensor {name!r} has ggml type {ttype}, expected {want} in a file of ftype {ftype}")
         count = int(np.prod(shape))
-        if ttype == Q8_0:
-            if shape[-1] % QK8_0:
-                raise r.error(f"q8_0 tensor {name!r} has rows of {shape[-1]} values (not a multiple of {QK8_0})")
-            raw = r.take(count // QK8_0 * Q8_0_BLOCK.itemsize, f"data of {name}")
-            values = dequantize_q8_0(np.frombuffer(raw, Q8_0_BLOCK))
+        if ttype in _QUANT_OF_TYPE:
+            quant = _QUANT_OF_TYPE[ttype]
+            if shape[-1] % QK:
+                raise r.error(f"{quant} tensor {name!r} has rows of {shape[-1]} values (not a multiple of {QK})")
+            raw = r.take(count // QK * BLOCKS[quant].itemsize, f"data of {name}")
+            values = dequantize(np.frombuffer(raw, BLOCKS[quant]), quant)
         else:
             dtype = np.dtype("<f4" if ttype == F32 else "<f2")
             values = np.frombuffer(r.take(count * dtype.itemsize, f"data of {name}"), dtype).astype(np.float32)
