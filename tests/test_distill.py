@@ -757,7 +757,7 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     from distil_whisper_jax.create_student import create_student
     from distil_whisper_jax.demo import demo_commands
     from distil_whisper_jax.distill import DistillConfig, run
-    from distil_whisper_jax.pseudo_label import main as pseudo_label
+    from distil_whisper_jax.cli.pseudo_label import main as pseudo_label
     from distil_whisper_jax.transcribe import transcribe
 
     cmds = demo_commands(
