@@ -47,7 +47,8 @@ GCLOUD_ENV = (
 FAKE_GCLOUD = f"""#!{sys.executable}
 # Fake gcloud: logs its argv (one JSON list a line), answers describe from FAKE_STATES (one state a line,
 # consumed; READY when empty), fails ssh commands containing FAKE_SSH_FAIL while FAKE_SSH_FAIL_TIMES > 0,
-# and with FAKE_SSH_EXEC=1 runs the ssh --command locally (one worker).
+# with FAKE_SSH_EXEC=1 runs the ssh --command locally (one worker), and with FAKE_WORKERS=N runs it as N
+# local processes at once, each told its rank the way Open MPI tells it (JAX's cluster detection reads it).
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -68,6 +69,15 @@ elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
         sys.exit(255)
     if os.environ.get("FAKE_SSH_EXEC") == "1":
         sys.exit(subprocess.call(["bash", "-c", command]))
+    workers = int(os.environ.get("FAKE_WORKERS", "0"))
+    if workers:  # one local process per worker, joined the way JAX finds its peers on a cluster
+        procs = []
+        for rank in range(workers):
+            env = dict(os.environ, OMPI_MCA_orte_hnp_uri="1.0;tcp://127.0.0.1:1", OMPI_COMM_WORLD_SIZE=str(workers),
+                       OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_LOCAL_RANK=str(rank))
+            with open(os.environ["FAKE_LOG"] + ".worker" + str(rank), "w") as log:
+                procs.append(subprocess.Popen(["bash", "-c", command], env=env, stdout=log, stderr=log))
+        sys.exit(max(p.wait() for p in procs))
 """
 
 
@@ -343,3 +353,70 @@ def test_recipes_parse_with_the_real_config_parser_and_quote_their_cost(recipe):
     quoted = float(re.search(r"~(\d+) TPU v4 chip-hours", header).group(1))
     assert quoted == round(_recipe_cost().estimate(recipe)["chip_hours"])
     assert "ESTIMATE" in header and yaml.safe_load(header)["max_label_length"] == 128
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage scripts' commands, run for real: 2 local processes × 4 emulated CPU devices stand in for 2 hosts.
+
+
+def _real_stage(fake, script: str, out: Path, workers: int, devices: int, *extra: str) -> subprocess.CompletedProcess:
+    with __import__("socket").socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        REMOTE_VENV=sys.prefix,  # this venv: its console scripts are the installed package's
+        FAKE_WORKERS=str(workers),
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        HF_HUB_OFFLINE="1",
+        TQDM_DISABLE="1",
+    )
+    res = subprocess.run(
+        [str(SCRIPTS / script), *TPU, "--output-dir", str(out), "--", *extra],
+        env={**fake.env, **env},
+        cwd=fake.tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    logs = "".join(p.read_text()[-3000:] for p in sorted(fake.tmp.glob("calls.jsonl.worker*")))
+    assert res.returncode == 0, res.stderr + logs
+    return res
+
+
+def test_label_and_eval_scripts_on_two_hosts_give_the_one_process_results(fake, tmp_path):
+    """label.sh then eval.sh, each run for real as 2 processes × 4 devices that find each other through JAX's
+    cluster detection, on bundled held-out speech, give the labelled rows and the WER of one process with 8
+    devices (the library called here, with the same flags)."""
+    import pyarrow.parquet as pq
+
+    from distil_whisper_jax import evaluation
+    from distil_whisper_jax import pseudo_label as pl
+    from distil_whisper_jax.assets import speech_manifest
+
+    manifest = tmp_path / "four.tsv"
+    lines = speech_manifest("heldout").read_text().splitlines()[:5]
+    base = speech_manifest("heldout").parent
+    manifest.write_text("\n".join([lines[0]] + [f"{base}/{ln}" for ln in lines[1:]]) + "\n")
+    flags = dict(rows_per_shard=1, per_device_eval_batch_size=1)
+
+    def rows(d):
+        return [r for f in sorted(d.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+    argv = [f"--{k}={v}" for k, v in flags.items()]
+    _real_stage(fake, "label.sh", tmp_path / "hosts" / "labelled", 2, 4, "--dataset_name", str(manifest), *argv)
+    assert pl.run(pl.PseudoLabelConfig(dataset_name=str(manifest), output_dir=str(tmp_path / "one"), **flags)) == 0
+    assert len(rows(tmp_path / "one")) == 4 and rows(tmp_path / "hosts" / "labelled") == rows(tmp_path / "one")
+    states = sorted((tmp_path / "hosts" / "labelled" / ".plabel").glob("block-*"))
+    assert [json.loads(p.read_text())["process"] for p in states] == [0, 1, 0, 1]  # alternate blocks per host
+
+    labelled = str(tmp_path / "one")
+    _real_stage(fake, "eval.sh", tmp_path / "hosts" / "eval", 2, 4, "--dataset_name", labelled, argv[1])
+    cfg = evaluation.EvalConfig(dataset_name=labelled, output_dir=str(tmp_path / "eval1"), per_device_eval_batch_size=1)
+    assert evaluation.run(cfg) == 0
+    two, one = (
+        json.loads((d / "results.json").read_text())["overall"]
+        for d in (tmp_path / "hosts" / "eval", tmp_path / "eval1")
+    )
+    assert two["num_samples"] == one["num_samples"] == 4 and two["wer"] == one["wer"]
