@@ -173,3 +173,11 @@ def decoder(
         dec.assistant_params = jax.device_put(assistant.params, devices[0])
         dec.share_encoder = _same_encoder(pre, assistant)
     return dec
+
+
+def set_language(dec: Decoder, language: str | None) -> None:
+    """Point ``dec`` at another language (a multilingual model's prompt token): same program, same counts."""
+    specials = special_tokens(dec.pre.tokenizer)
+    timestamps = specials.no_timestamps not in dec.prompt
+    dec.prompt = tuple(prompt_ids(specials, language=language, task=dec.task, timestamps=timestamps))
+    dec.language = language

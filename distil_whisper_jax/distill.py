@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import checkpoint, eval_data, parallel, storage, train_data
+from . import checkpoint, eval_data, parallel, row_language, storage, train_data
 from . import train as core
 from .config import to_dict
 from .convert.hf import write_hf_dir
@@ -263,6 +263,9 @@ def open_data(cfg: DistillConfig, student: Pretrained, teacher: Pretrained) -> T
     Every process opens the same sources and walks the same stream; each featurises only its share of
     each global batch. Features are sized for the teacher; a shorter-context student reads their start."""
     longest = max_duration(cfg, student)
+    names = train_data.split_plus(cfg.train_dataset_name)
+    languages = [lang or "en" for lang in row_language.per_source(cfg.language, len(names))]
+    row_language.check_model(special_tokens(student.tokenizer), languages, None, f"the student {student.source}")
     label_opts = train_data.LabelOptions(
         cfg.max_label_length,
         cfg.timestamp_probability,
@@ -278,9 +281,10 @@ def open_data(cfg: DistillConfig, student: Pretrained, teacher: Pretrained) -> T
         max_duration=longest,
         wer_threshold=cfg.wer_threshold,
         keep_without_ground_truth=cfg.keep_rows_without_ground_truth,
-        labels=label_opts,
+        labels=dataclasses.replace(label_opts, language=None),
+        languages=tuple(languages),
+        language_column=cfg.language_column_name,
     )
-    names = train_data.split_plus(cfg.train_dataset_name)
     sources = train_data.open_sources(cfg.train_dataset_name, cfg.train_split_name)
     weights = train_data.weights_from_flag(cfg.train_dataset_samples, len(names))
     eval_sets = [

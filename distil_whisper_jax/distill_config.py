@@ -134,7 +134,15 @@ class DistillConfig(MultiHostConfig):
     condition_on_prev_probability: float = flag(
         0.2, "prepend <|startofprev|> + the previous segment's text with this probability", group="data"
     )
-    language: str | None = flag(None, "language of multilingual prompts (default English)", group="data")
+    language: str | None = flag(
+        None,
+        "language of the training data (a Whisper code; '+'-joined: one per train dataset): the multilingual "
+        "prompt's language token and the WER normaliser (default English; a labelled dataset's language column wins)",
+        group="data",
+    )
+    language_column_name: str | None = flag(
+        None, "column of each row's language (default: the labelled dataset's 'language' column)", group="data"
+    )
     task: Literal["transcribe", "translate"] = flag("transcribe", "decoder task token", group="data")
     max_eval_samples: int | None = flag(None, "cap on rows per evaluation set", group="data")
     generation_max_length: int | None = flag(

@@ -96,8 +96,18 @@ def check_compatible(teacher: Pretrained, student: Pretrained, freeze_encoder: b
     t, s = teacher.config, student.config
     what = f"teacher {teacher.source} and student {student.source}"
     if t.vocab_size != s.vocab_size:
+        kinds = {51864: "English-only", 51865: "multilingual", 51866: "multilingual (large-v3)"}
+        mixed = (
+            f": the teacher is {kinds[t.vocab_size]}, the student {kinds[s.vocab_size]}"
+            if {
+                t.vocab_size,
+                s.vocab_size,
+            }
+            <= set(kinds)
+            else ""
+        )
         raise ValueError(
-            f"{what} have different vocabularies ({t.vocab_size} vs {s.vocab_size} tokens); "
+            f"{what} have different vocabularies ({t.vocab_size} vs {s.vocab_size} tokens{mixed}); "
             "distillation needs the same one"
         )
     if t.num_mel_bins != s.num_mel_bins:

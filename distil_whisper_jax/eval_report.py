@@ -50,8 +50,11 @@ def _wer(errors: int, words: int) -> float | None:
     return 100.0 * errors / words if words else None
 
 
-def score_dataset(entries: Sequence[dict], normalize: Callable[[str], str]) -> tuple[dict, list[dict]]:
-    """Counts and corpus WER of one dataset's rows, and the rows with their normalised texts and WER."""
+def score_dataset(
+    entries: Sequence[dict], normalize: Callable[[str], str], by_language: Callable | None = None
+) -> tuple[dict, list[dict]]:
+    """Counts and corpus WER of one dataset's rows, and the rows with their normalised texts and WER. With
+    ``by_language`` (language → normaliser), a row that records its ``language`` is normalised for it."""
     scored, rows = [], []
     st = {"num_samples": len(entries), "unreadable": 0, "too_long": 0, "empty_references": 0, "audio_seconds": 0.0}
     for e in entries:
@@ -61,8 +64,9 @@ def score_dataset(entries: Sequence[dict], normalize: Callable[[str], str]) -> t
             st["too_long" if TOO_LONG in (e.get("error") or "") else "unreadable"] += 1
             continue
         st["audio_seconds"] += e.get("audio_seconds") or 0.0
-        ref = " ".join(normalize(e.get("reference") or "").split())
-        hyp = " ".join(normalize(e["prediction"]).split())
+        norm = by_language(e["language"]) if by_language and e.get("language") else normalize
+        ref = " ".join(norm(e.get("reference") or "").split())
+        hyp = " ".join(norm(e["prediction"]).split())
         row.update(reference_normalised=ref, prediction_normalised=hyp)
         if not ref:
             st["empty_references"] += 1
@@ -95,21 +99,33 @@ def overall(per_dataset: dict[str, dict]) -> dict:
 
 
 def score(
-    entries: Sequence[dict], names: Sequence[str], seconds: Sequence[float], normalize: Callable[[str], str]
+    entries: Sequence[dict],
+    names: Sequence[str],
+    seconds: Sequence[float],
+    normalize: Callable[[str], str],
+    by_language: Callable | None = None,
 ) -> tuple[dict, list[dict]]:
     """``{"datasets": {name: stats}, "overall": stats}`` and every row (dataset order, then row order) with
-    its normalised texts and WER. ``seconds[k]``: wall time spent on dataset ``k``."""
+    its normalised texts and WER. ``seconds[k]``: wall time spent on dataset ``k``. When rows record their
+    ``language``, they are normalised for it (``by_language``) and ``"languages": {code: stats}`` is added."""
     by_dataset: list[list[dict]] = [[] for _ in names]
     for e in sorted(entries, key=lambda e: (e["dataset"], e["row"])):
         by_dataset[e["dataset"]].append(e)
     per, rows = {}, []
     for k, name in enumerate(names):
-        st, r = score_dataset(by_dataset[k], normalize)
+        st, r = score_dataset(by_dataset[k], normalize, by_language)
         st["seconds"] = seconds[k]
         st["rtf"] = seconds[k] / st["audio_seconds"] if st["audio_seconds"] else None
         per[name] = st
         rows += r
-    return {"datasets": per, "overall": overall(per)}, rows
+    results = {"datasets": per, "overall": overall(per)}
+    languages = sorted({e["language"] for e in entries if e.get("language")})
+    if languages:
+        results["languages"] = {}
+        for lang in languages:
+            st, _ = score_dataset([e for e in entries if e.get("language") == lang], normalize, by_language)
+            results["languages"][lang] = {k: st[k] for k in ("num_samples", "scored", "reference_words", "wer")}
+    return results, rows
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from . import audio, config, data, data_blocks, eval_report, storage, transcribe
-from .decoding import Decoder, check_assistant_mode, decoder
+from . import row_language as languages_of
+from .decoding import Decoder, check_assistant_mode, decoder, set_language
 from .evaluate import normalizer_for
 from .models import load_pretrained
 from .multihost import MultiHostConfig
+from .token_layout import special_tokens
 from .train_data import load_row_audio
 from .utils import check_writable_dir
 
@@ -72,7 +74,13 @@ class EvalConfig(MultiHostConfig):
     num_local_devices: int | None = config.flag(None, "use only the first N local devices", group=MODEL)
     dtype: Literal["float32", "bfloat16"] = config.flag("float32", "compute dtype of generation", group=MODEL)
     language: str | None = config.flag(
-        None, "language of the data: the prompt of multilingual models and the WER normaliser", group=MODEL
+        None,
+        "language of the data (a Whisper code; '+'-joined: one per dataset): the prompt of multilingual models "
+        "and the WER normaliser",
+        group=MODEL,
+    )
+    language_column_name: str | None = config.flag(
+        None, "column of each row's language (Whisper codes); results per language too", group=DATA
     )
     task: Literal["transcribe", "translate"] = config.flag("transcribe", "decoder task token", group=MODEL)
     num_beams: int = config.flag(1, "beam width (1: greedy)", group=MODEL, aliases=("--generation_num_beams",))
@@ -121,6 +129,7 @@ class Setup:
     columns: list[tuple[str, str]]  # (audio, text) column per dataset
     dec: Decoder
     block_rows: int  # rows per block of the per-process split (a few batches)
+    languages: list[str | None]  # each dataset's --language
 
 
 def dataset_names(sources: list[data.Source]) -> list[str]:
@@ -144,7 +153,11 @@ def open_data(cfg: EvalConfig) -> tuple[list[data.Source], list[tuple[str, str]]
         text_col = src.column_for("text", cfg.text_column_name, "text")
         data.require_columns(
             src,
-            {"audio_column_name": audio_col, "text_column_name": text_col},
+            {
+                "audio_column_name": audio_col,
+                "text_column_name": text_col,
+                "language_column_name": cfg.language_column_name,
+            },
             " for evaluation (the audio and its reference transcript)",
         )
         columns.append((audio_col, text_col))
@@ -161,6 +174,9 @@ def setup(cfg: EvalConfig) -> Setup:
             raise ValueError(f"--num_local_devices {cfg.num_local_devices}: only {len(devices)} available")
         devices = devices[: cfg.num_local_devices]
     pre = load_pretrained(cfg.model_name_or_path)
+    languages = languages_of.per_source(cfg.language, len(sources))
+    model = f"the model {pre.source}"
+    languages_of.check_model(special_tokens(pre.tokenizer), languages, cfg.language_column_name, model)
     assistant = None
     if cfg.assistant_model_name_or_path is not None:
         assistant = load_pretrained(cfg.assistant_model_name_or_path)
@@ -170,7 +186,7 @@ def setup(cfg: EvalConfig) -> Setup:
         cfg.dtype,
         cfg.num_beams,
         cfg.long_form != "none",
-        cfg.language,
+        languages[0],
         cfg.task,
         cfg.max_new_tokens,
         devices,
@@ -178,7 +194,7 @@ def setup(cfg: EvalConfig) -> Setup:
         cfg.num_assistant_tokens,
         ASSISTANT_FLAG,
     )
-    return Setup(cfg, sources, dataset_names(sources), columns, dec, 4 * dec.batch_size)
+    return Setup(cfg, sources, dataset_names(sources), columns, dec, 4 * dec.batch_size, languages)
 
 
 def _block_entries(s: Setup, k: int, rows: list[tuple[int, int, dict]], on_done: Callable[[int], None]) -> list[dict]:
@@ -195,25 +211,51 @@ def _block_entries(s: Setup, k: int, rows: list[tuple[int, int, dict]], on_done:
         seconds[i] = len(wav) / audio.SAMPLE_RATE
         return wav
 
-    cfg = s.cfg
-    results = transcribe.transcribe_loaded(
-        names, load, s.dec, cfg.long_form, cfg.chunk_length_s, on_done=lambda i: on_done(1)
-    )
+    langs = _row_languages(s, k, [row for _, _, row in rows])
+    results: list[dict] = [{}] * len(rows)
+    for lang in dict.fromkeys(lang for lang in langs if not isinstance(lang, ValueError)):
+        group = [i for i, x in enumerate(langs) if x == lang]  # one language at a time: its prompt token
+        set_language(s.dec, lang)
+        done = transcribe.transcribe_loaded(
+            [names[i] for i in group],
+            lambda j, group=group: load(group[j]),
+            s.dec,
+            s.cfg.long_form,
+            s.cfg.chunk_length_s,
+            on_done=lambda i: on_done(1),
+        )
+        for i, r in zip(group, done):
+            results[i] = r
     entries = []
-    for (gi, _, row), r, sec in zip(rows, results, seconds):
+    for (gi, _, row), r, sec, lang in zip(rows, results, seconds, langs):
         ref = row.get(text_col)
+        bad = isinstance(lang, ValueError)
         entries.append(
             {
                 "dataset": k,
                 "row": gi,
                 "id": row.get("id", ""),
                 "reference": "" if ref is None else str(ref),
-                "prediction": r.get("text"),
-                "error": r.get("error"),
+                "prediction": None if bad else r.get("text"),
+                "error": f"{s.names[k]} row {gi}: {lang}" if bad else r.get("error"),
                 "audio_seconds": sec if "text" in r else 0.0,
+                **({"language": None if bad else lang} if s.cfg.language or s.cfg.language_column_name else {}),
             }
         )
     return entries
+
+
+def _row_languages(s: Setup, k: int, rows: list[dict]) -> list:
+    """Each row's language code (its column, else its dataset's --language, else English), or the
+    ``ValueError`` that names a language the model does not know (that row is counted as unreadable)."""
+    specials = special_tokens(s.dec.pre.tokenizer)
+    out = []
+    for row in rows:
+        try:
+            out.append(languages_of.row_language(row, s.cfg.language_column_name, s.languages[k] or "en", specials))
+        except ValueError as e:
+            out.append(e)
+    return out
 
 
 def evaluate_process(s: Setup, process_index: int = 0, process_count: int = 1) -> tuple[list[dict], list[float]]:
@@ -252,7 +294,7 @@ def run_key(cfg: EvalConfig) -> dict:
 def results_of(s: Setup, entries: list[dict], seconds: list[float], assistant: dict | None) -> tuple[dict, list]:
     """``results.json``'s content and the scored rows."""
     cfg = s.cfg
-    results, rows = eval_report.score(entries, s.names, seconds, normalizer_for(cfg.language))
+    results, rows = eval_report.score(entries, s.names, seconds, normalizer_for(s.languages[0]), normalizer_for)
     results["model"] = s.dec.pre.source
     if assistant is not None:
         drafted = assistant["drafted_tokens"]

@@ -154,19 +154,19 @@ def encode(model: Whisper, params, mel, shards: int = 1):
     return parallel.map_rows(lambda m: model.apply({"params": params}, m, method=Whisper.encode), mel, shards)
 
 
-def _prefill(model: Whisper, params, mel, prompt, length: int, multiple: int = 1):
-    """Encoder pass and prompt decode (which fills the cross-attention k/v and the prompt's self-attention
-    cache of ``length`` positions), row by row on CPU (``parallel.map_rows``). Returns the last prompt
-    position's logits [B, 1, V] and the cache."""
+def _prefill(model: Whisper, params, mel, prompts, length: int, multiple: int = 1):
+    """Encoder pass and decode of the prompts [B, P] (which fills the cross-attention k/v and the prompt's
+    self-attention cache of ``length`` positions), row by row on CPU (``parallel.map_rows``). Returns the
+    last prompt position's logits [B, 1, V] and the cache."""
 
-    def one(m):
+    def one(rows):
+        m, tokens = rows
         enc = model.apply({"params": params}, m, method=Whisper.encode)  # one row: no map inside a map
         cache = init_cache(model.config, m.shape[0], length, model.dtype, per_layer=model.unstacked_decoder)
-        tokens = jnp.broadcast_to(prompt[None], (m.shape[0], prompt.shape[0]))
         logits, cache = model.apply({"params": params}, tokens, enc, cache, 0, method=Whisper.decode)
         return logits[:, -1:], cache
 
-    return parallel.map_rows(one, mel, multiple)
+    return parallel.map_rows(one, (mel, prompts), multiple)
 
 
 def _greedy(model: Whisper, params, mel, prompt, opts: GenerationOptions, multiple: int = 1):
@@ -175,9 +175,9 @@ def _greedy(model: Whisper, params, mel, prompt, opts: GenerationOptions, multip
     batch of short and long clips stops paying for the finished ones. Each stage is its own static-shape
     while loop, so the function still compiles once per batch shape."""
     b = mel.shape[0]
-    p = prompt.shape[0]
+    p = prompt.shape[1]
     length = p + opts.max_new_tokens
-    tokens = jnp.full((b, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
+    tokens = jnp.full((b, length), opts.eot, jnp.int32).at[:, :p].set(prompt)
     logits, cache = _prefill(model, params, mel, prompt, length, multiple)
 
     def body(state):
@@ -217,12 +217,12 @@ def _beam_search(model: Whisper, params, encoder_out, prompt, opts: GenerationOp
     hypotheses once its best live beam can no longer beat its worst finished one.
     """
     b, k = encoder_out.shape[0], opts.num_beams
-    p = prompt.shape[0]
+    p = prompt.shape[1]
     length = p + opts.max_new_tokens
     alpha = 1.0 if opts.length_penalty is None else opts.length_penalty
     unflat = lambda x: x.reshape((b, k) + x.shape[1:])
     enc = jnp.repeat(encoder_out, k, axis=0)
-    tokens = jnp.full((b * k, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
+    tokens = jnp.full((b * k, length), opts.eot, jnp.int32).at[:, :p].set(jnp.repeat(prompt, k, axis=0))
     cache = init_cache(model.config, b * k, length, model.dtype)
     logits, cache = model.apply({"params": params}, tokens[:, :p], enc, cache, 0, method=Whisper.decode)
     logits = logits[:, -1:]
@@ -299,7 +299,7 @@ def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_k
         mesh = parallel.data_mesh(list(mesh_key))
         return jax.jit(
             run,
-            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.replicated(mesh)),
+            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh), parallel.batch_sharded(mesh)),
             out_shardings=parallel.batch_sharded(mesh),
         )
     return jax.jit(run)
@@ -308,7 +308,7 @@ def _compiled(config: WhisperConfig, dtype: Any, opts: GenerationOptions, mesh_k
 def generate(
     params: Any,
     mel: np.ndarray,
-    prompt: Sequence[int],
+    prompt: Sequence[int] | np.ndarray,
     config: WhisperConfig,
     options: GenerationOptions,
     dtype: Any = jnp.float32,
@@ -316,25 +316,33 @@ def generate(
 ) -> np.ndarray:
     """Generated token ids [B, max_new_tokens] (EOT-padded after the end) for log-mel ``mel`` [B, M, F].
 
+    ``prompt`` is one decoder prompt for every row, or one per row [B, P] (rows of one batch may differ in
+    their tokens, e.g. the language, not in length).
+
     With several ``devices`` (default: all local devices) the batch is zero-padded to a multiple of the
     device count and split over them; ``params`` should then already be replicated
     (``parallel.replicate``) to avoid a copy per call.
     """
-    if len(prompt) + options.max_new_tokens > config.max_target_positions:
+    mel = np.asarray(mel, np.float32)
+    prompts = np.asarray(prompt, np.int32)
+    prompts = np.broadcast_to(prompts, (mel.shape[0], prompts.shape[-1])) if prompts.ndim == 1 else prompts
+    if prompts.shape[0] != mel.shape[0]:
+        raise ValueError(f"{prompts.shape[0]} prompts for a batch of {mel.shape[0]}")
+    if prompts.shape[1] + options.max_new_tokens > config.max_target_positions:
         raise ValueError(
-            f"prompt ({len(prompt)}) + max_new_tokens ({options.max_new_tokens}) exceeds the "
+            f"prompt ({prompts.shape[1]}) + max_new_tokens ({options.max_new_tokens}) exceeds the "
             f"decoder's {config.max_target_positions} positions"
         )
     devices = jax.local_devices() if devices is None else devices
-    mel = np.asarray(mel, np.float32)
-    prompt_arr = jnp.asarray(np.asarray(prompt, np.int32))
     if len(devices) > 1:
         padded, n = parallel.pad_batch(mel, len(devices))
+        prompts = np.concatenate([prompts, np.broadcast_to(prompts[:1], (len(padded) - n, prompts.shape[1]))])
         fn = _compiled(config, dtype, options, tuple(devices))
         # committed to the local mesh first: under jax.distributed, jit refuses sharded numpy inputs
-        padded = parallel.shard_batch(padded, parallel.data_mesh(devices))
-        return np.asarray(fn(params, padded, prompt_arr))[:n]
-    return np.asarray(_compiled(config, dtype, options, ())(params, mel, prompt_arr))
+        mesh = parallel.data_mesh(devices)
+        padded, prompts = parallel.shard_batch(padded, mesh), parallel.shard_batch(prompts, mesh)
+        return np.asarray(fn(params, padded, prompts))[:n]
+    return np.asarray(_compiled(config, dtype, options, ())(params, mel, jnp.asarray(prompts)))
 
 
 @functools.lru_cache(maxsize=8)

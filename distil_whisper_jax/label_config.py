@@ -60,7 +60,15 @@ class PseudoLabelConfig(MultiHostConfig):
     num_local_devices: int | None = config.flag(None, "use only the first N local devices", group=TEACHER)
     dtype: Literal["float32", "bfloat16"] = config.flag("float32", "compute dtype of generation", group=TEACHER)
     return_timestamps: bool = config.flag(False, "generate timestamp tokens", group=TEACHER)
-    language: str | None = config.flag(None, "multilingual teachers; also picks the WER normaliser", group=TEACHER)
+    language: str | None = config.flag(
+        None,
+        "language of the data (a Whisper code; '+'-joined: one per dataset): the multilingual teacher's prompt and "
+        "the WER normaliser",
+        group=TEACHER,
+    )
+    language_column_name: str | None = config.flag(
+        None, "column of each row's language (Whisper codes such as 'fr'); empty cells take --language", group=DATA
+    )
     task: Literal["transcribe", "translate"] = config.flag("transcribe", "decoder task token", group=TEACHER)
     generation_num_beams: int = config.flag(1, "beam width (1: greedy)", group=TEACHER)
     max_label_length: int = config.flag(256, "max generated tokens per row", group=TEACHER)

@@ -37,6 +37,7 @@ NEW_COLUMNS = (
     "duration",
     "pseudo_label_rows",
     "pseudo_label_part",
+    "language",
 )
 
 
@@ -78,6 +79,7 @@ def output_schema(cfg: PseudoLabelConfig, columns: list[str], first: Source) -> 
         pa.field("duration", pa.float64()),
         pa.field("pseudo_label_rows", pa.list_(pa.int64())),
         pa.field("pseudo_label_part", pa.int32()),
+        pa.field("language", pa.string()),
     ]
     if cfg.marks:
         fields.append(pa.field("wer_above_threshold", pa.bool_()))
@@ -95,6 +97,7 @@ def column_roles(cfg: PseudoLabelConfig) -> dict[str, str | None]:
         "duration": "duration",
         "wer": "wer",
         "speaker": cfg.speaker_id_column_name,
+        "language": "language",
     }
 
 

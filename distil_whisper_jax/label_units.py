@@ -18,6 +18,8 @@ from . import audio as audio_lib
 from .data import Source
 from .label_config import PseudoLabelConfig
 from .row_audio import row_audio
+from .row_language import row_language
+from .token_layout import SpecialTokens
 
 
 class PseudoLabelError(RuntimeError):
@@ -33,6 +35,7 @@ class Unit:
     rows: list[int]  # global input row indices
     part: int = 0  # piece index of a long clip
     pieces: int = 1  # number of pieces the clip was cut into (1: not cut)
+    language: str = "en"  # Whisper language code: the teacher's prompt and the WER normaliser
 
     @property
     def duration(self) -> float:
@@ -88,6 +91,7 @@ def pack(units: Iterable[Unit | Bad], max_len: int, by_speaker: bool) -> Iterato
                     text,
                     cur[0].speaker,
                     [r for u in cur for r in u.rows],
+                    language=cur[0].language,
                 )
             cur.clear()
 
@@ -102,6 +106,7 @@ def pack(units: Iterable[Unit | Bad], max_len: int, by_speaker: bool) -> Iterato
             and cur[-1].pieces == 1
             and u.rows[0] == cur[-1].rows[-1] + 1
             and (not by_speaker or u.speaker == cur[0].speaker)
+            and u.language == cur[0].language
             and sum(len(c.audio) for c in cur) + len(u.audio) <= max_len
         )
         if not joinable:
@@ -127,14 +132,28 @@ def continues(prev: Unit | None, u: Unit, by_speaker: bool, contiguous_rows: boo
 
 
 def decoded_units(
-    rows: Iterator[tuple[int, int, dict]], cfg: PseudoLabelConfig, sources: Sequence[Source], columns: Sequence[str]
+    rows: Iterator[tuple[int, int, dict]],
+    cfg: PseudoLabelConfig,
+    sources: Sequence[Source],
+    columns: Sequence[str],
+    languages: Sequence[str | None] = (),
+    specials: SpecialTokens | None = None,
 ) -> Iterator[Unit | Bad]:
-    """Units of the input rows (a long clip: its pieces, or a ``Bad`` item under ``--long_audio skip``)."""
+    """Units of the input rows (a long clip: its pieces, or a ``Bad`` item under ``--long_audio skip``, or for
+    a row whose language the teacher does not know); ``languages``: each source's ``--language``."""
     a = cfg
     text_col, spk_col = a.text_column, a.speaker_id_column_name
     max_len = int(round(a.max_duration_in_seconds * audio_lib.SAMPLE_RATE))
     for gi, k, row in rows:
         src = sources[k]
+        try:
+            default = (languages[k] if languages else None) or "en"
+            lang = row_language(row, a.language_column_name, default, specials) if specials else default
+        except ValueError as e:
+            if a.strict:
+                raise PseudoLabelError(f"row {gi} of {src.label}: {e} (--strict)") from e
+            yield Bad(gi, src.label, f"--language_column_name {a.language_column_name}: {e}")
+            continue
         try:
             if "__error__" in row:
                 raise audio_lib.AudioError(row["__error__"])
@@ -157,9 +176,9 @@ def decoded_units(
         if len(wav) > max_len:
             pieces = split_long(wav, max_len)
             for j, piece in enumerate(pieces):
-                yield Unit(piece, kept, None, speaker, [gi], j, len(pieces))
+                yield Unit(piece, kept, None, speaker, [gi], j, len(pieces), lang)
         else:
-            yield Unit(wav, kept, text, speaker, [gi])
+            yield Unit(wav, kept, text, speaker, [gi], language=lang)
 
 
 def _audio_name(value: Any) -> str:
@@ -184,6 +203,7 @@ def bad_kind(reason: str) -> str:
         ("cannot read", "undecodable"),
         ("can read", "undecodable"),
         ("directory", "missing_file"),
+        ("language", "unknown_language"),
     ):
         if key in r:
             return kind
@@ -204,6 +224,8 @@ class Batcher:
     batch_size: int  # static global batch of the compiled generation
     n_mels: int
     n_frames: int = audio_lib.N_FRAMES  # the model's input length (1500 for a 750-position model)
+    languages: Sequence[str | None] = ()  # each source's --language
+    specials: SpecialTokens | None = None  # the teacher's special tokens (to check row languages)
 
     def features(self, units: list[Unit]) -> np.ndarray:
         """Log-mel of a batch, filled up to the static batch size with copies of its last row: a filler row
@@ -222,7 +244,9 @@ class Batcher:
                 counter["rows"] += 1
                 yield item
 
-        units: Iterable[Unit | Bad] = decoded_units(counted(), cfg, self.sources, self.columns)
+        units: Iterable[Unit | Bad] = decoded_units(
+            counted(), cfg, self.sources, self.columns, self.languages, self.specials
+        )
         if cfg.concatenate_audio:
             max_len = int(round(cfg.max_duration_in_seconds * audio_lib.SAMPLE_RATE))
             units = pack(units, max_len, by_speaker=cfg.speaker_id_column_name is not None)

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from . import data, data_blocks, label_output, label_report, parallel, storage, wer_filter
+from . import data, data_blocks, label_output, label_report, parallel, row_language, storage, wer_filter
 from .generate import generate, generation_options, strip
 from .label_config import PseudoLabelConfig, output_config
 from .label_units import Bad, Batcher, PseudoLabelError, Unit, continues, pack, split_long
@@ -72,6 +72,13 @@ class Settings:
     def sources(self) -> list[data.Source]:
         return list(self.batcher.sources)
 
+    def prompts(self, units: list[Unit], rows: int) -> np.ndarray:
+        """The decoder prompt of each unit (its language's), [rows, P]; filler rows repeat the last."""
+        cfg, specials = self.cfg, self.batcher.specials
+        ts = cfg.return_timestamps
+        each = [prompt_ids(specials, language=u.language, task=cfg.task, timestamps=ts) for u in units]
+        return np.asarray(each + each[-1:] * (rows - len(each)), np.int32)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # setup
@@ -87,6 +94,7 @@ def _open_data(cfg: PseudoLabelConfig) -> tuple[list[data.Source], list[str]]:
                 "audio_column_name": cfg.audio_column_name,
                 "text_column_name": cfg.text_column,
                 "speaker_id_column_name": cfg.speaker_id_column_name,
+                "language_column_name": cfg.language_column_name,
             },
         )
     columns = [c for c in sources[0].columns if all(c in s.columns for s in sources[1:])]
@@ -117,8 +125,10 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
             f"of audio ({pre.config.max_source_positions} positions); pass --max_duration_in_seconds {window:g}"
         )
     specials = special_tokens(pre.tokenizer)
+    languages = row_language.per_source(cfg.language, len(sources))
+    row_language.check_model(specials, languages, cfg.language_column_name, f"the teacher {pre.source}")
     try:
-        prompt = prompt_ids(specials, language=cfg.language, task=cfg.task, timestamps=cfg.return_timestamps)
+        prompt = prompt_ids(specials, language=languages[0], task=cfg.task, timestamps=cfg.return_timestamps)
     except ValueError as e:
         raise data.DataConfigError(f"--language/--task: {e}") from e
     room = pre.config.max_target_positions - len(prompt)
@@ -148,6 +158,8 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
         cfg.per_device_eval_batch_size * len(devices),
         pre.config.num_mel_bins,
         pre.config.n_frames,
+        languages,
+        specials,
     )
     dtype = DTYPES[cfg.dtype]
     pi, pc = data_blocks.process_info()
@@ -183,6 +195,7 @@ def _output_row(s: Settings, u: Unit, text: str, ids: list[int], w: float | None
         duration=u.duration,
         pseudo_label_rows=list(u.rows),
         pseudo_label_part=u.part,
+        language=u.language,
     )
     return row
 
@@ -192,14 +205,15 @@ def _label_batch(
 ) -> tuple[Unit | None, list[int], list[tuple[Unit, dict]]]:
     """Generate a batch's labels; returns the last unit and its ids, and the ``(unit, row)`` pairs kept."""
     cfg, tok, eot = s.cfg, s.pre.tokenizer, s.options.eot
-    raw = generate(s.params, mel, s.prompt, s.pre.config, s.options, s.dtype, s.devices)[: len(units)]
+    prompts = s.prompts(units, len(mel))
+    raw = generate(s.params, mel, prompts, s.pre.config, s.options, s.dtype, s.devices)[: len(units)]
     by_speaker = cfg.speaker_id_column_name is not None
     kept = []
     for u, ids, full in zip(units, strip(raw, eot), raw):
         ids = [int(t) for t in ids]
         plain = tok.decode(ids, skip_special_tokens=True).strip()
         text = tok.decode(ids, decode_with_timestamps=True).strip() if cfg.return_timestamps else plain
-        w, errs, words = wer_filter.row_wer(u.text, plain, cfg.language)  # WER never counts timestamp tokens
+        w, errs, words = wer_filter.row_wer(u.text, plain, u.language)  # WER never counts timestamp tokens
         cond = list(prev_ids) if continues(prev, u, by_speaker, cfg.concatenate_audio) else []
         prev, prev_ids = u, ids
         _stats_add(st, u, full, eot, w, errs, words)

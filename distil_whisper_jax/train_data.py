@@ -33,6 +33,7 @@ import numpy as np
 from . import audio, data, wer_filter
 from .losses import IGNORE_INDEX
 from .row_audio import audio_duration, row_audio
+from .row_language import row_language
 from .token_layout import SpecialTokens, prompt_ids
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,8 @@ class DataOptions:
     wer_threshold: float | None = None
     keep_without_ground_truth: bool = False
     labels: LabelOptions = LabelOptions()
+    languages: tuple[str | None, ...] = ()  # each source's language (--language '+'-joined); () for none
+    language_column: str | None = None  # each row's language; None: the column the dataset records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +200,7 @@ class Columns:
     text: str
     ids: str
     prev: str
+    language: str | None = None
 
     @classmethod
     def resolve(cls, src: data.Source, o: DataOptions) -> Columns:
@@ -206,11 +210,13 @@ class Columns:
             text=o.text_column,
             ids=o.ids_column,
             prev=o.prev_column,
+            language=src.column_for("language", o.language_column, None),
         )
 
     def check(self, src: data.Source, o: DataOptions) -> None:
         """``DataConfigError`` naming the flag for a column the run needs and the source lacks."""
         data.require_columns(src, {"audio_column_name": self.audio}, " for training (the audio the teacher heard)")
+        data.require_columns(src, {"language_column_name": o.language_column})
         if self.text not in src.columns and self.ids not in src.columns:
             data.require_columns(src, {"train_text_column_name": self.text}, " for training (the pseudo-labels)")
         if o.wer_threshold is not None and "wer" not in src.columns and not o.keep_without_ground_truth:
@@ -263,7 +269,7 @@ class TrainStream:
         for s, c in zip(self.sources, self.columns):
             c.check(s, opts)
         self.readers = [
-            RowReader(s, [c.text, c.ids, c.prev, "duration", "wer", c.audio, c.reference])
+            RowReader(s, [c.text, c.ids, c.prev, "duration", "wer", c.audio, c.reference, c.language])
             for s, c in zip(self.sources, self.columns)
         ]
         self.sizes = [r.groups.sizes for r in self.readers]
@@ -354,8 +360,14 @@ class TrainStream:
         w = row.get("wer")  # the labeller's score: it had the ground truth
         has_ref = w is not None or wer_filter.has_ground_truth(ref)
         if w is None:
-            w, _, _ = wer_filter.row_wer(ref, transcript, o.labels.language)
+            w, _, _ = wer_filter.row_wer(ref, transcript, self.language(k, row))
         return wer_filter.drop_reason(has_ref, transcript is not None, w, o.wer_threshold, o.keep_without_ground_truth)
+
+    def language(self, k: int, row: dict) -> str | None:
+        """The row's language: its language column, else its dataset's --language, else --language."""
+        o = self.opts
+        default = (o.languages[k] if o.languages else None) or o.labels.language
+        return row_language(row, self.columns[k].language, default, self.sp)
 
     def _target(self, k: int, row: dict) -> list[int] | None:
         c = self.columns[k]
@@ -392,7 +404,8 @@ class TrainStream:
                 self._skip("empty_label")
                 continue
             rng = np.random.default_rng([self.seed, 11, k, epoch, row_id])
-            seq = build_sequence(target, row.get(self.columns[k].prev), self.sp, o.labels, rng)
+            labels = dataclasses.replace(o.labels, language=self.language(k, row))
+            seq = build_sequence(target, row.get(self.columns[k].prev), self.sp, labels, rng)
             if seq is None:
                 self._skip("label_too_long")
                 continue

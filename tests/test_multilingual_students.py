@@ -1,0 +1,142 @@
+"""Multilingual labelling, training and evaluation with the real multilingual whisper-base on the bundled
+French, German and Spanish speech: each row is prompted in its own language (a mixed batch labels a row as a
+one-language batch does), the labelled output keeps the language, training sequences carry the row's
+language token, eval reports WER per language, a student made from the teacher's layers detects the
+language as the teacher does, and languages a model cannot take are refused before any work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from distil_whisper_jax import audio, data, evaluation, train_data
+from distil_whisper_jax import pseudo_label as pl
+from distil_whisper_jax.assets import multilingual_speech_manifest
+from distil_whisper_jax.create_student import create_student
+from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
+from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+
+LANGS = ("fr", "de", "es")
+PER_LANG = 3  # held-out clips per language labelled and evaluated (all 15 are used for language detection)
+
+
+def heldout(lang: str, n: int | None = None) -> list[dict]:
+    path = multilingual_speech_manifest(lang, "heldout")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))[:n]
+    return [dict(r, audio=str(path.parent / r["audio"])) for r in rows]
+
+
+def write_tsv(path: Path, rows: list[dict], drop: tuple[str, ...] = ()) -> Path:
+    cols = [c for c in rows[0] if c not in drop]
+    path.write_text("\n".join(["\t".join(cols)] + ["\t".join(r[c] for c in cols) for r in rows]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(multilingual_base_dir):
+    return load_pretrained(multilingual_base_dir)
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    """One manifest per language without a language column (the language comes from --language)."""
+    d = tmp_path_factory.mktemp("ml")
+    return [write_tsv(d / f"{lang}.tsv", heldout(lang, PER_LANG), drop=("language",)) for lang in LANGS]
+
+
+@pytest.fixture(scope="module")
+def labelled(base, manifests, multilingual_base_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("labelled")
+    cfg = pl.PseudoLabelConfig(
+        dataset_name="+".join(map(str, manifests)),
+        language="+".join(LANGS),
+        model_name_or_path=str(multilingual_base_dir),
+        output_dir=str(out),
+        per_device_eval_batch_size=2,
+        num_local_devices=2,
+        max_label_length=64,
+        rows_per_shard=100,
+    )
+    assert pl.run(cfg) == 0
+    return out
+
+
+def test_each_row_is_labelled_in_its_own_language(base, labelled):
+    rows = [r for f in sorted(labelled.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert [r["language"] for r in rows] == [lang for lang in LANGS for _ in range(PER_LANG)]
+    # the batches mixed languages (batch 4 over 9 rows); each row's label is what a batch of its own
+    # language alone gives, so each row got its own <|lang|> token
+    sp = special_tokens(base.tokenizer)
+    opts = generation_options(base, sp, max_new_tokens=64)
+    for lang in LANGS:
+        mel = audio.log_mel_spectrogram([audio.load_audio(r["audio"]) for r in heldout(lang, PER_LANG)], n_mels=80)
+        ids = strip(generate(base.params, mel, prompt_ids(sp, language=lang), base.config, opts), sp.eot)
+        assert [r["whisper_token_ids"] for r in rows if r["language"] == lang] == ids
+    # and the labels are in the right language: their WER against the ground truth stays low per language
+    for lang in LANGS:
+        wers = [r["wer"] for r in rows if r["language"] == lang]
+        assert np.mean(wers) < 60, (lang, wers, [r["whisper_transcript"] for r in rows if r["language"] == lang])
+
+
+def test_training_sequences_carry_the_row_language(base, labelled):
+    sp = special_tokens(base.tokenizer)
+    sources = train_data.open_sources(str(labelled))
+    stream = train_data.TrainStream(sources, None, base.tokenizer, sp, train_data.DataOptions(), seed=0)
+    languages = sources[0].row_groups().read(0, ["language"])  # one row group: the whole labelled set
+    for _ in range(3 * PER_LANG):
+        ex = stream.next_example()
+        token = ex.sequence[ex.sequence.index(sp.sot) + 1]
+        assert sp.language_codes[sp.language_ids.index(token)] == languages[ex.key[1]]["language"]
+
+
+def test_eval_reports_wer_per_language_from_a_language_column(base, multilingual_base_dir, tmp_path):
+    rows = [r for lang in LANGS for r in heldout(lang, PER_LANG)]
+    mixed = write_tsv(tmp_path / "mixed.tsv", rows)
+    out = tmp_path / "eval"
+    cfg = evaluation.EvalConfig(
+        dataset_name=str(mixed),
+        language_column_name="language",
+        model_name_or_path=str(multilingual_base_dir),
+        output_dir=str(out),
+        per_device_eval_batch_size=2,
+        num_local_devices=2,
+        max_new_tokens=64,
+    )
+    assert evaluation.run(cfg) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["languages"]) == set(LANGS)
+    for lang in LANGS:
+        st = res["languages"][lang]
+        assert st["num_samples"] == PER_LANG and st["wer"] is not None and st["wer"] < 60, (lang, st)
+
+
+def test_a_student_made_from_the_teacher_detects_the_language_like_it(base, tmp_path):
+    student = load_pretrained(create_student(base, tmp_path / "student", decoder_layers=2))
+    sp = special_tokens(base.tokenizer)
+    clips = [r for lang in LANGS for r in heldout(lang)]
+    mel = audio.log_mel_spectrogram([audio.load_audio(r["audio"]) for r in clips], n_mels=80)
+    teacher = detect_language(base.params, mel, base.config, sp.sot, sp.language_ids).argmax(-1)
+    fresh = detect_language(student.params, mel, student.config, sp.sot, sp.language_ids).argmax(-1)
+    agree = float(np.mean(teacher == fresh))
+    truth = np.array([sp.language_codes.index(r["language"]) for r in clips])
+    print(f"teacher language-ID accuracy {np.mean(teacher == truth):.2f}, student agrees on {agree:.2f}")
+    assert agree >= 0.9, (agree, teacher, fresh)
+
+
+def test_languages_a_model_cannot_take_are_refused_before_work(base, manifests, tmp_path):
+    m = str(manifests[0])
+    with pytest.raises(data.DataConfigError, match="English-only"):  # the bundled tiny.en teacher
+        pl.setup(pl.PseudoLabelConfig(dataset_name=m, language="fr", output_dir=str(tmp_path / "a")))
+    with pytest.raises(data.DataConfigError, match="unknown language 'klingon'"):
+        pl.setup(pl.PseudoLabelConfig(dataset_name=m, language="klingon", output_dir=str(tmp_path / "b")))
+    with pytest.raises(data.DataConfigError, match="2 '\\+'-separated entries for 1 datasets"):
+        pl.setup(pl.PseudoLabelConfig(dataset_name=m, language="fr+de", output_dir=str(tmp_path / "c")))
+    with pytest.raises(data.DataConfigError, match="English-only"):
+        evaluation.setup(evaluation.EvalConfig(dataset_name=m, language_column_name="text", output_dir=str(tmp_path)))
