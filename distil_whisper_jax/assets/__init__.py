@@ -1,5 +1,6 @@
 """Files that ship with the package: speech clips with transcripts, a small English speech corpus
-(``speech/``: train and held-out manifests), the English spelling map."""
+(``speech/``: train and held-out manifests), a small French, German and Spanish one (``speech_multilingual/<lang>/``),
+the English spelling map."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ ASSETS_DIR = Path(__file__).parent
 CLIPS_DIR = ASSETS_DIR / "clips"
 SPEECH_DIR = ASSETS_DIR / "speech"
 SPEECH_SPLITS = ("train", "heldout")
+SPEECH_MULTILINGUAL_DIR = ASSETS_DIR / "speech_multilingual"
+SPEECH_LANGUAGES = ("fr", "de", "es")  # Whisper language codes of the multilingual corpus
 
 
 def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
@@ -33,5 +36,22 @@ def speech_manifest(split: str) -> Path:
         raise FileNotFoundError(
             f"{path}: bundled speech manifest is missing (reinstall the package, or regenerate the corpus "
             "with tools/generate_speech.py from the source repository)"
+        )
+    return path
+
+
+def multilingual_speech_manifest(language: str, split: str) -> Path:
+    """Path of the bundled multilingual speech corpus manifest of ``language`` ("fr" | "de" | "es") and ``split``
+    ("train" | "heldout"): tab-separated, header ``audio text speaker_id duration language``, audio paths relative
+    to the manifest (see ``speech_multilingual/README.md``)."""
+    if language not in SPEECH_LANGUAGES:
+        raise ValueError(f"unknown speech corpus language {language!r}; expected one of {', '.join(SPEECH_LANGUAGES)}")
+    if split not in SPEECH_SPLITS:
+        raise ValueError(f"unknown speech corpus split {split!r}; expected one of {', '.join(SPEECH_SPLITS)}")
+    path = SPEECH_MULTILINGUAL_DIR / language / f"{split}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: bundled speech manifest is missing (reinstall the package, or regenerate the corpus "
+            "with tools/generate_multilingual_speech.py from the source repository)"
         )
     return path
