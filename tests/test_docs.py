@@ -18,6 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 README, BENCH, SPEECH = "README.md", "docs/benchmarks.md", "distil_whisper_jax/assets/speech/README.md"
+SPEECH_ML = "distil_whisper_jax/assets/speech_multilingual/README.md"
 
 Getter = Callable[[Any], float]
 
@@ -255,6 +256,11 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("students", "tiny.en", "eval_wer", "heldout", "student"), ".1f")]),
     (SPEECH, "**{} % on train, {} % on held-out**", "speech_corpus_wer.json", [
         (at("splits", split, "wer"), ".2f") for split in ("train", "heldout")]),
+    *[(SPEECH_ML, f"| {name} | {split_name} | {{}} | {{}} % | {{}} % |", "speech_multilingual_wer.json", [
+        (at("languages", lang, split, "clips"), "d"), (at("languages", lang, split, "wer"), ".2f"),
+        (at("languages", lang, split, "language_id_accuracy"), ".1f")])
+      for lang, name in (("fr", "French"), ("de", "German"), ("es", "Spanish"))
+      for split, split_name in (("train", "train"), ("heldout", "held-out"))],
 ]  # fmt: skip
 
 
