@@ -754,10 +754,10 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
     Sized for CI (a fraction of benchmarks/distill_demo.py's corpus and steps; that script has the full run)."""
     from distil_whisper_jax import config
+    from distil_whisper_jax.cli.pseudo_label import main as pseudo_label
     from distil_whisper_jax.create_student import create_student
     from distil_whisper_jax.demo import demo_commands
     from distil_whisper_jax.distill import DistillConfig, run
-    from distil_whisper_jax.cli.pseudo_label import main as pseudo_label
     from distil_whisper_jax.transcribe import transcribe
 
     cmds = demo_commands(

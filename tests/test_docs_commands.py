@@ -18,7 +18,7 @@ import pytest
 from distil_whisper_jax import config
 
 REPO = Path(__file__).resolve().parents[1]
-GUIDES = ("docs/quickstart.md", "docs/recipes.md", "docs/troubleshooting.md", "docs/tpu.md")
+GUIDES = ("docs/quickstart.md", "docs/recipes.md", "docs/troubleshooting.md", "docs/tpu.md", "docs/languages.md")
 # set up a machine or a session; nothing to check here without a cloud account or a fresh machine
 SETUP_ONLY = {"python3", ".", "pip", "gcloud", "sudo", "ls", "tail", "cd", "huggingface-cli"}
 SCRIPTS_TABLE = (REPO / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]
