@@ -131,17 +131,53 @@ def test_eval_reports_wer_per_language_from_a_language_column(base, multilingual
         assert st["wer"] is not None and (lang == "fr" or st["wer"] < 50), (lang, st)  # espeak-ng French: ~70 %
 
 
-def test_a_student_made_from_the_teacher_detects_the_language_like_it(base, tmp_path):
-    student = load_pretrained(create_student(base, tmp_path / "student", decoder_layers=2))
+# ~8 min on 2 cores (60 training steps of a base-sized student): over CI's budget, run with `-m slow`.
+@pytest.mark.slow
+def test_a_distilled_student_identifies_the_language_like_its_teacher(base, multilingual_base_dir, tmp_path):
+    """A 2-layer student cut from whisper-base (first and last decoder layers) and distilled for 60 steps on
+    the bundled French, German and Spanish training speech (one --language per dataset) identifies the
+    language of the held-out clips: it agrees with the teacher wherever the teacher is right (espeak-ng
+    French fools the teacher on some clips). Fresh from the cut it picks one wrong language for all."""
+    from distil_whisper_jax.distill import DistillConfig, run
+
+    student_dir = create_student(base, tmp_path / "student", decoder_layers=2)
+    train = "+".join(str(multilingual_speech_manifest(lang, "train")) for lang in LANGS)
+    cfg = DistillConfig(
+        model_name_or_path=str(student_dir),
+        teacher_model_name_or_path=str(multilingual_base_dir),
+        train_dataset_name=train,
+        language="+".join(LANGS),
+        train_text_column_name="text",
+        output_dir=str(tmp_path / "run"),
+        max_steps=60,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        warmup_steps=5,
+        freeze_encoder=True,
+        cache_encoder_outputs=True,
+        save_steps=60,
+        max_label_length=64,
+        disable_tqdm=True,
+    )
+    assert run(cfg) == 0
     sp = special_tokens(base.tokenizer)
     clips = [r for lang in LANGS for r in heldout(lang)]
     mel = audio.log_mel_spectrogram([audio.load_audio(r["audio"]) for r in clips], n_mels=80)
-    teacher = detect_language(base.params, mel, base.config, sp.sot, sp.language_ids).argmax(-1)
-    fresh = detect_language(student.params, mel, student.config, sp.sot, sp.language_ids).argmax(-1)
-    agree = float(np.mean(teacher == fresh))
     truth = np.array([sp.language_codes.index(r["language"]) for r in clips])
-    print(f"teacher language-ID accuracy {np.mean(teacher == truth):.2f}, student agrees on {agree:.2f}")
-    assert agree >= 0.9, (agree, teacher, fresh)
+    teacher = detect_language(base.params, mel, base.config, sp.sot, sp.language_ids).argmax(-1)
+    fresh = load_pretrained(student_dir)
+    before = detect_language(fresh.params, mel, fresh.config, sp.sot, sp.language_ids).argmax(-1)
+    student = load_pretrained(tmp_path / "run" / "hf")
+    after = detect_language(student.params, mel, student.config, sp.sot, sp.language_ids).argmax(-1)
+    right = teacher == truth
+    print(
+        f"language ID on {len(clips)} held-out clips: teacher {right.mean():.2f}, fresh student "
+        f"{(before == truth).mean():.2f}, distilled student {(after == truth).mean():.2f}; the student agrees "
+        f"with the teacher on {(after == teacher).mean():.2f} of all clips, {(after == teacher)[right].mean():.2f} "
+        "of those the teacher gets right"
+    )
+    assert (after == teacher)[right].mean() >= 0.9 and (after == truth).mean() >= 0.9
+    assert (before == truth).mean() < 0.5  # what distillation taught
 
 
 def test_languages_a_model_cannot_take_are_refused_before_work(base, manifests, tmp_path):
