@@ -18,13 +18,17 @@ HEADER = ["audio", "text", "speaker_id", "duration"]
 HELDOUT_SAMPLE_MAX_WER = 10.0
 
 
-def read_manifest(split):
-    path = speech_manifest(split)
+def read_tsv(path):
+    """``(path, header, rows)`` of a bundled manifest, read strictly (no quoting, every row full)."""
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader)
         rows = [dict(zip(header, r, strict=True)) for r in reader]
     return path, header, rows
+
+
+def read_manifest(split):
+    return read_tsv(speech_manifest(split))
 
 
 @pytest.fixture(scope="module")

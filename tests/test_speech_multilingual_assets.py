@@ -2,8 +2,6 @@
 the audio, each language's splits share no sentence and cover its sentences file, speakers are contiguous and
 appear in both splits. Fast: no model is run (the teacher's WER is benchmarks/speech_multilingual_wer.py)."""
 
-import csv
-
 import pytest
 import soundfile as sf
 
@@ -15,16 +13,13 @@ from distil_whisper_jax.assets import (
     multilingual_speech_manifest,
 )
 
+from .test_speech_assets import read_tsv
+
 HEADER = ["audio", "text", "speaker_id", "duration", "language"]
 
 
 def read_manifest(language, split):
-    path = multilingual_speech_manifest(language, split)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        rows = [dict(zip(header, r, strict=True)) for r in reader]
-    return path, header, rows
+    return read_tsv(multilingual_speech_manifest(language, split))
 
 
 @pytest.fixture(scope="module")

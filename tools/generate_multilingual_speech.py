@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from generate_speech import read_sentences  # the sibling script: same sentence-file rules
 
 from distil_whisper_jax.assets import SPEECH_MULTILINGUAL_DIR, SPEECH_SPLITS
 from distil_whisper_jax.audio import SAMPLE_RATE, resample
@@ -77,17 +78,6 @@ SPEAKERS: dict[str, list[Speaker]] = {
     ],
 }
 LANGUAGES = tuple(SPEAKERS)
-
-
-def read_sentences(path: Path) -> list[str]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    sents = [ln for ln in lines if ln and not ln.startswith("#")]
-    if len(set(sents)) != len(sents):
-        raise ValueError(f"{path}: duplicate sentences")
-    for s in sents:
-        if any(c in s for c in '\t"\r') or not 6 <= len(s.split()) <= 18:
-            raise ValueError(f"{path}: bad sentence (tab/quote, or not 6-18 words): {s!r}")
-    return sents
 
 
 def split_sentences(sentences: list[str], num_heldout: int, seed: int) -> dict[str, list[str]]:
@@ -143,7 +133,7 @@ def write_split(out_dir: Path, lang: str, split: str, rows: list[tuple[str, Spea
 
 
 def generate_language(lang: str, sentences_file: Path, out_dir: Path, num_heldout: int, seed: int) -> None:
-    splits = split_sentences(read_sentences(sentences_file), num_heldout, seed)
+    splits = split_sentences(read_sentences(sentences_file, 6, 18), num_heldout, seed)
     rng = np.random.default_rng([seed, LANGUAGES.index(lang)])
     written: set[str] = set()
     for split in SPEECH_SPLITS:

@@ -68,14 +68,16 @@ SNR_DB = 20.0
 ROOM_RT60 = 0.3  # seconds
 
 
-def read_sentences(path: Path) -> list[str]:
+def read_sentences(path: Path, min_words: int = 5, max_words: int = 25) -> list[str]:
+    """The sentences of ``path`` (one a line, ``#`` comments), refusing duplicates, tabs and quotes (the
+    manifests do not quote) and sentences outside ``min_words``..``max_words`` words."""
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     sents = [ln for ln in lines if ln and not ln.startswith("#")]
     if len(set(sents)) != len(sents):
         raise ValueError(f"{path}: duplicate sentences")
     for s in sents:
-        if any(c in s for c in '\t"\r') or not 5 <= len(s.split()) <= 25:
-            raise ValueError(f"{path}: bad sentence (tab/quote, or not 5-25 words): {s!r}")
+        if any(c in s for c in '\t"\r') or not min_words <= len(s.split()) <= max_words:
+            raise ValueError(f"{path}: bad sentence (tab/quote, or not {min_words}-{max_words} words): {s!r}")
     return sents
 
 
