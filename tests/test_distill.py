@@ -726,7 +726,9 @@ def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
         run(_cfg((teacher, tmp_path / "wide"), labelled, tmp_path / "o2"))
     other = small_config(tiny).replace(vocab_size=51865, decoder_layers=1)
     write_hf_dir(tmp_path / "multi", other, init_params(other, 0))
-    with pytest.raises(ValueError, match=re.escape("different vocabularies (51864 vs 51865 tokens)")):
+    with pytest.raises(
+        ValueError, match=re.escape("(51864 vs 51865 tokens: the teacher is English-only, the student multilingual)")
+    ):
         run(_cfg((teacher, tmp_path / "multi"), labelled, tmp_path / "o4"))
     # NaN loss: an absurd learning rate blows the params up after the first update
     out = tmp_path / "o3"
