@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import fsspec
 import pyarrow.parquet as pq
 
+from . import storage
 from .data_source import DataConfigError, RowGroups, Source, SourceSpec, read_roles
 
 
@@ -30,11 +30,9 @@ def _file_system(url: str) -> tuple[Any, str]:
     """``(fsspec file system, path inside it)`` for ``url``; ``DataConfigError`` naming the package to
     install when the scheme needs one (``gs://`` → gcsfs)."""
     try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as e:
-        raise DataConfigError(f"{url}: this URL needs a package that is not installed ({e})") from None
+        return storage.file_system(url)
     except ValueError as e:
-        raise DataConfigError(f"{url}: not a URL fsspec knows ({e})") from None
+        raise DataConfigError(str(e)) from None
 
 
 def parquet_source(
@@ -153,4 +151,4 @@ def open_hub_stream(spec: SourceSpec, cache_dir: str | None = None) -> Source | 
     if not files:
         return None
     fs, _ = _file_system(files[0])
-    return parquet_source(spec, [fsspec.core.url_to_fs(f)[1] for f in files], None, fs)
+    return parquet_source(spec, [fs._strip_protocol(f) for f in files], None, fs)

@@ -50,6 +50,7 @@ class Logger:
             self.metrics = storage.Mirror(self.out / "metrics.jsonl")
             self.local = self.metrics.local.parent
             self.writer = SummaryWriter(str(self.local / "runs"))
+            self.uploaded: dict = {}  # event file → (size, mtime) last uploaded: only grown files go again
 
     def truncate_after(self, step: int) -> None:
         """Drop JSONL entries beyond ``step`` (written after the checkpoint a resumed run restarts from)."""
@@ -73,7 +74,7 @@ class Logger:
         if storage.is_remote(self.out):
             self.writer.flush()
             self.metrics.push()
-            storage.upload_tree(self.local / "runs", self.out / "runs")
+            storage.upload_tree(self.local / "runs", self.out / "runs", self.uploaded)
 
     def close(self) -> None:
         if self.writer is not None:

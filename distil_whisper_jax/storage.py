@@ -34,6 +34,18 @@ def is_remote(path: str | os.PathLike | UPath) -> bool:
     return isinstance(path, UPath) and not isinstance(path, Path) or isinstance(path, str) and is_url(path)
 
 
+@contextlib.contextmanager
+def _scheme_errors(name: str, flag: str) -> Iterator[None]:
+    """fsspec's errors for a URL it cannot serve as ``ValueError`` naming ``flag`` and what to do."""
+    what = f"{flag} {name}" if flag else name
+    try:
+        yield
+    except ImportError as e:
+        raise ValueError(f"{what}: this URL needs a package that is not installed ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{what}: not a URL fsspec knows ({e})") from None
+
+
 def location(name: str | os.PathLike, flag: str = "--output_dir") -> OutPath:
     """``Path`` for a local path (``~`` expanded), ``UPath`` for a URL; ``ValueError`` naming ``flag`` when
     the URL's scheme is unknown or needs a package that is not installed (``gs://`` → ``gcsfs``)."""
@@ -41,13 +53,15 @@ def location(name: str | os.PathLike, flag: str = "--output_dir") -> OutPath:
         return name
     if not is_url(name):
         return Path(os.path.expanduser(os.fspath(name)))
-    try:
+    with _scheme_errors(name, flag):
         fsspec.get_filesystem_class(name.split("://")[0])
-        return UPath(name)
-    except ImportError as e:
-        raise ValueError(f"{flag} {name}: this URL needs a package that is not installed ({e})") from None
-    except ValueError as e:
-        raise ValueError(f"{flag} {name}: not a URL fsspec knows ({e})") from None
+    return UPath(name)
+
+
+def file_system(url: str, flag: str = "") -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(fsspec file system, path inside it)`` of ``url``; ``ValueError`` as :func:`location` raises."""
+    with _scheme_errors(url, flag):
+        return fsspec.core.url_to_fs(url)
 
 
 def check_writable(path: OutPath, flag: str) -> None:
@@ -70,12 +84,20 @@ def remove_tree(path: OutPath) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def upload_tree(local: Path, dest: OutPath) -> None:
+def upload_tree(local: Path, dest: OutPath, seen: dict[Path, tuple[int, int]] | None = None) -> int:
     """Copy a finished local directory to ``dest`` (a remote location), file by file; a reader that waits
-    for a marker file written last (such as a checkpoint's) never sees a partial tree."""
+    for a marker file written last (such as a checkpoint's) never sees a partial tree. With ``seen`` (file →
+    (size, mtime) at its last upload, updated here), only new and changed files go. Returns files uploaded."""
+    seen = {} if seen is None else seen
+    uploaded = 0
     for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        st = f.stat()
+        if seen.get(f) == (st.st_size, st.st_mtime_ns):
+            continue
         target = dest / f.relative_to(local).as_posix()
         target.fs.put_file(str(f), target.path)
+        seen[f], uploaded = (st.st_size, st.st_mtime_ns), uploaded + 1
+    return uploaded
 
 
 @contextlib.contextmanager

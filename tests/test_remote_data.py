@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from distil_whisper_jax import data, data_blocks, data_parquet
+from distil_whisper_jax import data, data_blocks, data_parquet, storage
 from distil_whisper_jax.assets import speech_manifest
+
+from . import fake_gcs
 
 ROWS = 12  # rows of real speech, in 2 files of 3 row groups of 2 rows
 BLOCK = 2
@@ -142,3 +144,21 @@ def test_hub_dataset_stored_as_parquet_is_read_by_row_group(parquet_dir, tmp_pat
     local = data.open_sources(data.parse_sources(str(parquet_dir)))[0]
     assert list(src.rows_from(5)) == list(local.rows_from(5))
     assert data_parquet.hub_parquet_files(data.SourceSpec(str(repo), None, "test")) is None
+
+
+def test_a_training_log_uploads_only_the_files_that_grew(tmp_path):
+    """On a bucket the distillation log re-uploads its event files after every line: only new or changed ones
+    go (a long run's older event files are not sent again each time)."""
+    gcs = fake_gcs.use(tmp_path / "gcs")
+    local = tmp_path / "runs"
+    (local / "a").mkdir(parents=True)
+    (local / "a" / "events.1").write_bytes(b"one")
+    (local / "events.2").write_bytes(b"two")
+    dest, seen = storage.location("gs://bucket/run/runs"), {}
+    assert storage.upload_tree(local, dest, seen) == 2
+    assert storage.upload_tree(local, dest, seen) == 0
+    (local / "events.2").write_bytes(b"two, grown")
+    assert storage.upload_tree(local, dest, seen) == 1
+    assert (tmp_path / "gcs" / "bucket" / "run" / "runs" / "events.2").read_bytes() == b"two, grown"
+    assert sorted(gcs.written) == ["bucket/run/runs/a/events.1", "bucket/run/runs/events.2", "bucket/run/runs/events.2"]
+    assert storage.upload_tree(local, dest) == 2  # without a record: everything
