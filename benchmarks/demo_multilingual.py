@@ -14,17 +14,15 @@ demo's summary with the machine, the date and the peak RSS); ``docs/languages.md
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.common import RESULTS_DIR, run_record
 from distil_whisper_jax import demo, demo_multilingual
 from distil_whisper_jax.utils import atomic_write, setup_logging
 
@@ -49,15 +47,8 @@ def main(argv=None) -> int:
     total = time.perf_counter() - t0
     demo_multilingual.print_summary(r)
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_record(load_start),
         "command": "python -m distil_whisper_jax --multilingual",
-        "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_1m_start": load_start,
-            "load_avg_1m_end": os.getloadavg()[0],
-        },
         "config": {**vars(a), "work": str(work)},
         "total_s": total,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
