@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     work = Path(a.work or tempfile.mkdtemp(prefix="demo_multilingual_"))
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
-    r = demo_multilingual.run_pipeline(work, languages, a.max_steps, a.batch_size)
+    r = demo_multilingual.run_pipeline(work, languages, demo_multilingual.Sizes(a.max_steps, a.batch_size))
     total = time.perf_counter() - t0
     demo_multilingual.print_summary(r)
     result = {

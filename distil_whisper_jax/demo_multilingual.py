@@ -12,6 +12,7 @@ Each stage runs through its own config parser and ``run(cfg)`` (``demo.run_stage
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -46,20 +47,24 @@ def corpus(work: Path, languages: list[str], split: str, rows: int | None) -> li
     return [demo.subset_manifest(f, rows, work / "data" / lang / f"{split}.tsv") for f, lang in zip(full, languages)]
 
 
-def multilingual_commands(
-    work: Path,
-    teacher: Path,
-    languages: list[str],
-    max_steps: int,
-    batch: int = 8,
-    train_rows: int | None = None,
-    eval_rows: int | None = None,
-) -> dict[str, list[str]]:
-    """The flags of each stage: ``label``, ``train`` and one ``eval/<model>`` per model of ``MODELS``.
-    ``train_rows`` / ``eval_rows`` per language (spread over its speakers; ``None``: all), written into ``work``."""
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much the demo trains and evaluates: steps, training examples per device per step, and clips per
+    language (spread over its speakers; ``None``: all) labelled and evaluated."""
+
+    max_steps: int
+    batch: int = 8
+    train_rows: int | None = None
+    eval_rows: int | None = None
+
+
+def multilingual_commands(work: Path, teacher: Path, languages: list[str], sizes: Sizes) -> dict[str, list[str]]:
+    """The flags of each stage: ``label``, ``train`` and one ``eval/<model>`` per model of ``MODELS``; the
+    manifests of ``sizes``' subsets are written into ``work``."""
     work = Path(work)
-    train = "+".join(map(str, corpus(work, languages, "train", train_rows)))
-    heldout = "+".join(map(str, corpus(work, languages, "heldout", eval_rows)))
+    max_steps = sizes.max_steps
+    train = "+".join(map(str, corpus(work, languages, "train", sizes.train_rows)))
+    heldout = "+".join(map(str, corpus(work, languages, "heldout", sizes.eval_rows)))
     label = ["--model_name_or_path", str(teacher), "--dataset_name", train, "--language", "+".join(languages)]
     label += ["--text_column_name", "text", "--output_dir", str(work / "labelled")]
     label += ["--per_device_eval_batch_size", "4", "--num_local_devices", "1"]
@@ -67,7 +72,7 @@ def multilingual_commands(
     every = str(max(max_steps // 10, 1))
     run = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
     run += ["--output_dir", str(work / "run"), "--freeze_encoder", "--cache_encoder_outputs"]
-    run += ["--max_steps", str(max_steps), "--per_device_train_batch_size", str(batch)]
+    run += ["--max_steps", str(max_steps), "--per_device_train_batch_size", str(sizes.batch)]
     run += ["--learning_rate", str(LEARNING_RATE), "--warmup_steps", str(min(WARMUP, max_steps - 1))]
     run += ["--max_label_length", str(MAX_LABEL_LENGTH), "--save_steps", str(max_steps)]
     run += ["--logging_steps", every, "--seed", "0"]
@@ -120,25 +125,17 @@ def summarize(work: Path, languages: list[str], lid: dict[str, dict[str, float]]
     return out
 
 
-def run_pipeline(
-    work: Path,
-    languages: list[str],
-    max_steps: int,
-    batch: int = 8,
-    train_rows: int | None = None,
-    eval_rows: int | None = None,
-    teacher: Path | None = None,
-) -> dict[str, Any]:
+def run_pipeline(work: Path, languages: list[str], sizes: Sizes, teacher: Path | None = None) -> dict[str, Any]:
     """Every stage in ``work``; returns wall times, the labelling report and the per-language figures."""
     work = Path(work)
     teacher = Path(teacher or multilingual_base_dir())
-    cmds = multilingual_commands(work, teacher, languages, max_steps, batch, train_rows, eval_rows)
+    cmds = multilingual_commands(work, teacher, languages, sizes)
     times: dict[str, float] = {}
     demo.timed(times, "create_student", create_student.create_student, str(teacher), work / "student", 2)
     demo.check_stage(demo.timed(times, "pseudo_label", demo.run_stage, "label", cmds["label"]), "labelling", work)
     demo.check_stage(demo.timed(times, "distill", demo.run_stage, "train", cmds["train"]), "distillation", work)
     lid = {}
-    heldout = corpus(work, languages, "heldout", eval_rows)
+    heldout = corpus(work, languages, "heldout", sizes.eval_rows)
     for m in MODELS:
         argv = cmds[f"eval/{m}"]
         demo.check_stage(demo.timed(times, f"eval_{m}", demo.run_stage, "eval", argv), "evaluation", work / "eval")
@@ -147,8 +144,8 @@ def run_pipeline(
     return {
         "work": str(work),
         "languages": languages,
-        "max_steps": max_steps,
-        "per_device_train_batch_size": batch,
+        "max_steps": sizes.max_steps,
+        "per_device_train_batch_size": sizes.batch,
         "times_s": times,
         "labelled": json.loads((work / "labelled" / "report.json").read_text()),
         "results": summarize(work, languages, lid),
@@ -181,7 +178,7 @@ def run(cfg: demo.DemoConfig) -> int:
     if (work / "labelled").exists() or (work / "run").exists():
         print(f"note: {work} holds an earlier demo; finished stages are resumed, not redone", file=sys.stderr)
     rows = cfg.train_rows_per_language or None, cfg.eval_rows_per_language or None
-    r = run_pipeline(work, languages, cfg.steps, cfg.batch_size, *rows, teacher)
+    r = run_pipeline(work, languages, Sizes(cfg.steps, cfg.batch_size, *rows), teacher)
     print_summary(r)
     with atomic_write(out / SUMMARY, "w") as f:
         json.dump(r, f, indent=2)

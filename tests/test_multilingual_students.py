@@ -18,7 +18,7 @@ from distil_whisper_jax import audio, data, demo, evaluation, train_data
 from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.assets import multilingual_speech_manifest
 from distil_whisper_jax.create_student import create_student
-from distil_whisper_jax.demo_multilingual import multilingual_commands
+from distil_whisper_jax.demo_multilingual import Sizes, multilingual_commands
 from distil_whisper_jax.evaluate import normalizer_for, wer
 from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
 from distil_whisper_jax.models import load_pretrained
@@ -185,9 +185,8 @@ def test_single_language_recipe_trains_and_scores_in_that_language(base, multili
     """Upstream's recipe, a student for one language: the German training speech labelled with --language de,
     a student distilled on it for a few steps (the demo's flags, through each stage's own parser); every training
     sequence is prompted <|de|>, and eval reports the student's German."""
-    cmds = multilingual_commands(
-        tmp_path, multilingual_base_dir, ["de"], max_steps=2, batch=1, train_rows=4, eval_rows=2
-    )
+    sizes = Sizes(max_steps=2, batch=1, train_rows=4, eval_rows=2)
+    cmds = multilingual_commands(tmp_path, multilingual_base_dir, ["de"], sizes)
     assert cmds["label"][cmds["label"].index("--language") + 1] == "de"
     create_student(base, tmp_path / "student", decoder_layers=2)
     for stage, argv in (("label", cmds["label"]), ("train", cmds["train"]), ("eval", cmds["eval/student_trained"])):
