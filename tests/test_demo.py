@@ -88,6 +88,8 @@ def test_multilingual_refuses_languages_outside_the_bundled_corpus(tmp_path, cap
 
 
 TINY_TRAIN_ROWS, TINY_EVAL_ROWS = 2, 2  # per language
+# ~4 min on 2 cores (one busy with other work): loading and compiling whisper-base and its student for labelling,
+# training, three evaluations and three language-ID passes, whatever the row counts. Over CI's budget: `-m slow`.
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,7 @@ def multilingual_demo(multilingual_base_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_multilingual_demo_reports_every_language_for_every_model(multilingual_demo):
     summary = json.loads((multilingual_demo / demo_multilingual.SUMMARY).read_text())
     assert summary["languages"] == list(SPEECH_LANGUAGES) and summary["max_steps"] == 2
@@ -116,6 +119,7 @@ def test_multilingual_demo_reports_every_language_for_every_model(multilingual_d
     assert summary["labelled"]["rows_written"] == 3 * TINY_TRAIN_ROWS
 
 
+@pytest.mark.slow
 def test_multilingual_demo_labels_each_row_in_its_dataset_language(multilingual_demo):
     work = multilingual_demo / demo_multilingual.WORK
     rows = [r for f in sorted((work / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
