@@ -132,8 +132,9 @@ def run_pipeline(work: Path, languages: list[str], sizes: Sizes, teacher: Path |
     cmds = multilingual_commands(work, teacher, languages, sizes)
     times: dict[str, float] = {}
     demo.timed(times, "create_student", create_student.create_student, str(teacher), work / "student", 2)
-    demo.check_stage(demo.timed(times, "pseudo_label", demo.run_stage, "label", cmds["label"]), "labelling", work)
-    demo.check_stage(demo.timed(times, "distill", demo.run_stage, "train", cmds["train"]), "distillation", work)
+    labelled = demo.timed(times, "pseudo_label", demo.run_stage, "label", cmds["label"])
+    demo.check_stage(labelled, "labelling", work / "labelled")
+    demo.check_stage(demo.timed(times, "distill", demo.run_stage, "train", cmds["train"]), "distillation", work / "run")
     lid = {}
     heldout = corpus(work, languages, "heldout", sizes.eval_rows)
     for m in MODELS:
