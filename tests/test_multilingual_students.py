@@ -191,6 +191,8 @@ def test_single_language_recipe_trains_and_scores_in_that_language(base, multili
     create_student(base, tmp_path / "student", decoder_layers=2)
     for stage, argv in (("label", cmds["label"]), ("train", cmds["train"]), ("eval", cmds["eval/student_trained"])):
         assert demo.run_stage(stage, argv) == 0, stage
+    labelled = [r for f in sorted((tmp_path / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert [r["language"] for r in labelled] == ["de"] * 4
     sp = special_tokens(base.tokenizer)
     sources = train_data.open_sources(str(tmp_path / "labelled"))
     stream = train_data.TrainStream(sources, None, base.tokenizer, sp, train_data.DataOptions(), seed=0)
