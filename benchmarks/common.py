@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -23,6 +25,21 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def run_record(load_start: float) -> dict[str, Any]:
+    """The date (UTC) and the machine of a finished run: CPU, cores, Python, 1-minute load average at its start
+    (``load_start``, from ``os.getloadavg()``) and now."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m_start": load_start,
+            "load_avg_1m_end": os.getloadavg()[0],
+        },
+    }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:

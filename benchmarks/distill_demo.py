@@ -12,17 +12,15 @@ atomically; README and ``docs/benchmarks.md`` quote it (``tests/test_docs.py`` c
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.common import RESULTS_DIR, run_record
 from distil_whisper_jax import demo
 from distil_whisper_jax.utils import atomic_write, setup_logging
 
@@ -45,14 +43,7 @@ def main(argv=None) -> int:
     r = demo.run_pipeline(work, max_steps=a.max_steps, train_rows=a.train_rows, eval_rows=a.eval_rows or None)
     total = time.perf_counter() - t0
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_1m_start": load_start,
-            "load_avg_1m_end": os.getloadavg()[0],
-        },
+        **run_record(load_start),
         "config": {**vars(a), "work": str(work)},
         "labelled_rows": r["labelled"]["rows_written"],
         "times": {f"{'train' if k == 'distill' else k}_s": v for k, v in r["times_s"].items()},

@@ -21,14 +21,11 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from distil_whisper_jax import audio
 from distil_whisper_jax.assets import SPEECH_LANGUAGES, SPEECH_MULTILINGUAL_DIR, SPEECH_SPLITS
+from distil_whisper_jax.demo_multilingual import detected_languages
 from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.generate import detect_language
 from distil_whisper_jax.models import load_pretrained, multilingual_base_dir
-from distil_whisper_jax.token_layout import special_tokens
 from distil_whisper_jax.transcribe import transcribe
 from distil_whisper_jax.utils import atomic_write
 
@@ -36,18 +33,6 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speech_multiling
 # A sentence is at most 18 words (< 60 tokens); the cap stops a hallucination loop at twice that instead of 448
 # tokens, which bounds both its time and the insertions it adds to the WER.
 MAX_NEW_TOKENS = 120
-
-
-def detected_languages(model, waves: list[np.ndarray], batch_size: int) -> list[str]:
-    """The most likely language code of each waveform (``detect_language`` over every language token)."""
-    sp = special_tokens(model.tokenizer)
-    codes = {i: code for code, i in sp.lang_to_id.items()}
-    out = []
-    for i in range(0, len(waves), batch_size):
-        mel = audio.log_mel_spectrogram(waves[i : i + batch_size], n_mels=model.config.num_mel_bins)
-        probs = detect_language(model.params, mel, model.config, sp.sot, sp.language_ids)
-        out += [codes[sp.language_ids[k]] for k in probs.argmax(-1)]
-    return out
 
 
 def score_split(model, tsv: Path, language: str, batch_size: int, max_new_tokens: int) -> dict:

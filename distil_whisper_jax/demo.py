@@ -17,15 +17,17 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from . import audio, config, create_student, distill, export, pseudo_label
+from . import audio, config, create_student, demo_multilingual, distill, evaluation, export, pseudo_label
 from .assets import bundled_clips, speech_manifest
 from .evaluate import wer
 from .transcribe import transcribe
 from .utils import atomic_write
 
+ENGLISH_STEPS, MULTILINGUAL_STEPS = 100, 60
 HELDOUT_SUBSET = "eval/heldout.tsv"  # in the work directory; named "heldout" in metrics like the full split
 
 
@@ -37,18 +39,38 @@ class DemoConfig:
         "all", "all: label → distil → eval → export; transcribe: only the teacher on the bundled clips"
     )
     output_dir: str = config.flag("demo_output", "where the labelled data, the run and the exports go")
-    max_steps: int = config.flag(100, "distillation steps")
+    max_steps: int | None = config.flag(
+        None, f"distillation steps (default {ENGLISH_STEPS}; with --multilingual {MULTILINGUAL_STEPS})"
+    )
     eval_rows: int = config.flag(24, "held-out clips evaluated, spread evenly over the speakers (0 = all 48)")
+    multilingual: bool = config.flag(
+        False,
+        "the multilingual whisper-base teacher (the `multilingual` extra) on the bundled French, German and Spanish "
+        "speech: per-language held-out WER and language ID (no export)",
+    )
+    languages: str = config.flag("fr+de+es", "(--multilingual) '+'-joined languages of the bundled corpus")
+    train_rows_per_language: int = config.flag(0, "(--multilingual) training clips per language (0 = all 45)")
+    eval_rows_per_language: int = config.flag(0, "(--multilingual) held-out clips per language (0 = all 15)")
     no_export: bool = config.flag(False, "skip the export + verification stage")
     model: str | None = config.flag(None, "(transcribe) model path or hub id; default: the bundled tiny.en")
-    batch_size: int = config.flag(8, "(transcribe) clips per batch")
+    batch_size: int = config.flag(
+        8, "(transcribe) clips per batch; (--multilingual) training examples per device per step"
+    )
     dtype: Literal["float32", "bfloat16"] = config.flag("float32", "(transcribe) compute dtype")
 
+    @property
+    def steps(self) -> int:
+        """``--max_steps``, else the default of the mode."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return MULTILINGUAL_STEPS if self.multilingual else ENGLISH_STEPS
+
     def validate(self) -> None:
-        if self.max_steps < 1:
+        if self.steps < 1:
             raise ValueError(f"--max_steps must be ≥ 1, got {self.max_steps}")
-        if self.eval_rows < 0:
-            raise ValueError(f"--eval_rows must be ≥ 0 (0 = all), got {self.eval_rows}")
+        for name in ("eval_rows", "train_rows_per_language", "eval_rows_per_language"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be ≥ 0 (0 = all), got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be ≥ 1, got {self.batch_size}")
 
@@ -69,10 +91,9 @@ def spread_over_speakers(rows: list[dict[str, str]], n: int) -> list[dict[str, s
     return [rows[i] for i in sorted(picked)]
 
 
-def heldout_manifest(work: Path, rows: int | None) -> Path:
-    """The held-out manifest the demo evaluates and verifies on: the whole bundled split, or ``rows`` of it
-    spread over every speaker, written to ``work/eval/heldout.tsv`` with absolute audio paths."""
-    full = speech_manifest("heldout")
+def subset_manifest(full: Path, rows: int | None, path: Path) -> Path:
+    """``full`` itself when ``rows`` is falsy, else ``rows`` of it spread over every speaker, written to ``path``
+    (atomically) with absolute audio paths."""
     if not rows:
         return full
     with open(full, newline="", encoding="utf-8") as f:
@@ -81,12 +102,17 @@ def heldout_manifest(work: Path, rows: int | None) -> Path:
     subset = spread_over_speakers(table, rows)
     for r in subset:
         r["audio"] = str((full.parent / r["audio"]).resolve())
-    path = Path(work) / HELDOUT_SUBSET
     with atomic_write(path, "w") as f:
         w = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
         w.writeheader()
         w.writerows(subset)
     return path
+
+
+def heldout_manifest(work: Path, rows: int | None) -> Path:
+    """The held-out manifest the demo evaluates and verifies on: the whole bundled split, or ``rows`` of it
+    spread over every speaker, written to ``work/eval/heldout.tsv`` with absolute audio paths."""
+    return subset_manifest(speech_manifest("heldout"), rows, Path(work) / HELDOUT_SUBSET)
 
 
 def demo_commands(
@@ -125,15 +151,30 @@ def demo_commands(
     return {"label": label, "train": train, "export": export_}
 
 
-def run_stage(name: Literal["label", "train", "export"], argv: list[str]) -> int:
+def run_stage(name: Literal["label", "train", "eval", "export"], argv: list[str]) -> int:
     """One stage from its flags, through the stage's own config parser and ``run(cfg)`` (as its CLI does)."""
     stages = {
         "label": (pseudo_label.PseudoLabelConfig, pseudo_label.run),
         "train": (distill.DistillConfig, distill.run),
+        "eval": (evaluation.EvalConfig, evaluation.run),
         "export": (export.ExportConfig, export.run),
     }
     cls, run_fn = stages[name]
     return run_fn(config.parse(cls, argv, prog=f"demo {name}"))
+
+
+def timed(times: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, its wall seconds recorded as ``times[name]``."""
+    t = time.perf_counter()
+    out = fn(*args)
+    times[name] = time.perf_counter() - t
+    return out
+
+
+def check_stage(status: int, name: str, where: Path) -> None:
+    """``RuntimeError`` naming the stage and its directory when it did not exit 0 (it has logged why)."""
+    if status != 0:
+        raise RuntimeError(f"{name} failed; see {where}")
 
 
 def run_pipeline(
@@ -150,18 +191,9 @@ def run_pipeline(
     work = Path(work)
     cmds = demo_commands(work, max_steps, train_rows, eval_rows, batch, learning_rate, max_label_length)
     times: dict[str, float] = {}
-
-    def timed(name: str, fn, *args) -> Any:
-        t = time.perf_counter()
-        out = fn(*args)
-        times[name] = time.perf_counter() - t
-        return out
-
-    timed("create_student", create_student.create_student, None, work / "student", 2)
-    if timed("pseudo_label", run_stage, "label", cmds["label"]) != 0:
-        raise RuntimeError(f"pseudo-labelling failed; see {work / 'labelled'}")
-    if timed("distill", run_stage, "train", cmds["train"]) != 0:
-        raise RuntimeError(f"distillation failed; see {work / 'run'}")
+    timed(times, "create_student", create_student.create_student, None, work / "student", 2)
+    check_stage(timed(times, "pseudo_label", run_stage, "label", cmds["label"]), "pseudo-labelling", work / "labelled")
+    check_stage(timed(times, "distill", run_stage, "train", cmds["train"]), "distillation", work / "run")
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]
     result = {
@@ -175,7 +207,7 @@ def run_pipeline(
         },
     }
     if export:
-        result["export_status"] = timed("export", run_stage, "export", cmds["export"])
+        result["export_status"] = timed(times, "export", run_stage, "export", cmds["export"])
     return result
 
 
@@ -202,10 +234,12 @@ def run(cfg: DemoConfig) -> int:
     cfg.validate()
     if cfg.stage == "transcribe":
         return transcribe_clips(cfg.model, cfg.batch_size, cfg.dtype)
+    if cfg.multilingual:
+        return demo_multilingual.run(cfg)
     out = Path(cfg.output_dir)
     if (out / "run").exists() or (out / "labelled").exists():
         print(f"note: {out} holds an earlier demo; finished stages are resumed, not redone", file=sys.stderr)
-    r = run_pipeline(out, max_steps=cfg.max_steps, eval_rows=cfg.eval_rows or None, export=not cfg.no_export)
+    r = run_pipeline(out, max_steps=cfg.steps, eval_rows=cfg.eval_rows or None, export=not cfg.no_export)
     lab, w = r["labelled"], r["heldout_wer"]
     print("\nstage            wall s")
     for name, s in r["times_s"].items():
@@ -216,7 +250,7 @@ def run(cfg: DemoConfig) -> int:
     )
     print(
         f"held-out WER (EnglishTextNormalizer): teacher {w['teacher']:.1f} %, 2-layer student before training "
-        f"{w['student_untrained']:.1f} %, after {cfg.max_steps} steps {w['student_trained']:.1f} %"
+        f"{w['student_untrained']:.1f} %, after {cfg.steps} steps {w['student_trained']:.1f} %"
     )
     if "export_status" in r:
         print(f"exports in {out / 'export'}: verification {'passed' if r['export_status'] == 0 else 'FAILED'}")

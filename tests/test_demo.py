@@ -1,11 +1,16 @@
-"""The demo's held-out evaluation set and its command line (the full run is benchmarks/distill_demo.py)."""
+"""The demo's held-out evaluation set and its command line (the full run is benchmarks/distill_demo.py), and the
+``--multilingual`` mode end to end with tiny settings (the full run is benchmarks/demo_multilingual.py)."""
 
 import collections
 import csv
+import json
 from pathlib import Path
 
-from distil_whisper_jax import demo
-from distil_whisper_jax.assets import speech_manifest
+import pyarrow.parquet as pq
+import pytest
+
+from distil_whisper_jax import demo, demo_multilingual, models
+from distil_whisper_jax.assets import SPEECH_LANGUAGES, speech_manifest
 from distil_whisper_jax.cli import demo as demo_cli
 
 
@@ -65,3 +70,61 @@ def test_demo_cli_refuses_bad_values_before_work(tmp_path, capsys):
     cfg.write_text('{"eval_rows": -1}')
     assert demo_cli.main(["--config", str(cfg)]) == 2
     assert "--eval_rows" in capsys.readouterr().err
+
+
+def test_multilingual_without_the_extra_fails_naming_it_before_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(models, "_BASE_PARTS", ("no_such_whisper_base_part1", "no_such_whisper_base_part2"))
+    monkeypatch.setattr(demo_multilingual, "run_pipeline", lambda *a, **k: pytest.fail("work started"))
+    assert demo_cli.main(["--multilingual", "--output_dir", str(tmp_path / "o")]) == 2
+    assert 'pip install "distil-whisper-jax[multilingual]"' in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_multilingual_refuses_languages_outside_the_bundled_corpus(tmp_path, capsys):
+    for bad in ("fr+it", "fr+fr", ""):
+        assert demo_cli.main(["--multilingual", "--languages", bad, "--output_dir", str(tmp_path / "o")]) == 2
+        assert "--languages" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+TINY_TRAIN_ROWS, TINY_EVAL_ROWS = 2, 2  # per language
+# ~4 min on 2 cores (one busy with other work): loading and compiling whisper-base and its student for labelling,
+# training, three evaluations and three language-ID passes, whatever the row counts. Over CI's budget: `-m slow`.
+
+
+@pytest.fixture(scope="module")
+def multilingual_demo(multilingual_base_dir, tmp_path_factory):
+    """``--multilingual`` through the CLI with tiny settings (2 steps of global batch 8 on 6 labelled clips)."""
+    out = tmp_path_factory.mktemp("ml_demo")
+    argv = ["--multilingual", "--output_dir", str(out), "--max_steps", "2", "--batch_size", "1"]
+    argv += ["--train_rows_per_language", str(TINY_TRAIN_ROWS), "--eval_rows_per_language", str(TINY_EVAL_ROWS)]
+    assert demo_cli.main(argv) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_multilingual_demo_reports_every_language_for_every_model(multilingual_demo):
+    summary = json.loads((multilingual_demo / demo_multilingual.SUMMARY).read_text())
+    assert summary["languages"] == list(SPEECH_LANGUAGES) and summary["max_steps"] == 2
+    res = summary["results"]
+    assert list(res) == [*SPEECH_LANGUAGES, "overall"]
+    for lang, d in res.items():
+        assert d["clips"] == (3 if lang == "overall" else 1) * TINY_EVAL_ROWS, (lang, d)
+        assert set(d["wer"]) == set(d["language_id_accuracy"]) == set(demo_multilingual.MODELS)
+        assert all(w is not None and w >= 0 for w in d["wer"].values()), (lang, d)
+        assert all(0 <= a <= 1 for a in d["language_id_accuracy"].values()), (lang, d)
+    # the teacher knows German and Spanish; the fresh 2-layer student names one wrong language for every clip
+    assert res["de"]["language_id_accuracy"]["teacher"] == res["es"]["language_id_accuracy"]["teacher"] == 1
+    assert res["overall"]["language_id_accuracy"]["student_untrained"] < 0.5
+    assert summary["labelled"]["rows_written"] == 3 * TINY_TRAIN_ROWS
+
+
+@pytest.mark.slow
+def test_multilingual_demo_labels_each_row_in_its_dataset_language(multilingual_demo):
+    work = multilingual_demo / demo_multilingual.WORK
+    rows = [r for f in sorted((work / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert [r["language"] for r in rows] == [lang for lang in SPEECH_LANGUAGES for _ in range(TINY_TRAIN_ROWS)]
+    for lang in SPEECH_LANGUAGES:  # the rows of each language are the ones its (spread) training manifest holds
+        manifest = read_rows(work / "data" / lang / "train.tsv")
+        assert len({r["speaker_id"] for r in manifest}) == TINY_TRAIN_ROWS
+        assert [r["text"] for r in rows if r["language"] == lang] == [r["text"] for r in manifest]

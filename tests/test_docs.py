@@ -106,6 +106,7 @@ def _step_row(variant: str) -> list[tuple[Getter, str]]:
 
 
 T, PL, TS, EX, DD = "transcribe.json", "pseudo_label.json", "train_step.json", "export.json", "distill_demo.json"
+LANGS, DM = "docs/languages.md", "demo_multilingual.json"
 EQ = "export_quant.json"
 PE, SP, PS = "peers.json", "speculative.json", ("summary",)
 J8, J1 = ("results", "jax", "8"), ("results", "jax", "1")
@@ -116,6 +117,17 @@ DEMO_WERS = [
     (at("wer", "student_untrained"), ".1f"),
     (at("wer", "student_trained"), ".1f"),
 ]
+
+
+def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
+    r = ("results", lang)
+    models = ("teacher", "student_untrained", "student_trained")
+    return [
+        (at(*r, "clips"), "d"),
+        *[(at(*r, "wer", m), ".1f") for m in models],
+        *[(at(*r, "language_id_accuracy", m), ".2f") for m in models],
+    ]
+
 
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
 QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
@@ -256,6 +268,11 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("students", "tiny.en", "eval_wer", "heldout", "student"), ".1f")]),
     (SPEECH, "**{} % on train, {} % on held-out**", "speech_corpus_wer.json", [
         (at("splits", split, "wer"), ".2f") for split in ("train", "heldout")]),
+    (LANGS, "took about {} minutes on 2 CPU cores", DM, [(scaled(at("total_s"), 1 / 60), ".0f")]),
+    (LANGS, "on those labels for {} steps of {} examples", DM, [
+        (at("max_steps"), "d"), (at("per_device_train_batch_size"), "d")]),
+    *[(LANGS, f"| {name} | {{}} | {{}} % | {{}} % | {{}} % | {{}} | {{}} | {{}} |", DM, _ml_demo_row(lang))
+      for lang, name in (("fr", "French"), ("de", "German"), ("es", "Spanish"), ("overall", "all three"))],
     *[(SPEECH_ML, f"| {name} | {split_name} | {{}} | {{}} % | {{}} % |", "speech_multilingual_wer.json", [
         (at("languages", lang, split, "clips"), "d"), (at("languages", lang, split, "wer"), ".2f"),
         (at("languages", lang, split, "language_id_accuracy"), ".1f")])

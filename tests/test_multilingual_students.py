@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from distil_whisper_jax import audio, data, evaluation, train_data
+from distil_whisper_jax import audio, data, demo, evaluation, train_data
 from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.assets import multilingual_speech_manifest
 from distil_whisper_jax.create_student import create_student
+from distil_whisper_jax.demo_multilingual import Sizes, multilingual_commands
 from distil_whisper_jax.evaluate import normalizer_for, wer
 from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
 from distil_whisper_jax.models import load_pretrained
@@ -178,6 +179,30 @@ def test_a_distilled_student_identifies_the_language_like_its_teacher(base, mult
     )
     assert (after == teacher)[right].mean() >= 0.9 and (after == truth).mean() >= 0.9
     assert (before == truth).mean() < 0.5  # what distillation taught
+
+
+def test_single_language_recipe_trains_and_scores_in_that_language(base, multilingual_base_dir, tmp_path):
+    """Upstream's recipe, a student for one language: the German training speech labelled with --language de,
+    a student distilled on it for a few steps (the demo's flags, through each stage's own parser); every training
+    sequence is prompted <|de|>, and eval reports the student's German."""
+    sizes = Sizes(max_steps=2, batch=1, train_rows=4, eval_rows=2)
+    cmds = multilingual_commands(tmp_path, multilingual_base_dir, ["de"], sizes)
+    assert cmds["label"][cmds["label"].index("--language") + 1] == "de"
+    create_student(base, tmp_path / "student", decoder_layers=2)
+    for stage, argv in (("label", cmds["label"]), ("train", cmds["train"]), ("eval", cmds["eval/student_trained"])):
+        assert demo.run_stage(stage, argv) == 0, stage
+    labelled = [r for f in sorted((tmp_path / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert [r["language"] for r in labelled] == ["de"] * 4
+    sp = special_tokens(base.tokenizer)
+    sources = train_data.open_sources(str(tmp_path / "labelled"))
+    stream = train_data.TrainStream(sources, None, base.tokenizer, sp, train_data.DataOptions(), seed=0)
+    for _ in range(4):
+        ex = stream.next_example()
+        i = ex.sequence.index(sp.sot)
+        assert ex.sequence[i : i + 3] == [sp.sot, sp.lang_to_id["de"], sp.transcribe], ex.sequence
+    res = json.loads((tmp_path / "eval" / "student_trained" / "results.json").read_text())
+    assert list(res["languages"]) == ["de"] and res["languages"]["de"]["num_samples"] == 2
+    assert res["languages"]["de"]["wer"] is not None
 
 
 def test_languages_a_model_cannot_take_are_refused_before_work(base, manifests, tmp_path):

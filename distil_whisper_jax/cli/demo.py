@@ -2,6 +2,7 @@
 
 python -m distil_whisper_jax [--output_dir demo_output] [--max_steps 100]   # label → distil → eval → export
 python -m distil_whisper_jax --stage transcribe [--model PATH_OR_HUB_ID]     # teacher WER on the bundled clips
+python -m distil_whisper_jax --multilingual [--languages fr+de+es]           # whisper-base teacher, fr/de/es speech
 """
 
 from __future__ import annotations
