@@ -12,20 +12,18 @@ config parser and ``run(cfg)`` as that command, so the demo exercises exactly th
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from . import audio, config, create_student, demo_multilingual, distill, evaluation, export, pseudo_label
+from . import audio, config, create_student, demo_multilingual
 from .assets import bundled_clips, speech_manifest
+from .demo_stages import check_stage, run_stage, subset_manifest, timed
 from .evaluate import wer
 from .transcribe import transcribe
-from .utils import atomic_write
 
 ENGLISH_STEPS, MULTILINGUAL_STEPS = 100, 60
 HELDOUT_SUBSET = "eval/heldout.tsv"  # in the work directory; named "heldout" in metrics like the full split
@@ -75,40 +73,6 @@ class DemoConfig:
             raise ValueError(f"--batch_size must be ≥ 1, got {self.batch_size}")
 
 
-def spread_over_speakers(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
-    """``n`` rows taken round-robin over the speakers (every speaker's first clip, then every speaker's second,
-    ...), returned in manifest order: a small evaluation set then hears every speaker, not the first few."""
-    by_speaker: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_speaker.setdefault(r["speaker_id"], []).append(i)
-    picked: list[int] = []
-    depth = 0
-    while len(picked) < min(n, len(rows)):
-        for idx in by_speaker.values():
-            if depth < len(idx) and len(picked) < n:
-                picked.append(idx[depth])
-        depth += 1
-    return [rows[i] for i in sorted(picked)]
-
-
-def subset_manifest(full: Path, rows: int | None, path: Path) -> Path:
-    """``full`` itself when ``rows`` is falsy, else ``rows`` of it spread over every speaker, written to ``path``
-    (atomically) with absolute audio paths."""
-    if not rows:
-        return full
-    with open(full, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header, table = list(reader.fieldnames or ()), list(reader)
-    subset = spread_over_speakers(table, rows)
-    for r in subset:
-        r["audio"] = str((full.parent / r["audio"]).resolve())
-    with atomic_write(path, "w") as f:
-        w = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        w.writeheader()
-        w.writerows(subset)
-    return path
-
-
 def heldout_manifest(work: Path, rows: int | None) -> Path:
     """The held-out manifest the demo evaluates and verifies on: the whole bundled split, or ``rows`` of it
     spread over every speaker, written to ``work/eval/heldout.tsv`` with absolute audio paths."""
@@ -149,32 +113,6 @@ def demo_commands(
     export_ = ["--model", str(work / "run"), "--output_dir", str(work / "export"), "--overwrite"]
     export_ += ["--verify_audio", heldout]
     return {"label": label, "train": train, "export": export_}
-
-
-def run_stage(name: Literal["label", "train", "eval", "export"], argv: list[str]) -> int:
-    """One stage from its flags, through the stage's own config parser and ``run(cfg)`` (as its CLI does)."""
-    stages = {
-        "label": (pseudo_label.PseudoLabelConfig, pseudo_label.run),
-        "train": (distill.DistillConfig, distill.run),
-        "eval": (evaluation.EvalConfig, evaluation.run),
-        "export": (export.ExportConfig, export.run),
-    }
-    cls, run_fn = stages[name]
-    return run_fn(config.parse(cls, argv, prog=f"demo {name}"))
-
-
-def timed(times: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``, its wall seconds recorded as ``times[name]``."""
-    t = time.perf_counter()
-    out = fn(*args)
-    times[name] = time.perf_counter() - t
-    return out
-
-
-def check_stage(status: int, name: str, where: Path) -> None:
-    """``RuntimeError`` naming the stage and its directory when it did not exit 0 (it has logged why)."""
-    if status != 0:
-        raise RuntimeError(f"{name} failed; see {where}")
 
 
 def run_pipeline(
@@ -235,7 +173,9 @@ def run(cfg: DemoConfig) -> int:
     if cfg.stage == "transcribe":
         return transcribe_clips(cfg.model, cfg.batch_size, cfg.dtype)
     if cfg.multilingual:
-        return demo_multilingual.run(cfg)
+        rows = cfg.train_rows_per_language or None, cfg.eval_rows_per_language or None
+        sizes = demo_multilingual.Sizes(cfg.steps, cfg.batch_size, *rows)
+        return demo_multilingual.run(Path(cfg.output_dir), cfg.languages, sizes)
     out = Path(cfg.output_dir)
     if (out / "run").exists() or (out / "labelled").exists():
         print(f"note: {out} holds an earlier demo; finished stages are resumed, not redone", file=sys.stderr)

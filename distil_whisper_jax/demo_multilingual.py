@@ -6,7 +6,7 @@ with the frozen encoder cached → per language, on held-out sentences: greedy W
 ``--language_column_name language``) and language-identification accuracy (``generate.detect_language``) of the
 teacher, the student before training and after. No export (the English demo covers the exporters).
 
-Each stage runs through its own config parser and ``run(cfg)`` (``demo.run_stage``), as the English demo's do.
+Each stage runs through its own config parser and ``run(cfg)`` (``run_stage``), as the English demo's do.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import audio, create_student, demo
+from . import audio, create_student
 from .assets import SPEECH_LANGUAGES, multilingual_speech_manifest
+from .demo_stages import check_stage, run_stage, subset_manifest, timed
 from .generate import detect_language
 from .models import Pretrained, load_pretrained, multilingual_base_dir
 from .token_layout import special_tokens
@@ -44,7 +45,7 @@ def parse_languages(spec: str) -> list[str]:
 def corpus(work: Path, languages: list[str], split: str, rows: int | None) -> list[Path]:
     """One manifest per language: the bundled split, or ``rows`` of it spread over its speakers."""
     full = [multilingual_speech_manifest(lang, split) for lang in languages]
-    return [demo.subset_manifest(f, rows, work / "data" / lang / f"{split}.tsv") for f, lang in zip(full, languages)]
+    return [subset_manifest(f, rows, work / "data" / lang / f"{split}.tsv") for f, lang in zip(full, languages)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,17 +132,17 @@ def run_pipeline(work: Path, languages: list[str], sizes: Sizes, teacher: Path |
     teacher = Path(teacher or multilingual_base_dir())
     cmds = multilingual_commands(work, teacher, languages, sizes)
     times: dict[str, float] = {}
-    demo.timed(times, "create_student", create_student.create_student, str(teacher), work / "student", 2)
-    labelled = demo.timed(times, "pseudo_label", demo.run_stage, "label", cmds["label"])
-    demo.check_stage(labelled, "labelling", work / "labelled")
-    demo.check_stage(demo.timed(times, "distill", demo.run_stage, "train", cmds["train"]), "distillation", work / "run")
+    timed(times, "create_student", create_student.create_student, str(teacher), work / "student", 2)
+    labelled = timed(times, "pseudo_label", run_stage, "label", cmds["label"])
+    check_stage(labelled, "labelling", work / "labelled")
+    check_stage(timed(times, "distill", run_stage, "train", cmds["train"]), "distillation", work / "run")
     lid = {}
     heldout = corpus(work, languages, "heldout", sizes.eval_rows)
     for m in MODELS:
         argv = cmds[f"eval/{m}"]
-        demo.check_stage(demo.timed(times, f"eval_{m}", demo.run_stage, "eval", argv), "evaluation", work / "eval")
+        check_stage(timed(times, f"eval_{m}", run_stage, "eval", argv), "evaluation", work / "eval")
         model = Path(argv[argv.index("--model_name_or_path") + 1])
-        lid[m] = demo.timed(times, f"language_id_{m}", language_id_accuracy, model, heldout, languages)
+        lid[m] = timed(times, f"language_id_{m}", language_id_accuracy, model, heldout, languages)
     return {
         "work": str(work),
         "languages": languages,
@@ -169,17 +170,16 @@ def print_summary(r: dict[str, Any]) -> None:
     print(f"(2-layer student before training and after {r['max_steps']} steps; teacher: multilingual whisper-base)")
 
 
-def run(cfg: demo.DemoConfig) -> int:
+def run(output_dir: Path, languages_flag: str, sizes: Sizes) -> int:
     """The demo's ``--multilingual`` command: checks the extra is installed (before any work), runs every stage,
     prints the table and writes ``<output_dir>/multilingual_summary.json``."""
-    languages = parse_languages(cfg.languages)
+    languages = parse_languages(languages_flag)
     teacher = multilingual_base_dir()  # ValueError naming the extra when its packages are missing
-    out = Path(cfg.output_dir)
+    out = Path(output_dir)
     work = out / WORK
     if (work / "labelled").exists() or (work / "run").exists():
         print(f"note: {work} holds an earlier demo; finished stages are resumed, not redone", file=sys.stderr)
-    rows = cfg.train_rows_per_language or None, cfg.eval_rows_per_language or None
-    r = run_pipeline(work, languages, Sizes(cfg.steps, cfg.batch_size, *rows), teacher)
+    r = run_pipeline(work, languages, sizes, teacher)
     print_summary(r)
     with atomic_write(out / SUMMARY, "w") as f:
         json.dump(r, f, indent=2)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from distil_whisper_jax import audio, data, demo, evaluation, train_data
+from distil_whisper_jax import audio, data, demo_stages, evaluation, train_data
 from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.assets import multilingual_speech_manifest
 from distil_whisper_jax.create_student import create_student
@@ -190,7 +190,7 @@ def test_single_language_recipe_trains_and_scores_in_that_language(base, multili
     assert cmds["label"][cmds["label"].index("--language") + 1] == "de"
     create_student(base, tmp_path / "student", decoder_layers=2)
     for stage, argv in (("label", cmds["label"]), ("train", cmds["train"]), ("eval", cmds["eval/student_trained"])):
-        assert demo.run_stage(stage, argv) == 0, stage
+        assert demo_stages.run_stage(stage, argv) == 0, stage
     labelled = [r for f in sorted((tmp_path / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert [r["language"] for r in labelled] == ["de"] * 4
     sp = special_tokens(base.tokenizer)
