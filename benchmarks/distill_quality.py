@@ -1,0 +1,268 @@
+"""What distillation buys, on CPU: a 2-layer tiny.en student against its teacher, on speech it never trained on.
+
+    python -m benchmarks.distill_quality [--text Rdata.rdb|FILE.txt] [--hours 2] [--max_steps 1000] [--quick]
+
+1. **Corpus** (``benchmarks/tts_corpus.py``): ``--hours`` of English training speech, sentences of Jane Austen's
+   novels (public domain; any text file with ``--text``) spoken by 12 synthetic speakers (Piper's Joe at six
+   rates and channels, six espeak-ng accents and variants), plus two held-out sets of other sentences: three
+   espeak-ng voices no training speaker uses (``heldout_new_voices``) and Joe at an unseen setting
+   (``heldout_seen_voice``). Generated once into ``--cache``.
+2. **Labels**: the bundled tiny.en teacher pseudo-labels the training speech (a speaker's clips concatenated to
+   ≤ 30 s), keeping rows whose WER against the text is ≤ ``--wer_threshold``.
+3. **Distillation**: a 2-layer student (the teacher's decoder layers 0 and 3, encoder frozen, shared and its
+   outputs cached) for ``--max_steps``; every tenth of the run it is scored on the real recordings and the new
+   voices (the curve).
+4. **Evaluation** with the ``run_eval.py`` command's own parser and code: teacher, fresh student and trained
+   student on the real recordings (the bundled JFK and "go forward" clips and Debian ``pocketsphinx-testdata``'s
+   five LibriVox sentences: 38.5 s and 97 words, all the real speech with a transcript that installs offline) and
+   on both held-out sets; speed = held-out audio seconds per second, greedy, batch 8 (the real set goes first and
+   absorbs compilation).
+
+Writes ``benchmarks/results/distill_quality.json`` and ``distill_quality.png`` (WER against training steps);
+``--quick`` (CI: the bundled sentences, 3 minutes of speech, 20 steps) writes into its work directory and fails
+unless the trained student beats the fresh one: a lower teacher-forced cross-entropy on the reference text of
+every evaluated set (20 steps are too few for its greedy WER to settle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
+from distil_whisper_jax import config, create_student, distill, evaluation, pseudo_label
+from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips
+from distil_whisper_jax.models import default_cache_dir
+from distil_whisper_jax.utils import atomic_write, setup_logging
+
+log = logging.getLogger("benchmarks.distill_quality")
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+REAL_CLIPS = ("jfk.flac", "goforward.wav")  # the bundled clips of real human speech (the others are TTS)
+HELDOUT_SETS = ("heldout_new_voices", "heldout_seen_voice")
+GOALS = {"heldout_new_voices": 2.0, "real": 5.0, "speedup": 1.8}  # WER points above the teacher; × teacher speed
+
+
+def real_manifest(work: Path) -> Path:
+    """``work/real.tsv``: every real recording with a transcript that installs offline (absolute paths)."""
+    rows = [(str(p), t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS]
+    if not (LIBRIVOX / "transcription").is_file():
+        raise SystemExit(f"{LIBRIVOX}: missing; install the Debian package pocketsphinx-testdata")
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        m = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip())
+        if m:
+            rows.append((str(LIBRIVOX / f"{m[2]}.wav"), m[1]))
+    path = work / "real.tsv"
+    with atomic_write(path, "w") as f:
+        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
+        w.writerow(["audio", "text"])
+        w.writerows(rows)
+    return path
+
+
+def stage(cls, run_fn, argv: list[str], name: str) -> float:
+    """Run one stage from its command-line flags through its own parser; returns wall seconds."""
+    t0 = time.perf_counter()
+    if run_fn(config.parse(cls, argv, prog=name)) != 0:
+        raise SystemExit(f"{name} failed: {' '.join(argv)}")
+    return time.perf_counter() - t0
+
+
+def label(corpus: Path, work: Path, wer_threshold: float) -> tuple[dict, float]:
+    argv = ["--dataset_name", str(corpus / "train.tsv"), "--text_column_name", "text"]
+    argv += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
+    argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1", "--wer_threshold", str(wer_threshold)]
+    seconds = stage(pseudo_label.PseudoLabelConfig, pseudo_label.run, argv, "run_pseudo_label.py")
+    return json.loads((work / "labelled" / "report.json").read_text()), seconds
+
+
+def train(work: Path, eval_sets: list[Path], a: argparse.Namespace) -> float:
+    every = max(a.max_steps // a.curve_points, 1)
+    argv = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
+    argv += ["--eval_dataset_name", "+".join(map(str, eval_sets)), "--eval_text_column_name", "text"]
+    argv += ["--output_dir", str(work / "run"), "--freeze_encoder", "--cache_encoder_outputs"]
+    argv += ["--max_steps", str(a.max_steps), "--per_device_train_batch_size", str(a.batch_size)]
+    argv += ["--learning_rate", str(a.learning_rate), "--warmup_steps", str(max(a.max_steps // 20, 1))]
+    argv += ["--lr_scheduler_type", "linear", "--max_label_length", str(a.max_label_length)]
+    argv += ["--eval_steps", str(every), "--save_steps", str(a.max_steps), "--save_total_limit", "1"]
+    argv += ["--logging_steps", str(max(every // 4, 1)), "--seed", "0", "--per_device_eval_batch_size", "8"]
+    argv += ["--max_eval_samples", str(a.curve_eval_rows), "--generation_max_length", str(a.max_new_tokens)]
+    return stage(distill.DistillConfig, distill.run, argv, "run_distillation.py")
+
+
+def evaluate(model: str | None, name: str, sets: list[Path], work: Path, max_new_tokens: int) -> dict:
+    """``run_eval.py`` on ``sets`` (the first absorbs compilation); WER per set and held-out speed."""
+    argv = ["--dataset_name", "+".join(map(str, sets)), "--text_column_name", "text", "--output_dir", str(work / name)]
+    argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1", "--max_new_tokens", str(max_new_tokens)]
+    argv += ["--model_name_or_path", model] if model else []
+    stage(evaluation.EvalConfig, evaluation.run, argv, "run_eval.py")
+    res = json.loads((work / name / "results.json").read_text())
+    ds = {Path(k).stem: d for k, d in res["datasets"].items()}
+    held = [ds[k] for k in HELDOUT_SETS]
+    audio_s, wall_s = sum(d["audio_seconds"] for d in held), sum(d["seconds"] for d in held)
+    return {"wer": {k: d["wer"] for k, d in ds.items()}, "heldout_audio_s_per_s": audio_s / wall_s}
+
+
+def curve(work: Path) -> list[dict]:
+    """Every evaluation of the run: step, and per set the student's WER, teacher-forced CE and KL on the reference
+    text, and the teacher's WER."""
+    rows = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    points: dict[int, dict] = {}
+    for r in rows:  # one line per evaluated set and step
+        for k, v in r.items():
+            parts = k.split("/")
+            if parts[0] == "eval" and parts[-1] in ("wer", "teacher_wer", "ce", "kl"):
+                p = points.setdefault(r["step"], {"step": r["step"], "wer": {}, "teacher_wer": {}, "ce": {}, "kl": {}})
+                p[parts[-1]][Path(parts[1]).stem] = v
+    return [points[k] for k in sorted(points)]
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_ce) = plt.subplots(1, 2, figsize=(11, 4.2))
+    steps = [p["step"] for p in points]
+    for name, color in zip(points[0]["wer"], ("tab:blue", "tab:orange", "tab:green")):
+        ax.plot(steps, [min(p["wer"][name], 150) for p in points], "o-", color=color, label=f"student, {name}")
+        ax.axhline(points[0]["teacher_wer"][name], color=color, ls="--", lw=1, label=f"teacher, {name}")
+        ax_ce.plot(steps[1:], [p["ce"][name] for p in points[1:]], "o-", color=color, label=name)
+    ax.set(xlabel="training step", ylabel="greedy WER % (capped at 150)", title="2-layer tiny.en student: WER")
+    ax_ce.set(xlabel="training step", ylabel="nats per token", title="teacher-forced CE on the reference text")
+    for a in (ax, ax_ce):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(str(tmp), dpi=110, format="png")
+    plt.close(fig)
+
+
+def not_better(points: list[dict]) -> list[str]:
+    """The sets on which the last evaluation's teacher-forced CE on the reference text is not below the first's
+    (``["no evaluations"]`` without two of them)."""
+    if len(points) < 2 or not points[0]["ce"]:
+        return ["no evaluations"]
+    first, last = points[0]["ce"], points[-1]["ce"]
+    print(
+        f"CE on the reference text, step 0 → {points[-1]['step']}: "
+        + ", ".join(f"{k} {first[k]:.3f} → {last.get(k, float('nan')):.3f}" for k in first)
+    )
+    return [k for k in first if not last.get(k, float("inf")) < first[k]]
+
+
+def verdict(models: dict) -> dict:
+    """Each goal: the measured value, the target and whether it is met."""
+    t, s = models["teacher"], models["student_trained"]
+    out = {}
+    for k in ("heldout_new_voices", "real"):
+        gap = s["wer"][k] - t["wer"][k]
+        out[f"{k}_wer_gap"] = {"value": gap, "goal": f"≤ {GOALS[k]}", "met": gap <= GOALS[k]}
+    speed = s["heldout_audio_s_per_s"] / t["heldout_audio_s_per_s"]
+    out["speedup"] = {"value": speed, "goal": f"≥ {GOALS['speedup']}", "met": speed >= GOALS["speedup"]}
+    return out
+
+
+def print_table(result: dict) -> None:
+    sets = list(result["models"]["teacher"]["wer"])
+    print(f"\n{'model':<18}" + "".join(f"{s:>22}" for s in sets) + f"{'held-out audio-s/s':>20}")
+    for name, m in result["models"].items():
+        print(f"{name:<18}" + "".join(f"{m['wer'][s]:>21.2f}%" for s in sets) + f"{m['heldout_audio_s_per_s']:>20.1f}")
+    for k, v in result["goals"].items():
+        print(f"{k:<26} {v['value']:8.2f}  goal {v['goal']:<6} {'met' if v['met'] else 'MISSED'}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--text", type=Path, default=AUSTEN_RDB, help="janeaustenr's Rdata.rdb, or a UTF-8 text file")
+    p.add_argument("--hours", type=float, default=2.0, help="hours of training speech to generate")
+    p.add_argument("--heldout_per_set", type=int, default=60, help="sentences per held-out set")
+    p.add_argument("--wer_threshold", type=float, default=20.0, help="labelling filter, WER %% of a row")
+    p.add_argument("--max_steps", type=int, default=1000)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--learning_rate", type=float, default=3e-4)
+    p.add_argument("--max_label_length", type=int, default=160)
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=128,
+        help="generation cap (clips are ≤ 11 s; a looping student stops here)",
+    )
+    p.add_argument("--curve_points", type=int, default=10, help="evaluations during training (plus the first)")
+    p.add_argument("--curve_eval_rows", type=int, default=40, help="rows of each set per evaluation in training")
+    p.add_argument("--cache", type=Path, default=default_cache_dir() / "distill_quality", help="corpus cache")
+    p.add_argument("--work", type=Path, default=None, help="working directory (default: a new temp dir)")
+    p.add_argument("--output", type=Path, default=RESULTS_DIR / "distill_quality.json")
+    p.add_argument("--quick", action="store_true", help="CI smoke run: bundled sentences, ~3 min of speech")
+    a = p.parse_args(argv)
+    a.work = a.work or Path(tempfile.mkdtemp(prefix="distill_quality_"))
+    if a.quick:  # small everything; results stay in the work directory
+        a.text, a.hours, a.heldout_per_set, a.max_steps = SPEECH_DIR / "sentences.txt", 0.05, 8, 20
+        a.curve_points, a.max_label_length, a.batch_size, a.max_new_tokens = 1, 128, 4, 64
+        if a.output == RESULTS_DIR / "distill_quality.json":
+            a.output = a.work / "distill_quality.json"
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setup_logging()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    corpus = build_corpus(a.text, a.hours, a.heldout_per_set, a.cache)
+    gen_s = time.perf_counter() - t0
+    a.work.mkdir(parents=True, exist_ok=True)
+    real = real_manifest(a.work)
+    held = [corpus / f"{k}.tsv" for k in HELDOUT_SETS]
+    labelled, label_s = label(corpus, a.work, a.wer_threshold)
+    create_student.create_student(None, a.work / "student", 2)
+    train_s = train(a.work, [real, held[0]], a)
+    sets = [real, *held]
+    models = {
+        "teacher": evaluate(None, "eval_teacher", sets, a.work, a.max_new_tokens),
+        "student_fresh": evaluate(str(a.work / "student"), "eval_fresh", sets, a.work, a.max_new_tokens),
+        "student_trained": evaluate(str(a.work / "run" / "hf"), "eval_trained", sets, a.work, a.max_new_tokens),
+    }
+    points = curve(a.work)
+    info = json.loads((corpus / "corpus.json").read_text())
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_avg_1m": {"start": load0, "end": os.getloadavg()[0]},
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+        "corpus": {**info, "path": str(corpus)},
+        "real_audio_s": sum(sf.info(r["audio"]).duration for r in csv.DictReader(open(real), delimiter="\t")),
+        "labelled": {k: labelled[k] for k in ("rows_read", "rows_written", "audio_hours_written", "wer_all_labelled")},
+        "times_s": {"corpus": gen_s, "label": label_s, "train": train_s, "total": time.perf_counter() - t0},
+        "models": models,
+        "curve": points,
+        "goals": verdict(models),
+    }
+    print_table(result)
+    with atomic_write(a.output, "w") as f:
+        json.dump(result, f, indent=2)
+    plot(points, a.output.with_suffix(".png"))
+    log.info("wrote %s and %s", a.output, a.output.with_suffix(".png"))
+    if a.quick:  # the smoke check: on every evaluated set the trained student fits the reference text better
+        worse = not_better(points)
+        if worse:
+            print(f"quick run FAILED: the trained student is not better than the fresh one on {worse}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

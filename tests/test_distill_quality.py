@@ -1,0 +1,113 @@
+"""``benchmarks/distill_quality.py``: its text reader and sentence rules, its smoke check, and its ``--quick`` run
+end to end (real TTS speech, the real tiny.en teacher, a real 20-step distillation, ``run_eval.py``'s code)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from benchmarks import distill_quality as dq
+from benchmarks import tts_corpus as tc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _r_strings(strings: list[str | None], kind: int = 16) -> bytes:
+    """One object of an R lazy-load file, as R writes it: length + zlib(XDR serialisation of a vector)."""
+    body = b"X\n" + struct.pack(">III", 3, 0x40201, 0x30500) + struct.pack(">I", 5) + b"UTF-8"
+    body += struct.pack(">II", kind, len(strings))
+    for s in strings:
+        if s is None:
+            body += struct.pack(">Ii", 9, -1)  # NA_character_
+        else:
+            b = s.encode("utf-8")
+            body += struct.pack(">Ii", 0x8009, len(b)) + b
+    return struct.pack(">I", len(body)) + zlib.compress(body)
+
+
+def test_r_data_files_are_read_vector_by_vector(tmp_path):
+    path = tmp_path / "Rdata.rdb"
+    path.write_bytes(
+        _r_strings(["EMMA", "By Jane Austen", None, "Emma Woodhouse, handsome, clever, and rich."])
+        + _r_strings(["1", "2"], kind=13)  # an integer vector: not text, skipped
+        + _r_strings(["SENSE AND SENSIBILITY", "The family of Dashwood had long been settled in Sussex."])
+    )
+    assert list(tc.r_character_vectors(path)) == [
+        ["EMMA", "By Jane Austen", "Emma Woodhouse, handsome, clever, and rich."],
+        ["SENSE AND SENSIBILITY", "The family of Dashwood had long been settled in Sussex."],
+    ]
+    texts = tc.read_texts(path)
+    assert list(texts) == ["EMMA", "SENSE AND SENSIBILITY"]
+    path.write_bytes(struct.pack(">I", 4) + zlib.compress(b"RDX2"))
+    with pytest.raises(ValueError, match="not R's XDR"):
+        list(tc.r_character_vectors(path))
+    with pytest.raises(SystemExit, match="no such file"):
+        tc.read_texts(tmp_path / "missing.rdb")
+
+
+def test_sentences_are_speakable_and_unique():
+    text = (
+        "CHAPTER IV _Mr._ Knightley, a sensible man about seven or eight and thirty, was a very old friend. "
+        '"I do not know," said she, "what you can mean by it at all, Mrs. Weston!" '
+        "He paid 20 pounds for the horse and was very glad of the bargain. Too short. "
+        "Mr. Knightley, a sensible man about seven or eight and thirty, was a very old friend. "
+        "She had been mistress of his house from a very early period--and she was very glad of it. "
+        "Mr. Knightley, a sensible man about seven or eight and thirty, was a very old friend."
+    )
+    assert tc.sentences(text) == [  # the first glued to a heading in capitals (dropped), the last a duplicate
+        "I do not know, said she, what you can mean by it at all, Mrs Weston!",
+        "Mr Knightley, a sensible man about seven or eight and thirty, was a very old friend.",
+        "She had been mistress of his house from a very early period, and she was very glad of it.",
+    ]
+
+
+def test_the_smoke_check_needs_a_lower_cross_entropy_on_every_set():
+    def point(step, ce):
+        return {"step": step, "wer": dict.fromkeys(ce, 100.0), "teacher_wer": {}, "ce": ce, "kl": {}}
+
+    assert dq.not_better([point(0, {"a": 5.0, "b": 4.0}), point(20, {"a": 3.0, "b": 3.9})]) == []
+    assert dq.not_better([point(0, {"a": 5.0, "b": 4.0}), point(20, {"a": 3.0, "b": 4.0})]) == ["b"]
+    assert dq.not_better([point(0, {"a": 5.0})]) == ["no evaluations"]
+
+
+def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path):
+    """As a user runs it: its own process, one CPU device (this suite's process emulates 8, which would make the
+    benchmark's global batch 8 times larger)."""
+    out = tmp_path / "result.json"
+    argv = ["--quick", "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache"), "--output", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.distill_quality", *argv], cwd=REPO, env=env)
+    assert run.returncode == 0
+    r = json.loads(out.read_text())
+    corpus = r["corpus"]["path"]
+
+    def rows(name):
+        with open(f"{corpus}/{name}.tsv", newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+    train, new, seen = rows("train"), rows("heldout_new_voices"), rows("heldout_seen_voice")
+    assert sum(float(x["duration"]) for x in train) >= 0.05 * 3600
+    assert {x["text"] for x in train}.isdisjoint({x["text"] for x in new + seen})  # no sentence in both
+    assert {x["speaker_id"] for x in train}.isdisjoint({x["speaker_id"] for x in new + seen})
+    assert all(x["speaker_id"].startswith("joe") for x in seen)
+    assert not any(x["speaker_id"].startswith("joe") for x in new)
+    assert len({x["speaker_id"] for x in train}) == len(tc.TRAIN_SPEAKERS)
+    assert 35 < r["real_audio_s"] < 45 and r["labelled"]["rows_written"] > 0
+    models = r["models"]
+    assert set(models) == {"teacher", "student_fresh", "student_trained"}
+    for m in models.values():
+        assert set(m["wer"]) == {"real", *dq.HELDOUT_SETS} and m["heldout_audio_s_per_s"] > 0
+    assert models["teacher"]["wer"]["real"] < 10  # tiny.en on JFK, "go forward" and the LibriVox sentences
+    first, last = r["curve"][0], r["curve"][-1]
+    assert (first["step"], last["step"]) == (0, 20)
+    assert all(last["ce"][k] < first["ce"][k] for k in ("real", "heldout_new_voices"))
+    assert set(r["goals"]) == {"heldout_new_voices_wer_gap", "real_wer_gap", "speedup"}
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
