@@ -130,6 +130,31 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 
 
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
+DQ = "distill_quality.json"
+
+
+def _quality_row(model: str) -> list[tuple[Getter, str]]:
+    m = ("models", model)
+    wers = [(at(*m, "wer", k), ".2f") for k in ("real", "heldout_new_voices", "heldout_seen_voice")]
+    return [*wers, (at(*m, "heldout_audio_s_per_s"), ".1f")]
+
+
+def _gap(key: str) -> Getter:
+    def get(d: Any) -> float:
+        return d["models"]["student_trained"]["wer"][key] - d["models"]["teacher"]["wer"][key]
+
+    get.__name__ = f"student_trained − teacher WER on {key}"
+    return get
+
+
+def _curve(step: int, key: str) -> Getter:
+    def get(d: Any) -> float:
+        return next(p["ce"][key] for p in d["curve"] if p["step"] == step)
+
+    get.__name__ = f"curve step {step} ce {key}"
+    return get
+
+
 QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (README, "On 2 CPU cores it takes about {} minutes after the install", DD, [
         (scaled(at("total_s"), 1 / 60), ".0f")]),
@@ -278,6 +303,41 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("languages", lang, split, "language_id_accuracy"), ".1f")])
       for lang, name in (("fr", "French"), ("de", "German"), ("es", "Spanish"))
       for split, split_name in (("train", "train"), ("heldout", "held-out"))],
+    (BENCH, "(load average {} at the start:", DQ, [(at("load_avg_1m", "start"), ".1f")]),
+    (BENCH, "for the first quarter hour; {} at the end)", DQ, [(at("load_avg_1m", "end"), ".1f")]),
+    (BENCH, "{} of them from five novels", DQ, [(at("corpus", "sentences_available"), "d")]),
+    (BENCH, "Twelve synthetic training speakers say {} hours of it", DQ, [
+        (scaled(at("corpus", "seconds", "train"), 1 / 3600), ".2f")]),
+    (BENCH, "no training speaker uses; {} s) and", DQ, [(at("corpus", "seconds", "heldout_new_voices"), ".1f")]),
+    (BENCH, "no training speaker uses; {} s).", DQ, [(at("corpus", "seconds", "heldout_seen_voice"), ".1f")]),
+    (BENCH, "The bundled tiny.en teacher labels the {} training clips", DQ, [(at("labelled", "rows_read"), "d")]),
+    (BENCH, "scores {} % WER against the text", DQ, [(at("labelled", "wer_all_labelled"), ".2f")]),
+    (BENCH, "{} rows ({} h) remain", DQ, [(at("labelled", "rows_written"), "d"),
+                                          (at("labelled", "audio_hours_written"), ".2f")]),
+    (BENCH, "{} steps of {} rows at learning rate {}, in {} minutes", DQ, [
+        (at("config", "max_steps"), "d"), (at("config", "batch_size"), "d"), (at("config", "learning_rate"), "g"),
+        (scaled(at("times_s", "train"), 1 / 60), ".1f")]),
+    (BENCH, "That is {} s and 97 words", DQ, [(at("real_audio_s"), ".1f")]),
+    (BENCH, "| teacher (tiny.en) | {} | {} | {} | {} |", DQ, _quality_row("teacher")),
+    (BENCH, "| student, fresh from the cut | {} | {} | {} | {} |", DQ, _quality_row("student_fresh")),
+    (BENCH, "| student, after 600 steps | {} | {} | {} | {} |", DQ, _quality_row("student_trained")),
+    (BENCH, "**New voices:** {} points above the teacher", DQ, [(_gap("heldout_new_voices"), ".2f")]),
+    (BENCH, "**Real recordings:** {} points above the teacher", DQ, [(_gap("real"), ".2f")]),
+    (BENCH, "**Speed:** {}× the teacher", DQ, [(at("goals", "speedup", "value"), ".2f")]),
+    (BENCH, "the student is {} points above the teacher on the voice", DQ, [(_gap("heldout_seen_voice"), ".2f")]),
+    (BENCH, "falls from {} to {} nats per token on real speech", DQ, [
+        (_curve(0, "real"), ".1f"), (_curve(600, "real"), ".2f")]),
+    (BENCH, "and from {} to {} on the new voices", DQ, [
+        (_curve(0, "heldout_new_voices"), ".1f"), (_curve(600, "heldout_new_voices"), ".2f")]),
+    (BENCH, "({} at step 240, {} at 600)", DQ, [
+        (_curve(240, "heldout_new_voices"), ".2f"), (_curve(600, "heldout_new_voices"), ".2f")]),
+    (README, "learns language identification ({} → {} on held-out clips", DM, [
+        (at("results", "overall", "language_id_accuracy", m), ".2f")
+        for m in ("student_untrained", "student_trained")]),
+    (README, "the 2-layer tiny.en student ends {} points above its teacher on held-out voices, {} on {} s of real "
+     "recordings, at {}× its speed", DQ, [(_gap("heldout_new_voices"), ".2f"), (_gap("real"), ".2f"),
+                                          (at("real_audio_s"), ".1f"), (at("goals", "speedup", "value"), ".2f")]),
+    (README, "{} steps in an hour of CPU", DQ, [(at("config", "max_steps"), "d")]),
 ]  # fmt: skip
 
 
