@@ -27,67 +27,48 @@ every evaluated set (20 steps are too few for its greedy WER to settle).
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import logging
 import os
-import platform
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import soundfile as sf
 
-from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.common import RESULTS_DIR, librivox, run_record
 from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
-from distil_whisper_jax import config, create_student, distill, evaluation, pseudo_label
+from distil_whisper_jax import create_student
 from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips
+from distil_whisper_jax.demo_stages import check_stage, run_stage, timed
 from distil_whisper_jax.models import default_cache_dir
 from distil_whisper_jax.utils import atomic_write, setup_logging
+from tools.generate_speech import write_manifest
 
 log = logging.getLogger("benchmarks.distill_quality")
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 REAL_CLIPS = ("jfk.flac", "goforward.wav")  # the bundled clips of real human speech (the others are TTS)
 HELDOUT_SETS = ("heldout_new_voices", "heldout_seen_voice")
 GOALS = {"heldout_new_voices": 2.0, "real": 5.0, "speedup": 1.8}  # WER points above the teacher; × teacher speed
 
 
-def real_manifest(work: Path) -> Path:
-    """``work/real.tsv``: every real recording with a transcript that installs offline (absolute paths)."""
-    rows = [(str(p), t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS]
-    if not (LIBRIVOX / "transcription").is_file():
-        raise SystemExit(f"{LIBRIVOX}: missing; install the Debian package pocketsphinx-testdata")
-    for line in (LIBRIVOX / "transcription").read_text().splitlines():
-        m = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip())
-        if m:
-            rows.append((str(LIBRIVOX / f"{m[2]}.wav"), m[1]))
+def real_manifest(work: Path) -> tuple[Path, float]:
+    """``work/real.tsv`` (absolute paths) and its seconds: every real recording with a transcript that installs
+    offline."""
+    rows = [(p, t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS] + librivox()
     path = work / "real.tsv"
-    with atomic_write(path, "w") as f:
-        w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        w.writerow(["audio", "text"])
-        w.writerows(rows)
-    return path
+    write_manifest(path, ["audio", "text"], [[str(p), t] for p, t in rows])
+    return path, sum(sf.info(str(p)).duration for p, _ in rows)
 
 
-def stage(cls, run_fn, argv: list[str], name: str) -> float:
-    """Run one stage from its command-line flags through its own parser; returns wall seconds."""
-    t0 = time.perf_counter()
-    if run_fn(config.parse(cls, argv, prog=name)) != 0:
-        raise SystemExit(f"{name} failed: {' '.join(argv)}")
-    return time.perf_counter() - t0
-
-
-def label(corpus: Path, work: Path, wer_threshold: float) -> tuple[dict, float]:
+def label(corpus: Path, work: Path, wer_threshold: float, times: dict[str, float]) -> dict:
     argv = ["--dataset_name", str(corpus / "train.tsv"), "--text_column_name", "text"]
     argv += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
     argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1", "--wer_threshold", str(wer_threshold)]
-    seconds = stage(pseudo_label.PseudoLabelConfig, pseudo_label.run, argv, "run_pseudo_label.py")
-    return json.loads((work / "labelled" / "report.json").read_text()), seconds
+    check_stage(timed(times, "label", run_stage, "label", argv), "pseudo-labelling", work / "labelled")
+    return json.loads((work / "labelled" / "report.json").read_text())
 
 
-def train(work: Path, eval_sets: list[Path], a: argparse.Namespace) -> float:
+def train(work: Path, eval_sets: list[Path], a: argparse.Namespace, times: dict[str, float]) -> None:
     every = max(a.max_steps // a.curve_points, 1)
     argv = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
     argv += ["--eval_dataset_name", "+".join(map(str, eval_sets)), "--eval_text_column_name", "text"]
@@ -98,7 +79,7 @@ def train(work: Path, eval_sets: list[Path], a: argparse.Namespace) -> float:
     argv += ["--eval_steps", str(every), "--save_steps", str(a.max_steps), "--save_total_limit", "1"]
     argv += ["--logging_steps", str(max(every // 4, 1)), "--seed", "0", "--per_device_eval_batch_size", "8"]
     argv += ["--max_eval_samples", str(a.curve_eval_rows), "--generation_max_length", str(a.max_new_tokens)]
-    return stage(distill.DistillConfig, distill.run, argv, "run_distillation.py")
+    check_stage(timed(times, "train", run_stage, "train", argv), "distillation", work / "run")
 
 
 def evaluate(model: str | None, name: str, sets: list[Path], work: Path, max_new_tokens: int) -> dict:
@@ -106,7 +87,7 @@ def evaluate(model: str | None, name: str, sets: list[Path], work: Path, max_new
     argv = ["--dataset_name", "+".join(map(str, sets)), "--text_column_name", "text", "--output_dir", str(work / name)]
     argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1", "--max_new_tokens", str(max_new_tokens)]
     argv += ["--model_name_or_path", model] if model else []
-    stage(evaluation.EvalConfig, evaluation.run, argv, "run_eval.py")
+    check_stage(run_stage("eval", argv), "evaluation", work / name)
     res = json.loads((work / name / "results.json").read_text())
     ds = {Path(k).stem: d for k, d in res["datasets"].items()}
     held = [ds[k] for k in HELDOUT_SETS]
@@ -221,15 +202,14 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_logging()
-    t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    corpus = build_corpus(a.text, a.hours, a.heldout_per_set, a.cache)
-    gen_s = time.perf_counter() - t0
+    t0, load0, times = time.perf_counter(), os.getloadavg()[0], {}
+    corpus = timed(times, "corpus", build_corpus, a.text, a.hours, a.heldout_per_set, a.cache)
     a.work.mkdir(parents=True, exist_ok=True)
-    real = real_manifest(a.work)
+    real, real_s = real_manifest(a.work)
     held = [corpus / f"{k}.tsv" for k in HELDOUT_SETS]
-    labelled, label_s = label(corpus, a.work, a.wer_threshold)
+    labelled = label(corpus, a.work, a.wer_threshold, times)
     create_student.create_student(None, a.work / "student", 2)
-    train_s = train(a.work, [real, held[0]], a)
+    train(a.work, [real, held[0]], a, times)
     sets = [real, *held]
     models = {
         "teacher": evaluate(None, "eval_teacher", sets, a.work, a.max_new_tokens),
@@ -239,14 +219,12 @@ def main(argv=None) -> int:
     points = curve(a.work)
     info = json.loads((corpus / "corpus.json").read_text())
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_avg_1m": {"start": load0, "end": os.getloadavg()[0]},
+        **run_record(load0),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
         "corpus": {**info, "path": str(corpus)},
-        "real_audio_s": sum(sf.info(r["audio"]).duration for r in csv.DictReader(open(real), delimiter="\t")),
+        "real_audio_s": real_s,
         "labelled": {k: labelled[k] for k in ("rows_read", "rows_written", "audio_hours_written", "wer_all_labelled")},
-        "times_s": {"corpus": gen_s, "label": label_s, "train": train_s, "total": time.perf_counter() - t0},
+        "times_s": {**times, "total": time.perf_counter() - t0},
         "models": models,
         "curve": points,
         "goals": verdict(models),

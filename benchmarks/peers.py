@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.common import RESULTS_DIR, cpu_model, librivox
 from distil_whisper_jax import audio
 from distil_whisper_jax.assets import bundled_clips, speech_manifest
 from distil_whisper_jax.data import manifest_rows
@@ -55,7 +54,6 @@ from distil_whisper_jax.transcribe import transcribe
 from distil_whisper_jax.utils import atomic_write
 
 log = logging.getLogger("benchmarks.peers")
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 THREADS = os.cpu_count() or 1
 
 
@@ -69,17 +67,6 @@ def short_set(quick: bool) -> list[tuple[Path, str]]:
     heldout = [(manifest.parent / r["audio"], r["text"]) for r in manifest_rows(manifest)]
     items = bundled_clips(30.0) + heldout
     return items[:4] if quick else items
-
-
-def librivox() -> list[tuple[Path, str]]:
-    if not (LIBRIVOX / "transcription").is_file():
-        raise SystemExit(f"{LIBRIVOX}: missing; install the Debian package pocketsphinx-testdata")
-    out = []
-    for line in (LIBRIVOX / "transcription").read_text().splitlines():
-        m = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip())
-        if m:
-            out.append((LIBRIVOX / f"{m[2]}.wav", m[1]))
-    return out
 
 
 def long_recording(minutes: float, work: Path) -> tuple[Path, str, float]:

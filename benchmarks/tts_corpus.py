@@ -37,7 +37,7 @@ from distil_whisper_jax.utils import atomic_write
 from tools.generate_multilingual_speech import Speaker as EspeakVoice
 from tools.generate_multilingual_speech import synthesise as espeak_speech
 from tools.generate_speech import Speaker as PiperVoice
-from tools.generate_speech import pink_noise, room, write_manifest
+from tools.generate_speech import apply_channel, write_manifest
 from tools.generate_speech import synthesise as piper_speech
 
 log = logging.getLogger("benchmarks.tts_corpus")
@@ -183,13 +183,7 @@ def corpus_sentences(path: Path) -> list[str]:
 def speak(text: str, sp: Speaker, piper, rng: np.random.Generator) -> np.ndarray:
     """16 kHz float32 speech of ``text`` by ``sp``, through its channel, at a random recording level."""
     x = piper_speech(piper, text, sp.voice) if isinstance(sp.voice, PiperVoice) else espeak_speech(text, sp.voice)
-    if sp.channel == "noise":
-        x = x + pink_noise(len(x), rng) * np.sqrt(np.mean(x**2)) * 10 ** (-sp.snr_db / 20)
-    elif sp.channel == "room":
-        x = room(x, rng)
-    elif sp.channel != "clean":
-        raise ValueError(f"unknown channel {sp.channel!r}")
-    return np.clip(x * (rng.uniform(0.2, 0.55) / np.max(np.abs(x))), -1.0, 1.0).astype(np.float32)
+    return np.clip(apply_channel(x, sp.channel, rng, sp.snr_db), -1.0, 1.0)
 
 
 def _write_clip(out: Path, rel: str, x: np.ndarray) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import jax
@@ -19,23 +18,19 @@ import soundfile as sf
 import srt
 import webvtt
 
+from benchmarks.common import librivox
 from distil_whisper_jax import audio, chunked, subtitles
 from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.cli import transcribe as cli
 from distil_whisper_jax.evaluate import wer
 from distil_whisper_jax.transcribe import TranscribeConfig
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SILENCE_S = 0.7
 
 
 def librivox_recordings() -> list[tuple[Path, str]]:
-    """(wav, transcript) of the pocketsphinx test recordings (lines ``<s> text </s> (file id)``)."""
-    out = []
-    for line in (LIBRIVOX / "transcription").read_text().splitlines():
-        m = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip())
-        if m:
-            out.append((LIBRIVOX / f"{m[2]}.wav", m[1]))
+    """(wav, transcript) of the pocketsphinx test recordings (the benchmarks' reader)."""
+    out = librivox()
     assert len(out) == 5, out
     return out
 

@@ -303,8 +303,8 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("languages", lang, split, "language_id_accuracy"), ".1f")])
       for lang, name in (("fr", "French"), ("de", "German"), ("es", "Spanish"))
       for split, split_name in (("train", "train"), ("heldout", "held-out"))],
-    (BENCH, "(load average {} at the start:", DQ, [(at("load_avg_1m", "start"), ".1f")]),
-    (BENCH, "for the first quarter hour; {} at the end)", DQ, [(at("load_avg_1m", "end"), ".1f")]),
+    (BENCH, "(load average {} at the start:", DQ, [(at("machine", "load_avg_1m_start"), ".1f")]),
+    (BENCH, "for the first quarter hour; {} at the end)", DQ, [(at("machine", "load_avg_1m_end"), ".1f")]),
     (BENCH, "{} of them from five novels", DQ, [(at("corpus", "sentences_available"), "d")]),
     (BENCH, "Twelve synthetic training speakers say {} hours of it", DQ, [
         (scaled(at("corpus", "seconds", "train"), 1 / 3600), ".2f")]),

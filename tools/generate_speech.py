@@ -119,14 +119,15 @@ def room(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return fftconvolve(x, ir)[: len(x) + n // 2].astype(np.float32)
 
 
-def apply_channel(x: np.ndarray, speaker: Speaker, rng: np.random.Generator) -> np.ndarray:
-    if speaker.channel == "noise":
+def apply_channel(x: np.ndarray, channel: str, rng: np.random.Generator, snr_db: float = SNR_DB) -> np.ndarray:
+    """``x`` heard through ``channel`` ("clean", "noise": pink noise at ``snr_db``, "room"), at a random level."""
+    if channel == "noise":
         rms = np.sqrt(np.mean(x**2))
-        x = x + pink_noise(len(x), rng) * rms * 10 ** (-SNR_DB / 20)
-    elif speaker.channel == "room":
+        x = x + pink_noise(len(x), rng) * rms * 10 ** (-snr_db / 20)
+    elif channel == "room":
         x = room(x, rng)
-    elif speaker.channel != "clean":
-        raise ValueError(f"unknown channel {speaker.channel!r}")
+    elif channel != "clean":
+        raise ValueError(f"unknown channel {channel!r}")
     peak = rng.uniform(0.2, 0.55)  # recording level varies from clip to clip
     return (x * (peak / np.max(np.abs(x)))).astype(np.float32)
 
@@ -161,7 +162,7 @@ def write_split(out_dir: Path, split: str, rows: list[tuple[str, Speaker]], pipe
     """Synthesise, write the FLAC files and the manifest of one split; returns its total duration in seconds."""
     manifest, total = [], 0.0
     for n, (text, sp) in enumerate(tqdm(rows, desc=split, unit="clip"), start=1):
-        x = np.clip(apply_channel(synthesise(piper, text, sp), sp, rng), -1.0, 1.0)
+        x = np.clip(apply_channel(synthesise(piper, text, sp), sp.channel, rng), -1.0, 1.0)
         seconds = len(x) / SAMPLE_RATE
         if not MIN_SECONDS <= seconds <= MAX_SECONDS:
             raise ValueError(f"{sp.id} says {text!r} in {seconds:.2f} s, outside {MIN_SECONDS}-{MAX_SECONDS} s")
