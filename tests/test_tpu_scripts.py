@@ -1,11 +1,10 @@
 """tpu_scripts/: shellcheck-clean, and driven against a fake ``gcloud`` first on PATH (no TPU or cloud
 account here): --dry-run runs nothing, missing settings fail at once, the gcloud commands are the right ones,
 setup's device check fails on a wrong count, run.sh re-creates a preempted slice and gives up after its
-retries, stage commands reach the worker intact. The recipes load with the real config parser."""
+retries, stage commands reach the worker intact. (The recipes: tests/test_recipes.py.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -15,12 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from distil_whisper_jax import config
-from distil_whisper_jax.create_student import CreateStudentConfig
-from distil_whisper_jax.distill_config import DistillConfig
-from distil_whisper_jax.label_config import PseudoLabelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tpu_scripts"
@@ -325,34 +318,6 @@ def test_run_gives_up_after_max_retries(fake):
     assert res.returncode != 0
     assert "stage label failed 3 times (--max-retries 2); giving up" in res.stderr
     assert [c[3] for c in fake.calls()] == ["ssh", "describe"] * 2 + ["ssh"]  # READY: re-run, no re-create
-
-
-def _recipe_cost():
-    spec = importlib.util.spec_from_file_location("recipe_cost", REPO / "tools" / "recipe_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_recipes_parse_with_the_real_config_parser_and_quote_their_cost(recipe):
-    student = config.parse(CreateStudentConfig, ["--config", str(recipe / "student.yaml"), "--output_dir", "s"])
-    label = config.parse(
-        PseudoLabelConfig, ["--config", str(recipe / "label.yaml"), "--dataset_name", "d", "--output_dir", "l"]
-    )
-    required = ["--model_name_or_path", "s", "--train_dataset_name", "l", "--output_dir", "o"]
-    distill = config.parse(DistillConfig, ["--config", str(recipe / "distill.yaml"), *required])
-    distill.validate()
-    assert student.decoder_layers == 2 and student.teacher_model_name_or_path == label.model_name_or_path
-    assert distill.teacher_model_name_or_path == label.model_name_or_path and label.dtype == distill.dtype == "bfloat16"
-    assert (distill.learning_rate, distill.lr_scheduler_type, distill.warmup_steps, distill.max_steps) == (
-        1e-4, "linear", 500, 80000,
-    )  # fmt: skip
-    assert distill.per_device_train_batch_size * 4 == 256 and distill.freeze_encoder and distill.wer_threshold == 10
-    header = (recipe / "distill.yaml").read_text()
-    quoted = float(re.search(r"~(\d+) TPU v4 chip-hours", header).group(1))
-    assert quoted == round(_recipe_cost().estimate(recipe)["chip_hours"])
-    assert "ESTIMATE" in header and yaml.safe_load(header)["max_label_length"] == 128
 
 
 # ----------------------------------------------------------------------------------------------------------------
