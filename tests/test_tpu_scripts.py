@@ -1,7 +1,11 @@
-"""tpu_scripts/: shellcheck-clean, and driven against a fake ``gcloud`` first on PATH (no TPU or cloud
-account here): --dry-run runs nothing, missing settings fail at once, the gcloud commands are the right ones,
-setup's device check fails on a wrong count, run.sh re-creates a preempted slice and gives up after its
-retries, stage commands reach the worker intact. (The recipes: tests/test_recipes.py.)"""
+"""tpu_scripts/: shellcheck-clean, and driven against a stand-in ``gcloud`` first on PATH (tests/fake_gcloud.py: no
+TPU or cloud account here; it refuses ssh to a node that is not READY, stalls --worker=all on a pod without the
+ssh agent, re-runs an ssh that exits 255, aggregates per-worker exit statuses, scripts preemptions, capacity
+refusals and queued-resource states). --dry-run runs nothing, missing or bad settings fail at once, the gcloud
+commands are the right ones, a 3.10 worker image gets Python 3.11, bucket URLs reach every stage unchanged,
+run.sh survives preemptions with progress and capacity waits, a queued resource keeps its place, a leftover
+stage process is stopped before a second copy starts, and preflight.sh prints its table. (The recipes:
+tests/test_recipes.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -35,43 +40,14 @@ GCLOUD_ENV = (
     "REMOTE_",
     "EXPECTED_",
     "STAGE",
+    "SKIP_",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "GCLOUD_SSH_KEY",
+    "FAKE_",
+    "CAPACITY_",
+    "PREFLIGHT_",
 )
-
-FAKE_GCLOUD = f"""#!{sys.executable}
-# Fake gcloud: logs its argv (one JSON list a line), answers describe from FAKE_STATES (one state a line,
-# consumed; READY when empty), fails ssh commands containing FAKE_SSH_FAIL while FAKE_SSH_FAIL_TIMES > 0,
-# with FAKE_SSH_EXEC=1 runs the ssh --command locally (one worker), and with FAKE_WORKERS=N runs it as N
-# local processes at once, each told its rank the way Open MPI tells it (JAX's cluster detection reads it).
-import json, os, subprocess, sys
-from pathlib import Path
-
-args = sys.argv[1:]
-with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(json.dumps(args) + "\\n")
-if args[:4] == ["compute", "tpus", "tpu-vm", "describe"]:
-    states = Path(os.environ.get("FAKE_STATES", "/nonexistent"))
-    queue = states.read_text().split() if states.is_file() else []
-    print(queue[0] if queue else "READY")
-    if queue:
-        states.write_text("\\n".join(queue[1:]))
-elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
-    command = next(a.split("=", 1)[1] for a in args if a.startswith("--command="))
-    fail, times = os.environ.get("FAKE_SSH_FAIL"), Path(os.environ.get("FAKE_SSH_FAIL_TIMES", "/nonexistent"))
-    if fail and fail in command and times.is_file() and int(times.read_text()) > 0:
-        times.write_text(str(int(times.read_text()) - 1))
-        sys.exit(255)
-    if os.environ.get("FAKE_SSH_EXEC") == "1":
-        sys.exit(subprocess.call(["bash", "-c", command]))
-    workers = int(os.environ.get("FAKE_WORKERS", "0"))
-    if workers:  # one local process per worker, joined the way JAX finds its peers on a cluster
-        procs = []
-        for rank in range(workers):
-            env = dict(os.environ, OMPI_MCA_orte_hnp_uri="1.0;tcp://127.0.0.1:1", OMPI_COMM_WORLD_SIZE=str(workers),
-                       OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_LOCAL_RANK=str(rank))
-            with open(os.environ["FAKE_LOG"] + ".worker" + str(rank), "w") as log:
-                procs.append(subprocess.Popen(["bash", "-c", command], env=env, stdout=log, stderr=log))
-        sys.exit(max(p.wait() for p in procs))
-"""
 
 
 def _shellcheck() -> str:
@@ -82,7 +58,9 @@ def _shellcheck() -> str:
 
 def test_every_script_is_shellcheck_clean():
     scripts = sorted(p.name for p in SCRIPTS.glob("*.sh"))
-    assert {"lib.sh", "create.sh", "setup.sh", "run.sh", "delete.sh", "label.sh", "distill.sh"} <= set(scripts)
+    assert {"lib.sh", "create.sh", "setup.sh", "run.sh", "delete.sh", "label.sh", "distill.sh", "preflight.sh"} <= set(
+        scripts
+    )
     res = subprocess.run([_shellcheck(), "-x", *scripts], cwd=SCRIPTS, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     for name in scripts:
@@ -91,33 +69,58 @@ def test_every_script_is_shellcheck_clean():
             assert "set -euo pipefail" in text and os.access(SCRIPTS / name, os.X_OK), name
 
 
+def test_the_supported_python_is_the_same_in_pyproject_and_the_scripts():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lib = (SCRIPTS / "lib.sh").read_text()
+    lo, hi = re.search(r"PYTHON_MIN=(\S+)", lib).group(1), re.search(r"PYTHON_BELOW=(\S+)", lib).group(1)
+    assert project["project"]["requires-python"] == f">={lo},<{hi}" == ">=3.11,<3.13"  # jax >= 0.10 needs 3.11
+    assert project["tool"]["ruff"]["target-version"] == "py" + lo.replace(".", "")
+    from distil_whisper_jax import preflight
+
+    assert (preflight.PYTHON_MIN, preflight.PYTHON_BELOW) == (
+        tuple(map(int, lo.split("."))),
+        tuple(map(int, hi.split("."))),
+    )
+
+
 @pytest.fixture
 def fake(tmp_path):
-    """Env with the fake gcloud first on PATH; ``calls()`` reads its log."""
+    """Env with the stand-in gcloud first on PATH and no ssh agent; ``calls()`` reads its log."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").write_text(f'#!/bin/sh\nexec {sys.executable} {REPO / "tests" / "fake_gcloud.py"} "$@"\n')
     (bin_dir / "gcloud").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(GCLOUD_ENV)}
-    env.update(PATH=f"{bin_dir}:{env['PATH']}", FAKE_LOG=str(tmp_path / "calls.jsonl"), LOG_DIR=str(tmp_path / "logs"))
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        FAKE_LOG=str(tmp_path / "calls.jsonl"),
+        LOG_DIR=str(tmp_path / "logs"),
+        HOME=str(tmp_path / "home"),
+        FAKE_RETRY_PAUSE="1",
+    )
+    (tmp_path / "home").mkdir()
 
     class Fake:
         def __init__(self):
-            self.env, self.tmp = env, tmp_path
+            self.env, self.tmp, self.bin = env, tmp_path, bin_dir
 
-        def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+        def run(self, script: str, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
             return subprocess.run(
                 [str(SCRIPTS / script), *args],
                 env={**self.env, **env},
-                cwd=self.tmp,  # also the "worker's" home when FAKE_SSH_EXEC runs its commands here
+                cwd=self.tmp,  # also the "worker's" working directory when FAKE_SSH_EXEC runs its commands
                 capture_output=True,
                 text=True,
-                timeout=60,
+                timeout=timeout,
             )
 
         def calls(self) -> list[list[str]]:
             log = tmp_path / "calls.jsonl"
             return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+        def file(self, name: str, text: str) -> str:
+            (tmp_path / name).write_text(text)
+            return str(tmp_path / name)
 
     return Fake()
 
@@ -125,13 +128,39 @@ def fake(tmp_path):
 TPU = ("--name", "t1", "--zone", "us-central2-b")
 
 
+def _stage_lines(out: str) -> list[str]:
+    return [
+        ln
+        for ln in out.splitlines()
+        if ln.startswith("+ gcloud compute tpus tpu-vm ssh") and "bin/distil-whisper-" in ln
+    ]
+
+
 def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
-    res = fake.run("run.sh", *TPU, "--accelerator-type", "v4-8", "--output-dir", "gs://b/exp", "--dry-run")
+    res = fake.run(
+        "run.sh", *TPU, "--accelerator-type", "v4-32", "--output-dir", "gs://b/exp", "--create-first",
+        "--git-url", "https://example.org/d.git", "--dataset", "gs://b/train", "--dry-run",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert fake.calls() == []
-    printed = [ln for ln in res.stdout.splitlines() if ln.startswith("+ gcloud compute tpus tpu-vm ssh")]
-    tools = [re.search(r"bin/(distil-whisper-[a-z-]+)", ln).group(1) for ln in printed]
+    out = res.stdout
+    tools = [re.search(r"bin/(distil-whisper-[a-z-]+)", ln).group(1) for ln in _stage_lines(out)]
     assert tools == [f"distil-whisper-{s}" for s in ("create-student", "pseudo-label", "distill", "eval", "export")]
+    # the Python step of setup, the ssh agent before the first call to all workers, preflight before the stages
+    install = next(ln for ln in out.splitlines() if "pip install" in ln)
+    assert "installing python3.11" in install and "python3.11-venv" in install and "--worker=all" in install
+    assert out.index("+ ssh-add -l") < out.index("--worker=all")
+    assert out.index("distil_whisper_jax.preflight --expected_devices 16") < out.index(
+        "bin/distil-whisper-create-student"
+    )
+    # bucket URLs reach every stage unchanged (no mount paths), each stage's buckets checked from its workers first
+    stages = _stage_lines(out)
+    for stage, url in zip(stages, ("student", "labelled", "distill", "eval", "export"), strict=True):
+        assert f"--output_dir gs://b/exp/{url}" in stage and "/gcs/" not in stage
+    assert "--dataset_name gs://b/train" in stages[1] and "--model_name_or_path gs://b/exp/student" in stages[2]
+    assert "--model gs://b/exp/distill" in stages[4]
+    assert "preflight --write gs://b/exp/labelled --read gs://b/train" in out
+    assert "--version=tpu-ubuntu2204-base" in out
     assert not (fake.tmp / "logs").exists()  # even the local mkdir was only printed
     res = fake.run("create.sh", *TPU, "--accelerator-type", "v4-8", DRY_RUN="1")
     assert res.returncode == 0 and fake.calls() == []
@@ -143,6 +172,7 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
     [
         ("create.sh", (), ["--name (TPU_NAME)", "--zone (ZONE)"]),
         ("create.sh", TPU + ("--accelerator-type", "v9-8"), ["--accelerator-type 'v9-8': unknown TPU generation"]),
+        ("create.sh", TPU + ("--accelerator-type", "v4"), ["--accelerator-type 'v4': expected e.g. v4-8"]),
         ("setup.sh", TPU + ("--accelerator-type", "v4-8"), ["--git-url (GIT_URL) or --wheel (WHEEL)"]),
         ("label.sh", TPU, ["--output-dir (OUTPUT_DIR)"]),
         ("run.sh", ("--zone", "z", "--output-dir", "o", "--accelerator-type", "v4-8"), ["--name (TPU_NAME)"]),
@@ -154,6 +184,12 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
             "distill.sh",
             TPU + ("--output-dir", "o", "--global-batch-size", "100", "--accelerator-type", "v4-32"),
             ["not a multiple of the 16 devices"],
+        ),
+        (
+            "run.sh",
+            TPU
+            + ("--output-dir", "gs://b/x", "--preemptible", "--recipe", str(SCRIPTS / "recipes" / "distil-large-v2")),
+            ["a preemptible slice ends after 24 hours", "use --spot"],
         ),
     ],
 )
@@ -189,27 +225,65 @@ def test_the_documented_environment_names_and_their_older_aliases(fake):
     assert "ZONE (TPU_ZONE)" in fake.run("create.sh", "--help").stdout
 
 
-def test_create_builds_the_gcloud_command_and_reads_the_environment(fake):
-    res = fake.run("create.sh", "--accelerator-type", "v4-32", "--spot", TPU_NAME="t1", TPU_ZONE="us-central2-b")
+@pytest.mark.parametrize(
+    "accel, version",
+    [
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v3-8", "tpu-ubuntu2204-base"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
+def test_create_picks_the_runtime_of_each_generation(fake, accel, version):
+    res = fake.run("create.sh", "--accelerator-type", accel, "--spot", TPU_NAME="t1", TPU_ZONE="us-central2-b")
     assert res.returncode == 0, res.stderr
     create, describe = fake.calls()
     assert create == [
         *("compute", "tpus", "tpu-vm", "create", "t1", "--zone=us-central2-b"),
-        *("--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"),
+        *(f"--accelerator-type={accel}", f"--version={version}", "--spot"),
     ]
     assert describe[:5] == ["compute", "tpus", "tpu-vm", "describe", "t1"] and "--format=value(state)" in describe
-    fake.run("create.sh", *TPU, "--accelerator_type=v4-8", "--queued", "--spot", "--version", "v2-alpha-tpuv5")
-    queued = fake.calls()[2]
-    assert queued[:5] == ["compute", "tpus", "queued-resources", "create", "t1"]
-    assert {"--node-id=t1", "--runtime-version=v2-alpha-tpuv5", "--accelerator-type=v4-8", "--spot"} <= set(queued)
 
 
-def _fake_venv(tmp: Path, devices: int) -> Path:
+def test_create_waits_for_capacity_as_exit_3_and_a_queued_resource_keeps_its_place(fake):
+    fails = fake.file("fails", "1")
+    res = fake.run("create.sh", *TPU, FAKE_CAPACITY_FAILS=fails)
+    assert res.returncode == 3 and "no capacity for v4-8 in us-central2-b" in res.stderr
+    queue = fake.file("queue", "WAITING_FOR_RESOURCES WAITING_FOR_RESOURCES PROVISIONING ACTIVE")
+    args = (*TPU, "--queued", "--spot", "--poll-interval", "0")
+    res = fake.run("create.sh", *args, "--version", "v2-alpha-tpuv5", FAKE_QUEUE_STATES=queue)
+    assert res.returncode == 0, res.stderr
+    queued = [c for c in fake.calls() if c[2] == "queued-resources"]
+    verbs = [c[3] for c in queued]
+    assert verbs == ["describe", "create", "describe", "describe", "describe", "describe"], verbs
+    assert {"--node-id=t1", "--runtime-version=v2-alpha-tpuv5", "--accelerator-type=v4-8", "--spot"} <= set(queued[1])
+    # run again while it waits in line: no delete, no new create (its place is kept)
+    fake.file("queue", "WAITING_FOR_RESOURCES ACTIVE")
+    n = len(fake.calls())
+    res = fake.run("create.sh", *args, FAKE_QUEUE_STATES=queue)
+    assert res.returncode == 0 and "keeping its place" in res.stderr
+    assert [c[3] for c in fake.calls()[n:] if c[2] == "queued-resources"] == ["describe"] * 2
+    # a FAILED (or SUSPENDED) one is deleted and queued again; one that fails while waiting exits 3
+    fake.file("queue", "FAILED WAITING_FOR_RESOURCES FAILED")
+    n = len(fake.calls())
+    res = fake.run("create.sh", *args, FAKE_QUEUE_STATES=queue)
+    assert res.returncode == 3 and "is FAILED" in res.stderr
+    assert [c[3] for c in fake.calls()[n:] if c[2] == "queued-resources"] == [
+        "describe",
+        "delete",
+        "create",
+        "describe",
+        "describe",
+    ]
+
+
+def _fake_venv(tmp: Path, devices: int, name: str = "venv") -> Path:
     """A worker venv: pip does nothing, python sees a fake jax with ``devices`` devices, the console
     scripts record their argv."""
-    venv, fakejax = tmp / "venv", tmp / "fakejax"
+    venv, fakejax = tmp / name, tmp / "fakejax"
     (venv / "bin").mkdir(parents=True)
-    fakejax.mkdir()
+    fakejax.mkdir(exist_ok=True)
     (fakejax / "jax.py").write_text(
         f"def device_count(): return {devices}\ndef local_device_count(): return 4\n"
         "def process_index(): return 0\ndef process_count(): return 1\n"
@@ -240,29 +314,75 @@ def test_setup_installs_then_fails_on_a_wrong_device_count(fake, devices, ok):
         assert "expected 16 devices on every host" in res.stderr
 
 
-def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker(fake):
+def _worker_image(fake, apt_ok: bool) -> dict:
+    """PATH of a worker whose python3 is 3.10 (tpu-ubuntu2204-base) and whose apt-get installs python3.11 (a
+    python that makes the fake venv) when ``apt_ok``; apt-get's arguments are logged to ``apt.log``."""
+    image = fake.tmp / "image"
+    image.mkdir()
+    venv_maker = _fake_venv(fake.tmp, 4, "venv-template")
+    tools = {
+        "python3": '#!/bin/sh\n[ "$1" = -V ] && { echo "Python 3.10.12"; exit 0; }\nexit 1\n',
+        "sudo": '#!/bin/sh\nexec env "$@"\n',  # sudo takes VAR=value words too
+        "apt-get": (
+            f'#!/bin/sh\necho "$@" >> {fake.tmp}/apt.log\n[ "$1" = update ] && exit 0\n'
+            + (
+                f"cp {image}/python3.11.real {image}/python3.11\n"
+                if apt_ok
+                else 'echo "E: Unable to locate package python3.11" >&2; exit 100\n'
+            )
+        ),
+        "python3.11.real": (
+            '#!/bin/sh\n[ "$1" = -V ] && { echo "Python 3.11.9"; exit 0; }\n'
+            f'[ "$1" = -m ] && [ "$2" = venv ] && {{ cp -r {venv_maker} "$3"; exit 0; }}\nexec {sys.executable} "$@"\n'
+        ),
+    }
+    for name, text in tools.items():
+        (image / name).write_text(text)
+        (image / name).chmod(0o755)
+    for d in ("/usr/local/bin", "/usr/bin", "/bin"):  # the system's programs, but none of its Pythons
+        for prog in Path(d).iterdir():
+            if not prog.name.startswith("python") and not (image / prog.name).exists():
+                (image / prog.name).symlink_to(prog)
+    return {"PATH": f"{fake.bin}:{image}"}
+
+
+@pytest.mark.parametrize("apt_ok", [True, False])
+def test_setup_installs_python_3_11_on_a_worker_image_with_3_10(fake, apt_ok):
+    env = _worker_image(fake, apt_ok)
+    venv = fake.tmp / "worker-venv"
+    args = (*TPU, "--accelerator-type", "v4-8", "--git-url", "https://example.org/d.git")
+    res = fake.run("setup.sh", *args, REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1", **env)
+    out = res.stdout + res.stderr
+    assert "python3 is Python 3.10.12; installing python3.11" in out, out
+    assert "install -y -qq python3.11 python3.11-venv" in (fake.tmp / "apt.log").read_text()
+    if apt_ok:
+        assert res.returncode == 0, out
+        assert "python3.11 (Python 3.11.9)" in out and (venv / "bin" / "python").exists()
+    else:
+        assert res.returncode == 2 and "could not install python3.11" in out and "no supported Python" in res.stderr
+        assert not venv.exists() and len([c for c in fake.calls() if c[3] == "ssh"]) == 1  # stopped before the check
+
+
+def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker_unchanged(fake):
     venv = _fake_venv(fake.tmp, 4)
     recipe = RECIPES[0] / "label.yaml"
     extra = ("--dataset_name", "gs://b/my data+gs://b/two", "--text_column_name", "it's", "--x=gs://b/y")
-    env = dict(REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1", REMOTE_MOUNT_ROOT="/mnt/gcs")
+    env = dict(REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1", SKIP_BUCKET_CHECK="1")
     res = fake.run("label.sh", *TPU, "--output-dir", "gs://b/lab", "--config", str(recipe), "--", *extra, **env)
     assert res.returncode == 0, res.stderr
     assert (fake.tmp / "logs" / "label").is_dir()
     assert json.loads(res.stdout.splitlines()[-1])[1:] == [
-        *("--jax_distributed", "--output_dir", "/mnt/gcs/b/lab", "--config", "tpu_configs/label-label.yaml"),
-        *("--dataset_name", "/mnt/gcs/b/my data+/mnt/gcs/b/two", "--text_column_name", "it's", "--x=/mnt/gcs/b/y"),
+        *("--jax_distributed", "--output_dir", "gs://b/lab", "--config", "tpu_configs/label-label.yaml"),
+        *("--dataset_name", "gs://b/my data+gs://b/two", "--text_column_name", "it's", "--x=gs://b/y"),
     ]
     ssh = fake.calls()[-1]
     assert "--worker=all" in ssh and f"--output-directory={fake.tmp}/logs/label" in ssh
-    scp = fake.calls()[1]
-    assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"] and scp[4:6] == [
-        str(recipe),
-        "t1:tpu_configs/label-label.yaml",
-    ]
+    scp = next(c for c in fake.calls() if c[3] == "scp")
+    assert scp[4:6] == [str(recipe), "t1:tpu_configs/label-label.yaml"]
     res = fake.run("export.sh", *TPU, "--output-dir", "/data/e", "--", "--model", "/data/run", **env)
     assert json.loads(res.stdout.splitlines()[-1])[1:] == ["--output_dir", "/data/e", "--model", "/data/run"]
     assert "--worker=0" in fake.calls()[-1]
-    assert any(a.startswith("--command=JAX_PLATFORMS=cpu ") for a in fake.calls()[-1])  # one host: not the TPU
+    assert "JAX_PLATFORMS=cpu exec " in fake.calls()[-1][-1]  # one host: not the TPU
     res = fake.run(
         "distill.sh", *TPU, "--output-dir", "/r", "--global-batch-size", "256", "--accelerator-type", "v4-32", **env
     )
@@ -271,53 +391,193 @@ def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker(fak
     ]
 
 
+def test_a_stage_whose_bucket_a_worker_cannot_use_fails_before_it_starts(fake):
+    """The check runs the package's own probe on the worker (here: this machine, where no gs:// file system
+    is installed, so the bucket is unreachable); it names the URL and the stage never starts."""
+    res = fake.run(
+        "label.sh", *TPU, "--output-dir", "gs://no-such-bucket/lab", "--", "--dataset_name", "/data/x",
+        REMOTE_VENV=sys.prefix, FAKE_SSH_EXEC="1",
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "PREFLIGHT\tbucket\tFAIL\tgs://no-such-bucket/lab" in res.stdout
+    assert "cannot use gs://no-such-bucket/lab" in res.stderr
+    assert not any("bin/distil-whisper-pseudo-label" in c[-1] for c in fake.calls())
+
+
+def test_pods_need_the_ssh_agent_before_any_call_to_all_workers(fake):
+    pod = dict(FAKE_ACCELERATOR="v4-32", SKIP_BUCKET_CHECK="1")
+    res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod)
+    assert res.returncode == 2 and "google_compute_engine does not exist yet" in res.stderr, res.stderr
+    key = Path(fake.env["HOME"]) / ".ssh" / "google_compute_engine"
+    key.parent.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod)  # no agent
+    assert res.returncode == 2 and "needs your key in an ssh agent" in res.stderr, res.stderr
+    assert f'Fix: eval "$(ssh-agent -s)" && ssh-add {key}' in res.stderr
+    assert not any(c[3] == "ssh" for c in fake.calls())  # the stand-in would have stalled (exit 99)
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    agent_env = dict(re.findall(r"(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;]+);", agent))
+    try:
+        res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod, **agent_env)  # an agent without the key
+        assert res.returncode == 2 and "needs your key in an ssh agent" in res.stderr, res.stderr
+        subprocess.run(["ssh-add", "-q", str(key)], env={**fake.env, **agent_env}, check=True, capture_output=True)
+        res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod, **agent_env)
+        assert res.returncode == 0, res.stderr
+        # one worker of four failing fails the call (gcloud exits with the first non-zero status)
+        res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod, **agent_env, FAKE_WORKER_FAIL="2:7")
+        assert res.returncode == 7
+    finally:
+        subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)
+
+
+def _stamping_venv(fake) -> Path:
+    """A venv whose distil-whisper-distill records start / SIGTERM / done with its pid in ``stamps``."""
+    venv = _fake_venv(fake.tmp, 4)
+    stamp = fake.tmp / "stamps"
+    (venv / "bin" / "distil-whisper-distill").write_text(
+        f"#!{sys.executable}\nimport os, signal, sys, time\n"
+        f"def note(w):\n    open({str(stamp)!r}, 'a').write(f'{{w}} {{os.getpid()}}\\n')\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (note('term'), sys.exit(143)))\n"
+        "note('start')\ntime.sleep(3)\nnote('done')\n"
+    )
+    return stamp
+
+
+def test_a_second_copy_of_a_stage_stops_the_first_and_frees_the_tpu(fake):
+    """gcloud re-runs an ssh that exited 255 (a dropped connection) while the first copy still runs on the worker;
+    the stage's prefix stops that copy (SIGTERM: a distillation checkpoints) and removes libtpu's lock file."""
+    stamp = _stamping_venv(fake)
+    lock = fake.tmp / "worker-tmp" / "libtpu_lockfile"
+    lock.parent.mkdir()
+    lock.write_text("")
+    res = fake.run(
+        "distill.sh", *TPU, "--output-dir", "/r", REMOTE_VENV=str(fake.tmp / "venv"), FAKE_SSH_EXEC="1",
+        FAKE_DROP="distil-whisper-distill", FAKE_DROP_TIMES=fake.file("drops", "1"), TMPDIR=str(lock.parent),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    events = [ln.split() for ln in stamp.read_text().splitlines()]
+    (_, first), (_, second) = [e for e in events if e[0] == "start"]
+    assert events == [["start", first], ["term", first], ["start", second], ["done", second]], events
+    assert "stopping the leftover stage process" in res.stdout and not lock.exists()
+
+
 RUN = (*TPU, "--accelerator-type", "v4-8", "--output-dir", "gs://b/x", "--git-url", "https://example.org/d.git")
 
 
-def _ssh_tool(call: list[str]) -> str:
-    m = re.search(r"bin/(distil-whisper-[a-z-]+)|(pip install)|(-c 'import sys, jax)", call[-1])
-    return next(g for g in m.groups() if g) if m else call[-1]
+def _steps(fake) -> list[tuple]:
+    tools = r"bin/(distil-whisper-[a-z-]+)|(pip install)|(-c 'import sys, jax)|(preflight --write)"
+    out = []
+    for c in fake.calls():
+        if c[:2] == ["storage", "ls"]:
+            continue
+        if c[3] == "ssh":
+            m = re.search(tools, c[-1])
+            out.append(("ssh", next(g for g in m.groups() if g) if m else c[-1]))
+        elif "--format=value(acceleratorType)" not in c:
+            out.append((c[3],))
+    return out
 
 
 def test_run_recreates_a_preempted_slice_and_reruns_the_stage(fake):
-    (fake.tmp / "states").write_text("PREEMPTED\n")
-    (fake.tmp / "fails").write_text("1")
-    env = dict(FAKE_STATES=str(fake.tmp / "states"), FAKE_SSH_FAIL="distil-whisper-distill")
+    """A preemption in the middle of distillation: the ssh drops (255, re-run by gcloud, then refused: the node is
+    not READY), run.sh sees PREEMPTED, deletes, re-creates and sets up the slice, and the stage resumes."""
     res = fake.run(
-        "run.sh",
-        *RUN,
-        "--stages",
-        "label,distill",
-        "--retry-wait",
-        "0",
-        FAKE_SSH_FAIL_TIMES=str(fake.tmp / "fails"),
-        **env,
-    )
+        "run.sh", *RUN, "--stages", "label,distill", "--retry-wait", "0", "--skip-preflight",
+        FAKE_PREEMPT="distil-whisper-distill", FAKE_PREEMPT_TIMES=fake.file("preempt", "1"),
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    steps = [(c[3], _ssh_tool(c)) if c[3] == "ssh" else (c[3],) for c in fake.calls()]
-    assert steps == [
+    assert _steps(fake) == [
+        ("ssh", "preflight --write"),
         ("ssh", "distil-whisper-pseudo-label"),
-        ("ssh", "distil-whisper-distill"),  # fails
+        ("ssh", "preflight --write"),
+        ("ssh", "distil-whisper-distill"),  # preempted
         ("describe",),  # PREEMPTED
         ("delete",),
         ("create",),
         ("describe",),  # READY
         ("ssh", "pip install"),
+        ("ssh", "preflight --write"),  # setup --bucket: every worker writes the bucket
         ("ssh", "-c 'import sys, jax"),
+        ("ssh", "preflight --write"),
         ("ssh", "distil-whisper-distill"),  # re-run: resumes from its checkpoint
     ]
     assert "stage distill failed (TPU state: PREEMPTED)" in res.stderr
 
 
-def test_run_gives_up_after_max_retries(fake):
-    (fake.tmp / "fails").write_text("100")
+def test_run_refills_its_retries_after_progress_and_waits_for_capacity_without_spending_them(fake, tmp_path):
+    """Three preemptions with --max-retries 1: each re-run saved a checkpoint first, so the stage goes on; two
+    capacity refusals on re-creating back off and do not count. Without progress it gives up after the retries,
+    saying the slice is still billing and how to delete it."""
+    gcs = tmp_path / "gcs"
+    gcs.mkdir()
+    env = dict(FAKE_GCS_ROOT=str(gcs), FAKE_PREEMPT="distil-whisper-distill")
+    args = (*RUN, "--stages", "distill", "--retry-wait", "0", "--max-retries", "1", "--skip-preflight")
     res = fake.run(
-        "run.sh", *RUN, "--stages", "label", "--retry-wait", "0", "--max-retries", "2",
-        FAKE_SSH_FAIL="pseudo-label", FAKE_SSH_FAIL_TIMES=str(fake.tmp / "fails"),
+        "run.sh", *args, "--capacity-wait-max", "1", FAKE_PREEMPT_TIMES=fake.file("preempt", "3"),
+        FAKE_PROGRESS=fake.file("progress", "3"), FAKE_CAPACITY_FAILS=fake.file("capacity", "2"), **env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("retries refilled") == 2 and res.stderr.count("not counted as a retry") == 2
+    assert sorted(p.name for p in (gcs / "b/x/distill/checkpoints").iterdir()) == ["1", "2", "3"]
+    res = fake.run("run.sh", *args, FAKE_PREEMPT_TIMES=fake.file("preempt", "5"), **env)
+    assert res.returncode == 2
+    assert "stage distill failed 2 times (--max-retries 1) without progress; giving up" in res.stderr
+    delete = "delete it with tpu_scripts/delete.sh --name t1 --zone us-central2-b"
+    assert f"still exists (PREEMPTED: it holds its name and quota): {delete}" in res.stderr
+    res = fake.run("run.sh", *args, FAKE_SSH_FAIL="distil-whisper-distill", FAKE_SSH_FAIL_TIMES=fake.file("f", "9"))
+    assert res.returncode == 2 and f"is still running (READY) and billing: {delete}" in res.stderr
+
+
+def test_run_gives_up_after_max_retries(fake):
+    res = fake.run(
+        "run.sh", *RUN, "--stages", "label", "--retry-wait", "0", "--max-retries", "2", "--skip-preflight",
+        FAKE_SSH_FAIL="pseudo-label", FAKE_SSH_FAIL_TIMES=fake.file("fails", "100"),
     )  # fmt: skip
     assert res.returncode != 0
-    assert "stage label failed 3 times (--max-retries 2); giving up" in res.stderr
-    assert [c[3] for c in fake.calls()] == ["ssh", "describe"] * 2 + ["ssh"]  # READY: re-run, no re-create
+    assert "stage label failed 3 times (--max-retries 2) without progress; giving up" in res.stderr
+    stage_or_state = [s for s in _steps(fake) if s != ("ssh", "preflight --write")]
+    assert stage_or_state == [("ssh", "distil-whisper-pseudo-label"), ("describe",)] * 3  # READY: no re-create
+
+
+def _preflight_venv(fake, rows: str) -> Path:
+    venv = _fake_venv(fake.tmp, 4)
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nprintf '{rows}'\n")
+    return venv
+
+
+def test_preflight_prints_one_table_of_every_worker_and_fails_on_any_fail_row(fake):
+    ok = "PREFLIGHT\\tpython\\tPASS\\t3.11\\t\\nPREFLIGHT\\tdisk\\tPASS\\t90 GB\\t\\n"
+    venv = _preflight_venv(fake, ok)
+    res = fake.run("preflight.sh", *TPU, REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"python\s+0\s+PASS\s+3.11", res.stdout) and "passed every check on 1 worker" in res.stderr
+    bad = ok + "PREFLIGHT\\tbucket\\tFAIL\\tgs://b: 403\\tgrant roles/storage.objectUser\\n"
+    venv.rename(fake.tmp / "old")
+    venv = _preflight_venv(fake, bad)
+    res = fake.run("preflight.sh", *TPU, "--bucket", "gs://b/p", REMOTE_VENV=str(venv), FAKE_SSH_EXEC="1")
+    assert res.returncode == 2 and re.search(
+        r"bucket\s+0\s+FAIL\s+gs://b: 403\s+grant roles/storage.objectUser", res.stdout
+    )
+    res = fake.run("preflight.sh", *TPU, REMOTE_VENV=str(fake.tmp / "none"), FAKE_SSH_EXEC="1")
+    assert res.returncode == 2 and re.search(r"python\s+0\s+FAIL\s+.*no venv at .*run tpu_scripts/setup.sh", res.stdout)
+
+
+def test_preflight_for_real_checkpoints_to_the_bucket_is_stopped_and_resumes(fake, tmp_path):
+    """preflight.sh with the package's own checks on this machine as the one worker: versions, devices, disk, the
+    bucket (a local directory here: the emulated-bucket tests are tests/test_bucket_*.py), and the distillation
+    stopped by SIGTERM after its first checkpoint and resumed from it to the end."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    res = fake.run(
+        "preflight.sh", *TPU, "--bucket", str(bucket), "--min-free-gb", "1", "--expected-devices", "1",
+        REMOTE_VENV=sys.prefix, FAKE_SSH_EXEC="1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr
+    table = res.stdout[res.stdout.index("check ") :]
+    for check in ("python", "packages", "devices", "disk", "bucket", "resume"):
+        assert re.search(rf"^{check}\s+0\s+PASS", table, re.M), table
+    assert re.search(r"resume\s+0\s+PASS\s+stopped by SIGTERM after checkpoint \d+ .* resumed at step [1-9]", table)
+    assert list(bucket.iterdir()) == []  # the check's objects are removed when it passed
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -146,12 +146,15 @@ tpu_flags() {
   [[ -z "$PROJECT" ]] || printf '%s\n' "--project=$PROJECT"
 }
 
-# ssh_workers WORKER COMMAND [GCLOUD FLAGS...]: run a shell command on one worker or on all of them at once.
+# ssh_workers WORKER COMMAND [GCLOUD FLAGS...]: run a shell command on one worker or on all of them at once
+# (after checking, on a slice of several hosts, that gcloud's key is in the ssh agent). gcloud itself re-runs a
+# command whose ssh exits 255 (a dropped connection), which is why stages start with remote_cleanup.
 ssh_workers() {
   local worker="$1" command="$2"
   shift 2
   local flags
   mapfile -t flags < <(tpu_flags)
+  [[ "$worker" != all ]] || check_ssh_agent
   # keep-alives: a preempted worker drops the connection within minutes instead of hanging the stage
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${flags[@]}" "--worker=$worker" "$@" \
     --ssh-flag=-oServerAliveInterval=60 --ssh-flag=-oServerAliveCountMax=5 --command="$command"
@@ -172,35 +175,168 @@ tpu_state() {
   echo "${state:-NOT_FOUND}"
 }
 
-# expected_devices ACCELERATOR: JAX devices of a slice. v4 and v5p count chips (2 cores each, the
-# accelerator type counts cores); v2/v3 count cores; v5e (v5litepod) and v6e count chips.
-expected_devices() {
+# queued_state: the queued resource's state (WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDED, FAILED, ...),
+# or NOT_FOUND when describe fails. Under --dry-run it prints the command and answers NOT_FOUND.
+queued_state() {
+  local flags state
+  mapfile -t flags < <(tpu_flags)
+  if ((DRY_RUN)); then
+    run gcloud compute tpus queued-resources describe "$TPU_NAME" "${flags[@]}" --format='value(state.state)' >&2
+    echo NOT_FOUND
+    return 0
+  fi
+  state="$(gcloud compute tpus queued-resources describe "$TPU_NAME" "${flags[@]}" --format='value(state.state)' 2>/dev/null)" ||
+    state=NOT_FOUND
+  echo "${state:-NOT_FOUND}"
+}
+
+# The Pythons the package supports (pyproject.toml's requires-python; a test keeps the two equal).
+PYTHON_MIN=3.11
+PYTHON_BELOW=3.13
+
+# remote_python PYTHON: a worker-side command that sets $py to a supported Python: PYTHON when it is one, else
+# an installed python3.12 / python3.11, else python3.11 + python3.11-venv from the image's apt sources (Ubuntu
+# 22.04's universe; the default v4 image, tpu-ubuntu2204-base, ships 3.10). Exits 3 naming the fix when none
+# can be installed.
+remote_python() {
+  local lo="${PYTHON_MIN#*.}" hi="${PYTHON_BELOW#*.}" ok
+  ok="import sys; sys.exit(not ((3, $lo) <= sys.version_info[:2] < (3, $hi)))"
+  printf '%s' "py=''; for c in $1 python3.12 python3.11; do command -v \$c >/dev/null && \$c -c '$ok' 2>/dev/null && { py=\$c; break; }; done; "
+  printf '%s' "if [ -z \"\$py\" ]; then echo \"\$(hostname): $1 is \$($1 -V 2>&1); installing python3.11 (the package needs >= $PYTHON_MIN, < $PYTHON_BELOW)\"; "
+  printf '%s' "sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv >/dev/null && py=python3.11 || "
+  printf '%s' "{ echo \"\$(hostname): could not install python3.11 with apt-get; install a Python >= $PYTHON_MIN, < $PYTHON_BELOW with its venv module and pass setup.sh --python PATH\" >&2; exit 3; }; fi; "
+  printf '%s' "echo \"\$(hostname): using \$(command -v \$py) (\$(\$py -V 2>&1))\"; "
+}
+
+# tpu_generation ACCELERATOR: v2, v3, v4, v5e, v5p or v6e for a slice type such as v4-32 or v5litepod-16.
+tpu_generation() {
   local accel="$1" n="${1##*-}"
-  [[ "$n" =~ ^[0-9]+$ ]] || die "--accelerator-type '$accel': expected e.g. v4-8, v4-32"
-  case "$accel" in
-  v4-* | v5p-*) echo $((n / 2)) ;;
-  v2-* | v3-* | v5litepod-* | v5e-* | v6e-*) echo "$n" ;;
-  *) die "--accelerator-type '$accel': unknown TPU generation (give --expected-devices)" ;;
+  [[ "$accel" == *-* && "$n" =~ ^[0-9]+$ ]] || die "--accelerator-type '$accel': expected e.g. v4-8, v4-32, v5litepod-16, v6e-8"
+  case "${accel%-*}" in
+  v2 | v3 | v4 | v5p | v6e) echo "${accel%-*}" ;;
+  v5litepod | v5e) echo v5e ;;
+  *) die "--accelerator-type '$accel': unknown TPU generation (v2, v3, v4, v5p, v5litepod/v5e, v6e; or give --expected-devices)" ;;
   esac
 }
 
-# remote_quote ARG: ARG shell-quoted for the worker's shell; a gs://BUCKET/path becomes the path under the
-# worker's gcsfuse mount of the bucket (setup.sh --bucket): the package reads and writes local paths.
-# Every gs:// in the word is rewritten: '+'-joined dataset lists and --flag=gs://... forms too.
-remote_quote() {
-  local rest="$1" out="" head
-  head="${rest%%gs://*}"
-  if [[ -n "$head" || "$rest" != *gs://* ]]; then
-    out="$(squote "$head")"
-  fi
-  while [[ "$rest" == *gs://* ]]; do
-    rest="${rest#*gs://}"
-    out+="$REMOTE_MOUNT_ROOT/$(squote "${rest%%gs://*}")"
-  done
-  printf '%s' "$out"
+# expected_devices ACCELERATOR: JAX devices of a slice. The number in a v2/v3/v4/v5p type counts TensorCores;
+# v4 and v5p show one JAX device per chip (2 cores), v2/v3 one per core; v5e and v6e types count chips.
+expected_devices() {
+  local gen n="${1##*-}"
+  gen="$(tpu_generation "$1")" || exit 2
+  case "$gen" in
+  v4 | v5p) echo $((n / 2)) ;;
+  *) echo "$n" ;;
+  esac
 }
 
-# remote_command WORDS...: one command line for the worker's shell (see remote_quote).
+# slice_hosts ACCELERATOR: TPU VM workers of a slice: 4 chips a host (v4, v5p; v5e and v6e beyond 8 chips),
+# 8 cores a host (v2, v3); up to 8 v5e/v6e chips are one host.
+slice_hosts() {
+  local gen n="${1##*-}" hosts
+  gen="$(tpu_generation "$1")" || exit 2
+  case "$gen" in
+  v2 | v3) hosts=$((n / 8)) ;;
+  v4 | v5p) hosts=$((n / 8)) ;;
+  v5e | v6e) hosts=$((n <= 8 ? 1 : n / 4)) ;;
+  esac
+  echo $((hosts < 1 ? 1 : hosts))
+}
+
+# default_runtime ACCELERATOR: the TPU VM software version Google documents for the generation.
+default_runtime() {
+  local gen
+  gen="$(tpu_generation "$1")" || exit 2
+  case "$gen" in
+  v2 | v3 | v4) echo tpu-ubuntu2204-base ;;
+  v5e) echo v2-alpha-tpuv5-lite ;;
+  v5p) echo v2-alpha-tpuv5 ;;
+  v6e) echo v2-alpha-tpuv6e ;;
+  esac
+}
+
+# chip_tflops ACCELERATOR: peak dense bf16 TFLOP/s of one chip, to scale a recipe's v4 chip-hours to a slice.
+chip_tflops() {
+  local gen
+  gen="$(tpu_generation "$1")" || exit 2
+  case "$gen" in
+  v2) echo 45 ;;
+  v3) echo 123 ;;
+  v4) echo 275 ;;
+  v5e) echo 197 ;;
+  v5p) echo 459 ;;
+  v6e) echo 918 ;;
+  esac
+}
+
+# slice_chips ACCELERATOR: chips of a slice (2 cores a chip where the type counts cores).
+slice_chips() {
+  local n="${1##*-}"
+  local gen
+  gen="$(tpu_generation "$1")" || exit 2
+  case "$gen" in
+  v5e | v6e) echo "$n" ;;
+  *) echo $((n / 2 < 1 ? 1 : n / 2)) ;;
+  esac
+}
+
+# slice_accelerator: the slice's type as gcloud describes it (falls back to ACCELERATOR_TYPE, e.g. for a slice
+# created with --type/--topology, which describe reports elsewhere, and under --dry-run).
+slice_accelerator() {
+  local flags accel=""
+  if [[ -z "${_SLICE_ACCELERATOR:-}" ]]; then
+    mapfile -t flags < <(tpu_flags)
+    if ((DRY_RUN)); then
+      run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${flags[@]}" --format='value(acceleratorType)' >&2
+    else
+      accel="$(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${flags[@]}" --format='value(acceleratorType)' 2>/dev/null)" || accel=""
+    fi
+    _SLICE_ACCELERATOR="${accel:-${ACCELERATOR_TYPE:-v4-8}}"
+  fi
+  echo "$_SLICE_ACCELERATOR"
+}
+
+# ssh_agent_problem: empty when gcloud can reach all workers of the slice at once, else what is wrong and the fix.
+# `gcloud ... ssh --worker=all` on a slice of several hosts goes through the user's ssh agent; without gcloud's key
+# in it, every worker's ssh waits for a passphrase nobody sees and the call stalls.
+ssh_agent_problem() {
+  local hosts key="${GCLOUD_SSH_KEY:-$HOME/.ssh/google_compute_engine}" fix listed fingerprint=""
+  hosts="$(slice_hosts "$(slice_accelerator)")"
+  ((hosts > 1)) || return 0
+  fix="eval \"\$(ssh-agent -s)\" && ssh-add $key"
+  if [[ ! -f "$key" ]]; then
+    echo "$TPU_NAME has $hosts workers and gcloud's ssh key $key does not exist yet: create it with one single-worker" \
+      "ssh (gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=0 --command=true), then: $fix"
+  elif ! listed="$(ssh-add -l 2>/dev/null)"; then
+    echo "$TPU_NAME has $hosts workers: gcloud's ssh to all of them at once needs your key in an ssh agent, or it" \
+      "stalls (ssh-add -l: no agent, or no keys in it). Fix: $fix"
+  else
+    [[ -f "$key.pub" ]] && fingerprint="$(ssh-keygen -lf "$key.pub" 2>/dev/null | awk '{print $2}')"
+    [[ -z "$fingerprint" || "$listed" == *"$fingerprint"* ]] ||
+      echo "$TPU_NAME has $hosts workers: the ssh agent does not hold gcloud's key $key. Fix: ssh-add $key"
+  fi
+}
+
+# check_ssh_agent: ssh_agent_problem, checked once per script before the first call to all workers; fails with it.
+check_ssh_agent() {
+  [[ -z "${_AGENT_CHECKED:-}" ]] || return 0
+  _AGENT_CHECKED=1
+  local hosts problem
+  hosts="$(slice_hosts "$(slice_accelerator)")"
+  ((hosts > 1)) || return 0
+  printf '+ ssh-add -l  # %s has %s workers: --worker=all needs gcloud'"'"'s key in an ssh agent\n' "$TPU_NAME" "$hosts"
+  ((DRY_RUN)) && return 0
+  problem="$(ssh_agent_problem)"
+  [[ -z "$problem" ]] || die "$problem"
+}
+
+# remote_quote ARG: ARG shell-quoted for the worker's shell. Bucket URLs (gs://...) pass through unchanged: the
+# package reads and writes them itself (never through a gcsfuse mount, which cannot rename directories).
+remote_quote() {
+  squote "$1"
+}
+
+# remote_command WORDS...: one command line for the worker's shell.
 remote_command() {
   local out="" word
   for word in "$@"; do
@@ -209,17 +345,68 @@ remote_command() {
   printf '%s' "${out% }"
 }
 
-# Where setup.sh puts the project on every worker and mounts buckets. Inserted unquoted into the remote
-# command, so $HOME expands on the worker (no spaces).
+# Where setup.sh puts the project on every worker, and where an optional gcsfuse mount goes (setup.sh
+# --mount-bucket). Inserted unquoted into the remote command, so $HOME expands on the worker (no spaces).
 REMOTE_VENV="${REMOTE_VENV:-\$HOME/distil-whisper-venv}"
 REMOTE_MOUNT_ROOT="${REMOTE_MOUNT_ROOT:-\$HOME/gcs}"
 
-# stage_opts: the flags of a stage script (label/distill/eval/export).
+# remote_cleanup: the worker-side prefix of every stage. It stops the stage process a previous run left behind
+# (its pid is in ~/.distil-whisper-jax/stage.pid: SIGTERM, so a distillation checkpoints, then SIGKILL after
+# 120 s), removes libtpu's lock file (only one process may hold the TPU), then records its own pid and becomes
+# the stage (exec). A re-run after a failure, or gcloud re-running an ssh that exited 255 while the first copy
+# still runs, so never collides with the first copy.
+# shellcheck disable=SC2016 # single-quoted: these expand on the worker
+remote_cleanup() {
+  printf '%s' 'd="$HOME/.distil-whisper-jax"; mkdir -p "$d"; old="$(cat "$d/stage.pid" 2>/dev/null || true)"; '
+  printf '%s' 'if [ -n "$old" ] && grep -qs distil-whisper "/proc/$old/cmdline"; then '
+  printf '%s' 'echo "stopping the leftover stage process $old"; kill -TERM "$old" 2>/dev/null || true; '
+  printf '%s' 'for _ in $(seq 120); do kill -0 "$old" 2>/dev/null && ! grep -qs "^State:.*Z" "/proc/$old/status" || break; sleep 1; done; '
+  printf '%s' 'kill -KILL "$old" 2>/dev/null || true; fi; rm -f "${TMPDIR:-/tmp}/libtpu_lockfile"; echo $$ > "$d/stage.pid"; '
+}
+
+# bucket_args WORDS...: the gs:// URLs among a stage's arguments, one a line, "w URL" for the value of
+# --output_dir and "r URL" for every other (a '+'-joined dataset list gives one line a URL; --flag=URL too).
+bucket_args() {
+  local prev="" word part
+  for word in "$@"; do
+    local value="$word" flag="$prev"
+    if [[ "$word" == --*=* ]]; then
+      flag="${word%%=*}" value="${word#*=}"
+    fi
+    IFS=+ read -r -a parts <<<"$value"
+    for part in "${parts[@]}"; do
+      [[ "$part" == gs://* ]] || continue
+      if [[ "$flag" == --output_dir || "$flag" == --output-dir ]]; then echo "w $part"; else echo "r $part"; fi
+    done
+    prev="$word"
+  done
+}
+
+# check_buckets WORKER WORDS...: before a stage starts, every worker that runs it must reach each bucket URL among
+# its arguments: write, read back and delete an object under the output, find each input. Fails naming the URL
+# (so a stage never begins hours of work whose outputs cannot be saved, or lands them on a worker's disk).
+check_buckets() {
+  local worker="$1" kind url writes=() reads=()
+  shift
+  while read -r kind url; do
+    [[ -n "$kind" ]] || continue
+    if [[ "$kind" == w ]]; then writes+=("$url"); else reads+=("$url"); fi
+  done < <(bucket_args "$@")
+  ((${#writes[@]} + ${#reads[@]})) || return 0
+  local probe=("$REMOTE_VENV/bin/python" -m distil_whisper_jax.preflight)
+  ((${#writes[@]})) && probe+=(--write "${writes[@]}")
+  ((${#reads[@]})) && probe+=(--read "${reads[@]}")
+  ssh_workers "$worker" "JAX_PLATFORMS=cpu $(remote_command "${probe[@]}")" ||
+    die "a worker of $TPU_NAME cannot use ${writes[*]} ${reads[*]} (see the FAIL rows above; the fix is in their last column)"
+}
+
+# stage_opts: the flags of a stage script (student/label/distill/eval/export).
 stage_opts() {
   common_opts
-  opt output-dir OUTPUT_DIR value "" "the stage's --output_dir on the workers: a gs://BUCKET/path (mounted by setup.sh --bucket) or a worker path"
+  opt output-dir OUTPUT_DIR value "" "the stage's --output_dir: a gs://BUCKET/path (written directly, never through a mount) or a worker path"
   opt config STAGE_CONFIG value "" "a local --config FILE (YAML/JSON, e.g. a recipe) copied to every worker"
   opt log-dir LOG_DIR value ./tpu_logs "local directory of the per-worker logs (LOG_DIR/<stage>/<worker>.log)"
+  opt skip-bucket-check SKIP_BUCKET_CHECK bool 0 "do not check the stage's gs:// URLs from the workers first"
 }
 
 # stage_main STAGE CONSOLE_SCRIPT WORKER MULTI_HOST: run a console script of the package on the workers,
@@ -240,12 +427,13 @@ stage_main() {
     args+=(--config "$remote_config")
   fi
   args+=("${EXTRA_ARGS[@]}")
+  ((SKIP_BUCKET_CHECK)) || check_buckets "$worker" "${args[@]}"
   run mkdir -p "$LOG_DIR/$stage"
   echo "$stage: per-worker logs in $LOG_DIR/$stage/<worker>.log" >&2
   # A one-worker stage (create-student, export) runs on the CPU: on a multi-host slice, a TPU program on one
   # host alone would wait for the others to join.
   local env_prefix=""
   ((multi)) || env_prefix="JAX_PLATFORMS=cpu "
-  ssh_workers "$worker" "$env_prefix$REMOTE_VENV/bin/$script $(remote_command "${args[@]}")" \
+  ssh_workers "$worker" "$(remote_cleanup)${env_prefix}exec $REMOTE_VENV/bin/$script $(remote_command "${args[@]}")" \
     "--output-directory=$LOG_DIR/$stage"
 }

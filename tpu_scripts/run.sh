@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The whole chain on one slice: student → label → distill → eval → export, each through its stage script. When a
-# stage fails and the slice is no longer READY (PREEMPTED, gone), it waits, deletes and re-creates the slice
-# (create.sh + setup.sh) and re-runs the stage, which resumes on its own (labelling from its finished
-# blocks, distillation from its last checkpoint). A failure on a READY slice is retried after the wait.
-# Every setting of create.sh and setup.sh is read from the environment or given here.
+# The whole chain on one slice: preflight, then student → label → distill → eval → export, each through its stage
+# script. When a stage fails and the slice is no longer READY (PREEMPTED, gone), it waits, brings the slice back
+# (create.sh + setup.sh; a queued resource that is still queued keeps its place) and re-runs the stage, which
+# resumes on its own (labelling from its finished blocks, distillation from its last checkpoint; the stage's
+# worker-side prefix first stops any copy a previous run left and frees the TPU). A failure on a READY slice is
+# retried after the wait. --max-retries counts failures WITHOUT progress: a re-run that saved a new checkpoint or
+# finished new blocks refills it, so a stage of several days survives any number of preemptions. Waiting for
+# capacity (create.sh exit 3) backs off and does not count. Every setting of create.sh and setup.sh is read from
+# the environment or given here.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,14 +15,14 @@ _USAGE="usage: run.sh --name TPU --zone ZONE --accelerator-type v4-8 --git-url U
     --recipe tpu_scripts/recipes/distil-large-v2 --dataset D --eval-dataset H [--stages label,distill,...]"
 common_opts
 opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type (for create.sh and setup.sh)" TPU_ACCELERATOR
-opt version RUNTIME_VERSION value tpu-ubuntu2204-base "TPU VM runtime version (create.sh)" TPU_RUNTIME
-opt spot TPU_SPOT bool 0 "spot capacity (create.sh)"
-opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (create.sh)"
+opt version RUNTIME_VERSION value "" "TPU VM runtime version (create.sh; default: the generation's)" TPU_RUNTIME
+opt spot TPU_SPOT bool 0 "spot capacity (create.sh; no run-time limit: the choice for a recipe of days)"
+opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (create.sh; ends after 24 h: refused when the recipe's estimate is longer)"
 opt queued TPU_QUEUED bool 0 "queued resource (create.sh, delete.sh)"
 opt git-url GIT_URL value "" "install from this git repository (setup.sh)"
 opt git-ref GIT_REF value main "git ref (setup.sh)"
 opt wheel WHEEL value "" "install this wheel instead (setup.sh)"
-opt bucket BUCKET value "" "gs:// bucket mounted on the workers (setup.sh)"
+opt bucket BUCKET value "" "gs:// bucket every worker must write (setup.sh; default: the --output-dir bucket)"
 opt output-dir RUN_OUTPUT_DIR value "" "base of the outputs: BASE/student, BASE/labelled, BASE/distill, BASE/eval, BASE/export" OUTPUT_DIR
 opt recipe RECIPE value "" "a recipes/ directory: its student.yaml, label.yaml, distill.yaml are the default configs"
 opt dataset DATASET value "" "--dataset_name of labelling (the audio to distil on)"
@@ -32,16 +36,22 @@ opt global-batch-size GLOBAL_BATCH_SIZE value "" "distill.sh --global-batch-size
 opt stages STAGES value student,label,distill,eval,export "comma-separated stages to run, in order"
 opt create-first CREATE_FIRST bool 0 "create and set up the slice before the first stage"
 opt delete-after DELETE_AFTER bool 0 "delete the slice when every stage succeeded"
-opt max-retries MAX_RETRIES value 3 "re-runs of a failed stage before giving up"
+opt max-retries MAX_RETRIES value 3 "re-runs of a failed stage without progress before giving up (progress refills them)"
 opt retry-wait RETRY_WAIT value 60 "seconds to wait before a re-run (and before re-creating a slice)"
+opt capacity-wait-max CAPACITY_WAIT_MAX value 1800 "longest back-off between creates refused for capacity (seconds)"
+opt capacity-timeout CAPACITY_TIMEOUT value 0 "give up after waiting this long for capacity (seconds; 0: never)"
+opt skip-preflight SKIP_PREFLIGHT bool 0 "do not run preflight.sh before the first stage"
 opt log-dir LOG_DIR value ./tpu_logs "local directory of the per-worker logs"
 parse_args "$@"
 require name zone accelerator-type output-dir
 [[ "$MAX_RETRIES" =~ ^[0-9]+$ ]] || die "--max-retries '$MAX_RETRIES' (MAX_RETRIES): expected a count"
-[[ "$RETRY_WAIT" =~ ^[0-9]+$ ]] || die "--retry-wait '$RETRY_WAIT' (RETRY_WAIT): expected seconds"
+for n in RETRY_WAIT CAPACITY_WAIT_MAX CAPACITY_TIMEOUT; do
+  [[ "${!n}" =~ ^[0-9]+$ ]] || die "$n=${!n}: expected seconds"
+done
+base="${RUN_OUTPUT_DIR%/}"
+[[ -n "$BUCKET" || "$base" != gs://* ]] || BUCKET="$base"
 export TPU_NAME ZONE PROJECT DRY_RUN ACCELERATOR_TYPE RUNTIME_VERSION TPU_SPOT TPU_PREEMPTIBLE TPU_QUEUED \
   GIT_URL GIT_REF WHEEL BUCKET LOG_DIR GLOBAL_BATCH_SIZE
-base="${RUN_OUTPUT_DIR%/}"
 if [[ -n "$RECIPE" ]]; then
   [[ -d "$RECIPE" ]] || die "--recipe $RECIPE (RECIPE): no such directory (see tpu_scripts/recipes/)"
   : "${STUDENT_CONFIG:=$RECIPE/student.yaml}" "${LABEL_CONFIG:=$RECIPE/label.yaml}" "${DISTILL_CONFIG:=$RECIPE/distill.yaml}"
@@ -85,36 +95,114 @@ output_name() {
   esac
 }
 
-recreate() {
-  echo "run.sh: re-creating $TPU_NAME" >&2
-  "$TPU_SCRIPTS_DIR/delete.sh" || echo "run.sh: delete failed (already gone?); creating anyway" >&2
-  "$TPU_SCRIPTS_DIR/create.sh" && "$TPU_SCRIPTS_DIR/setup.sh"
+# give_up MESSAGE: stop, saying that the slice (if it still exists) keeps running and billing, and how to delete it.
+give_up() {
+  local state msg="$1"
+  state="$(tpu_state)"
+  if [[ "$state" != NOT_FOUND ]]; then
+    local q=""
+    ((TPU_QUEUED)) && q=" --queued"
+    if [[ "$state" == PREEMPTED || "$state" == TERMINATED ]]; then
+      msg+=". The slice $TPU_NAME still exists ($state: it holds its name and quota): delete it with"
+    else
+      msg+=". The slice $TPU_NAME is still running ($state) and billing: delete it with"
+    fi
+    msg+=" tpu_scripts/delete.sh --name $TPU_NAME --zone $ZONE$q (outputs under $base stay)"
+  fi
+  die "$msg"
 }
 
-# run_stage STAGE: run it, and on failure wait, re-create the slice when it is not READY, and re-run.
+# stage_progress STAGE: what a stage has saved so far on the bucket (its checkpoints, its finished blocks), as a
+# listing; a change between two failures is progress. Empty for other stages and outputs off a bucket.
+stage_progress() {
+  local dir
+  case "$1" in
+  distill) dir="$base/distill/checkpoints/" ;;
+  label) dir="$base/labelled/.plabel/" ;;
+  *) return 0 ;;
+  esac
+  [[ "$dir" == gs://* ]] && ((!DRY_RUN)) || return 0
+  gcloud storage ls "$dir" 2>/dev/null || true
+}
+
+# bring_back [fresh]: re-create a slice that is no longer READY (a queued resource that is still queued keeps its place:
+# create.sh waits for it) and set it up. Capacity refusals (create.sh exit 3) back off, doubling from --retry-wait
+# up to --capacity-wait-max, and never spend a retry; --capacity-timeout bounds the wait.
+bring_back() {
+  local pause="$RETRY_WAIT" waited=0 code
+  echo "run.sh: bringing $TPU_NAME up" >&2
+  if [[ "${1:-}" != fresh ]] && ((!TPU_QUEUED)); then
+    "$TPU_SCRIPTS_DIR/delete.sh" || echo "run.sh: delete failed (already gone?); creating anyway" >&2
+  fi
+  while :; do
+    if "$TPU_SCRIPTS_DIR/create.sh"; then break; else code=$?; fi
+    ((code == 3)) || return 1
+    ((CAPACITY_TIMEOUT == 0 || waited < CAPACITY_TIMEOUT)) ||
+      give_up "no capacity for $ACCELERATOR_TYPE in $ZONE after ${waited}s (--capacity-timeout $CAPACITY_TIMEOUT)"
+    echo "run.sh: no capacity for $TPU_NAME yet; trying again in ${pause}s (not counted as a retry)" >&2
+    run sleep "$pause"
+    waited=$((waited + pause))
+    pause=$((pause * 2 > CAPACITY_WAIT_MAX ? CAPACITY_WAIT_MAX : pause * 2))
+    ((pause > 0)) || pause=1
+  done
+  "$TPU_SCRIPTS_DIR/setup.sh"
+}
+
+# run_stage STAGE: run it; on failure wait, bring the slice back when it is not READY, and re-run. Failures are
+# counted since the stage last made progress (stage_progress), so long stages survive many preemptions.
 run_stage() {
-  local stage="$1" tries=0 state
+  local stage="$1" failures=0 state before after
   stage_command "$stage"
+  before="$(stage_progress "$stage")"
   until "${CMD[@]}"; do
-    tries=$((tries + 1))
-    ((tries <= MAX_RETRIES)) || die "stage $stage failed $tries times (--max-retries $MAX_RETRIES); giving up"
+    after="$(stage_progress "$stage")"
+    if [[ "$after" != "$before" ]]; then
+      ((failures == 0)) || echo "run.sh: stage $stage made progress before failing: retries refilled" >&2
+      failures=0
+      before="$after"
+    fi
+    failures=$((failures + 1))
+    ((failures <= MAX_RETRIES)) ||
+      give_up "stage $stage failed $failures times (--max-retries $MAX_RETRIES) without progress; giving up"
     state="$(tpu_state)"
-    echo "run.sh: stage $stage failed (TPU state: $state); retry $tries of $MAX_RETRIES in ${RETRY_WAIT}s" >&2
+    echo "run.sh: stage $stage failed (TPU state: $state); retry $failures of $MAX_RETRIES in ${RETRY_WAIT}s" >&2
     run sleep "$RETRY_WAIT"
     if [[ "$state" != READY ]]; then
-      recreate || echo "run.sh: re-creating $TPU_NAME failed; will retry" >&2
+      bring_back || echo "run.sh: bringing $TPU_NAME back failed; will retry" >&2
     fi
   done
 }
 
-if ((CREATE_FIRST)); then
-  "$TPU_SCRIPTS_DIR/create.sh"
-  "$TPU_SCRIPTS_DIR/setup.sh"
-fi
+# check_preemptible: a preemptible slice ends after 24 hours; refuse one for a distillation the recipe estimates
+# longer (its "~N TPU v4 chip-hours", scaled to this slice's chips and their peak), and recommend --spot.
+check_preemptible() {
+  ((TPU_PREEMPTIBLE)) && [[ ",$STAGES," == *,distill,* ]] || return 0
+  local chip_hours hours
+  if [[ -z "$DISTILL_CONFIG" || ! -f "$DISTILL_CONFIG" ]]; then
+    echo "run.sh: warning: --preemptible slices end after 24 hours, and there is no recipe estimate to check against" >&2
+    return 0
+  fi
+  chip_hours="$(grep -oE '~[0-9]+ TPU v4 chip-hours' "$DISTILL_CONFIG" | head -1 | tr -dc 0-9)" || true
+  [[ -n "$chip_hours" ]] || return 0
+  hours="$(awk -v c="$chip_hours" -v p="$(chip_tflops "$ACCELERATOR_TYPE")" -v n="$(slice_chips "$ACCELERATOR_TYPE")" \
+    'BEGIN { printf "%.0f", c * 275 / p / n }')"
+  ((hours <= 24)) || die "--preemptible: a preemptible slice ends after 24 hours, and $DISTILL_CONFIG estimates" \
+    "~$chip_hours v4 chip-hours, ~$hours h on a $ACCELERATOR_TYPE; use --spot (no run-time limit; run.sh resumes after preemptions)"
+}
+
 IFS=, read -r -a stage_list <<<"$STAGES"
 for stage in "${stage_list[@]}"; do
   stage_command "$stage"
 done
+check_preemptible
+if ((CREATE_FIRST)); then
+  bring_back fresh || give_up "creating or setting up $TPU_NAME failed"
+fi
+if ((!SKIP_PREFLIGHT)); then
+  preflight=("$TPU_SCRIPTS_DIR/preflight.sh")
+  [[ "$base" != gs://* ]] || preflight+=(--bucket "$base/preflight")
+  "${preflight[@]}" || give_up "preflight.sh found a problem (the table above says what and how to fix it)"
+fi
 for stage in "${stage_list[@]}"; do
   run_stage "$stage"
 done

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# On every worker: install this project with the `tpu` extra into a venv (from a git ref or a wheel),
-# optionally mount a gs:// bucket with gcsfuse for the stages' inputs and outputs, then check that every
-# host sees the whole slice (jax.device_count() == the slice's devices), failing otherwise.
+# On every worker: find or install a Python the package supports (the default v4 image ships 3.10; the package
+# needs 3.11 or 3.12), install this project with the `tpu` extra into a venv built with it (from a git ref or a
+# wheel), check with --bucket that every worker can write, read and delete objects in the bucket (the stages write
+# gs:// directly), optionally mount a bucket with gcsfuse for browsing (--mount-bucket: never an output path, since
+# gcsfuse cannot rename directories on a flat bucket), then check that every host sees the whole slice
+# (jax.device_count() == the slice's devices), failing otherwise.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-_USAGE="usage: setup.sh --name TPU --zone ZONE --accelerator-type v4-8 (--git-url URL [--git-ref REF] | --wheel FILE|URL) [--bucket B]"
+_USAGE="usage: setup.sh --name TPU --zone ZONE --accelerator-type v4-8 (--git-url URL [--git-ref REF] | --wheel FILE|URL) [--bucket gs://B]"
 common_opts
 opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type (sets the expected device count: v4-8 → 4, v4-32 → 16)" TPU_ACCELERATOR
 opt expected-devices EXPECTED_DEVICES value "" "override the expected jax.device_count()"
 opt git-url GIT_URL value "" "git repository of this project to install from"
 opt git-ref GIT_REF value main "branch, tag or commit of --git-url"
 opt wheel WHEEL value "" "instead of git: a local wheel file (copied to the workers), an https:// or gs:// URL"
-opt bucket BUCKET value "" "gs:// bucket to mount on every worker at $REMOTE_MOUNT_ROOT/BUCKET (gcsfuse)"
-opt python REMOTE_PYTHON value python3 "the workers' python used to create the venv"
+opt bucket BUCKET value "" "gs://BUCKET[/prefix] the stages will use: every worker must write, read and delete an object there"
+opt mount-bucket MOUNT_BUCKET value "" "also mount this bucket with gcsfuse at $REMOTE_MOUNT_ROOT/BUCKET for reading (never give a mount path as an output)"
+opt python REMOTE_PYTHON value python3 "the workers' Python for the venv; when it is not >= $PYTHON_MIN, < $PYTHON_BELOW, python3.11 is installed"
 parse_args "$@"
 require name zone
 [[ -n "$GIT_URL" || -n "$WHEEL" ]] || die "missing required setting: --git-url (GIT_URL) or --wheel (WHEEL)"
@@ -33,16 +37,29 @@ elif [[ "$WHEEL" == gs://* ]]; then
   spec="./$(basename "$WHEEL")[tpu]"
 else
   [[ -f "$WHEEL" ]] || die "--wheel $WHEEL (WHEEL): no such file"
+  check_ssh_agent
   run gcloud compute tpus tpu-vm scp "$WHEEL" "$TPU_NAME:" "${flags[@]}" --worker=all
   spec="./$(basename "$WHEEL")[tpu]"
 fi
-# python3-venv is not on every TPU VM image: installed when creating the venv fails
-ssh_workers all "set -e; [ -x $REMOTE_VENV/bin/python ] || $REMOTE_PYTHON -m venv $REMOTE_VENV || \
-{ sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && $REMOTE_PYTHON -m venv $REMOTE_VENV; }; \
-$REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q $(squote "$spec")"
+# A venv built by an earlier setup with another Python is rebuilt; python3.X-venv is not on every image, so it is
+# installed when creating the venv fails.
+venv_py="$REMOTE_VENV/bin/python"
+ssh_workers all "set -e; $(remote_python "$REMOTE_PYTHON")\
+if [ -x $venv_py ] && [ \"\$($venv_py -V 2>&1)\" != \"\$(\$py -V 2>&1)\" ]; then rm -rf $REMOTE_VENV; fi; \
+[ -x $venv_py ] || \$py -m venv $REMOTE_VENV || { rm -rf $REMOTE_VENV; \
+sudo apt-get update -qq && sudo apt-get install -y -qq \$(basename \$py)-venv && \$py -m venv $REMOTE_VENV; }; \
+$REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q $(squote "$spec")" ||
+  die "installing on $TPU_NAME failed on a worker (see its output above); exit 3 means no supported Python could be installed"
 
 if [[ -n "$BUCKET" ]]; then
-  bucket="${BUCKET#gs://}"
+  [[ "$BUCKET" == gs://* ]] || BUCKET="gs://$BUCKET"
+  ssh_workers all "JAX_PLATFORMS=cpu $REMOTE_VENV/bin/python -m distil_whisper_jax.preflight --write $(squote "$BUCKET")" ||
+    die "a worker of $TPU_NAME cannot write, read and delete objects in $BUCKET (FAIL rows above; the fix is in their last column)"
+fi
+
+if [[ -n "$MOUNT_BUCKET" ]]; then
+  bucket="${MOUNT_BUCKET#gs://}"
+  bucket="${bucket%%/*}"
   ssh_workers all "set -e; command -v gcsfuse >/dev/null || { \
 echo 'deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-'\$(lsb_release -cs)' main' \
 | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
