@@ -36,10 +36,20 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"  # sub-directory of the run's output_dir
 TOKENIZER = "tokenizer"  # sub-directory of output_dir holding the tokenizer + generation_config.json
 ITEMS = ("state", "data", "meta")
+# Orbax's marker of a finished step on gs:// (written last; a bucket has no directory rename to finalise with).
+COMMIT_MARKER = "commit_success.txt"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names it (and the previous good one when known)."""
+
+
+def _is_finished_step(d: storage.OutPath) -> bool:
+    """A finalised step directory: ``<step>/meta`` exists, and on gs:// (where Orbax writes in place and
+    marks the end with a file) its commit marker too; a half-written step is not one."""
+    if not (d.name.isdigit() and (d / "meta").is_dir()):
+        return False
+    return not str(d).startswith("gs://") or (d / COMMIT_MARKER).is_file()
 
 
 def checkpoint_root(path: str | os.PathLike) -> storage.OutPath:
@@ -55,9 +65,11 @@ def checkpoint_root(path: str | os.PathLike) -> storage.OutPath:
 def checkpoint_steps(root: str | os.PathLike) -> list[int]:
     """Finalised checkpoint steps under ``root`` (ascending); temporary, half-written ones are ignored."""
     root = storage.location(root)
+    if storage.is_remote(root):  # Orbax writes through tensorstore, past fsspec's cached listings: list afresh
+        root.fs.invalidate_cache()
     if not root.is_dir():
         return []
-    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and d.is_dir() and (d / "meta").is_dir())
+    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and _is_finished_step(d))
 
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
@@ -65,7 +77,7 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     p = storage.location(path)
     if not p.is_dir():
         return False
-    if p.name.isdigit() and (p / "meta").is_dir() and (p / "state").is_dir():
+    if _is_finished_step(p) and (p / "state").is_dir():
         return True
     return bool(checkpoint_steps(checkpoint_root(p)))
 
