@@ -454,7 +454,7 @@ def finish(r: Run) -> int:
 
 def _write_generation_config(student: Pretrained, path: Path) -> None:
     """The student's generation_config.json (kept from its directory, else built from its defaults)."""
-    src = Path(student.source) / "generation_config.json"
+    src = storage.location(student.source, "--model_name_or_path") / "generation_config.json"
     if src.is_file():
         gen = json.loads(src.read_text())
     else:

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from . import checkpoint, parallel, train_data
+from . import checkpoint, parallel, storage, train_data
 from . import train as core
 from .config import differences
 from .create_student import DISTIL_INFO
@@ -50,8 +50,8 @@ def check_writable(out: Path) -> None:
 def load_models(cfg: DistillConfig) -> Models:
     """Student, then its teacher (by default the one recorded in the student's distil_info.json), checked
     to be that teacher (weights digest) and compatible with the student."""
-    student = load_pretrained(cfg.model_name_or_path)
-    info_file = Path(student.source) / DISTIL_INFO
+    student = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
+    info_file = storage.location(student.source, "--model_name_or_path") / DISTIL_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     requested = cfg.teacher_model_name_or_path
     if requested is None and "teacher" in info:
@@ -64,7 +64,7 @@ def load_models(cfg: DistillConfig) -> Models:
                 f"the teacher recorded in {info_file} cannot be loaded here ({e}); pass --teacher_model_name_or_path"
             ) from None
     else:
-        teacher = load_pretrained(requested)
+        teacher = load_pretrained(requested, "--teacher_model_name_or_path")
     digest = params_digest(teacher.params)
     if info.get("teacher_sha256") not in (None, digest):
         msg = (

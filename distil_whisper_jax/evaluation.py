@@ -173,13 +173,13 @@ def setup(cfg: EvalConfig) -> Setup:
         if cfg.num_local_devices > len(devices):
             raise ValueError(f"--num_local_devices {cfg.num_local_devices}: only {len(devices)} available")
         devices = devices[: cfg.num_local_devices]
-    pre = load_pretrained(cfg.model_name_or_path)
+    pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
     languages = languages_of.per_source(cfg.language, len(sources))
     model = f"the model {pre.source}"
     languages_of.check_model(special_tokens(pre.tokenizer), languages, cfg.language_column_name, model)
     assistant = None
     if cfg.assistant_model_name_or_path is not None:
-        assistant = load_pretrained(cfg.assistant_model_name_or_path)
+        assistant = load_pretrained(cfg.assistant_model_name_or_path, "--assistant_model_name_or_path")
     dec = decoder(
         pre,
         cfg.per_device_eval_batch_size * (1 if assistant is not None else len(devices)),  # speculative: 1 device

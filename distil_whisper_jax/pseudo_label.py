@@ -117,7 +117,7 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     if storage.is_remote(out):
         storage.check_writable(out, "--output_dir")
     sources, columns = _open_data(cfg)
-    pre = load_pretrained(cfg.model_name_or_path)
+    pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
     window = pre.config.input_seconds
     if cfg.max_duration_in_seconds > window:
         raise data.DataConfigError(

@@ -41,7 +41,8 @@ def _scheme_errors(name: str, flag: str) -> Iterator[None]:
     try:
         yield
     except ImportError as e:
-        raise ValueError(f"{what}: this URL needs a package that is not installed ({e})") from None
+        extra = ' (pip install "distil-whisper-jax[gcs]")' if name.startswith(("gs://", "gcs://")) else ""
+        raise ValueError(f"{what}: this URL needs a package that is not installed ({e}){extra}") from None
     except ValueError as e:
         raise ValueError(f"{what}: not a URL fsspec knows ({e})") from None
 

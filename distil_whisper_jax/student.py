@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
 from .convert.hf import hf_generation_config
 from .model import WhisperConfig
 from .models import DEFAULT_MODEL, Pretrained, default_model_dir
@@ -120,10 +121,10 @@ def params_digest(params: Mapping) -> str:
 
 def teacher_reference(requested: str | os.PathLike | None, source: str) -> str:
     """How to find this teacher again on another machine: the bundled name for the bundled tiny.en, the
-    hub id when it came from the hub, else the absolute path."""
-    if requested is None or Path(source).absolute() == _bundled_dir():
+    hub id or URL it was loaded from (not the local copy of a fetched URL), else the absolute path."""
+    if requested is None or not storage.is_url(source) and Path(source).absolute() == _bundled_dir():
         return DEFAULT_MODEL
-    if is_hub_id(requested):
+    if is_hub_id(requested) or storage.is_url(requested):
         return str(requested)
     return str(Path(source).absolute())
 
