@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
+from . import storage
 from .config import flag
 from .convert import tree_equal
 from .convert.hf import write_hf_dir
-from .model import count_params
+from .model import WhisperConfig, count_params
 from .models import Pretrained, load_pretrained
 from .student import make_student, params_digest, student_generation_config, teacher_reference
 from .utils import atomic_write
@@ -31,17 +33,19 @@ DISTIL_INFO = "distil_info.json"
 class CreateStudentConfig:
     """Flags of ``distil-whisper-create-student``."""
 
-    output_dir: str = flag(help="where to write the student (transformers format)")
+    output_dir: str = flag(help="where to write the student (transformers format): a directory or a bucket URL")
     teacher_model_name_or_path: str | None = flag(
-        None, "teacher checkpoint (transformers dir, CTranslate2 dir, openai .pt, hub id); default: the bundled tiny.en"
+        None,
+        "teacher checkpoint (transformers dir, CTranslate2 dir, openai .pt, hub id, or any of these as a bucket URL); "
+        "default: the bundled tiny.en",
     )
     decoder_layers: int = flag(2, "student decoder layers (2 → teacher's first and last)")
     encoder_layers: int | None = flag(None, "student encoder layers (default: all)")
     max_source_positions: int | None = flag(None, "shorter encoder context (e.g. 750 = 15 s); default: the teacher's")
 
 
-def run(cfg: CreateStudentConfig) -> Path:
-    """Create the student ``cfg`` describes; returns its directory."""
+def run(cfg: CreateStudentConfig) -> storage.OutPath:
+    """Create the student ``cfg`` describes; returns its directory (local, or the bucket URL's location)."""
     return create_student(
         cfg.teacher_model_name_or_path, cfg.output_dir, cfg.decoder_layers, cfg.encoder_layers, cfg.max_source_positions
     )
@@ -49,16 +53,47 @@ def run(cfg: CreateStudentConfig) -> Path:
 
 def create_student(
     teacher: str | Pretrained | None,
-    output_dir: str | Path,
+    output_dir: str | os.PathLike,
     decoder_layers: int,
     encoder_layers: int | None = None,
     max_source_positions: int | None = None,
-) -> Path:
-    """Slice ``teacher`` (any loadable checkpoint; None = bundled tiny.en) into a student saved at ``output_dir``."""
-    pre = teacher if isinstance(teacher, Pretrained) else load_pretrained(teacher)
+) -> storage.OutPath:
+    """Slice ``teacher`` (any loadable checkpoint; None = bundled tiny.en) into a student saved at ``output_dir``.
+
+    A bucket URL is checked to be writable before the teacher loads; the student is then written and its
+    reload verified in a local directory, and uploaded whole once it passed (nothing partial reaches the
+    bucket, nothing is renamed there)."""
+    dest = storage.location(output_dir, "--output_dir")
+    if storage.is_remote(dest):
+        storage.check_writable(dest, "--output_dir")
+    if isinstance(teacher, Pretrained):
+        pre = teacher
+    else:
+        pre = load_pretrained(teacher, "--teacher_model_name_or_path")
     requested = pre.source if isinstance(teacher, Pretrained) else teacher
     config, params, maps = make_student(pre.config, pre.params, decoder_layers, encoder_layers, max_source_positions)
-    out = Path(output_dir)
+    with storage.staged_dir(dest) as out:
+        _write_student(out, pre, requested, config, params, maps)
+    n_t, n_s = count_params(pre.params), count_params(params)
+    log.info(
+        "student: %d decoder layers (teacher layers %s), %s encoder; %.1fM params = %.0f%% of the teacher's "
+        "%.1fM; saved to %s",
+        decoder_layers,
+        maps["decoder_layer_map"],
+        "whole" if maps["encoder_layer_map"] is None else f"layers {maps['encoder_layer_map']} of the",
+        n_s / 1e6,
+        100 * n_s / n_t,
+        n_t / 1e6,
+        dest,
+    )
+    return dest
+
+
+def _write_student(
+    out: Path, pre: Pretrained, requested: str | os.PathLike | None, config: WhisperConfig, params: dict, maps: dict
+) -> None:
+    """The student's transformers directory and ``distil_info.json`` in the local ``out``, reloaded to check
+    that it is exactly the slice (what every later stage will load)."""
     write_hf_dir(
         out,
         config,
@@ -76,20 +111,6 @@ def create_student(
     }
     with atomic_write(out / DISTIL_INFO, "w") as f:
         json.dump(info, f, indent=2)
-
-    back = load_pretrained(out)  # what every later stage will load: must be exactly the slice
+    back = load_pretrained(out)
     if back.config != config or not tree_equal(back.params, params):
         raise RuntimeError(f"{out}: the saved student does not reload identically")
-    n_t, n_s = count_params(pre.params), count_params(params)
-    log.info(
-        "student: %d decoder layers (teacher layers %s), %s encoder; %.1fM params = %.0f%% of the teacher's "
-        "%.1fM; saved to %s",
-        decoder_layers,
-        maps["decoder_layer_map"],
-        "whole" if maps["encoder_layer_map"] is None else f"layers {maps['encoder_layer_map']} of the",
-        n_s / 1e6,
-        100 * n_s / n_t,
-        n_t / 1e6,
-        out,
-    )
-    return out
