@@ -96,3 +96,32 @@ def multilingual_base_dir():
     from distil_whisper_jax.models import multilingual_base_dir
 
     return multilingual_base_dir()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """A Google Cloud Storage API server on 127.0.0.1, one per session (``tests/gcs_emulator.py``)."""
+    from tests import gcs_emulator
+
+    d = tmp_path_factory.mktemp("gcs_emulator")
+    server = gcs_emulator.start(d / "data", d / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gcs(gcs_server, monkeypatch, tmp_path):
+    """gs:// served by the emulator for this test and its subprocesses (their environment is inherited), through
+    the real gcsfs and tensorstore; models fetched from URLs are cached under ``tmp_path/cache``; and directory
+    renames are refused on gs:// and under the server's object store, as gcsfuse refuses them on a flat bucket
+    (``tests/rename_guard.py``)."""
+    from tests import gcs_emulator, rename_guard
+
+    for name, value in gcs_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    gcs_emulator.use_gcsfs()
+    for obj, name, value in rename_guard.patches([gcs_server.root]):
+        monkeypatch.setattr(obj, name, value)
+    yield gcs_server
+    gcs_emulator.use_gcsfs()  # forget instances that hold this test's settings
