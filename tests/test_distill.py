@@ -496,7 +496,8 @@ def test_bucket_output_dir_gets_every_output_and_orbax_gets_the_url(
     """``--output_dir gs://...`` on a GCS stand-in that runs here: the tokenizer, metrics, curves, event files
     and the final ``hf/`` reach the bucket through fsspec, and Orbax is handed the checkpoint URL unchanged
     (it writes gs:// with its own tensorstore driver, which cannot run here: the spy below lets it write
-    where the stand-in keeps the bucket). A bucket that does not exist fails before any training."""
+    where the stand-in keeps the bucket). A bucket that does not exist fails before any training. Orbax's own
+    gs:// writes, and resuming from them, are tested against a GCS API server in test_bucket_emulator.py."""
     from distil_whisper_jax import checkpoint
     from distil_whisper_jax.distill import run
 
@@ -522,14 +523,12 @@ def test_bucket_output_dir_gets_every_output_and_orbax_gets_the_url(
     assert any(k.startswith("runs/") for k in written)
     steps = [json.loads(ln)["step"] for ln in (bucket / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == list(range(1, 9))
-    resumed = _cfg(small_models, labelled, "gs://bucket/run", max_steps=9, allow_resume_changes=True)
-    assert run(resumed) == 0  # resumes from the checkpoint in the bucket
-    steps = [json.loads(ln)["step"] for ln in (bucket / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [s for s in steps if s] == list(range(1, 10))
+    # Resuming from the bucket needs Orbax's own gs:// layout (a commit marker per step, which the spy's local
+    # checkpoints lack): tests/test_bucket_emulator.py resumes on a real GCS API server instead.
     with pytest.raises(ValueError, match="--output_dir gs://nobucket/run: cannot write there"):
         run(_cfg(small_models, labelled, "gs://nobucket/run"))
     runs = [d for d in handed if isinstance(d, str)]  # the others: this test's own local reads
-    assert runs == ["gs://bucket/run/checkpoints"] * 2
+    assert runs == ["gs://bucket/run/checkpoints"]
 
 
 def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, tmp_path, caplog):
