@@ -19,6 +19,7 @@ import importlib.metadata
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import checkpoint, storage
+from .assets import speech_manifest
 
 PYTHON_MIN, PYTHON_BELOW = (3, 11), (3, 13)  # pyproject.toml's requires-python
 MIN_FREE_GB = 20.0
@@ -131,8 +133,6 @@ def check_readable(url: str) -> Row:
 
 
 def _distill_argv(student: Path, out: str, steps: int, distributed: bool) -> list[str]:
-    from .assets import speech_manifest
-
     argv = [sys.executable, "-m", "distil_whisper_jax.cli.distill", "--model_name_or_path", str(student)]
     argv += ["--train_dataset_name", str(speech_manifest("train")), "--train_text_column_name", "text"]
     argv += ["--output_dir", out, "--max_steps", str(steps), "--save_steps", "1", "--save_total_limit", "2"]
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", nargs="*", default=[], help="only check that these output URLs are writable")
     parser.add_argument("--read", nargs="*", default=[], help="... and that these input URLs exist")
     args = parser.parse_args(argv)
-    host = __import__("socket").gethostname()
+    host = socket.gethostname()
     if args.write or args.read:  # the stage scripts' check of a stage's buckets, before the stage
         rows = [check_bucket(u, host) for u in args.write] + [check_readable(u) for u in args.read]
         for r in rows:

@@ -391,17 +391,34 @@ def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker_unc
     ]
 
 
-def test_a_stage_whose_bucket_a_worker_cannot_use_fails_before_it_starts(fake):
-    """The check runs the package's own probe on the worker (here: this machine, where no gs:// file system
-    is installed, so the bucket is unreachable); it names the URL and the stage never starts."""
-    res = fake.run(
-        "label.sh", *TPU, "--output-dir", "gs://no-such-bucket/lab", "--", "--dataset_name", "/data/x",
-        REMOTE_VENV=sys.prefix, FAKE_SSH_EXEC="1",
-    )  # fmt: skip
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "PREFLIGHT\tbucket\tFAIL\tgs://no-such-bucket/lab" in res.stdout
-    assert "cannot use gs://no-such-bucket/lab" in res.stderr
-    assert not any("bin/distil-whisper-pseudo-label" in c[-1] for c in fake.calls())
+def test_a_stage_checks_its_buckets_from_the_worker_and_refuses_one_it_cannot_use(fake, gcs):
+    """The check runs the package's own probe on the worker (here: this machine, against a GCS API server on
+    127.0.0.1): a writable output and an existing input pass and the stage starts with the URLs unchanged; an
+    output in a bucket that does not exist, or a missing input, is named and the stage never starts."""
+    venv = _fake_venv(fake.tmp, 4)
+    # the probe runs with the real package; the stage is the recording stand-in
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    gcs_env = {**gcs.env(), "REMOTE_VENV": str(venv), "FAKE_SSH_EXEC": "1", "JAX_PLATFORMS": "cpu"}
+    from distil_whisper_jax import storage
+
+    storage.location("gs://bucket/data/part-0.parquet").write_bytes(b"PAR1")  # through the server's API
+    args = ("--output-dir", "gs://bucket/lab", "--", "--dataset_name", "gs://bucket/data")
+    res = fake.run("label.sh", *TPU, *args, **gcs_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "PREFLIGHT\tbucket\tPASS\twrote, read back and deleted an object under gs://bucket/lab" in res.stdout
+    assert "PREFLIGHT\tinput\tPASS\tgs://bucket/data: found" in res.stdout
+    assert json.loads(res.stdout.splitlines()[-1])[1:] == [
+        "--jax_distributed", "--output_dir", "gs://bucket/lab", "--dataset_name", "gs://bucket/data",
+    ]  # fmt: skip
+    n = len(fake.calls())
+    for out, data, named in [
+        ("gs://no-such-bucket/lab", "gs://bucket/data", "PREFLIGHT\tbucket\tFAIL\tgs://no-such-bucket/lab"),
+        ("gs://bucket/lab", "gs://bucket/nothing", "PREFLIGHT\tinput\tFAIL\tgs://bucket/nothing: no such object"),
+    ]:
+        res = fake.run("label.sh", *TPU, "--output-dir", out, "--", "--dataset_name", data, **gcs_env)
+        assert res.returncode == 2 and named in res.stdout, res.stdout + res.stderr
+        assert f"a worker of t1 cannot use {out} {data}" in res.stderr
+    assert not any("bin/distil-whisper-pseudo-label" in c[-1] for c in fake.calls()[n:])
 
 
 def test_pods_need_the_ssh_agent_before_any_call_to_all_workers(fake):
@@ -562,22 +579,23 @@ def test_preflight_prints_one_table_of_every_worker_and_fails_on_any_fail_row(fa
     assert res.returncode == 2 and re.search(r"python\s+0\s+FAIL\s+.*no venv at .*run tpu_scripts/setup.sh", res.stdout)
 
 
-def test_preflight_for_real_checkpoints_to_the_bucket_is_stopped_and_resumes(fake, tmp_path):
-    """preflight.sh with the package's own checks on this machine as the one worker: versions, devices, disk, the
-    bucket (a local directory here: the emulated-bucket tests are tests/test_bucket_*.py), and the distillation
-    stopped by SIGTERM after its first checkpoint and resumed from it to the end."""
-    bucket = tmp_path / "bucket"
-    bucket.mkdir()
+def test_preflight_for_real_checkpoints_to_the_bucket_is_stopped_and_resumes(fake, gcs):
+    """preflight.sh with the package's own checks on this machine as the one worker and a GCS API server on
+    127.0.0.1 as the bucket (Orbax writes it through tensorstore, the rest through gcsfs): versions, devices,
+    disk, the bucket, and the distillation stopped by SIGTERM after its first checkpoint on the bucket and resumed
+    from it to the end."""
     res = fake.run(
-        "preflight.sh", *TPU, "--bucket", str(bucket), "--min-free-gb", "1", "--expected-devices", "1",
-        REMOTE_VENV=sys.prefix, FAKE_SSH_EXEC="1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", timeout=900,
+        "preflight.sh", *TPU, "--bucket", "gs://bucket/preflight", "--min-free-gb", "1", "--expected-devices", "1",
+        REMOTE_VENV=sys.prefix, FAKE_SSH_EXEC="1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", XLA_FLAGS="",
+        timeout=900, **gcs.env(),
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr
     table = res.stdout[res.stdout.index("check ") :]
     for check in ("python", "packages", "devices", "disk", "bucket", "resume"):
         assert re.search(rf"^{check}\s+0\s+PASS", table, re.M), table
     assert re.search(r"resume\s+0\s+PASS\s+stopped by SIGTERM after checkpoint \d+ .* resumed at step [1-9]", table)
-    assert list(bucket.iterdir()) == []  # the check's objects are removed when it passed
+    left = [p for p in (gcs.root / "bucket").rglob("*") if p.is_file() and "preflight" in str(p)]
+    assert left == []  # the check's objects are removed when it passed
 
 
 # ----------------------------------------------------------------------------------------------------------------

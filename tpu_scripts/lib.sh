@@ -160,34 +160,31 @@ ssh_workers() {
     --ssh-flag=-oServerAliveInterval=60 --ssh-flag=-oServerAliveCountMax=5 --command="$command"
 }
 
-# tpu_state: the TPU VM's state (READY, PREEMPTED, CREATING, ...), or NOT_FOUND when describe fails.
-# Under --dry-run it prints the command and answers READY.
-tpu_state() {
+# describe_state KIND FIELD DRY_ANSWER: gcloud's describe of the slice (KIND tpu-vm) or its queued resource (KIND
+# queued-resources), the value of FIELD, or NOT_FOUND when describe fails. Under --dry-run it prints the command
+# and answers DRY_ANSWER.
+describe_state() {
   local flags state
   mapfile -t flags < <(tpu_flags)
   if ((DRY_RUN)); then
-    run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${flags[@]}" --format='value(state)' >&2
-    echo READY
+    run gcloud compute tpus "$1" describe "$TPU_NAME" "${flags[@]}" --format="value($2)" >&2
+    echo "$3"
     return 0
   fi
-  state="$(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${flags[@]}" --format='value(state)' 2>/dev/null)" ||
+  state="$(gcloud compute tpus "$1" describe "$TPU_NAME" "${flags[@]}" --format="value($2)" 2>/dev/null)" ||
     state=NOT_FOUND
   echo "${state:-NOT_FOUND}"
 }
 
+# tpu_state: the TPU VM's state (READY, PREEMPTED, CREATING, ...), or NOT_FOUND; READY under --dry-run.
+tpu_state() {
+  describe_state tpu-vm state READY
+}
+
 # queued_state: the queued resource's state (WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDED, FAILED, ...),
-# or NOT_FOUND when describe fails. Under --dry-run it prints the command and answers NOT_FOUND.
+# or NOT_FOUND; NOT_FOUND under --dry-run.
 queued_state() {
-  local flags state
-  mapfile -t flags < <(tpu_flags)
-  if ((DRY_RUN)); then
-    run gcloud compute tpus queued-resources describe "$TPU_NAME" "${flags[@]}" --format='value(state.state)' >&2
-    echo NOT_FOUND
-    return 0
-  fi
-  state="$(gcloud compute tpus queued-resources describe "$TPU_NAME" "${flags[@]}" --format='value(state.state)' 2>/dev/null)" ||
-    state=NOT_FOUND
-  echo "${state:-NOT_FOUND}"
+  describe_state queued-resources state.state NOT_FOUND
 }
 
 # The Pythons the package supports (pyproject.toml's requires-python; a test keeps the two equal).
