@@ -24,22 +24,8 @@ from .test_distill import REPO, _env, _max_diff, small_config
 # 2-layer student, and a labelled dataset of the bundled clips
 small_models, labelled, tok = test_distill.small_models, test_distill.labelled, test_distill.tok
 
-JAX_CACHE = None  # set by the module fixture: the runs of this module share compiled programs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """``--compilation_cache`` sets jax's global persistent-cache config; restore it after this module."""
-    import jax
-
-    global JAX_CACHE
-    JAX_CACHE = tmp_path_factory.mktemp("jax_cache")
-    saved = {
-        k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    }
-    yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
+# the module fixture that gives this module's runs one compilation cache (test_distill.JAX_CACHE)
+_compilation_cache = test_distill._compilation_cache
 
 
 def _upload(local: Path, url: str) -> None:
@@ -69,7 +55,7 @@ def _flags(student: str, out: str, labelled: Path, max_steps: int, **extra) -> d
         "disable_tqdm": True,
         "freeze_encoder": True,
         "compilation_cache": True,
-        "cache_dir": str(JAX_CACHE),
+        "cache_dir": str(test_distill.JAX_CACHE),
         **extra,
     }
 
