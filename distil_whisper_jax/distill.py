@@ -7,7 +7,9 @@
 student, open the labelled data, build the optimizer and train state, resume from ``O/checkpoints``),
 ``loop`` (batch → step → NaN check → log → evaluate → checkpoint, until ``--max_steps``), ``finish`` (the
 student as a transformers directory at ``O/hf/`` with ``distil_info.json``, and the training curves).
-On SIGTERM (TPU preemption) the current step is checkpointed before exiting; a non-finite loss stops the
+On SIGTERM (TPU preemption) the current step is checkpointed before exiting; with several processes (a pod),
+JAX's preemption service catches the signal on whichever hosts get it and every process stops after the same
+step, so none is left waiting in a collective for the others; a non-finite loss stops the
 run naming the step and its examples, keeping the last good checkpoint; a failed write names the path
 and the cause and keeps the last good checkpoint.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from . import checkpoint, eval_data, parallel, row_language, storage, train_data
@@ -94,7 +97,12 @@ def run(cfg: DistillConfig) -> int:
     Bad input (flags, data, models, checkpoints) raises ``ValueError`` before training starts."""
     cfg.validate()
     r = setup(cfg)
-    old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(r, "stop_signal", signum))
+    # One process notes SIGTERM itself. Several leave it to JAX's preemption service (started by
+    # jax.distributed.initialize): a Python handler would replace its handler, and hosts that each stopped on
+    # their own would stop at different steps (see _preempted).
+    old_handler = None
+    if jax.process_count() == 1:
+        old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(r, "stop_signal", signum))
     try:
         code = loop(r)
         log.info("process %d decoded the audio of %d training examples", jax.process_index(), r.batcher.decoded)
@@ -109,7 +117,8 @@ def run(cfg: DistillConfig) -> int:
         _report_write_error(r, e)
         code = EXIT_SAVE_FAILED
     finally:
-        signal.signal(signal.SIGTERM, old_handler)
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         r.logger.close()
         r.manager.close()
     return code or finish(r)
@@ -358,6 +367,8 @@ def loop(r: Run) -> int:
             examples = r.stream.next_batch(r.global_batch)
             r.state, metrics = r.step_fn(r.state, r.teacher_params, r.batcher(examples[local]))
             r.step += 1
+            if _preempted(r):
+                r.stop_signal = signal.SIGTERM
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 _report_nan(r, loss, examples)
@@ -375,6 +386,13 @@ def loop(r: Run) -> int:
         return 0
     finally:
         bar.close()
+
+
+def _preempted(r: Run) -> bool:
+    """With several processes: True on every process at the same step once any host got a preemption notice
+    (SIGTERM). JAX's service agrees on a step after the latest one any host has reached, so all save that step
+    together and exit; it must be asked after every step, which this is."""
+    return jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(r.step)
 
 
 def _log_train(r: Run, metrics: dict) -> None:
