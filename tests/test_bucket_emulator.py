@@ -9,16 +9,14 @@ behave like the emulator (none was used)."""
 
 import json
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from . import gcs_emulator, rename_guard, test_distill
-from .test_distill import REPO, _env, _max_diff, small_config
+from .test_distill import _max_diff, small_config
 
 # test_distill's fixtures (module-scoped, so made again for this module): the small random teacher and its
 # 2-layer student, and a labelled dataset of the bundled clips
@@ -230,27 +228,12 @@ def test_sigterm_checkpoints_to_the_bucket_and_the_run_resumes_from_it(gcs, smal
     assert run(DistillConfig(**_flags(str(student), str(tmp_path / "ref"), labelled, max_steps=3))) == 0
     url = "gs://bucket/preempt/run"
     flags = _flags(str(student), url, labelled, max_steps=3)
-    p = subprocess.Popen(
-        [sys.executable, "-c", PREEMPTED_IN_STEP_2, str(gcs.root), *_argv(flags)],
-        env=_env(),
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
+    committed = gcs.object_path(f"{url}/checkpoints/1/commit_success.txt")
+    code, text = test_distill._run_until(
+        _argv(flags), 2, signal.SIGTERM, committed.is_file, ("-c", PREEMPTED_IN_STEP_2, str(gcs.root)), wait=120
     )
-    lines = []
-    for line in p.stderr:
-        lines.append(line)
-        if "step 2: loss" in line:
-            deadline = time.monotonic() + 120
-            while not gcs.object_path(f"{url}/checkpoints/1/commit_success.txt").is_file():
-                assert time.monotonic() < deadline, "checkpoint 1 never reached the bucket"
-                time.sleep(0.05)
-            p.send_signal(signal.SIGTERM)
-            break
-    _, rest = p.communicate(timeout=300)
-    text = "".join(lines) + rest
-    assert p.returncode == EXIT_PREEMPTED, text[-3000:]
+    assert committed.is_file(), "checkpoint 1 never reached the bucket"
+    assert code == EXIT_PREEMPTED, text[-3000:]
     assert "SIGTERM: saved a checkpoint at step 2" in text
     gcs_emulator.use_gcsfs()  # no listing cached before the subprocess wrote
     assert checkpoint_steps(f"{url}/checkpoints") == [1, 2]

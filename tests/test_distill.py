@@ -374,11 +374,11 @@ def _max_diff(a, b):
     )
 
 
-def _run_until(argv, step, sig, ready=lambda: True):
-    """Start a training subprocess, send ``sig`` once it logged ``step`` and ``ready()`` holds (waited for up
-    to 60 s); returns (returncode, log)."""
+def _run_until(argv, step, sig, ready=lambda: True, command=("-m", "distil_whisper_jax.cli.distill"), wait=60.0):
+    """Start a training subprocess (``python COMMAND ARGV``), send ``sig`` once it logged ``step`` and
+    ``ready()`` holds (waited for up to ``wait`` s); returns (returncode, log)."""
     p = subprocess.Popen(
-        [sys.executable, "-m", "distil_whisper_jax.cli.distill", *argv],
+        [sys.executable, *command, *argv],
         env=_env(),
         cwd=REPO,
         stderr=subprocess.PIPE,
@@ -389,12 +389,12 @@ def _run_until(argv, step, sig, ready=lambda: True):
     for line in p.stderr:
         lines.append(line)
         if f"step {step}: loss" in line:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + wait
             while not ready() and time.monotonic() < deadline:
                 time.sleep(0.05)
             p.send_signal(sig)
             break
-    _, rest = p.communicate(timeout=120)
+    _, rest = p.communicate(timeout=300)
     return p.wait(), "".join(lines) + (rest or "")
 
 

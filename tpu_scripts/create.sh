@@ -10,11 +10,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 _USAGE="usage: create.sh --name TPU --zone ZONE --accelerator-type v4-8 [--version RUNTIME] [--spot|--preemptible] [--queued]"
 common_opts
-opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type: v4-8 (4 chips), v4-32 (16 chips), v5litepod-16, v5p-8, v6e-8, ..." TPU_ACCELERATOR
-opt version RUNTIME_VERSION value "" "TPU VM runtime (software) version (default: the generation's, see above)" TPU_RUNTIME
-opt spot TPU_SPOT bool 0 "spot capacity (cheaper, may be preempted at any time, no run-time limit)"
-opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (the older form of --spot; ends after 24 hours)"
-opt queued TPU_QUEUED bool 0 "create a queued resource (gcloud compute tpus queued-resources) instead"
+slice_opts
 opt wait-timeout TPU_WAIT_TIMEOUT value "" "seconds to wait for READY (default 3600; with --queued no limit: a queued resource waits for capacity)"
 opt poll-interval TPU_POLL_INTERVAL value 30 "seconds between state checks"
 parse_args "$@"

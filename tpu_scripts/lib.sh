@@ -38,6 +38,15 @@ common_opts() {
   opt dry-run DRY_RUN bool 0 "print every command this would run, in order, and run none"
 }
 
+# slice_opts: the flags that say what slice to create (create.sh, and run.sh, which passes them on).
+slice_opts() {
+  opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type: v4-8 (4 chips), v4-32 (16 chips), v5litepod-16, v5p-8, v6e-8, ..." TPU_ACCELERATOR
+  opt version RUNTIME_VERSION value "" "TPU VM runtime (software) version (default: the generation's: tpu-ubuntu2204-base for v2-v4, v2-alpha-tpuv5-lite, v2-alpha-tpuv5, v2-alpha-tpuv6e)" TPU_RUNTIME
+  opt spot TPU_SPOT bool 0 "spot capacity (cheaper, may be preempted at any time, no run-time limit: the choice for a recipe of days)"
+  opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (the older form of --spot; ends after 24 hours: run.sh refuses it for a longer recipe)"
+  opt queued TPU_QUEUED bool 0 "a queued resource (gcloud compute tpus queued-resources): waits in line for capacity"
+}
+
 usage() {
   printf '%s\n\nFlags (each also read from the environment variable shown):\n' "$_USAGE"
   local name

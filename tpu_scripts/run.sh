@@ -14,11 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 _USAGE="usage: run.sh --name TPU --zone ZONE --accelerator-type v4-8 --git-url URL --bucket B --output-dir gs://B/exp \\
     --recipe tpu_scripts/recipes/distil-large-v2 --dataset D --eval-dataset H [--stages label,distill,...]"
 common_opts
-opt accelerator-type ACCELERATOR_TYPE value v4-8 "slice type (for create.sh and setup.sh)" TPU_ACCELERATOR
-opt version RUNTIME_VERSION value "" "TPU VM runtime version (create.sh; default: the generation's)" TPU_RUNTIME
-opt spot TPU_SPOT bool 0 "spot capacity (create.sh; no run-time limit: the choice for a recipe of days)"
-opt preemptible TPU_PREEMPTIBLE bool 0 "preemptible capacity (create.sh; ends after 24 h: refused when the recipe's estimate is longer)"
-opt queued TPU_QUEUED bool 0 "queued resource (create.sh, delete.sh)"
+slice_opts
 opt git-url GIT_URL value "" "install from this git repository (setup.sh)"
 opt git-ref GIT_REF value main "git ref (setup.sh)"
 opt wheel WHEEL value "" "install this wheel instead (setup.sh)"
