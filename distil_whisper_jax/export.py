@@ -1,4 +1,5 @@
-"""Export a checkpoint to 🤗 transformers, openai-whisper and whisper.cpp, and verify each in its runtime.
+"""Export a checkpoint to 🤗 transformers, openai-whisper, whisper.cpp and faster-whisper (CTranslate2), and
+verify each in its runtime.
 
     python -m distil_whisper_jax.export --model PATH_OR_HUB_ID --formats hf,openai,ggml,ggml-q8_0 \\
         --output_dir E [--dtype float16|float32] [--no-verify] [--overwrite]
@@ -6,7 +7,8 @@
 Writes ``E/hf/`` (transformers directory with a model card), ``E/original-model.bin`` (openai-whisper,
 fp16), ``E/ggml-model.bin`` (whisper.cpp f16) and ``E/ggml-model-<type>.bin`` for each quantized whisper.cpp
 format asked for (``ggml-q8_0``, ``ggml-q5_1``, ``ggml-q5_0``, ``ggml-q4_1``, ``ggml-q4_0``; the default
-``--formats`` leaves out the 4/5-bit ones). Without ``--model`` it
+``--formats`` leaves out the 4/5-bit ones), and ``E/ct2/``, ``E/ct2-float16/``, ``E/ct2-int8/`` (faster-whisper
+model directories, the ``ct2`` extra; asked for by name only). Without ``--model`` it
 exports the bundled tiny.en. Architecture constraints of every requested format, existing outputs (refused
 unless ``--overwrite``) and the writability of ``E`` are checked before anything is written; each output is
 written to a temp name and renamed, and temporaries a killed export left behind are removed at start.
@@ -32,6 +34,7 @@ import numpy as np
 
 from . import config as config_lib
 from . import storage
+from .convert import ct2 as ct2_format
 from .convert import ggml as ggml_format
 from .convert import hf as hf_format
 from .convert import openai as openai_format
@@ -45,27 +48,40 @@ from .utils import atomic_write, check_writable_dir, remove_stale_temporaries, w
 log = logging.getLogger(__name__)
 
 GGML_QUANT_FORMATS = tuple(f"ggml-{q}" for q in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0"))
-FORMATS = ("hf", "openai", "ggml", *GGML_QUANT_FORMATS)  # every format --formats accepts
+CT2_FORMATS = tuple(ct2_format.QUANTIZATIONS)  # ct2 (float32), ct2-float16, ct2-int8
+FORMATS = ("hf", "openai", "ggml", *GGML_QUANT_FORMATS, *CT2_FORMATS)  # every format --formats accepts
 DEFAULT_FORMATS = ("hf", "openai", "ggml", "ggml-q8_0")
-OUTPUT_NAMES = {"hf": "hf", "openai": "original-model.bin", "ggml": "ggml-model.bin"} | {
-    f: f"ggml-model-{f.removeprefix('ggml-')}.bin" for f in GGML_QUANT_FORMATS
-}
+OUTPUT_NAMES = (
+    {"hf": "hf", "openai": "original-model.bin", "ggml": "ggml-model.bin"}
+    | {f: f"ggml-model-{f.removeprefix('ggml-')}.bin" for f in GGML_QUANT_FORMATS}
+    | {f: f for f in CT2_FORMATS}
+)
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Temp names of the writers below (``atomic_write`` files, ``_atomic_dir`` folders), for stale clean-up.
-TEMPORARIES = (".hf.tmp-*", ".hf.old-*", ".original-model.bin.*.tmp", ".ggml-model*.bin.*.tmp")
+TEMPORARIES = (
+    ".hf.tmp-*",
+    ".hf.old-*",
+    ".ct2*.tmp-*",
+    ".ct2*.old-*",
+    ".original-model.bin.*.tmp",
+    ".ggml-model*.bin.*.tmp",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """What to export, where, and whether to verify it in the real runtimes."""
 
-    output_dir: str = config_lib.flag(help="where to write hf/, original-model.bin, ggml-model*.bin")
+    output_dir: str = config_lib.flag(help="where to write hf/, original-model.bin, ggml-model*.bin, ct2*/")
     model: str | None = config_lib.flag(
         None,
         "Orbax checkpoint dir, transformers or CTranslate2 dir, openai or ggml file, or hub id; "
         "default: the bundled tiny.en",
     )
-    formats: str = config_lib.flag(",".join(DEFAULT_FORMATS), "comma-separated subset of " + ",".join(FORMATS))
+    formats: str = config_lib.flag(
+        ",".join(DEFAULT_FORMATS),
+        "comma-separated subset of " + ",".join(FORMATS) + " (ct2*: faster-whisper directories, the ct2 extra)",
+    )
     dtype: Literal["float16", "float32"] = config_lib.flag(
         "float32", "dtype of hf/model.safetensors (openai is always fp16, ggml f16 or its --formats type)"
     )
@@ -87,6 +103,8 @@ class ExportConfig:
             raise ValueError(f"--threads must be ≥ 1, got {self.threads}")
         if self.verify_max_clips is not None and self.verify_max_clips < 1:
             raise ValueError(f"--verify_max_clips must be ≥ 1, got {self.verify_max_clips}")
+        if any(f in CT2_FORMATS for f in formats):
+            ct2_format.check_ct2_available(need_faster_whisper=self.verify)
         return formats
 
 
@@ -94,6 +112,10 @@ def parse_formats(spec: str) -> tuple[str, ...]:
     """``"hf,openai"`` → ``("hf", "openai")``; ``ValueError`` naming ``--formats`` on unknown names."""
     names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
     unknown = [n for n in names if n not in FORMATS]
+    bad_ct2 = [n for n in unknown if n.startswith("ct2")]
+    if bad_ct2:
+        valid = ", ".join(f"{f} ({q})" for f, q in ct2_format.QUANTIZATIONS.items())
+        raise ValueError(f"--formats: unknown CTranslate2 quantisation {bad_ct2[0]!r}; choose from {valid}")
     if unknown or not names:
         raise ValueError(f"--formats: unknown format(s) {unknown or [spec]}; choose from {','.join(FORMATS)}")
     return names
@@ -112,6 +134,8 @@ def check_exportable(config: Any, formats: Sequence[str]) -> None:
                 openai_format.dims_from_config(config)
             elif fmt.startswith("ggml"):
                 ggml_format.check_ggml_config(config, ggml_quant(fmt))
+            elif fmt in CT2_FORMATS:
+                ct2_format.check_ct2_config(config)
         except ValueError as e:
             raise ValueError(f"cannot export to {fmt}: {e}") from None
 
@@ -175,9 +199,24 @@ def _write_hf(pre: Pretrained, path: Path, formats: Sequence[str], dtype: str) -
     _atomic_dir(path, build)
 
 
+def _write_ct2(pre: Pretrained, fmt: str, path: Path) -> None:
+    """A faster-whisper directory: CTranslate2's files, then the tokenizer and feature extractor it reads."""
+
+    def build(d: Path) -> None:
+        state = hf_format.flax_to_hf(pre.params, pre.config)
+        vocabulary = ct2_format.ct2_vocabulary_tokens(pre.tokenizer, pre.config.vocab_size)
+        quantization = ct2_format.QUANTIZATIONS[fmt]
+        ct2_format.write_ct2_dir(d, pre.config, state, quantization, pre.generation_defaults, vocabulary)
+        hf_format.write_processor_files(d, pre.config, pre.tokenizer)
+
+    _atomic_dir(path, build)
+
+
 def _write(pre: Pretrained, fmt: str, path: Path, formats: Sequence[str], dtype: str) -> None:
     if fmt == "hf":
         _write_hf(pre, path, formats, dtype)
+    elif fmt in CT2_FORMATS:
+        _write_ct2(pre, fmt, path)
     elif fmt == "openai":
         openai_format.write_openai_checkpoint(
             path, pre.config, hf_format.flax_to_hf(pre.params, pre.config), dtype=np.float16
@@ -199,6 +238,8 @@ def export(
     formats = tuple(formats)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if any(f in CT2_FORMATS for f in formats):
+        ct2_format.check_ct2_available()
     check_exportable(pre.config, formats)
     paths = output_paths(output_dir, formats)
     existing = [str(p) for p in paths.values() if p.exists()]
@@ -206,7 +247,7 @@ def export(
         raise ValueError(f"output(s) already exist: {', '.join(existing)}; pass --overwrite to replace them")
     read_distil_info(find_distil_info(pre.source))
     check_writable_dir(output_dir, "--output_dir")
-    if any(f == "hf" or f.startswith("ggml") for f in formats):
+    if any(f == "hf" or f.startswith(("ggml", "ct2")) for f in formats):
         pre.tokenizer  # noqa: B018 (load it now: a missing tokenizer is bad input, found before writing)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

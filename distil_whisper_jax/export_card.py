@@ -19,38 +19,55 @@ from .models import Pretrained
 
 DISTIL_INFO = "distil_info.json"
 
-USAGE = {
-    "hf": (
-        "`hf/` (this directory): `model.safetensors` ({dtype}), configs, tokenizer, feature extractor",
-        [
-            "```python",
-            "from transformers import pipeline",
-            'asr = pipeline("automatic-speech-recognition", model="path/to/hf")',
-            'print(asr("audio.wav")["text"])',
-            "```",
-        ],
-    ),
-    "openai": (
-        "`original-model.bin`: openai-whisper checkpoint (fp16)",
-        [
-            "```python",
-            "import whisper",
-            'model = whisper.load_model("path/to/original-model.bin")',
-            'print(model.transcribe("audio.wav")["text"])',
-            "```",
-        ],
-    ),
-    "ggml": (
-        "`ggml-model.bin`: whisper.cpp model (f16)",
-        ["```sh", "whisper-cli -m ggml-model.bin -f audio.wav", "```"],
-    ),
-} | {
-    f"ggml-{q}": (
-        f"`ggml-model-{q}.bin`: whisper.cpp model, {bits} ({q}) weights",
-        ["```sh", f"whisper-cli -m ggml-model-{q}.bin -f audio.wav", "```"],
-    )
-    for q, bits in (("q8_0", "8-bit"), ("q5_1", "5-bit"), ("q5_0", "5-bit"), ("q4_1", "4-bit"), ("q4_0", "4-bit"))
-}
+USAGE = (
+    {
+        "hf": (
+            "`hf/` (this directory): `model.safetensors` ({dtype}), configs, tokenizer, feature extractor",
+            [
+                "```python",
+                "from transformers import pipeline",
+                'asr = pipeline("automatic-speech-recognition", model="path/to/hf")',
+                'print(asr("audio.wav")["text"])',
+                "```",
+            ],
+        ),
+        "openai": (
+            "`original-model.bin`: openai-whisper checkpoint (fp16)",
+            [
+                "```python",
+                "import whisper",
+                'model = whisper.load_model("path/to/original-model.bin")',
+                'print(model.transcribe("audio.wav")["text"])',
+                "```",
+            ],
+        ),
+        "ggml": (
+            "`ggml-model.bin`: whisper.cpp model (f16)",
+            ["```sh", "whisper-cli -m ggml-model.bin -f audio.wav", "```"],
+        ),
+    }
+    | {
+        f"ggml-{q}": (
+            f"`ggml-model-{q}.bin`: whisper.cpp model, {bits} ({q}) weights",
+            ["```sh", f"whisper-cli -m ggml-model-{q}.bin -f audio.wav", "```"],
+        )
+        for q, bits in (("q8_0", "8-bit"), ("q5_1", "5-bit"), ("q5_0", "5-bit"), ("q4_1", "4-bit"), ("q4_0", "4-bit"))
+    }
+    | {
+        fmt: (
+            f"`{fmt}/`: faster-whisper (CTranslate2) model directory, {q} weights",
+            [
+                "```python",
+                "from faster_whisper import WhisperModel",
+                f'model = WhisperModel("path/to/{fmt}")',
+                'segments, _ = model.transcribe("audio.wav")',
+                'print("".join(s.text for s in segments))',
+                "```",
+            ],
+        )
+        for fmt, q in (("ct2", "float32"), ("ct2-float16", "float16"), ("ct2-int8", "int8"))
+    }
+)
 
 
 def find_distil_info(source: str | os.PathLike) -> storage.OutPath | None:

@@ -3,10 +3,13 @@
     python -m distil_whisper_jax.export_runtimes JOB.json
 
 A runtime is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whisper ``load_model`` +
-``decode``) or ``whispercpp`` (pywhispercpp). ``JOB.json`` holds ``{"models": [[runtime, path], ...],
-"clips": [path, ...], "threads": int, "max_new_tokens": int}``; the last stdout line is
-``{"<path>": ["text", ...], ...}`` in clip order. Every runtime decodes greedily, without timestamps, in
-English, from its own audio front end, at most ``max_new_tokens`` tokens. A model that makes its runtime
+``decode``), ``whispercpp`` (pywhispercpp), ``fasterwhisper`` (faster-whisper ``WhisperModel.transcribe``)
+or ``ct2features`` (``ctranslate2.models.Whisper.generate`` on this project's log-mel features, decoded with
+the directory's tokenizer: the same model without faster-whisper's own front end). ``JOB.json`` holds
+``{"models": [[runtime, path], ...], "clips": [path, ...], "threads": int, "max_new_tokens": int}``; the last
+stdout line is ``{"<path>": ["text", ...], ...}`` in clip order (keys: ``result_key``). Every runtime decodes
+greedily, without timestamps, in English, from its own audio front end (but ``ct2features``), at most
+``max_new_tokens`` tokens. A model that makes its runtime
 crash (a bad ggml file segfaults whisper.cpp) takes down only its process; ``finish_runtime`` reports the
 exit status. The runtimes are imported inside their functions, so a worker loads only those it runs.
 """
@@ -21,9 +24,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .audio import load_audio
+import tokenizers
 
-RUNTIMES = ("hf", "openai", "whispercpp")
+from .audio import load_audio, log_mel_spectrogram, pad_or_trim
+
+RUNTIMES = ("hf", "openai", "whispercpp", "fasterwhisper", "ct2features")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the directory holding distil_whisper_jax/
 
 
@@ -84,13 +89,87 @@ def _whispercpp(model: str, waves: list, threads: int, max_new_tokens: int) -> l
     return ["".join(s.text for s in net.transcribe(w)).strip() for w in waves]
 
 
+def ct2_max_length(prompt_length: int, max_new_tokens: int) -> int:
+    """The ``max_length`` that lets CTranslate2's Whisper generate ``max_new_tokens``: it generates at most
+    ``min(max_length / 2, max_length - prompt_length)`` (openai's half-context ``sample_len``)."""
+    return max(2 * max_new_tokens, prompt_length + max_new_tokens)
+
+
+def _faster_whisper(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
+    from faster_whisper import WhisperModel
+
+    net = WhisperModel(model, device="cpu", compute_type="default", cpu_threads=threads)
+    prompt_length = 4 if net.model.is_multilingual else 2  # sot [language task] notimestamps
+    # faster-whisper passes len(prompt) + max_new_tokens to CTranslate2 as max_length
+    max_new_tokens = ct2_max_length(prompt_length, max_new_tokens) - prompt_length
+    texts = []
+    for w in waves:
+        # Padded with silence to the 30 s window, as openai-whisper, transformers and JAX pad the waveform:
+        # faster-whisper itself fills the log-mel after a short clip with zeros (not the log-mel of silence), an
+        # input the model never saw in training (an untrained student reads "You" there as ". . . .").
+        segments, _ = net.transcribe(
+            pad_or_trim(w, net.feature_extractor.n_samples),
+            language="en",
+            beam_size=1,
+            temperature=0.0,
+            without_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            max_new_tokens=max_new_tokens,
+        )
+        texts.append("".join(s.text for s in segments).strip())
+    return texts
+
+
+def ct2_features_tokens(model: str, waves: list, threads: int, max_new_tokens: int) -> list[list[int]]:
+    """Greedy token ids (prompt and end-of-text left out) of ``ctranslate2.models.Whisper.generate`` on this
+    project's log-mel features (``audio.log_mel_spectrogram``), the prompt faster-whisper builds."""
+    import ctranslate2
+    from faster_whisper.tokenizer import Tokenizer
+
+    net = ctranslate2.models.Whisper(model, device="cpu", compute_type="default", intra_threads=threads)
+    tok = Tokenizer(
+        tokenizers.Tokenizer.from_file(str(Path(model) / "tokenizer.json")), net.is_multilingual, "transcribe", "en"
+    )
+    prompt = [*tok.sot_sequence, tok.no_timestamps]
+    mel = log_mel_spectrogram(waves, net.n_mels)
+    results = net.generate(
+        ctranslate2.StorageView.from_array(mel),
+        [prompt] * len(waves),
+        beam_size=1,
+        max_length=ct2_max_length(len(prompt), max_new_tokens),
+        suppress_blank=True,
+        suppress_tokens=[-1],
+    )
+    return [[t for t in r.sequences_ids[0] if t != tok.eot] for r in results]
+
+
+def _ct2_features(model: str, waves: list, threads: int, max_new_tokens: int) -> list[str]:
+
+    tok = tokenizers.Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
+    ids = ct2_features_tokens(model, waves, threads, max_new_tokens)
+    return [tok.decode(t, skip_special_tokens=True).strip() for t in ids]
+
+
 def worker(
     models: Sequence[tuple[str, str]], clips: Sequence[str], threads: int = 1, max_new_tokens: int = 160
 ) -> dict[str, list[str]]:
     """In this process: transcribe ``clips`` with each ``(runtime, path)`` of ``models``."""
-    run = {"hf": _hf, "openai": _openai, "whispercpp": _whispercpp}
+    run = {
+        "hf": _hf,
+        "openai": _openai,
+        "whispercpp": _whispercpp,
+        "fasterwhisper": _faster_whisper,
+        "ct2features": _ct2_features,
+    }
     waves = [load_audio(c) for c in clips]
-    return {path: run[runtime](path, waves, threads, max_new_tokens) for runtime, path in models}
+    return {result_key(runtime, path): run[runtime](path, waves, threads, max_new_tokens) for runtime, path in models}
+
+
+def result_key(runtime: str, path: str) -> str:
+    """Where a worker's result stands: the model's path (``<path>#features`` for ``ct2features``, whose model
+    faster-whisper also runs)."""
+    return f"{path}#features" if runtime == "ct2features" else str(path)
 
 
 def start_runtime(

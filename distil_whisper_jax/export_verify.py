@@ -1,10 +1,14 @@
 """Verify exported files in their real runtimes against this project's JAX greedy output.
 
-Each file is loaded by the program its users will run (transformers PyTorch, openai-whisper, whisper.cpp),
-in a subprocess (``export_runtimes``), and transcribes the same clips greedily without timestamps. The
-verdicts: the transformers and openai-whisper files must give exactly the JAX text, the whisper.cpp f16 file
-the same text after normalisation (it has its own mel front end), and a quantized whisper.cpp file at most
-``MAX_WER_INCREASE`` WER points worse than f16 (q8_0 1, q5_0/q5_1 1.5, q4_0/q4_1 3).
+Each file is loaded by the program its users will run (transformers PyTorch, openai-whisper, whisper.cpp,
+faster-whisper), in a subprocess (``export_runtimes``), and transcribes the same clips greedily without
+timestamps. The verdicts: the transformers and openai-whisper files must give exactly the JAX text, the
+whisper.cpp f16 file the same text after normalisation (it has its own mel front end), and a quantized
+whisper.cpp file at most ``MAX_WER_INCREASE`` WER points worse than f16 (q8_0 1, q5_0/q5_1 1.5, q4_0/q4_1 3).
+The CTranslate2 float32 directory must give the same text after normalisation in faster-whisper (its own
+front end; ``beam_size=1``, ``temperature=0``, no timestamps, no VAD, no previous text) and exactly the JAX
+text from ``ctranslate2.models.Whisper.generate`` on our own log-mel features; its float16 and int8
+directories at most 1 WER point worse than float32 in faster-whisper, the rule of q8_0.
 """
 
 from __future__ import annotations
@@ -23,16 +27,25 @@ from .assets import bundled_clips
 from .audio import SAMPLE_RATE, load_audio
 from .data import manifest_rows, resolve_path
 from .evaluate import english_normalizer, wer
-from .export_runtimes import finish_runtime, start_runtime
+from .export_runtimes import finish_runtime, result_key, start_runtime
 from .models import Pretrained
 from .transcribe import transcribe
 
 log = logging.getLogger(__name__)
 
-# WER points a quantized whisper.cpp file may lose against f16
+# WER points a quantized file may lose against its full-precision sibling (BASE), which is verified exactly
 MAX_WER_INCREASE = {"ggml-q8_0": 1.0, "ggml-q5_1": 1.5, "ggml-q5_0": 1.5, "ggml-q4_1": 3.0, "ggml-q4_0": 3.0}
-RUNTIME = {"hf": "hf", "openai": "openai", "ggml": "whispercpp"} | {f: "whispercpp" for f in MAX_WER_INCREASE}
-RUNTIME_NAMES = {"hf": "transformers (PyTorch)", "openai": "openai-whisper", "whispercpp": "whisper.cpp"}
+MAX_WER_INCREASE |= {f: MAX_WER_INCREASE["ggml-q8_0"] for f in ("ct2-float16", "ct2-int8")}  # q8_0's rule
+BASE = {f: f.split("-")[0] for f in MAX_WER_INCREASE}  # ggml-q8_0 → ggml (f16), ct2-int8 → ct2 (float32)
+RUNTIME = {"hf": "hf", "openai": "openai"} | {
+    f: "whispercpp" if f.startswith("ggml") else "fasterwhisper" for f in ("ggml", "ct2", *MAX_WER_INCREASE)
+}
+RUNTIME_NAMES = {
+    "hf": "transformers (PyTorch)",
+    "openai": "openai-whisper",
+    "whispercpp": "whisper.cpp",
+    "fasterwhisper": "faster-whisper (CTranslate2)",
+}
 VERIFY_MAX_NEW_TOKENS = 160  # one cap for every runtime, so a looping model stops at the same length everywhere
 
 
@@ -48,6 +61,7 @@ class Check:
     exact: int = 0  # clips whose text equals the JAX text exactly
     normalized: int = 0  # … after text normalisation
     loops: int = 0  # … only after also collapsing repeated phrases (a decoding loop ran a different length)
+    features: int | None = None  # ct2: clips ctranslate2 transcribes exactly as JAX from our log-mel features
     passed: bool = False
     note: str = ""
 
@@ -88,21 +102,31 @@ def _references(pre: Pretrained, clips: Sequence[Path], max_new_tokens: int) -> 
 
 
 def _run_groups(jobs: Sequence[tuple[Pretrained, Mapping[str, Path]]]) -> dict[str, list[tuple[str, str]]]:
-    """Runtime processes: the PyTorch runtimes share one (one torch import); every ggml file gets its own
-    (a bad one segfaults whisper.cpp, and must not take the other results with it)."""
+    """Runtime processes: the PyTorch runtimes share one (one torch import), the CTranslate2 directories
+    another; every ggml file gets its own (a bad one segfaults whisper.cpp, and must not take the other
+    results with it). A float32 CTranslate2 directory also runs on our features (``ct2features``)."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for _, outputs in jobs:
         for fmt, path in outputs.items():
-            key = f"ggml:{path}" if RUNTIME[fmt] == "whispercpp" else "torch"
-            groups.setdefault(key, []).append((RUNTIME[fmt], str(path)))
+            runtime = RUNTIME[fmt]
+            key = {"whispercpp": f"ggml:{path}", "fasterwhisper": "ct2"}.get(runtime, "torch")
+            groups.setdefault(key, []).append((runtime, str(path)))
+            if fmt == "ct2":
+                groups[key].append(("ct2features", str(path)))
     return groups
 
 
-def _check(fmt: str, path: Path, got: list[str] | str, ref: list[str], refs: Sequence[str], norm) -> Check:
+def _check(
+    fmt: str, path: Path, got: list[str] | str, ref: list[str], refs: Sequence[str], norm, features=None
+) -> Check:
     check = Check(fmt, Path(path), None if isinstance(got, str) else got, ref)
+    if isinstance(features, str):  # the ct2features run failed: the check fails with its reason
+        got = features
     if isinstance(got, str):
         check.note = got
     else:
+        if features is not None:
+            check.features = sum(a == b for a, b in zip(features, ref))
         check.wer = wer(refs, got)
         check.exact = sum(a == b for a, b in zip(got, ref))
         check.normalized = sum(norm(a) == norm(b) for a, b in zip(got, ref))
@@ -151,8 +175,9 @@ def verify(
     results: dict[str, list[str] | str] = {}
     for key, proc in procs.items():
         got, error = finish_runtime(proc)
-        for _, model in groups[key]:
-            results[model] = got[model] if got is not None else error
+        for runtime, model in groups[key]:
+            k = result_key(runtime, model)
+            results[k] = got[k] if got is not None else error
 
     norm = english_normalizer()
     report = []
@@ -162,9 +187,10 @@ def verify(
                 fmt,
                 path,
                 results[str(path)],
-                exact_ref if fmt == "hf" and dtype == "float32" else rounded_ref,
+                exact_ref if (fmt == "hf" and dtype == "float32") or fmt == "ct2" else rounded_ref,
                 refs,
                 norm,
+                results.get(result_key("ct2features", str(path))) if fmt == "ct2" else None,
             )
             for fmt, path in outputs.items()
         ]
@@ -182,18 +208,22 @@ def _judge(checks: list[Check], jax_wer: float) -> None:
         if c.fmt in ("hf", "openai"):
             c.passed = c.exact == n
             c.note = "identical to JAX" if c.passed else "differs from JAX greedy output"
-        elif c.fmt == "ggml":
-            # whisper.cpp computes in fp16: the text must match, except for how often a decoding loop repeats
-            c.passed = c.normalized + c.loops == n
+        elif c.fmt in ("ggml", "ct2"):
+            # own mel front ends (and whisper.cpp's fp16): the text must match, except for how often a decoding
+            # loop repeats; CTranslate2 on our own features must give the JAX text exactly
+            c.passed = c.normalized + c.loops == n and c.features in (None, n)
             c.note = "same text as JAX (normalised)" if c.passed else "text differs from JAX after normalisation"
             if c.passed and c.loops:
                 c.note += f"; {c.loops} clip(s) differ only in how many times a repeated phrase loops"
+            if c.features is not None:
+                c.note += f"; ctranslate2 on our log-mel: {c.features}/{n} identical to JAX"
         else:
-            f16 = by_fmt.get("ggml")
-            base = f16.wer if f16 is not None and f16.wer is not None else jax_wer
+            full = by_fmt.get(BASE[c.fmt])
+            base = full.wer if full is not None and full.wer is not None else jax_wer
             delta, limit = c.wer - base, MAX_WER_INCREASE[c.fmt]
             c.passed = delta <= limit
-            c.note = f"WER {delta:+.2f} vs {'f16' if f16 is not None else 'JAX'} (limit +{limit:g})"
+            name = {"ggml": "f16", "ct2": "float32"}[BASE[c.fmt]] if full is not None else "JAX"
+            c.note = f"WER {delta:+.2f} vs {name} (limit +{limit:g})"
 
 
 def format_table(checks: Sequence[Check], jax_wer: float | None = None) -> str:

@@ -1,4 +1,9 @@
-"""CTranslate2 (faster-whisper) directories → HF-named numpy weights.
+"""CTranslate2 (faster-whisper) directories ⇄ HF-named numpy weights.
+
+Reading is done here byte by byte (no ctranslate2 needed). Writing (``write_ct2_dir``) fills CTranslate2's
+own ``ctranslate2.specs.WhisperSpec`` from numpy arrays and lets the library quantize and save it (the ``ct2``
+extra; no torch): ``model.bin``, ``config.json`` (suppressed tokens, alignment heads, language ids) and
+``vocabulary.json``, the same names and values ``ctranslate2.converters.TransformersConverter`` writes.
 
 ``model.bin`` layout (little-endian; strings are uint16 length incl. NUL + bytes):
 ``uint32 version | [str spec_name, uint32 revision] | uint32 n_vars | n_vars × (str name, uint8 rank,
@@ -10,15 +15,21 @@ Every length is checked against the bytes that remain, so truncated or fuzzed fi
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..model import WhisperConfig
 
+# --formats name → CTranslate2 quantization of model.bin
+QUANTIZATIONS = {"ct2": "float32", "ct2-float16": "float16", "ct2-int8": "int8"}
+CT2_EXTRA = 'the ct2 extra: pip install "distil-whisper-jax[ct2]"'
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 MAX_VERSION = 6
 
@@ -241,3 +252,134 @@ def is_ct2_dir(path: str | os.PathLike) -> bool:
         and (p / "model.bin").is_file()
         and ((p / "vocabulary.txt").is_file() or (p / "vocabulary.json").is_file())
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def check_ct2_available(need_faster_whisper: bool = False) -> None:
+    """``ValueError`` naming the ``ct2`` extra when ctranslate2 (or faster-whisper) cannot be imported."""
+    names = ["ctranslate2"] + (["faster_whisper"] if need_faster_whisper else [])
+    for name in names:
+        try:
+            __import__(name)
+            if name == "ctranslate2":
+                from ctranslate2.specs import whisper_spec  # noqa: F401 (the writer's entry point)
+        except Exception as e:  # noqa: BLE001 - ImportError, or a ctranslate2 broken by another package
+            raise ValueError(f"CTranslate2 export needs {CT2_EXTRA} ({name}: {type(e).__name__}: {e})") from None
+
+
+def check_ct2_config(config: WhisperConfig) -> None:
+    """``ValueError`` when faster-whisper could not run ``config``: it always feeds 30 s windows (3000 log-mel
+    frames, ``faster_whisper.audio.pad_or_trim``), which a CTranslate2 encoder of another length refuses."""
+    if config.max_source_positions != 1500:
+        raise ValueError(
+            f"max_source_positions {config.max_source_positions} ({config.input_seconds:g} s input): faster-whisper "
+            "always feeds 30 s windows (3000 log-mel frames), which this encoder refuses; export hf, openai or "
+            "ggml for a student with a shorter input"
+        )
+
+
+def ct2_vocabulary_tokens(tokenizer: Any, vocab_size: int) -> list[str]:
+    """Token strings in id order, ``vocab_size`` of them; ids the tokenizer lacks are timestamps, named as
+    CTranslate2's converter names them (``<|0.00|>`` …)."""
+    tokens = [tokenizer.convert_ids_to_tokens(i) for i in range(vocab_size)]
+    first_missing = next((i for i, t in enumerate(tokens) if t is None), vocab_size)
+    if any(t is not None for t in tokens[first_missing:]):
+        raise ValueError(f"tokenizer has a gap in its ids at {first_missing}; cannot write vocabulary.json")
+    return tokens[:first_missing] + [f"<|{i * 0.02:.2f}|>" for i in range(vocab_size - first_missing)]
+
+
+def _linear(spec: Any, state: Mapping[str, np.ndarray], name: str) -> None:
+    spec.weight = state[f"{name}.weight"]
+    if f"{name}.bias" in state:
+        spec.bias = state[f"{name}.bias"]
+
+
+def _layer_norm(spec: Any, state: Mapping[str, np.ndarray], name: str) -> None:
+    spec.gamma, spec.beta = state[f"{name}.weight"], state[f"{name}.bias"]
+
+
+def _attention(spec: Any, state: Mapping[str, np.ndarray], name: str, self_attention: bool) -> None:
+    """q/k/v fused as CTranslate2 stores them (Whisper's k projection has no bias: zeros in its place)."""
+    w = {p: state[f"{name}.{p}_proj.weight"] for p in "qkv"}
+    b = {p: state.get(f"{name}.{p}_proj.bias", np.zeros(w[p].shape[0], w[p].dtype)) for p in "qkv"}
+    groups = ["qkv"] if self_attention else ["q", "kv"]
+    for linear, group in zip(spec.linear, groups):
+        linear.weight = np.concatenate([w[p] for p in group])
+        linear.bias = np.concatenate([b[p] for p in group])
+    _linear(spec.linear[-1], state, f"{name}.out_proj")
+
+
+def _layers(spec: Any, state: Mapping[str, np.ndarray], side: str) -> None:
+    for i, layer in enumerate(spec.layer):
+        src = f"model.{side}.layers.{i}"
+        _attention(layer.self_attention, state, f"{src}.self_attn", self_attention=True)
+        _layer_norm(layer.self_attention.layer_norm, state, f"{src}.self_attn_layer_norm")
+        if side == "decoder":
+            _attention(layer.attention, state, f"{src}.encoder_attn", self_attention=False)
+            _layer_norm(layer.attention.layer_norm, state, f"{src}.encoder_attn_layer_norm")
+        _linear(layer.ffn.linear_0, state, f"{src}.fc1")
+        _linear(layer.ffn.linear_1, state, f"{src}.fc2")
+        _layer_norm(layer.ffn.layer_norm, state, f"{src}.final_layer_norm")
+
+
+def whisper_spec(config: WhisperConfig, state: Mapping[str, np.ndarray]) -> Any:
+    """A ``ctranslate2.specs.WhisperSpec`` holding the HF-named fp32 ``state`` (``hf.flax_to_hf``)."""
+    from ctranslate2.specs import whisper_spec as ws
+
+    spec = ws.WhisperSpec(
+        config.encoder_layers, config.encoder_attention_heads, config.decoder_layers, config.decoder_attention_heads
+    )
+    enc, dec = spec.encoder, spec.decoder
+    _linear(enc.conv1, state, "model.encoder.conv1")
+    _linear(enc.conv2, state, "model.encoder.conv2")
+    for side, sub in (("encoder", enc), ("decoder", dec)):
+        sub.position_encodings.encodings = state[f"model.{side}.embed_positions.weight"]
+        _layer_norm(sub.layer_norm, state, f"model.{side}.layer_norm")
+        _layers(sub, state, side)
+    dec.embeddings.weight = state["model.decoder.embed_tokens.weight"]
+    dec.projection.weight = state["model.decoder.embed_tokens.weight"]  # tied; saved once, as an alias
+    return spec
+
+
+def ct2_config(config: WhisperConfig, defaults: Any) -> dict:
+    """``config.json`` values: suppress lists, language ids and alignment heads of ``defaults``
+    (``GenerationDefaults``); without alignment heads the converter's default, every head of the last half
+    of the decoder layers."""
+    heads = [list(h) for h in defaults.alignment_heads] or [
+        list(h)
+        for h in itertools.product(
+            range(config.decoder_layers // 2, config.decoder_layers), range(config.decoder_attention_heads)
+        )
+    ]
+    return {
+        "suppress_ids": list(defaults.suppress_tokens),
+        "suppress_ids_begin": list(defaults.begin_suppress_tokens),
+        "lang_ids": list(defaults.lang_ids),
+        "alignment_heads": heads,
+    }
+
+
+def write_ct2_dir(
+    path: str | os.PathLike,
+    config: WhisperConfig,
+    state: Mapping[str, np.ndarray],
+    quantization: str,
+    defaults: Any,
+    vocabulary: Sequence[str],
+) -> Path:
+    """Write CTranslate2's ``model.bin``, ``config.json`` and ``vocabulary.json`` into the new directory ``path``
+    with ctranslate2's own spec, validation, quantization (``float32``, ``float16``, ``int8``) and writer."""
+    check_ct2_config(config)
+    spec = whisper_spec(config, state)
+    for key, value in ct2_config(config, defaults).items():
+        setattr(spec.config, key, value)
+    spec.register_vocabulary(list(vocabulary))
+    spec.validate()
+    spec.optimize(quantization=quantization)
+    path = Path(path)
+    path.mkdir(parents=True)
+    spec.save(str(path))
+    return path

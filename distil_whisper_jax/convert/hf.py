@@ -341,11 +341,12 @@ def write_hf_dir(
         with atomic_write(path / "generation_config.json", "w") as f:
             json.dump(dict(generation_config), f, indent=2)
     if tokenizer is not None:
-        _write_processor(path, config, tokenizer)
+        write_processor_files(path, config, tokenizer)
     return path
 
 
-def _write_processor(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
+def write_processor_files(path: Path, config: WhisperConfig, tokenizer: Any) -> None:
+    """The tokenizer files and the feature extractor's configs (also what a faster-whisper directory needs)."""
     save_tokenizer(tokenizer, path)  # also the legacy files other tools read
     seconds = config.input_seconds  # 15 for a 750-position student: transformers then pads to 15 s, not 30
     if seconds != int(seconds):
