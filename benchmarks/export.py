@@ -1,15 +1,16 @@
 """Export benchmark: tiny.en → hf, openai, ggml, ggml-q8_0 with verification, timed by stage; with ``--quant``,
 tiny.en's whisper.cpp files of every type (f16, q8_0, q5_1, q5_0, q4_1, q4_0): size, write time and WER on the
-bundled held-out speech.
+bundled held-out speech; with ``--ct2``, the same for tiny.en's faster-whisper directories (float32, float16, int8).
 
-    python benchmarks/export.py [--output_dir DIR] [--threads 1] [--quant]
+    python benchmarks/export.py [--output_dir DIR] [--threads 1] [--quant | --ct2]
 
 Runs what ``python -m distil_whisper_jax.export`` runs (default formats), with a timer around each stage, and the
 CPU time of this process and of the runtime subprocesses (the machine may be shared, so CPU seconds are the stable
 figure; the peer is the runtimes' own work, measured in the same run). Prints a table and writes
 ``benchmarks/results/export.json`` (atomically). ``--quant`` writes ``benchmarks/results/export_quant.json``
 instead: each whisper.cpp file transcribes all 48 held-out sentences of the bundled speech corpus, joined into
-≤ 28 s windows (whisper.cpp pads each clip to 30 s), and its WER is compared with the f16 file's.
+≤ 28 s windows (whisper.cpp pads each clip to 30 s), and its WER is compared with the f16 file's. ``--ct2`` writes
+``benchmarks/results/export_ct2.json``: the same measurement in faster-whisper, compared with the float32 directory.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="threads per runtime subprocess")
     p.add_argument("--json", default=None, help="default: benchmarks/results/export.json (export_quant.json)")
     p.add_argument("--quant", action="store_true", help="whisper.cpp file types on held-out speech instead")
+    p.add_argument("--ct2", action="store_true", help="faster-whisper (CTranslate2) types on held-out speech instead")
     args = p.parse_args(argv)
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="export-bench-"))
     if args.quant:
         return quant_main(out, args.threads, args.json or str(ROOT / "results" / "export_quant.json"))
+    if args.ct2:
+        json_path = args.json or str(ROOT / "results" / "export_ct2.json")
+        return quant_main(out, args.threads, json_path, ex.CT2_FORMATS)
     args.json = args.json or str(ROOT / "results" / "export.json")
     stages = []
 
@@ -117,14 +122,15 @@ def main(argv=None) -> int:
 QUANT_FORMATS = ("ggml", *ex.GGML_QUANT_FORMATS)
 
 
-def quant_main(out: Path, threads: int, json_path: str) -> int:
-    """Every whisper.cpp file type of tiny.en: bytes, write time, held-out WER and its change against f16."""
+def quant_main(out: Path, threads: int, json_path: str, kinds: tuple[str, ...] = QUANT_FORMATS) -> int:
+    """Every whisper.cpp file type of tiny.en (or every CTranslate2 type): bytes, write time, held-out WER and its
+    change against the full-precision file (f16; CTranslate2: float32), which is ``kinds[0]``."""
     from distil_whisper_jax.assets import speech_manifest
 
     pre = load_pretrained()
     pre.tokenizer  # noqa: B018 (loaded before the timed writes)
     writes, paths = {}, {}
-    for fmt in QUANT_FORMATS:
+    for fmt in kinds:
         c0, w0 = cpu()[0], time.perf_counter()
         paths.update(ex.export(pre, [fmt], out, overwrite=True))
         writes[fmt] = {"wall_s": time.perf_counter() - w0, "cpu_s": cpu()[0] - c0}
@@ -134,16 +140,17 @@ def quant_main(out: Path, threads: int, json_path: str) -> int:
     (checks,) = export_verify.verify([(pre, paths)], clips, threads=threads)
     verify_s = time.perf_counter() - w0
     f16 = checks[0]
-    assert f16.fmt == "ggml"
+    assert f16.fmt == kinds[0]
+    base = {"ggml": "f16", "ct2": "float32"}[kinds[0]]
     formats = {
         c.fmt: {
             "file": paths[c.fmt].name,
             "bytes": ex.size_of(paths[c.fmt]),
-            "vs_f16_size": ex.size_of(paths[c.fmt]) / ex.size_of(paths["ggml"]),
+            f"vs_{base}_size": ex.size_of(paths[c.fmt]) / ex.size_of(paths[kinds[0]]),
             "write_wall_s": writes[c.fmt]["wall_s"],
             "write_cpu_s": writes[c.fmt]["cpu_s"],
             "wer": c.wer,
-            "wer_vs_f16": None if c.wer is None or f16.wer is None else c.wer - f16.wer,
+            f"wer_vs_{base}": None if c.wer is None or f16.wer is None else c.wer - f16.wer,
             "exact": c.exact,
             "normalized": c.normalized,
             "passed": c.passed,
@@ -151,13 +158,12 @@ def quant_main(out: Path, threads: int, json_path: str) -> int:
         }
         for c in checks
     }
-    print("\n| file | bytes | × f16 | write s | held-out WER % | vs f16 |\n|---|---:|---:|---:|---:|---:|")
+    print(f"\n| file | bytes | × {base} | write s | held-out WER % | vs {base} |\n|---|---:|---:|---:|---:|---:|")
     for r in formats.values():
-        delta = "–" if r["wer_vs_f16"] is None else f"{r['wer_vs_f16']:+.2f}"
+        delta = "–" if r[f"wer_vs_{base}"] is None else f"{r[f'wer_vs_{base}']:+.2f}"
         wer_s = "–" if r["wer"] is None else f"{r['wer']:.2f}"
-        print(
-            f"| {r['file']} | {r['bytes']:,} | {r['vs_f16_size']:.2f} | {r['write_wall_s']:.1f} | {wer_s} | {delta} |"
-        )
+        size = r[f"vs_{base}_size"]
+        print(f"| {r['file']} | {r['bytes']:,} | {size:.2f} | {r['write_wall_s']:.1f} | {wer_s} | {delta} |")
     print("\n" + export_verify.format_table(checks))
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     result = {

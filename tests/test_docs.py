@@ -72,6 +72,21 @@ def _quant_row(fmt: str) -> list[tuple[Getter, str]]:
     return row if fmt == "ggml" else [*row, (at(*r, "wer_vs_f16"), "+.2f")]
 
 
+def _ct2_row(fmt: str) -> list[tuple[Getter, str]]:
+    r = ("formats", fmt)
+    row = [
+        (at(*r, "bytes"), ","),
+        (at(*r, "vs_float32_size"), ".2f"),
+        (at(*r, "write_wall_s"), ".1f"),
+        (at(*r, "wer"), ".2f"),
+    ]
+    return row if fmt == "ct2" else [*row, (at(*r, "wer_vs_float32"), "+.2f")]
+
+
+def _ct2_words_gained(d: Any) -> int:
+    return -round(d["formats"]["ct2-int8"]["wer_vs_float32"] * d["words"] / 100)
+
+
 def _words_lost(fmt: str) -> Getter:
     def get(d: Any) -> int:
         return round(d["formats"][fmt]["wer_vs_f16"] * d["words"] / 100)
@@ -107,7 +122,7 @@ def _step_row(variant: str) -> list[tuple[Getter, str]]:
 
 T, PL, TS, EX, DD = "transcribe.json", "pseudo_label.json", "train_step.json", "export.json", "distill_demo.json"
 LANGS, DM = "docs/languages.md", "demo_multilingual.json"
-EQ = "export_quant.json"
+EQ, EC = "export_quant.json", "export_ct2.json"
 PE, SP, PS = "peers.json", "speculative.json", ("summary",)
 J8, J1 = ("results", "jax", "8"), ("results", "jax", "1")
 ENC = ("encoder",)
@@ -224,6 +239,12 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "| f16 | `ggml-model.bin` | {} | {} | {} | {} | – |", EQ, _quant_row("ggml")),
     *[(BENCH, f"| {q} | `ggml-model-{q}.bin` | {{}} | {{}} | {{}} | {{}} | {{}} |", EQ, _quant_row(f"ggml-{q}"))
       for q in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")],
+    (BENCH, "(load average {} at the end; raw numbers: `benchmarks/results/export_ct2.json`)", EC, [
+        (at("load_average", 0), "")]),
+    (BENCH, "| float32 | `ct2/` | {} | {} | {} | {} | – |", EC, _ct2_row("ct2")),
+    (BENCH, "| float16 | `ct2-float16/` | {} | {} | {} | {} | {} |", EC, _ct2_row("ct2-float16")),
+    (BENCH, "| int8 | `ct2-int8/` | {} | {} | {} | {} | {} |", EC, _ct2_row("ct2-int8")),
+    (BENCH, "int8 {} words better here", EC, [(_ct2_words_gained, "d")]),
     (BENCH, "One word is {} points here", EQ, [(_ratio(lambda d: 100, at("words")), ".2f")]),
     (BENCH, "q4_0 is {} words and q4_1 {} words worse", EQ, [(_words_lost("ggml-q4_0"), "d"),
                                                             (_words_lost("ggml-q4_1"), "d")]),
