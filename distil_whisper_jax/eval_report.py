@@ -234,7 +234,10 @@ def write_predictions(path: Path, rows: Sequence[dict], names: Sequence[str]) ->
 
 
 def write_results(out: str | Path, results: dict, rows: Sequence[dict] | None, names: Sequence[str]) -> list[str]:
-    """``results.json``, ``results.md`` and (``rows`` given) ``predictions.csv``; returns the write errors."""
+    """``results.json``, ``results.md`` and (``rows`` given) ``predictions.csv``; returns the write errors.
+
+    Every file a run owns is replaced: without ``rows``, an earlier run's ``predictions.csv`` is removed, so it
+    never stands beside results it does not belong to."""
     out, errors = storage.location(out), []
     for name, write in (
         ("results.json", lambda p: p.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")),
@@ -245,9 +248,11 @@ def write_results(out: str | Path, results: dict, rows: Sequence[dict] | None, n
                 write(tmp)
         except OSError as e:
             errors.append(str(write_error(out / name, e)))
-    if rows is not None:
-        try:
+    try:
+        if rows is not None:
             write_predictions(out / "predictions.csv", rows, names)
-        except OSError as e:
-            errors.append(str(write_error(out / "predictions.csv", e)))
+        elif (out / "predictions.csv").exists():
+            (out / "predictions.csv").unlink()
+    except OSError as e:
+        errors.append(str(write_error(out / "predictions.csv", e)))
     return errors

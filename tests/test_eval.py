@@ -66,8 +66,8 @@ def shared_model(tiny):
     real = models.load_pretrained
     bundled = str(models.default_model_dir())
 
-    def load(path=None):
-        return tiny if path is None or str(path) == bundled else real(path)
+    def load(path=None, flag=""):
+        return tiny if path is None or str(path) == bundled else real(path, flag)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evaluation, "load_pretrained", load)
@@ -276,3 +276,14 @@ def test_results_go_to_a_bucket_url(manifests, evaluated, tmp_path):
     assert {"bucket/ev/results.json", "bucket/ev/results.md", "bucket/ev/predictions.csv"} <= set(gcs.written)
     with pytest.raises(ValueError, match="--output_dir gs://nobucket/ev: cannot write there"):
         cfg_for(manifests, "gs://nobucket/ev").validate()
+
+
+def test_a_run_without_predictions_removes_an_earlier_runs_predictions_csv(evaluated, tmp_path):
+    """Eval into an existing --output_dir replaces every file a run owns: predictions.csv from an earlier run
+    with --predictions_csv must not stand beside results it does not belong to."""
+    _, results = evaluated
+    names = list(results["datasets"])
+    assert eval_report.write_results(tmp_path, results, [], names) == []
+    assert (tmp_path / "predictions.csv").is_file()
+    assert eval_report.write_results(tmp_path, results, None, names) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]
