@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -93,16 +94,12 @@ class Run:
 
 
 def run(cfg: DistillConfig) -> int:
-    """Train; 0 when done, ``EXIT_NAN`` / ``EXIT_SAVE_FAILED`` / ``EXIT_PREEMPTED`` when stopped early.
+    """Train; 0 when done, ``EXIT_NAN`` / ``EXIT_SAVE_FAILED`` / ``EXIT_PREEMPTED`` (130 after Ctrl-C) when
+    stopped early.
     Bad input (flags, data, models, checkpoints) raises ``ValueError`` before training starts."""
     cfg.validate()
     r = setup(cfg)
-    # One process notes SIGTERM itself. Several leave it to JAX's preemption service (started by
-    # jax.distributed.initialize): a Python handler would replace its handler, and hosts that each stopped on
-    # their own would stop at different steps (see _preempted).
-    old_handler = None
-    if jax.process_count() == 1:
-        old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(r, "stop_signal", signum))
+    handlers = _install_stop_handlers(r)
     try:
         code = loop(r)
         log.info("process %d decoded the audio of %d training examples", jax.process_index(), r.batcher.decoded)
@@ -117,8 +114,8 @@ def run(cfg: DistillConfig) -> int:
         _report_write_error(r, e)
         code = EXIT_SAVE_FAILED
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         r.logger.close()
         r.manager.close()
     return code or finish(r)
@@ -381,11 +378,31 @@ def loop(r: Run) -> int:
             if r.step % cfg.save_steps == 0 or r.step == cfg.max_steps or eval_wer is not None or r.stop_signal:
                 checkpoint.save(r.manager, r.step, r.state, r.stream.state.to_dict(), _meta(r), eval_wer)
             if r.stop_signal:
-                log.warning("SIGTERM: saved a checkpoint at step %d, exiting", r.step)
-                return EXIT_PREEMPTED
+                name = signal.Signals(r.stop_signal).name
+                log.warning("%s: saved a checkpoint at step %d, exiting", name, r.step)
+                return EXIT_PREEMPTED if r.stop_signal == signal.SIGTERM else 128 + r.stop_signal
         return 0
     finally:
         bar.close()
+
+
+def _install_stop_handlers(r: Run) -> dict:
+    """SIGTERM (a preemption notice) and SIGINT (Ctrl-C) stop training after the current step, with a checkpoint.
+
+    One process notes the signal itself. Several leave SIGTERM to JAX's preemption service (started by
+    jax.distributed.initialize): a Python handler would replace its handler, and hosts that each stopped on
+    their own would stop at different steps (see ``_preempted``); Ctrl-C is passed on to it as a SIGTERM.
+    Returns the handlers replaced, to put back."""
+
+    def note(signum, frame):
+        r.stop_signal = signum
+
+    def to_service(signum, frame):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if jax.process_count() == 1:
+        return {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    return {signal.SIGINT: signal.signal(signal.SIGINT, to_service)}
 
 
 def _preempted(r: Run) -> bool:
