@@ -33,7 +33,7 @@ def run_record(load_start: float) -> dict[str, Any]:
     """The date (UTC) and the machine of a finished run: CPU, cores, Python, 1-minute load average at its start
     (``load_start``, from ``os.getloadavg()``) and now."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_model(),
             "cpus": os.cpu_count(),

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     manifest, audio_s = make_manifest(tmp, a.rows)
     paths = [line.split("\t")[0] for line in manifest.read_text().splitlines()[1:]]
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
