@@ -7,9 +7,8 @@
 student, open the labelled data, build the optimizer and train state, resume from ``O/checkpoints``),
 ``loop`` (batch → step → NaN check → log → evaluate → checkpoint, until ``--max_steps``), ``finish`` (the
 student as a transformers directory at ``O/hf/`` with ``distil_info.json``, and the training curves).
-On SIGTERM (TPU preemption) the current step is checkpointed before exiting; with several processes (a pod),
-JAX's preemption service catches the signal on whichever hosts get it and every process stops after the same
-step, so none is left waiting in a collective for the others; a non-finite loss stops the
+On SIGTERM (TPU preemption) or Ctrl-C the current step is checkpointed before exiting, on a pod by every process
+after the same step (``stop_signals``); a non-finite loss stops the
 run naming the step and its examples, keeping the last good checkpoint; a failed write names the path
 and the cause and keeps the last good checkpoint.
 """
@@ -20,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +26,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from . import checkpoint, eval_data, parallel, row_language, storage, train_data
+from . import checkpoint, eval_data, parallel, row_language, stop_signals, storage, train_data
 from . import train as core
 from .config import to_dict
 from .convert.hf import write_hf_dir
@@ -99,7 +96,7 @@ def run(cfg: DistillConfig) -> int:
     Bad input (flags, data, models, checkpoints) raises ``ValueError`` before training starts."""
     cfg.validate()
     r = setup(cfg)
-    handlers = _install_stop_handlers(r)
+    handlers = stop_signals.install(lambda signum: setattr(r, "stop_signal", signum))
     try:
         code = loop(r)
         log.info("process %d decoded the audio of %d training examples", jax.process_index(), r.batcher.decoded)
@@ -114,8 +111,7 @@ def run(cfg: DistillConfig) -> int:
         _report_write_error(r, e)
         code = EXIT_SAVE_FAILED
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        stop_signals.restore(handlers)
         r.logger.close()
         r.manager.close()
     return code or finish(r)
@@ -358,13 +354,16 @@ def loop(r: Run) -> int:
     bar = tqdm(total=cfg.max_steps, initial=r.step, unit="step", disable=cfg.disable_tqdm or not r.is_main)
     local = train_data.process_slice(r.global_batch, jax.process_index(), jax.process_count())
     try:
+        if stop_signals.preempted(r.step):  # a pod's notice that came during set-up: its checkpoint stands
+            log.warning("preempted before the first step of this run; exiting at step %d", r.step)
+            return EXIT_PREEMPTED
         if r.data.eval_sets and r.step == 0 and cfg.eval_steps:  # the untrained student: the curves' baseline
             r.evaluate(r.state.params, 0, r.logger)
         while r.step < cfg.max_steps:
             examples = r.stream.next_batch(r.global_batch)
             r.state, metrics = r.step_fn(r.state, r.teacher_params, r.batcher(examples[local]))
             r.step += 1
-            if _preempted(r):
+            if stop_signals.preempted(r.step):
                 r.stop_signal = signal.SIGTERM
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
@@ -384,32 +383,6 @@ def loop(r: Run) -> int:
         return 0
     finally:
         bar.close()
-
-
-def _install_stop_handlers(r: Run) -> dict:
-    """SIGTERM (a preemption notice) and SIGINT (Ctrl-C) stop training after the current step, with a checkpoint.
-
-    One process notes the signal itself. Several leave SIGTERM to JAX's preemption service (started by
-    jax.distributed.initialize): a Python handler would replace its handler, and hosts that each stopped on
-    their own would stop at different steps (see ``_preempted``); Ctrl-C is passed on to it as a SIGTERM.
-    Returns the handlers replaced, to put back."""
-
-    def note(signum, frame):
-        r.stop_signal = signum
-
-    def to_service(signum, frame):
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if jax.process_count() == 1:
-        return {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
-    return {signal.SIGINT: signal.signal(signal.SIGINT, to_service)}
-
-
-def _preempted(r: Run) -> bool:
-    """With several processes: True on every process at the same step once any host got a preemption notice
-    (SIGTERM). JAX's service agrees on a step after the latest one any host has reached, so all save that step
-    together and exit; it must be asked after every step, which this is."""
-    return jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(r.step)
 
 
 def _log_train(r: Run, metrics: dict) -> None:
