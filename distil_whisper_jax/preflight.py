@@ -7,7 +7,8 @@ Each check prints one tab-separated row, ``PREFLIGHT check PASS|FAIL detail fix`
 versions, the JAX devices this host sees and the slice's (through ``jax.distributed`` when asked), free disk,
 writing/reading/deleting an object in the bucket, and a 3-step distillation of a 2-layer student of the bundled
 tiny.en on the bundled speech, checkpointing every step to the bucket, stopped by SIGTERM (what a preemption
-sends) after its first checkpoint and resumed from the bucket to the end. JAX runs in child processes only, so
+sends) after its first checkpoint and resumed from the bucket to the end (``--remove`` then deletes what it
+wrote, run on one host). JAX runs in child processes only, so
 this process never holds the TPU that the distillation needs.
 """
 
@@ -140,22 +141,41 @@ def _distill_argv(student: Path, out: str, steps: int, distributed: bool) -> lis
     return argv + (["--jax_distributed"] if distributed else [])
 
 
-def _stop_after_first_checkpoint(proc: subprocess.Popen, root: str, timeout: float) -> int | None:
-    """SIGTERM ``proc`` once a checkpoint is finalised under ``root``; the step seen, or None when it ended first."""
+def _stop_after_first_checkpoint(proc: subprocess.Popen, root: str, timeout: float) -> None:
+    """SIGTERM ``proc`` once a checkpoint is finalised under ``root`` (on a pod another host may stop the run
+    first: JAX's preemption service stops every process at the same step)."""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        steps = checkpoint.checkpoint_steps(root)
-        if steps:
+        if checkpoint.checkpoint_steps(root):
             proc.send_signal(signal.SIGTERM)
-            return steps[-1]
+            return
         time.sleep(0.5)
-    return None
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int | None, str]:
+    """(exit status, or None when it had to be killed after ``timeout``; its output, echoed)."""
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    text = log.read_text(errors="replace")
+    sys.stdout.write(text)
+    return code, text
+
+
+def _distil(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as f:  # a file, not a pipe: nobody reads while it runs
+        return subprocess.Popen(argv, env=_env(), stdout=f, stderr=subprocess.STDOUT)
 
 
 def check_resume(url: str, run_id: str, distributed: bool, steps: int = 10, timeout: float = 1800) -> Row:
     """Distil ``steps`` steps to ``url/run_id``, checkpointing every step; SIGTERM after the first checkpoint
-    (a preemption), then resume from the bucket to the end. Passes when the stopped run exits as preempted
-    and the resumed one finishes from a later step than 0, with its last checkpoint at ``steps``."""
+    (a preemption), then resume from the bucket to the end. Passes when the stopped run exits as preempted with
+    a checkpoint on the bucket and the resumed one finishes from a later step than 0, with its last checkpoint
+    at ``steps``. (``steps`` leaves the first run time to be stopped before it ends: a TPU runs them in
+    seconds.) The objects stay for ``--remove``: on a pod the other hosts may still be reading them."""
     fix = "see the log lines above this table; docs/troubleshooting.md (checkpoints on buckets)"
     out = f"{url.rstrip('/')}/{run_id}/distill"
     root = f"{out}/{checkpoint.CHECKPOINTS}"
@@ -169,24 +189,22 @@ def check_resume(url: str, run_id: str, distributed: bool, steps: int = 10, time
         if made.returncode != 0:
             return Row("resume", False, f"create-student failed: {_last_line(made.stderr)}", fix)
         argv = _distill_argv(student, out, steps, distributed)
-        first = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        seen = _stop_after_first_checkpoint(first, root, timeout)
-        log1 = first.communicate()[0]
-        sys.stdout.write(log1)
-        if seen is None or first.returncode != EXIT_PREEMPTED:
-            what = "ended before its first checkpoint" if seen is None else f"exited {first.returncode}"
-            return Row("resume", False, f"the stopped run {what} (expected exit {EXIT_PREEMPTED})", fix)
-        second = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=timeout)
-        sys.stdout.write(second.stdout + second.stderr)
-    resumed = [ln for ln in (second.stdout + second.stderr).splitlines() if "resumed at step" in ln]
+        first = _distil(argv, Path(tmp) / "first.log")
+        _stop_after_first_checkpoint(first, root, timeout)
+        code, _ = _finish(first, Path(tmp) / "first.log", timeout)
+        saved = checkpoint.checkpoint_steps(root)
+        if code != EXIT_PREEMPTED or not saved:
+            what = "was killed after hanging" if code is None else f"exited {code}"
+            return Row("resume", False, f"the stopped run {what} with checkpoints {saved} (expected exit "
+                       f"{EXIT_PREEMPTED} and a checkpoint on the bucket)", fix)  # fmt: skip
+        code, text = _finish(_distil(argv, Path(tmp) / "second.log"), Path(tmp) / "second.log", timeout)
+    resumed = [ln for ln in text.splitlines() if "resumed at step" in ln]
     final = checkpoint.checkpoint_steps(root)
-    ok = second.returncode == 0 and bool(resumed) and final[-1:] == [steps]
+    ok = code == 0 and bool(resumed) and final[-1:] == [steps]
     detail = (
-        f"stopped by SIGTERM after checkpoint {seen} on {out}; resumed run exited {second.returncode}, "
+        f"stopped by SIGTERM at checkpoint {saved[-1]} on {out}; resumed run exited {code}, "
         f"{resumed[0].split('] ')[-1] if resumed else 'did not resume'}, last checkpoint {final[-1:] or 'none'}"
     )
-    if ok:
-        storage.remove_tree(storage.location(f"{url.rstrip('/')}/{run_id}"))
     return Row("resume", ok, detail, fix)
 
 
@@ -210,8 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip_resume", action="store_true", help="no distillation (the quick checks only)")
     parser.add_argument("--write", nargs="*", default=[], help="only check that these output URLs are writable")
     parser.add_argument("--read", nargs="*", default=[], help="... and that these input URLs exist")
+    parser.add_argument("--remove", help="only remove this prefix (what a passed run of the checks wrote)")
     args = parser.parse_args(argv)
     host = socket.gethostname()
+    if args.remove:
+        storage.remove_tree(storage.location(args.remove, "--remove"))
+        return 0
     if args.write or args.read:  # the stage scripts' check of a stage's buckets, before the stage
         rows = [check_bucket(u, host) for u in args.write] + [check_readable(u) for u in args.read]
         for r in rows:

@@ -4,8 +4,8 @@ It logs its argv (one JSON list a line, ``FAKE_LOG``) and keeps the slice in a J
 (``FAKE_LOG`` + ``.state``): the node's state and the queued resource's. Behaviour of the real gcloud it copies:
 
 * ``ssh`` is refused (exit 1) on a node that is not READY or does not exist.
-* ``ssh --worker=all`` on a slice of several hosts stalls without gcloud's key in an ssh agent: here it exits 99
-  at once with "STALLED", so a test sees that a script called it without checking the agent first.
+* ``ssh --worker=all`` on a slice of several hosts stalls when gcloud's key has a passphrase and is not in an ssh
+  agent: here it exits 99 at once with "STALLED", so a test sees that a script called it without checking first.
 * A worker command runs once per targeted worker (``--worker=all``: every host of ``FAKE_ACCELERATOR``); the
   call's exit status is the first non-zero one in worker order; with ``--output-directory`` each worker's output
   also goes to ``DIR/<worker>.log``.
@@ -17,7 +17,8 @@ states, the last one sticks; ``FAKE_SSH_FAIL`` + ``FAKE_SSH_FAIL_TIMES``: a work
 exits 1 (the stage failed); ``FAKE_PREEMPT`` + ``FAKE_PREEMPT_TIMES``: such a command preempts the node (PREEMPTED,
 ssh exits 255), after saving a checkpoint under its output in ``FAKE_GCS_ROOT`` while ``FAKE_PROGRESS`` counts;
 ``FAKE_DROP`` + ``FAKE_DROP_TIMES``: the connection drops (255) while the command keeps running on the worker;
-``FAKE_CAPACITY_FAILS``: creates refused for capacity; ``FAKE_WORKER_FAIL`` "k:code": worker k exits ``code``.
+``FAKE_CAPACITY_FAILS``: creates refused for capacity; ``FAKE_DESCRIBE_FAILS``: describes that fail with an HTTP
+error (not NOT_FOUND); ``FAKE_WORKER_FAIL`` "k:code": worker k exits ``code``.
 Commands run on this machine (``FAKE_SSH_EXEC=1``, or ``FAKE_WORKERS=N`` for N concurrent workers joined the way
 Open MPI tells JAX its rank), each worker with its own ``HOME`` under the log's directory.
 """
@@ -108,6 +109,13 @@ def save_checkpoint(command: str) -> None:
     (root / str(len(list(root.iterdir())) + 1)).mkdir()
 
 
+def needs_agent() -> bool:
+    """gcloud's key has a passphrase (a key without one is used without an agent)."""
+    key = os.environ.get("GCLOUD_SSH_KEY") or os.path.expanduser("~/.ssh/google_compute_engine")
+    plain = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", key], capture_output=True)
+    return not os.path.isfile(key) or plain.returncode != 0
+
+
 def ssh(args: list[str], state: Slice, base: Path) -> int:
     command = flag(args, "command") or ""
     worker = flag(args, "worker") or "0"
@@ -115,7 +123,12 @@ def ssh(args: list[str], state: Slice, base: Path) -> int:
     if state.data["node"] != "READY":
         print(f"ERROR: (gcloud.compute.tpus.tpu-vm.ssh) the TPU is {state.data['node']}, not READY", file=sys.stderr)
         return 1
-    if worker == "all" and hosts(accel) > 1 and subprocess.run(["ssh-add", "-l"], capture_output=True).returncode:
+    if (
+        worker == "all"
+        and hosts(accel) > 1
+        and needs_agent()
+        and subprocess.run(["ssh-add", "-l"], capture_output=True).returncode
+    ):
         print("STALLED: waiting for the key's passphrase on every worker", file=sys.stderr)
         return 99
     n = int(os.environ.get("FAKE_WORKERS", "0")) or hosts(accel)
@@ -155,6 +168,9 @@ def main(args: list[str]) -> int:
         f.write(json.dumps(args) + "\n")
     state = Slice(Path(str(log) + ".state"))
     what = args[:4]
+    if what[3:4] == ["describe"] and flag(args, "format") != "value(acceleratorType)" and take("FAKE_DESCRIBE_FAILS"):
+        print("ERROR: (gcloud.compute.tpus.tpu-vm.describe) HTTPError 503: service unavailable", file=sys.stderr)
+        return 1
     if what == ["compute", "tpus", "tpu-vm", "describe"]:
         if flag(args, "format") == "value(acceleratorType)":
             print(os.environ.get("FAKE_ACCELERATOR", "v4-8"))

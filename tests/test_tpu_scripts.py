@@ -324,7 +324,7 @@ def _worker_image(fake, apt_ok: bool) -> dict:
         "python3": '#!/bin/sh\n[ "$1" = -V ] && { echo "Python 3.10.12"; exit 0; }\nexit 1\n',
         "sudo": '#!/bin/sh\nexec env "$@"\n',  # sudo takes VAR=value words too
         "apt-get": (
-            f'#!/bin/sh\necho "$@" >> {fake.tmp}/apt.log\n[ "$1" = update ] && exit 0\n'
+            f'#!/bin/sh\necho "$@" >> {fake.tmp}/apt.log\ncase " $* " in *" update "*) exit 0 ;; esac\n'
             + (
                 f"cp {image}/python3.11.real {image}/python3.11\n"
                 if apt_ok
@@ -376,7 +376,8 @@ def test_stage_scripts_pass_jax_distributed_and_the_extra_args_to_the_worker_unc
         *("--dataset_name", "gs://b/my data+gs://b/two", "--text_column_name", "it's", "--x=gs://b/y"),
     ]
     ssh = fake.calls()[-1]
-    assert "--worker=all" in ssh and f"--output-directory={fake.tmp}/logs/label" in ssh
+    logs = next(a.split("=", 1)[1] for a in ssh if a.startswith("--output-directory="))
+    assert "--worker=all" in ssh and re.fullmatch(rf"{fake.tmp}/logs/label/\d{{8}}T\d{{6}}Z", logs)
     scp = next(c for c in fake.calls() if c[3] == "scp")
     assert scp[4:6] == [str(recipe), "t1:tpu_configs/label-label.yaml"]
     res = fake.run("export.sh", *TPU, "--output-dir", "/data/e", "--", "--model", "/data/run", **env)
@@ -395,10 +396,12 @@ def test_a_stage_checks_its_buckets_from_the_worker_and_refuses_one_it_cannot_us
     """The check runs the package's own probe on the worker (here: this machine, against a GCS API server on
     127.0.0.1): a writable output and an existing input pass and the stage starts with the URLs unchanged; an
     output in a bucket that does not exist, or a missing input, is named and the stage never starts."""
-    venv = _fake_venv(fake.tmp, 4)
-    # the probe runs with the real package; the stage is the recording stand-in
+    # the default venv path ($HOME/distil-whisper-venv, expanded on the worker: its HOME is worker0/ here); the
+    # probe runs with the real package, the stage is the recording stand-in
+    (fake.tmp / "worker0").mkdir()
+    venv = _fake_venv(fake.tmp / "worker0", 4, "distil-whisper-venv")
     (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    gcs_env = {**gcs.env(), "REMOTE_VENV": str(venv), "FAKE_SSH_EXEC": "1", "JAX_PLATFORMS": "cpu"}
+    gcs_env = {**gcs.env(), "FAKE_SSH_EXEC": "1", "JAX_PLATFORMS": "cpu"}
     from distil_whisper_jax import storage
 
     storage.location("gs://bucket/data/part-0.parquet").write_bytes(b"PAR1")  # through the server's API
@@ -422,22 +425,29 @@ def test_a_stage_checks_its_buckets_from_the_worker_and_refuses_one_it_cannot_us
 
 
 def test_pods_need_the_ssh_agent_before_any_call_to_all_workers(fake):
+    """On a slice of several hosts gcloud's key must be in the ssh agent when it has a passphrase (else every
+    worker's ssh waits for it: the stand-in stalls); a key without one needs no agent."""
     pod = dict(FAKE_ACCELERATOR="v4-32", SKIP_BUCKET_CHECK="1")
     res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod)
     assert res.returncode == 2 and "google_compute_engine does not exist yet" in res.stderr, res.stderr
     key = Path(fake.env["HOME"]) / ".ssh" / "google_compute_engine"
     key.parent.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret", "-f", str(key)], check=True)
     res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod)  # no agent
-    assert res.returncode == 2 and "needs your key in an ssh agent" in res.stderr, res.stderr
+    assert res.returncode == 2 and "needs your key (it has a passphrase) in an ssh agent" in res.stderr, res.stderr
     assert f'Fix: eval "$(ssh-agent -s)" && ssh-add {key}' in res.stderr
     assert not any(c[3] == "ssh" for c in fake.calls())  # the stand-in would have stalled (exit 99)
     agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
     agent_env = dict(re.findall(r"(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;]+);", agent))
     try:
         res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod, **agent_env)  # an agent without the key
-        assert res.returncode == 2 and "needs your key in an ssh agent" in res.stderr, res.stderr
-        subprocess.run(["ssh-add", "-q", str(key)], env={**fake.env, **agent_env}, check=True, capture_output=True)
+        assert res.returncode == 2 and "needs your key (it has a passphrase)" in res.stderr, res.stderr
+        askpass = fake.file("askpass", "#!/bin/sh\necho secret\n")
+        os.chmod(askpass, 0o755)
+        add_env = {**fake.env, **agent_env, "SSH_ASKPASS": askpass, "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+        subprocess.run(
+            ["ssh-add", "-q", str(key)], env=add_env, check=True, capture_output=True, stdin=subprocess.DEVNULL
+        )
         res = fake.run("label.sh", *TPU, "--output-dir", "/o", **pod, **agent_env)
         assert res.returncode == 0, res.stderr
         # one worker of four failing fails the call (gcloud exits with the first non-zero status)
@@ -445,6 +455,10 @@ def test_pods_need_the_ssh_agent_before_any_call_to_all_workers(fake):
         assert res.returncode == 7
     finally:
         subprocess.run(["kill", agent_env["SSH_AGENT_PID"]], check=False)
+    key.unlink()
+    key.with_suffix(".pub").unlink()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    assert fake.run("label.sh", *TPU, "--output-dir", "/o", **pod).returncode == 0  # no passphrase: no agent
 
 
 def _stamping_venv(fake) -> Path:
@@ -509,6 +523,7 @@ def test_run_recreates_a_preempted_slice_and_reruns_the_stage(fake):
         ("ssh", "preflight --write"),
         ("ssh", "distil-whisper-distill"),  # preempted
         ("describe",),  # PREEMPTED
+        ("describe",),  # bring_back looks again: PREEMPTED (only a slice that is gone is re-created)
         ("delete",),
         ("create",),
         ("describe",),  # READY
@@ -543,6 +558,44 @@ def test_run_refills_its_retries_after_progress_and_waits_for_capacity_without_s
     assert f"still exists (PREEMPTED: it holds its name and quota): {delete}" in res.stderr
     res = fake.run("run.sh", *args, FAKE_SSH_FAIL="distil-whisper-distill", FAKE_SSH_FAIL_TIMES=fake.file("f", "9"))
     assert res.returncode == 2 and f"is still running (READY) and billing: {delete}" in res.stderr
+
+
+def test_run_never_deletes_a_slice_it_could_not_describe_and_retries_a_failed_set_up(fake):
+    """A describe that fails with an HTTP error (not NOT_FOUND) after a failed stage is waited out, never a reason to
+    delete the slice; a set-up that fails after re-creating a preempted slice is run again before the next try."""
+    args = (*RUN, "--stages", "distill", "--retry-wait", "0", "--skip-preflight")
+    res = fake.run(
+        "run.sh", *args, FAKE_SSH_FAIL="distil-whisper-distill", FAKE_SSH_FAIL_TIMES=fake.file("fails", "1"),
+        FAKE_DESCRIBE_FAILS=fake.file("describe", "1"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "t1 is UNKNOWN: waiting, not re-creating it" in res.stderr
+    assert not any(c[3] in ("delete", "create") for c in fake.calls() if len(c) > 3)
+    (fake.tmp / "calls.jsonl").unlink()
+    res = fake.run(
+        "run.sh", *args, FAKE_PREEMPT="distil-whisper-distill", FAKE_PREEMPT_TIMES=fake.file("preempt", "1"),
+        FAKE_SSH_FAIL="pip install", FAKE_SSH_FAIL_TIMES=fake.file("pip", "1"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    steps = [s for s in _steps(fake) if s[0] != "describe"]
+    assert steps.count(("ssh", "pip install")) == 2 and steps.count(("create",)) == 1, steps  # set up again
+    assert "bringing t1 back failed; will retry" in res.stderr and "bringing t1 up (it is READY)" in res.stderr
+
+
+def test_run_under_queued_requeues_a_resource_whose_slice_was_preempted_and_refuses_local_outputs(fake):
+    """A queued resource that still says ACTIVE while its slice is PREEMPTED is deleted and queued again (waiting on
+    it would never end); an --output-dir on the workers' disks is refused unless asked for."""
+    fake.file("calls.jsonl.state", '{"node": "NOT_FOUND", "queued": null}')  # nothing exists yet
+    res = fake.run(
+        "run.sh", *RUN, "--queued", "--spot", "--create-first", "--stages", "distill", "--retry-wait", "0",
+        "--skip-preflight", FAKE_PREEMPT="distil-whisper-distill", FAKE_PREEMPT_TIMES=fake.file("preempt", "1"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    queued = [c[3] for c in fake.calls() if len(c) > 3 and c[2] == "queued-resources" and c[3] != "describe"]
+    assert queued == ["create", "delete", "create"], queued
+    assert "is SUSPENDED; deleting it and queueing again" in res.stderr
+    res = fake.run("run.sh", *TPU, "--output-dir", "/data/exp", "--skip-preflight", "--stages", "eval")
+    assert res.returncode == 2 and "not a gs:// bucket URL" in res.stderr and "--allow-local-output" in res.stderr
 
 
 def test_run_gives_up_after_max_retries(fake):
@@ -593,7 +646,7 @@ def test_preflight_for_real_checkpoints_to_the_bucket_is_stopped_and_resumes(fak
     table = res.stdout[res.stdout.index("check ") :]
     for check in ("python", "packages", "devices", "disk", "bucket", "resume"):
         assert re.search(rf"^{check}\s+0\s+PASS", table, re.M), table
-    assert re.search(r"resume\s+0\s+PASS\s+stopped by SIGTERM after checkpoint \d+ .* resumed at step [1-9]", table)
+    assert re.search(r"resume\s+0\s+PASS\s+stopped by SIGTERM at checkpoint \d+ .* resumed at step [1-9]", table)
     left = [p for p in (gcs.root / "bucket").rglob("*") if p.is_file() and "preflight" in str(p)]
     assert left == []  # the check's objects are removed when it passed
 
@@ -623,7 +676,7 @@ def _real_stage(fake, script: str, out: Path, workers: int, devices: int, *extra
         text=True,
         timeout=600,
     )
-    logs = "".join(p.read_text()[-3000:] for p in sorted(fake.tmp.glob("calls.jsonl.worker*")))
+    logs = "".join(p.read_text()[-3000:] for p in sorted(fake.tmp.glob("logs/*/*/*.log")))
     assert res.returncode == 0, res.stderr + logs
     return res
 

@@ -37,6 +37,11 @@ create_or_exit3() {
     return 0
   fi
   sleep 1 # let tee finish writing
+  if grep -qiE 'quota' "$err"; then
+    rm -f "$err"
+    die "the project's TPU quota for $ACCELERATOR_TYPE in $ZONE is used up or missing (waiting will not help):" \
+      "request quota (IAM & Admin > Quotas) or choose another zone or slice"
+  fi
   if grep -qiE 'RESOURCE_EXHAUSTED|no more capacity|insufficient capacity|"code": 8' "$err"; then
     rm -f "$err"
     echo "create.sh: no capacity for $ACCELERATOR_TYPE in $ZONE now; try again later (or --queued to wait in line)" >&2
@@ -48,6 +53,8 @@ create_or_exit3() {
 
 if ((TPU_QUEUED)); then
   state="$(queued_state)"
+  # ACTIVE with its node preempted or gone: its capacity is gone too, whatever the queued resource still says
+  [[ "$state" == ACTIVE && "$(tpu_state)" =~ ^(PREEMPTED|TERMINATED|NOT_FOUND)$ ]] && state=SUSPENDED
   case "$state" in
   FAILED | SUSPENDED)
     echo "create.sh: queued resource $TPU_NAME is $state; deleting it and queueing again" >&2
@@ -80,7 +87,14 @@ while :; do
       exit 3
       ;;
     esac
-    [[ "$qstate" == ACTIVE && "$(tpu_state)" == READY ]] && break
+    if [[ "$qstate" == ACTIVE ]]; then
+      node="$(tpu_state)"
+      [[ "$node" == READY ]] && break
+      if [[ "$node" == PREEMPTED || "$node" == TERMINATED ]]; then
+        echo "create.sh: queued resource $TPU_NAME is ACTIVE but its slice is $node; queue again later" >&2
+        exit 3
+      fi
+    fi
     echo "create.sh: queued resource $TPU_NAME is $qstate after ${waited}s" >&2
   else
     state="$(tpu_state)"

@@ -170,19 +170,24 @@ ssh_workers() {
 }
 
 # describe_state KIND FIELD DRY_ANSWER: gcloud's describe of the slice (KIND tpu-vm) or its queued resource (KIND
-# queued-resources), the value of FIELD, or NOT_FOUND when describe fails. Under --dry-run it prints the command
-# and answers DRY_ANSWER.
+# queued-resources), the value of FIELD; NOT_FOUND when gcloud says so, UNKNOWN when describe failed otherwise (a
+# network or quota hiccup: never a reason to delete anything). Under --dry-run it prints the command and answers
+# DRY_ANSWER.
 describe_state() {
-  local flags state
+  local flags state err
   mapfile -t flags < <(tpu_flags)
   if ((DRY_RUN)); then
     run gcloud compute tpus "$1" describe "$TPU_NAME" "${flags[@]}" --format="value($2)" >&2
     echo "$3"
     return 0
   fi
-  state="$(gcloud compute tpus "$1" describe "$TPU_NAME" "${flags[@]}" --format="value($2)" 2>/dev/null)" ||
-    state=NOT_FOUND
-  echo "${state:-NOT_FOUND}"
+  err="$(mktemp)"
+  if ! state="$(gcloud compute tpus "$1" describe "$TPU_NAME" "${flags[@]}" --format="value($2)" 2>"$err")"; then
+    state=UNKNOWN
+    grep -q NOT_FOUND "$err" && state=NOT_FOUND
+  fi
+  rm -f "$err"
+  echo "${state:-UNKNOWN}"
 }
 
 # tpu_state: the TPU VM's state (READY, PREEMPTED, CREATING, ...), or NOT_FOUND; READY under --dry-run.
@@ -195,6 +200,9 @@ tpu_state() {
 queued_state() {
   describe_state queued-resources state.state NOT_FOUND
 }
+
+# apt-get waits for the dpkg lock, which unattended-upgrades holds on a fresh VM's first boot (apt >= 1.9).
+APT_WAIT="-o DPkg::Lock::Timeout=600"
 
 # The Pythons the package supports (pyproject.toml's requires-python; a test keeps the two equal).
 PYTHON_MIN=3.11
@@ -209,7 +217,7 @@ remote_python() {
   ok="import sys; sys.exit(not ((3, $lo) <= sys.version_info[:2] < (3, $hi)))"
   printf '%s' "py=''; for c in $1 python3.12 python3.11; do command -v \$c >/dev/null && \$c -c '$ok' 2>/dev/null && { py=\$c; break; }; done; "
   printf '%s' "if [ -z \"\$py\" ]; then echo \"\$(hostname): $1 is \$($1 -V 2>&1); installing python3.11 (the package needs >= $PYTHON_MIN, < $PYTHON_BELOW)\"; "
-  printf '%s' "sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv >/dev/null && py=python3.11 || "
+  printf '%s' "sudo apt-get $APT_WAIT update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get $APT_WAIT install -y -qq python3.11 python3.11-venv >/dev/null && py=python3.11 || "
   printf '%s' "{ echo \"\$(hostname): could not install python3.11 with apt-get; install a Python >= $PYTHON_MIN, < $PYTHON_BELOW with its venv module and pass setup.sh --python PATH\" >&2; exit 3; }; fi; "
   printf '%s' "echo \"\$(hostname): using \$(command -v \$py) (\$(\$py -V 2>&1))\"; "
 }
@@ -310,12 +318,15 @@ ssh_agent_problem() {
   hosts="$(slice_hosts "$(slice_accelerator)")"
   ((hosts > 1)) || return 0
   fix="eval \"\$(ssh-agent -s)\" && ssh-add $key"
-  if [[ ! -f "$key" ]]; then
+  # a key without a passphrase is used as it is; only one with a passphrase needs the agent
+  if [[ -f "$key" ]] && ssh-keygen -y -P '' -f "$key" >/dev/null 2>&1; then
+    return 0
+  elif [[ ! -f "$key" ]]; then
     echo "$TPU_NAME has $hosts workers and gcloud's ssh key $key does not exist yet: create it with one single-worker" \
       "ssh (gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=0 --command=true), then: $fix"
   elif ! listed="$(ssh-add -l 2>/dev/null)"; then
-    echo "$TPU_NAME has $hosts workers: gcloud's ssh to all of them at once needs your key in an ssh agent, or it" \
-      "stalls (ssh-add -l: no agent, or no keys in it). Fix: $fix"
+    echo "$TPU_NAME has $hosts workers: gcloud's ssh to all of them at once needs your key (it has a passphrase) in an" \
+      "ssh agent, or it stalls asking every worker for it (ssh-add -l: no agent, or no keys in it). Fix: $fix"
   else
     [[ -f "$key.pub" ]] && fingerprint="$(ssh-keygen -lf "$key.pub" 2>/dev/null | awk '{print $2}')"
     [[ -z "$fingerprint" || "$listed" == *"$fingerprint"* ]] ||
@@ -399,11 +410,13 @@ check_buckets() {
     if [[ "$kind" == w ]]; then writes+=("$url"); else reads+=("$url"); fi
   done < <(bucket_args "$@")
   ((${#writes[@]} + ${#reads[@]})) || return 0
-  local probe=("$REMOTE_VENV/bin/python" -m distil_whisper_jax.preflight)
+  local probe=(-m distil_whisper_jax.preflight)
   ((${#writes[@]})) && probe+=(--write "${writes[@]}")
   ((${#reads[@]})) && probe+=(--read "${reads[@]}")
-  ssh_workers "$worker" "JAX_PLATFORMS=cpu $(remote_command "${probe[@]}")" ||
-    die "a worker of $TPU_NAME cannot use ${writes[*]} ${reads[*]} (see the FAIL rows above; the fix is in their last column)"
+  # the venv path stays unquoted: its $HOME expands on the worker
+  ssh_workers "$worker" "JAX_PLATFORMS=cpu $REMOTE_VENV/bin/python $(remote_command "${probe[@]}")" ||
+    die "a worker of $TPU_NAME cannot use ${writes[*]} ${reads[*]}, or could not be reached (FAIL rows above name" \
+      "the URL and the fix; no rows: the ssh itself failed)"
 }
 
 # stage_opts: the flags of a stage script (student/label/distill/eval/export).
@@ -411,7 +424,7 @@ stage_opts() {
   common_opts
   opt output-dir OUTPUT_DIR value "" "the stage's --output_dir: a gs://BUCKET/path (written directly, never through a mount) or a worker path"
   opt config STAGE_CONFIG value "" "a local --config FILE (YAML/JSON, e.g. a recipe) copied to every worker"
-  opt log-dir LOG_DIR value ./tpu_logs "local directory of the per-worker logs (LOG_DIR/<stage>/<worker>.log)"
+  opt log-dir LOG_DIR value ./tpu_logs "local directory of the per-worker logs (LOG_DIR/<stage>/<time>/<worker>.log)"
   opt skip-bucket-check SKIP_BUCKET_CHECK bool 0 "do not check the stage's gs:// URLs from the workers first"
 }
 
@@ -434,12 +447,14 @@ stage_main() {
   fi
   args+=("${EXTRA_ARGS[@]}")
   ((SKIP_BUCKET_CHECK)) || check_buckets "$worker" "${args[@]}"
-  run mkdir -p "$LOG_DIR/$stage"
-  echo "$stage: per-worker logs in $LOG_DIR/$stage/<worker>.log" >&2
+  local logs
+  logs="$LOG_DIR/$stage/$(date -u +%Y%m%dT%H%M%SZ)" # one directory per run: a retry keeps the failed run's logs
+  run mkdir -p "$logs"
+  echo "$stage: per-worker logs in $logs/<worker>.log" >&2
   # A one-worker stage (create-student, export) runs on the CPU: on a multi-host slice, a TPU program on one
   # host alone would wait for the others to join.
   local env_prefix=""
   ((multi)) || env_prefix="JAX_PLATFORMS=cpu "
   ssh_workers "$worker" "$(remote_cleanup)${env_prefix}exec $REMOTE_VENV/bin/$script $(remote_command "${args[@]}")" \
-    "--output-directory=$LOG_DIR/$stage"
+    "--output-directory=$logs"
 }

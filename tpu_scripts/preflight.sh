@@ -25,6 +25,12 @@ hosts="$(slice_hosts "$accel")"
 rows=()
 # row CHECK WORKER PASS|FAIL DETAIL FIX
 row() { rows+=("$(printf '%s\t%s\t%s\t%s\t%s' "$@")"); }
+# table: tab-separated lines as aligned columns (awk: no dependency on util-linux's column)
+table() {
+  awk -F'\t' '{ for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } if (NF > n) n = NF }
+    END { for (r = 1; r <= NR; r++) { line = ""; for (i = 1; i < n; i++) line = line sprintf("%-" w[i] "s  ", c[r, i])
+      print line c[r, n] } }'
+}
 
 if ((hosts > 1)); then
   if ((DRY_RUN)); then
@@ -32,16 +38,17 @@ if ((hosts > 1)); then
   else
     problem="$(ssh_agent_problem)"
     if [[ -z "$problem" ]]; then row "ssh agent" local PASS "gcloud's key is in the agent ($hosts workers)" ""; else
-      row "ssh agent" local FAIL "${problem%%Fix:*}" "${problem##*Fix: }"
-      printf '%s\n' "${rows[@]}" | column -t -s $'\t' >&2
+      row "ssh agent" local FAIL "$problem" "see the detail"
+      printf '%s\n' "${rows[@]}" | table >&2
       die "fix the ssh agent first: without it the next command would stall"
     fi
   fi
 fi
 _AGENT_CHECKED=1
 
-checks=("$REMOTE_VENV/bin/python" -m distil_whisper_jax.preflight --expected_devices "$EXPECTED_DEVICES"
-  --min_free_gb "$MIN_FREE_GB" --run_id "preflight-$(date -u +%Y%m%dT%H%M%SZ)")
+run_id="preflight-$(date -u +%Y%m%dT%H%M%SZ)"
+checks=(-m distil_whisper_jax.preflight --expected_devices "$EXPECTED_DEVICES" --min_free_gb "$MIN_FREE_GB"
+  --run_id "$run_id")
 ((hosts > 1)) && checks+=(--jax_distributed)
 [[ -z "$PREFLIGHT_BUCKET" ]] || checks+=(--bucket "$PREFLIGHT_BUCKET")
 ((SKIP_RESUME)) && checks+=(--skip_resume)
@@ -50,13 +57,14 @@ out="$LOG_DIR/preflight"
 run rm -rf "$out"
 run mkdir -p "$out"
 status=0
-ssh_workers all "if [ -x $REMOTE_VENV/bin/python ]; then $(remote_command "${checks[@]}"); else $no_venv; exit 1; fi" \
-  "--output-directory=$out" || status=$?
+# A stage left running by an earlier run would hold the TPU: stopped first, as before every stage.
+ssh_workers all "$(remote_cleanup)if [ -x $REMOTE_VENV/bin/python ]; then $REMOTE_VENV/bin/python \
+$(remote_command "${checks[@]}"); else $no_venv; exit 1; fi" "--output-directory=$out" || status=$?
 ((DRY_RUN)) && exit 0
 
 for w in $(seq 0 $((hosts - 1))); do
-  log="$(find "$out" -maxdepth 1 -name "*$w.log" 2>/dev/null | head -1)"
-  if [[ -z "$log" ]]; then
+  log="$out/$w.log" # gcloud's name for worker w's output
+  if [[ ! -f "$log" ]]; then
     row "worker reached" "$w" FAIL "no output from worker $w (ssh failed?)" "is the slice READY? gcloud compute tpus tpu-vm describe $TPU_NAME"
     status=1
     continue
@@ -72,8 +80,12 @@ done
 {
   printf 'check\tworker\tresult\tdetail\tfix\n'
   printf '%s\n' "${rows[@]}"
-} | column -t -s $'\t'
+} | table
 if ((status)) || printf '%s\n' "${rows[@]}" | grep -q $'\tFAIL\t'; then
   die "preflight failed on $TPU_NAME: fix the FAIL rows (last column) before starting a run"
+fi
+if [[ -n "$PREFLIGHT_BUCKET" ]] && ((!SKIP_RESUME)); then # one worker removes what the checks wrote, after all passed
+  ssh_workers 0 "JAX_PLATFORMS=cpu $REMOTE_VENV/bin/python -m distil_whisper_jax.preflight --remove \
+$(squote "${PREFLIGHT_BUCKET%/}/$run_id")" >/dev/null || echo "preflight: could not remove ${PREFLIGHT_BUCKET%/}/$run_id" >&2
 fi
 echo "preflight: $TPU_NAME passed every check on $hosts worker(s)" >&2

@@ -38,6 +38,7 @@ opt capacity-wait-max CAPACITY_WAIT_MAX value 1800 "longest back-off between cre
 opt capacity-timeout CAPACITY_TIMEOUT value 0 "give up after waiting this long for capacity (seconds; 0: never)"
 opt skip-preflight SKIP_PREFLIGHT bool 0 "do not run preflight.sh before the first stage"
 opt log-dir LOG_DIR value ./tpu_logs "local directory of the per-worker logs"
+opt allow-local-output ALLOW_LOCAL_OUTPUT bool 0 "accept an --output-dir on the workers' disks (lost with a re-created slice)"
 parse_args "$@"
 require name zone accelerator-type output-dir
 [[ "$MAX_RETRIES" =~ ^[0-9]+$ ]] || die "--max-retries '$MAX_RETRIES' (MAX_RETRIES): expected a count"
@@ -45,7 +46,23 @@ for n in RETRY_WAIT CAPACITY_WAIT_MAX CAPACITY_TIMEOUT; do
   [[ "${!n}" =~ ^[0-9]+$ ]] || die "$n=${!n}: expected seconds"
 done
 base="${RUN_OUTPUT_DIR%/}"
+[[ "$base" == gs://* ]] || ((ALLOW_LOCAL_OUTPUT)) || die "--output-dir $base (OUTPUT_DIR): not a gs:// bucket URL;" \
+  "outputs on a worker's disk are lost when a preempted slice is re-created, and a pod's hosts do not share them" \
+  "(--allow-local-output to accept it)"
 [[ -n "$BUCKET" || "$base" != gs://* ]] || BUCKET="$base"
+# A run of days may re-create its slice: every set-up must install the same code, so a branch or tag is pinned to
+# its commit now (when the repository can be reached from here).
+if [[ -n "$GIT_URL" && ! "$GIT_REF" =~ ^[0-9a-f]{40}$ ]]; then
+  if ((DRY_RUN)); then
+    printf '+ git ls-remote %s %s\n' "$(squote "$GIT_URL")" "$(squote "$GIT_REF")"
+  elif commit="$(GIT_TERMINAL_PROMPT=0 timeout 60 git ls-remote "$GIT_URL" "$GIT_REF" "$GIT_REF^{}" 2>/dev/null |
+    sort -k2 | tail -1 | cut -f1)" && [[ -n "$commit" ]]; then
+    echo "run.sh: $GIT_URL $GIT_REF is commit $commit: every set-up of this run installs it" >&2
+    GIT_REF="$commit"
+  else
+    echo "run.sh: warning: could not resolve $GIT_REF of $GIT_URL from here; each set-up installs whatever it is then" >&2
+  fi
+fi
 export TPU_NAME ZONE PROJECT DRY_RUN ACCELERATOR_TYPE RUNTIME_VERSION TPU_SPOT TPU_PREEMPTIBLE TPU_QUEUED \
   GIT_URL GIT_REF WHEEL BUCKET LOG_DIR GLOBAL_BATCH_SIZE
 if [[ -n "$RECIPE" ]]; then
@@ -93,18 +110,21 @@ output_name() {
 
 # give_up MESSAGE: stop, saying that the slice (if it still exists) keeps running and billing, and how to delete it.
 give_up() {
-  local state msg="$1"
+  local state msg="$1" q="" qstate=NOT_FOUND
   state="$(tpu_state)"
-  if [[ "$state" != NOT_FOUND ]]; then
-    local q=""
-    ((TPU_QUEUED)) && q=" --queued"
-    if [[ "$state" == PREEMPTED || "$state" == TERMINATED ]]; then
-      msg+=". The slice $TPU_NAME still exists ($state: it holds its name and quota): delete it with"
-    else
-      msg+=". The slice $TPU_NAME is still running ($state) and billing: delete it with"
-    fi
-    msg+=" tpu_scripts/delete.sh --name $TPU_NAME --zone $ZONE$q (outputs under $base stay)"
+  if ((TPU_QUEUED)); then
+    q=" --queued"
+    qstate="$(queued_state)"
   fi
+  if [[ "$state" == PREEMPTED || "$state" == TERMINATED ]]; then
+    msg+=". The slice $TPU_NAME still exists ($state: it holds its name and quota)"
+  elif [[ "$state" != NOT_FOUND ]]; then
+    msg+=". The slice $TPU_NAME is still running ($state) and billing"
+  elif [[ "$qstate" != NOT_FOUND ]]; then
+    msg+=". The queued resource $TPU_NAME is $qstate: the slice it provisions will bill"
+  fi
+  [[ "$state" == NOT_FOUND && "$qstate" == NOT_FOUND ]] ||
+    msg+=": delete it with tpu_scripts/delete.sh --name $TPU_NAME --zone $ZONE$q (outputs under $base stay)"
   die "$msg"
 }
 
@@ -121,27 +141,36 @@ stage_progress() {
   gcloud storage ls "$dir" 2>/dev/null || true
 }
 
-# bring_back [fresh]: re-create a slice that is no longer READY (a queued resource that is still queued keeps its place:
-# create.sh waits for it) and set it up. Capacity refusals (create.sh exit 3) back off, doubling from --retry-wait
-# up to --capacity-wait-max, and never spend a retry; --capacity-timeout bounds the wait.
+# bring_back [fresh]: make the slice READY and set it up again. A READY slice (one whose set-up failed before) is only set
+# up; one that is PREEMPTED, TERMINATED or gone is deleted (a plain slice) and created again (a queued resource
+# that is still queued keeps its place: create.sh waits for it). Capacity refusals (create.sh exit 3) back off,
+# doubling from --retry-wait up to --capacity-wait-max, and never spend a retry; --capacity-timeout bounds the
+# wait. Until set-up succeeds, SLICE_NEEDS_SETUP stays 1, so the next failure brings it back again.
+SLICE_NEEDS_SETUP=0
 bring_back() {
-  local pause="$RETRY_WAIT" waited=0 code
-  echo "run.sh: bringing $TPU_NAME up" >&2
-  if [[ "${1:-}" != fresh ]] && ((!TPU_QUEUED)); then
-    "$TPU_SCRIPTS_DIR/delete.sh" || echo "run.sh: delete failed (already gone?); creating anyway" >&2
+  local pause="$RETRY_WAIT" waited=0 code state
+  SLICE_NEEDS_SETUP=1
+  state="$(tpu_state)"
+  [[ "${1:-}" != fresh ]] || ((!DRY_RUN)) || state=NOT_FOUND # a dry run of --create-first shows the create
+  echo "run.sh: bringing $TPU_NAME up (it is $state)" >&2
+  if [[ "$state" != READY ]]; then
+    if [[ "$state" != NOT_FOUND ]] && ((!TPU_QUEUED)); then
+      "$TPU_SCRIPTS_DIR/delete.sh" || echo "run.sh: delete failed (already gone?); creating anyway" >&2
+    fi
+    while :; do
+      if "$TPU_SCRIPTS_DIR/create.sh"; then break; else code=$?; fi
+      ((code == 3)) || return 1
+      ((CAPACITY_TIMEOUT == 0 || waited < CAPACITY_TIMEOUT)) ||
+        give_up "no capacity for $ACCELERATOR_TYPE in $ZONE after ${waited}s (--capacity-timeout $CAPACITY_TIMEOUT)"
+      echo "run.sh: no capacity for $TPU_NAME yet; trying again in ${pause}s (not counted as a retry)" >&2
+      run sleep "$pause"
+      waited=$((waited + pause))
+      pause=$((pause * 2 > CAPACITY_WAIT_MAX ? CAPACITY_WAIT_MAX : pause * 2))
+      ((pause > 0)) || pause=1
+    done
   fi
-  while :; do
-    if "$TPU_SCRIPTS_DIR/create.sh"; then break; else code=$?; fi
-    ((code == 3)) || return 1
-    ((CAPACITY_TIMEOUT == 0 || waited < CAPACITY_TIMEOUT)) ||
-      give_up "no capacity for $ACCELERATOR_TYPE in $ZONE after ${waited}s (--capacity-timeout $CAPACITY_TIMEOUT)"
-    echo "run.sh: no capacity for $TPU_NAME yet; trying again in ${pause}s (not counted as a retry)" >&2
-    run sleep "$pause"
-    waited=$((waited + pause))
-    pause=$((pause * 2 > CAPACITY_WAIT_MAX ? CAPACITY_WAIT_MAX : pause * 2))
-    ((pause > 0)) || pause=1
-  done
-  "$TPU_SCRIPTS_DIR/setup.sh"
+  "$TPU_SCRIPTS_DIR/setup.sh" || return 1
+  SLICE_NEEDS_SETUP=0
 }
 
 # run_stage STAGE: run it; on failure wait, bring the slice back when it is not READY, and re-run. Failures are
@@ -163,8 +192,18 @@ run_stage() {
     state="$(tpu_state)"
     echo "run.sh: stage $stage failed (TPU state: $state); retry $failures of $MAX_RETRIES in ${RETRY_WAIT}s" >&2
     run sleep "$RETRY_WAIT"
-    if [[ "$state" != READY ]]; then
-      bring_back || echo "run.sh: bringing $TPU_NAME back failed; will retry" >&2
+    # Only a slice that is really gone is re-created: a describe that failed (UNKNOWN) or a slice being repaired
+    # or restarted is waited for, never deleted.
+    case "$state" in
+    PREEMPTED | TERMINATED | NOT_FOUND) bring_back || echo "run.sh: bringing $TPU_NAME back failed; will retry" >&2 ;;
+    READY) ;;
+    *) echo "run.sh: $TPU_NAME is $state: waiting, not re-creating it" >&2 ;;
+    esac
+    # a slice whose set-up failed (after it was re-created) is set up again before the stage runs on it
+    if ((SLICE_NEEDS_SETUP)) && [[ "$(tpu_state)" == READY ]]; then
+      echo "run.sh: $TPU_NAME is READY but not set up; setting it up again in ${RETRY_WAIT}s" >&2
+      run sleep "$RETRY_WAIT"
+      bring_back || echo "run.sh: setting up $TPU_NAME failed; will retry" >&2
     fi
   done
 }

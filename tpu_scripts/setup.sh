@@ -47,7 +47,7 @@ venv_py="$REMOTE_VENV/bin/python"
 ssh_workers all "set -e; $(remote_python "$REMOTE_PYTHON")\
 if [ -x $venv_py ] && [ \"\$($venv_py -V 2>&1)\" != \"\$(\$py -V 2>&1)\" ]; then rm -rf $REMOTE_VENV; fi; \
 [ -x $venv_py ] || \$py -m venv $REMOTE_VENV || { rm -rf $REMOTE_VENV; \
-sudo apt-get update -qq && sudo apt-get install -y -qq \$(basename \$py)-venv && \$py -m venv $REMOTE_VENV; }; \
+sudo apt-get $APT_WAIT update -qq && sudo apt-get $APT_WAIT install -y -qq \$(basename \$py)-venv && \$py -m venv $REMOTE_VENV; }; \
 $REMOTE_VENV/bin/pip install -q --upgrade pip; $REMOTE_VENV/bin/pip install -q $(squote "$spec")" ||
   die "installing on $TPU_NAME failed on a worker (see its output above); exit 3 means no supported Python could be installed"
 
@@ -64,7 +64,7 @@ if [[ -n "$MOUNT_BUCKET" ]]; then
 echo 'deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-'\$(lsb_release -cs)' main' \
 | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
 curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
-sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; }; \
+sudo apt-get $APT_WAIT update -qq && sudo apt-get $APT_WAIT install -y -qq gcsfuse; }; \
 mkdir -p $REMOTE_MOUNT_ROOT/$bucket; mountpoint -q $REMOTE_MOUNT_ROOT/$bucket || \
 gcsfuse --implicit-dirs $bucket $REMOTE_MOUNT_ROOT/$bucket"
 fi
