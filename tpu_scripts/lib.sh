@@ -297,25 +297,18 @@ slice_chips() {
 # slice_accelerator: the slice's type as gcloud describes it (falls back to ACCELERATOR_TYPE, e.g. for a slice
 # created with --type/--topology, which describe reports elsewhere, and under --dry-run).
 slice_accelerator() {
-  local flags accel=""
-  if [[ -z "${_SLICE_ACCELERATOR:-}" ]]; then
-    mapfile -t flags < <(tpu_flags)
-    if ((DRY_RUN)); then
-      run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${flags[@]}" --format='value(acceleratorType)' >&2
-    else
-      accel="$(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${flags[@]}" --format='value(acceleratorType)' 2>/dev/null)" || accel=""
-    fi
-    _SLICE_ACCELERATOR="${accel:-${ACCELERATOR_TYPE:-v4-8}}"
-  fi
-  echo "$_SLICE_ACCELERATOR"
+  local accel
+  accel="$(describe_state tpu-vm acceleratorType "")"
+  [[ "$accel" =~ ^v[0-9] ]] || accel="${ACCELERATOR_TYPE:-v4-8}"
+  echo "$accel"
 }
 
-# ssh_agent_problem: empty when gcloud can reach all workers of the slice at once, else what is wrong and the fix.
+# ssh_agent_problem HOSTS: empty when gcloud can reach all HOSTS workers of the slice at once, else what is wrong
+# and the fix.
 # `gcloud ... ssh --worker=all` on a slice of several hosts goes through the user's ssh agent; without gcloud's key
 # in it, every worker's ssh waits for a passphrase nobody sees and the call stalls.
 ssh_agent_problem() {
-  local hosts key="${GCLOUD_SSH_KEY:-$HOME/.ssh/google_compute_engine}" fix listed fingerprint=""
-  hosts="$(slice_hosts "$(slice_accelerator)")"
+  local hosts="$1" key="${GCLOUD_SSH_KEY:-$HOME/.ssh/google_compute_engine}" fix listed fingerprint=""
   ((hosts > 1)) || return 0
   fix="eval \"\$(ssh-agent -s)\" && ssh-add $key"
   # a key without a passphrase is used as it is; only one with a passphrase needs the agent
@@ -343,21 +336,17 @@ check_ssh_agent() {
   ((hosts > 1)) || return 0
   printf '+ ssh-add -l  # %s has %s workers: --worker=all needs gcloud'"'"'s key in an ssh agent\n' "$TPU_NAME" "$hosts"
   ((DRY_RUN)) && return 0
-  problem="$(ssh_agent_problem)"
+  problem="$(ssh_agent_problem "$hosts")"
   [[ -z "$problem" ]] || die "$problem"
 }
 
-# remote_quote ARG: ARG shell-quoted for the worker's shell. Bucket URLs (gs://...) pass through unchanged: the
-# package reads and writes them itself (never through a gcsfuse mount, which cannot rename directories).
-remote_quote() {
-  squote "$1"
-}
-
-# remote_command WORDS...: one command line for the worker's shell.
+# remote_command WORDS...: one command line for the worker's shell, each word quoted. Bucket URLs (gs://...) pass
+# through unchanged: the package reads and writes them itself (never through a gcsfuse mount, which cannot rename
+# directories).
 remote_command() {
   local out="" word
   for word in "$@"; do
-    out+="$(remote_quote "$word") "
+    out+="$(squote "$word") "
   done
   printf '%s' "${out% }"
 }

@@ -36,7 +36,7 @@ if ((hosts > 1)); then
   if ((DRY_RUN)); then
     printf '+ ssh-add -l\n'
   else
-    problem="$(ssh_agent_problem)"
+    problem="$(ssh_agent_problem "$hosts")"
     if [[ -z "$problem" ]]; then row "ssh agent" local PASS "gcloud's key is in the agent ($hosts workers)" ""; else
       row "ssh agent" local FAIL "$problem" "see the detail"
       printf '%s\n' "${rows[@]}" | table >&2
