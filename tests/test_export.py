@@ -303,7 +303,13 @@ def test_quantize_matches_ggml_on_ties_zeros_and_scales(libggml, quant):
 @pytest.fixture(scope="module")
 def small():
     """A small random Whisper (d_model 64) that whisper.cpp's and openai's layouts accept."""
-    config = WhisperConfig(
+    config = small_config()
+    return config, random_params(config)
+
+
+def small_config(**overrides) -> WhisperConfig:
+    """The config of ``small`` (d_model 64, 1 encoder and 2 decoder layers), with ``overrides``."""
+    fields = dict(
         vocab_size=51864,
         d_model=64,
         encoder_layers=1,
@@ -314,7 +320,7 @@ def small():
         decoder_ffn_dim=256,
         max_target_positions=32,
     )
-    return config, random_params(config)
+    return WhisperConfig(**{**fields, **overrides})
 
 
 def random_params(config, seed=0):

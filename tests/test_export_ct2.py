@@ -20,8 +20,9 @@ from distil_whisper_jax import export_verify
 from distil_whisper_jax.cli import export as cli
 from distil_whisper_jax.convert import ct2, tree_equal
 from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
-from distil_whisper_jax.model import WhisperConfig, param_shapes
 from distil_whisper_jax.models import load_pretrained
+
+from .test_export import random_params, small_config
 
 MAX_NEW_TOKENS = 48
 
@@ -128,24 +129,9 @@ def test_round_trip_and_transcribe(session, tiny, student, clips, capsys):
 
 @pytest.fixture(scope="module")
 def small():
-    """A small random Whisper with a 15 s input (max_source_positions 750), as a transformers directory."""
-    config = WhisperConfig(
-        vocab_size=51864,
-        d_model=64,
-        encoder_layers=1,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=256,
-        decoder_ffn_dim=256,
-        max_source_positions=750,
-        max_target_positions=32,
-    )
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(config)
-    )
-    return config, params
+    """test_export's small random Whisper with a 15 s input (max_source_positions 750)."""
+    config = small_config(max_source_positions=750)
+    return config, random_params(config)
 
 
 def test_15s_student_is_refused_because_ctranslate2_refuses_30s_windows(small, tiny, tmp_path, capsys):
