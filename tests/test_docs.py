@@ -61,26 +61,23 @@ def _peer_row(section: str, i: int) -> list[tuple[Getter, str]]:
     return [(at(*r, "speed"), ".2f"), (at(*r, "vs_transformers"), ".2f"), (at(*r, "wer"), ".2f")]
 
 
-def _quant_row(fmt: str) -> list[tuple[Getter, str]]:
+# export table: its unquantized format → the name its JSON gives that type (what the others are compared with)
+EXPORT_REFERENCE = {"ggml": "f16", "ct2": "float32"}
+
+
+def _export_row(fmt: str) -> list[tuple[Getter, str]]:
+    """An export table's figures for ``fmt`` (whisper.cpp ``ggml*`` or CTranslate2 ``ct2*``): size, write time,
+    WER, and size and WER against the unquantized type of its family."""
+    base = fmt.split("-")[0]
+    ref = EXPORT_REFERENCE[base]
     r = ("formats", fmt)
     row = [
         (at(*r, "bytes"), ","),
-        (at(*r, "vs_f16_size"), ".2f"),
+        (at(*r, f"vs_{ref}_size"), ".2f"),
         (at(*r, "write_wall_s"), ".1f"),
         (at(*r, "wer"), ".2f"),
     ]
-    return row if fmt == "ggml" else [*row, (at(*r, "wer_vs_f16"), "+.2f")]
-
-
-def _ct2_row(fmt: str) -> list[tuple[Getter, str]]:
-    r = ("formats", fmt)
-    row = [
-        (at(*r, "bytes"), ","),
-        (at(*r, "vs_float32_size"), ".2f"),
-        (at(*r, "write_wall_s"), ".1f"),
-        (at(*r, "wer"), ".2f"),
-    ]
-    return row if fmt == "ct2" else [*row, (at(*r, "wer_vs_float32"), "+.2f")]
+    return row if fmt == base else [*row, (at(*r, f"wer_vs_{ref}"), "+.2f")]
 
 
 def _ct2_words_gained(d: Any) -> int:
@@ -236,14 +233,14 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("load_average", 0), "")]),
     (BENCH, "on all {} held-out sentences of the bundled speech corpus ({} words, joined into {} windows", EQ, [
         (at("clips"), "d"), (at("words"), "d"), (at("windows"), "d")]),
-    (BENCH, "| f16 | `ggml-model.bin` | {} | {} | {} | {} | – |", EQ, _quant_row("ggml")),
-    *[(BENCH, f"| {q} | `ggml-model-{q}.bin` | {{}} | {{}} | {{}} | {{}} | {{}} |", EQ, _quant_row(f"ggml-{q}"))
+    (BENCH, "| f16 | `ggml-model.bin` | {} | {} | {} | {} | – |", EQ, _export_row("ggml")),
+    *[(BENCH, f"| {q} | `ggml-model-{q}.bin` | {{}} | {{}} | {{}} | {{}} | {{}} |", EQ, _export_row(f"ggml-{q}"))
       for q in ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")],
     (BENCH, "(load average {} at the end; raw numbers: `benchmarks/results/export_ct2.json`)", EC, [
         (at("load_average", 0), "")]),
-    (BENCH, "| float32 | `ct2/` | {} | {} | {} | {} | – |", EC, _ct2_row("ct2")),
-    (BENCH, "| float16 | `ct2-float16/` | {} | {} | {} | {} | {} |", EC, _ct2_row("ct2-float16")),
-    (BENCH, "| int8 | `ct2-int8/` | {} | {} | {} | {} | {} |", EC, _ct2_row("ct2-int8")),
+    (BENCH, "| float32 | `ct2/` | {} | {} | {} | {} | – |", EC, _export_row("ct2")),
+    (BENCH, "| float16 | `ct2-float16/` | {} | {} | {} | {} | {} |", EC, _export_row("ct2-float16")),
+    (BENCH, "| int8 | `ct2-int8/` | {} | {} | {} | {} | {} |", EC, _export_row("ct2-int8")),
     (BENCH, "int8 {} words better here", EC, [(_ct2_words_gained, "d")]),
     (BENCH, "One word is {} points here", EQ, [(_ratio(lambda d: 100, at("words")), ".2f")]),
     (BENCH, "q4_0 is {} words and q4_1 {} words worse", EQ, [(_words_lost("ggml-q4_0"), "d"),
