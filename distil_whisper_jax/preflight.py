@@ -20,7 +20,6 @@ import importlib.metadata
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -105,18 +104,13 @@ def check_disk(path: str | Path, min_gb: float = MIN_FREE_GB) -> Row:
     return Row("disk", free >= min_gb, f"{free:.0f} GB free under {path} (want >= {min_gb:.0f})", fix)
 
 
-def check_bucket(url: str, host: str) -> Row:
-    """An object can be written, read back and deleted under ``url`` from this host."""
+def check_bucket(url: str) -> Row:
+    """An object can be written, read back and deleted under ``url`` from this host (the stages' own check)."""
     fix = "grant this TPU VM's service account roles/storage.objectUser on the bucket, or name a bucket it can write"
     try:
-        probe = storage.location(url, "--bucket") / f".preflight-{host}-{time.time_ns()}"
-        probe.write_bytes(b"preflight")
-        back = probe.read_bytes()
-        probe.unlink()
-    except Exception as e:  # noqa: BLE001 - each fsspec backend raises its own errors (auth, 404, 403)
-        return Row("bucket", False, f"{url}: {type(e).__name__}: {e}", fix)
-    if back != b"preflight":
-        return Row("bucket", False, f"{url}: read back {len(back)} bytes other than written", fix)
+        storage.check_writable(storage.location(url, ""), "")
+    except ValueError as e:
+        return Row("bucket", False, str(e), fix)
     return Row("bucket", True, f"wrote, read back and deleted an object under {url}", fix)
 
 
@@ -230,19 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--read", nargs="*", default=[], help="... and that these input URLs exist")
     parser.add_argument("--remove", help="only remove this prefix (what a passed run of the checks wrote)")
     args = parser.parse_args(argv)
-    host = socket.gethostname()
     if args.remove:
         storage.remove_tree(storage.location(args.remove, "--remove"))
         return 0
     if args.write or args.read:  # the stage scripts' check of a stage's buckets, before the stage
-        rows = [check_bucket(u, host) for u in args.write] + [check_readable(u) for u in args.read]
+        rows = [check_bucket(u) for u in args.write] + [check_readable(u) for u in args.read]
         for r in rows:
             print(r.line(), flush=True)
         return 0 if all(r.ok for r in rows) else 1
     rows = [check_python(), check_versions(), check_devices(args.expected_devices, args.jax_distributed)]
     rows.append(check_disk(args.disk_path, args.min_free_gb))
     if args.bucket:
-        rows.append(check_bucket(args.bucket, host))
+        rows.append(check_bucket(args.bucket))
         if not args.skip_resume and all(r.ok for r in rows):
             rows.append(check_resume(args.bucket, args.run_id, args.jax_distributed))
     for r in rows:

@@ -66,14 +66,18 @@ def file_system(url: str, flag: str = "") -> tuple[fsspec.AbstractFileSystem, st
 
 
 def check_writable(path: OutPath, flag: str) -> None:
-    """``ValueError`` naming ``flag`` when objects cannot be created under a remote ``path`` (checked by
-    writing and deleting one: a wrong bucket or missing credentials fail here, before any work)."""
-    probe = path / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    """``ValueError`` naming ``flag`` (when given) when objects cannot be created under a remote ``path``
+    (checked by writing one, reading it back and deleting it: a wrong bucket or missing credentials fail here,
+    before any work)."""
+    probe, what = path / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}", f"{flag} {path}".strip()
     try:
-        probe.write_bytes(b"")
+        probe.write_bytes(b"write-check")
+        back = probe.read_bytes()
         probe.unlink()
     except Exception as e:  # noqa: BLE001 - each fsspec backend raises its own errors (auth, 404, 403)
-        raise ValueError(f"{flag} {path}: cannot write there ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{what}: cannot write there ({type(e).__name__}: {e})") from None
+    if back != b"write-check":
+        raise ValueError(f"{what}: an object written there read back as {len(back)} other bytes")
 
 
 def remove_tree(path: OutPath) -> None:
