@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a Whisper model on speech datasets: WER per dataset and overall (see distil_whisper_jax/evaluation.py)."""
+"""Evaluate a Whisper model on speech datasets: WER per dataset and overall (``distil_whisper_jax.stages.evaluate``)."""
 
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pseudo-label a speech dataset with a teacher Whisper (see distil_whisper_jax/pseudo_label.py)."""
+"""Pseudo-label a speech dataset with a teacher Whisper (see distil_whisper_jax/stages/label/pseudo_label.py)."""
 
 import sys
 

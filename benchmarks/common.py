@@ -101,7 +101,7 @@ class TransformersEngine:
         from transformers import GenerationConfig, WhisperForConditionalGeneration
         from transformers import WhisperConfig as HFConfig
 
-        from distil_whisper_jax.convert.hf import flax_to_hf, hf_config_dict
+        from distil_whisper_jax.weights.convert.hf import flax_to_hf, hf_config_dict
 
         transformers.logging.set_verbosity_error()
         torch.set_num_threads(threads)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, run_record
-from distil_whisper_jax import demo
-from distil_whisper_jax.utils import atomic_write, setup_logging
+from distil_whisper_jax.infra.files import atomic_write, setup_logging
+from distil_whisper_jax.stages.demo import demo
 
 DEFAULT_OUTPUT = RESULTS_DIR / "distill_demo.json"
 

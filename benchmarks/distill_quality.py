@@ -38,11 +38,11 @@ import soundfile as sf
 
 from benchmarks.common import RESULTS_DIR, librivox, run_record
 from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
-from distil_whisper_jax import create_student
 from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips
-from distil_whisper_jax.demo_stages import check_stage, run_stage, timed
-from distil_whisper_jax.models import default_cache_dir
-from distil_whisper_jax.utils import atomic_write, setup_logging
+from distil_whisper_jax.infra.files import atomic_write, setup_logging
+from distil_whisper_jax.stages.demo.common import check_stage, run_stage, timed
+from distil_whisper_jax.stages.student import create_student
+from distil_whisper_jax.weights.loading import default_cache_dir
 from tools.generate_speech import write_manifest
 
 log = logging.getLogger("benchmarks.distill_quality")

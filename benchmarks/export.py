@@ -26,11 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from distil_whisper_jax import export as ex  # noqa: E402
-from distil_whisper_jax import export_verify  # noqa: E402
 from distil_whisper_jax.assets import bundled_clips  # noqa: E402
-from distil_whisper_jax.models import load_pretrained  # noqa: E402
-from distil_whisper_jax.utils import atomic_write  # noqa: E402
+from distil_whisper_jax.infra.files import atomic_write  # noqa: E402
+from distil_whisper_jax.stages.export import export as ex  # noqa: E402
+from distil_whisper_jax.stages.export import verify as export_verify  # noqa: E402
+from distil_whisper_jax.weights.loading import load_pretrained  # noqa: E402
 
 
 def cpu() -> tuple[float, float]:

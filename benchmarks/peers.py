@@ -44,14 +44,14 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks.common import RESULTS_DIR, cpu_model, librivox
-from distil_whisper_jax import audio
 from distil_whisper_jax.assets import bundled_clips, speech_manifest
-from distil_whisper_jax.data import manifest_rows
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.export import export
-from distil_whisper_jax.models import default_model_dir, load_pretrained
-from distil_whisper_jax.transcribe import transcribe
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.data.sources import manifest_rows
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.stages.export.export import export
+from distil_whisper_jax.weights.loading import default_model_dir, load_pretrained
 
 log = logging.getLogger("benchmarks.peers")
 THREADS = os.cpu_count() or 1

@@ -59,7 +59,8 @@ def make_manifest(d: Path, rows: int) -> tuple[Path, float]:
 
 
 def run_ours(manifest: Path, out: Path, batch: int, extra=()) -> tuple[float, float, dict]:
-    from distil_whisper_jax import config, pseudo_label
+    from distil_whisper_jax.infra import config
+    from distil_whisper_jax.stages.label import pseudo_label
 
     c0, t0 = time.process_time(), time.perf_counter()
     cfg = config.parse(
@@ -90,8 +91,8 @@ def build_pipeline(pre, batch: int):
     from transformers import WhisperFeatureExtractor, pipeline
 
     from benchmarks.common import TransformersEngine
-    from distil_whisper_jax.generate import generation_options
-    from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+    from distil_whisper_jax.decode.generate import generation_options
+    from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 
     sp = special_tokens(pre.tokenizer)
     prompt = prompt_ids(sp)
@@ -195,9 +196,9 @@ def main(argv=None) -> int:
     import jax
 
     from benchmarks.common import cpu_model, matmul_peak
-    from distil_whisper_jax.model import preset
-    from distil_whisper_jax.models import load_pretrained
-    from distil_whisper_jax.utils import atomic_write
+    from distil_whisper_jax.core.model import preset
+    from distil_whisper_jax.infra.files import atomic_write
+    from distil_whisper_jax.weights.loading import load_pretrained
 
     pre = load_pretrained()
     tmp = Path(tempfile.mkdtemp(prefix="bench-plabel-"))

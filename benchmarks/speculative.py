@@ -31,15 +31,17 @@ import numpy as np
 
 from benchmarks.common import RESULTS_DIR, cpu_model
 from benchmarks.peers import short_set
-from distil_whisper_jax import audio, config, decoding
-from distil_whisper_jax.create_student import create_student
-from distil_whisper_jax.demo import demo_commands
-from distil_whisper_jax.distill import DistillConfig
-from distil_whisper_jax.distill import run as distill
-from distil_whisper_jax.label_config import PseudoLabelConfig
-from distil_whisper_jax.models import load_pretrained, multilingual_base_dir
-from distil_whisper_jax.pseudo_label import run as pseudo_label
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.decode import decoding
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.stages.demo.demo import demo_commands
+from distil_whisper_jax.stages.distill.distill import DistillConfig
+from distil_whisper_jax.stages.distill.distill import run as distill
+from distil_whisper_jax.stages.label.config import PseudoLabelConfig
+from distil_whisper_jax.stages.label.pseudo_label import run as pseudo_label
+from distil_whisper_jax.stages.student.create_student import create_student
+from distil_whisper_jax.weights.loading import load_pretrained, multilingual_base_dir
 
 log = logging.getLogger("benchmarks.speculative")
 

@@ -18,10 +18,10 @@ import logging
 from pathlib import Path
 
 from distil_whisper_jax.assets import SPEECH_SPLITS, speech_manifest
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.models import load_pretrained
-from distil_whisper_jax.transcribe import transcribe
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.weights.loading import load_pretrained
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speech_corpus_wer.json"
 

@@ -21,13 +21,13 @@ import json
 import logging
 from pathlib import Path
 
-from distil_whisper_jax import audio
 from distil_whisper_jax.assets import SPEECH_LANGUAGES, SPEECH_MULTILINGUAL_DIR, SPEECH_SPLITS
-from distil_whisper_jax.demo_multilingual import detected_languages
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.models import load_pretrained, multilingual_base_dir
-from distil_whisper_jax.transcribe import transcribe
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.stages.demo.multilingual import detected_languages
+from distil_whisper_jax.weights.loading import load_pretrained, multilingual_base_dir
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speech_multilingual_wer.json"
 # A sentence is at most 18 words (< 60 tokens); the cap stops a hallucination loop at twice that instead of 448

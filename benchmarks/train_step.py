@@ -64,9 +64,9 @@ TPU_V4_BF16_PEAK = 275e12  # per chip
 def make_batch(pre, batch_size: int, label_length: int) -> dict:
     """Real log-mel + tokenised reference transcripts of the bundled clips, cycled to ``batch_size``."""
     from distil_whisper_jax.assets import bundled_clips
-    from distil_whisper_jax.audio import load_audio, log_mel_spectrogram
-    from distil_whisper_jax.losses import IGNORE_INDEX
-    from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+    from distil_whisper_jax.core.losses import IGNORE_INDEX
+    from distil_whisper_jax.speech.audio import load_audio, log_mel_spectrogram
+    from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 
     clips = bundled_clips()
     rows = [clips[i % len(clips)] for i in range(batch_size)]
@@ -105,8 +105,8 @@ def unrolled_xla_flops(student_config, teacher_config, share: bool, batch: dict)
     the optimiser."""
     import jax
 
-    from distil_whisper_jax import train
-    from distil_whisper_jax.model import param_shapes
+    from distil_whisper_jax.core import train
+    from distil_whisper_jax.core.model import param_shapes
 
     fn = train.make_loss_fn(
         student_config,
@@ -125,8 +125,8 @@ def unrolled_xla_flops(student_config, teacher_config, share: bool, batch: dict)
 
 def tpu_projection(label_length: int = 128, global_batch: int = 256, chips: int = 4) -> dict:
     """Analytic step FLOPs and ideal step time of the original recipe on a TPU v4-8."""
-    from distil_whisper_jax import train
-    from distil_whisper_jax.model import preset
+    from distil_whisper_jax.core import train
+    from distil_whisper_jax.core.model import preset
 
     teacher = preset("large-v2")
     student = teacher.replace(decoder_layers=2)
@@ -151,7 +151,7 @@ def tpu_projection(label_length: int = 128, global_batch: int = 256, chips: int 
 
     # Parameter + optimiser memory per chip (replicated, fp32 master weights): ours keeps Adam moments
     # for the trainable decoder only; the original kept them for the frozen encoder too.
-    from distil_whisper_jax.model import count_params, param_shapes
+    from distil_whisper_jax.core.model import count_params, param_shapes
 
     shapes = param_shapes(student)
     n_student, n_teacher = count_params(shapes), count_params(param_shapes(teacher))
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def variant_flops(s_config, t_config, name: str, batch_size: int, label_length: int) -> dict:
-    from distil_whisper_jax import train
+    from distil_whisper_jax.core import train
 
     share = name != "unshared"
     return train.flops_per_step(
@@ -198,7 +198,7 @@ def build_runs(pre, s_config, s_params, batches: dict, teacher, mesh, args) -> d
     """Each variant's step, compiled and run once (the first call's time includes the compile)."""
     import jax
 
-    from distil_whisper_jax import train
+    from distil_whisper_jax.core import train
 
     schedule = train.make_schedule("linear", 1e-4, 10, 1000)
     runs = {}
@@ -279,9 +279,9 @@ def main(argv=None) -> int:
         args.batch_size, args.repeats = 2, 2
     import jax
 
-    from distil_whisper_jax import parallel, train
-    from distil_whisper_jax.models import load_pretrained
-    from distil_whisper_jax.student import make_student
+    from distil_whisper_jax.core import parallel, train
+    from distil_whisper_jax.weights.loading import load_pretrained
+    from distil_whisper_jax.weights.student import make_student
 
     pre = load_pretrained()
     s_config, s_params, _ = make_student(pre.config, pre.params, 2)
@@ -355,7 +355,7 @@ def targets(results: dict, ratios: dict) -> dict:
 
 
 def write_report(report: dict, path: Path) -> None:
-    from distil_whisper_jax.utils import atomic_write
+    from distil_whisper_jax.infra.files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as f:
@@ -367,8 +367,8 @@ def recount(path: Path) -> int:
     """Recompute the FLOP counts of the run saved at ``path`` and every figure derived from them, from its
     stored step times and matmul peaks (each MFU is a median of FLOPs / time / peak over repeats, so it
     scales exactly with the count); the XLA cross-check and the TPU projection are recomputed too."""
-    from distil_whisper_jax.models import load_pretrained
-    from distil_whisper_jax.student import make_student
+    from distil_whisper_jax.weights.loading import load_pretrained
+    from distil_whisper_jax.weights.student import make_student
 
     report = json.loads(path.read_text())
     settings = report["settings"]

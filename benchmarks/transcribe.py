@@ -5,7 +5,7 @@
 All three engines get the same input, log-mel features already computed (``audio.log_mel_spectrogram``),
 and return token ids, for the whole clip set (the bundled clips ≤ 30 s) looped at each batch size:
 
-* **jax**: this project, fp32, ``distil_whisper_jax.generate.generate`` with ``generate.generation_options``
+* **jax**: this project, fp32, ``distil_whisper_jax.decode.generate.generate`` with ``generate.generation_options``
   on one device (``devices=jax.local_devices()[:1]``); a short last batch is zero-padded to the batch size,
   as ``transcribe`` does (one compiled shape per batch size). Compile time (first call) is reported
   separately from the steady state.
@@ -91,7 +91,7 @@ class JaxEngine:
         import jax
 
         self.gen_mod = importlib.import_module(impl + ".generate")
-        from distil_whisper_jax import parallel
+        from distil_whisper_jax.core import parallel
 
         self.pad_batch = parallel.pad_batch
         self.pre, self.prompt = pre, prompt
@@ -112,7 +112,7 @@ class CT2Engine:
     def __init__(self, prompt, opts, threads: int):
         import ctranslate2
 
-        from distil_whisper_jax.models import default_model_dir
+        from distil_whisper_jax.weights.loading import default_model_dir
 
         self.ct2 = ctranslate2
         self.model = ctranslate2.models.Whisper(
@@ -385,11 +385,11 @@ def main(argv=None) -> int:
 
     import jax
 
-    from distil_whisper_jax import audio
     from distil_whisper_jax.assets import bundled_clips
-    from distil_whisper_jax.generate import generation_options
-    from distil_whisper_jax.models import load_pretrained
-    from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+    from distil_whisper_jax.decode.generate import generation_options
+    from distil_whisper_jax.speech import audio
+    from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+    from distil_whisper_jax.weights.loading import load_pretrained
 
     log.info("loading tiny.en, clips and features")
     pre = load_pretrained()
@@ -571,7 +571,7 @@ def main(argv=None) -> int:
         "breakdown": breakdown,
         "jax_profile": profile,
     }
-    from distil_whisper_jax.utils import atomic_write
+    from distil_whisper_jax.infra.files import atomic_write
 
     with atomic_write(args.output, "w") as f:
         json.dump(report, f, indent=2)

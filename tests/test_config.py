@@ -9,12 +9,12 @@ from typing import Literal
 
 import pytest
 
-from distil_whisper_jax import config
-from distil_whisper_jax.distill_config import DistillConfig
-from distil_whisper_jax.distill_setup import check_resume
-from distil_whisper_jax.evaluation import EvalConfig
-from distil_whisper_jax.label_config import PseudoLabelConfig
-from distil_whisper_jax.multihost import MultiHostConfig
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.multihost import MultiHostConfig
+from distil_whisper_jax.stages.distill.config import DistillConfig
+from distil_whisper_jax.stages.distill.setup import check_resume
+from distil_whisper_jax.stages.evaluate.evaluation import EvalConfig
+from distil_whisper_jax.stages.label.config import PseudoLabelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def test_cli_logging_follows_stderr_after_a_capture_closes_it(monkeypatch, capsy
     import io
     import logging
 
-    from distil_whisper_jax.utils import setup_logging
+    from distil_whisper_jax.infra.files import setup_logging
 
     root = logging.getLogger()
     before = list(root.handlers)

@@ -12,14 +12,14 @@ import pytest
 import torch
 import whisper
 
-from distil_whisper_jax import audio
-from distil_whisper_jax.convert import ct2
-from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
-from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
-from distil_whisper_jax.generate import generate, generation_options, strip
-from distil_whisper_jax.model import Whisper
-from distil_whisper_jax.models import default_model_dir, detect_format, load_pretrained
-from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.core.model import Whisper
+from distil_whisper_jax.decode.generate import generate, generation_options, strip
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.weights.convert import ct2
+from distil_whisper_jax.weights.convert.hf import flax_to_hf, write_hf_dir
+from distil_whisper_jax.weights.convert.openai import read_openai_checkpoint, write_openai_checkpoint
+from distil_whisper_jax.weights.loading import default_model_dir, detect_format, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_outputs_get_the_permissions_of_open(tiny, tmp_path):
     other output was 0644: all get 0666 minus the umask, as a plain open() would give."""
     import os
 
-    from distil_whisper_jax.utils import atomic_write
+    from distil_whisper_jax.infra.files import atomic_write
 
     umask = os.umask(0o022)
     try:

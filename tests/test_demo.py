@@ -9,9 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from distil_whisper_jax import demo, demo_multilingual, demo_stages, models
 from distil_whisper_jax.assets import SPEECH_LANGUAGES, speech_manifest
 from distil_whisper_jax.cli import demo as demo_cli
+from distil_whisper_jax.stages.demo import common, demo
+from distil_whisper_jax.stages.demo import multilingual as demo_multilingual
+from distil_whisper_jax.weights import loading as models
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -48,10 +50,10 @@ def test_demo_evaluates_and_verifies_on_every_heldout_speaker(tmp_path):
 
 def test_spread_over_speakers_round_robin_in_manifest_order():
     rows = [{"speaker_id": s, "i": i} for i, s in enumerate("aaaabbbcc")]
-    assert [r["i"] for r in demo_stages.spread_over_speakers(rows, 3)] == [0, 4, 7]
-    assert [r["i"] for r in demo_stages.spread_over_speakers(rows, 5)] == [0, 1, 4, 5, 7]
-    assert [r["i"] for r in demo_stages.spread_over_speakers(rows, 8)] == [0, 1, 2, 4, 5, 6, 7, 8]
-    assert len(demo_stages.spread_over_speakers(rows, 50)) == len(rows)
+    assert [r["i"] for r in common.spread_over_speakers(rows, 3)] == [0, 4, 7]
+    assert [r["i"] for r in common.spread_over_speakers(rows, 5)] == [0, 1, 4, 5, 7]
+    assert [r["i"] for r in common.spread_over_speakers(rows, 8)] == [0, 1, 2, 4, 5, 6, 7, 8]
+    assert len(common.spread_over_speakers(rows, 50)) == len(rows)
 
 
 def test_demo_without_eval_rows_uses_the_whole_split(tmp_path):

@@ -69,7 +69,7 @@ def tok(tiny):
 
 @pytest.fixture(scope="module")
 def specials(tok):
-    from distil_whisper_jax.token_layout import special_tokens
+    from distil_whisper_jax.speech.token_layout import special_tokens
 
     return special_tokens(tok)
 
@@ -116,10 +116,10 @@ def small_config(tiny):
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory, tiny):
     """A small random teacher (4 decoder layers, d_model 64, tiny.en's vocabulary) and its 2-layer student."""
-    from distil_whisper_jax.convert.hf import write_hf_dir
-    from distil_whisper_jax.create_student import create_student
-    from distil_whisper_jax.model import init_params
-    from distil_whisper_jax.student import student_generation_config
+    from distil_whisper_jax.core.model import init_params
+    from distil_whisper_jax.stages.student.create_student import create_student
+    from distil_whisper_jax.weights.convert.hf import write_hf_dir
+    from distil_whisper_jax.weights.student import student_generation_config
 
     root = tmp_path_factory.mktemp("models")
     config = small_config(tiny)
@@ -136,7 +136,7 @@ def small_models(tmp_path_factory, tiny):
 
 
 def test_build_sequence_timestamps_prompt_and_masking(specials):
-    from distil_whisper_jax.train_data import IGNORE, LabelOptions, build_sequence, sequence_to_arrays
+    from distil_whisper_jax.data.stream import IGNORE, LabelOptions, build_sequence, sequence_to_arrays
 
     tb = specials.timestamp_begin
     target = [tb, 100, 200, tb + 50]
@@ -159,7 +159,7 @@ def test_build_sequence_timestamps_prompt_and_masking(specials):
 
 
 def test_build_sequence_length_limits(specials):
-    from distil_whisper_jax.train_data import LabelOptions, build_sequence
+    from distil_whisper_jax.data.stream import LabelOptions, build_sequence
 
     target = list(range(100, 120))  # 20 text tokens; with sot + notimestamps + eot = 23
     rng = lambda: np.random.default_rng(0)
@@ -183,7 +183,7 @@ def test_build_sequence_length_limits(specials):
 
 
 def _stream(names, tok, specials, weights=None, state=None, **kw):
-    from distil_whisper_jax.train_data import DataOptions, LabelOptions, TrainStream, open_sources
+    from distil_whisper_jax.data.stream import DataOptions, LabelOptions, TrainStream, open_sources
 
     opts = DataOptions(
         labels=LabelOptions(max_label_length=64, timestamp_probability=0.5, condition_on_prev_probability=0.5), **kw
@@ -194,7 +194,7 @@ def _stream(names, tok, specials, weights=None, state=None, **kw):
 def test_stream_resumes_exactly_mixes_and_wraps(labelled, tmp_path, tok, specials):
     import pyarrow.parquet as pq
 
-    from distil_whisper_jax.train_data import StreamState
+    from distil_whisper_jax.data.stream import StreamState
 
     small = write_labelled(tmp_path / "small", pq.read_table(labelled / "part-00000.parquet").slice(0, 2).to_pylist())
     ref = _stream([labelled, small], tok, specials, weights=[3, 1])
@@ -250,7 +250,7 @@ def _toy_state(i):
 
 
 def test_checkpoint_retention_and_damaged_fallback(tmp_path):
-    from distil_whisper_jax import checkpoint as ck
+    from distil_whisper_jax.weights import checkpoint as ck
 
     m = ck.make_manager(tmp_path / "checkpoints", save_total_limit=2)
     for i, w in zip(range(1, 6), [50.0, 10.0, 60.0, None, 70.0]):
@@ -282,8 +282,8 @@ def small_disk(tmp_path):
 def test_full_disk_keeps_previous_checkpoint(small_disk):
     import jax.numpy as jnp
 
-    from distil_whisper_jax import checkpoint as ck
-    from distil_whisper_jax.distill import is_write_error
+    from distil_whisper_jax.stages.distill.distill import is_write_error
+    from distil_whisper_jax.weights import checkpoint as ck
 
     m = ck.make_manager(small_disk / "checkpoints")
     ck.save(m, 1, {"w": jnp.ones((10, 10))}, {"draws": 1}, {"config": {}})
@@ -343,7 +343,7 @@ def _flags(small_models, labelled, out, max_steps=8, **extra) -> dict:
 
 def _cfg(small_models, labelled, out, max_steps=8, **extra):
     """The run config of the small-model runs (tests call the library's ``run(cfg)``)."""
-    from distil_whisper_jax.distill import DistillConfig
+    from distil_whisper_jax.stages.distill.distill import DistillConfig
 
     return DistillConfig(**_flags(small_models, labelled, out, max_steps, **extra))
 
@@ -360,7 +360,7 @@ def _argv(small_models, labelled, out, max_steps=8, **extra) -> list[str]:
 
 
 def _final_params(out):
-    from distil_whisper_jax.checkpoint import load_params
+    from distil_whisper_jax.weights.checkpoint import load_params
 
     return load_params(out)[1]
 
@@ -400,7 +400,7 @@ def _run_until(argv, step, sig, ready=lambda: True, command=("-m", "distil_whisp
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_models, labelled, tmp_path_factory):
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
 
     out = tmp_path_factory.mktemp("run_a")
     assert run(_cfg(small_models, labelled, out)) == 0
@@ -409,8 +409,8 @@ def uninterrupted(small_models, labelled, tmp_path_factory):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp_path):
-    from distil_whisper_jax.checkpoint import checkpoint_steps
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps
 
     out = tmp_path / "run"
     # the step-3 checkpoint is saved asynchronously: kill only once it is final (as a preemption that
@@ -518,7 +518,7 @@ def test_a_preemption_notice_on_one_host_stops_every_process_at_the_same_step(
     same step and exit as preempted, none waits in a collective for the other; both resume to the end and
     match one uninterrupted process. (With a Python handler per process, process 1 stops alone and process 0
     hangs in its next step.)"""
-    from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps
 
     out = tmp_path / "run"
     argv = _argv(small_models, labelled, out, per_device_train_batch_size=1)
@@ -547,8 +547,8 @@ def test_bucket_output_dir_gets_every_output_and_orbax_gets_the_url(
     (it writes gs:// with its own tensorstore driver, which cannot run here: the spy below lets it write
     where the stand-in keeps the bucket). A bucket that does not exist fails before any training. Orbax's own
     gs:// writes, and resuming from them, are tested against a GCS API server in test_bucket_emulator.py."""
-    from distil_whisper_jax import checkpoint
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
+    from distil_whisper_jax.weights import checkpoint
 
     gcs = fake_gcs.use(tmp_path / "gcs")
     bucket = tmp_path / "gcs" / "bucket"
@@ -585,7 +585,7 @@ def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, 
     --allow_resume_changes; how often it logs/evaluates/saves may change."""
     import shutil
 
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
 
     out = tmp_path / "run"
     shutil.copytree(uninterrupted, out)
@@ -611,11 +611,11 @@ def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, 
 def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_models, labelled, tmp_path, tiny):
     """The student's distil_info.json names its teacher (portably, with a digest of its weights): that is
     the default teacher, and another teacher is refused unless --allow_teacher_mismatch."""
-    from distil_whisper_jax.convert.hf import write_hf_dir
-    from distil_whisper_jax.distill_setup import load_models
-    from distil_whisper_jax.model import init_params
-    from distil_whisper_jax.models import load_pretrained
-    from distil_whisper_jax.student import params_digest
+    from distil_whisper_jax.core.model import init_params
+    from distil_whisper_jax.stages.distill.setup import load_models
+    from distil_whisper_jax.weights.convert.hf import write_hf_dir
+    from distil_whisper_jax.weights.loading import load_pretrained
+    from distil_whisper_jax.weights.student import params_digest
 
     teacher, student = small_models
     info = json.loads((student / "distil_info.json").read_text())
@@ -667,7 +667,7 @@ def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_m
     ],
 )
 def test_nonsense_hyperparameters_are_refused_before_loading(flag, value, expected, small_models, labelled, tmp_path):
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
 
     if expected is None:
         flag_values, expected = {"kl_weight": 0.0, "ce_weight": 0.0}, "there is nothing to train"
@@ -681,7 +681,7 @@ def test_nonsense_hyperparameters_are_refused_before_loading(flag, value, expect
 
 
 def test_unwritable_output_dir_is_refused_before_work(small_models, labelled, tmp_path):
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
 
     (tmp_path / "file").write_text("a regular file")
     with pytest.raises(ValueError, match=r"--output_dir .*file/run: cannot write there \(.*not a directory"):
@@ -695,8 +695,8 @@ def test_full_disk_mid_run_names_the_path_and_keeps_the_last_checkpoint(
     first checkpoint stays usable."""
     import errno
 
-    from distil_whisper_jax import distill
-    from distil_whisper_jax.checkpoint import checkpoint_steps
+    from distil_whisper_jax.stages.distill import distill
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps
 
     real_save = distill.checkpoint.save
 
@@ -719,8 +719,8 @@ def test_damaged_checkpoint_is_set_aside_and_the_run_finishes(small_models, labe
     again works (it used to fail on every rerun with 'Checkpoint for step 8 already exists')."""
     import shutil
 
-    from distil_whisper_jax.checkpoint import checkpoint_steps
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps
 
     out = tmp_path / "run"
     cfg = _cfg(small_models, labelled, out, max_steps=12, save_steps=4)
@@ -754,10 +754,10 @@ def test_damaged_checkpoint_is_set_aside_and_the_run_finishes(small_models, labe
 def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
     import pyarrow.parquet as pq
 
-    from distil_whisper_jax.checkpoint import checkpoint_steps
     from distil_whisper_jax.cli.distill import main
-    from distil_whisper_jax.convert.hf import write_hf_dir
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.stages.distill.distill import run
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps
+    from distil_whisper_jax.weights.convert.hf import write_hf_dir
 
     teacher, student = small_models
     # labelled data without the pseudo-label column: the CLI exits 2 with the message
@@ -766,7 +766,7 @@ def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
     assert main(_argv(small_models, bad, tmp_path / "o1")) == 2
     assert "missing column(s) ['whisper_transcript']" in capsys.readouterr().err
     # a student of another width than the teacher, with a shared frozen encoder
-    from distil_whisper_jax.model import init_params
+    from distil_whisper_jax.core.model import init_params
 
     wide = tiny.config.replace(decoder_layers=1, encoder_layers=1, max_target_positions=64)
     write_hf_dir(tmp_path / "wide", wide, init_params(wide, 0), tokenizer=tiny.tokenizer)
@@ -803,12 +803,12 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     """Real tiny.en → pseudo-labels of bundled training clips (concatenated per speaker) → 2-layer student
     trained briefly → its held-out WER is far below the freshly created student's; O/hf transcribes.
     Sized for CI (a fraction of benchmarks/distill_demo.py's corpus and steps; that script has the full run)."""
-    from distil_whisper_jax import config
     from distil_whisper_jax.cli.pseudo_label import main as pseudo_label
-    from distil_whisper_jax.create_student import create_student
-    from distil_whisper_jax.demo import demo_commands
-    from distil_whisper_jax.distill import DistillConfig, run
-    from distil_whisper_jax.transcribe import transcribe
+    from distil_whisper_jax.decode.transcribe import transcribe
+    from distil_whisper_jax.infra import config
+    from distil_whisper_jax.stages.demo.demo import demo_commands
+    from distil_whisper_jax.stages.distill.distill import DistillConfig, run
+    from distil_whisper_jax.stages.student.create_student import create_student
 
     cmds = demo_commands(
         tmp_path,
@@ -840,8 +840,8 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
     assert list((tmp_path / "run" / "runs").glob("events.out.tfevents.*"))
     # the final student loads through every loader (HF dir and the Orbax run dir give the same weights)
-    from distil_whisper_jax.convert import tree_equal
-    from distil_whisper_jax.models import load_pretrained
+    from distil_whisper_jax.weights.convert import tree_equal
+    from distil_whisper_jax.weights.loading import load_pretrained
 
     hf, orbax = load_pretrained(tmp_path / "run" / "hf"), load_pretrained(tmp_path / "run")
     assert orbax.fmt == "orbax" and tree_equal(hf.params, orbax.params)
@@ -854,7 +854,7 @@ E2E = {"steps": 30, "train_rows": 40, "eval_rows": 8, "batch": 1, "lr": 3e-4, "m
 
 
 def test_known_device_peaks():
-    from distil_whisper_jax.distill import known_peak_tflops
+    from distil_whisper_jax.stages.distill.distill import known_peak_tflops
 
     assert known_peak_tflops("TPU v4") == 275.0 and known_peak_tflops("TPU v5 lite") == 197.0
     assert known_peak_tflops("TPU v5p") == 459.0 and known_peak_tflops("cpu") is None
@@ -865,8 +865,8 @@ def test_labelled_dir_with_other_column_names_trains_without_column_flags(small_
     ``schema.json``, as the labeller writes it) trains and evaluates with no column flags."""
     import pyarrow.parquet as pq
 
-    from distil_whisper_jax.data import SCHEMA_FILE, SCHEMA_FORMAT
-    from distil_whisper_jax.distill import run
+    from distil_whisper_jax.data.sources import SCHEMA_FILE, SCHEMA_FORMAT
+    from distil_whisper_jax.stages.distill.distill import run
 
     table = pq.read_table(labelled).rename_columns(
         [
@@ -911,9 +911,9 @@ def test_short_context_student_trains_with_eval_losses_and_exports(small_models,
     refused before training."""
     import dataclasses
 
-    from distil_whisper_jax.create_student import create_student
-    from distil_whisper_jax.distill import run
-    from distil_whisper_jax.models import load_pretrained
+    from distil_whisper_jax.stages.distill.distill import run
+    from distil_whisper_jax.stages.student.create_student import create_student
+    from distil_whisper_jax.weights.loading import load_pretrained
 
     teacher, _ = small_models
     student = create_student(str(teacher), tmp_path / "s15", decoder_layers=2, max_source_positions=750)

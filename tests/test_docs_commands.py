@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from distil_whisper_jax import config
+from distil_whisper_jax.infra import config
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDES = ("docs/quickstart.md", "docs/recipes.md", "docs/troubleshooting.md", "docs/tpu.md", "docs/languages.md")

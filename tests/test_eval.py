@@ -16,13 +16,14 @@ import jax
 import jiwer
 import pytest
 
-from distil_whisper_jax import eval_report, evaluation, models
-from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.assets import bundled_clips, speech_manifest
 from distil_whisper_jax.cli import transcribe as tr_cli
 from distil_whisper_jax.cli.eval import main
-from distil_whisper_jax.decoding import decoder
-from distil_whisper_jax.evaluate import normalizer_for
+from distil_whisper_jax.decode import transcribe as tr
+from distil_whisper_jax.decode.decoding import decoder
+from distil_whisper_jax.speech.wer import normalizer_for
+from distil_whisper_jax.stages.evaluate import evaluation, report
+from distil_whisper_jax.weights import loading
 
 from . import fake_gcs
 
@@ -63,8 +64,8 @@ def manifests(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def shared_model(tiny):
     """``load_pretrained`` gives the session's tiny.en for the bundled model (no reload per run)."""
-    real = models.load_pretrained
-    bundled = str(models.default_model_dir())
+    real = loading.load_pretrained
+    bundled = str(loading.default_model_dir())
 
     def load(path=None, flag=""):
         return tiny if path is None or str(path) == bundled else real(path, flag)
@@ -95,7 +96,7 @@ def test_wer_counts_are_jiwer_on_normalised_text_and_add_up():
         for i, (r, h) in enumerate(zip(refs, hyps))
     ]
     entries.append({"dataset": 0, "row": 4, "reference": "x", "prediction": None, "error": "x: no such audio file"})
-    st, rows = eval_report.score_dataset(entries, norm)
+    st, rows = report.score_dataset(entries, norm)
     nr, nh = [norm(r) for r in refs if r], [norm(h) for r, h in zip(refs, hyps) if r]
     truth = jiwer.process_words(nr, nh)
     assert (st["substitutions"], st["deletions"], st["insertions"]) == (
@@ -110,11 +111,11 @@ def test_wer_counts_are_jiwer_on_normalised_text_and_add_up():
     assert (st["num_samples"], st["scored"], st["empty_references"], st["unreadable"]) == (5, 3, 1, 1)
     assert rows[0]["wer"] == pytest.approx(100 * jiwer.wer(nr[0], nh[0])) and rows[2]["wer"] is None
     # overall: errors summed over datasets, not a mean of their WERs; an all-empty dataset has no WER
-    empty, _ = eval_report.score_dataset([{"dataset": 1, "row": 0, "reference": " ", "prediction": "a"}], norm)
-    small, _ = eval_report.score_dataset([{"dataset": 2, "row": 0, "reference": "a b", "prediction": "a"}], norm)
+    empty, _ = report.score_dataset([{"dataset": 1, "row": 0, "reference": " ", "prediction": "a"}], norm)
+    small, _ = report.score_dataset([{"dataset": 2, "row": 0, "reference": "a b", "prediction": "a"}], norm)
     assert empty["wer"] is None and "undefined" in empty["note"]
     per = {n: dict(d, seconds=1.0) for n, d in (("x", st), ("e", empty), ("s", small))}
-    total = eval_report.overall(per)
+    total = report.overall(per)
     errors = sum(d["substitutions"] + d["deletions"] + d["insertions"] for d in per.values())
     assert total["reference_words"] == st["reference_words"] + 2
     assert total["wer"] == pytest.approx(100 * errors / total["reference_words"])
@@ -169,7 +170,7 @@ def test_two_processes_split_the_rows_and_process_0_merges(manifests, evaluated,
     monkeypatch.setattr(evaluation.data_blocks, "process_info", lambda: (1, 2))
     assert evaluation.run(cfg) == 0
     assert not (tmp_path / "results.json").exists()
-    header, theirs = eval_report.read_part(eval_report.part_path(tmp_path, 1))
+    header, theirs = report.read_part(report.part_path(tmp_path, 1))
     assert [(e["dataset"], e["row"]) for e in theirs] == [(0, 1), (1, 1)]
     monkeypatch.setattr(evaluation.data_blocks, "process_info", lambda: (0, 2))
     assert evaluation.run(cfg) == 0
@@ -181,9 +182,9 @@ def test_two_processes_split_the_rows_and_process_0_merges(manifests, evaluated,
     with open(tmp_path / "predictions.csv", newline="", encoding="utf-8") as f:
         assert [r["row"] for r in csv.DictReader(f)] == ["0", "1", "2", "0", "1"]
     # a part of another run (different settings) is not merged
-    eval_report.write_part(tmp_path, 1, dict(header, run={"other": 1}), theirs)
+    report.write_part(tmp_path, 1, dict(header, run={"other": 1}), theirs)
     with pytest.raises(TimeoutError, match=r"process\(es\) \[1\]"):
-        eval_report.wait_for_parts(tmp_path, 2, evaluation.run_key(cfg), skip=0, timeout=0.6)
+        report.wait_for_parts(tmp_path, 2, evaluation.run_key(cfg), skip=0, timeout=0.6)
 
 
 def test_missing_text_column_is_refused_before_any_work(manifests, tmp_path, capsys, monkeypatch):
@@ -200,13 +201,13 @@ def test_speculative_with_the_teacher_drafting_for_itself(tiny, clips, manifests
     files = [str(p) for p, _ in clips[:3]]
     one = jax.local_devices()[:1]
     plain = tr.transcribe(files, tiny, batch_size=2, devices=one, progress=False)
-    with caplog.at_level(logging.INFO, logger="distil_whisper_jax.transcribe"):
+    with caplog.at_level(logging.INFO, logger="distil_whisper_jax.decode.transcribe"):
         spec = tr.transcribe(files, tiny, batch_size=2, assistant_model=tiny, progress=False)
     assert [r["text"] for r in spec] == [r["text"] for r in plain]
     assert "accepted (100.0 %)" in caplog.text
     # in eval: the same predictions as greedy decoding, acceptance 100 %, counts in results.json
     out = tmp_path / "spec"
-    cfg = cfg_for(manifests, out, predictions_csv=True, assistant_model_name_or_path=str(models.default_model_dir()))
+    cfg = cfg_for(manifests, out, predictions_csv=True, assistant_model_name_or_path=str(loading.default_model_dir()))
     assert evaluation.run(cfg) == 0
     res = json.loads((out / "results.json").read_text())
     a = res["assistant"]
@@ -216,7 +217,7 @@ def test_speculative_with_the_teacher_drafting_for_itself(tiny, clips, manifests
 
 
 def test_assistant_that_cannot_draft_is_refused(tiny, clips, manifests, tmp_path, capsys):
-    other = models.Pretrained(
+    other = loading.Pretrained(
         tiny.config.replace(vocab_size=tiny.config.vocab_size + 1), tiny.params, "other", None, "ct2"
     )
     with pytest.raises(ValueError, match=r"--assistant_model other: vocab_size"):
@@ -283,7 +284,7 @@ def test_a_run_without_predictions_removes_an_earlier_runs_predictions_csv(evalu
     with --predictions_csv must not stand beside results it does not belong to."""
     _, results = evaluated
     names = list(results["datasets"])
-    assert eval_report.write_results(tmp_path, results, [], names) == []
+    assert report.write_results(tmp_path, results, [], names) == []
     assert (tmp_path / "predictions.csv").is_file()
-    assert eval_report.write_results(tmp_path, results, None, names) == []
+    assert report.write_results(tmp_path, results, None, names) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]

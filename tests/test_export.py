@@ -16,23 +16,25 @@ import jax
 import numpy as np
 import pytest
 
-from distil_whisper_jax import export as ex
-from distil_whisper_jax import export_card, export_verify, utils
 from distil_whisper_jax.cli import export as cli
-from distil_whisper_jax.convert import ggml, ggml_quant, tree_equal
-from distil_whisper_jax.convert import hf as hf_writer
-from distil_whisper_jax.convert import openai as openai_writer
-from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
-from distil_whisper_jax.convert.openai import read_openai_checkpoint, write_openai_checkpoint
-from distil_whisper_jax.export_runtimes import finish_runtime, start_runtime
-from distil_whisper_jax.model import WhisperConfig, param_shapes
-from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.core.model import WhisperConfig, param_shapes
+from distil_whisper_jax.infra import files as utils
+from distil_whisper_jax.stages.export import card as export_card
+from distil_whisper_jax.stages.export import export as ex
+from distil_whisper_jax.stages.export import verify as export_verify
+from distil_whisper_jax.stages.export.runtimes import finish_runtime, start_runtime
+from distil_whisper_jax.weights.convert import ggml, ggml_quant, tree_equal
+from distil_whisper_jax.weights.convert import hf as hf_writer
+from distil_whisper_jax.weights.convert import openai as openai_writer
+from distil_whisper_jax.weights.convert.hf import flax_to_hf, write_hf_dir
+from distil_whisper_jax.weights.convert.openai import read_openai_checkpoint, write_openai_checkpoint
+from distil_whisper_jax.weights.loading import load_pretrained
 
 
 @pytest.fixture(scope="module")
 def student(tiny, tmp_path_factory):
     """A 2-layer student of tiny.en (teacher decoder layers 0 and 3) as an HF dir with distil_info.json."""
-    from distil_whisper_jax.create_student import create_student
+    from distil_whisper_jax.stages.student.create_student import create_student
 
     out = create_student(tiny, tmp_path_factory.mktemp("student") / "s", decoder_layers=2)
     info = json.loads((out / "distil_info.json").read_text())
@@ -593,7 +595,7 @@ def test_killed_export_leftovers_are_removed(tmp_path):
 def test_ggml_check_tolerates_only_a_different_loop_length():
     """whisper.cpp's fp16 arithmetic may stop a repetition loop one repeat earlier or later than JAX: that
     passes (and is reported); any other difference in the text fails."""
-    from distil_whisper_jax.export_verify import _check, _judge, collapse_repeats
+    from distil_whisper_jax.stages.export.verify import _check, _judge, collapse_repeats
 
     assert collapse_repeats("the update the update the update fix it".split()) == "the update fix it".split()
     assert collapse_repeats("a b c".split()) == ["a", "b", "c"]

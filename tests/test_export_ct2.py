@@ -15,12 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from distil_whisper_jax import export as ex
-from distil_whisper_jax import export_verify
 from distil_whisper_jax.cli import export as cli
-from distil_whisper_jax.convert import ct2, tree_equal
-from distil_whisper_jax.convert.hf import flax_to_hf, write_hf_dir
-from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.stages.export import export as ex
+from distil_whisper_jax.stages.export import verify as export_verify
+from distil_whisper_jax.weights.convert import ct2, tree_equal
+from distil_whisper_jax.weights.convert.hf import flax_to_hf, write_hf_dir
+from distil_whisper_jax.weights.loading import load_pretrained
 
 from .test_export import random_params, small_config
 
@@ -30,7 +30,7 @@ MAX_NEW_TOKENS = 48
 @pytest.fixture(scope="module")
 def student(tiny, tmp_path_factory):
     """A 2-layer student of tiny.en (teacher decoder layers 0 and 3): fp32 weights, unlike the fp16 teacher."""
-    from distil_whisper_jax.create_student import create_student
+    from distil_whisper_jax.stages.student.create_student import create_student
 
     return load_pretrained(create_student(tiny, tmp_path_factory.mktemp("student") / "s", decoder_layers=2))
 
@@ -70,8 +70,8 @@ def test_faster_whisper_gives_the_jax_text(session, model):
 
 def test_tokens_identical_when_ctranslate2_gets_our_features(session, tiny, student, clip_audio):
     """``ctranslate2.models.Whisper.generate`` on our log-mel features: the very token ids of JAX greedy decoding."""
-    from distil_whisper_jax.decoding import decoder
-    from distil_whisper_jax.export_runtimes import ct2_features_tokens
+    from distil_whisper_jax.decode.decoding import decoder
+    from distil_whisper_jax.stages.export.runtimes import ct2_features_tokens
 
     waves = clip_audio[:3]
     for name, pre in (("tiny", tiny), ("student", student)):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from distil_whisper_jax import audio
-from distil_whisper_jax.generate import GenerationOptions, _compiled, generate, generation_options, strip
-from distil_whisper_jax.model import Whisper
-from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.core.model import Whisper
+from distil_whisper_jax.decode.generate import GenerationOptions, _compiled, generate, generation_options, strip
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_eight_devices_equal_one(tiny, mel, specials, timestamps, beams):
     )
     prompt = prompt_ids(specials, timestamps=timestamps)
     mel = mel if beams == 1 and not timestamps else mel[:3]
-    from distil_whisper_jax import parallel
+    from distil_whisper_jax.core import parallel
 
     params8 = parallel.replicate(tiny.params, parallel.data_mesh(jax.local_devices()))
     single = generate(tiny.params, mel, prompt, tiny.config, opts, devices=one_device())
@@ -146,7 +146,7 @@ def test_previous_text_prompt_matches_transformers(tiny, tiny_torch, mel, specia
 
 
 def test_first_argmax_is_argmax():
-    from distil_whisper_jax.generate import first_argmax
+    from distil_whisper_jax.decode.generate import first_argmax
 
     x = np.random.default_rng(0).standard_normal((6, 51865)).astype(np.float32)
     x[1, [7, 900]] = 9.0  # tie: the first index wins
@@ -158,7 +158,7 @@ def test_first_argmax_is_argmax():
 
 @pytest.mark.parametrize("shards", [1, 8])
 def test_map_rows_keeps_rows_in_place(shards):
-    from distil_whisper_jax import parallel
+    from distil_whisper_jax.core import parallel
 
     x = jnp.arange(16 * 3, dtype=jnp.float32).reshape(16, 3)
     calls = []

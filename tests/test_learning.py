@@ -17,11 +17,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from distil_whisper_jax import config
 from distil_whisper_jax.assets import speech_manifest
-from distil_whisper_jax.create_student import create_student
-from distil_whisper_jax.distill import DistillConfig
-from distil_whisper_jax.transcribe import transcribe
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.stages.distill.distill import DistillConfig
+from distil_whisper_jax.stages.student.create_student import create_student
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_SPEAKER = 6  # 48 clips labelled by the teacher

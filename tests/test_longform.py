@@ -9,7 +9,8 @@ import pytest
 import srt
 import webvtt
 
-from distil_whisper_jax import longform, subtitles
+from distil_whisper_jax.decode import longform
+from distil_whisper_jax.speech import subtitles
 
 TB, EOT = 1000, 999  # timestamp_begin and end-of-text of a toy vocabulary
 

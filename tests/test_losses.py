@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distil_whisper_jax import losses
+from distil_whisper_jax.core import losses
 
 
 def _np_log_softmax(x):

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from distil_whisper_jax import parallel
-from distil_whisper_jax.convert import tree_equal
-from distil_whisper_jax.convert.hf import flax_to_hf, hf_to_flax, write_hf_dir
-from distil_whisper_jax.model import (
+from distil_whisper_jax.core import parallel
+from distil_whisper_jax.core.model import (
     Whisper,
     WhisperConfig,
     count_params,
@@ -23,7 +21,9 @@ from distil_whisper_jax.model import (
     preset,
     unstack_decoder,
 )
-from distil_whisper_jax.models import load_pretrained
+from distil_whisper_jax.weights.convert import tree_equal
+from distil_whisper_jax.weights.convert.hf import flax_to_hf, hf_to_flax, write_hf_dir
+from distil_whisper_jax.weights.loading import load_pretrained
 from tests.conftest import torch_whisper
 
 CONFIGS = {
@@ -185,7 +185,7 @@ def test_presets_have_transformers_parameter_counts(name):
     from transformers import WhisperConfig as HFConfig
     from transformers import WhisperForConditionalGeneration
 
-    from distil_whisper_jax.convert.hf import hf_config_dict
+    from distil_whisper_jax.weights.convert.hf import hf_config_dict
 
     config = preset(name)
     with torch.device("meta"):

@@ -8,13 +8,14 @@ import json
 
 import pytest
 
-from distil_whisper_jax import audio, models
 from distil_whisper_jax.assets import multilingual_speech_manifest
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
-from distil_whisper_jax.models import load_pretrained, multilingual_base_dir
-from distil_whisper_jax.token_layout import prompt_ids, special_tokens
-from distil_whisper_jax.transcribe import transcribe
+from distil_whisper_jax.decode.generate import detect_language, generate, generation_options, strip
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.weights import loading as models
+from distil_whisper_jax.weights.loading import load_pretrained, multilingual_base_dir
 
 
 @pytest.fixture(scope="module")

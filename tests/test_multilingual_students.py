@@ -14,15 +14,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from distil_whisper_jax import audio, data, demo_stages, evaluation, train_data
-from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.assets import multilingual_speech_manifest
-from distil_whisper_jax.create_student import create_student
-from distil_whisper_jax.demo_multilingual import Sizes, multilingual_commands
-from distil_whisper_jax.evaluate import normalizer_for, wer
-from distil_whisper_jax.generate import detect_language, generate, generation_options, strip
-from distil_whisper_jax.models import load_pretrained
-from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.data import sources as data
+from distil_whisper_jax.data import stream as train_data
+from distil_whisper_jax.decode.generate import detect_language, generate, generation_options, strip
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.speech.wer import normalizer_for, wer
+from distil_whisper_jax.stages.demo import common
+from distil_whisper_jax.stages.demo.multilingual import Sizes, multilingual_commands
+from distil_whisper_jax.stages.evaluate import evaluation
+from distil_whisper_jax.stages.label import pseudo_label as pl
+from distil_whisper_jax.stages.student.create_student import create_student
+from distil_whisper_jax.weights.loading import load_pretrained
 
 LANGS = ("fr", "de", "es")
 PER_LANG = 3  # held-out clips per language labelled and evaluated (all 15 are used for language detection)
@@ -139,7 +143,7 @@ def test_a_distilled_student_identifies_the_language_like_its_teacher(base, mult
     the bundled French, German and Spanish training speech (one --language per dataset) identifies the
     language of the held-out clips: it agrees with the teacher wherever the teacher is right (espeak-ng
     French fools the teacher on some clips). Fresh from the cut it picks one wrong language for all."""
-    from distil_whisper_jax.distill import DistillConfig, run
+    from distil_whisper_jax.stages.distill.distill import DistillConfig, run
 
     student_dir = create_student(base, tmp_path / "student", decoder_layers=2)
     train = "+".join(str(multilingual_speech_manifest(lang, "train")) for lang in LANGS)
@@ -190,7 +194,7 @@ def test_single_language_recipe_trains_and_scores_in_that_language(base, multili
     assert cmds["label"][cmds["label"].index("--language") + 1] == "de"
     create_student(base, tmp_path / "student", decoder_layers=2)
     for stage, argv in (("label", cmds["label"]), ("train", cmds["train"]), ("eval", cmds["eval/student_trained"])):
-        assert demo_stages.run_stage(stage, argv) == 0, stage
+        assert common.run_stage(stage, argv) == 0, stage
     labelled = [r for f in sorted((tmp_path / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert [r["language"] for r in labelled] == ["de"] * 4
     sp = special_tokens(base.tokenizer)

@@ -22,15 +22,20 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from distil_whisper_jax import audio, config, data, data_blocks, eval_data, train_data
-from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.assets import bundled_clips, speech_manifest
 from distil_whisper_jax.cli.pseudo_label import main
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.label_units import PseudoLabelError
-from distil_whisper_jax.row_audio import row_audio
-from distil_whisper_jax.token_layout import special_tokens
-from distil_whisper_jax.transcribe import transcribe
+from distil_whisper_jax.data import blocks as data_blocks
+from distil_whisper_jax.data import eval_sets
+from distil_whisper_jax.data import sources as data
+from distil_whisper_jax.data import stream as train_data
+from distil_whisper_jax.data.row_audio import row_audio
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import special_tokens
+from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.stages.label import pseudo_label as pl
+from distil_whisper_jax.stages.label.units import PseudoLabelError
 
 from . import fake_gcs
 
@@ -537,5 +542,5 @@ def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp
     feats = train_data.features(batch, stream.sources, opts, tiny.config.num_mel_bins)
     expected = audio.log_mel_spectrogram([audio.load_audio(corpus.parent / ROWS[2]["audio"])], n_mels=80)[0]
     np.testing.assert_allclose(feats[0], expected, atol=1e-4)
-    ev = eval_data.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
+    ev = eval_sets.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
     assert ev.texts == [ROWS[2]["text"]]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distil_whisper_jax import config
-from distil_whisper_jax.create_student import CreateStudentConfig
-from distil_whisper_jax.distill_config import DistillConfig
-from distil_whisper_jax.label_config import PseudoLabelConfig
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.stages.distill.config import DistillConfig
+from distil_whisper_jax.stages.label.config import PseudoLabelConfig
+from distil_whisper_jax.stages.student.create_student import CreateStudentConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (REPO / "tpu_scripts" / "recipes").iterdir() if p.is_dir())

@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from distil_whisper_jax import data, data_blocks, data_parquet, storage
 from distil_whisper_jax.assets import speech_manifest
+from distil_whisper_jax.data import blocks as data_blocks
+from distil_whisper_jax.data import parquet, sources
+from distil_whisper_jax.infra import storage
 
 from . import fake_gcs
 
@@ -100,7 +102,7 @@ def test_two_processes_read_disjoint_row_groups_of_a_remote_dataset(parquet_dir)
     seen, groups = [], []
     for p in range(2):
         CountingFS.reads.clear()
-        (src,) = data.open_sources(data.parse_sources(f"countfs://{parquet_dir}"))
+        (src,) = sources.open_sources(sources.parse_sources(f"countfs://{parquet_dir}"))
         assert src.num_rows == ROWS and src.base_dir is None
         info = {}
         rows = [
@@ -112,24 +114,24 @@ def test_two_processes_read_disjoint_row_groups_of_a_remote_dataset(parquet_dir)
         groups.append(_groups_read(files))
     assert sorted(i for i, _ in seen) == list(range(ROWS))
     assert groups[0].isdisjoint(groups[1]) and groups[0] | groups[1] == every, groups
-    local = data.open_sources(data.parse_sources(str(parquet_dir)))
+    local = sources.open_sources(sources.parse_sources(str(parquet_dir)))
     assert [r["text"] for r in local[0].rows_from(0)] == [t for _, t in sorted(seen)]
 
 
 def test_url_datasets_glob_file_and_errors(parquet_dir, tmp_path):
-    (src,) = data.open_sources(data.parse_sources(f"local://{parquet_dir}/*-00001-*.parquet"))
+    (src,) = sources.open_sources(sources.parse_sources(f"local://{parquet_dir}/*-00001-*.parquet"))
     assert src.num_rows == ROWS // 2
     one = next(iter(sorted(parquet_dir.glob("*.parquet"))))
-    (src,) = data.open_sources(data.parse_sources(f"local://{one}"))
+    (src,) = sources.open_sources(sources.parse_sources(f"local://{one}"))
     groups = src.row_groups()
     assert groups.sizes == [2, 2, 2] and groups.read(1, ["text"])[0].keys() == {"text"}
-    with pytest.raises(data.DataConfigError, match="no .parquet file there"):
-        data.open_sources(data.parse_sources(f"local://{tmp_path}/nothing"))
+    with pytest.raises(sources.DataConfigError, match="no .parquet file there"):
+        sources.open_sources(sources.parse_sources(f"local://{tmp_path}/nothing"))
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(data.DataConfigError, match="not a readable Parquet file"):
-        data.open_sources(data.parse_sources(f"local://{tmp_path}/bad.parquet"))
-    with pytest.raises(data.DataConfigError, match="no-such-scheme"):
-        data.open_sources(data.parse_sources("no-such-scheme://bucket/x"))
+    with pytest.raises(sources.DataConfigError, match="not a readable Parquet file"):
+        sources.open_sources(sources.parse_sources(f"local://{tmp_path}/bad.parquet"))
+    with pytest.raises(sources.DataConfigError, match="no-such-scheme"):
+        sources.open_sources(sources.parse_sources("no-such-scheme://bucket/x"))
 
 
 def test_hub_dataset_stored_as_parquet_is_read_by_row_group(parquet_dir, tmp_path):
@@ -137,13 +139,13 @@ def test_hub_dataset_stored_as_parquet_is_read_by_row_group(parquet_dir, tmp_pat
     the hub layout takes the same path offline."""
     repo = tmp_path / "repo"
     shutil.copytree(parquet_dir, repo / "data")
-    files = data_parquet.hub_parquet_files(data.SourceSpec(str(repo), None, "train"))
+    files = parquet.hub_parquet_files(sources.SourceSpec(str(repo), None, "train"))
     assert [Path(f).name for f in files] == sorted(p.name for p in parquet_dir.glob("*.parquet"))
-    src = data_parquet.open_hub_stream(data.SourceSpec(str(repo), None, "train"))
+    src = parquet.open_hub_stream(sources.SourceSpec(str(repo), None, "train"))
     assert src.num_rows == ROWS
-    local = data.open_sources(data.parse_sources(str(parquet_dir)))[0]
+    local = sources.open_sources(sources.parse_sources(str(parquet_dir)))[0]
     assert list(src.rows_from(5)) == list(local.rows_from(5))
-    assert data_parquet.hub_parquet_files(data.SourceSpec(str(repo), None, "test")) is None
+    assert parquet.hub_parquet_files(sources.SourceSpec(str(repo), None, "test")) is None
 
 
 def test_a_training_log_uploads_only_the_files_that_grew(tmp_path):

@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax import audio, sequential
-from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.cli import transcribe as cli
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.generate import generate, strip
-from distil_whisper_jax.prompted import generate_prompted
-from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.decode import sequential
+from distil_whisper_jax.decode import transcribe as tr
+from distil_whisper_jax.decode.generate import generate, strip
+from distil_whisper_jax.decode.prompted import generate_prompted
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.speech.wer import wer
 from tests.test_chunked import librivox_recordings, odd_inputs, pieces, recording  # noqa: F401 (fixtures)
 
 ONE = jax.local_devices()[:1]
@@ -108,7 +109,7 @@ def test_temperature_fallback_and_seeded_sampling(tiny, clip_paths, caplog):
     jfk = clip_paths[1]
     # every output "fails" the compression test: each temperature is tried, the last one's output is kept
     forced = dict(compression_ratio_threshold=0.0, no_speech_threshold=None, temperatures=(0.0, 0.5, 1.0))
-    with caplog.at_level(logging.INFO, logger="distil_whisper_jax.sequential"):
+    with caplog.at_level(logging.INFO, logger="distil_whisper_jax.decode.sequential"):
         first = _seq(tiny, [jfk], **forced)[0]
     retries = [r.getMessage() for r in caplog.records if "decoding again at temperature" in r.getMessage()]
     assert [m.rsplit(" ", 1)[1] for m in retries] == ["0.5", "1"]

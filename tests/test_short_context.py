@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from distil_whisper_jax import export as export_lib
-from distil_whisper_jax import pseudo_label as pl
 from distil_whisper_jax.assets import bundled_clips
-from distil_whisper_jax.create_student import create_student
-from distil_whisper_jax.models import load_pretrained
-from distil_whisper_jax.transcribe import transcribe
+from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.stages.export import export as export_lib
+from distil_whisper_jax.stages.label import pseudo_label as pl
+from distil_whisper_jax.stages.student.create_student import create_student
+from distil_whisper_jax.weights.loading import load_pretrained
 
 SHORT = ("goforward.wav", "jfk.flac", "piper_train.flac")  # the bundled clips of ≤ 15 s
 

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from distil_whisper_jax import audio, speculative
-from distil_whisper_jax import student as student_lib
-from distil_whisper_jax.generate import GenerationOptions, generate, generation_options
-from distil_whisper_jax.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.decode import speculative
+from distil_whisper_jax.decode.generate import GenerationOptions, generate, generation_options
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.weights import student as student_lib
 
 MAX_NEW = 120
 

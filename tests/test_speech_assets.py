@@ -83,8 +83,8 @@ def test_splits_share_no_sentence_and_speakers_are_contiguous(manifests):
 
 
 def test_tiny_en_transcribes_heldout_sample(manifests, tiny):
-    from distil_whisper_jax.evaluate import wer
-    from distil_whisper_jax.transcribe import transcribe
+    from distil_whisper_jax.decode.transcribe import transcribe
+    from distil_whisper_jax.speech.wer import wer
 
     path, _, rows = manifests["heldout"]
     sample = [r for i, r in enumerate(rows) if i == 0 or r["speaker_id"] != rows[i - 1]["speaker_id"]]

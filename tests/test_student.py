@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from distil_whisper_jax.cli import create_student as cs
-from distil_whisper_jax.model import Whisper, count_params
-from distil_whisper_jax.models import DEFAULT_MODEL, load_pretrained
-from distil_whisper_jax.student import layer_map, make_student, params_digest
+from distil_whisper_jax.core.model import Whisper, count_params
+from distil_whisper_jax.weights.loading import DEFAULT_MODEL, load_pretrained
+from distil_whisper_jax.weights.student import layer_map, make_student, params_digest
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_two_layer_student_is_the_teachers_first_and_last_layer(tiny, clip_audio
         params["encoder"]["conv1"]["kernel"], np.asarray(tiny.params["encoder"]["conv1"]["kernel"])
     )
 
-    from distil_whisper_jax.audio import log_mel_spectrogram
+    from distil_whisper_jax.speech.audio import log_mel_spectrogram
 
     mel = log_mel_spectrogram(clip_audio[:1], tiny.config.num_mel_bins)
     enc_t = Whisper(tiny.config).apply({"params": tiny.params}, mel, method="encode")
@@ -98,7 +98,7 @@ def test_cli_writes_a_reloadable_student(tiny, tmp_path, caplog):
 def test_params_digest_is_the_same_from_every_format_and_changes_with_the_weights(tiny, tmp_path):
     """The bundled tiny.en (CTranslate2 fp16) and its transformers copy (fp32 safetensors) hold the same
     values, so they get the same digest; any changed weight changes it."""
-    from distil_whisper_jax.convert.hf import write_hf_dir
+    from distil_whisper_jax.weights.convert.hf import write_hf_dir
 
     write_hf_dir(tmp_path / "hf", tiny.config, tiny.params, tokenizer=tiny.tokenizer)
     hf = load_pretrained(tmp_path / "hf")

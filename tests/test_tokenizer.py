@@ -13,10 +13,10 @@ import pytest
 import transformers
 import whisper.tokenizer as wt  # openai-whisper: the reference (offline tiktoken files)
 
-from distil_whisper_jax import token_layout as T
-from distil_whisper_jax.generation_defaults import load_generation_defaults, non_speech_tokens, suppress_tokens
-from distil_whisper_jax.token_layout import SpecialTokens, prompt_ids, special_tokens
-from distil_whisper_jax.tokenizer import load_tokenizer, save_tokenizer
+from distil_whisper_jax.speech import token_layout as T
+from distil_whisper_jax.speech.token_layout import SpecialTokens, prompt_ids, special_tokens
+from distil_whisper_jax.speech.tokenizer import load_tokenizer, save_tokenizer
+from distil_whisper_jax.weights.generation_defaults import load_generation_defaults, non_speech_tokens, suppress_tokens
 
 SENTENCES = [
     "Hello world",

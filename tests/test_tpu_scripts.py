@@ -75,7 +75,7 @@ def test_the_supported_python_is_the_same_in_pyproject_and_the_scripts():
     lo, hi = re.search(r"PYTHON_MIN=(\S+)", lib).group(1), re.search(r"PYTHON_BELOW=(\S+)", lib).group(1)
     assert project["project"]["requires-python"] == f">={lo},<{hi}" == ">=3.11,<3.13"  # jax >= 0.10 needs 3.11
     assert project["tool"]["ruff"]["target-version"] == "py" + lo.replace(".", "")
-    from distil_whisper_jax import preflight
+    from distil_whisper_jax.stages.preflight import preflight
 
     assert (preflight.PYTHON_MIN, preflight.PYTHON_BELOW) == (
         tuple(map(int, lo.split("."))),
@@ -150,7 +150,7 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
     install = next(ln for ln in out.splitlines() if "pip install" in ln)
     assert "installing python3.11" in install and "python3.11-venv" in install and "--worker=all" in install
     assert out.index("+ ssh-add -l") < out.index("--worker=all")
-    assert out.index("distil_whisper_jax.preflight --expected_devices 16") < out.index(
+    assert out.index("distil_whisper_jax.stages.preflight.preflight --expected_devices 16") < out.index(
         "bin/distil-whisper-create-student"
     )
     # bucket URLs reach every stage unchanged (no mount paths), each stage's buckets checked from its workers first
@@ -402,7 +402,7 @@ def test_a_stage_checks_its_buckets_from_the_worker_and_refuses_one_it_cannot_us
     venv = _fake_venv(fake.tmp / "worker0", 4, "distil-whisper-venv")
     (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     gcs_env = {**gcs.env(), "FAKE_SSH_EXEC": "1", "JAX_PLATFORMS": "cpu"}
-    from distil_whisper_jax import storage
+    from distil_whisper_jax.infra import storage
 
     storage.location("gs://bucket/data/part-0.parquet").write_bytes(b"PAR1")  # through the server's API
     args = ("--output-dir", "gs://bucket/lab", "--", "--dataset_name", "gs://bucket/data")
@@ -687,9 +687,9 @@ def test_label_and_eval_scripts_on_two_hosts_give_the_one_process_results(fake, 
     devices (the library called here, with the same flags)."""
     import pyarrow.parquet as pq
 
-    from distil_whisper_jax import evaluation
-    from distil_whisper_jax import pseudo_label as pl
     from distil_whisper_jax.assets import speech_manifest
+    from distil_whisper_jax.stages.evaluate import evaluation
+    from distil_whisper_jax.stages.label import pseudo_label as pl
 
     manifest = tmp_path / "four.tsv"
     lines = speech_manifest("heldout").read_text().splitlines()[:5]

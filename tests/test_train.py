@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax.extend import core as jax_core
 
-from distil_whisper_jax import losses, train
-from distil_whisper_jax.model import DecoderLayer, Whisper, WhisperConfig, param_shapes
-from distil_whisper_jax.student import make_student
+from distil_whisper_jax.core import losses, train
+from distil_whisper_jax.core.model import DecoderLayer, Whisper, WhisperConfig, param_shapes
+from distil_whisper_jax.weights.student import make_student
 
 TEACHER = WhisperConfig(
     vocab_size=96,

@@ -13,9 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax import audio, data, eval_data, train_data, wer_filter
 from distil_whisper_jax.assets import bundled_clips
-from distil_whisper_jax.token_layout import special_tokens
+from distil_whisper_jax.data import eval_sets, sources, wer_filter
+from distil_whisper_jax.data import stream as train_data
+from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import special_tokens
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +131,12 @@ def test_labelled_directory_records_columns_and_trains_without_column_flags(
             {"wav": {"bytes": buf.getvalue(), "path": Path(path).name}, "sentence": text, "whisper_transcript": text}
         )
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "shard-00000000.parquet")
-    (tmp_path / data.SCHEMA_FILE).write_text(json.dumps({"columns": {"audio": "wav", "text": "sentence"}}))
+    (tmp_path / sources.SCHEMA_FILE).write_text(json.dumps({"columns": {"audio": "wav", "text": "sentence"}}))
     s = _stream(tmp_path, tiny, specials, wer_threshold=50.0)
     batch = s.next_batch(2)
     assert train_data.features(batch, s.sources, s.opts, 80).shape == (2, 80, 3000)
-    ev = eval_data.load_eval_set(str(tmp_path), None, None, None, 80)
+    ev = eval_sets.load_eval_set(str(tmp_path), None, None, None, 80)
     assert ev.texts == [t for _, t in clips[:3]]
-    with pytest.raises(data.DataConfigError, match=r"missing column\(s\) \['audio'\]"):
+    with pytest.raises(sources.DataConfigError, match=r"missing column\(s\) \['audio'\]"):
         _stream(tmp_path, tiny, specials, audio_column="audio")  # a flag still overrides the recorded role
     np.testing.assert_array_equal(ev.features[0], audio.log_mel_spectrogram([clip_audio[0][: 16000 * 3]], 80)[0])

@@ -8,10 +8,10 @@ import sys
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax import transcribe as tr
 from distil_whisper_jax.cli import transcribe as cli
-from distil_whisper_jax.evaluate import wer
-from distil_whisper_jax.transcribe import TranscribeConfig
+from distil_whisper_jax.decode import transcribe as tr
+from distil_whisper_jax.decode.transcribe import TranscribeConfig
+from distil_whisper_jax.speech.wer import wer
 
 
 def test_cli_prints_file_tab_text_in_input_order(clips, capsys):

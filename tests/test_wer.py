@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from distil_whisper_jax import evaluate
-from distil_whisper_jax.evaluate import basic_normalizer, english_normalizer, normalizer_for, wer, wer_details
+from distil_whisper_jax.speech import wer as evaluate
+from distil_whisper_jax.speech.wer import basic_normalizer, english_normalizer, normalizer_for, wer, wer_details
 
 ASSETS = Path(evaluate.__file__).parent / "assets"
 

@@ -11,7 +11,7 @@ no sentence in both; the three files are line-aligned translations, and the same
 positions, so the held-out sets are translations of each other), then dealt round-robin (in a seeded order) to the
 language's speakers, so every speaker appears in both splits; each sentence is spoken exactly once. A speaker is one
 espeak-ng voice variant (``fr+m3``) at one speaking rate (words per minute), pitch and gap between words. Audio is
-espeak-ng's 22.05 kHz output resampled to 16 kHz with ``distil_whisper_jax.audio.resample``, its leading and
+espeak-ng's 22.05 kHz output resampled to 16 kHz with ``distil_whisper_jax.speech.audio.resample``, its leading and
 trailing silence trimmed to ``PAD_SECONDS``, peak-normalised to a seeded level and written as 16-bit mono FLAC.
 espeak-ng has no randomness, so the same espeak-ng version reproduces the files exactly.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import soundfile as sf
 
 from distil_whisper_jax.assets import SPEECH_MULTILINGUAL_DIR, SPEECH_SPLITS
-from distil_whisper_jax.audio import SAMPLE_RATE, resample
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech.audio import SAMPLE_RATE, resample
 from tools.generate_speech import read_sentences, write_manifest  # same sentence-file and manifest rules
 
 log = logging.getLogger("generate")

@@ -27,8 +27,8 @@ from scipy.signal import fftconvolve
 from tqdm import tqdm
 
 from distil_whisper_jax.assets import SPEECH_DIR
-from distil_whisper_jax.audio import SAMPLE_RATE, resample
-from distil_whisper_jax.utils import atomic_write
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.speech.audio import SAMPLE_RATE, resample
 
 log = logging.getLogger("generate")
 

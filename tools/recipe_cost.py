@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from distil_whisper_jax.flops import flops_per_step
-from distil_whisper_jax.model import preset
+from distil_whisper_jax.core.flops import flops_per_step
+from distil_whisper_jax.core.model import preset
 
 RECIPES = Path(__file__).resolve().parents[1] / "tpu_scripts" / "recipes"
 V4_PEAK_FLOPS = 275e12  # bf16 per chip

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config
-from ..create_student import CreateStudentConfig, run
-from ..utils import setup_logging
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import setup_logging
+from distil_whisper_jax.stages.student.create_student import CreateStudentConfig, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

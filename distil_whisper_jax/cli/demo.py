@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config, demo
-from ..utils import setup_logging
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import setup_logging
+from distil_whisper_jax.stages.demo import demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:

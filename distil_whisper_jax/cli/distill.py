@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config
-from ..distill import run
-from ..distill_config import DistillConfig
-from ..utils import setup_logging
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import setup_logging
+from distil_whisper_jax.stages.distill.config import DistillConfig
+from distil_whisper_jax.stages.distill.distill import run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config, evaluation
-from ..utils import setup_logging
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import setup_logging
+from distil_whisper_jax.stages.evaluate import evaluation
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config, export
-from ..utils import OutputWriteError, setup_logging
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import OutputWriteError, setup_logging
+from distil_whisper_jax.stages.export import export
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config, pseudo_label
-from ..data import DataConfigError
-from ..utils import setup_logging
+from distil_whisper_jax.data.sources import DataConfigError
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import setup_logging
+from distil_whisper_jax.stages.label import pseudo_label
 
 
 def main(argv: Sequence[str] | None = None) -> int:

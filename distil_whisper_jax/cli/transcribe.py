@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .. import config, transcribe
-from ..utils import setup_logging
+from distil_whisper_jax.decode import transcribe
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import setup_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:

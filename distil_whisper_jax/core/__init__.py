@@ -1,0 +1,2 @@
+"""The math: the Whisper model, the distillation losses, the optimiser, the train step, FLOP counts and data
+parallelism."""

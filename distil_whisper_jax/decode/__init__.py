@@ -1,0 +1,2 @@
+"""Decoding: batched generation (greedy, beam), prompting, speculative decoding, chunked and sequential long-form,
+transcribe."""

@@ -1,0 +1,184 @@
+"""Small shared helpers: CLI logging, atomic file writes, writability checks and write-error messages."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from distil_whisper_jax.infra.storage import is_remote
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed (disk full, read-only, permission): the message names the path and cause."""
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> OutputWriteError:
+    """An ``OutputWriteError`` naming ``path`` and the cause of ``e`` (raise it ``from e``)."""
+    return OutputWriteError(f"cannot write {path}: {os_error_cause(e)}")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record, not the one it was created with
+    (a caller that swaps stderr, as pytest's capture does, may close the old one)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def setup_logging(timestamps: bool = False) -> None:
+    """INFO logging for a CLI: our progress lines, not the libraries' chatter (Orbax logs every checkpoint
+    save and restore step at INFO through absl)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if not any(getattr(h, "distil_whisper_jax", False) for h in root.handlers):
+        # Importing orbax puts a bare stderr handler on the root logger (which would make basicConfig a
+        # no-op): replace that one, keep any other (e.g. a test's log capture).
+        for h in list(root.handlers):
+            if type(h) is logging.StreamHandler and h.stream is sys.stderr:
+                root.removeHandler(h)
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s " + fmt if timestamps else fmt))
+        handler.distil_whisper_jax = True
+        root.addHandler(handler)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
+    """Write ``path`` atomically: yields a temp path (``mode=None``) or an open file (``mode='w'``/``'wb'``)
+    in the same directory, renamed over ``path`` only if the block finishes without error.
+
+    The temp name ``.<name>.<pid>.<random>.tmp`` carries the writer's process id, so that
+    ``remove_stale_temporaries`` can tell a killed writer's leftovers from a live one's. The file gets the
+    permissions a plain ``open()`` would give (0666 minus the umask), set just before the rename, so a
+    caller that replaced the temp file (as some library writers do) gets them too.
+
+    A remote ``path`` (``storage.location`` of a URL) is written to a local temp file and uploaded in one
+    go when the block finishes: the object appears whole or not at all."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="distil-whisper-jax-") as d:
+            tmp = Path(d) / path.name
+            if mode is None:
+                yield tmp
+            else:
+                with open(tmp, mode) as f:
+                    yield f
+            path.fs.put_file(str(tmp), path.path)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if mode is None:
+            yield Path(tmp)
+        else:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id runs on this machine (ours included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_PID_IN_NAME = re.compile(r"(?:\.tmp-|\.old-|\.)(\d+)(?:\.|$)")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, patterns: Iterable[str]) -> list[Path]:
+    """Delete temp files/folders matching ``patterns`` in ``directory`` that no live process is writing.
+
+    A temp name carries its writer's pid (``atomic_write``'s ``.<name>.<pid>.<random>.tmp``, a folder's
+    ``.<name>.tmp-<pid>``); one whose pid is dead, or that carries none (an older writer's), is a killed
+    run's leftover. Returns what was removed."""
+    removed = []
+    for pattern in patterns:
+        for p in sorted(Path(directory).glob(pattern)):
+            m = _PID_IN_NAME.search(p.name[1:])
+            if m is not None and pid_alive(int(m.group(1))):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a parent is a file, not a directory",
+    errno.EISDIR: "is a directory",
+}
+
+
+def os_error_cause(e: OSError) -> str:
+    """A short human cause for a failed write: 'no space left on device', 'permission denied', …"""
+    return _CAUSES.get(e.errno or -1) or (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def check_writable_dir(directory: str | os.PathLike, flag: str) -> None:
+    """Raise ``ValueError`` naming ``flag`` and the cause when files cannot be created in ``directory``.
+
+    The directory need not exist yet: its nearest existing ancestor must be a directory in which a file
+    can be created (checked by creating and removing one, which also catches read-only mounts and, for
+    root, places where permission bits say nothing)."""
+    d = Path(directory).absolute()
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {directory}: cannot write there ({probe} is not a directory)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{flag} {directory}: cannot write there ({os_error_cause(e)})") from None
+
+
+def is_hub_id(s: str | os.PathLike) -> bool:
+    """'owner/name' that is not an existing local path: a 🤗 hub repository id."""
+    s = str(s)
+    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not os.path.exists(s)

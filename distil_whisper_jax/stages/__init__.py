@@ -1,0 +1,2 @@
+"""The pipeline's stages, one folder each with its config and ``run``: label, distill, evaluate, export, student,
+demo, preflight."""

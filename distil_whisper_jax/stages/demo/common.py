@@ -1,0 +1,78 @@
+"""What both demos share: running a stage from its command-line flags through the stage's own config parser
+(exactly the CLI's code path), timing it, failing with its directory, and small evaluation subsets that hear every
+speaker."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from distil_whisper_jax.infra import config
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.stages.distill import distill
+from distil_whisper_jax.stages.evaluate import evaluation
+from distil_whisper_jax.stages.export import export
+from distil_whisper_jax.stages.label import pseudo_label
+
+
+def spread_over_speakers(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    """``n`` rows taken round-robin over the speakers (every speaker's first clip, then every speaker's second,
+    ...), returned in manifest order: a small evaluation set then hears every speaker, not the first few."""
+    by_speaker: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_speaker.setdefault(r["speaker_id"], []).append(i)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(n, len(rows)):
+        for idx in by_speaker.values():
+            if depth < len(idx) and len(picked) < n:
+                picked.append(idx[depth])
+        depth += 1
+    return [rows[i] for i in sorted(picked)]
+
+
+def subset_manifest(full: Path, rows: int | None, path: Path) -> Path:
+    """``full`` itself when ``rows`` is falsy, else ``rows`` of it spread over every speaker, written to ``path``
+    (atomically) with absolute audio paths."""
+    if not rows:
+        return full
+    with open(full, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header, table = list(reader.fieldnames or ()), list(reader)
+    subset = spread_over_speakers(table, rows)
+    for r in subset:
+        r["audio"] = str((full.parent / r["audio"]).resolve())
+    with atomic_write(path, "w") as f:
+        w = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
+        w.writeheader()
+        w.writerows(subset)
+    return path
+
+
+def run_stage(name: Literal["label", "train", "eval", "export"], argv: list[str]) -> int:
+    """One stage from its flags, through the stage's own config parser and ``run(cfg)`` (as its CLI does)."""
+    stages = {
+        "label": (pseudo_label.PseudoLabelConfig, pseudo_label.run),
+        "train": (distill.DistillConfig, distill.run),
+        "eval": (evaluation.EvalConfig, evaluation.run),
+        "export": (export.ExportConfig, export.run),
+    }
+    cls, run_fn = stages[name]
+    return run_fn(config.parse(cls, argv, prog=f"demo {name}"))
+
+
+def timed(times: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, its wall seconds recorded as ``times[name]``."""
+    t = time.perf_counter()
+    out = fn(*args)
+    times[name] = time.perf_counter() - t
+    return out
+
+
+def check_stage(status: int, name: str, where: Path) -> None:
+    """``RuntimeError`` naming the stage and its directory when it did not exit 0 (it has logged why)."""
+    if status != 0:
+        raise RuntimeError(f"{name} failed; see {where}")

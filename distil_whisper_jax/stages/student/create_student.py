@@ -1,0 +1,116 @@
+"""Create a student from a teacher: keep the encoder, copy maximally spaced decoder layers.
+
+    distil-whisper-create-student [--teacher_model_name_or_path T] --decoder_layers 2 --output_dir S
+
+Writes a transformers directory (weights, config, generation config, tokenizer) plus ``distil_info.json``
+(the teacher, portably: the bundled name, hub id or path, with a digest of its weights; and the layer
+maps, read by distillation and by the exporter's model card), reloads it to check it is exactly the
+slice that was intended, and logs the parameter counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from distil_whisper_jax.core.model import WhisperConfig, count_params
+from distil_whisper_jax.infra import storage
+from distil_whisper_jax.infra.config import flag
+from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.weights.convert import tree_equal
+from distil_whisper_jax.weights.convert.hf import write_hf_dir
+from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
+from distil_whisper_jax.weights.student import make_student, params_digest, student_generation_config, teacher_reference
+
+log = logging.getLogger(__name__)
+DISTIL_INFO = "distil_info.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateStudentConfig:
+    """Flags of ``distil-whisper-create-student``."""
+
+    output_dir: str = flag(help="where to write the student (transformers format): a directory or a bucket URL")
+    teacher_model_name_or_path: str | None = flag(
+        None,
+        "teacher checkpoint (transformers dir, CTranslate2 dir, openai .pt, hub id, or any of these as a bucket URL); "
+        "default: the bundled tiny.en",
+    )
+    decoder_layers: int = flag(2, "student decoder layers (2 → teacher's first and last)")
+    encoder_layers: int | None = flag(None, "student encoder layers (default: all)")
+    max_source_positions: int | None = flag(None, "shorter encoder context (e.g. 750 = 15 s); default: the teacher's")
+
+
+def run(cfg: CreateStudentConfig) -> storage.OutPath:
+    """Create the student ``cfg`` describes; returns its directory (local, or the bucket URL's location)."""
+    return create_student(
+        cfg.teacher_model_name_or_path, cfg.output_dir, cfg.decoder_layers, cfg.encoder_layers, cfg.max_source_positions
+    )
+
+
+def create_student(
+    teacher: str | Pretrained | None,
+    output_dir: str | os.PathLike,
+    decoder_layers: int,
+    encoder_layers: int | None = None,
+    max_source_positions: int | None = None,
+) -> storage.OutPath:
+    """Slice ``teacher`` (any loadable checkpoint; None = bundled tiny.en) into a student saved at ``output_dir``.
+
+    A bucket URL is checked to be writable before the teacher loads; the student is then written and its
+    reload verified in a local directory, and uploaded whole once it passed (nothing partial reaches the
+    bucket, nothing is renamed there)."""
+    dest = storage.location(output_dir, "--output_dir")
+    if storage.is_remote(dest):
+        storage.check_writable(dest, "--output_dir")
+    if isinstance(teacher, Pretrained):
+        pre = teacher
+    else:
+        pre = load_pretrained(teacher, "--teacher_model_name_or_path")
+    requested = pre.source if isinstance(teacher, Pretrained) else teacher
+    config, params, maps = make_student(pre.config, pre.params, decoder_layers, encoder_layers, max_source_positions)
+    with storage.staged_dir(dest) as out:
+        _write_student(out, pre, requested, config, params, maps)
+    n_t, n_s = count_params(pre.params), count_params(params)
+    log.info(
+        "student: %d decoder layers (teacher layers %s), %s encoder; %.1fM params = %.0f%% of the teacher's "
+        "%.1fM; saved to %s",
+        decoder_layers,
+        maps["decoder_layer_map"],
+        "whole" if maps["encoder_layer_map"] is None else f"layers {maps['encoder_layer_map']} of the",
+        n_s / 1e6,
+        100 * n_s / n_t,
+        n_t / 1e6,
+        dest,
+    )
+    return dest
+
+
+def _write_student(
+    out: Path, pre: Pretrained, requested: str | os.PathLike | None, config: WhisperConfig, params: dict, maps: dict
+) -> None:
+    """The student's transformers directory and ``distil_info.json`` in the local ``out``, reloaded to check
+    that it is exactly the slice (what every later stage will load)."""
+    write_hf_dir(
+        out,
+        config,
+        params,
+        generation_config=student_generation_config(pre, config, maps["decoder_layer_map"]),
+        tokenizer=pre.tokenizer,
+    )
+    info = {
+        "teacher": teacher_reference(requested, pre.source),
+        "teacher_sha256": params_digest(pre.params),
+        "teacher_decoder_layers": pre.config.decoder_layers,
+        "teacher_encoder_layers": pre.config.encoder_layers,
+        **maps,
+        "train_steps": 0,
+    }
+    with atomic_write(out / DISTIL_INFO, "w") as f:
+        json.dump(info, f, indent=2)
+    back = load_pretrained(out)
+    if back.config != config or not tree_equal(back.params, params):
+        raise RuntimeError(f"{out}: the saved student does not reload identically")

@@ -1,0 +1,2 @@
+"""Model weights: loading from any source, Orbax checkpoints, student initialisation and the file formats
+(``convert/``)."""
