@@ -7,6 +7,11 @@ options, not two. Library functions take the dataclass (``pseudo_label.run(cfg)`
 parses argv.
 
 Precedence: field default < ``--config`` file (JSON or YAML) < flags given on the command line.
+
+Names: a flag's field name is its one name from the command line to the data layer. ``aliases`` are other
+spellings accepted silently (``--model`` for ``--model_name_or_path``); ``deprecated`` are old names accepted
+with a ``FutureWarning`` naming the new one. Both work alike on the command line, in ``--config`` files and in
+``from_dict`` (recipes, stored run configs), so a name that works in one place works in all.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import difflib
 import json
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -38,16 +44,25 @@ def flag(
     *,
     group: str | None = None,
     aliases: Sequence[str] = (),
+    deprecated: Sequence[str] = (),
     metavar: str | None = None,
     cli: bool = True,
 ) -> Any:
     """A config field that is also a command-line flag ``--<name>``.
 
-    ``default=REQUIRED`` makes it mandatory (from a flag or the config file); ``aliases`` are extra flag
-    names kept for compatibility; ``group`` titles a section of ``--help``; ``cli=False`` keeps a field out
-    of the parser (set only from Python or a config file).
+    ``default=REQUIRED`` makes it mandatory (from a flag or the config file); ``aliases`` are other names of
+    the same flag (accepted silently), ``deprecated`` old names (accepted with a warning), both with or
+    without the leading ``--``; ``group`` titles a section of ``--help``; ``cli=False`` keeps a field out of
+    the parser (set only from Python or a config file).
     """
-    meta = {"help": help, "group": group, "aliases": tuple(aliases), "metavar": metavar, "cli": cli}
+    meta = {
+        "help": help,
+        "group": group,
+        "aliases": tuple(a.removeprefix("--") for a in aliases),
+        "deprecated": tuple(a.removeprefix("--") for a in deprecated),
+        "metavar": metavar,
+        "cli": cli,
+    }
     if default is REQUIRED:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -105,15 +120,48 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
-    """Build ``cls`` from a mapping, refusing unknown keys (a typo'd key must not be silently ignored)."""
+def other_names(cls: type) -> dict[str, tuple[str, bool]]:
+    """Every alias and deprecated name of ``cls``'s fields → ``(field name, deprecated?)``."""
+    out: dict[str, tuple[str, bool]] = {}
+    for f in dataclasses.fields(cls):
+        out.update({a: (f.name, False) for a in f.metadata.get("aliases", ())})
+        out.update({a: (f.name, True) for a in f.metadata.get("deprecated", ())})
+    return out
+
+
+def warn_deprecated(old: str, new: str, where: str = "") -> None:
+    """The one warning for an old flag name: it still works, and says which name to use."""
+    place = f"{where}: " if where else ""
+    warnings.warn(f"{place}--{old} is deprecated; use --{new}", FutureWarning, stacklevel=3)
+
+
+def canonical(cls: type, values: dict[str, Any], *, source: str = "config", warn: bool = True) -> dict[str, Any]:
+    """``values`` with every alias or deprecated key renamed to its field (deprecated ones warn unless
+    ``warn=False``); ``ConfigError`` when one flag is given under two names."""
+    renames = other_names(cls)
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        name, old = renames.get(key, (key, False))
+        if name in out:
+            raise ConfigError(f"{source}: {given_as[name]!r} and {key!r} are the same flag --{name}; give it once")
+        if old and warn:
+            warn_deprecated(key, name, source)
+        out[name], given_as[name] = value, key
+    return out
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config", positional: Sequence[str] = ()) -> T:
+    """Build ``cls`` from a mapping of flag names (aliases and deprecated names too), refusing unknown keys
+    (a typo'd key must not be silently ignored)."""
     types_ = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    values = canonical(cls, values, source=source)
     unknown = sorted(set(values) - set(names))
     if unknown:
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(k, [*names, *other_names(cls)], n=1, cutoff=0.6)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)} for {cls.__name__}")
     kwargs = {k: _coerce(k, types_[k], v) for k, v in values.items()}
@@ -123,7 +171,8 @@ def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -
         if f.name not in kwargs and f.default is REQUIRED and f.default_factory is REQUIRED
     ]
     if missing:
-        raise ConfigError(f"{source}: missing required " + ", ".join(f"--{m}" for m in missing))
+        spelled = [m if m in positional else f"--{m}" for m in missing]
+        raise ConfigError(f"{source}: missing required " + ", ".join(spelled))
     return cls(**kwargs)
 
 
@@ -139,6 +188,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"--config {path}: cannot read ({e.strerror or e})") from None
+    if not text.strip():
+        return {}  # an empty file is an empty config, JSON or YAML alike
     try:
         values = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -150,13 +201,58 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def _deprecation_action(base: type[argparse.Action], field: str, old: Sequence[str]) -> type[argparse.Action]:
+    """``base`` that warns (``warn_deprecated``) when the flag is given under one of its ``old`` names."""
+
+    class Warned(base):  # type: ignore[misc, valid-type]
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+            name = (option_string or "").removeprefix("--")
+            name = name.removeprefix("no-") if name.removeprefix("no-") in old else name
+            if name in old:
+                warn_deprecated(name, field)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Warned
+
+
+def _add_positional(target: Any, f: dataclasses.Field, base: Any, kw: dict[str, Any]) -> None:
+    """A positional field; a tuple takes any number (none: it may come from the config file)."""
+    kw.pop("dest")
+    if typing.get_origin(base) is tuple:
+        kw["nargs"] = "*"
+        base = typing.get_args(base)[0]
+    target.add_argument(f.name, type=base, **kw)
+
+
+def _add_flag(target: Any, f: dataclasses.Field, base: Any, kw: dict[str, Any]) -> None:
+    """``--<field>`` plus its aliases and deprecated names, typed from the field."""
+    meta = f.metadata
+    old = meta.get("deprecated", ())
+    names = [f"--{n}" for n in (f.name, *meta.get("aliases", ()), *old)]
+    action: type[argparse.Action] = argparse._StoreAction
+    if base is bool:
+        action = argparse.BooleanOptionalAction  # --x / --no-x: a flag can undo a config file
+    elif typing.get_origin(base) is Literal:
+        kw["choices"] = list(typing.get_args(base))
+        kw["type"] = type(kw["choices"][0])
+    elif typing.get_origin(base) is tuple:
+        kw["nargs"] = "+"
+        kw["type"] = typing.get_args(base)[0]
+    else:
+        kw["type"] = base
+    kw["action"] = _deprecation_action(action, f.name, old) if old else action
+    if f.default is not REQUIRED:  # default=SUPPRESS hides it from the formatter, so say it here
+        kw["help"] = f"{kw['help']} (default: {f.default})".strip()
+    target.add_argument(*names, **kw)
+
+
 def build_parser(
     cls: type, prog: str | None = None, description: str | None = None, positional: Sequence[str] = ()
 ) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of ``cls`` (plus ``--config``).
 
-    Fields named in ``positional`` become positional arguments (tuple fields take ``nargs='+'``). No
-    flag is argparse-``required``: a required field may come from the config file, so ``parse`` checks.
+    Fields named in ``positional`` become positional arguments (tuple fields take any number). No flag is
+    argparse-``required``: a required field may come from the config file, so ``parse`` checks.
     """
     p = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,36 +274,15 @@ def build_parser(
         group = meta.get("group")
         if group not in groups:
             groups[group] = p.add_argument_group(group)
-        target = groups[group]
-        base, optional = _unwrap_optional(types_[f.name])
+        base, _ = _unwrap_optional(types_[f.name])
         help_ = meta.get("help", "")
         if f.default is REQUIRED:
             help_ = (help_ + " " if help_ else "") + "(required)"
         kw: dict[str, Any] = {"help": help_, "dest": f.name, "default": argparse.SUPPRESS}
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
-        if f.name in positional:
-            kw.pop("dest")
-            if typing.get_origin(base) is tuple:
-                kw["nargs"] = "+"
-                base = typing.get_args(base)[0]
-            kw["type"] = base
-            target.add_argument(f.name, **{k: v for k, v in kw.items() if k != "default"})
-            continue
-        names = [f"--{f.name}", *meta.get("aliases", ())]
-        if base is bool:
-            kw["action"] = argparse.BooleanOptionalAction  # --x / --no-x: a flag can undo a config file
-        elif typing.get_origin(base) is Literal:
-            kw["choices"] = list(typing.get_args(base))
-            kw["type"] = type(kw["choices"][0])
-        elif typing.get_origin(base) is tuple:
-            kw["nargs"] = "+"
-            kw["type"] = typing.get_args(base)[0]
-        else:
-            kw["type"] = base
-        if f.default is not REQUIRED:  # default=SUPPRESS hides it from the formatter, so say it here
-            kw["help"] = f"{kw['help']} (default: {f.default})".strip()
-        target.add_argument(*names, **kw)
+        add = _add_positional if f.name in positional else _add_flag
+        add(groups[group], f, base, kw)
     return p
 
 
@@ -218,14 +293,19 @@ def parse(
     description: str | None = None,
     positional: Sequence[str] = (),
 ) -> T:
-    """Parse argv (and ``--config FILE``) into ``cls``; exits with argparse's usage error on bad input."""
+    """Parse argv (and ``--config FILE``) into ``cls``; exits with argparse's usage error on bad input.
+
+    A positional field may come from the config file too (transcribe's inputs); given on the command line,
+    it wins like any flag."""
     parser = build_parser(cls, prog, description, positional)
     ns = vars(parser.parse_args(argv))
     config_file = ns.pop("config", None)
+    ns = {k: v for k, v in ns.items() if not (k in positional and v == [])}
     try:
         values = load_file(config_file) if config_file else {}
-        merged = {**values, **ns}
-        return from_dict(cls, merged, source=f"--config {config_file}" if config_file else "flags")
+        source = f"--config {config_file}" if config_file else "flags"
+        merged = {**canonical(cls, values, source=source), **ns}
+        return from_dict(cls, merged, source=source, positional=positional)
     except ConfigError as e:
         parser.error(str(e))
     raise AssertionError("unreachable")

@@ -3,7 +3,8 @@
 
 On a TPU pod slice every host runs the same command with ``--jax_distributed`` and JAX finds the
 coordinator itself; elsewhere (CPU hosts, GPUs, tests) ``--coordinator_address --num_processes
---process_id`` name it. ``--distributed`` (distillation's old name) is an alias of ``--jax_distributed``.
+--process_id`` name it. ``--distributed`` (distillation's old name) still works, with a warning, as a
+deprecated name of ``--jax_distributed``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class MultiHostConfig:
         "call jax.distributed.initialize() (with no arguments on TPU pods and SLURM, where JAX finds the "
         "coordinator; with the three flags above elsewhere)",
         group=MULTI,
-        aliases=("--distributed",),
+        deprecated=("distributed",),
     )
 
     @property
