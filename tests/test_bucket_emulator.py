@@ -90,7 +90,7 @@ def test_rename_guard_refuses_what_a_gcsfuse_mount_refuses(gcs, small_models, tm
     assert any(".orbax-checkpoint-tmp" in r for r in rename_guard.REFUSED), rename_guard.REFUSED
     teacher, _ = small_models
     with pytest.raises(OutputWriteError, match="(?i)operation not supported"):
-        run(ExportConfig(output_dir=str(mount / "export"), model=str(teacher), formats="hf", verify=False))
+        run(ExportConfig(output_dir=str(mount / "export"), model_name_or_path=str(teacher), formats="hf", verify=False))
     assert any(Path(r).name.startswith(".hf.tmp-") for r in rename_guard.REFUSED), rename_guard.REFUSED
     d = storage.location("gs://bucket/guard/d")
     (d / "x").write_text("x")

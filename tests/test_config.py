@@ -136,3 +136,103 @@ def test_every_multi_host_stage_takes_the_same_flags_and_distributed_stays_an_al
     with pytest.raises(ValueError, match="--max_steps"):
         changed = config.to_dict(dataclasses.replace(new, max_steps=3))
         check_resume(new, {**meta, "run_config": stored}, {**meta, "run_config": changed})
+
+
+@dataclasses.dataclass(frozen=True)
+class Renamed:
+    steps: int = config.flag(10, "optimizer steps", deprecated=("num_steps",))
+    model_name_or_path: str | None = config.flag(None, "the model", aliases=("model",))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_alias_and_deprecated_names_work_in_config_files_as_on_the_command_line(tmp_path, suffix):
+    f = tmp_path / f"run{suffix}"
+    values = {"model": "m", "num_steps": 3}
+    f.write_text(json.dumps(values) if suffix == ".json" else "model: m\nnum_steps: 3\n")
+    with pytest.warns(FutureWarning, match="--num_steps is deprecated; use --steps"):
+        from_file = config.parse(Renamed, ["--config", str(f)])
+    with pytest.warns(FutureWarning, match="--num_steps is deprecated; use --steps"):
+        from_flags = config.parse(Renamed, ["--model", "m", "--num_steps", "3"])
+    assert from_file == from_flags == Renamed(model_name_or_path="m", steps=3)
+    with pytest.warns(FutureWarning, match="--num_steps is deprecated"):
+        assert config.from_dict(Renamed, {"num_steps": 4}).steps == 4
+
+
+def test_an_alias_key_in_a_real_stage_config_file_is_not_unknown(tmp_path):
+    f = tmp_path / "eval.yaml"
+    f.write_text("max_eval_samples: 5\ngeneration_num_beams: 2\nmodel: m\n")
+    cfg = config.parse(EvalConfig, ["--config", str(f), "--dataset_name", "d", "--output_dir", "o"])
+    assert (cfg.max_samples, cfg.num_beams, cfg.model_name_or_path) == (5, 2, "m")
+
+
+def test_deprecated_flag_warns_on_the_command_line_and_in_a_file(tmp_path):
+    base = ["--dataset_name", "x", "--output_dir", "o"]
+    with pytest.warns(FutureWarning, match="--distributed is deprecated; use --jax_distributed"):
+        assert config.parse(PseudoLabelConfig, [*base, "--distributed"]).jax_distributed
+    f = tmp_path / "label.json"
+    f.write_text('{"distributed": true}')
+    with pytest.warns(FutureWarning, match="--distributed is deprecated; use --jax_distributed"):
+        assert config.parse(PseudoLabelConfig, ["--config", str(f), *base]).jax_distributed
+
+
+def test_one_flag_under_two_names_in_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "run.yaml"
+    f.write_text("model: a\nmodel_name_or_path: b\n")
+    with pytest.raises(SystemExit):
+        config.parse(Renamed, ["--config", str(f)])
+    assert "are the same flag --model_name_or_path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "\n", "{}"])
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_an_empty_config_file_is_an_empty_config_json_or_yaml(tmp_path, suffix, text):
+    f = tmp_path / f"run{suffix}"
+    f.write_text(text)
+    assert config.parse(Toy, ["--config", str(f), "--output_dir", "o"]) == Toy(output_dir="o")
+
+
+def test_transcribe_inputs_come_from_a_config_file_or_the_command_line(tmp_path, capsys):
+    from distil_whisper_jax.decode.transcribe import TranscribeConfig
+
+    f = tmp_path / "t.yaml"
+    f.write_text("inputs: [a.wav, b.wav]\nmodel: m\n")
+    cfg = config.parse(TranscribeConfig, ["--config", str(f)], positional=("inputs",))
+    assert cfg.inputs == ("a.wav", "b.wav") and cfg.model_name_or_path == "m"
+    cfg = config.parse(TranscribeConfig, ["--config", str(f), "c.wav"], positional=("inputs",))
+    assert cfg.inputs == ("c.wav",)
+    with pytest.raises(SystemExit):
+        config.parse(TranscribeConfig, [], positional=("inputs",))
+    assert "missing required inputs" in capsys.readouterr().err
+
+
+def test_every_command_takes_model_and_model_name_or_path():
+    from distil_whisper_jax.decode.transcribe import TranscribeConfig
+    from distil_whisper_jax.stages.demo.demo import DemoConfig
+    from distil_whisper_jax.stages.export.export import ExportConfig
+
+    required = {
+        PseudoLabelConfig: ["--dataset_name", "d", "--output_dir", "o"],
+        DistillConfig: ["--train_dataset_name", "d", "--output_dir", "o", "--max_steps", "2"],
+        EvalConfig: ["--dataset_name", "d", "--output_dir", "o"],
+        ExportConfig: ["--output_dir", "o"],
+        TranscribeConfig: ["a.wav"],
+        DemoConfig: [],
+    }
+    for cls, rest in required.items():
+        positional = ("inputs",) if cls is TranscribeConfig else ()
+        for name in ("--model", "--model_name_or_path"):
+            cfg = config.parse(cls, [name, "m", *rest], positional=positional)
+            assert cfg.model_name_or_path == "m", (cls, name)
+
+
+def test_kd_temperature_keeps_upstreams_temperature_flag_and_old_runs_resume(tmp_path):
+    base = ["--model_name_or_path", "s", "--train_dataset_name", "d", "--output_dir", "o", "--max_steps", "2"]
+    assert config.parse(DistillConfig, [*base, "--temperature", "3"]).kd_temperature == 3.0
+    f = tmp_path / "distill.yaml"
+    f.write_text("temperature: 4\n")
+    assert config.parse(DistillConfig, ["--config", str(f), *base]).kd_temperature == 4.0
+    cfg = config.parse(DistillConfig, base)
+    stored = {k: v for k, v in config.to_dict(cfg).items() if k != "kd_temperature"}
+    stored["temperature"] = cfg.kd_temperature  # a run config written before the rename
+    meta = {"config": {"d_model": 4}, "global_batch": 8, "teacher_sha256": "t", "teacher": "t"}
+    check_resume(cfg, {**meta, "run_config": stored}, {**meta, "run_config": config.to_dict(cfg)})

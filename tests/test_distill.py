@@ -649,7 +649,7 @@ def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_m
         ("warmup_steps", -1, "--warmup_steps must be ≥ 0"),
         ("per_device_train_batch_size", 0, "--per_device_train_batch_size must be ≥ 1"),
         ("gradient_accumulation_steps", 0, "--gradient_accumulation_steps must be ≥ 1"),
-        ("temperature", 0.0, "--temperature must be in (0, ∞)"),
+        ("kd_temperature", 0.0, "--kd_temperature must be in (0, ∞)"),
         ("kl_weight", -1.0, "--kl_weight must be in [0, ∞)"),
         ("ce_weight", -0.5, "--ce_weight must be in [0, ∞)"),
         ("mse_weight", float("nan"), "--mse_weight must be a finite number"),

@@ -52,7 +52,7 @@ def test_exports_run_in_every_runtime(short_model, tmp_path):
     """hf, openai and ggml (f16 + q8_0) exports each transcribe the clips the model can take exactly as our
     runtime does (verification leaves out the bundled clips longer than 15 s)."""
     out = tmp_path / "export"
-    assert export_lib.run(export_lib.ExportConfig(output_dir=str(out), model=str(short_model))) == 0
+    assert export_lib.run(export_lib.ExportConfig(output_dir=str(out), model_name_or_path=str(short_model))) == 0
     extractor = json.loads((out / "hf" / "preprocessor_config.json").read_text())
     assert (extractor["chunk_length"], extractor["nb_max_frames"], extractor["n_samples"]) == (15, 1500, 240000)
     for path in (out / "hf", out / "original-model.bin", out / "ggml-model.bin"):

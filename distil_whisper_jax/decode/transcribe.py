@@ -41,10 +41,11 @@ class TranscribeConfig:
     """What to transcribe, with which model, and where the results go."""
 
     inputs: tuple[str, ...] = config_lib.flag(help="audio files and/or folders of audio files", metavar="AUDIO_OR_DIR")
-    model: str | None = config_lib.flag(
+    model_name_or_path: str | None = config_lib.flag(
         None,
         "model directory (transformers or CTranslate2), openai .pt or ggml file, Orbax run, or hub id; "
         "default: the bundled tiny.en",
+        aliases=("model",),
     )
     batch_size: int = config_lib.flag(8, "clips per batch (rounded up to a multiple of devices)")
     dtype: Literal["bfloat16", "float32"] = config_lib.flag("float32", "compute dtype (params stay fp32)")
@@ -426,7 +427,7 @@ def run(cfg: TranscribeConfig) -> int:
     stems = output_stems(files, cfg.output_dir) if cfg.output_dir else []
     results = transcribe(
         files,
-        cfg.model,
+        cfg.model_name_or_path,
         batch_size=cfg.batch_size,
         dtype=cfg.dtype,
         num_beams=cfg.num_beams,

@@ -53,7 +53,9 @@ class DemoConfig:
     train_rows_per_language: int = config.flag(0, "(--multilingual) training clips per language (0 = all 45)")
     eval_rows_per_language: int = config.flag(0, "(--multilingual) held-out clips per language (0 = all 15)")
     no_export: bool = config.flag(False, "skip the export + verification stage")
-    model: str | None = config.flag(None, "(transcribe) model path or hub id; default: the bundled tiny.en")
+    model_name_or_path: str | None = config.flag(
+        None, "(transcribe) model path or hub id; default: the bundled tiny.en", aliases=("model",)
+    )
     batch_size: int = config.flag(
         8, "(transcribe) clips per batch; (--multilingual) training examples per device per step"
     )
@@ -175,7 +177,7 @@ def run(cfg: DemoConfig) -> int:
     """The demo's command: the whole pipeline (or only the teacher's transcription), with a printed summary."""
     cfg.validate()
     if cfg.stage == "transcribe":
-        return transcribe_clips(cfg.model, cfg.batch_size, cfg.dtype)
+        return transcribe_clips(cfg.model_name_or_path, cfg.batch_size, cfg.dtype)
     if cfg.multilingual:
         rows = cfg.train_rows_per_language or None, cfg.eval_rows_per_language or None
         sizes = demo_multilingual.Sizes(cfg.steps, cfg.batch_size, *rows)

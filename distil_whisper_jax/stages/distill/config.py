@@ -67,6 +67,7 @@ class DistillConfig(MultiHostConfig):
         help="the student to train (e.g. made by distil-whisper-create-student): transformers/CTranslate2 dir, "
         "openai .pt, Orbax run dir, or hub id",
         group="models",
+        aliases=("model",),
     )
     teacher_model_name_or_path: str | None = flag(
         None,
@@ -202,7 +203,12 @@ class DistillConfig(MultiHostConfig):
         group="training",
     )
     mse_weight: float = flag(0.0, "weight of an optional hidden-state MSE", group="training")
-    temperature: float = flag(2.0, "softmax temperature T of the KL term", group="training")
+    kd_temperature: float = flag(
+        2.0,
+        "softmax temperature T of the KL term (--temperature: upstream distil-whisper's name)",
+        group="training",
+        aliases=("temperature",),
+    )
     cache_encoder_outputs: bool = flag(
         False,
         "with --freeze_encoder and a shared encoder, keep each example's encoder output in memory (valid: the "
@@ -282,7 +288,7 @@ def _check_numbers(cfg: DistillConfig) -> None:
     """Finite, and in range: (lo, hi, lo_open, hi_open) per flag; None bounds are unbounded."""
     ranges = {
         "learning_rate": (0, None, True, False),
-        "temperature": (0, None, True, False),
+        "kd_temperature": (0, None, True, False),
         "adam_epsilon": (0, None, True, False),
         "device_peak_tflops": (0, None, True, False),
         "weight_decay": (0, None, False, False),

@@ -19,7 +19,7 @@ from distil_whisper_jax.core import train as core
 from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.data import stream
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.config import differences
+from distil_whisper_jax.infra.config import canonical, differences
 from distil_whisper_jax.stages.distill.config import RESUME_MAY_CHANGE, DistillConfig
 from distil_whisper_jax.stages.distill.log import os_cause
 from distil_whisper_jax.stages.student.create_student import DISTIL_INFO
@@ -145,7 +145,7 @@ def build_state(cfg: DistillConfig, models: Models, mesh) -> tuple[Any, Callable
         tx,
         kl_weight=cfg.kl_weight,
         ce_weight=cfg.effective_ce_weight,
-        temperature=cfg.temperature,
+        temperature=cfg.kd_temperature,
         mse_weight=cfg.mse_weight,
         freeze_encoder=cfg.freeze_encoder,
         share_encoder=models.share_encoder,
@@ -193,10 +193,11 @@ def check_resume(cfg: DistillConfig, saved: dict, now: dict) -> None:
     problems = []
     if "run_config" in saved:
         ignore = list(RESUME_MAY_CHANGE)
+        stored = canonical(DistillConfig, saved["run_config"], warn=False)  # fields renamed since, by new name
         constant = cfg.lr_scheduler_type in ("constant", "constant_with_warmup")
-        if constant and cfg.max_steps >= saved["run_config"].get("max_steps", 0):
+        if constant and cfg.max_steps >= stored.get("max_steps", 0):
             ignore.append("max_steps")  # training longer on a schedule that does not depend on the end
-        problems += [f"--{d}" for d in differences(saved["run_config"], now["run_config"], ignore)]
+        problems += [f"--{d}" for d in differences(stored, now["run_config"], ignore)]
     else:
         log.warning("the checkpoint records no run config: only the student config and batch are checked")
     if saved.get("global_batch") != now["global_batch"]:

@@ -52,7 +52,9 @@ DATA, MODEL, OUTPUT = "data", "model and generation", "output"
 class EvalConfig(MultiHostConfig):
     """An evaluation run: which model (and assistant), which datasets, how to decode, where results go."""
 
-    model_name_or_path: str | None = config.flag(None, "model to evaluate; default: the bundled tiny.en", group=MODEL)
+    model_name_or_path: str | None = config.flag(
+        None, "model to evaluate; default: the bundled tiny.en", group=MODEL, aliases=("model",)
+    )
     assistant_model_name_or_path: str | None = config.flag(
         None, "speculative decoding: a smaller model with the same tokenizer drafts tokens (greedy only)", group=MODEL
     )

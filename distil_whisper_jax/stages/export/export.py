@@ -72,10 +72,11 @@ class ExportConfig:
     """What to export, where, and whether to verify it in the real runtimes."""
 
     output_dir: str = config_lib.flag(help="where to write hf/, original-model.bin, ggml-model*.bin, ct2*/")
-    model: str | None = config_lib.flag(
+    model_name_or_path: str | None = config_lib.flag(
         None,
         "Orbax checkpoint dir, transformers or CTranslate2 dir, openai or ggml file, or hub id; "
         "default: the bundled tiny.en",
+        aliases=("model",),
     )
     formats: str = config_lib.flag(
         ",".join(DEFAULT_FORMATS),
@@ -301,7 +302,7 @@ def run(cfg: ExportConfig) -> int:
     check_writable_dir(cfg.output_dir, "--output_dir")
     remove_stale_outputs(cfg.output_dir)
     clips = verification_clips(cfg.verify_audio, cfg.verify_max_clips) if cfg.verify else []
-    pre = load_pretrained(cfg.model, "--model")
+    pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
     clips = clips_within(clips, pre.config.input_seconds, cfg.verify_audio) if clips else clips
     paths = export(pre, formats, cfg.output_dir, cfg.dtype, cfg.overwrite)
     t_export = time.perf_counter() - t0

@@ -56,7 +56,9 @@ class PseudoLabelConfig(MultiHostConfig):
     overwrite_output_dir: bool = config.flag(False, "delete a previous run's output first", group=OUTPUT)
     rows_per_shard: int = config.flag(1000, "input rows per output shard (resume unit)", group=OUTPUT)
     # teacher and generation
-    model_name_or_path: str | None = config.flag(None, "teacher; default: the bundled tiny.en", group=TEACHER)
+    model_name_or_path: str | None = config.flag(
+        None, "teacher; default: the bundled tiny.en", group=TEACHER, aliases=("model",)
+    )
     per_device_eval_batch_size: int = config.flag(8, "rows per device per generation batch", group=TEACHER)
     num_local_devices: int | None = config.flag(None, "use only the first N local devices", group=TEACHER)
     dtype: Literal["float32", "bfloat16"] = config.flag("float32", "compute dtype of generation", group=TEACHER)
