@@ -236,3 +236,11 @@ def test_kd_temperature_keeps_upstreams_temperature_flag_and_old_runs_resume(tmp
     stored["temperature"] = cfg.kd_temperature  # a run config written before the rename
     meta = {"config": {"d_model": 4}, "global_batch": 8, "teacher_sha256": "t", "teacher": "t"}
     check_resume(cfg, {**meta, "run_config": stored}, {**meta, "run_config": config.to_dict(cfg)})
+
+
+def test_to_argv_is_the_command_line_that_parses_back_to_the_config():
+    cfg = Toy(output_dir="o", steps=5, fast=True, verify=False, name="x", files=("a", "b"))
+    argv = config.to_argv(cfg)
+    assert argv == ["--output_dir", "o", "--steps", "5", "--fast", "--no-verify", "--name", "x", "--files", "a", "b"]
+    assert config.parse(Toy, argv) == cfg
+    assert config.to_argv(Toy(output_dir="o")) == ["--output_dir", "o"]

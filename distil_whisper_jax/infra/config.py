@@ -80,10 +80,6 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Check/convert a config-file value to the field type; ``ConfigError`` names the key."""
     base, optional = _unwrap_optional(tp)
@@ -154,7 +150,7 @@ def canonical(cls: type, values: dict[str, Any], *, source: str = "config", warn
 def from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config", positional: Sequence[str] = ()) -> T:
     """Build ``cls`` from a mapping of flag names (aliases and deprecated names too), refusing unknown keys
     (a typo'd key must not be silently ignored)."""
-    types_ = _field_types(cls)
+    types_ = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = canonical(cls, values, source=source)
     unknown = sorted(set(values) - set(names))
@@ -263,7 +259,7 @@ def build_parser(
         metavar="FILE",
         help="JSON or YAML file of flag values (without '--'); flags on the command line override it",
     )
-    types_ = _field_types(cls)
+    types_ = typing.get_type_hints(cls)
     groups: dict[str | None, Any] = {None: p}
     own = set(cls.__dict__.get("__annotations__", {}))
     fields = dataclasses.fields(cls)  # a shared base's flags (e.g. the multi-host ones) listed after the own ones
@@ -309,6 +305,32 @@ def parse(
     except ConfigError as e:
         parser.error(str(e))
     raise AssertionError("unreachable")
+
+
+def _argv_values(name: str, value: Any) -> list[str]:
+    """The command-line words of one field's value (after its ``--name``, or alone for a bool)."""
+    if isinstance(value, bool):
+        return [f"--{name}" if value else f"--no-{name}"]
+    if isinstance(value, tuple):
+        return [f"--{name}", *map(str, value)]
+    return [f"--{name}", str(value)]
+
+
+def to_argv(cfg: Any, positional: Sequence[str] = ()) -> list[str]:
+    """The command line a user would type for ``cfg``: every field that differs from its default, under its
+    field name (``parse(type(cfg), to_argv(cfg)) == cfg``); ``ValueError`` for a ``None`` no flag can give."""
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.default is not REQUIRED and value == f.default and type(value) is type(f.default):
+            continue
+        if f.name in positional:
+            argv = [*map(str, value), *argv]
+        elif value is None:
+            raise ValueError(f"--{f.name}: None differs from the default {f.default!r} and has no flag")
+        else:
+            argv += _argv_values(f.name, value)
+    return argv
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:

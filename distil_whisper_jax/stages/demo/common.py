@@ -1,6 +1,6 @@
-"""What both demos share: running a stage from its command-line flags through the stage's own config parser
-(exactly the CLI's code path), timing it, failing with its directory, and small evaluation subsets that hear every
-speaker."""
+"""What both demos share: each stage's typed config (and the command line a user would type for it), running a
+stage from its config or its flags, timing it, failing with its directory, and small evaluation subsets that hear
+every speaker."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from typing import Any, Literal
 
 from distil_whisper_jax.infra import config
 from distil_whisper_jax.infra.files import atomic_write
-from distil_whisper_jax.stages.distill import distill
-from distil_whisper_jax.stages.evaluate import evaluation
-from distil_whisper_jax.stages.export import export
-from distil_whisper_jax.stages.label import pseudo_label
+from distil_whisper_jax.stages import distill, evaluate, export, label
+
+StageName = Literal["label", "train", "eval", "export"]
+# Each stage's run config and run(cfg), by the demo's name for it.
+STAGES: dict[str, tuple[type, Callable[[Any], int]]] = {
+    "label": (label.PseudoLabelConfig, label.run),
+    "train": (distill.DistillConfig, distill.run),
+    "eval": (evaluate.EvalConfig, evaluate.run),
+    "export": (export.ExportConfig, export.run),
+}
 
 
 def spread_over_speakers(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
@@ -52,16 +58,16 @@ def subset_manifest(full: Path, rows: int | None, path: Path) -> Path:
     return path
 
 
-def run_stage(name: Literal["label", "train", "eval", "export"], argv: list[str]) -> int:
-    """One stage from its flags, through the stage's own config parser and ``run(cfg)`` (as its CLI does)."""
-    stages = {
-        "label": (pseudo_label.PseudoLabelConfig, pseudo_label.run),
-        "train": (distill.DistillConfig, distill.run),
-        "eval": (evaluation.EvalConfig, evaluation.run),
-        "export": (export.ExportConfig, export.run),
-    }
-    cls, run_fn = stages[name]
+def run_stage(name: StageName, argv: list[str]) -> int:
+    """One stage from its flags, through the stage's own config parser and ``run(cfg)`` (as its CLI does); for
+    callers that hold a command line (benchmarks, tests)."""
+    cls, run_fn = STAGES[name]
     return run_fn(config.parse(cls, argv, prog=f"demo {name}"))
+
+
+def commands(configs: dict[str, Any]) -> dict[str, list[str]]:
+    """The command line a user would type for each stage's config (``config.to_argv``)."""
+    return {name: config.to_argv(cfg) for name, cfg in configs.items()}
 
 
 def timed(times: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:

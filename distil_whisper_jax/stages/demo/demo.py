@@ -6,8 +6,8 @@ WER on held-out sentences spread over every speaker (teacher, untrained student,
 the trained student to transformers, openai-whisper and whisper.cpp (f16 + q8_0), each verified in its own
 runtime on the same held-out sentences.
 
-Each stage is written as the command line a user would type (``demo_commands``) and run through the same
-config parser and ``run(cfg)`` as that command, so the demo exercises exactly the CLIs' code path.
+Each stage is given its typed run config (``demo_configs``) and run by the stage's own ``run(cfg)``, the call
+its command makes after parsing; ``demo_commands`` shows the same configs as the command lines a user would type.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from distil_whisper_jax.decode.transcribe import transcribe
 from distil_whisper_jax.infra import config
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.stages import distill, label
+from distil_whisper_jax.stages import export as export_stage
 from distil_whisper_jax.stages.demo import multilingual as demo_multilingual
-from distil_whisper_jax.stages.demo.common import check_stage, run_stage, subset_manifest, timed
+from distil_whisper_jax.stages.demo.common import check_stage, commands, subset_manifest, timed
 from distil_whisper_jax.stages.student import create_student
 
 ENGLISH_STEPS, MULTILINGUAL_STEPS = 100, 60
@@ -84,7 +86,7 @@ def heldout_manifest(work: Path, rows: int | None) -> Path:
     return subset_manifest(speech_manifest("heldout"), rows, Path(work) / HELDOUT_SUBSET)
 
 
-def demo_commands(
+def demo_configs(
     work: Path,
     max_steps: int,
     train_rows: int | None,
@@ -93,32 +95,56 @@ def demo_commands(
     learning_rate: float,
     max_label_length: int,
     warmup_steps: int | None = None,
-) -> dict[str, list[str]]:
-    """The labelling, training and export flags of the demo (also used by the end-to-end test and
-    ``benchmarks/distill_demo.py``). Writes the held-out subset manifest into ``work`` when ``eval_rows``."""
+) -> dict[str, Any]:
+    """The labelling, training and export configs of the demo. Writes the held-out subset manifest into
+    ``work`` when ``eval_rows``."""
     work = Path(work)
     heldout = str(heldout_manifest(work, eval_rows))
-    label = ["--dataset_name", str(speech_manifest("train")), "--text_column_name", "text"]
-    label += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
-    label += ["--per_device_eval_batch_size", "1", "--num_local_devices", "1"]
-    if train_rows:
-        label += ["--max_samples", str(train_rows)]
-    every = str(max(max_steps // 10, 1))
-    train = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
-    train += ["--eval_dataset_name", heldout, "--output_dir", str(work / "run")]
-    train += ["--freeze_encoder", "--cache_encoder_outputs", "--max_steps", str(max_steps)]
-    train += ["--per_device_train_batch_size", str(batch), "--learning_rate", str(learning_rate)]
-    train += ["--warmup_steps", every if warmup_steps is None else str(warmup_steps), "--lr_scheduler_type", "linear"]
-    train += ["--max_label_length", str(max_label_length), "--eval_steps", str(max_steps)]
-    train += ["--save_steps", str(max_steps), "--logging_steps", every, "--seed", "0"]
-    train += ["--per_device_eval_batch_size", "8", "--generation_max_length", "64"]  # held-out clips are ≤ 8 s
+    every = max(max_steps // 10, 1)
+    labelled = label.PseudoLabelConfig(
+        dataset_name=str(speech_manifest("train")),
+        text_column_name="text",
+        speaker_id_column_name="speaker_id",
+        concatenate_audio=True,
+        output_dir=str(work / "labelled"),
+        per_device_eval_batch_size=1,
+        num_local_devices=1,
+        max_samples=train_rows or None,
+    )
+    train = distill.DistillConfig(
+        model_name_or_path=str(work / "student"),
+        train_dataset_name=str(work / "labelled"),
+        eval_dataset_name=heldout,
+        output_dir=str(work / "run"),
+        freeze_encoder=True,
+        cache_encoder_outputs=True,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch,
+        learning_rate=float(learning_rate),
+        warmup_steps=every if warmup_steps is None else warmup_steps,
+        lr_scheduler_type="linear",
+        max_label_length=max_label_length,
+        eval_steps=max_steps,
+        save_steps=max_steps,
+        logging_steps=every,
+        seed=0,
+        per_device_eval_batch_size=8,
+        generation_max_length=64,  # held-out clips are ≤ 8 s
+    )
     # Verified on the held-out sentences it was evaluated on (the voice it was trained for): on far
     # out-of-domain speech a 100-step student loops, and fp16/f32 rounding then decides where a loop breaks off.
     # 24 clips (~270 words) so that one word is well under q8_0's 1-point WER allowance.
     # Not faster-whisper int8: this 100-step student loses 1.12 WER points to int8 there (limit 1; issue 24).
-    export_ = ["--model", str(work / "run"), "--output_dir", str(work / "export"), "--overwrite"]
-    export_ += ["--verify_audio", heldout]
-    return {"label": label, "train": train, "export": export_}
+    exported = export_stage.ExportConfig(
+        model_name_or_path=str(work / "run"), output_dir=str(work / "export"), overwrite=True, verify_audio=heldout
+    )
+    return {"label": labelled, "train": train, "export": exported}
+
+
+def demo_commands(*args: Any, **kwargs: Any) -> dict[str, list[str]]:
+    """``demo_configs`` as the command lines a user would type (the end-to-end test and ``benchmarks/`` add
+    flags to them)."""
+    return commands(demo_configs(*args, **kwargs))
 
 
 def run_pipeline(
@@ -133,11 +159,11 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run every stage in ``work``; returns wall times, held-out WERs and the export's exit status."""
     work = Path(work)
-    cmds = demo_commands(work, max_steps, train_rows, eval_rows, batch, learning_rate, max_label_length)
+    cfgs = demo_configs(work, max_steps, train_rows, eval_rows, batch, learning_rate, max_label_length)
     times: dict[str, float] = {}
     timed(times, "create_student", create_student.create_student, None, work / "student", 2)
-    check_stage(timed(times, "pseudo_label", run_stage, "label", cmds["label"]), "pseudo-labelling", work / "labelled")
-    check_stage(timed(times, "distill", run_stage, "train", cmds["train"]), "distillation", work / "run")
+    check_stage(timed(times, "pseudo_label", label.run, cfgs["label"]), "pseudo-labelling", work / "labelled")
+    check_stage(timed(times, "distill", distill.run, cfgs["train"]), "distillation", work / "run")
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]
     result = {
@@ -151,7 +177,7 @@ def run_pipeline(
         },
     }
     if export:
-        result["export_status"] = timed(times, "export", run_stage, "export", cmds["export"])
+        result["export_status"] = timed(times, "export", export_stage.run, cfgs["export"])
     return result
 
 

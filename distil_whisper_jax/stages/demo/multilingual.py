@@ -6,7 +6,8 @@ with the frozen encoder cached → per language, on held-out sentences: greedy W
 ``--language_column_name language``) and language-identification accuracy (``generate.detect_language``) of the
 teacher, the student before training and after. No export (the English demo covers the exporters).
 
-Each stage runs through its own config parser and ``run(cfg)`` (``run_stage``), as the English demo's do.
+Each stage is given its typed run config (``multilingual_configs``) and run by its ``run(cfg)``, as the English
+demo's are.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from distil_whisper_jax.decode.generate import detect_language
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import special_tokens
-from distil_whisper_jax.stages.demo.common import check_stage, run_stage, subset_manifest, timed
+from distil_whisper_jax.stages import distill, evaluate, label
+from distil_whisper_jax.stages.demo.common import check_stage, commands, subset_manifest, timed
 from distil_whisper_jax.stages.student import create_student
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained, multilingual_base_dir
 
@@ -60,32 +62,57 @@ class Sizes:
     eval_rows: int | None = None
 
 
-def multilingual_commands(work: Path, teacher: Path, languages: list[str], sizes: Sizes) -> dict[str, list[str]]:
-    """The flags of each stage: ``label``, ``train`` and one ``eval/<model>`` per model of ``MODELS``; the
+def multilingual_configs(work: Path, teacher: Path, languages: list[str], sizes: Sizes) -> dict[str, Any]:
+    """The typed config of each stage: ``label``, ``train`` and one ``eval/<model>`` per model of ``MODELS``; the
     manifests of ``sizes``' subsets are written into ``work``."""
     work = Path(work)
     max_steps = sizes.max_steps
     train = "+".join(map(str, corpus(work, languages, "train", sizes.train_rows)))
     heldout = "+".join(map(str, corpus(work, languages, "heldout", sizes.eval_rows)))
-    label = ["--model_name_or_path", str(teacher), "--dataset_name", train, "--language", "+".join(languages)]
-    label += ["--text_column_name", "text", "--output_dir", str(work / "labelled")]
-    label += ["--per_device_eval_batch_size", "4", "--num_local_devices", "1"]
-    label += ["--max_label_length", str(MAX_LABEL_LENGTH)]
-    every = str(max(max_steps // 10, 1))
-    run = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
-    run += ["--output_dir", str(work / "run"), "--freeze_encoder", "--cache_encoder_outputs"]
-    run += ["--max_steps", str(max_steps), "--per_device_train_batch_size", str(sizes.batch)]
-    run += ["--learning_rate", str(LEARNING_RATE), "--warmup_steps", str(min(WARMUP, max_steps - 1))]
-    run += ["--max_label_length", str(MAX_LABEL_LENGTH), "--save_steps", str(max_steps)]
-    run += ["--logging_steps", every, "--seed", "0"]
-    cmds = {"label": label, "train": run}
+    labelled = label.PseudoLabelConfig(
+        model_name_or_path=str(teacher),
+        dataset_name=train,
+        language="+".join(languages),
+        text_column_name="text",
+        output_dir=str(work / "labelled"),
+        per_device_eval_batch_size=4,
+        num_local_devices=1,
+        max_label_length=MAX_LABEL_LENGTH,
+    )
+    run = distill.DistillConfig(
+        model_name_or_path=str(work / "student"),
+        train_dataset_name=str(work / "labelled"),
+        output_dir=str(work / "run"),
+        freeze_encoder=True,
+        cache_encoder_outputs=True,
+        max_steps=max_steps,
+        per_device_train_batch_size=sizes.batch,
+        learning_rate=LEARNING_RATE,
+        warmup_steps=min(WARMUP, max_steps - 1),
+        max_label_length=MAX_LABEL_LENGTH,
+        save_steps=max_steps,
+        logging_steps=max(max_steps // 10, 1),
+        seed=0,
+    )
+    cfgs: dict[str, Any] = {"label": labelled, "train": run}
     models = {"teacher": teacher, "student_untrained": work / "student", "student_trained": work / "run" / "hf"}
     for name, model in models.items():
-        ev = ["--model_name_or_path", str(model), "--dataset_name", heldout, "--language_column_name", "language"]
-        ev += ["--text_column_name", "text", "--output_dir", str(work / "eval" / name), "--max_new_tokens", "64"]
-        ev += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1"]
-        cmds[f"eval/{name}"] = ev
-    return cmds
+        cfgs[f"eval/{name}"] = evaluate.EvalConfig(
+            model_name_or_path=str(model),
+            dataset_name=heldout,
+            language_column_name="language",
+            text_column_name="text",
+            output_dir=str(work / "eval" / name),
+            max_new_tokens=64,
+            per_device_eval_batch_size=8,
+            num_local_devices=1,
+        )
+    return cfgs
+
+
+def multilingual_commands(work: Path, teacher: Path, languages: list[str], sizes: Sizes) -> dict[str, list[str]]:
+    """``multilingual_configs`` as the command lines a user would type."""
+    return commands(multilingual_configs(work, teacher, languages, sizes))
 
 
 def detected_languages(model: Pretrained, waves: list[np.ndarray], batch_size: int = 8) -> list[str]:
@@ -131,18 +158,18 @@ def run_pipeline(work: Path, languages: list[str], sizes: Sizes, teacher: Path |
     """Every stage in ``work``; returns wall times, the labelling report and the per-language figures."""
     work = Path(work)
     teacher = Path(teacher or multilingual_base_dir())
-    cmds = multilingual_commands(work, teacher, languages, sizes)
+    cfgs = multilingual_configs(work, teacher, languages, sizes)
     times: dict[str, float] = {}
     timed(times, "create_student", create_student.create_student, str(teacher), work / "student", 2)
-    labelled = timed(times, "pseudo_label", run_stage, "label", cmds["label"])
+    labelled = timed(times, "pseudo_label", label.run, cfgs["label"])
     check_stage(labelled, "labelling", work / "labelled")
-    check_stage(timed(times, "distill", run_stage, "train", cmds["train"]), "distillation", work / "run")
+    check_stage(timed(times, "distill", distill.run, cfgs["train"]), "distillation", work / "run")
     lid = {}
     heldout = corpus(work, languages, "heldout", sizes.eval_rows)
     for m in MODELS:
-        argv = cmds[f"eval/{m}"]
-        check_stage(timed(times, f"eval_{m}", run_stage, "eval", argv), "evaluation", work / "eval")
-        model = Path(argv[argv.index("--model_name_or_path") + 1])
+        cfg = cfgs[f"eval/{m}"]
+        check_stage(timed(times, f"eval_{m}", evaluate.run, cfg), "evaluation", work / "eval")
+        model = Path(cfg.model_name_or_path)
         lid[m] = timed(times, f"language_id_{m}", language_id_accuracy, model, heldout, languages)
     return {
         "work": str(work),
