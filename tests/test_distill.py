@@ -221,10 +221,10 @@ def test_stream_filters_and_bad_columns(labelled, tmp_path, tok, specials):
     table = pq.read_table(labelled / "part-00000.parquet")
     assert keys == {i for i, w in enumerate(table["wer"].to_pylist()) if w < 25}
     assert s.state.filtered["wer"] > 0
-    s = _stream([labelled], tok, specials, max_duration=5.0)
+    s = _stream([labelled], tok, specials, max_duration_in_seconds=5.0)
     assert all(table["duration"][e.key[1]].as_py() <= 5.0 for e in (s.next_example() for _ in range(10)))
     with pytest.raises(ValueError, match="filtered out"):
-        _stream([labelled], tok, specials, max_duration=0.1).next_example()
+        _stream([labelled], tok, specials, max_duration_in_seconds=0.1).next_example()
     bad = write_labelled(tmp_path / "bad", table.drop(["audio"]).to_pylist())
     with pytest.raises(ValueError, match=r"missing column\(s\) \['audio'\]"):
         _stream([bad], tok, specials)

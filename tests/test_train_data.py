@@ -63,7 +63,7 @@ def test_duration_filter_without_duration_column_reads_audio_headers(tsv_with_lo
         train_data.features(batch, s.sources, s.opts, 80)
     assert s.state.filtered["duration"] >= 2
     # min/max from the header: only the 5-12 s clips (piper_train 5.3 s, jfk 11 s)
-    s = _stream(tsv_with_long_clip, tiny, specials, min_duration=5.0, max_duration=12.0)
+    s = _stream(tsv_with_long_clip, tiny, specials, min_duration_in_seconds=5.0, max_duration_in_seconds=12.0)
     assert _kept_rows(s, len(names)) == {names.index("piper_train.flac"), names.index("jfk.flac")}
     # durations are read when the stream is built: a missing file is reported before any training step
     bad = tsv_with_long_clip.parent / "bad.tsv"
@@ -112,7 +112,7 @@ def test_training_wer_filter_computes_wer_without_column(texts_dir, tiny, specia
     assert {k: s.state.filtered[k] > 0 for k in ("wer", "empty_reference", "no_ground_truth")} == dict.fromkeys(
         ("wer", "empty_reference", "no_ground_truth"), True
     )
-    s = _stream(texts_dir, tiny, specials, wer_threshold=30.0, keep_without_ground_truth=True)
+    s = _stream(texts_dir, tiny, specials, wer_threshold=30.0, keep_rows_without_ground_truth=True)
     assert _kept_rows(s, 6) == {0, 1, 2, 4, 5}  # audio-only rows kept on request; [laughter] never
     s = _stream(texts_dir, tiny, specials)  # no threshold: every row
     assert _kept_rows(s, 6) == set(range(6))
@@ -138,5 +138,5 @@ def test_labelled_directory_records_columns_and_trains_without_column_flags(
     ev = eval_sets.load_eval_set(str(tmp_path), None, None, None, 80)
     assert ev.texts == [t for _, t in clips[:3]]
     with pytest.raises(sources.DataConfigError, match=r"missing column\(s\) \['audio'\]"):
-        _stream(tmp_path, tiny, specials, audio_column="audio")  # a flag still overrides the recorded role
+        _stream(tmp_path, tiny, specials, audio_column_name="audio")  # a flag still overrides the recorded role
     np.testing.assert_array_equal(ev.features[0], audio.log_mel_spectrogram([clip_audio[0][: 16000 * 3]], 80)[0])

@@ -25,18 +25,19 @@ class EvalSet:
 def load_eval_set(
     name: str,
     split: str | None,
-    audio_column: str | None,
-    text_column: str | None,
+    audio_column_name: str | None,
+    eval_text_column_name: str | None,
     n_mels: int,
     max_samples: int | None = None,
     max_duration: float = 30.0,
     n_frames: int = audio.N_FRAMES,
 ) -> EvalSet:
     """All rows of an evaluation dataset (in order) with their reference texts and features. ``None``
-    columns: the ones the dataset records (labelled output), else ``audio`` / ``text``."""
+    columns: the ones the dataset records (labelled output), else ``audio`` / ``text``. The column parameters
+    carry their flags' names, which an error names."""
     (src,) = sources.open_sources([sources.SourceSpec(name, None, split)])
-    audio_col = src.column_for("audio", audio_column, "audio")
-    text_col = src.column_for("text", text_column, "text")
+    audio_col = src.column_for("audio", audio_column_name, "audio")
+    text_col = src.column_for("text", eval_text_column_name, "text")
     sources.require_columns(
         src,
         {"audio_column_name": audio_col, "eval_text_column_name": text_col},

@@ -179,18 +179,21 @@ class StreamState:
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    audio_column: str | None = None  # None: the column the dataset records (labelled output), else "audio"
-    text_column: str = "whisper_transcript"
+    """How the training stream reads its sources. A field set by a flag carries that flag's name
+    (``audio_column_name`` ↔ ``--audio_column_name``), so an error names the flag as the user typed it."""
+
+    audio_column_name: str | None = None  # None: the column the dataset records (labelled output), else "audio"
+    train_text_column_name: str = "whisper_transcript"
     ids_column: str = "whisper_token_ids"  # used instead of re-tokenising the text column when present
     prev_column: str = "condition_on_prev"
     reference_column: str | None = None  # ground truth for the WER filter; None: recorded, else "text"
-    min_duration: float = 0.0
-    max_duration: float = 30.0
+    min_duration_in_seconds: float = 0.0
+    max_duration_in_seconds: float = 30.0
     wer_threshold: float | None = None
-    keep_without_ground_truth: bool = False
+    keep_rows_without_ground_truth: bool = False
     labels: LabelOptions = LabelOptions()
     languages: tuple[str | None, ...] = ()  # each source's language (--language '+'-joined); () for none
-    language_column: str | None = None  # each row's language; None: the column the dataset records
+    language_column_name: str | None = None  # each row's language; None: the column the dataset records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,21 +210,21 @@ class Columns:
     @classmethod
     def resolve(cls, src: data.Source, o: DataOptions) -> Columns:
         return cls(
-            audio=src.column_for("audio", o.audio_column, "audio"),
+            audio=src.column_for("audio", o.audio_column_name, "audio"),
             reference=src.column_for("text", o.reference_column, "text"),
-            text=o.text_column,
+            text=o.train_text_column_name,
             ids=o.ids_column,
             prev=o.prev_column,
-            language=src.column_for("language", o.language_column, None),
+            language=src.column_for("language", o.language_column_name, None),
         )
 
     def check(self, src: data.Source, o: DataOptions) -> None:
         """``DataConfigError`` naming the flag for a column the run needs and the source lacks."""
         data.require_columns(src, {"audio_column_name": self.audio}, " for training (the audio the teacher heard)")
-        data.require_columns(src, {"language_column_name": o.language_column})
+        data.require_columns(src, {"language_column_name": o.language_column_name})
         if self.text not in src.columns and self.ids not in src.columns:
             data.require_columns(src, {"train_text_column_name": self.text}, " for training (the pseudo-labels)")
-        if o.wer_threshold is not None and "wer" not in src.columns and not o.keep_without_ground_truth:
+        if o.wer_threshold is not None and "wer" not in src.columns and not o.keep_rows_without_ground_truth:
             data.require_columns(
                 src,
                 {"wer_threshold": self.reference},
@@ -363,7 +366,8 @@ class TrainStream:
         has_ref = w is not None or wer_filter.has_ground_truth(ref)
         if w is None:
             w, _, _ = wer_filter.row_wer(ref, transcript, self.language(k, row))
-        return wer_filter.drop_reason(has_ref, transcript is not None, w, o.wer_threshold, o.keep_without_ground_truth)
+        keep = o.keep_rows_without_ground_truth
+        return wer_filter.drop_reason(has_ref, transcript is not None, w, o.wer_threshold, keep)
 
     def language(self, k: int, row: dict) -> str | None:
         """The row's language: its language column, else its dataset's --language, else --language."""
@@ -394,7 +398,7 @@ class TrainStream:
             k = self._draw_source()
             row_id, row = self._row(k)
             epoch = self.state.epochs[k]
-            if not o.min_duration <= self._duration(k, row_id, row) <= o.max_duration:
+            if not o.min_duration_in_seconds <= self._duration(k, row_id, row) <= o.max_duration_in_seconds:
                 self._skip("duration")
                 continue
             reason = self._wer_drop(k, row)

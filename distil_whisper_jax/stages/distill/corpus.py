@@ -62,15 +62,15 @@ def open_data(cfg: DistillConfig, student: Pretrained, teacher: Pretrained) -> T
         cfg.task,
     )
     opts = train_data.DataOptions(
-        audio_column=cfg.audio_column_name,
-        text_column=cfg.train_text_column_name,
-        min_duration=cfg.min_duration_in_seconds,
-        max_duration=longest,
+        audio_column_name=cfg.audio_column_name,
+        train_text_column_name=cfg.train_text_column_name,
+        min_duration_in_seconds=cfg.min_duration_in_seconds,
+        max_duration_in_seconds=longest,
         wer_threshold=cfg.wer_threshold,
-        keep_without_ground_truth=cfg.keep_rows_without_ground_truth,
+        keep_rows_without_ground_truth=cfg.keep_rows_without_ground_truth,
         labels=dataclasses.replace(label_opts, language=None),
         languages=tuple(languages),
-        language_column=cfg.language_column_name,
+        language_column_name=cfg.language_column_name,
     )
     sources = train_data.open_sources(cfg.train_dataset_name, cfg.train_split_name)
     weights = train_data.weights_from_flag(cfg.train_dataset_samples, len(names))
