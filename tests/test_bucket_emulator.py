@@ -200,7 +200,7 @@ PREEMPTED_IN_STEP_2 = """
 import signal, sys, time
 from tests import rename_guard
 rename_guard.install([sys.argv[1]])
-from distil_whisper_jax import distill
+from distil_whisper_jax.stages.distill import distill
 from distil_whisper_jax.cli.distill import main
 log_line = distill.log_line
 def preempted(step, scalars):

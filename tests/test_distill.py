@@ -435,7 +435,7 @@ def test_exact_resume_after_kill(sig, small_models, labelled, uninterrupted, tmp
 # Runs the distillation CLI counting the calls that decode a training row's audio; the count goes to argv[1].
 COUNT_DECODES = """
 import sys
-from distil_whisper_jax import train_data
+from distil_whisper_jax.data import stream as train_data
 from distil_whisper_jax.cli.distill import main
 calls = [0]
 decode = train_data.row_audio
