@@ -8,6 +8,7 @@ from typing import Any, Literal
 from distil_whisper_jax.data import wer_filter
 from distil_whisper_jax.data.sources import DataConfigError
 from distil_whisper_jax.infra import config, multihost
+from distil_whisper_jax.infra.flag_groups import GenerationDeviceFlags, HubDatasetFlags
 from distil_whisper_jax.infra.multihost import MultiHostConfig
 
 # Fields that do not change what is written: a restarted run may change them (batch size, devices,
@@ -32,7 +33,7 @@ DATA, OUTPUT, TEACHER, FILTER = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PseudoLabelConfig(MultiHostConfig):
+class PseudoLabelConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags):
     """A pseudo-labelling run: which data, which teacher, how to generate, what to keep, where to write."""
 
     # data
@@ -41,10 +42,6 @@ class PseudoLabelConfig(MultiHostConfig):
         "or 🤗 hub id",
         group=DATA,
     )
-    dataset_config_name: str | None = config.flag(None, "'+'-joined, or one for all", group=DATA)
-    dataset_split_name: str | None = config.flag(None, "'+'-joined, or one for all ('a,b' reads both)", group=DATA)
-    dataset_cache_dir: str | None = config.flag(None, "🤗 datasets cache directory", group=DATA)
-    streaming: bool = config.flag(False, "stream 🤗 datasets instead of preparing them", group=DATA)
     audio_column_name: str = config.flag("audio", "column of the audio (path or 🤗 Audio)", group=DATA)
     text_column_name: str = config.flag("text", "ground truth; '' for audio-only data (no WER)", group=DATA)
     speaker_id_column_name: str | None = config.flag(
@@ -59,8 +56,6 @@ class PseudoLabelConfig(MultiHostConfig):
     model_name_or_path: str | None = config.flag(
         None, "teacher; default: the bundled tiny.en", group=TEACHER, aliases=("model",)
     )
-    per_device_eval_batch_size: int = config.flag(8, "rows per device per generation batch", group=TEACHER)
-    num_local_devices: int | None = config.flag(None, "use only the first N local devices", group=TEACHER)
     dtype: Literal["float32", "bfloat16"] = config.flag("float32", "compute dtype of generation", group=TEACHER)
     return_timestamps: bool = config.flag(False, "generate timestamp tokens", group=TEACHER)
     language: str | None = config.flag(
