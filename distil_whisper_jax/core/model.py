@@ -1,13 +1,14 @@
 """Whisper in Flax linen: config, encoder, decoder with an explicit KV cache.
 
 One readable file, in the spirit of openai/whisper's ``model.py``. Parameter names mirror 🤗 transformers'
-``WhisperForConditionalGeneration`` so converters are a rename plus a transpose. Layers are always held
-*stacked* (one leading layer axis, as ``nn.scan`` lays them out): a student is a slice of its teacher, and
-the tree is the same whether the layers run as a scan or unrolled (``unroll=True``).
+``WhisperForConditionalGeneration``, so converters are a rename plus a transpose.
+
+Layers are always held *stacked* (one leading layer axis, as ``nn.scan`` lays them out): a student is a slice of
+its teacher, and the tree is the same whether the layers run as a scan or unrolled (``unroll=True``).
 
 Numerics that matter for parity with PyTorch: LayerNorm eps 1e-5, exact (erf) GELU, q scaled by
 ``head_dim**-0.5`` after its bias, no bias on k projections, output projection tied to the token embedding.
-Parameters are fp32; ``dtype`` sets the compute dtype (bf16 on TPU); softmax and LayerNorm statistics in fp32.
+Parameters are fp32; ``dtype`` sets the compute dtype (bf16 on TPU); softmax and LayerNorm statistics run in fp32.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class WhisperConfig:
         return dataclasses.replace(self, **kw)
 
 
-# Standard sizes: (d_model, heads, encoder layers, decoder layers, n_mels, vocab).
+# Standard sizes: (d_model, attention heads, encoder layers, decoder layers). The mel bins and the vocabulary
+# follow from the name (large-v3*: 128 bins; ".en": English-only vocabulary), see preset().
 _SIZES = {
     "tiny": (384, 6, 4, 4),
     "base": (512, 8, 6, 6),
@@ -191,10 +193,12 @@ class Attention(nn.Module):
 
 
 def _tiled_attention(q: Array, k: Array, v: Array, q_chunk: int) -> Array:
-    """softmax(q kᵀ) v for heads-first [B, H, T, D] inputs, one (batch, head, query-chunk) tile at a time,
-    so each score tile ([q_chunk, K] fp32) stays in cache instead of streaming a [B, H, T, K] tensor
-    through memory for the max/exp/sum/normalise passes. When ``q_chunk`` does not divide T, one tile
-    per (batch, head) holds every query."""
+    """softmax(q kᵀ) v for heads-first [B, H, T, D] inputs, one (batch, head, query-chunk) tile at a time.
+
+    Each score tile ([q_chunk, K] fp32) stays in cache instead of streaming a [B, H, T, K] tensor through memory
+    for the max/exp/sum/normalise passes. When ``q_chunk`` does not divide T, one tile per (batch, head) holds
+    every query.
+    """
     b, h, t, d = q.shape
     c = q_chunk if t % q_chunk == 0 else t
     qt = q.reshape(b * h, t // c, c, d)
@@ -247,10 +251,14 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-LN decoder block. ``cache`` (per layer) holds self-attention k/v for every position up to
-    the cache length and the cross-attention k/v; without it the block runs causally on ``x`` alone.
-    Returns ``(x, (new_cache, x or None))``: the second ``x`` (with ``output_hidden``) is what a scan
-    stacks into the per-layer hidden states."""
+    """Pre-LN decoder block.
+
+    ``cache`` (per layer) holds the self-attention k/v for every position up to the cache length and the
+    cross-attention k/v; without it the block runs causally on ``x`` alone.
+
+    Returns ``(x, (new_cache, x or None))``: the second ``x`` (with ``output_hidden``) is what a scan stacks
+    into the per-layer hidden states.
+    """
 
     config: WhisperConfig
     dtype: Dtype = jnp.float32
@@ -268,9 +276,9 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Array, tuple[dict | None, Array | None]]:
         c = self.config
         drop = lambda y: nn.Dropout(c.dropout)(y, deterministic=deterministic or c.dropout == 0)
-        heads, p = c.decoder_attention_heads, c.attention_dropout
-        self_attn = Attention(heads, c.d_model, self.dtype, p, name="self_attn")
-        cross_attn = Attention(heads, c.d_model, self.dtype, p, self.query_chunk, name="encoder_attn")
+        heads, attn_dropout = c.decoder_attention_heads, c.attention_dropout
+        self_attn = Attention(heads, c.d_model, self.dtype, attn_dropout, name="self_attn")
+        cross_attn = Attention(heads, c.d_model, self.dtype, attn_dropout, self.query_chunk, name="encoder_attn")
         t = x.shape[1]
         h = _layer_norm("self_attn_layer_norm")(x).astype(self.dtype)
         k, v = self_attn.project_kv(h)
@@ -385,7 +393,8 @@ class Decoder(nn.Module):
         t = tokens.shape[1]
         positions = jnp.asarray(index) + jnp.arange(t)
         x = self.embed_tokens(tokens) + self.embed_positions(positions)[None]
-        embedded, index = x, jnp.asarray(index, jnp.int32)
+        embedded = x  # the first of the hidden states
+        index = jnp.asarray(index, jnp.int32)
         if self.unstacked:  # cache: a list of per-layer dicts
             new_cache, hidden = [], []
             for i, layer in enumerate(self.layer_list):
@@ -405,15 +414,14 @@ class Decoder(nn.Module):
 
 
 class Whisper(nn.Module):
-    """Whisper encoder-decoder. ``encode`` and ``decode`` are separate entry points so one encoder
-    pass can feed several decoders (distillation) and generation can run the decoder step by step.
+    """Whisper encoder-decoder. ``encode`` and ``decode`` are separate entry points so that one encoder pass can
+    feed several decoders (distillation) and generation can run the decoder step by step.
 
-    ``attention_query_chunk``: when set (the default), long unmasked attention (≥ 512 queries and keys:
-    the encoder) runs one (example, head, chunk of this many queries) tile at a time, which keeps score
-    blocks in cache on CPU; None keeps the full-matrix form that TPU/GPU compilers fuse. The model never
-    looks at the backend: the code that builds a program for one passes
-    ``parallel.attention_query_chunk(platform)``. Both forms compute the same numbers up to float
-    rounding.
+    ``attention_query_chunk``: when set (the default), long unmasked attention (≥ 512 queries and keys: the
+    encoder) runs one (example, head, chunk of this many queries) tile at a time, which keeps score blocks in
+    cache on CPU; None keeps the full-matrix form that TPU/GPU compilers fuse. The model never looks at the
+    backend: the code that builds a program for one passes ``parallel.attention_query_chunk(platform)``. Both
+    forms compute the same numbers up to float rounding.
     """
 
     config: WhisperConfig
@@ -451,10 +459,12 @@ class Whisper(nn.Module):
 def init_cache(
     config: WhisperConfig, batch: int, length: int, dtype: Dtype = jnp.float32, per_layer: bool = False
 ) -> dict | list[dict]:
-    """Empty self-attention cache for ``length`` positions (cross k/v are filled by the first decode):
-    stacked [layers, batch, ...] arrays for the scanned decoder, or one dict per layer (``per_layer``) for
-    ``Whisper(..., unstacked_decoder=True)``. k is [batch, heads, head_dim, length], v [batch, heads, length,
-    head_dim] (see ``Attention.project_kv``)."""
+    """Empty self-attention cache for ``length`` positions (the cross-attention k/v are filled by the first decode).
+
+    Stacked [layers, batch, ...] arrays for the scanned decoder, or one dict per layer (``per_layer``) for
+    ``Whisper(..., unstacked_decoder=True)``. k is [batch, heads, head_dim, length] and v [batch, heads, length,
+    head_dim] (see ``Attention.project_kv``).
+    """
     if length > config.max_target_positions:
         raise ValueError(f"cache length {length} exceeds max_target_positions={config.max_target_positions}")
     h, d = config.decoder_attention_heads, config.d_model // config.decoder_attention_heads
@@ -484,13 +494,16 @@ def param_shapes(config: WhisperConfig) -> dict:
 
 
 def count_params(params: Any) -> int:
+    """Number of parameters (scalars) in a parameter tree."""
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
 def unstack_decoder(params: dict) -> dict:
-    """Params for ``Whisper(..., unstacked_decoder=True)``: decoder layers as ``layer_{i}`` subtrees.
-    Called inside the generation jit, so the per-layer slices are taken once, before the decode loop,
-    instead of a dynamic slice of every stacked weight and cache at every step."""
+    """Params for ``Whisper(..., unstacked_decoder=True)``: the decoder layers as ``layer_{i}`` subtrees.
+
+    Called inside the generation jit, so that the per-layer slices are taken once, before the decode loop, instead
+    of a dynamic slice of every stacked weight and cache at every step.
+    """
     dec = dict(params["decoder"])
     stacked = dec.pop("layers")
     n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
