@@ -268,6 +268,22 @@ def test_top_level_holds_only_the_package_face_and_thin_entry_points():
         assert found <= {"sys", f"{PACKAGE}.cli.{name if name != '__main__' else 'demo'}.main"}, (name, found)
 
 
+# Modules another process runs by name (``python -m``) that are neither an entry point nor a command.
+RUN_BY_NAME = {f"{PACKAGE}.stages.export.runtimes"}  # the export runtimes, in their verification subprocess
+
+
+def test_every_runnable_module_runs_a_command():
+    """A ``__main__`` block only where ``python -m`` runs a command: cli/, the entry points, RUN_BY_NAME."""
+    bad = [
+        rel(path)
+        for name, path in package_modules().items()
+        if any(_is_main_guard(n) for n in ast.parse(path.read_text(encoding="utf-8")).body)
+        and not is_within(name, f"{PACKAGE}.cli")
+        and name not in {f"{PACKAGE}.{e}" for e in THIN_ENTRY_POINTS} | RUN_BY_NAME
+    ]
+    assert not bad, "modules runnable with python -m that are not commands:\n" + "\n".join(bad)
+
+
 def test_model_imports_nothing_of_the_package():
     path = ROOT / "core" / "model.py"
     bad = [f"core/model.py:{i.line} imports {i.module}" for i in imports(path) if top(i.module) == PACKAGE]
@@ -412,6 +428,7 @@ VIOLATIONS = {
         "stages/label/__init__.py": "__all__ = ['run']\n"
     },
     test_every_module_is_in_a_layer: {"utils/misc.py": ""},
+    test_every_runnable_module_runs_a_command: {"decode/transcribe.py": "if __name__ == '__main__':\n    pass\n"},
     test_top_level_holds_only_the_package_face_and_thin_entry_points: {"utils.py": ""},
     test_model_imports_nothing_of_the_package: {"core/model.py": "from distil_whisper_jax.infra.files import write\n"},
     test_losses_imports_only_jax_numpy_and_stdlib: {"core/losses.py": "import optax\nimport jax\n"},

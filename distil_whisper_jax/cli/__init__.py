@@ -2,6 +2,6 @@
 
 A CLI module only parses flags into the command's run config (``config.parse``), sets up logging, calls the
 library's ``run(cfg)`` and turns expected errors into an exit status with a one-line message. Nothing in the
-library imports this package, except the ``if __name__ == "__main__":`` block that keeps
-``python -m distil_whisper_jax.<module>`` working.
+library imports this package; only the thin entry points (``python -m distil_whisper_jax``, ``.transcribe``,
+``.export``, ``.preflight``) call a ``main()`` of it.
 """
