@@ -76,7 +76,7 @@ def test_weights_and_global_normaliser(logits):
     s, t, labels = jnp.asarray(s), jnp.asarray(t), jnp.asarray(labels)
     ce, n = losses.cross_entropy(s, labels)
     kl, _ = losses.kl_divergence(t, s, labels, 2.0)
-    loss, m = losses.distillation_loss(s, t, labels, temperature=2.0, kl_weight=1.0)
+    loss, m = losses.distillation_loss(s, t, labels, kd_temperature=2.0, kl_weight=1.0)
     np.testing.assert_allclose(float(loss), (0.8 * float(ce) + float(kl)) / int(n), rtol=1e-6)  # original default
     loss, _ = losses.distillation_loss(s, None, labels, kl_weight=0.0)
     np.testing.assert_allclose(float(loss), float(ce) / int(n), rtol=1e-6)  # CE only → weight 1.0

@@ -29,6 +29,7 @@ TEACHER = WhisperConfig(
 )
 STUDENT = TEACHER.replace(decoder_layers=2)
 STEPS = 3
+SHARED = train.StepOptions(freeze_encoder=True, share_encoder=True)  # the student's encoder is the teacher's
 FAST = {"xla_backend_optimization_level": 0}  # halves XLA:CPU compile time; these models are tiny
 
 
@@ -68,17 +69,8 @@ def _tx(params, freeze_encoder=True, **kw):
 def _run(pair, devices, grad_accum_steps=1, **kw):
     teacher, student = pair
     tx = _tx(student)
-    step = train.make_train_step(
-        STUDENT,
-        TEACHER,
-        tx,
-        freeze_encoder=True,
-        share_encoder=True,
-        grad_accum_steps=grad_accum_steps,
-        mesh=train.data_mesh(devices),
-        compiler_options=FAST,
-        **kw,
-    )
+    options = train.StepOptions(freeze_encoder=True, share_encoder=True, grad_accum_steps=grad_accum_steps, **kw)
+    step = train.make_train_step(STUDENT, TEACHER, options, tx, mesh=train.data_mesh(devices), compiler_options=FAST)
     state = train.create_train_state(student, tx, seed=0)
     history = []
     for i in range(STEPS):
@@ -187,7 +179,7 @@ def test_shared_encoder_pass_equals_separate_passes(pair):
     rng = jax.random.PRNGKey(0)
     results = {}
     for share in (True, False):
-        fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=share)
+        fn = train.make_loss_fn(STUDENT, TEACHER, train.StepOptions(freeze_encoder=True, share_encoder=share))
         results[share] = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)(
             student, teacher, batch, rng, 20
         )
@@ -199,7 +191,7 @@ def test_shared_encoder_pass_equals_separate_passes(pair):
     # Cached teacher encoder outputs in place of the features: the same loss.
     enc = train.encoder_outputs(TEACHER, teacher, batch["input_features"], mesh=train.data_mesh(jax.devices()[:1]))
     cached = {k: v for k, v in batch.items() if k != "input_features"} | {"encoder_outputs": enc}
-    fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True)
+    fn = train.make_loss_fn(STUDENT, TEACHER, SHARED)
     np.testing.assert_allclose(
         float(jax.jit(fn, compiler_options=FAST)(student, teacher, cached, rng, 20)[0]), float(loss), rtol=1e-6
     )
@@ -208,15 +200,18 @@ def test_shared_encoder_pass_equals_separate_passes(pair):
 def test_share_encoder_refused_when_encoders_differ(pair):
     teacher, student = pair
     with pytest.raises(ValueError, match="encoder architecture"):
-        train.make_loss_fn(STUDENT.replace(encoder_layers=2), TEACHER, freeze_encoder=True, share_encoder=True)
+        train.make_loss_fn(STUDENT.replace(encoder_layers=2), TEACHER, SHARED)
     with pytest.raises(ValueError, match="freeze_encoder"):
-        train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=False, share_encoder=True)
+        train.make_loss_fn(STUDENT, TEACHER, train.StepOptions(freeze_encoder=False, share_encoder=True))
     with pytest.raises(ValueError, match="vocab_size"):
-        train.make_loss_fn(STUDENT.replace(vocab_size=97), TEACHER)
+        train.make_loss_fn(STUDENT.replace(vocab_size=97), TEACHER, train.StepOptions())
+    with pytest.raises(ValueError, match="gradient_accumulation_steps must be ≥ 1"):
+        train.StepOptions(grad_accum_steps=0)
     assert train.encoders_identical(student, teacher)
     other = {**student, "encoder": jax.tree.map(lambda a: a + 1, student["encoder"])}
     assert not train.encoders_identical(other, teacher)
-    step = train.make_train_step(STUDENT, TEACHER, _tx(student), freeze_encoder=True, grad_accum_steps=3)
+    options = train.StepOptions(freeze_encoder=True, grad_accum_steps=3)
+    step = train.make_train_step(STUDENT, TEACHER, options, _tx(student))
     with pytest.raises(ValueError, match="multiple of local devices"):
         step(train.create_train_state(student, _tx(student)), teacher, _batch(0))
 
@@ -226,7 +221,7 @@ def test_bf16_dropout_unfrozen_step(pair):
     teacher, student = pair
     config = STUDENT.replace(dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
     tx = _tx(student, freeze_encoder=False)
-    step = train.make_train_step(config, TEACHER, tx, dtype=jnp.bfloat16, compiler_options=FAST)
+    step = train.make_train_step(config, TEACHER, train.StepOptions(dtype=jnp.bfloat16), tx, compiler_options=FAST)
     state = train.create_train_state(student, tx, seed=1)
     for i in range(2):
         state, m = step(state, teacher, _batch(i))
@@ -245,7 +240,7 @@ def test_bf16_dropout_unfrozen_step(pair):
 
 def test_eval_step_and_hidden_states(pair, reference):
     teacher, student = pair
-    ev = train.make_eval_step(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True, compiler_options=FAST)
+    ev = train.make_eval_step(STUDENT, TEACHER, SHARED, compiler_options=FAST)
     m = ev(student, teacher, _batch(0))
     # CE does not depend on temperature: the eval CE at the initial params is the first train step's.
     assert float(m["ce"]) == pytest.approx(reference[1][0]["ce"], rel=1e-5)
@@ -285,8 +280,8 @@ def test_mse_term_equals_layer_by_layer_reference(pair):
     teacher, student = pair
     student = jax.tree.map(lambda a: a + 0.01 * np.sign(a), student)  # differ from the teacher's layers
     batch = {k: jnp.asarray(v) for k, v in _batch(5).items()}
-    weights = {"kl_weight": 1.0, "mse_weight": 0.5, "temperature": 2.0}
-    fn = train.make_loss_fn(STUDENT, TEACHER, freeze_encoder=True, share_encoder=True, **weights)
+    weights = {"kl_weight": 1.0, "mse_weight": 0.5, "kd_temperature": 2.0}
+    fn = train.make_loss_fn(STUDENT, TEACHER, train.StepOptions(freeze_encoder=True, share_encoder=True, **weights))
 
     def reference(params, teacher_params, batch, rng, num_tokens):
         enc = Whisper(TEACHER).apply({"params": teacher_params}, batch["input_features"], method=Whisper.encode)
@@ -354,7 +349,7 @@ FLOPS_TEACHER = WhisperConfig(
     max_source_positions=64,
     max_target_positions=32,
 )
-# name: (flops_per_step / make_loss_fn flags, cached encoder outputs, bound on XLA's count / analytic)
+# name: (flops_per_step flags / StepOptions fields, cached encoder outputs, bound on XLA's count / analytic)
 FLOPS_VARIANTS = {
     "trained encoder": ({"freeze_encoder": False}, False, 1.04),  # measured 1.028
     "frozen encoder": ({"freeze_encoder": True}, False, 1.05),  # 1.039
@@ -383,10 +378,10 @@ def test_flops_per_step_matches_the_program(variant):
         batch["input_features"] = jax.ShapeDtypeStruct((b, 16, 128), jnp.float32)
     analytic = train.flops_per_step(student, FLOPS_TEACHER, b, length, cached_encoder=cached, **flags)["total"]
     args = (param_shapes(student), param_shapes(FLOPS_TEACHER), batch, jax.random.PRNGKey(0), 1)
-    fn = train.make_loss_fn(student, FLOPS_TEACHER, **flags)
+    fn = train.make_loss_fn(student, FLOPS_TEACHER, train.StepOptions(**flags))
     jaxpr = jax.make_jaxpr(jax.value_and_grad(fn, has_aux=True))(*args)
     assert _matmul_flops(jaxpr.jaxpr) == pytest.approx(analytic, rel=1e-9)
-    unrolled = train.make_loss_fn(student, FLOPS_TEACHER, unroll=True, **flags)
+    unrolled = train.make_loss_fn(student, FLOPS_TEACHER, train.StepOptions(unroll=True, **flags))
     cost = jax.jit(jax.value_and_grad(unrolled, has_aux=True)).lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     assert 1.0 <= cost["flops"] / analytic < xla_bound, (cost["flops"], analytic)
@@ -412,7 +407,9 @@ def test_mse_term(pair):
     """Hidden-state MSE through the step's loss: 0 (with KL 0) when the student is the teacher, positive
     with a gradient once the student differs."""
     teacher, _ = pair
-    fn = train.make_loss_fn(TEACHER, TEACHER, mse_weight=1.0, freeze_encoder=True, share_encoder=True)
+    fn = train.make_loss_fn(
+        TEACHER, TEACHER, train.StepOptions(mse_weight=1.0, freeze_encoder=True, share_encoder=True)
+    )
     vg = jax.jit(jax.value_and_grad(fn, has_aux=True), compiler_options=FAST)
     batch = {k: jnp.asarray(v) for k, v in _batch(3).items()}
     (_, m), _ = vg(teacher, teacher, batch, jax.random.PRNGKey(0), 20)

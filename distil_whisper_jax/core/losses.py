@@ -8,7 +8,8 @@ split into: the original distil-whisper's token mean, made exact under accumulat
 
     loss = (ce_weight · CE_sum + kl_weight · T² · KL_sum + mse_weight · MSE_sum) / N
 
-with ``ce_weight`` defaulting to the original's 0.8 when ``kl_weight > 0`` and 1.0 otherwise.
+with T the knowledge-distillation temperature (``kd_temperature``, not a sampling temperature) and
+``ce_weight`` defaulting to the original's 0.8 when ``kl_weight > 0`` and 1.0 otherwise.
 """
 
 from __future__ import annotations
@@ -43,21 +44,22 @@ def cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
 
 
 def kl_divergence(
-    teacher_logits: Array, student_logits: Array, labels: Array, temperature: float = 2.0
+    teacher_logits: Array, student_logits: Array, labels: Array, kd_temperature: float = 2.0
 ) -> tuple[Array, Array]:
     """T² · KL(p_teacher,T ‖ q_student,T) summed over non-ignored positions, and their count.
 
+    T is ``kd_temperature``, the knowledge-distillation temperature (not a sampling temperature).
     p = softmax(teacher/T) (no gradient flows into the teacher), q = softmax(student/T); the T² factor
     keeps gradient magnitudes comparable across temperatures (Hinton et al.). Zero-probability teacher
     entries contribute exactly 0 (no ``+1e-20`` fudge as in the original).
     """
     mask = label_mask(labels)
-    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
+    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / kd_temperature
     log_p = jax.nn.log_softmax(t, axis=-1)
-    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / kd_temperature, axis=-1)
     p = jnp.exp(log_p)
     per_token = jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
-    return temperature**2 * jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
+    return kd_temperature**2 * jnp.sum(jnp.where(mask, per_token, 0.0)), jnp.sum(mask)
 
 
 def mse_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
@@ -107,7 +109,7 @@ def distillation_loss(
     teacher_logits: Array | None,
     labels: Array,
     *,
-    temperature: float = 2.0,
+    kd_temperature: float = 2.0,
     kl_weight: float = 1.0,
     ce_weight: float | None = None,
     mse_weight: float = 0.0,
@@ -120,9 +122,11 @@ def distillation_loss(
 
     Pass the GLOBAL token count as ``num_tokens`` when this batch is one shard or micro-batch of a
     larger one: the per-shard losses (and their gradients) then add up to the global token mean.
-    ``teacher_logits`` may be None when ``kl_weight == 0`` (plain pseudo-label training).
-    Metrics: ``loss``, ``ce``, ``kl`` (T²-scaled), ``mse`` (each a sum / num_tokens) and ``num_tokens``
-    (this batch's count).
+    ``teacher_logits`` may be None when ``kl_weight == 0`` (plain pseudo-label training). ``kd_temperature`` is
+    the T of the KL term (see :func:`kl_divergence`).
+
+    Metrics: ``loss``, ``ce``, ``kl`` (T²-scaled), ``mse`` (each a sum / num_tokens) and ``num_tokens`` (this
+    batch's count).
     """
     ce_weight = default_ce_weight(kl_weight) if ce_weight is None else ce_weight
     ce_sum, count = cross_entropy(student_logits, labels)
@@ -131,7 +135,7 @@ def distillation_loss(
     if kl_weight:
         if teacher_logits is None:
             raise ValueError("kl_weight > 0 needs teacher_logits")
-        kl_sum, _ = kl_divergence(teacher_logits, student_logits, labels, temperature)
+        kl_sum, _ = kl_divergence(teacher_logits, student_logits, labels, kd_temperature)
     if mse_weight:
         if student_hidden is None or teacher_hidden is None:
             raise ValueError("mse_weight > 0 needs student_hidden and teacher_hidden")
