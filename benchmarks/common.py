@@ -1,6 +1,7 @@
-"""Helpers the benchmarks share: machine description, timing, FLOP counts, the measured matmul peak and the
-🤗 transformers reference engine. Run a benchmark as a module from the repository root
-(``python -m benchmarks.transcribe``), so that ``benchmarks`` is importable without path edits."""
+"""Helpers the benchmarks share: machine description, timing, XLA's FLOP count, the measured matmul peak and the
+🤗 transformers reference engine (the analytic FLOP formulas are ``distil_whisper_jax.core.flops``). Run a
+benchmark as a module from the repository root (``python -m benchmarks.transcribe``), so that ``benchmarks``
+is importable without path edits."""
 
 from __future__ import annotations
 
@@ -59,30 +60,8 @@ def strip_ids(row, prompt: list[int], eot: int) -> list[int]:
     return row[: row.index(eot)] if eot in row else row
 
 
-def encoder_flops(cfg, batch: int = 1) -> dict[str, float]:
-    """Analytic forward FLOPs of the Whisper encoder (2·m·n·k per matmul; elementwise ops not counted)."""
-    t, s, d, f, m, layers = (
-        cfg.n_frames,
-        cfg.max_source_positions,
-        cfg.d_model,
-        cfg.encoder_ffn_dim,
-        cfg.num_mel_bins,
-        cfg.encoder_layers,
-    )
-    parts = {
-        "conv1": 2.0 * t * d * (3 * m),
-        "conv2": 2.0 * s * d * (3 * d),
-        "qkvo_proj": layers * 4 * 2.0 * s * d * d,
-        "qk_t": layers * 2.0 * s * s * d,
-        "av": layers * 2.0 * s * s * d,
-        "mlp": layers * 2 * 2.0 * s * d * f,
-    }
-    parts = {k: v * batch for k, v in parts.items()}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 def xla_flops(compiled_or_lowered) -> float | None:
+    """XLA's own FLOP count of a lowered or compiled program (cost analysis), or None where it has none."""
     try:
         ca = compiled_or_lowered.cost_analysis()
     except Exception:  # not every backend/version has it

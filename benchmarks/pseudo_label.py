@@ -40,8 +40,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TPU_V4_CHIP_BF16 = 275e12  # peak bf16 FLOP/s per TPU v4 chip (Google Cloud TPU v4 documentation)
-
 
 def make_manifest(d: Path, rows: int) -> tuple[Path, float]:
     import soundfile as sf
@@ -148,27 +146,18 @@ def peak_rss(manifest: Path, out: Path, batch: int) -> float:
     return usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def decoder_flops_per_token(cfg, context: int = 224) -> float:
-    """Analytic decoder FLOPs for one generated token with a KV cache (per example): per layer q/k/v/out
-    self-attention and q/out cross-attention projections, MLP, attention over ``context`` cached positions
-    and the 1500 encoder positions; plus the output projection onto the vocabulary."""
-    d, f = cfg.d_model, cfg.decoder_ffn_dim
-    per_layer = 2.0 * (4 * d * d + 2 * d * d + 2 * d * f) + 4.0 * d * (context + cfg.max_source_positions)
-    return cfg.decoder_layers * per_layer + 2.0 * d * cfg.vocab_size
-
-
 def projection(tiny_cfg, large_cfg, audio_s: float, tokens: int, rows_windows: int, wall: float, peak: float) -> dict:
-    from benchmarks.common import encoder_flops
+    """Useful FLOPs of our CPU run (encoder per 30 s window + decoder per generated token) as a fraction of
+    the CPU's matmul ``peak``, and large-v3's FLOPs per audio second and labelling rate on a TPU v4-8."""
+    from distil_whisper_jax.core.flops import decoder_token_flops, encoder_flops, known_peak_tflops
 
     tok_per_s = tokens / audio_s
-    useful = rows_windows * encoder_flops(tiny_cfg)["total"] + tokens * decoder_flops_per_token(tiny_cfg, 64)
+    useful = rows_windows * encoder_flops(tiny_cfg) + tokens * decoder_token_flops(tiny_cfg, 64)
     util = useful / wall / peak
     # large-v3: one 30 s window per ≤30 s row; rows here average audio_s / rows_windows seconds
     sec_per_window = audio_s / rows_windows
-    per_audio_s = encoder_flops(large_cfg)["total"] / sec_per_window + tok_per_s * decoder_flops_per_token(
-        large_cfg, 64
-    )
-    tpu_peak = 4 * TPU_V4_CHIP_BF16
+    per_audio_s = encoder_flops(large_cfg) / sec_per_window + tok_per_s * decoder_token_flops(large_cfg, 64)
+    tpu_peak = 4 * known_peak_tflops("TPU v4") * 1e12  # 4 chips × the bf16 peak (Google Cloud TPU v4 documentation)
     return {
         "tokens_per_audio_second": tok_per_s,
         "useful_flops_ours_cpu": useful,

@@ -58,7 +58,6 @@ from benchmarks.common import cpu_model, matmul_peak, timed, xla_flops  # noqa: 
 log = logging.getLogger("benchmarks.train_step")
 DEFAULT_OUTPUT = ROOT / "results" / "train_step.json"
 VARIANTS = ("unshared", "shared", "cached")
-TPU_V4_BF16_PEAK = 275e12  # per chip
 
 
 def make_batch(pre, batch_size: int, label_length: int) -> dict:
@@ -126,11 +125,12 @@ def unrolled_xla_flops(student_config, teacher_config, share: bool, batch: dict)
 def tpu_projection(label_length: int = 128, global_batch: int = 256, chips: int = 4) -> dict:
     """Analytic step FLOPs and ideal step time of the original recipe on a TPU v4-8."""
     from distil_whisper_jax.core import train
+    from distil_whisper_jax.core.flops import known_peak_tflops
     from distil_whisper_jax.core.model import preset
 
     teacher = preset("large-v2")
     student = teacher.replace(decoder_layers=2)
-    peak = chips * TPU_V4_BF16_PEAK
+    peak = chips * known_peak_tflops("TPU v4") * 1e12
     out = {
         "teacher": "large-v2",
         "student_decoder_layers": 2,

@@ -57,7 +57,6 @@ from benchmarks.common import (
     RESULTS_DIR,
     TransformersEngine,
     cpu_model,
-    encoder_flops,
     matmul_peak,
     strip_ids,
     timed,
@@ -170,6 +169,8 @@ def encoder_section(
     import jax
     import jax.numpy as jnp
 
+    from distil_whisper_jax.core.flops import encoder_flops_by_part
+
     Whisper = importlib.import_module(impl + ".model").Whisper
 
     cfg = pre.config
@@ -177,7 +178,7 @@ def encoder_section(
     fn = jax_encoder(cfg, impl)
     params = jax.device_put(pre.params, jax.local_devices()[0])
     x = jax.device_put(jnp.asarray(mel), jax.local_devices()[0])
-    analytic = encoder_flops(cfg, batch)
+    analytic = encoder_flops_by_part(cfg, batch)
     # XLA counts a while-loop (scan) body once, so cross-check on the unrolled encoder.
     unrolled = Whisper(cfg, unroll=True)
     lowered = jax.jit(lambda p, x: unrolled.apply({"params": p}, x, method=Whisper.encode)).lower(params, x)

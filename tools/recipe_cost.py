@@ -24,11 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from distil_whisper_jax.core.flops import flops_per_step
+from distil_whisper_jax.core.flops import flops_per_step, known_peak_tflops
 from distil_whisper_jax.core.model import preset
 
 RECIPES = Path(__file__).resolve().parents[1] / "tpu_scripts" / "recipes"
-V4_PEAK_FLOPS = 275e12  # bf16 per chip
+V4_PEAK_FLOPS = known_peak_tflops("TPU v4") * 1e12  # bf16 per chip
 ASSUMED_MFU = 0.35  # the FLOP-based figure's assumption (optimistic: upstream's timing implies about half)
 V4_8_CHIPS = 4  # a v4-8 has 4 chips; the recipes' per-device batch is for a v4-8
 

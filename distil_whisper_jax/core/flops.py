@@ -1,7 +1,8 @@
-"""Model FLOPs of the distillation step, for MFU: matmuls only (2·m·n·k each), counted analytically.
+"""Model FLOPs, counted analytically, and the accelerators' peaks they are measured against (MFU): the one
+home of the FLOP formulas the distillation step, the benchmarks and ``tools/recipe_cost.py`` use.
 
-Backward costs 2× the forward of a matmul whose input needs a gradient (activation + weight
-gradients), 1× when only the weight gradient exists (the input is data or sits behind a
+Matmuls only (2·m·n·k each). Backward costs 2× the forward of a matmul whose input needs a gradient
+(activation + weight gradients), 1× when only the weight gradient exists (the input is data or sits behind a
 ``stop_gradient``: the mel under ``conv1``, a frozen or shared encoder's output under the decoder's
 cross-attention k/v projections), 0 for frozen parts and the teacher. Rematerialisation is not counted
 (model FLOPs, not hardware FLOPs).
@@ -11,17 +12,51 @@ from __future__ import annotations
 
 from distil_whisper_jax.core.model import WhisperConfig
 
+# bf16 dense peak per device (chip), TFLOP/s, by jax device_kind prefix.
+PEAK_TFLOPS = {
+    "TPU v3": 123.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v5": 459.0,
+    "TPU v6 lite": 918.0,
+    "TPU v6e": 918.0,
+}
 
-def encoder_flops(config: WhisperConfig, batch: int = 1) -> float:
-    """Forward matmul FLOPs of the encoder (2·m·n·k per matmul; elementwise ops not counted).
 
-    Per example, F = 2·S mel frames, S = max_source_positions, d = d_model, f = ffn dim:
-    conv1 2·F·3·n_mels·d + conv2 2·S·3d·d + layers · (q,k,v,out 8·S·d² + QKᵀ,AV 4·S²·d + MLP 4·S·d·f).
+def known_peak_tflops(device_kind: str) -> float | None:
+    """Peak TFLOP/s for a known accelerator kind (longest matching prefix), else None (CPU/GPU: pass
+    ``--device_peak_tflops``)."""
+    hits = [k for k in PEAK_TFLOPS if device_kind.startswith(k)]
+    return PEAK_TFLOPS[max(hits, key=len)] if hits else None
+
+
+def encoder_flops_by_part(config: WhisperConfig, batch: int = 1) -> dict[str, float]:
+    """Forward matmul FLOPs of the encoder by part (``conv1``, ``conv2``, ``qkvo_proj``, ``qk_t``, ``av``,
+    ``mlp``) and their ``total``: the split a benchmark reports next to XLA's own count.
+
+    Per example, F = 2·S mel frames, S = max_source_positions, d = d_model, f = ffn dim: conv1 2·F·3·n_mels·d,
+    conv2 2·S·3d·d, and per layer q,k,v,out 8·S·d², QKᵀ 2·S²·d, AV 2·S²·d, MLP 4·S·d·f.
     """
     c = config
-    s, d, f = c.max_source_positions, c.d_model, c.encoder_ffn_dim
-    per_layer = 8 * s * d * d + 4 * s * s * d + 4 * s * d * f
-    return float(batch) * (2 * c.n_frames * 3 * c.num_mel_bins * d + 2 * s * 3 * d * d + c.encoder_layers * per_layer)
+    s, d, f, layers = c.max_source_positions, c.d_model, c.encoder_ffn_dim, c.encoder_layers
+    parts = {
+        "conv1": 2.0 * c.n_frames * d * (3 * c.num_mel_bins),
+        "conv2": 2.0 * s * d * (3 * d),
+        "qkvo_proj": layers * 4 * 2.0 * s * d * d,
+        "qk_t": layers * 2.0 * s * s * d,
+        "av": layers * 2.0 * s * s * d,
+        "mlp": layers * 2 * 2.0 * s * d * f,
+    }
+    parts = {k: v * batch for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def encoder_flops(config: WhisperConfig, batch: int = 1) -> float:
+    """Forward matmul FLOPs of the encoder over one input window (:func:`encoder_flops_by_part`'s total)."""
+    return encoder_flops_by_part(config, batch)["total"]
 
 
 def decoder_flops(config: WhisperConfig, length: int, batch: int = 1) -> float:
@@ -37,9 +72,16 @@ def decoder_flops(config: WhisperConfig, length: int, batch: int = 1) -> float:
     return float(batch) * (c.decoder_layers * per_layer + 2 * n * d * c.vocab_size)
 
 
-def _conv1_flops(config: WhisperConfig) -> float:
-    """Forward FLOPs of the encoder's first convolution per example (its input is the log-mel)."""
-    return 2.0 * config.n_frames * 3 * config.num_mel_bins * config.d_model
+def decoder_token_flops(config: WhisperConfig, context: int = 224) -> float:
+    """Forward matmul FLOPs of the decoder for one generated token with a KV cache (per example): what
+    generation costs per token, the cross-attention k/v being computed once per window, not per token.
+
+    Per layer: self q,k,v,out 8·d², cross q,out 4·d², MLP 4·d·f, attention over ``context`` cached positions
+    and the S encoder positions 4·d·(context + S); plus the output projection onto the vocabulary 2·d·V.
+    """
+    d, f = config.d_model, config.decoder_ffn_dim
+    per_layer = 2.0 * (4 * d * d + 2 * d * d + 2 * d * f) + 4.0 * d * (context + config.max_source_positions)
+    return config.decoder_layers * per_layer + 2.0 * d * config.vocab_size
 
 
 def _cross_kv_flops(config: WhisperConfig) -> float:
@@ -51,7 +93,8 @@ def _cross_kv_flops(config: WhisperConfig) -> float:
 def encoder_train_flops(config: WhisperConfig, batch: int = 1) -> float:
     """Forward + backward FLOPs of a trained encoder: 3× forward, except that ``conv1`` has no input
     gradient (only its weight gradient, 1× its forward)."""
-    return 3 * encoder_flops(config, batch) - batch * _conv1_flops(config)
+    parts = encoder_flops_by_part(config, batch)
+    return 3 * parts["total"] - parts["conv1"]
 
 
 def decoder_train_flops(config: WhisperConfig, length: int, batch: int = 1, encoder_grad: bool = False) -> float:

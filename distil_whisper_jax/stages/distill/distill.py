@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from distil_whisper_jax.core import parallel
 from distil_whisper_jax.core import train as core
+from distil_whisper_jax.core.flops import known_peak_tflops
 from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.data import stream as train_data
 from distil_whisper_jax.infra import stop_signals, storage
@@ -45,7 +46,6 @@ from distil_whisper_jax.stages.distill.log import (
     Logger,
     Throughput,
     is_write_error,
-    known_peak_tflops,
     log_line,
     os_cause,
     plot_curves,

@@ -14,25 +14,6 @@ from distil_whisper_jax.infra.files import atomic_write
 
 log = logging.getLogger("distil_whisper_jax.stages.distill.distill")
 
-# bf16 dense peak per device (chip), TFLOP/s, by jax device_kind prefix.
-PEAK_TFLOPS = {
-    "TPU v3": 123.0,
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
-    "TPU v5": 459.0,
-    "TPU v6 lite": 918.0,
-    "TPU v6e": 918.0,
-}
-
-
-def known_peak_tflops(device_kind: str) -> float | None:
-    """Peak TFLOP/s for a known accelerator kind (longest matching prefix), else None (CPU/GPU: pass
-    ``--device_peak_tflops``)."""
-    hits = [k for k in PEAK_TFLOPS if device_kind.startswith(k)]
-    return PEAK_TFLOPS[max(hits, key=len)] if hits else None
-
 
 @dataclasses.dataclass
 class Logger:
