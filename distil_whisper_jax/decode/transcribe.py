@@ -28,7 +28,7 @@ from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.decode import chunked, sequential
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder
 from distil_whisper_jax.infra import config as config_lib
-from distil_whisper_jax.infra.files import atomic_write, check_writable_dir, write_error
+from distil_whisper_jax.infra.files import atomic_write, check_writable, write_error
 from distil_whisper_jax.speech import audio, subtitles
 from distil_whisper_jax.speech.token_layout import SpecialTokens, special_tokens
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
@@ -111,12 +111,12 @@ class TranscribeConfig:
         if self.output_dir:
             if Path(self.output_dir).is_file():
                 raise ValueError(f"--output_dir {self.output_dir}: is a file; give a directory")
-            check_writable_dir(self.output_dir, "--output_dir")
+            check_writable(self.output_dir, "--output_dir")
         if self.output_json:
             target = Path(self.output_json)
             if target.is_dir():
                 raise ValueError(f"--output_json {target}: is a directory; give a file name")
-            check_writable_dir(target.parent, "--output_json")
+            check_writable(target.parent, "--output_json")
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:

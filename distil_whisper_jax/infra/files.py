@@ -10,10 +10,11 @@ import re
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from distil_whisper_jax.infra.storage import is_remote
+from distil_whisper_jax.infra import storage
 
 
 class OutputWriteError(OSError):
@@ -69,7 +70,7 @@ def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
 
     A remote ``path`` (``storage.location`` of a URL) is written to a local temp file and uploaded in one
     go when the block finishes: the object appears whole or not at all."""
-    if is_remote(path):
+    if storage.is_remote(path):
         with tempfile.TemporaryDirectory(prefix="distil-whisper-jax-") as d:
             tmp = Path(d) / path.name
             if mode is None:
@@ -140,42 +141,85 @@ def remove_stale_temporaries(directory: str | os.PathLike, patterns: Iterable[st
     return removed
 
 
+# errno → what went wrong, in the words an error message uses.
 _CAUSES = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
+    errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a parent is a file, not a directory",
     errno.EISDIR: "is a directory",
 }
+# Text → the same words, for errors that carry the cause only in their message (Orbax and tensorstore
+# report a full disk as a ValueError, a bucket its quota as RESOURCE_EXHAUSTED).
+_CAUSE_TEXTS = {
+    "No space left": "no space left on device",
+    "ENOSPC": "no space left on device",
+    "RESOURCE_EXHAUSTED": "no space left on device",
+    "Read-only file system": "read-only file system",
+    "Permission denied": "permission denied",
+}
 
 
-def os_error_cause(e: OSError) -> str:
-    """A short human cause for a failed write: 'no space left on device', 'permission denied', …"""
-    return _CAUSES.get(e.errno or -1) or (e.strerror or str(e) or type(e).__name__).lower()
+def cause_in_text(e: BaseException) -> str | None:
+    """The cause an error names only in its text ('No space left', 'RESOURCE_EXHAUSTED', …), else None."""
+    text = f"{type(e).__name__}: {e}"
+    return next((words for key, words in _CAUSE_TEXTS.items() if key in text), None)
 
 
-def check_writable_dir(directory: str | os.PathLike, flag: str) -> None:
-    """Raise ``ValueError`` naming ``flag`` and the cause when files cannot be created in ``directory``.
+def os_error_cause(e: BaseException) -> str:
+    """What made a write fail, in a few words for an error message: 'no space left on device', 'permission
+    denied', …; for an error of another kind its own strerror, or its type and text."""
+    if isinstance(e, OSError) and e.errno in _CAUSES:
+        return _CAUSES[e.errno]
+    if found := cause_in_text(e):
+        return found
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return f"{type(e).__name__}: {e}"
 
-    The directory need not exist yet: its nearest existing ancestor must be a directory in which a file
-    can be created (checked by creating and removing one, which also catches read-only mounts and, for
-    root, places where permission bits say nothing)."""
-    d = Path(directory).absolute()
-    probe = d
-    while not probe.exists() and probe != probe.parent:
-        if probe.is_symlink():
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"{flag} {directory}: cannot write there ({probe} is not a directory)")
+
+def check_writable(path: str | os.PathLike | storage.OutPath, flag: str) -> None:
+    """``ValueError`` naming ``flag``, ``path`` and the cause when outputs cannot be written at ``path``, a local
+    directory or a bucket URL: every stage checks its output with this before any work, so a wrong bucket,
+    missing credentials or a read-only disk fail at once, not hours later.
+
+    A probe file is written, read back and deleted: for a local directory (which need not exist yet) in its
+    nearest existing ancestor, which catches read-only mounts and, for root, places where permission bits
+    say nothing; for a bucket under the URL itself (an object needs no parent)."""
+    what = f"{flag} {path}".strip()
+    where = storage.location(path, flag)
+    if not storage.is_remote(where):
+        where = _nearest_existing(where.absolute())
+        if not where.is_dir():
+            raise ValueError(f"{what}: cannot write there ({where} is not a directory)")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise ValueError(f"{flag} {directory}: cannot write there ({os_error_cause(e)})") from None
+        back = _probe(where / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    except Exception as e:  # noqa: BLE001 - each fsspec backend raises its own errors (auth, 404, 403)
+        raise ValueError(f"{what}: cannot write there ({os_error_cause(e)})") from None
+    if back != _PROBE:
+        raise ValueError(f"{what}: a probe written there read back as {len(back)} other bytes")
+
+
+_PROBE = b"write-check"
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (a dangling symlink counts as existing)."""
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe(path: storage.OutPath) -> bytes:
+    """Write ``path``, read it back and delete it (also when the write failed half-way); the bytes read."""
+    try:
+        path.write_bytes(_PROBE)
+        return path.read_bytes()
+    finally:
+        with contextlib.suppress(Exception):
+            path.unlink()
 
 
 def is_hub_id(s: str | os.PathLike) -> bool:

@@ -3,7 +3,8 @@
 ``location(s)`` gives a ``pathlib.Path`` for a local path and a ``upath.UPath`` (the same API over fsspec)
 for a URL, so the writers use one set of path operations for both. What differs is atomicity: a local file
 is written to a temp name and renamed; an object store has no rename, but an upload becomes visible whole
-or not at all, so a remote file is written locally first and uploaded in one go (``utils.atomic_write``).
+or not at all, so a remote file is written locally first and uploaded in one go (``files.atomic_write``).
+Whether a location can be written at all is checked by ``files.check_writable``.
 Appending (a metrics log) is done to a local copy that is re-uploaded (``Mirror``).
 """
 
@@ -13,7 +14,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,21 +63,6 @@ def file_system(url: str, flag: str = "") -> tuple[fsspec.AbstractFileSystem, st
     """``(fsspec file system, path inside it)`` of ``url``; ``ValueError`` as :func:`location` raises."""
     with _scheme_errors(url, flag):
         return fsspec.core.url_to_fs(url)
-
-
-def check_writable(path: OutPath, flag: str) -> None:
-    """``ValueError`` naming ``flag`` (when given) when objects cannot be created under a remote ``path``
-    (checked by writing one, reading it back and deleting it: a wrong bucket or missing credentials fail here,
-    before any work)."""
-    probe, what = path / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}", f"{flag} {path}".strip()
-    try:
-        probe.write_bytes(b"write-check")
-        back = probe.read_bytes()
-        probe.unlink()
-    except Exception as e:  # noqa: BLE001 - each fsspec backend raises its own errors (auth, 404, 403)
-        raise ValueError(f"{what}: cannot write there ({type(e).__name__}: {e})") from None
-    if back != b"write-check":
-        raise ValueError(f"{what}: an object written there read back as {len(back)} other bytes")
 
 
 def remove_tree(path: OutPath) -> None:

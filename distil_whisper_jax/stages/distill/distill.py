@@ -35,7 +35,7 @@ from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.data import stream as train_data
 from distil_whisper_jax.infra import stop_signals, storage
 from distil_whisper_jax.infra.config import to_dict
-from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.infra.files import atomic_write, check_writable, os_error_cause
 from distil_whisper_jax.speech.token_layout import special_tokens
 from distil_whisper_jax.speech.tokenizer import save_tokenizer
 from distil_whisper_jax.stages.distill import corpus
@@ -47,10 +47,9 @@ from distil_whisper_jax.stages.distill.log import (
     Throughput,
     is_write_error,
     log_line,
-    os_cause,
     plot_curves,
 )
-from distil_whisper_jax.stages.distill.setup import Models, build_state, check_writable, load_models, resume
+from distil_whisper_jax.stages.distill.setup import Models, build_state, load_models, resume
 from distil_whisper_jax.stages.student.create_student import DISTIL_INFO
 from distil_whisper_jax.weights import checkpoint
 from distil_whisper_jax.weights.convert.hf import write_hf_dir
@@ -194,10 +193,7 @@ def setup(cfg: DistillConfig) -> Run:
 
 
 def _prepare_output(cfg: DistillConfig, out: storage.OutPath, is_main: bool) -> None:
-    if storage.is_remote(out):
-        storage.check_writable(out, "--output_dir")
-    else:
-        check_writable(out)
+    check_writable(out, "--output_dir")
     if cfg.overwrite_output_dir and is_main and (out / checkpoint.CHECKPOINTS).exists():
         storage.remove_tree(out / checkpoint.CHECKPOINTS)
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -353,7 +349,7 @@ def _report_write_error(r: Run, e: BaseException) -> None:
     log.error(
         "writing %s failed: %s (%s: %s); the last good checkpoint %s is intact",
         where,
-        os_cause(e),
+        os_error_cause(e),
         type(e).__name__,
         str(e)[:300],
         r.ckpt_root / str(good[-1]) if good else "(none)",

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.infra.files import atomic_write, cause_in_text
 
 log = logging.getLogger("distil_whisper_jax.stages.distill.distill")
 
@@ -137,37 +137,14 @@ def plot_curves(metrics_file: Path, png: Path) -> None:
     plt.close(fig)
 
 
-_CAUSES = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.ENOTDIR: "a component of the path is a file, not a directory",
-}
-_CAUSE_TEXTS = {
-    "No space left": "no space left on device",
-    "ENOSPC": "no space left on device",
-    "RESOURCE_EXHAUSTED": "no space left on device",
-    "Read-only file system": "read-only file system",
-    "Permission denied": "permission denied",
-}
-
-
-def os_cause(e: BaseException) -> str | None:
-    """What went wrong in words (no space, read-only, permission), or None for another kind of error."""
-    if isinstance(e, OSError) and e.errno in _CAUSES:
-        return _CAUSES[e.errno]
-    text = f"{type(e).__name__}: {e}"
-    hits = [v for k, v in _CAUSE_TEXTS.items() if k in text]
-    if hits:
-        return hits[0]
-    return e.strerror if isinstance(e, OSError) and e.strerror else None
+# The errnos a failed write of the disk's making raises (space, quota, read-only, permission, a file where
+# a directory should be): the run stops with a report instead of a traceback.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
 
 
 def is_write_error(e: BaseException) -> bool:
-    """A failed write for a reason of the disk (space, quota, read-only, permission)."""
-    if isinstance(e, OSError) and e.errno in _CAUSES:
+    """A failed write for a reason of the disk (space, quota, read-only, permission); Orbax and tensorstore
+    report a full disk as ``ValueError`` text, hence the look at the message."""
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
         return True
-    text = f"{type(e).__name__}: {e}"  # Orbax/tensorstore report a full disk as ValueError text
-    return any(k in text for k in _CAUSE_TEXTS)
+    return cause_in_text(e) is not None

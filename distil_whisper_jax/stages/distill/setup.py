@@ -1,4 +1,4 @@
-"""Setting up a distillation run: the output directory, the teacher and student (which teacher, checked by
+"""Setting up a distillation run: the teacher and student (which teacher, checked by
 its weights' digest), the optimizer state and train step, and the checkpoint to resume from (checked
 against the run's config)."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from distil_whisper_jax.data import stream
 from distil_whisper_jax.infra import storage
 from distil_whisper_jax.infra.config import canonical, differences
 from distil_whisper_jax.stages.distill.config import RESUME_MAY_CHANGE, DistillConfig
-from distil_whisper_jax.stages.distill.log import os_cause
 from distil_whisper_jax.stages.student.create_student import DISTIL_INFO
 from distil_whisper_jax.weights import checkpoint
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
@@ -38,16 +36,6 @@ class Models:
     teacher_sha256: str
     share_encoder: bool  # one frozen encoder pass feeds both decoders
     info: dict  # the student's distil_info.json ({} when it has none)
-
-
-def check_writable(out: Path) -> None:
-    """``ValueError`` naming ``--output_dir`` and the cause when nothing can be written there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"--output_dir {out}: cannot write there ({os_cause(e)})") from None
 
 
 def load_models(cfg: DistillConfig) -> Models:

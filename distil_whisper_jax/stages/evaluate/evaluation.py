@@ -36,7 +36,7 @@ from distil_whisper_jax.data.stream import load_row_audio
 from distil_whisper_jax.decode import transcribe
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder, set_language
 from distil_whisper_jax.infra import config, storage
-from distil_whisper_jax.infra.files import check_writable_dir
+from distil_whisper_jax.infra.files import check_writable
 from distil_whisper_jax.infra.multihost import MultiHostConfig
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import special_tokens
@@ -114,12 +114,9 @@ class EvalConfig(MultiHostConfig):
             raise ValueError(f"--num_beams must be ≥ 1, got {self.num_beams}")
         transcribe.check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
         check_assistant_mode(self.assistant_model_name_or_path, self.long_form, self.num_beams, ASSISTANT_FLAG)
-        if storage.is_url(self.output_dir):
-            storage.check_writable(storage.location(self.output_dir), "--output_dir")
-            return
-        if Path(self.output_dir).is_file():
+        if not storage.is_url(self.output_dir) and Path(self.output_dir).is_file():
             raise ValueError(f"--output_dir {self.output_dir}: is a file; give a directory")
-        check_writable_dir(self.output_dir, "--output_dir")
+        check_writable(self.output_dir, "--output_dir")
 
 
 ASSISTANT_FLAG = "--assistant_model_name_or_path"

@@ -33,7 +33,7 @@ import numpy as np
 
 from distil_whisper_jax.infra import config as config_lib
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import atomic_write, check_writable_dir, remove_stale_temporaries, write_error
+from distil_whisper_jax.infra.files import atomic_write, check_writable, remove_stale_temporaries, write_error
 from distil_whisper_jax.speech.token_layout import SpecialTokens
 from distil_whisper_jax.speech.wer import wer
 from distil_whisper_jax.stages.export.card import DISTIL_INFO, find_distil_info, model_card, read_distil_info
@@ -246,7 +246,7 @@ def export(
     if existing and not overwrite:
         raise ValueError(f"output(s) already exist: {', '.join(existing)}; pass --overwrite to replace them")
     read_distil_info(find_distil_info(pre.source))
-    check_writable_dir(output_dir, "--output_dir")
+    check_writable(output_dir, "--output_dir")
     if any(f == "hf" or f.startswith(("ggml", "ct2")) for f in formats):
         pre.tokenizer  # noqa: B018 (load it now: a missing tokenizer is bad input, found before writing)
     try:
@@ -299,7 +299,7 @@ def run(cfg: ExportConfig) -> int:
         return _run_to_bucket(cfg)
     t0 = time.perf_counter()
     formats = cfg.validate()
-    check_writable_dir(cfg.output_dir, "--output_dir")
+    check_writable(cfg.output_dir, "--output_dir")
     remove_stale_outputs(cfg.output_dir)
     clips = verification_clips(cfg.verify_audio, cfg.verify_max_clips) if cfg.verify else []
     pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
@@ -320,7 +320,7 @@ def _run_to_bucket(cfg: ExportConfig) -> int:
     """``--output_dir`` is a bucket URL: export and verify in a local temp directory, then upload the files."""
     formats = cfg.validate()
     dest = storage.location(cfg.output_dir)
-    storage.check_writable(dest, "--output_dir")
+    check_writable(dest, "--output_dir")
     existing = [str(dest / p.name) for p in output_paths(Path("."), formats).values() if (dest / p.name).exists()]
     if existing and not cfg.overwrite:
         raise ValueError(f"output(s) already exist: {', '.join(existing)}; pass --overwrite to replace them")

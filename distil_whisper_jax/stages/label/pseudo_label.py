@@ -44,7 +44,7 @@ from distil_whisper_jax.data import row_language, wer_filter
 from distil_whisper_jax.data import sources as data
 from distil_whisper_jax.decode.generate import generate, generation_options, strip
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.infra.files import atomic_write, check_writable
 from distil_whisper_jax.infra.prefetch import background
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 from distil_whisper_jax.stages.label import output
@@ -120,8 +120,7 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     """Resolve the config into ``Settings``; every configuration error is raised here, before any labelling."""
     cfg.validate()
     out = storage.location(cfg.output_dir)
-    if storage.is_remote(out):
-        storage.check_writable(out, "--output_dir")
+    check_writable(out, "--output_dir")
     sources, columns = _open_data(cfg)
     pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
     window = pre.config.input_seconds

@@ -28,6 +28,7 @@ from pathlib import Path
 from distil_whisper_jax.assets import speech_manifest
 from distil_whisper_jax.infra import storage
 from distil_whisper_jax.infra.config import flag
+from distil_whisper_jax.infra.files import check_writable
 from distil_whisper_jax.weights import checkpoint
 
 PYTHON_MIN, PYTHON_BELOW = (3, 11), (3, 13)  # pyproject.toml's requires-python
@@ -108,7 +109,7 @@ def check_bucket(url: str) -> Row:
     """An object can be written, read back and deleted under ``url`` from this host (the stages' own check)."""
     fix = "grant this TPU VM's service account roles/storage.objectUser on the bucket, or name a bucket it can write"
     try:
-        storage.check_writable(storage.location(url, ""), "")
+        check_writable(url, "")
     except ValueError as e:
         return Row("bucket", False, str(e), fix)
     return Row("bucket", True, f"wrote, read back and deleted an object under {url}", fix)

@@ -19,7 +19,7 @@ from pathlib import Path
 from distil_whisper_jax.core.model import WhisperConfig, count_params
 from distil_whisper_jax.infra import storage
 from distil_whisper_jax.infra.config import flag
-from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.infra.files import atomic_write, check_writable
 from distil_whisper_jax.weights.convert import tree_equal
 from distil_whisper_jax.weights.convert.hf import write_hf_dir
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
@@ -64,8 +64,7 @@ def create_student(
     reload verified in a local directory, and uploaded whole once it passed (nothing partial reaches the
     bucket, nothing is renamed there)."""
     dest = storage.location(output_dir, "--output_dir")
-    if storage.is_remote(dest):
-        storage.check_writable(dest, "--output_dir")
+    check_writable(dest, "--output_dir")
     if isinstance(teacher, Pretrained):
         pre = teacher
     else:
