@@ -42,6 +42,7 @@ from distil_whisper_jax.stages.label.config import PseudoLabelConfig
 from distil_whisper_jax.stages.label.pseudo_label import run as pseudo_label
 from distil_whisper_jax.stages.student.create_student import create_student
 from distil_whisper_jax.weights.loading import load_pretrained, multilingual_base_dir
+from distil_whisper_jax.weights.student import DISTIL_INFO
 
 log = logging.getLogger("benchmarks.speculative")
 
@@ -88,7 +89,7 @@ def measure(pre, waves: list[np.ndarray], batch: int, assistant=None, language=N
 
 def student_info(student_dir: str) -> dict:
     """What the student's run recorded (``distil_info.json``): steps and held-out WERs of student and teacher."""
-    path = Path(student_dir) / "distil_info.json"
+    path = Path(student_dir) / DISTIL_INFO
     if not path.is_file():
         return {}
     info = json.loads(path.read_text())

@@ -21,6 +21,10 @@ from distil_whisper_jax.infra.files import is_hub_id
 from distil_whisper_jax.weights.convert.hf import hf_generation_config
 from distil_whisper_jax.weights.loading import DEFAULT_MODEL, Pretrained, default_model_dir
 
+# A student's provenance file, next to its weights: written by create_student, updated by distillation,
+# read by distillation (which teacher) and by the exporter's model card.
+DISTIL_INFO = "distil_info.json"
+
 
 def layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     """Teacher layer index for each student layer: ``floor(linspace(0, T-1, S))`` with the last forced

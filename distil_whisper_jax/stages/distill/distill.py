@@ -50,11 +50,10 @@ from distil_whisper_jax.stages.distill.log import (
     plot_curves,
 )
 from distil_whisper_jax.stages.distill.setup import Models, build_state, load_models, resume
-from distil_whisper_jax.stages.student.create_student import DISTIL_INFO
 from distil_whisper_jax.weights import checkpoint
 from distil_whisper_jax.weights.convert.hf import write_hf_dir
 from distil_whisper_jax.weights.loading import Pretrained
-from distil_whisper_jax.weights.student import student_generation_config
+from distil_whisper_jax.weights.student import DISTIL_INFO, student_generation_config
 
 __all__ = ["DistillConfig", "run", "known_peak_tflops", "is_write_error"]
 

@@ -20,10 +20,9 @@ from distil_whisper_jax.data import stream
 from distil_whisper_jax.infra import storage
 from distil_whisper_jax.infra.config import canonical, differences
 from distil_whisper_jax.stages.distill.config import RESUME_MAY_CHANGE, DistillConfig
-from distil_whisper_jax.stages.student.create_student import DISTIL_INFO
 from distil_whisper_jax.weights import checkpoint
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
-from distil_whisper_jax.weights.student import params_digest, resolve_teacher_reference, teacher_reference
+from distil_whisper_jax.weights.student import DISTIL_INFO, params_digest, resolve_teacher_reference, teacher_reference
 
 log = logging.getLogger("distil_whisper_jax.stages.distill.distill")
 

@@ -16,8 +16,7 @@ from typing import Any
 from distil_whisper_jax.core.model import count_params
 from distil_whisper_jax.infra import storage
 from distil_whisper_jax.weights.loading import Pretrained
-
-DISTIL_INFO = "distil_info.json"
+from distil_whisper_jax.weights.student import DISTIL_INFO
 
 USAGE = (
     {

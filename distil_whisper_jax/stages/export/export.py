@@ -36,13 +36,14 @@ from distil_whisper_jax.infra import storage
 from distil_whisper_jax.infra.files import atomic_write, check_writable, remove_stale_temporaries, write_error
 from distil_whisper_jax.speech.token_layout import SpecialTokens
 from distil_whisper_jax.speech.wer import wer
-from distil_whisper_jax.stages.export.card import DISTIL_INFO, find_distil_info, model_card, read_distil_info
+from distil_whisper_jax.stages.export.card import find_distil_info, model_card, read_distil_info
 from distil_whisper_jax.stages.export.verify import clips_within, differences, format_table, verification_clips, verify
 from distil_whisper_jax.weights.convert import ct2 as ct2_format
 from distil_whisper_jax.weights.convert import ggml as ggml_format
 from distil_whisper_jax.weights.convert import hf as hf_format
 from distil_whisper_jax.weights.convert import openai as openai_format
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
+from distil_whisper_jax.weights.student import DISTIL_INFO
 
 log = logging.getLogger(__name__)
 

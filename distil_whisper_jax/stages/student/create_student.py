@@ -23,10 +23,15 @@ from distil_whisper_jax.infra.files import atomic_write, check_writable
 from distil_whisper_jax.weights.convert import tree_equal
 from distil_whisper_jax.weights.convert.hf import write_hf_dir
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
-from distil_whisper_jax.weights.student import make_student, params_digest, student_generation_config, teacher_reference
+from distil_whisper_jax.weights.student import (
+    DISTIL_INFO,
+    make_student,
+    params_digest,
+    student_generation_config,
+    teacher_reference,
+)
 
 log = logging.getLogger(__name__)
-DISTIL_INFO = "distil_info.json"
 
 
 @dataclasses.dataclass(frozen=True)
