@@ -38,15 +38,10 @@ COLLAPSE_MAX_TOKENS_PER_SECOND = 1.0  # ... with fewer text tokens per second th
 Decoder = Callable[[list[np.ndarray]], list[list[int]]]
 
 
-def input_seconds(config: WhisperConfig) -> float:
-    """Audio length the model's encoder takes: 30 s for Whisper, 15 s for a 750-position student."""
-    return config.input_seconds
-
-
 def window_sizes(config: WhisperConfig, chunk_length_s: float | None, stride_length_s: float | None) -> tuple[int, int]:
     """(chunk, stride) in samples. The chunk defaults to the model's input length; the stride (the overlap
     on each side) to a sixth of the chunk. ``ValueError`` naming the flag for sizes the model cannot take."""
-    limit = input_seconds(config)
+    limit = config.input_seconds
     chunk_s = limit if chunk_length_s is None else float(chunk_length_s)
     if not 0 < chunk_s <= limit:
         raise ValueError(

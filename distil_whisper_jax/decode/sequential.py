@@ -33,7 +33,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distil_whisper_jax.core import parallel
-from distil_whisper_jax.decode import chunked
 from distil_whisper_jax.decode.generate import GenerationOptions, generation_options
 from distil_whisper_jax.decode.prompted import generate_prompted
 from distil_whisper_jax.speech import audio
@@ -314,7 +313,7 @@ def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task,
     batch = -(-batch_size // len(devices)) * len(devices)
     if params is None:
         params = parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else pre.params
-    window = round(chunked.input_seconds(c) * audio.SAMPLE_RATE)
+    window = round(c.input_seconds * audio.SAMPLE_RATE)
     options = dataclasses.replace(options, max_previous=max_prev)
     decode_text = lambda ids: pre.tokenizer.decode(ids, skip_special_tokens=True)
     return _Runner(

@@ -101,7 +101,7 @@ class TranscribeConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be ≥ 1, got {value}")
-        _check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
+        check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
         sequential_options(self)
         check_assistant_mode(self.assistant_model, self.long_form, self.num_beams)
         if self.num_assistant_tokens < 1:
@@ -185,10 +185,6 @@ def sequential_options(cfg: TranscribeConfig) -> sequential.SequentialOptions:
 
 def check_long_form(long_form: str, chunk_length_s: float | None, num_beams: int = 1) -> None:
     """``ValueError`` naming the flag for an unknown long-form mode or a misplaced window length."""
-    _check_long_form(long_form, chunk_length_s, num_beams)
-
-
-def _check_long_form(long_form: str, chunk_length_s: float | None, num_beams: int = 1) -> None:
     if long_form not in ("none", "chunked", "sequential"):
         raise ValueError(f"--long_form must be none, chunked or sequential, got {long_form!r}")
     if long_form == "sequential" and num_beams > 1:
@@ -231,7 +227,7 @@ def transcribe(
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"--batch_size must be ≥ 1, got {batch_size}")
-    _check_long_form(long_form, chunk_length_s, num_beams)
+    check_long_form(long_form, chunk_length_s, num_beams)
     check_assistant_mode(assistant_model, long_form, num_beams)
     files = expand_inputs(paths)
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
@@ -300,7 +296,7 @@ def transcribe_loaded(
     sequential also an iterable of blocks) or raises ``audio.AudioError`` (then its result is ``{"file",
     "error"}``). The long-form dispatch of ``transcribe``; ``dec`` (from ``decoder``) must have a timestamp
     prompt for long-form."""
-    _check_long_form(long_form, chunk_length_s, dec.opts.num_beams)
+    check_long_form(long_form, chunk_length_s, dec.opts.num_beams)
     if long_form == "sequential":
         return _sequential(names, load, dec, sequential_options, on_done, progress)
     if long_form == "chunked":
@@ -353,7 +349,7 @@ def _short_form(
 ) -> list[dict]:
     """Each input as one model input; one longer than that gets an error naming ``--long_form chunked``."""
     tok, specials = dec.pre.tokenizer, special_tokens(dec.pre.tokenizer)
-    limit = chunked.input_seconds(dec.pre.config)
+    limit = dec.pre.config.input_seconds
     results: list[dict] = [{"file": str(n)} for n in names]
     for start in range(0, len(names), dec.batch_size):
         idx, waves = [], []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -181,7 +180,3 @@ def write_end(out: OutPath, process_index: int, total_rows: int) -> None:
 def stale_shard(out: OutPath, b: int) -> None:
     """Remove block ``b``'s shard of an earlier, different run (this run kept no rows in the block)."""
     shard_path(out, b).unlink(missing_ok=True)
-
-
-def arrow_rows(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=schema)

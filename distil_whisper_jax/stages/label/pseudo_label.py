@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
@@ -274,7 +275,7 @@ class _Shard:
             self.first = (unit, None)
         if self.held:
             self.writer = self.writer or pq.ParquetWriter(self.tmp, self.schema)
-            self.writer.write_table(output.arrow_rows(self.held, self.schema))
+            self.writer.write_table(pa.Table.from_pylist(self.held, schema=self.schema))
             self.held = []
 
     def finish(self) -> bool:
