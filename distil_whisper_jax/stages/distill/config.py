@@ -19,7 +19,6 @@ from distil_whisper_jax.infra import multihost
 from distil_whisper_jax.infra.config import flag
 from distil_whisper_jax.infra.multihost import MultiHostConfig
 
-DTYPES = ("float32", "bfloat16")
 _DEFAULT_CACHE = str(Path.home() / ".cache" / "distil_whisper_jax")
 
 # Fields a resumed run may change: how often it logs, evaluates and saves, where it writes, how it is
