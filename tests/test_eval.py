@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import jax
 import jiwer
@@ -26,6 +25,7 @@ from distil_whisper_jax.stages.evaluate import evaluation, report
 from distil_whisper_jax.weights import loading
 
 from . import fake_gcs
+from .helpers import read_tsv, write_tsv
 
 HELDOUT = speech_manifest("heldout")
 ONE = dict(per_device_eval_batch_size=2, num_local_devices=1)
@@ -33,18 +33,8 @@ ONE_ARGV = ["--per_device_eval_batch_size", "2", "--num_local_devices", "1"]
 
 
 def heldout_rows(*numbers: int) -> list[dict]:
-    with open(HELDOUT, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return [dict(rows[n - 1]) for n in numbers]
-
-
-def write_tsv(path: Path, rows: list[dict]) -> Path:
-    cols = list(rows[0])
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(cols) + "\n")
-        for r in rows:
-            f.write("\t".join(r[c] for c in cols) + "\n")
-    return path
+    rows = read_tsv(HELDOUT)
+    return [rows[n - 1] for n in numbers]
 
 
 @pytest.fixture(scope="module")

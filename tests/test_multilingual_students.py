@@ -6,9 +6,7 @@ language as the teacher does, and languages a model cannot take are refused befo
 
 from __future__ import annotations
 
-import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -28,25 +26,19 @@ from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.student.create_student import create_student
 from distil_whisper_jax.weights.loading import load_pretrained
 
+from .helpers import read_tsv, write_tsv
+
 LANGS = ("fr", "de", "es")
 PER_LANG = 3  # held-out clips per language labelled and evaluated (all 15 are used for language detection)
 
 
 def heldout(lang: str, n: int | None = None) -> list[dict]:
     path = multilingual_speech_manifest(lang, "heldout")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))[:n]
-    return [dict(r, audio=str(path.parent / r["audio"])) for r in rows]
+    return [dict(r, audio=str(path.parent / r["audio"])) for r in read_tsv(path)[:n]]
 
 
 def norm(lang: str, text: str) -> str:
     return normalizer_for(lang)(text)
-
-
-def write_tsv(path: Path, rows: list[dict], drop: tuple[str, ...] = ()) -> Path:
-    cols = [c for c in rows[0] if c not in drop]
-    path.write_text("\n".join(["\t".join(cols)] + ["\t".join(r[c] for c in cols) for r in rows]) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +50,8 @@ def base(multilingual_base_dir):
 def manifests(tmp_path_factory):
     """One manifest per language without a language column (the language comes from --language)."""
     d = tmp_path_factory.mktemp("ml")
-    return [write_tsv(d / f"{lang}.tsv", heldout(lang, PER_LANG), drop=("language",)) for lang in LANGS]
+    columns = ("audio", "text", "speaker_id", "duration")
+    return [write_tsv(d / f"{lang}.tsv", heldout(lang, PER_LANG), columns) for lang in LANGS]
 
 
 @pytest.fixture(scope="module")

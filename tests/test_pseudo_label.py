@@ -2,7 +2,6 @@
 process counts, kill + resume, concatenation, bad inputs. Most runs share one compiled shape (global batch
 2 over 2 of the 8 emulated devices, blocks of 2 rows), so the real model stays cheap."""
 
-import csv
 import io
 import json
 import os
@@ -38,6 +37,7 @@ from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.label.units import PseudoLabelError
 
 from . import fake_gcs
+from .helpers import read_tsv, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
@@ -47,9 +47,8 @@ WRONG = "Please close the window before you leave the office."
 
 
 def corpus_rows():
-    with open(speech_manifest("train"), newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    picked = [dict(rows[i - 1]) for i in PICK]
+    rows = read_tsv(speech_manifest("train"))
+    picked = [rows[i - 1] for i in PICK]
     truth = [r["text"] for r in picked]
     picked[0]["text"], picked[3]["text"] = WRONG, ""
     return picked, truth
@@ -64,14 +63,6 @@ MARK = dict(wer_threshold=THRESHOLD, wer_filter_mode="mark", keep_rows_without_g
 MARK_ARGV = ["--wer_threshold", str(THRESHOLD), "--wer_filter_mode", "mark", "--keep_rows_without_ground_truth"]
 
 
-def write_tsv(path: Path, rows, header=("audio", "text", "speaker")):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(header) + "\n")
-        for r in rows:
-            f.write("\t".join(r) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A manifest of real speech with audio paths relative to it."""
@@ -79,7 +70,7 @@ def corpus(tmp_path_factory):
     (d / "flac").mkdir()
     for r in ROWS:
         shutil.copy(speech_manifest("train").parent / r["audio"], d / r["audio"])
-    return write_tsv(d / "train.tsv", [tuple(r.values()) for r in ROWS], header=tuple(ROWS[0]))
+    return write_tsv(d / "train.tsv", ROWS)
 
 
 def run(out, manifest, **kw):
@@ -356,7 +347,7 @@ def test_pack_and_split_long_are_exact():
 
 
 def test_blocks_cover_every_row_exactly_once(tmp_path):
-    m = write_tsv(tmp_path / "m.tsv", [(f"{i}.wav", str(i), "s") for i in range(7)])
+    m = write_tsv(tmp_path / "m.tsv", [{"audio": f"{i}.wav", "text": str(i), "speaker": "s"} for i in range(7)])
     src = data.open_sources(data.parse_sources(f"{m}+{m}"))
     seen = []
     for p in range(3):
@@ -525,8 +516,8 @@ def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp
     """Labelling drops rows whose ground truth is missing or normalises to nothing (the rule training uses);
     the output of a manifest whose audio column is ``wav`` trains and evaluates with no column flags."""
     texts = [WRONG, "[inaudible]", ROWS[2]["text"], ""]
-    rows = [(str(corpus.parent / r["audio"]), t) for r, t in zip(ROWS, texts)]
-    manifest = write_tsv(tmp_path / "m.tsv", rows, header=("wav", "sentence"))
+    rows = [{"wav": str(corpus.parent / r["audio"]), "sentence": t} for r, t in zip(ROWS, texts)]
+    manifest = write_tsv(tmp_path / "m.tsv", rows)
     out = tmp_path / "out"
     assert run(out, manifest, audio_column_name="wav", text_column_name="sentence", wer_threshold=THRESHOLD) == 0
     kept = read_rows(out)

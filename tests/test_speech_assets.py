@@ -1,13 +1,13 @@
 """The bundled speech corpus (assets/speech): manifests are consistent with the audio, the splits share no sentence,
 speakers are contiguous, and the real tiny.en teacher transcribes held-out clips accurately."""
 
-import csv
-
 import pytest
 import soundfile as sf
 
 from distil_whisper_jax import assets
 from distil_whisper_jax.assets import SPEECH_DIR, SPEECH_SPLITS, speech_manifest
+
+from .helpers import read_manifest
 
 HEADER = ["audio", "text", "speaker_id", "duration"]
 # tiny.en greedy on the fixed sample below (each speaker's first held-out clip: 8 clips, 97 words) measured 0.0 % WER;
@@ -16,19 +16,6 @@ HEADER = ["audio", "text", "speaker_id", "duration"]
 # far below what a broken corpus gives (audio/text rows misaligned, wrong sample rate: > 80 %). 8 clips, not 12:
 # the suite runs on 8 emulated devices, so 12 clips would cost a padded batch of 16.
 HELDOUT_SAMPLE_MAX_WER = 10.0
-
-
-def read_tsv(path):
-    """``(path, header, rows)`` of a bundled manifest, read strictly (no quoting, every row full)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        rows = [dict(zip(header, r, strict=True)) for r in reader]
-    return path, header, rows
-
-
-def read_manifest(split):
-    return read_tsv(speech_manifest(split))
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,14 @@ from distil_whisper_jax.assets import (
     multilingual_speech_manifest,
 )
 
-from .test_speech_assets import read_tsv
+from .helpers import read_manifest
 
 HEADER = ["audio", "text", "speaker_id", "duration", "language"]
 
 
-def read_manifest(language, split):
-    return read_tsv(multilingual_speech_manifest(language, split))
-
-
 @pytest.fixture(scope="module")
 def manifests():
-    return {(lang, split): read_manifest(lang, split) for lang in SPEECH_LANGUAGES for split in SPEECH_SPLITS}
+    return {(lang, split): read_manifest(split, lang) for lang in SPEECH_LANGUAGES for split in SPEECH_SPLITS}
 
 
 def test_multilingual_speech_manifest_paths_and_errors(tmp_path, monkeypatch):
