@@ -244,3 +244,18 @@ def test_to_argv_is_the_command_line_that_parses_back_to_the_config():
     assert argv == ["--output_dir", "o", "--steps", "5", "--fast", "--no-verify", "--name", "x", "--files", "a", "b"]
     assert config.parse(Toy, argv) == cfg
     assert config.to_argv(Toy(output_dir="o")) == ["--output_dir", "o"]
+
+
+def test_a_config_with_all_of_a_shared_groups_flags_inherits_the_group():
+    """Shared flags are declared once (infra.flag_groups, multihost): no stage re-declares a group's flags with
+    its own default or help."""
+    from distil_whisper_jax.decode.transcribe import TranscribeConfig
+    from distil_whisper_jax.infra import flag_groups
+    from distil_whisper_jax.stages.export.export import ExportConfig
+
+    groups = (flag_groups.HubDatasetFlags, flag_groups.GenerationDeviceFlags, flag_groups.DecodingFlags)
+    for group in (*groups, MultiHostConfig):
+        names = {f.name for f in dataclasses.fields(group)}
+        for cls in (PseudoLabelConfig, DistillConfig, EvalConfig, TranscribeConfig, ExportConfig):
+            if names <= {f.name for f in dataclasses.fields(cls)}:
+                assert issubclass(cls, group), (cls.__name__, group.__name__)

@@ -29,6 +29,7 @@ from distil_whisper_jax.decode import chunked, sequential
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder
 from distil_whisper_jax.infra import config as config_lib
 from distil_whisper_jax.infra.files import atomic_write, check_writable, write_error
+from distil_whisper_jax.infra.flag_groups import DecodingFlags
 from distil_whisper_jax.speech import audio, subtitles
 from distil_whisper_jax.speech.token_layout import SpecialTokens, special_tokens
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class TranscribeConfig:
+class TranscribeConfig(DecodingFlags):
     """What to transcribe, with which model, and where the results go."""
 
     inputs: tuple[str, ...] = config_lib.flag(help="audio files and/or folders of audio files", metavar="AUDIO_OR_DIR")
@@ -49,21 +50,10 @@ class TranscribeConfig:
     )
     batch_size: int = config_lib.flag(8, "clips per batch (rounded up to a multiple of devices)")
     dtype: Literal["bfloat16", "float32"] = config_lib.flag("float32", "compute dtype (params stay fp32)")
-    num_beams: int = config_lib.flag(1, "beam size; 1 = greedy")
     return_timestamps: bool = config_lib.flag(False, "predict segment timestamps")
     language: str | None = config_lib.flag(None, "language code or name (multilingual models); default English")
     task: Literal["transcribe", "translate"] = config_lib.flag("transcribe", "multilingual models only")
-    max_new_tokens: int | None = config_lib.flag(None, "cap on generated tokens per clip (≥ 1)")
     output_json: str | None = config_lib.flag(None, "write results here instead of printing file<TAB>text")
-    long_form: Literal["none", "chunked", "sequential"] = config_lib.flag(
-        "none",
-        "none: each file must fit the model's input (30 s); chunked: any length, overlapping windows decoded "
-        "in batches and merged, with timestamps; sequential: any length, openai-whisper's algorithm (each window "
-        "starts at the last segment end, conditioned on the previous text, with temperature fallback)",
-    )
-    chunk_length_s: float | None = config_lib.flag(
-        None, "window length for --long_form chunked (default and maximum: the model's input length)"
-    )
     output_dir: str | None = config_lib.flag(
         None, "write FILE.txt, .srt, .vtt and .json per input here (timestamps are then always predicted)"
     )
@@ -91,7 +81,6 @@ class TranscribeConfig:
         "speculative decoding: a smaller model with the same tokenizer (e.g. a distilled student) drafts tokens "
         "that --model verifies; same text as greedy --model alone (greedy only, one device)",
     )
-    num_assistant_tokens: int = config_lib.flag(5, "tokens the assistant drafts per verification pass")
 
     def validate(self) -> None:
         """``ValueError`` naming the flag for a value out of range or an unwritable ``--output_json``."""

@@ -37,6 +37,7 @@ from distil_whisper_jax.decode import transcribe
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder, set_language
 from distil_whisper_jax.infra import config, storage
 from distil_whisper_jax.infra.files import check_writable
+from distil_whisper_jax.infra.flag_groups import DecodingFlags, GenerationDeviceFlags, HubDatasetFlags
 from distil_whisper_jax.infra.multihost import MultiHostConfig
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import special_tokens
@@ -49,7 +50,7 @@ DATA, MODEL, OUTPUT = "data", "model and generation", "output"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalConfig(MultiHostConfig):
+class EvalConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags, DecodingFlags):
     """An evaluation run: which model (and assistant), which datasets, how to decode, where results go."""
 
     model_name_or_path: str | None = config.flag(
@@ -58,16 +59,11 @@ class EvalConfig(MultiHostConfig):
     assistant_model_name_or_path: str | None = config.flag(
         None, "speculative decoding: a smaller model with the same tokenizer drafts tokens (greedy only)", group=MODEL
     )
-    num_assistant_tokens: int = config.flag(5, "tokens the assistant drafts per verification pass", group=MODEL)
     dataset_name: str = config.flag(
         help="'+'-joined: manifest (.tsv/.csv/.jsonl), Parquet dir/file/glob, save_to_disk dir, audiofolder:DIR, "
         "or 🤗 hub id; each is scored separately and overall",
         group=DATA,
     )
-    dataset_config_name: str | None = config.flag(None, "'+'-joined, or one for all", group=DATA)
-    dataset_split_name: str | None = config.flag(None, "'+'-joined, or one for all", group=DATA)
-    dataset_cache_dir: str | None = config.flag(None, "🤗 datasets cache directory", group=DATA)
-    streaming: bool = config.flag(False, "stream 🤗 datasets instead of preparing them", group=DATA)
     audio_column_name: str | None = config.flag(
         None, "audio column (default: the one a labelled dataset records, else 'audio')", group=DATA
     )
@@ -77,8 +73,6 @@ class EvalConfig(MultiHostConfig):
     max_samples: int | None = config.flag(
         None, "evaluate only the first N rows of each dataset", group=DATA, aliases=("--max_eval_samples",)
     )
-    per_device_eval_batch_size: int = config.flag(8, "rows per device per generation batch", group=MODEL)
-    num_local_devices: int | None = config.flag(None, "use only the first N local devices", group=MODEL)
     dtype: Literal["float32", "bfloat16"] = config.flag("float32", "compute dtype of generation", group=MODEL)
     language: str | None = config.flag(
         None,
@@ -90,15 +84,6 @@ class EvalConfig(MultiHostConfig):
         None, "column of each row's language (Whisper codes); results per language too", group=DATA
     )
     task: Literal["transcribe", "translate"] = config.flag("transcribe", "decoder task token", group=MODEL)
-    num_beams: int = config.flag(1, "beam width (1: greedy)", group=MODEL, aliases=("--generation_num_beams",))
-    max_new_tokens: int | None = config.flag(None, "cap on generated tokens per input", group=MODEL)
-    long_form: Literal["none", "chunked", "sequential"] = config.flag(
-        "none",
-        "none: rows longer than the model's input are counted, not scored; chunked / sequential: any length "
-        "(sequential with openai-whisper's default thresholds and temperature fallback)",
-        group=MODEL,
-    )
-    chunk_length_s: float | None = config.flag(None, "window length for --long_form chunked", group=MODEL)
     output_dir: str = config.flag(help="where results.json, results.md (and predictions.csv) go", group=OUTPUT)
     predictions_csv: bool = config.flag(False, "also write every row's reference and prediction", group=OUTPUT)
 
