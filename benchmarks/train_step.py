@@ -110,9 +110,7 @@ def unrolled_xla_flops(student_config, teacher_config, share: bool, batch: dict)
     fn = train.make_loss_fn(
         student_config,
         teacher_config,
-        freeze_encoder=True,
-        share_encoder=share,
-        unroll=True,
+        train.StepOptions(freeze_encoder=True, share_encoder=share, unroll=True),
         attention_query_chunk=None,
     )
     spec = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in batch.items()}
@@ -205,9 +203,8 @@ def build_runs(pre, s_config, s_params, batches: dict, teacher, mesh, args) -> d
     for name in VARIANTS:
         share = name != "unshared"
         tx = train.make_optimizer(s_params, schedule=schedule, freeze_encoder=True)
-        step = train.make_train_step(
-            s_config, pre.config, tx, freeze_encoder=True, share_encoder=share, temperature=2.0, mesh=mesh
-        )
+        options = train.StepOptions(freeze_encoder=True, share_encoder=share, kd_temperature=2.0)
+        step = train.make_train_step(s_config, pre.config, options, tx, mesh=mesh)
         state = train.create_train_state(s_params, tx, seed=0)
         t0 = time.perf_counter()
         state, m = step(state, teacher, batches[name])

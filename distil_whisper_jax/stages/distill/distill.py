@@ -49,7 +49,13 @@ from distil_whisper_jax.stages.distill.log import (
     log_line,
     plot_curves,
 )
-from distil_whisper_jax.stages.distill.setup import Models, build_state, load_models, resume
+from distil_whisper_jax.stages.distill.setup import (
+    Models,
+    build_state,
+    load_models,
+    resume,
+    step_options,
+)
 from distil_whisper_jax.weights import checkpoint
 from distil_whisper_jax.weights.convert.hf import write_hf_dir
 from distil_whisper_jax.weights.loading import Pretrained
@@ -247,12 +253,7 @@ def _make_eval_step(cfg: DistillConfig, models: Models) -> Callable:
     return core.make_eval_step(
         models.student.config,
         models.teacher.config,
-        kl_weight=cfg.kl_weight,
-        ce_weight=cfg.ce_weight,
-        mse_weight=cfg.mse_weight,
-        freeze_encoder=cfg.freeze_encoder,
-        share_encoder=models.share_encoder,
-        dtype=DTYPES[cfg.dtype],
+        step_options(cfg, models),
         mesh=parallel.data_mesh(jax.local_devices()),
     )
 

@@ -127,21 +127,24 @@ def build_state(cfg: DistillConfig, models: Models, mesh) -> tuple[Any, Callable
         parallel.replicate_global(models.student.params, mesh)
     )
     step_fn = core.make_train_step(
-        models.student.config,
-        models.teacher.config,
-        tx,
+        models.student.config, models.teacher.config, step_options(cfg, models), tx, mesh=mesh
+    )
+    return state, step_fn
+
+
+def step_options(cfg: DistillConfig, models: Models) -> core.StepOptions:
+    """The run's loss and step settings, for the train step and the eval step (which reads the loss at T = 1)."""
+    return core.StepOptions(
         kl_weight=cfg.kl_weight,
         ce_weight=cfg.effective_ce_weight,
-        temperature=cfg.kd_temperature,
+        kd_temperature=cfg.kd_temperature,
         mse_weight=cfg.mse_weight,
         freeze_encoder=cfg.freeze_encoder,
         share_encoder=models.share_encoder,
         dtype=DTYPES[cfg.dtype],
         remat=cfg.gradient_checkpointing,
         grad_accum_steps=cfg.gradient_accumulation_steps,
-        mesh=mesh,
     )
-    return state, step_fn
 
 
 def resume(cfg: DistillConfig, manager, state, meta: dict, mesh) -> tuple[int, Any, Any, dict]:
