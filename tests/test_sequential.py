@@ -1,6 +1,6 @@
 """Sequential long-form transcription (openai-whisper's algorithm) with the real tiny.en on real speech.
 
-The long recording is test_chunked's (bundled clips and the pocketsphinx recordings, > 2 minutes). Every run
+The long recording is ``conftest.recording`` (bundled clips and the pocketsphinx recordings, > 2 minutes). Every run
 here is on one device, through one compiled sequential program of batch 2: several files in lockstep, or one
 file at a time beside a filler row (the references, the fallback and seed runs).
 
@@ -28,7 +28,8 @@ from distil_whisper_jax.decode.prompted import generate_prompted
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 from distil_whisper_jax.speech.wer import wer
-from tests.test_chunked import librivox_recordings, odd_inputs, pieces, recording  # noqa: F401 (fixtures)
+
+from .helpers import librivox_recordings
 
 ONE = jax.local_devices()[:1]
 
@@ -50,7 +51,7 @@ def clip_paths(clips):
 
 
 @pytest.fixture(scope="module")
-def batched(tiny, recording, odd_inputs, clip_paths):  # noqa: F811
+def batched(tiny, recording, odd_inputs, clip_paths):
     """The long recording, a click, 40 s of silence, moon and jfk through ``transcribe`` in batches of 2: the
     long recording keeps one row, the others take turns in the second."""
     paths = [recording[0], *odd_inputs, *clip_paths]
@@ -60,7 +61,7 @@ def batched(tiny, recording, odd_inputs, clip_paths):  # noqa: F811
     )
 
 
-def test_sequential_wer_within_two_points_of_the_pieces(tiny, pieces, recording, batched):  # noqa: F811
+def test_sequential_wer_within_two_points_of_the_pieces(tiny, pieces, recording, batched):
     one_by_one = tr.transcribe([p for p, _ in pieces], tiny, batch_size=2, devices=ONE, progress=False)
     texts = {r["file"]: r["text"] for r in one_by_one}
     order = pieces + pieces[::-1]
@@ -70,7 +71,7 @@ def test_sequential_wer_within_two_points_of_the_pieces(tiny, pieces, recording,
     assert long_wer <= baseline + 2.0
 
 
-def test_segments_are_monotonic_inside_the_audio_and_carry_the_text(recording, batched):  # noqa: F811
+def test_segments_are_monotonic_inside_the_audio_and_carry_the_text(recording, batched):
     result = batched[0]
     segs = result["segments"]
     assert len(segs) > 10
@@ -83,7 +84,7 @@ def test_segments_are_monotonic_inside_the_audio_and_carry_the_text(recording, b
     assert "".join(s["text"] for s in segs).split() == result["text"].split()
 
 
-def test_silence_and_a_click(tiny, batched, odd_inputs):  # noqa: F811
+def test_silence_and_a_click(tiny, batched, odd_inputs):
     click, silence = batched[1], batched[2]
     assert "error" not in click and isinstance(click["text"], str)
     for s in click["segments"]:
@@ -120,10 +121,25 @@ def test_temperature_fallback_and_seeded_sampling(tiny, clip_paths, caplog):
     assert other["text"] != first["text"]
 
 
+def _runner(tiny):
+    """The decoding setup of a 2-row batch on one device, openai-whisper's default options."""
+    return sequential._runner(
+        tiny,
+        params=None,
+        batch_size=2,
+        dtype=np.float32,
+        devices=ONE,
+        language=None,
+        task="transcribe",
+        max_new_tokens=None,
+        options=sequential.SequentialOptions(),
+    )
+
+
 def test_prompted_generation_equals_the_unpadded_prompt(tiny, clip_paths):
     """A previous-text prompt right-padded to the sequential capacity decodes exactly as the bare prompt."""
     sp = special_tokens(tiny.tokenizer)
-    run = sequential._runner(tiny, None, 2, np.float32, ONE, None, "transcribe", None, sequential.SequentialOptions())
+    run = _runner(tiny)
     previous = tiny.tokenizer.encode(" Welcome back to the show.", add_special_tokens=False)
     prompt = prompt_ids(sp, timestamps=True, previous=previous)
     mel = audio.log_mel_spectrogram([audio.load_audio(clip_paths[1])])
@@ -131,15 +147,15 @@ def test_prompted_generation_equals_the_unpadded_prompt(tiny, clip_paths):
     padded[0, : len(prompt)] = prompt
     got = generate_prompted(
         tiny.params, np.concatenate([mel, mel * 0]), padded, [len(prompt), 0], [len(prompt) - 1, 0], [0.0, 0.0],
-        np.zeros((2, 2)), tiny.config, run.opts, sp.no_speech, devices=ONE,
+        np.zeros((2, 2)), tiny.config, run.generation, sp.no_speech, devices=ONE,
     )  # fmt: skip
-    want = generate(tiny.params, mel, prompt, tiny.config, run.opts, devices=ONE)
+    want = generate(tiny.params, mel, prompt, tiny.config, run.generation, devices=ONE)
     assert strip(got.tokens, sp.eot) == strip(want, sp.eot) + [[]]
     assert -20 < got.sum_logprob[0] < 0 and 0 < got.no_speech_prob[0] < 0.5
 
 
 def test_prompt_carries_the_previous_text_until_a_hot_window(tiny):
-    run = sequential._runner(tiny, None, 2, np.float32, ONE, None, "transcribe", None, sequential.SequentialOptions())
+    run = _runner(tiny)
     sp, tb = run.specials, run.specials.timestamp_begin
     f = sequential._File(0, None, window=np.zeros(16000 * 5, np.float32))
     assert run.prompt(f) == [sp.sot]
@@ -182,7 +198,7 @@ def test_stream_reader_returns_the_samples_of_load_audio(tmp_path):
         next(audio.stream_audio(tmp_path / "text.mp3"))
 
 
-def test_sequential_flags_are_checked_before_any_work(recording, capsys):  # noqa: F811
+def test_sequential_flags_are_checked_before_any_work(recording, capsys):
     long = str(recording[0])
     assert cli.main([long, "--long_form", "sequential", "--temperature_increment_on_fallback", "-1"]) == 2
     assert "--temperature_increment_on_fallback must be ≥ 0" in capsys.readouterr().err

@@ -101,7 +101,10 @@ class _Samples:
     """A file's samples from the current window's start on, pulled from an iterator of blocks as needed."""
 
     def __init__(self, blocks: Iterator[np.ndarray]):
-        self.blocks, self.buf, self.start, self.total = blocks, np.zeros(0, np.float32), 0, None
+        self.blocks = blocks
+        self.buf = np.zeros(0, np.float32)  # the samples read and still needed
+        self.start = 0  # the file position of buf[0]
+        self.total: int | None = None  # the file's length, once the blocks ran out
 
     def window(self, seek: int, n: int) -> np.ndarray:
         """Samples ``seek .. seek + n`` (fewer at the end; empty past it). Earlier samples are dropped."""
@@ -131,23 +134,29 @@ class _File:
     segments: list[dict] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Runner:
-    """What every decoding step needs: the model, its options and the per-row inputs' layout."""
+    """What every decoding step needs: the model and where it runs, what is decoded, and the batch's layout.
+    Built by :func:`_runner`."""
 
+    # The model and where it runs.
     pre: Pretrained
-    params: Any
-    specials: SpecialTokens
-    opts: GenerationOptions
-    options: SequentialOptions
+    params: Any  # pre's parameters, replicated on the devices when there are several
+    dtype: Any  # compute dtype
     devices: list
-    dtype: Any
-    batch: int
-    window_samples: int
-    language: str | None
+    # What is decoded.
+    specials: SpecialTokens
+    language: str | None  # None: the model's default (English-only models) or detected
     task: str
-    decode_text: Callable[[list[int]], str]
-    capacity: int = 0
+    generation: GenerationOptions  # the same for every window: one compiled program
+    options: SequentialOptions  # max_previous capped to what the decoder fits
+    # The batch's layout.
+    batch: int  # rows per step, a multiple of the device count
+    window_samples: int  # audio samples per window: the model's input length
+    capacity: int  # prompt tokens per row: the task prompt plus the longest previous-text prompt
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.pre.tokenizer.decode(ids, skip_special_tokens=True)
 
     def prompt(self, f: _File) -> list[int]:
         previous = f.tokens[f.reset_since :] if self.options.max_previous > 0 else []
@@ -165,17 +174,28 @@ class _Runner:
         b, c = self.batch, self.pre.config
         mel = np.zeros((b, c.num_mel_bins, c.n_frames), np.float32)
         prompts = np.full((b, self.capacity), self.specials.eot, np.int32)
-        lens, sot, temps, seeks, temp_is = (np.zeros(b, np.int32) for _ in range(5))
-        temps = np.zeros(b, np.float32)  # rows past len(files) are filler (prompt length 0)
+        # Rows past len(files) are filler: prompt length 0.
+        lens, sot, seeks, temp_is = (np.zeros(b, np.int32) for _ in range(4))
+        temps = np.zeros(b, np.float32)
         for r, f in enumerate(files):
             p = self.prompt(f)
             mel[r], prompts[r, : len(p)], lens[r], sot[r] = f.mel, p, len(p), p.index(self.specials.sot)
             temps[r], seeks[r], temp_is[r] = self.options.temperatures[f.temp_i], f.seek, f.temp_i
         keys = np.asarray(_row_keys(self.options.seed, seeks, temp_is))
         out = generate_prompted(
-            self.params, mel, prompts, lens, sot, temps, keys, c, self.opts, self.specials.no_speech,
-            self.dtype, self.devices,
-        )  # fmt: skip
+            self.params,
+            mel,
+            prompts,
+            lens,
+            sot,
+            temps,
+            keys,
+            c,
+            self.generation,
+            self.specials.no_speech,
+            dtype=self.dtype,
+            devices=self.devices,
+        )
         eot = self.specials.eot
         rows = []
         for r in range(len(files)):
@@ -221,8 +241,13 @@ def _accept(run: _Runner, f: _File, name: str, ids: list[int], stats: dict, raw:
     size = len(f.window)
     f.temp_i = 0
     if _is_silence(o, *raw):  # unrounded (average log-prob, no-speech probability)
-        log.info("%s: %.2f-%.2f s taken as silence (no-speech probability %.2f)", name, f.seek / sr,
-                 (f.seek + size) / sr, stats["no_speech_prob"])  # fmt: skip
+        log.info(
+            "%s: %.2f-%.2f s taken as silence (no-speech probability %.2f)",
+            name,
+            f.seek / sr,
+            (f.seek + size) / sr,
+            stats["no_speech_prob"],
+        )
         f.seek += size
         return
     pieces, advance = split_window(ids, run.specials.timestamp_begin, size)
@@ -249,8 +274,13 @@ def _finish(run: _Runner, f: _File, name: str) -> dict:
         s["end"] = prev = min(max(s["end"], s["start"]), duration)
     text = run.decode_text([t for t in f.tokens if t < run.specials.eot]).strip()
     hot = sum(s["temperature"] > 0 for s in f.segments)
-    log.info("%s: %.1f s, %d segments (%d from a window decoded at a temperature > 0)", name, duration,
-             len(f.segments), hot)  # fmt: skip
+    log.info(
+        "%s: %.1f s, %d segments (%d from a window decoded at a temperature > 0)",
+        name,
+        duration,
+        len(f.segments),
+        hot,
+    )
     return {"text": text, "segments": f.segments}
 
 
@@ -270,9 +300,14 @@ def _take(run: _Runner, f: _File, name: str, ids: list[int], sum_lp: float, no_s
         f.temp_i += 1
         log.info(
             "%s: %.2f s window at temperature %g: compression ratio %.2f, average log-prob %.2f; "
-            "decoding again at temperature %g", name, f.seek / audio.SAMPLE_RATE, temperature,
-            stats["compression_ratio"], stats["avg_logprob"], run.options.temperatures[f.temp_i],
-        )  # fmt: skip
+            "decoding again at temperature %g",
+            name,
+            f.seek / audio.SAMPLE_RATE,
+            temperature,
+            stats["compression_ratio"],
+            stats["avg_logprob"],
+            run.options.temperatures[f.temp_i],
+        )
         return
     _accept(run, f, name, ids, stats, (avg_logprob, no_speech))
     f.window = None
@@ -280,11 +315,11 @@ def _take(run: _Runner, f: _File, name: str, ids: list[int], sum_lp: float, no_s
 
 def _load_window(run: _Runner, f: _File) -> bool:
     """Read the file's next window and its log-mel; False when the file is done."""
-    f.window = run_window = f.samples.window(f.seek, run.window_samples)
-    if len(run_window) == 0:
+    f.window = f.samples.window(f.seek, run.window_samples)
+    if len(f.window) == 0:
         return False
     c = run.pre.config
-    f.mel = audio.log_mel_spectrogram([run_window], n_mels=c.num_mel_bins, padding=c.n_frames * audio.HOP_LENGTH)[0]
+    f.mel = audio.log_mel_spectrogram([f.window], n_mels=c.num_mel_bins, padding=c.n_frames * audio.HOP_LENGTH)[0]
     return True
 
 
@@ -298,7 +333,17 @@ def _open(run: _Runner, load: Callable, i: int, name: str) -> _File:
     return f
 
 
-def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task, max_new_tokens, options):
+def _runner(
+    pre: Pretrained,
+    params: Any,
+    batch_size: int,
+    dtype: Any,
+    devices: Sequence[Any] | None,
+    language: str | None,
+    task: str,
+    max_new_tokens: int | None,
+    options: SequentialOptions,
+) -> _Runner:
     """The decoding setup: prompt capacity, generation options, batch rows (a multiple of the devices)."""
     c, specials = pre.config, special_tokens(pre.tokenizer)
     base = len(prompt_ids(specials, language, task, timestamps=True))
@@ -306,7 +351,7 @@ def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task,
     capacity = base + (1 + max_prev if max_prev > 0 else 0)
     room = c.max_target_positions - capacity
     cap_new = c.max_target_positions // 2 if max_new_tokens is None else max_new_tokens
-    opts = generation_options(
+    generation = generation_options(
         pre, specials, return_timestamps=True, max_new_tokens=min(cap_new, room), prompt_len=capacity
     )
     devices = list(devices) if devices else jax.local_devices()
@@ -314,10 +359,19 @@ def _runner(pre: Pretrained, params, batch_size, dtype, devices, language, task,
     if params is None:
         params = parallel.replicate(pre.params, parallel.data_mesh(devices)) if len(devices) > 1 else pre.params
     window = round(c.input_seconds * audio.SAMPLE_RATE)
-    options = dataclasses.replace(options, max_previous=max_prev)
-    decode_text = lambda ids: pre.tokenizer.decode(ids, skip_special_tokens=True)
     return _Runner(
-        pre, params, specials, opts, options, devices, dtype, batch, window, language, task, decode_text, capacity
+        pre=pre,
+        params=params,
+        dtype=dtype,
+        devices=devices,
+        specials=specials,
+        language=language,
+        task=task,
+        generation=generation,
+        options=dataclasses.replace(options, max_previous=max_prev),
+        batch=batch,
+        window_samples=window,
+        capacity=capacity,
     )
 
 
