@@ -319,14 +319,19 @@ def test_imports_at_the_top_of_each_module():
 
 
 def function_lengths(path: Path) -> list[tuple[str, int]]:
-    """(qualified name, lines from `def` to the end of the body) of every function and method."""
+    """(qualified name, lines from `def` to the end of the body) of every function and method, its docstring
+    not counted: explaining a function must never cost it room, or docstrings get squeezed."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     out: list[tuple[str, int]] = []
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                out.append((prefix + child.name, child.end_lineno - child.lineno + 1))
+                lines = child.end_lineno - child.lineno + 1
+                first = child.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                    lines -= first.end_lineno - first.lineno + 1 if isinstance(first.value.value, str) else 0
+                out.append((prefix + child.name, lines))
                 visit(child, prefix + child.name + ".")
             elif isinstance(child, ast.ClassDef):
                 visit(child, prefix + child.name + ".")
@@ -439,7 +444,7 @@ VIOLATIONS = {
         "decode/transcribe.py": "from distil_whisper_jax.cli import transcribe\n"
     },
     test_imports_at_the_top_of_each_module: {"stages/export/export.py": "def f():\n    import json\n"},
-    test_functions_are_short: {"stages/export/export.py": "def f():\n" + "    x = 1\n" * 80},
+    test_functions_are_short: {"stages/export/export.py": 'def f():\n    """Doc."""\n' + "    x = 1\n" * 79},
     test_modules_are_small: {"core/big.py": '"""Doc."""\n' + "# comment\n\n" * 300 + "x = 1\n" * 401},
 }
 
