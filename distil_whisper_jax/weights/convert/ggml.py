@@ -58,18 +58,7 @@ FTYPES = {"f32": 0, "f16": 1} | {q: GGML_QNT_VERSION * 1000 + GGML_FTYPES[q] for
 _QUANT_OF_FTYPE = {FTYPES[q]: q for q in QUANTS}
 _QUANT_OF_TYPE = {GGML_TYPES[q]: q for q in QUANTS}
 N_FFT_BINS = 201  # whisper.cpp asserts n_fft == 1 + 400/2
-HEADER = (
-    "n_vocab",
-    "n_audio_ctx",
-    "n_audio_state",
-    "n_audio_head",
-    "n_audio_layer",
-    "n_text_ctx",
-    "n_text_state",
-    "n_text_head",
-    "n_text_layer",
-    "n_mels",
-)  # header order, n_mels last
+HEADER = (*DIMS[1:], DIMS[0])  # openai-whisper's dimensions with n_mels moved last: the ggml header order
 _CONV_BIASES = ("encoder.conv1.bias", "encoder.conv2.bias")  # stored as [D, 1]
 _KEEP_F32 = _CONV_BIASES + ("encoder.positional_embedding", "decoder.positional_embedding")
 _MAX_DIM = 1 << 20  # sanity bound on header ints (large-v3: n_vocab 51866, d 1280)
