@@ -28,6 +28,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def specials(tiny):
+    """The special tokens of tiny.en's tokenizer (``token_layout.SpecialTokens``)."""
+    from distil_whisper_jax.speech.token_layout import special_tokens
+
+    return special_tokens(tiny.tokenizer)
+
+
+@pytest.fixture(scope="session")
 def tiny_hf_state():
     """HF-named fp32 state dict of the bundled tiny.en, straight from the CTranslate2 file."""
     from distil_whisper_jax.weights.convert import ct2
@@ -54,12 +62,9 @@ def torch_whisper(config, state, generation=None):
 
 
 @pytest.fixture(scope="session")
-def tiny_torch(tiny_hf_state, tiny):
+def tiny_torch(tiny_hf_state, tiny, specials):
     config, state = tiny_hf_state
-    g = tiny.generation_defaults
-    from distil_whisper_jax.speech.token_layout import special_tokens
-
-    sp = special_tokens(tiny.tokenizer)
+    g, sp = tiny.generation_defaults, specials
     gen = dict(
         decoder_start_token_id=sp.sot,
         eos_token_id=sp.eot,

@@ -9,17 +9,12 @@ import torch
 from distil_whisper_jax.core.model import Whisper
 from distil_whisper_jax.decode.generate import GenerationOptions, _compiled, generate, generation_options, strip
 from distil_whisper_jax.speech import audio
-from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
+from distil_whisper_jax.speech.token_layout import prompt_ids
 
 
 @pytest.fixture(scope="module")
 def mel(clip_audio):
     return audio.log_mel_spectrogram(clip_audio, n_mels=80)
-
-
-@pytest.fixture(scope="module")
-def specials(tiny):
-    return special_tokens(tiny.tokenizer)
 
 
 def one_device():

@@ -17,12 +17,6 @@ from distil_whisper_jax.assets import bundled_clips
 from distil_whisper_jax.data import eval_sets, sources, wer_filter
 from distil_whisper_jax.data import stream as train_data
 from distil_whisper_jax.speech import audio
-from distil_whisper_jax.speech.token_layout import special_tokens
-
-
-@pytest.fixture(scope="module")
-def specials(tiny):
-    return special_tokens(tiny.tokenizer)
 
 
 def _stream(path, tiny, specials, **kw):
