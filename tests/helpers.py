@@ -35,3 +35,12 @@ def write_tsv(path: Path, rows: Iterable[dict], columns: Sequence[str] | None = 
     lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def librivox_recordings() -> list[tuple[Path, str]]:
+    """(wav, transcript) of the pocketsphinx test recordings (the benchmarks' reader)."""
+    from benchmarks.common import librivox
+
+    out = librivox()
+    assert len(out) == 5, out
+    return out

@@ -1,15 +1,14 @@
 """Chunked long-form transcription with the real tiny.en on a > 2-minute recording of real speech.
 
-The recording is the bundled clips and the Debian pocketsphinx test recordings joined with short silences,
-twice (the second time in reverse order). Every run here uses batch 8, fp32 and a timestamp prompt, so the
-8-device runs share one compiled program; the 1-device run compiles a second one.
+The recording (``conftest.recording``) is the bundled clips and the Debian pocketsphinx test recordings joined
+with short silences, twice (the second time in reverse order). Every run here uses batch 8, fp32 and a timestamp
+prompt, so the 8-device runs share one compiled program; the 1-device run compiles a second one.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,50 +17,12 @@ import soundfile as sf
 import srt
 import webvtt
 
-from benchmarks.common import librivox
 from distil_whisper_jax.cli import transcribe as cli
 from distil_whisper_jax.decode import chunked
 from distil_whisper_jax.decode import transcribe as tr
 from distil_whisper_jax.decode.transcribe import TranscribeConfig
 from distil_whisper_jax.speech import audio, subtitles
 from distil_whisper_jax.speech.wer import wer
-
-SILENCE_S = 0.7
-
-
-def librivox_recordings() -> list[tuple[Path, str]]:
-    """(wav, transcript) of the pocketsphinx test recordings (the benchmarks' reader)."""
-    out = librivox()
-    assert len(out) == 5, out
-    return out
-
-
-@pytest.fixture(scope="module")
-def pieces(clips):
-    return list(clips) + librivox_recordings()
-
-
-@pytest.fixture(scope="module")
-def recording(pieces, tmp_path_factory):
-    """(path, reference text, duration in s) of the long recording."""
-    order = pieces + pieces[::-1]
-    gap = np.zeros(int(SILENCE_S * audio.SAMPLE_RATE), np.float32)
-    wav = np.concatenate([part for p, _ in order for part in (audio.load_audio(p), gap)])
-    path = tmp_path_factory.mktemp("long") / "long.wav"
-    sf.write(path, wav, audio.SAMPLE_RATE)
-    duration = len(wav) / audio.SAMPLE_RATE
-    assert duration > 120
-    return path, " ".join(t for _, t in order), duration
-
-
-@pytest.fixture(scope="module")
-def odd_inputs(tmp_path_factory):
-    """A 0.1 s click and 40 s of silence: they ride along in the same batches as the long recording."""
-    d = tmp_path_factory.mktemp("odd")
-    rng = np.random.default_rng(0)
-    sf.write(d / "click.wav", 0.1 * rng.standard_normal(1600).astype(np.float32), audio.SAMPLE_RATE)
-    sf.write(d / "silence.wav", np.zeros(40 * audio.SAMPLE_RATE, np.float32), audio.SAMPLE_RATE)
-    return d / "click.wav", d / "silence.wav"
 
 
 @pytest.fixture(scope="module")
