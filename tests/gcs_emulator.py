@@ -25,12 +25,13 @@ of the test process does not apply to the server's own files) and keeps objects 
 from __future__ import annotations
 
 import dataclasses
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from .helpers import free_port
 
 BUCKET = "bucket"
 
@@ -52,7 +53,7 @@ class Emulator:
 
     def env(self) -> dict[str, str]:
         """The environment variables that point every client at this server (see the module docstring)."""
-        closed = f"127.0.0.1:{_free_port()}"
+        closed = f"127.0.0.1:{free_port()}"
         return {
             "STORAGE_EMULATOR_HOST": self.url,
             "FSSPEC_GS_TOKEN": "anon",
@@ -68,12 +69,6 @@ class Emulator:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The server's command line, with one gap filled: real GCS sends an object's generation with its bytes (the
@@ -101,7 +96,7 @@ main(sys.argv[1:])
 
 def start(data_dir: Path, log_file: Path, buckets: tuple[str, ...] = (BUCKET,)) -> Emulator:
     """Start the server on a free port of 127.0.0.1 with ``buckets`` created; waits until it answers."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-c", SERVER, "-d", str(data_dir), "start"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--default-bucket", buckets[0]]
     with open(log_file, "ab") as log:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tsv_table(path: Path | str) -> tuple[list[str], list[dict]]:
@@ -29,11 +33,14 @@ def read_manifest(split: str, language: str | None = None) -> tuple[Path, list[s
 
 
 def write_tsv(path: Path, rows: Iterable[dict], columns: Sequence[str] | None = None) -> Path:
-    """A TSV manifest of ``rows`` (no quoting) with ``columns`` (default: the first row's keys, in order)."""
+    """A TSV manifest of ``rows`` with ``columns`` (default: the first row's keys, in order), quoted as the
+    package's reader (``csv``) expects where a value holds a quote, tab or newline."""
     rows = list(rows)
     cols = list(rows[0]) if columns is None else list(columns)
-    lines = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(cols)
+        writer.writerows([r[c] for c in cols] for r in rows)
     return path
 
 
@@ -44,3 +51,42 @@ def librivox_recordings() -> list[tuple[Path, str]]:
     out = librivox()
     assert len(out) == 5, out
     return out
+
+
+def labelled_rows(directory: Path | str) -> list[dict]:
+    """Every row of a Parquet dataset directory (the labelling stage's output), its files in name order."""
+    import pyarrow.parquet as pq
+
+    return [r for f in sorted(Path(directory).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def subprocess_env(devices: int = 8) -> dict[str, str]:
+    """The environment of a Python subprocess a test starts: this checkout importable, jax on ``devices``
+    emulated CPU devices, no network, no progress bars, no tokenizer threads."""
+    return dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        TQDM_DISABLE="1",
+    )
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_args(flags: dict) -> list[str]:
+    """``flags`` as command-line arguments: ``--name value``, ``--name`` alone for True, nothing for None or False."""
+    argv = []
+    for k, v in flags.items():
+        if v is True:
+            argv.append(f"--{k}")
+        elif v is not None and v is not False:
+            argv += [f"--{k}", str(v)]
+    return argv

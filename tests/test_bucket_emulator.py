@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from . import gcs_emulator, rename_guard, test_distill
+from .helpers import cli_args
 from .test_distill import _max_diff, small_config
 
 # test_distill's fixtures (module-scoped, so made again for this module): the small random teacher and its
@@ -56,13 +57,6 @@ def _flags(student: str, out: str, labelled: Path, max_steps: int, **extra) -> d
         "cache_dir": str(test_distill.JAX_CACHE),
         **extra,
     }
-
-
-def _argv(flags: dict) -> list[str]:
-    argv = []
-    for k, v in flags.items():
-        argv += [f"--{k}"] if v is True else [f"--{k}", str(v)]
-    return argv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +225,7 @@ def test_sigterm_checkpoints_to_the_bucket_and_the_run_resumes_from_it(gcs, smal
     flags = _flags(str(student), url, labelled, max_steps=3)
     committed = gcs.object_path(f"{url}/checkpoints/1/commit_success.txt")
     code, text = test_distill._run_until(
-        _argv(flags), 2, signal.SIGTERM, committed.is_file, ("-c", PREEMPTED_IN_STEP_2, str(gcs.root)), wait=120
+        cli_args(flags), 2, signal.SIGTERM, committed.is_file, ("-c", PREEMPTED_IN_STEP_2, str(gcs.root)), wait=120
     )
     assert committed.is_file(), "checkpoint 1 never reached the bucket"
     assert code == EXIT_PREEMPTED, text[-3000:]

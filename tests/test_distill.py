@@ -8,7 +8,6 @@ only where a process must die or several must cooperate."""
 import gc
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from . import fake_gcs
+from .helpers import cli_args, free_port, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 JAX_CACHE = None  # set by the module fixture: runs share compiled programs (in-process and subprocesses)
@@ -65,13 +65,6 @@ def write_labelled(path: Path, rows: list[dict], rows_per_group: int = 3) -> Pat
 @pytest.fixture(scope="module")
 def tok(tiny):
     return tiny.tokenizer
-
-
-@pytest.fixture(scope="module")
-def specials(tok):
-    from distil_whisper_jax.speech.token_layout import special_tokens
-
-    return special_tokens(tok)
 
 
 @pytest.fixture(scope="module")
@@ -304,18 +297,6 @@ def test_full_disk_keeps_previous_checkpoint(small_disk):
 # The training loop (small random teacher)
 
 
-def _env(devices: int = 8) -> dict:
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-    )
-    return env
-
-
 def _flags(small_models, labelled, out, max_steps=8, **extra) -> dict:
     teacher, student = small_models
     return {
@@ -350,13 +331,7 @@ def _cfg(small_models, labelled, out, max_steps=8, **extra):
 
 def _argv(small_models, labelled, out, max_steps=8, **extra) -> list[str]:
     """The same run as command-line flags (for subprocesses and CLI tests)."""
-    argv = []
-    for k, v in _flags(small_models, labelled, out, max_steps, **extra).items():
-        if v is True:
-            argv.append(f"--{k}")
-        elif v is not None and v is not False:
-            argv += [f"--{k}", str(v)]
-    return argv
+    return cli_args(_flags(small_models, labelled, out, max_steps, **extra))
 
 
 def _final_params(out):
@@ -379,7 +354,7 @@ def _run_until(argv, step, sig, ready=lambda: True, command=("-m", "distil_whisp
     ``ready()`` holds (waited for up to ``wait`` s); returns (returncode, log)."""
     p = subprocess.Popen(
         [sys.executable, *command, *argv],
-        env=_env(),
+        env=subprocess_env(),
         cwd=REPO,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -473,7 +448,7 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
                 "--process_id",
                 str(i),
             ],
-            env=_env(4),
+            env=subprocess_env(4),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -493,16 +468,11 @@ def test_two_processes_train_like_one(small_models, labelled, uninterrupted, tmp
 
 def _two_processes(argv: list[str], logs: Path) -> list[subprocess.Popen]:
     """Start the distillation CLI as 2 jax.distributed CPU processes × 4 devices, logging to ``logs``-i.txt."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    dist = ["--distributed", "--coordinator_address", f"localhost:{port}", "--num_processes", "2"]
+    dist = ["--distributed", "--coordinator_address", f"localhost:{free_port()}", "--num_processes", "2"]
     return [
         subprocess.Popen(
             [sys.executable, "-m", "distil_whisper_jax.cli.distill", *argv, *dist, "--process_id", str(i)],
-            env=_env(4),
+            env=subprocess_env(4),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=open(f"{logs}-{i}.txt", "w"),  # noqa: SIM115

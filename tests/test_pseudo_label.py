@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.label.units import PseudoLabelError
 
 from . import fake_gcs
-from .helpers import read_tsv, write_tsv
+from .helpers import free_port, labelled_rows, read_tsv, subprocess_env, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
@@ -77,11 +76,6 @@ def run(out, manifest, **kw):
     return pl.run(pl.PseudoLabelConfig(dataset_name=str(manifest), output_dir=str(out), **{**B2, **kw}))
 
 
-def read_rows(out):
-    files = sorted(Path(out).glob("*.parquet"))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
-
-
 def strip_timing(report):
     report = dict(report)
     report.pop("throughput")
@@ -97,7 +91,7 @@ def reference(tmp_path_factory, corpus):
 
 
 def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus, tiny, tmp_path):
-    rows = read_rows(reference)
+    rows = labelled_rows(reference)
     assert [r["pseudo_label_rows"] for r in rows] == [[0], [1], [2], [3]]
     # the labelled output: audio is 16-bit FLAC of the 16 kHz audio the teacher heard; durations; the other columns
     for r, src in zip(rows, ROWS):
@@ -115,8 +109,8 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
     cfg8 = dict(rows_per_shard=8, per_device_eval_batch_size=1, num_local_devices=None, **MARK)
     assert pl.run(pl.PseudoLabelConfig(dataset_name=f"{corpus}+{corpus}", output_dir=str(out8), **cfg8)) == 0
     assert run(out1, corpus, rows_per_shard=2, num_local_devices=1, per_device_eval_batch_size=2, **MARK) == 0
-    assert read_rows(out1) == rows
-    rows8 = read_rows(out8)
+    assert labelled_rows(out1) == rows
+    rows8 = labelled_rows(out8)
     assert [r["pseudo_label_rows"] for r in rows8] == [[i] for i in range(8)]
     same = lambda r: {**r, "pseudo_label_rows": None, "audio": r["audio"]["bytes"]}  # noqa: E731 (names hold the row)
     assert [same(r) for r in rows8] == [same(r) for r in rows * 2]
@@ -127,14 +121,14 @@ def test_labels_equal_greedy_transcripts_and_8_devices_equal_1(reference, corpus
 
 
 def test_wer_filter_marks_and_drops_exactly_rows_above_threshold(reference, corpus, tmp_path):
-    rows = read_rows(reference)
+    rows = labelled_rows(reference)
     refs = [r["text"] or None for r in ROWS]
     expected = [None if t is None else wer([t], [r["whisper_transcript"]]) for t, r in zip(refs, rows)]
     assert [r["wer"] for r in rows] == pytest.approx(expected)
     assert expected[0] > THRESHOLD and expected[3] is None  # the wrong and the missing ground truth
     assert [r["wer_above_threshold"] for r in rows] == [w is not None and w > THRESHOLD for w in expected]
     assert run(tmp_path, corpus, wer_threshold=THRESHOLD, keep_rows_without_ground_truth=True) == 0
-    kept = read_rows(tmp_path)
+    kept = labelled_rows(tmp_path)
     keep = [r for r in rows if not r["wer_above_threshold"]]
     assert [r["pseudo_label_rows"] for r in kept] == [r["pseudo_label_rows"] for r in keep]
     assert [r["whisper_transcript"] for r in kept] == [r["whisper_transcript"] for r in keep]
@@ -152,26 +146,9 @@ def test_wer_filter_marks_and_drops_exactly_rows_above_threshold(reference, corp
     assert "rows dropped by WER filter | 1 |" in (tmp_path / "report.md").read_text()
 
 
-def _env(devices):
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        HF_HUB_OFFLINE="1",
-        TQDM_DISABLE="1",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    )
-    return env
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(out, manifest, *flags):
     """Label with 2 jax.distributed processes of 2 devices each; returns their logs."""
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         str(ROOT / "run_pseudo_label.py"),
@@ -188,7 +165,11 @@ def _two_processes(out, manifest, *flags):
     ]
     procs = [
         subprocess.Popen(
-            cmd + ["--process_id", str(i)], env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd + ["--process_id", str(i)],
+            env=subprocess_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]
@@ -200,8 +181,8 @@ def _two_processes(out, manifest, *flags):
 def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
     logs = _two_processes(tmp_path, corpus, *MARK_ARGV)
     assert "process 1 of 2" in logs[1] and "process 0 of 2" in logs[0]
-    rows = read_rows(tmp_path)
-    assert rows == read_rows(reference)  # same rows, in input order, each exactly once
+    rows = labelled_rows(tmp_path)
+    assert rows == labelled_rows(reference)  # same rows, in input order, each exactly once
     blocks = [json.loads(p.read_text()) for p in sorted((tmp_path / ".plabel").glob("block-*.json"))]
     assert [(b["block"], b["process"]) for b in blocks] == [(0, 0), (1, 1)]
     assert strip_timing(json.loads((tmp_path / "report.json").read_text())) == strip_timing(
@@ -222,7 +203,7 @@ def test_two_processes_label_a_remote_parquet_dataset_like_the_local_manifest(re
     def without_audio_path(rows):
         return [{**r, "audio": r["audio"]["bytes"]} if isinstance(r["audio"], dict) else r for r in rows]
 
-    assert without_audio_path(read_rows(tmp_path / "out")) == without_audio_path(read_rows(reference))
+    assert without_audio_path(labelled_rows(tmp_path / "out")) == without_audio_path(labelled_rows(reference))
 
 
 def test_labels_go_to_a_bucket_url_and_resume_there(reference, corpus, tmp_path):
@@ -230,7 +211,7 @@ def test_labels_go_to_a_bucket_url_and_resume_there(reference, corpus, tmp_path)
     reach the bucket, a rerun resumes from what is there, and a bucket that does not exist fails first."""
     gcs = fake_gcs.use(tmp_path / "gcs")
     assert run("gs://bucket/lab", corpus, **MARK) == 0
-    assert read_rows(tmp_path / "gcs" / "bucket" / "lab") == read_rows(reference)
+    assert labelled_rows(tmp_path / "gcs" / "bucket" / "lab") == labelled_rows(reference)
     names = {k.removeprefix("bucket/lab/") for k in gcs.written}
     assert {"shard-00000000.parquet", "shard-00000001.parquet", "report.json", "report.md", "schema.json"} <= names
     assert not list((tmp_path / "gcs").rglob("*.tmp"))
@@ -254,7 +235,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
         *B2_ARGV,
         *MARK_ARGV,
     ]
-    proc = subprocess.Popen(cmd, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=subprocess_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = tmp_path / ".plabel" / "block-00000000.json"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -264,7 +245,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(reference, corpus, tmp_path
     proc.wait()
     assert not (tmp_path / "report.json").exists() and not (tmp_path / ".plabel" / "block-00000001.json").exists()
     assert run(tmp_path, corpus, **MARK) == 0
-    assert read_rows(tmp_path) == read_rows(reference)
+    assert labelled_rows(tmp_path) == labelled_rows(reference)
     assert sorted(p.name for p in tmp_path.glob("*.parquet")) == sorted(p.name for p in reference.glob("*.parquet"))
     assert not list(tmp_path.glob(".*.tmp"))
     assert strip_timing(json.loads((tmp_path / "report.json").read_text())) == strip_timing(
@@ -293,7 +274,7 @@ def test_concatenation_respects_limit_and_keeps_text_aligned(corpus, tmp_path):
         )
         == 0
     )
-    rows = read_rows(tmp_path)
+    rows = labelled_rows(tmp_path)
     # speaker A: rows 0+1 (3.5 s) joined; speaker B: rows 2 (4.8 s) and 3 (4.0 s) would exceed 5 s
     assert [r["pseudo_label_rows"] for r in rows] == [[0, 1], [2], [3]]
     assert rows[0]["text"] == ROWS[0]["text"] + " " + ROWS[1]["text"]
@@ -387,7 +368,7 @@ def test_other_inputs_load_from_disk_audiofolder_and_parquet_output(reference, c
     rows = list(src.rows_from(2))
     np.testing.assert_array_equal(row_audio(rows[0]["audio"], src.base_dir), expected)
     hf = datasets.load_dataset("parquet", data_files=str(reference / "*.parquet"), split="train")
-    assert hf["whisper_transcript"] == [r["whisper_transcript"] for r in read_rows(reference)]
+    assert hf["whisper_transcript"] == [r["whisper_transcript"] for r in labelled_rows(reference)]
     with pytest.raises(data.DataConfigError, match="no split 'test'"):
         data.open_sources(data.parse_sources(str(tmp_path / "disk"), None, "test"))
 
@@ -424,7 +405,7 @@ def bad_manifest(tmp_path_factory, clips):
 
 def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
     assert run(tmp_path / "skip", bad_manifest, rows_per_shard=9) == 0
-    rows = read_rows(tmp_path / "skip")
+    rows = labelled_rows(tmp_path / "skip")
     assert [r["pseudo_label_rows"] for r in rows] == [[6]]  # only the stereo 44.1 kHz clip is usable
     assert rows[0]["whisper_transcript"] == "Go forward 10 meters." and rows[0]["wer"] == 0.0
     rep = json.loads((tmp_path / "skip" / "report.json").read_text())
@@ -449,7 +430,7 @@ def test_bad_inputs_are_skipped_and_counted(bad_manifest, tmp_path):
 
 def test_long_clip_is_chunked_into_aligned_pieces(bad_manifest, tmp_path):
     assert run(tmp_path, bad_manifest, long_audio="chunk", max_samples=8, rows_per_shard=1) == 0
-    rows = [r for r in read_rows(tmp_path) if r["pseudo_label_rows"] == [7]]
+    rows = [r for r in labelled_rows(tmp_path) if r["pseudo_label_rows"] == [7]]
     assert [r["pseudo_label_part"] for r in rows] == [0, 1]
     assert all(r["duration"] <= 30.0 and r["wer"] is None and r["text"] is None for r in rows)
     assert rows[1]["condition_on_prev"] == rows[0]["whisper_token_ids"]
@@ -480,7 +461,7 @@ def test_configuration_errors_fail_before_any_work(corpus, tmp_path, capsys):
 
 def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_path):
     assert run(tmp_path / "whole", corpus, speaker_id_column_name="speaker_id", rows_per_shard=4) == 0
-    whole = read_rows(tmp_path / "whole")
+    whole = labelled_rows(tmp_path / "whole")
     ids = [r["whisper_token_ids"] for r in whole]
     # rows 1 and 3 continue rows 0 and 2 (speakers A A B B)
     assert [r["condition_on_prev"] for r in whole] == [[], ids[0], [], ids[2]]
@@ -492,7 +473,7 @@ def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_pa
         **{**B2, "rows_per_shard": 1},
     )
     assert pl.run(cfg) == 0
-    assert read_rows(out) == whole  # one row per block: each block's first row is still prompted
+    assert labelled_rows(out) == whole  # one row per block: each block's first row is still prompted
     assert json.loads((out / ".plabel" / "config.json").read_text()) == config.to_dict(cfg)  # the whole config
     # a restart after blocks 1 and 3 were lost: their prompts come from blocks 0 and 2 of the earlier run
     for b in (1, 3):
@@ -500,7 +481,7 @@ def test_block_boundaries_and_restarts_keep_previous_text_prompts(corpus, tmp_pa
         (out / f"shard-{b:08d}.parquet").unlink()
     (out / "report.json").unlink()
     assert pl.run(cfg) == 0
-    assert read_rows(out) == whole
+    assert labelled_rows(out) == whole
 
 
 def test_two_processes_prompt_each_blocks_first_row_like_one(corpus, tmp_path):
@@ -508,8 +489,8 @@ def test_two_processes_prompt_each_blocks_first_row_like_one(corpus, tmp_path):
     block's label from the other process, and the output equals one process's."""
     assert run(tmp_path / "one", corpus, speaker_id_column_name="speaker_id", rows_per_shard=4) == 0
     _two_processes(tmp_path / "two", corpus, "--speaker_id_column_name", "speaker_id", "--rows_per_shard", "1")
-    rows = read_rows(tmp_path / "two")
-    assert rows == read_rows(tmp_path / "one") and rows[1]["condition_on_prev"] == rows[0]["whisper_token_ids"]
+    rows = labelled_rows(tmp_path / "two")
+    assert rows == labelled_rows(tmp_path / "one") and rows[1]["condition_on_prev"] == rows[0]["whisper_token_ids"]
 
 
 def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp_path, tiny):
@@ -520,7 +501,7 @@ def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp
     manifest = write_tsv(tmp_path / "m.tsv", rows)
     out = tmp_path / "out"
     assert run(out, manifest, audio_column_name="wav", text_column_name="sentence", wer_threshold=THRESHOLD) == 0
-    kept = read_rows(out)
+    kept = labelled_rows(out)
     assert [r["pseudo_label_rows"] for r in kept] == [[2]] and kept[0]["wer"] < THRESHOLD
     rep = json.loads((out / "report.json").read_text())
     assert rep["rows_dropped_by_wer"] == 3 and rep["rows_without_ground_truth"] == 1
