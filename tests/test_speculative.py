@@ -76,25 +76,13 @@ def test_rejects_an_assistant_that_cannot_draft(tiny):
     prompt, opts = _setup(tiny, False)
     with pytest.raises(ValueError, match="vocab_size"):
         speculative.check_assistant(tiny.config, other)
-    with pytest.raises(ValueError, match="greedy"):
-        speculative.speculative_generate(
-            tiny.params,
-            tiny.config,
-            tiny.params,
-            tiny.config,
-            np.zeros((1, 80, 3000)),
-            prompt,
-            GenerationOptions(num_beams=2, eot=opts.eot),
-            4,
-        )
-    with pytest.raises(ValueError, match="positions"):
-        speculative.speculative_generate(
-            tiny.params,
-            tiny.config,
-            tiny.params,
-            tiny.config,
-            np.zeros((1, 80, 3000)),
-            prompt,
-            GenerationOptions(max_new_tokens=tiny.config.max_target_positions - len(prompt) - 4, eot=opts.eot),
-            4,
-        )
+    mel = np.zeros((1, 80, 3000))
+    too_long = tiny.config.max_target_positions - len(prompt) - 4
+    for refused, match in (
+        (GenerationOptions(num_beams=2, eot=opts.eot), "greedy"),
+        (GenerationOptions(max_new_tokens=too_long, eot=opts.eot), "positions"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            speculative.speculative_generate(
+                tiny.params, tiny.config, tiny.params, tiny.config, mel, prompt, refused, 4
+            )
