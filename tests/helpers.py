@@ -90,3 +90,42 @@ def cli_args(flags: dict) -> list[str]:
         elif v is not None and v is not False:
             argv += [f"--{k}", str(v)]
     return argv
+
+
+def small_config(**overrides):
+    """A small random Whisper's config (d_model 64, 1 encoder and 2 decoder layers, tiny.en's vocabulary) that
+    every export layout accepts, with ``overrides``."""
+    from distil_whisper_jax.core.model import WhisperConfig
+
+    fields = dict(
+        vocab_size=51864,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        max_target_positions=32,
+    )
+    return WhisperConfig(**{**fields, **overrides})
+
+
+def random_params(config, seed=0):
+    """Random float32 params of ``config`` (numpy; no model init compile)."""
+    import jax
+    import numpy as np
+
+    from distil_whisper_jax.core.model import param_shapes
+
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(config)
+    )
+
+
+def export_cli(tmp_path: Path, *args: str) -> int:
+    """``distil-whisper-export ARGS`` into ``tmp_path/E`` without verification; its exit code."""
+    from distil_whisper_jax.cli import export as cli
+
+    return cli.main(["--output_dir", str(tmp_path / "E"), "--no-verify", *args])

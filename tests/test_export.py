@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from distil_whisper_jax.cli import export as cli
-from distil_whisper_jax.core.model import WhisperConfig, param_shapes
 from distil_whisper_jax.infra import files as utils
 from distil_whisper_jax.stages.export import card as export_card
 from distil_whisper_jax.stages.export import export as ex
@@ -29,6 +28,8 @@ from distil_whisper_jax.weights.convert import openai as openai_writer
 from distil_whisper_jax.weights.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.weights.convert.openai import read_openai_checkpoint, write_openai_checkpoint
 from distil_whisper_jax.weights.loading import load_pretrained
+
+from .helpers import export_cli, random_params, small_config
 
 
 @pytest.fixture(scope="module")
@@ -309,30 +310,6 @@ def small():
     return config, random_params(config)
 
 
-def small_config(**overrides) -> WhisperConfig:
-    """The config of ``small`` (d_model 64, 1 encoder and 2 decoder layers), with ``overrides``."""
-    fields = dict(
-        vocab_size=51864,
-        d_model=64,
-        encoder_layers=1,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=256,
-        decoder_ffn_dim=256,
-        max_target_positions=32,
-    )
-    return WhisperConfig(**{**fields, **overrides})
-
-
-def random_params(config, seed=0):
-    """Random float32 params of ``config`` (numpy; no model init compile)."""
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(
-        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(config)
-    )
-
-
 def _mutate(data: bytes, rng: random.Random, header: int) -> tuple[str, bytes]:
     buf = bytearray(data)
     if rng.random() < 0.5:
@@ -397,15 +374,11 @@ def test_bad_ggml_file_crashes_only_the_runtime_subprocess(small, tmp_path, clip
     assert got is None and ("signal" in error or "exit status" in error)
 
 
-def _cli(tmp_path, *args):
-    return cli.main(["--output_dir", str(tmp_path / "E"), "--no-verify", *args])
-
-
 def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys):
     config, params = small
     wide = config.replace(encoder_ffn_dim=192, decoder_ffn_dim=192)
     write_hf_dir(tmp_path / "wide", wide, random_params(wide))
-    assert _cli(tmp_path, "--model", str(tmp_path / "wide"), "--formats", "hf,openai") == 2
+    assert export_cli(tmp_path, "--model", str(tmp_path / "wide"), "--formats", "hf,openai") == 2
     err = capsys.readouterr().err
     assert "cannot export to openai" in err and "ffn_dim == 4·d_model" in err
     assert not (tmp_path / "E").exists()  # nothing written, not even the hf dir that was possible
@@ -431,13 +404,13 @@ def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys
 
 
 def test_cli_bad_inputs(tmp_path, capsys):
-    assert _cli(tmp_path, "--formats", "hf,onnx") == 2
+    assert export_cli(tmp_path, "--formats", "hf,onnx") == 2
     err = capsys.readouterr().err
     assert "--formats" in err and "'onnx'" in err and ",".join(ex.FORMATS) in err and "ggml-q4_0" in err
-    assert _cli(tmp_path, "--formats", "ggml-q3_k") == 2
+    assert export_cli(tmp_path, "--formats", "ggml-q3_k") == 2
     assert "unknown format(s) ['ggml-q3_k']" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    assert _cli(tmp_path, "--model", str(tmp_path / "junk.pt")) == 2
+    assert export_cli(tmp_path, "--model", str(tmp_path / "junk.pt")) == 2
     assert "junk.pt" in capsys.readouterr().err
     assert not (tmp_path / "E").exists()
 
@@ -446,11 +419,11 @@ def test_existing_outputs_refused_without_overwrite(tmp_path, capsys):
     out = tmp_path / "E" / "original-model.bin"
     out.parent.mkdir()
     out.write_bytes(b"precious")
-    assert _cli(tmp_path, "--formats", "ggml,openai") == 2
+    assert export_cli(tmp_path, "--formats", "ggml,openai") == 2
     err = capsys.readouterr().err
     assert "already exist" in err and str(out) in err and "--overwrite" in err
     assert out.read_bytes() == b"precious" and not (tmp_path / "E" / "ggml-model.bin").exists()
-    assert _cli(tmp_path, "--formats", "openai", "--overwrite") == 0
+    assert export_cli(tmp_path, "--formats", "openai", "--overwrite") == 0
     assert load_pretrained(out).config.d_model == 384
     assert sorted(p.name for p in out.parent.iterdir()) == ["original-model.bin"]
 
@@ -492,9 +465,9 @@ def test_verification_clips_from_a_manifest(tmp_path, capsys):
     with pytest.raises(ValueError, match="row 1 needs 'audio' and 'text'"):
         export_verify.verification_clips(str(tmp_path / "m.csv"))
     # checked before anything is loaded or written
-    assert _cli(tmp_path, "--verify", "--verify_audio", str(tmp_path / "missing.tsv")) == 2
+    assert export_cli(tmp_path, "--verify", "--verify_audio", str(tmp_path / "missing.tsv")) == 2
     assert "missing.tsv" in capsys.readouterr().err and not (tmp_path / "E").exists()
-    assert _cli(tmp_path, "--verify", "--verify_max_clips", "0") == 2
+    assert export_cli(tmp_path, "--verify", "--verify_max_clips", "0") == 2
     assert "--verify_max_clips" in capsys.readouterr().err
 
 
@@ -534,7 +507,7 @@ def test_quantized_types_refuse_rows_that_are_not_whole_blocks(tmp_path, small, 
         ggml.write_ggml(tmp_path / "m.bin", narrow, params, vocab=[b"a"] * 10, quant=quant)
     assert list(tmp_path.iterdir()) == []
     write_hf_dir(tmp_path / "narrow", narrow, params)
-    assert _cli(tmp_path, "--model", str(tmp_path / "narrow"), "--formats", f"ggml,ggml-{quant}") == 2
+    assert export_cli(tmp_path, "--model", str(tmp_path / "narrow"), "--formats", f"ggml,ggml-{quant}") == 2
     err = capsys.readouterr().err
     assert f"cannot export to ggml-{quant}: {quant} needs rows" in err and "tensor '" in err and "of 48" in err
     assert not (tmp_path / "E").exists()

@@ -22,7 +22,7 @@ from distil_whisper_jax.weights.convert import ct2, tree_equal
 from distil_whisper_jax.weights.convert.hf import flax_to_hf, write_hf_dir
 from distil_whisper_jax.weights.loading import load_pretrained
 
-from .test_export import random_params, small_config
+from .helpers import export_cli, random_params, small_config
 
 MAX_NEW_TOKENS = 48
 
@@ -161,10 +161,6 @@ def test_15s_student_is_refused_because_ctranslate2_refuses_30s_windows(small, t
     assert not out.exists()
 
 
-def _cli(tmp_path, *args):
-    return cli.main(["--output_dir", str(tmp_path / "E"), "--no-verify", *args])
-
-
 def test_help_lists_the_ct2_formats(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
@@ -174,7 +170,7 @@ def test_help_lists_the_ct2_formats(capsys):
 def test_missing_ct2_extra_is_named_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 raises ImportError
     monkeypatch.setattr(ex, "load_pretrained", lambda *a: pytest.fail("model loaded before the extra was checked"))
-    assert _cli(tmp_path, "--formats", "hf,ct2-int8") == 2
+    assert export_cli(tmp_path, "--formats", "hf,ct2-int8") == 2
     err = capsys.readouterr().err
     assert 'pip install "distil-whisper-jax[ct2]"' in err and "ctranslate2" in err
     monkeypatch.setitem(sys.modules, "faster_whisper", None)  # --verify also needs faster-whisper
@@ -185,7 +181,7 @@ def test_missing_ct2_extra_is_named_before_any_work(tmp_path, capsys, monkeypatc
 
 
 def test_unknown_quantisation_is_refused_listing_the_valid_ones(tmp_path, capsys):
-    assert _cli(tmp_path, "--formats", "ct2-int4") == 2
+    assert export_cli(tmp_path, "--formats", "ct2-int4") == 2
     err = capsys.readouterr().err
     assert "unknown CTranslate2 quantisation 'ct2-int4'" in err
     assert "ct2 (float32), ct2-float16 (float16), ct2-int8 (int8)" in err
@@ -196,7 +192,7 @@ def test_existing_output_refused_and_killed_export_leaves_no_partial_dir(tiny, t
     out = tmp_path / "E"
     (out / "ct2-int8").mkdir(parents=True)
     (out / "ct2-int8" / "model.bin").write_bytes(b"precious")
-    assert _cli(tmp_path, "--formats", "ct2-int8") == 2
+    assert export_cli(tmp_path, "--formats", "ct2-int8") == 2
     err = capsys.readouterr().err
     assert "already exist" in err and str(out / "ct2-int8") in err and "--overwrite" in err
     assert (out / "ct2-int8" / "model.bin").read_bytes() == b"precious"
@@ -218,6 +214,6 @@ def test_existing_output_refused_and_killed_export_leaves_no_partial_dir(tiny, t
     stale.mkdir()
     (stale / "model.bin").write_bytes(b"partial")
     monkeypatch.setattr(ex, "load_pretrained", lambda *a: tiny)
-    assert _cli(tmp_path, "--formats", "ct2-int8", "--overwrite") == 0
+    assert export_cli(tmp_path, "--formats", "ct2-int8", "--overwrite") == 0
     assert not stale.exists() and sorted(os.listdir(out)) == ["ct2-int8"]
     assert load_pretrained(out / "ct2-int8").config == tiny.config
