@@ -143,6 +143,14 @@ def multilingual_base_dir():
     return multilingual_base_dir()
 
 
+@pytest.fixture(scope="module")
+def base(multilingual_base_dir):
+    """The real multilingual Whisper base loaded into our Flax tree (once per module: it is not small)."""
+    from distil_whisper_jax.weights.loading import load_pretrained
+
+    return load_pretrained(multilingual_base_dir)
+
+
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory):
     """A Google Cloud Storage API server on 127.0.0.1, one per session (``tests/gcs_emulator.py``)."""

@@ -2,11 +2,9 @@
 ``--multilingual`` mode end to end with tiny settings (the full run is benchmarks/demo_multilingual.py)."""
 
 import collections
-import csv
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from distil_whisper_jax.assets import SPEECH_LANGUAGES, speech_manifest
@@ -15,16 +13,13 @@ from distil_whisper_jax.stages.demo import common, demo
 from distil_whisper_jax.stages.demo import multilingual as demo_multilingual
 from distil_whisper_jax.weights import loading as models
 
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+from .helpers import labelled_rows, read_tsv
 
 
 def rows_used(argv: list[str], manifest_flag: str, limit_flag: str) -> list[dict]:
     """The manifest rows a stage reads, from its flags: the manifest, cut to the row limit if one is given."""
     manifest = Path(argv[argv.index(manifest_flag) + 1])
-    rows = read_rows(manifest)
+    rows = read_tsv(manifest)
     for r in rows:
         r["audio"] = str(manifest.parent / r["audio"])  # absolute paths stay absolute
     if limit_flag in argv:
@@ -33,7 +28,7 @@ def rows_used(argv: list[str], manifest_flag: str, limit_flag: str) -> list[dict
 
 
 def test_demo_evaluates_and_verifies_on_every_heldout_speaker(tmp_path):
-    speakers = {r["speaker_id"] for r in read_rows(speech_manifest("heldout"))}
+    speakers = {r["speaker_id"] for r in read_tsv(speech_manifest("heldout"))}
     assert len(speakers) == 8
     cmds = demo.demo_commands(tmp_path, 100, None, 24, 4, 3e-4, 160)
     for argv, manifest_flag, limit_flag in (
@@ -59,8 +54,7 @@ def test_spread_over_speakers_round_robin_in_manifest_order():
 def test_demo_without_eval_rows_uses_the_whole_split(tmp_path):
     cmds = demo.demo_commands(tmp_path, 10, None, None, 4, 3e-4, 160)
     assert rows_used(cmds["train"], "--eval_dataset_name", "--max_eval_samples") == [
-        dict(r, audio=str(speech_manifest("heldout").parent / r["audio"]))
-        for r in read_rows(speech_manifest("heldout"))
+        dict(r, audio=str(speech_manifest("heldout").parent / r["audio"])) for r in read_tsv(speech_manifest("heldout"))
     ]
 
 
@@ -124,9 +118,9 @@ def test_multilingual_demo_reports_every_language_for_every_model(multilingual_d
 @pytest.mark.slow
 def test_multilingual_demo_labels_each_row_in_its_dataset_language(multilingual_demo):
     work = multilingual_demo / demo_multilingual.WORK
-    rows = [r for f in sorted((work / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = labelled_rows(work / "labelled")
     assert [r["language"] for r in rows] == [lang for lang in SPEECH_LANGUAGES for _ in range(TINY_TRAIN_ROWS)]
     for lang in SPEECH_LANGUAGES:  # the rows of each language are the ones its (spread) training manifest holds
-        manifest = read_rows(work / "data" / lang / "train.tsv")
+        manifest = read_tsv(work / "data" / lang / "train.tsv")
         assert len({r["speaker_id"] for r in manifest}) == TINY_TRAIN_ROWS
         assert [r["text"] for r in rows if r["language"] == lang] == [r["text"] for r in manifest]

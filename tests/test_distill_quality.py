@@ -3,7 +3,6 @@ end to end (real TTS speech, the real tiny.en teacher, a real 20-step distillati
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import struct
@@ -16,6 +15,8 @@ import pytest
 
 from benchmarks import distill_quality as dq
 from benchmarks import tts_corpus as tc
+
+from .helpers import read_tsv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,11 +90,9 @@ def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path):
     r = json.loads(out.read_text())
     corpus = r["corpus"]["path"]
 
-    def rows(name):
-        with open(f"{corpus}/{name}.tsv", newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-    train, new, seen = rows("train"), rows("heldout_new_voices"), rows("heldout_seen_voice")
+    train, new, seen = (
+        read_tsv(f"{corpus}/{name}.tsv") for name in ("train", "heldout_new_voices", "heldout_seen_voice")
+    )
     assert sum(float(x["duration"]) for x in train) >= 0.05 * 3600
     assert {x["text"] for x in train}.isdisjoint({x["text"] for x in new + seen})  # no sentence in both
     assert {x["speaker_id"] for x in train}.isdisjoint({x["speaker_id"] for x in new + seen})

@@ -9,9 +9,7 @@ with one device: on the suite's 8 emulated devices every device holds a replica 
 student and the optimizer state (~9 GB), for no gain on a CPU.
 """
 
-import csv
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -23,6 +21,8 @@ from distil_whisper_jax.infra import config
 from distil_whisper_jax.stages.distill.distill import DistillConfig
 from distil_whisper_jax.stages.student.create_student import create_student
 
+from .helpers import read_tsv, subprocess_env, write_tsv
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_SPEAKER = 6  # 48 clips labelled by the teacher
 HELDOUT_PER_SPEAKER = 2  # 16 clips, every held-out speaker
@@ -33,21 +33,12 @@ MARGIN = 30  # WER points the trained student must gain over the fresh one (meas
 def _rows_per_speaker(split: str, n: int) -> list[dict]:
     """The first ``n`` rows of each speaker of a bundled manifest, audio paths made absolute."""
     manifest = speech_manifest(split)
-    with open(manifest, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = read_tsv(manifest)
     picked: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if len(picked[r["speaker_id"]]) < n:
             picked[r["speaker_id"]].append({**r, "audio": str((manifest.parent / r["audio"]).resolve())})
     return [r for speaker in sorted(picked) for r in picked[speaker]]
-
-
-def _write_tsv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def test_distilled_student_beats_the_fresh_one_on_heldout_speech(tiny, tmp_path):
@@ -60,8 +51,8 @@ def test_distilled_student_beats_the_fresh_one_on_heldout_speech(tiny, tmp_path)
     create_student(tiny, tmp_path / "student", decoder_layers=2)
     cfg = DistillConfig(
         model_name_or_path=str(tmp_path / "student"),  # its teacher (the bundled tiny.en) is the default
-        train_dataset_name=str(_write_tsv(tmp_path / "labelled.tsv", train)),
-        eval_dataset_name=str(_write_tsv(tmp_path / "heldout.tsv", heldout)),
+        train_dataset_name=str(write_tsv(tmp_path / "labelled.tsv", train)),
+        eval_dataset_name=str(write_tsv(tmp_path / "heldout.tsv", heldout)),
         output_dir=str(tmp_path / "run"),
         freeze_encoder=True,
         cache_encoder_outputs=True,
@@ -82,9 +73,8 @@ def test_distilled_student_beats_the_fresh_one_on_heldout_speech(tiny, tmp_path)
     )
     cfg_file = tmp_path / "distill.json"
     cfg_file.write_text(json.dumps(config.to_dict(cfg)))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "distil_whisper_jax.cli.distill", "--config", str(cfg_file)]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]

@@ -2,7 +2,6 @@
 loading, language detection and <|en|><|transcribe|> prompts on the bundled English clips, and (slow) German and
 Spanish transcripts of the bundled multilingual corpus."""
 
-import csv
 import importlib.resources
 import json
 
@@ -15,12 +14,9 @@ from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 from distil_whisper_jax.speech.wer import wer
 from distil_whisper_jax.weights import loading as models
-from distil_whisper_jax.weights.loading import load_pretrained, multilingual_base_dir
+from distil_whisper_jax.weights.loading import multilingual_base_dir
 
-
-@pytest.fixture(scope="module")
-def base(multilingual_base_dir):
-    return load_pretrained(multilingual_base_dir)
+from .helpers import read_tsv
 
 
 def test_multilingual_base_dir_is_assembled_once(tmp_path):
@@ -98,8 +94,7 @@ def test_base_understands_bundled_german_and_spanish(base):
     paths, langs = [], []
     for lang in ("de", "es"):
         tsv = multilingual_speech_manifest(lang, "heldout")
-        with open(tsv, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        rows = read_tsv(tsv)
         sample = [r for i, r in enumerate(rows) if i == 0 or r["speaker_id"] != rows[i - 1]["speaker_id"]]
         assert len(sample) == 4 and {r["language"] for r in sample} == {lang}
         files = [tsv.parent / r["audio"] for r in sample]

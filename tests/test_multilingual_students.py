@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from distil_whisper_jax.assets import multilingual_speech_manifest
@@ -26,7 +25,7 @@ from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.student.create_student import create_student
 from distil_whisper_jax.weights.loading import load_pretrained
 
-from .helpers import read_tsv, write_tsv
+from .helpers import labelled_rows, read_tsv, write_tsv
 
 LANGS = ("fr", "de", "es")
 PER_LANG = 3  # held-out clips per language labelled and evaluated (all 15 are used for language detection)
@@ -39,11 +38,6 @@ def heldout(lang: str, n: int | None = None) -> list[dict]:
 
 def norm(lang: str, text: str) -> str:
     return normalizer_for(lang)(text)
-
-
-@pytest.fixture(scope="module")
-def base(multilingual_base_dir):
-    return load_pretrained(multilingual_base_dir)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def labelled(base, manifests, multilingual_base_dir, tmp_path_factory):
 
 
 def test_each_row_is_labelled_in_its_own_language(base, labelled):
-    rows = [r for f in sorted(labelled.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = labelled_rows(labelled)
     assert [r["language"] for r in rows] == [lang for lang in LANGS for _ in range(PER_LANG)]
     # the batches mixed languages (batch 4 over 9 rows); each row's label is what a batch of its own
     # language alone gives, so each row got its own <|lang|> token
@@ -188,7 +182,7 @@ def test_single_language_recipe_trains_and_scores_in_that_language(base, multili
     create_student(base, tmp_path / "student", decoder_layers=2)
     for stage, argv in (("label", cmds["label"]), ("train", cmds["train"]), ("eval", cmds["eval/student_trained"])):
         assert common.run_stage(stage, argv) == 0, stage
-    labelled = [r for f in sorted((tmp_path / "labelled").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    labelled = labelled_rows(tmp_path / "labelled")
     assert [r["language"] for r in labelled] == ["de"] * 4
     sp = special_tokens(base.tokenizer)
     sources = train_data.open_sources(str(tmp_path / "labelled"))

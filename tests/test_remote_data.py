@@ -2,7 +2,6 @@
 own blocks, the others' audio is never downloaded; a URL dataset labels like the same files on local disk;
 a hub dataset stored as Parquet is found from its builder's data files; bad URLs fail before any work."""
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from distil_whisper_jax.data import parquet, sources
 from distil_whisper_jax.infra import storage
 
 from . import fake_gcs
+from .helpers import read_tsv
 
 ROWS = 12  # rows of real speech, in 2 files of 3 row groups of 2 rows
 BLOCK = 2
@@ -51,8 +51,7 @@ fsspec.register_implementation("countfs", CountingFS, clobber=True)
 @pytest.fixture(scope="module")
 def parquet_dir(tmp_path_factory):
     """Real speech as a Parquet dataset with the audio bytes inside (as a hub dataset stores them)."""
-    with open(speech_manifest("train"), newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))[:ROWS]
+    rows = read_tsv(speech_manifest("train"))[:ROWS]
     base = speech_manifest("train").parent
     d = tmp_path_factory.mktemp("pq") / "data"
     d.mkdir()

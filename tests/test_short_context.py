@@ -7,7 +7,6 @@ tested in test_distill.py on the small random teacher.)"""
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from distil_whisper_jax.assets import bundled_clips
@@ -16,6 +15,8 @@ from distil_whisper_jax.stages.export import export as export_lib
 from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.student.create_student import create_student
 from distil_whisper_jax.weights.loading import load_pretrained
+
+from .helpers import labelled_rows
 
 SHORT = ("goforward.wav", "jfk.flac", "piper_train.flac")  # the bundled clips of ≤ 15 s
 
@@ -67,6 +68,6 @@ def test_labelling_uses_the_models_window(short_model, short_clips, tmp_path):
         pl.run(pl.PseudoLabelConfig(output_dir=str(tmp_path / "refused"), **common))
     out = tmp_path / "labelled"
     assert pl.run(pl.PseudoLabelConfig(output_dir=str(out), max_duration_in_seconds=15.0, **common)) == 0
-    rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    rows = labelled_rows(out)
     expected = transcribe([p for p, _ in short_clips], short_model, progress=False, max_new_tokens=256)
     assert [r["whisper_transcript"] for r in rows] == [r["text"] for r in expected]
