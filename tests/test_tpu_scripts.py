@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import free_port, labelled_rows
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tpu_scripts"
 RECIPES = sorted(p for p in (SCRIPTS / "recipes").iterdir() if p.is_dir())
@@ -656,13 +658,10 @@ def test_preflight_for_real_checkpoints_to_the_bucket_is_stopped_and_resumes(fak
 
 
 def _real_stage(fake, script: str, out: Path, workers: int, devices: int, *extra: str) -> subprocess.CompletedProcess:
-    with __import__("socket").socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
     env = dict(
         REMOTE_VENV=sys.prefix,  # this venv: its console scripts are the installed package's
         FAKE_WORKERS=str(workers),
-        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+        JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}",
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         HF_HUB_OFFLINE="1",
@@ -685,8 +684,6 @@ def test_label_and_eval_scripts_on_two_hosts_give_the_one_process_results(fake, 
     """label.sh then eval.sh, each run for real as 2 processes × 4 devices that find each other through JAX's
     cluster detection, on bundled held-out speech, give the labelled rows and the WER of one process with 8
     devices (the library called here, with the same flags)."""
-    import pyarrow.parquet as pq
-
     from distil_whisper_jax.assets import speech_manifest
     from distil_whisper_jax.stages.evaluate import evaluation
     from distil_whisper_jax.stages.label import pseudo_label as pl
@@ -697,13 +694,11 @@ def test_label_and_eval_scripts_on_two_hosts_give_the_one_process_results(fake, 
     manifest.write_text("\n".join([lines[0]] + [f"{base}/{ln}" for ln in lines[1:]]) + "\n")
     flags = dict(rows_per_shard=1, per_device_eval_batch_size=1)
 
-    def rows(d):
-        return [r for f in sorted(d.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-
     argv = [f"--{k}={v}" for k, v in flags.items()]
     _real_stage(fake, "label.sh", tmp_path / "hosts" / "labelled", 2, 4, "--dataset_name", str(manifest), *argv)
     assert pl.run(pl.PseudoLabelConfig(dataset_name=str(manifest), output_dir=str(tmp_path / "one"), **flags)) == 0
-    assert len(rows(tmp_path / "one")) == 4 and rows(tmp_path / "hosts" / "labelled") == rows(tmp_path / "one")
+    assert len(labelled_rows(tmp_path / "one")) == 4
+    assert labelled_rows(tmp_path / "hosts" / "labelled") == labelled_rows(tmp_path / "one")
     states = sorted((tmp_path / "hosts" / "labelled" / ".plabel").glob("block-*"))
     assert [json.loads(p.read_text())["process"] for p in states] == [0, 1, 0, 1]  # alternate blocks per host
 
