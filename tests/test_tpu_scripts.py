@@ -152,7 +152,7 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
     install = next(ln for ln in out.splitlines() if "pip install" in ln)
     assert "installing python3.11" in install and "python3.11-venv" in install and "--worker=all" in install
     assert out.index("+ ssh-add -l") < out.index("--worker=all")
-    assert out.index("distil_whisper_jax.stages.preflight.preflight --expected_devices 16") < out.index(
+    assert out.index("distil_whisper_jax.preflight --expected_devices 16") < out.index(
         "bin/distil-whisper-create-student"
     )
     # bucket URLs reach every stage unchanged (no mount paths), each stage's buckets checked from its workers first
