@@ -8,7 +8,7 @@ import pytest
 from distil_whisper_jax.speech import wer as evaluate
 from distil_whisper_jax.speech.wer import basic_normalizer, english_normalizer, normalizer_for, wer, wer_details
 
-ASSETS = Path(evaluate.__file__).parent / "assets"
+ASSETS = Path(evaluate.__file__).parents[1] / "assets"  # the package's assets/, beside speech/
 
 
 def test_spelling_map_is_bundled_with_notice():
