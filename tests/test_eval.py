@@ -77,39 +77,69 @@ def evaluated(manifests, tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_wer_counts_are_jiwer_on_normalised_text_and_add_up():
-    norm = normalizer_for("en")
-    refs = ["The cat sat on the mat.", "Two dogs barked loudly", "", "It's 10 o'clock"]
-    hyps = ["the cat sat on a mat", "two dogs barked", "noise", "It is ten o'clock now"]
+def test_wer_counts_by_hand_on_normalised_text_and_pooled_over_the_corpus():
+    """Counts written out by hand (not recomputed with jiwer, which wer.py itself calls). English normaliser:
+    lower case, punctuation dropped, brackets dropped, "it's" -> "it is", spoken numbers -> digits,
+    British -> American spelling.
+
+    row  reference                     prediction                  normalised ref / hyp                    S D I words
+    0    "The cat sat on the mat."     "the cat sat on a mat"      the cat sat on the / ... on a mat       1 0 0 6
+    1    "Two dogs barked loudly"      "2 dogs barked"             2 dogs barked loudly / 2 dogs barked    0 1 0 4
+    2    ""                            "noise"                     empty reference: not scored
+    3    "[noise]"                     "words"                     empty after normalisation: not scored
+    4    "It's raining."               "It is raining now"         it is raining / it is raining now       0 0 1 3
+    5    "The colour of the theatre!"  "the color of the theater"  the color of the theater (both)         0 0 0 5
+    6    "I have 2 cats"               "I have two cats"           i have 2 cats (both)                    0 0 0 4
+    7    "Hello, World!"               ""                          hello world / (empty)                   0 2 0 2
+    8    "x"                           not transcribed             unreadable: not scored
+    total                                                                                                  1 3 1 24
+    hits = 24 - 1 - 3 = 20; pooled WER = (1+3+1)/24 = 20.83 %, while the mean of the six per-row WERs would be
+    (1/6+1/4+1/3+0+0+1)/6 = 29.17 %."""
+    pairs = [
+        ("The cat sat on the mat.", "the cat sat on a mat"),
+        ("Two dogs barked loudly", "2 dogs barked"),
+        ("", "noise"),
+        ("[noise]", "words"),
+        ("It's raining.", "It is raining now"),
+        ("The colour of the theatre!", "the color of the theater"),
+        ("I have 2 cats", "I have two cats"),
+        ("Hello, World!", ""),
+    ]
     entries = [
         {"dataset": 0, "row": i, "reference": r, "prediction": h, "audio_seconds": 1.0}
-        for i, (r, h) in enumerate(zip(refs, hyps))
+        for i, (r, h) in enumerate(pairs)
     ]
-    entries.append({"dataset": 0, "row": 4, "reference": "x", "prediction": None, "error": "x: no such audio file"})
-    st, rows = report.score_dataset(entries, norm)
-    nr, nh = [norm(r) for r in refs if r], [norm(h) for r, h in zip(refs, hyps) if r]
-    truth = jiwer.process_words(nr, nh)
-    assert (st["substitutions"], st["deletions"], st["insertions"]) == (
-        truth.substitutions,
-        truth.deletions,
-        truth.insertions,
+    entries.append({"dataset": 0, "row": 8, "reference": "x", "prediction": None, "error": "x: no such audio file"})
+    st, rows = report.score_dataset(entries, normalizer_for("en"))
+    assert [(r["reference_normalised"], r["prediction_normalised"]) for r in rows] == [
+        ("the cat sat on the mat", "the cat sat on a mat"),
+        ("2 dogs barked loudly", "2 dogs barked"),
+        ("", "noise"),
+        ("", "words"),
+        ("it is raining", "it is raining now"),
+        ("the color of the theater", "the color of the theater"),
+        ("i have 2 cats", "i have 2 cats"),
+        ("hello world", ""),
+        (None, None),
+    ]
+    counts = ("substitutions", "deletions", "insertions", "hits", "reference_words")
+    assert tuple(st[k] for k in counts) == (1, 3, 1, 20, 24)
+    assert (st["num_samples"], st["scored"], st["empty_references"], st["unreadable"]) == (9, 6, 2, 1)
+    assert st["wer"] == pytest.approx(100 * 5 / 24)
+    per_row = [100 / 6, 25.0, None, None, 100 / 3, 0.0, 0.0, 100.0, None]
+    assert [r["wer"] for r in rows] == [None if w is None else pytest.approx(w) for w in per_row]
+    # overall over datasets: "a b" / "a" is 1 deletion in 2 words (50 %); an all-empty dataset has no WER and
+    # adds nothing. Pooled: 6 errors / 26 words = 23.08 %, not the mean of the datasets' WERs (35.42 %).
+    empty, _ = report.score_dataset(
+        [{"dataset": 1, "row": 0, "reference": " ", "prediction": "a"}], normalizer_for("en")
     )
-    assert st["wer"] == pytest.approx(100 * truth.wer)
-    assert (
-        st["substitutions"] + st["deletions"] + st["hits"] == st["reference_words"] == sum(len(r.split()) for r in nr)
+    small, _ = report.score_dataset(
+        [{"dataset": 2, "row": 0, "reference": "a b", "prediction": "a"}], normalizer_for("en")
     )
-    assert (st["num_samples"], st["scored"], st["empty_references"], st["unreadable"]) == (5, 3, 1, 1)
-    assert rows[0]["wer"] == pytest.approx(100 * jiwer.wer(nr[0], nh[0])) and rows[2]["wer"] is None
-    # overall: errors summed over datasets, not a mean of their WERs; an all-empty dataset has no WER
-    empty, _ = report.score_dataset([{"dataset": 1, "row": 0, "reference": " ", "prediction": "a"}], norm)
-    small, _ = report.score_dataset([{"dataset": 2, "row": 0, "reference": "a b", "prediction": "a"}], norm)
-    assert empty["wer"] is None and "undefined" in empty["note"]
-    per = {n: dict(d, seconds=1.0) for n, d in (("x", st), ("e", empty), ("s", small))}
-    total = report.overall(per)
-    errors = sum(d["substitutions"] + d["deletions"] + d["insertions"] for d in per.values())
-    assert total["reference_words"] == st["reference_words"] + 2
-    assert total["wer"] == pytest.approx(100 * errors / total["reference_words"])
-    assert total["wer"] != pytest.approx((st["wer"] + small["wer"]) / 2)
+    assert empty["wer"] is None and "undefined" in empty["note"] and small["wer"] == pytest.approx(50.0)
+    total = report.overall({n: dict(d, seconds=1.0) for n, d in (("x", st), ("e", empty), ("s", small))})
+    assert tuple(total[k] for k in counts) == (1, 4, 1, 21, 26)
+    assert total["wer"] == pytest.approx(100 * 6 / 26)
 
 
 def test_results_per_dataset_and_overall(manifests, evaluated):
