@@ -13,10 +13,23 @@ import numpy as np
 import pytest
 
 from tests.skip_policy import ALLOWED_SKIPS, SkipPolicy
+from tests.suite_record import SuiteRecord
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--suite-record",
+        metavar="FILE.json",
+        help="write the run's duration, peak memory (pytest and children) and per-test costs to this JSON file",
+    )
 
 
 def pytest_configure(config):
     config.pluginmanager.register(SkipPolicy(ALLOWED_SKIPS), "skip_policy")
+    if config.getoption("--suite-record"):
+        from pathlib import Path
+
+        config.pluginmanager.register(SuiteRecord(Path(config.getoption("--suite-record"))), "suite_record")
 
 
 @pytest.fixture(scope="session")
