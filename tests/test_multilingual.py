@@ -88,22 +88,33 @@ def test_language_detection_and_english_transcripts(base, clips, clip_audio):
 MULTILINGUAL_SAMPLE_MAX_WER = 50.0
 
 
-@pytest.mark.slow  # ~90 s on 2 busy cores: two more compiled decodes of the base model
-def test_base_understands_bundled_german_and_spanish(base):
+def _first_clip_per_speaker(lang: str) -> tuple[list, list[dict]]:
+    """The held-out clips of ``lang`` that open each speaker's run (4 per language), with their manifest rows."""
+    tsv = multilingual_speech_manifest(lang, "heldout")
+    rows = read_tsv(tsv)
+    sample = [r for i, r in enumerate(rows) if i == 0 or r["speaker_id"] != rows[i - 1]["speaker_id"]]
+    assert len(sample) == 4 and {r["language"] for r in sample} == {lang}
+    return [tsv.parent / r["audio"] for r in sample], sample
+
+
+def test_base_identifies_bundled_german_and_spanish(base):
+    """Language identification on the German and Spanish held-out clips (one encoder pass + one decoder step)."""
     sp = special_tokens(base.tokenizer)
     paths, langs = [], []
     for lang in ("de", "es"):
-        tsv = multilingual_speech_manifest(lang, "heldout")
-        rows = read_tsv(tsv)
-        sample = [r for i, r in enumerate(rows) if i == 0 or r["speaker_id"] != rows[i - 1]["speaker_id"]]
-        assert len(sample) == 4 and {r["language"] for r in sample} == {lang}
-        files = [tsv.parent / r["audio"] for r in sample]
-        out = transcribe(files, base, batch_size=8, language=lang, max_new_tokens=60, progress=False)
-        score = wer([r["text"] for r in sample], [o["text"] for o in out], language=lang)
-        assert score < MULTILINGUAL_SAMPLE_MAX_WER, (lang, score, [o["text"] for o in out])
+        files, _ = _first_clip_per_speaker(lang)
         paths += files
         langs += [lang] * len(files)
     mel = audio.log_mel_spectrogram([audio.load_audio(p) for p in paths], n_mels=80)
     probs = detect_language(base.params, mel, base.config, sp.sot, sp.language_ids)
     detected = [sp.language_codes[i] for i in probs.argmax(-1)]
     assert sum(d == w for d, w in zip(detected, langs)) >= 7, list(zip(langs, detected))
+
+
+@pytest.mark.slow  # ~90 s on 2 busy cores: two more compiled decodes of the base model
+def test_base_understands_bundled_german_and_spanish(base):
+    for lang in ("de", "es"):
+        files, sample = _first_clip_per_speaker(lang)
+        out = transcribe(files, base, batch_size=8, language=lang, max_new_tokens=60, progress=False)
+        score = wer([r["text"] for r in sample], [o["text"] for o in out], language=lang)
+        assert score < MULTILINGUAL_SAMPLE_MAX_WER, (lang, score, [o["text"] for o in out])
