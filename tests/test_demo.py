@@ -124,3 +124,16 @@ def test_multilingual_demo_labels_each_row_in_its_dataset_language(multilingual_
         manifest = read_tsv(work / "data" / lang / "train.tsv")
         assert len({r["speaker_id"] for r in manifest}) == TINY_TRAIN_ROWS
         assert [r["text"] for r in rows if r["language"] == lang] == [r["text"] for r in manifest]
+
+
+def test_demo_fails_when_training_does_not_lower_heldout_wer():
+    """README's first command is CI's check that distillation lowers held-out WER: the demo's exit status says so."""
+    from distil_whisper_jax.stages.demo.demo import verdict
+
+    learned = {"teacher": 3.0, "student_untrained": 125.7, "student_trained": 9.7}
+    assert verdict(learned, 0) == (0, None)
+    assert verdict(learned, None) == (0, None)
+    status, problem = verdict({**learned, "student_trained": 125.7}, 0)
+    assert status == 1 and "did not lower" in problem and "125.7 % before, 125.7 % after" in problem
+    status, problem = verdict(learned, 1)
+    assert status == 1 and "verification" in problem

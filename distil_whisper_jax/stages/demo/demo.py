@@ -226,5 +226,18 @@ def run(cfg: DemoConfig) -> int:
     )
     if "export_status" in r:
         print(f"exports in {out / 'export'}: verification {'passed' if r['export_status'] == 0 else 'FAILED'}")
-        return r["export_status"]
-    return 0
+    status, problem = verdict(w, r.get("export_status"))
+    if problem:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return status
+
+
+def verdict(heldout_wer: dict[str, float], export_status: int | None) -> tuple[int, str | None]:
+    """The demo's exit status: it proves the pipeline works, so a student whose held-out WER did not fall with
+    training fails it (README's first command and CI check this), as does an export that fails verification."""
+    if not heldout_wer["student_trained"] < heldout_wer["student_untrained"]:
+        before, after = heldout_wer["student_untrained"], heldout_wer["student_trained"]
+        return 1, f"distillation did not lower the student's held-out WER ({before:.1f} % before, {after:.1f} % after)"
+    if export_status:
+        return export_status, "an exported model failed verification in its runtime"
+    return 0, None
