@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
 
 
 def cpu_model() -> str:
@@ -139,16 +137,4 @@ def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
         best = min(timed(lambda a=a, b=b: dot(a, b).block_until_ready())[1] for _ in range(reps))
         out[str(n)] = 2.0 * n**3 / best
     out["peak"] = max(out.values())
-    return out
-
-
-def librivox() -> list[tuple[Path, str]]:
-    """(wav, transcript) of the five LibriVox sentences in Debian's pocketsphinx-testdata (real read speech)."""
-    if not (LIBRIVOX / "transcription").is_file():
-        raise SystemExit(f"{LIBRIVOX}: missing; install the Debian package pocketsphinx-testdata")
-    out = []
-    for line in (LIBRIVOX / "transcription").read_text().splitlines():
-        m = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip())
-        if m:
-            out.append((LIBRIVOX / f"{m[2]}.wav", m[1]))
     return out

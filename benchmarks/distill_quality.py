@@ -13,8 +13,8 @@
    outputs cached) for ``--max_steps``; every tenth of the run it is scored on the real recordings and the new
    voices (the curve).
 4. **Evaluation** with the ``run_eval.py`` command's own parser and code: teacher, fresh student and trained
-   student on the real recordings (the bundled JFK and "go forward" clips and Debian ``pocketsphinx-testdata``'s
-   five LibriVox sentences: 38.5 s and 97 words, all the real speech with a transcript that installs offline) and
+   student on the real recordings (the bundled JFK and "go forward" clips and the five bundled
+   LibriVox sentences: 38.5 s and 97 words, all the real speech with a transcript that installs offline) and
    on both held-out sets; speed = held-out audio seconds per second, greedy, batch 8 (the real set goes first and
    absorbs compilation).
 
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-from benchmarks.common import RESULTS_DIR, librivox, run_record
+from benchmarks.common import RESULTS_DIR, run_record
 from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
-from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips
+from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips, librivox_recordings
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
 from distil_whisper_jax.stages.demo.common import check_stage, run_stage, timed
 from distil_whisper_jax.stages.student import create_student
@@ -54,7 +54,7 @@ GOALS = {"heldout_new_voices": 2.0, "real": 5.0, "speedup": 1.8}  # WER points a
 def real_manifest(work: Path) -> tuple[Path, float]:
     """``work/real.tsv`` (absolute paths) and its seconds: every real recording with a transcript that installs
     offline."""
-    rows = [(p, t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS] + librivox()
+    rows = [(p, t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS] + librivox_recordings()
     path = work / "real.tsv"
     write_manifest(path, ["audio", "text"], [[str(p), t] for p, t in rows])
     return path, sum(sf.info(str(p)).duration for p, _ in rows)

@@ -11,7 +11,7 @@ same real tiny.en weights (the bundled CTranslate2 model, exported by this proje
   openai-whisper ``transcribe`` per clip; faster-whisper (CTranslate2 fp32 and int8) per clip; whisper.cpp
   (pywhispercpp) on our ggml export, per clip.
 * **long-form**: one recording of at least ``--long_minutes`` of real speech (the bundled clips and the
-  Debian pocketsphinx-testdata recordings joined with short silences, repeated). This project chunked
+  bundled LibriVox sentences joined with short silences, repeated). This project chunked
   (batch 8) and sequential; the transformers chunked pipeline (batch 8); openai-whisper sequential;
   faster-whisper sequential and its batched pipeline (batch 8, fp32 and int8); whisper.cpp sequential.
 * **speculative** (with ``--student``): the teacher
@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from benchmarks.common import RESULTS_DIR, cpu_model, librivox
-from distil_whisper_jax.assets import bundled_clips, speech_manifest
+from benchmarks.common import RESULTS_DIR, cpu_model
+from distil_whisper_jax.assets import bundled_clips, librivox_recordings, speech_manifest
 from distil_whisper_jax.data.sources import manifest_rows
 from distil_whisper_jax.decode.transcribe import transcribe
 from distil_whisper_jax.infra.files import atomic_write
@@ -72,7 +72,7 @@ def short_set(quick: bool) -> list[tuple[Path, str]]:
 def long_recording(minutes: float, work: Path) -> tuple[Path, str, float]:
     """A recording of ≥ ``minutes`` of real speech: the pieces joined with 0.7 s silences, forwards then
     backwards, repeated. Returns (path, reference, seconds)."""
-    pieces = bundled_clips(None) + librivox()
+    pieces = bundled_clips(None) + librivox_recordings()
     gap = np.zeros(int(0.7 * audio.SAMPLE_RATE), np.float32)
     waves = {p: audio.load_audio(p) for p, _ in pieces}
     order, total = [], 0.0

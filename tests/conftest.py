@@ -109,8 +109,8 @@ def clip_audio(clips):
 
 @pytest.fixture(scope="module")
 def pieces(clips):
-    """The parts of the long recording: the bundled clips and the pocketsphinx test recordings."""
-    from tests.helpers import librivox_recordings
+    """The parts of the long recording: the bundled clips and the bundled LibriVox sentences."""
+    from distil_whisper_jax.assets import librivox_recordings
 
     return list(clips) + librivox_recordings()
 

@@ -44,15 +44,6 @@ def write_tsv(path: Path, rows: Iterable[dict], columns: Sequence[str] | None = 
     return path
 
 
-def librivox_recordings() -> list[tuple[Path, str]]:
-    """(wav, transcript) of the pocketsphinx test recordings (the benchmarks' reader)."""
-    from benchmarks.common import librivox
-
-    out = librivox()
-    assert len(out) == 5, out
-    return out
-
-
 def labelled_rows(directory: Path | str) -> list[dict]:
     """Every row of a Parquet dataset directory (the labelling stage's output), its files in name order."""
     import pyarrow.parquet as pq

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from distil_whisper_jax.assets import bundled_clips
+from distil_whisper_jax.assets import bundled_clips, librivox_recordings
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.audio import (
     N_FRAMES,
@@ -67,6 +67,16 @@ def test_bundled_clips_are_16k_mono_and_decode(real_clips):
         assert text.strip() and x.dtype == np.float32 and x.ndim == 1
         assert len(x) == info.frames and 0.01 < np.abs(x).max() <= 1.0, path.name
     assert any(len(x) > N_SAMPLES for x in real_clips)  # the long-form clip
+
+
+def test_bundled_librivox_sentences_are_16k_mono_with_transcripts():
+    rows = librivox_recordings()
+    assert [p.name[-9:] for p, _ in rows] == ["0870.flac", "0880.flac", "0890.flac", "0920.flac", "0930.flac"]
+    assert sum(len(t.split()) for _, t in rows) == 71 and rows[1][1] == "he was not an ill disposed young man"
+    for path, _ in rows:
+        info = sf.info(str(path))
+        assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16"), path.name
+        assert 2.9 < info.duration < 7.2 and 0.05 < np.abs(load_audio(path)).max() <= 1.0, path.name
 
 
 # ---------------------------------------------------------------------------------------------------- log-mel parity

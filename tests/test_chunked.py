@@ -1,6 +1,6 @@
 """Chunked long-form transcription with the real tiny.en on a > 2-minute recording of real speech.
 
-The recording (``conftest.recording``) is the bundled clips and the Debian pocketsphinx test recordings joined
+The recording (``conftest.recording``) is the bundled clips and the bundled LibriVox sentences joined
 with short silences, twice (the second time in reverse order). Every run here uses batch 8, fp32 and a timestamp
 prompt, so the 8-device runs share one compiled program; the 1-device run compiles a second one.
 """

@@ -1,6 +1,6 @@
 """Sequential long-form transcription (openai-whisper's algorithm) with the real tiny.en on real speech.
 
-The long recording is ``conftest.recording`` (bundled clips and the pocketsphinx recordings, > 2 minutes). Every run
+The long recording is ``conftest.recording`` (the bundled clips and LibriVox sentences, > 2 minutes). Every run
 here is on one device, through one compiled sequential program of batch 2: several files in lockstep, or one
 file at a time beside a filler row (the references, the fallback and seed runs).
 
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from distil_whisper_jax import assets
 from distil_whisper_jax.cli import transcribe as cli
 from distil_whisper_jax.decode import sequential
 from distil_whisper_jax.decode import transcribe as tr
@@ -28,8 +29,6 @@ from distil_whisper_jax.decode.prompted import generate_prompted
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 from distil_whisper_jax.speech.wer import wer
-
-from .helpers import librivox_recordings
 
 ONE = jax.local_devices()[:1]
 
@@ -185,7 +184,7 @@ def test_split_window_follows_openai_whisper():
 
 
 def test_stream_reader_returns_the_samples_of_load_audio(tmp_path):
-    wav, _ = librivox_recordings()[0]
+    wav, _ = assets.librivox_recordings()[0]
     want = audio.load_audio(wav)
     blocks = list(audio.stream_audio(wav, 7000))
     assert max(len(b) for b in blocks) == 7000 and len(blocks) == -(-len(want) // 7000)

@@ -1,6 +1,6 @@
-"""Files that ship with the package: speech clips with transcripts, a small English speech corpus
-(``speech/``: train and held-out manifests), a small French, German and Spanish one (``speech_multilingual/<lang>/``),
-the English spelling map."""
+"""Files that ship with the package: speech clips with transcripts, five LibriVox sentences (``librivox/``),
+a small English speech corpus (``speech/``: train and held-out manifests), a small French, German and Spanish
+one (``speech_multilingual/<lang>/``), the English spelling map."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import soundfile as sf
 
 ASSETS_DIR = Path(__file__).parent
 CLIPS_DIR = ASSETS_DIR / "clips"
+LIBRIVOX_DIR = ASSETS_DIR / "librivox"
 SPEECH_DIR = ASSETS_DIR / "speech"
 SPEECH_SPLITS = ("train", "heldout")
 SPEECH_MULTILINGUAL_DIR = ASSETS_DIR / "speech_multilingual"
@@ -24,6 +25,13 @@ def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
     if max_seconds is not None:
         rows = [(p, t) for p, t in rows if sf.info(str(p)).duration <= max_seconds]
     return rows
+
+
+def librivox_recordings() -> list[tuple[Path, str]]:
+    """(flac, transcript) of the five bundled LibriVox sentences (real read speech, 2.99-7.10 s each, 24.7 s in
+    all; lower-case transcripts without punctuation, see ``librivox/README.md``)."""
+    with open(LIBRIVOX_DIR / "librivox.tsv", newline="", encoding="utf-8") as f:
+        return [(LIBRIVOX_DIR / r["file"], r["text"]) for r in csv.DictReader(f, delimiter="\t")]
 
 
 def speech_manifest(split: str) -> Path:
