@@ -192,7 +192,7 @@ def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference
 
 def test_two_processes_label_a_remote_parquet_dataset_like_the_local_manifest(reference, corpus, tmp_path):
     """The corpus as Parquet with the audio inside, behind a URL (fsspec's ``local://``): two processes, each
-    reading only its own row groups (tests/test_remote_data.py counts the bytes), label it like the manifest."""
+    reading only its own row groups (tests/test_per_host_reading.py counts the bytes), label it like the manifest."""
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     cells = [{"bytes": (corpus.parent / r["audio"]).read_bytes(), "path": r["audio"]} for r in ROWS]
     table = pa.table({"audio": pa.array(cells, struct), **{k: [r[k] for r in ROWS] for k in ROWS[0] if k != "audio"}})

@@ -1,18 +1,15 @@
-"""Remote (fsspec URL) Parquet datasets and the per-host split: a process reads only the row groups of its
-own blocks, the others' audio is never downloaded; a URL dataset labels like the same files on local disk;
-a hub dataset stored as Parquet is found from its builder's data files; bad URLs fail before any work."""
+"""Remote (fsspec URL) Parquet datasets: a URL names a directory, a file or a glob of files; a hub dataset
+stored as Parquet is found from its builder's data files and reads like the same files on local disk; bad
+URLs fail before any work. (That each host reads only its own row groups is tests/test_per_host_reading.py.)"""
 
 import shutil
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fsspec.implementations.local import LocalFileSystem
 
 from distil_whisper_jax.assets import speech_manifest
-from distil_whisper_jax.data import blocks as data_blocks
 from distil_whisper_jax.data import parquet, sources
 from distil_whisper_jax.infra import storage
 
@@ -20,32 +17,6 @@ from . import fake_gcs
 from .helpers import read_tsv
 
 ROWS = 12  # rows of real speech, in 2 files of 3 row groups of 2 rows
-BLOCK = 2
-
-
-class CountingFS(LocalFileSystem):
-    """Local files behind a ``countfs://`` URL, recording every byte range read: ``reads[path]`` holds
-    ``(offset, length)`` pairs."""
-
-    protocol = ("countfs",)
-    reads: dict[str, list[tuple[int, int]]] = {}
-
-    def _open(self, path, mode="rb", **kwargs):
-        f = super()._open(path, mode, **kwargs)
-        log = CountingFS.reads.setdefault(self._strip_protocol(path), [])
-        raw_read = f.read
-
-        def read(n=-1):
-            pos = f.tell()
-            out = raw_read(n)
-            log.append((pos, len(out)))
-            return out
-
-        f.read = read
-        return f
-
-
-fsspec.register_implementation("countfs", CountingFS, clobber=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,53 +39,6 @@ def parquet_dir(tmp_path_factory):
         )
         pq.write_table(table, d / f"train-{i:05d}-of-00002.parquet", row_group_size=2)
     return d
-
-
-def _row_group_spans(path: Path) -> list[tuple[int, int]]:
-    """Byte span of each row group's column chunks."""
-    meta = pq.ParquetFile(path).metadata
-    spans = []
-    for g in range(meta.num_row_groups):
-        cols = [meta.row_group(g).column(c) for c in range(meta.num_columns)]
-        start = min(c.dictionary_page_offset or c.data_page_offset for c in cols)
-        spans.append(
-            (start, max((c.dictionary_page_offset or c.data_page_offset) + c.total_compressed_size for c in cols))
-        )
-    return spans
-
-
-def _groups_read(files: list[Path]) -> set[tuple[str, int]]:
-    """(file, row group) pairs whose bytes were read, the footer reads (the file's tail) left out."""
-    hit = set()
-    for f in files:
-        size = f.stat().st_size
-        for off, n in CountingFS.reads.get(str(f), []):
-            if off + n >= size - 8:  # the footer: pyarrow reads the file's tail to find it
-                continue
-            hit |= {(f.name, g) for g, (a, b) in enumerate(_row_group_spans(f)) if off < b and off + n > a}
-    return hit
-
-
-def test_two_processes_read_disjoint_row_groups_of_a_remote_dataset(parquet_dir):
-    files = sorted(parquet_dir.glob("*.parquet"))
-    every = {(f.name, g) for f in files for g in range(3)}
-    seen, groups = [], []
-    for p in range(2):
-        CountingFS.reads.clear()
-        (src,) = sources.open_sources(sources.parse_sources(f"countfs://{parquet_dir}"))
-        assert src.num_rows == ROWS and src.base_dir is None
-        info = {}
-        rows = [
-            (i, r["text"]) for _, block in data_blocks.owned_blocks([src], BLOCK, p, 2, info=info) for i, _, r in block
-        ]
-        assert info["total_rows"] == ROWS
-        assert [i // BLOCK % 2 for i, _ in rows] == [p] * (ROWS // 2)
-        seen += rows
-        groups.append(_groups_read(files))
-    assert sorted(i for i, _ in seen) == list(range(ROWS))
-    assert groups[0].isdisjoint(groups[1]) and groups[0] | groups[1] == every, groups
-    local = sources.open_sources(sources.parse_sources(str(parquet_dir)))
-    assert [r["text"] for r in local[0].rows_from(0)] == [t for _, t in sorted(seen)]
 
 
 def test_url_datasets_glob_file_and_errors(parquet_dir, tmp_path):
