@@ -408,3 +408,26 @@ def test_docs_cite_nothing_outside_the_repository():
         if CITATION.search(line)
     ]
     assert not bad, "explain it in docs/ instead of citing it:\n" + "\n".join(bad)
+
+
+def test_bundled_corpus_sizes_quoted_are_the_manifests():
+    """README's sizes of the bundled corpus and the demo's held-out set are counted from what ships."""
+    from distil_whisper_jax.assets import speech_manifest
+    from distil_whisper_jax.stages.demo.demo import DemoConfig
+
+    from .helpers import read_tsv
+
+    train, heldout = read_tsv(speech_manifest("train")), read_tsv(speech_manifest("heldout"))
+    speakers = sorted({r["speaker_id"] for r in heldout})
+    rows = DemoConfig().eval_rows
+    expected = [
+        f"training speech ({len(train)} utterances",
+        f"scored on {rows} held-out sentences ({rows // len(speakers)} from each of the {len(speakers)} speakers)",
+    ]
+    text = flat((REPO / README).read_text(encoding="utf-8"))
+    for quote in expected:
+        assert quote in text, f"README must say {quote!r} (counted from the bundled manifests and the demo's flags)"
+    table = flat((REPO / SPEECH).read_text(encoding="utf-8"))
+    assert (
+        f"| train | `train.tsv` | {len(train)} |" in table and f"| held-out | `heldout.tsv` | {len(heldout)} |" in table
+    )
