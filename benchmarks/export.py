@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -46,12 +47,13 @@ def main(argv=None) -> int:
     p.add_argument("--quant", action="store_true", help="whisper.cpp file types on held-out speech instead")
     p.add_argument("--ct2", action="store_true", help="faster-whisper (CTranslate2) types on held-out speech instead")
     args = p.parse_args(argv)
+    load_start = list(os.getloadavg())  # before any work: the figure that says whether the machine was idle
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="export-bench-"))
     if args.quant:
-        return quant_main(out, args.threads, args.json or str(ROOT / "results" / "export_quant.json"))
+        return quant_main(out, args.threads, args.json or str(ROOT / "results" / "export_quant.json"), load_start)
     if args.ct2:
         json_path = args.json or str(ROOT / "results" / "export_ct2.json")
-        return quant_main(out, args.threads, json_path, ex.CT2_FORMATS)
+        return quant_main(out, args.threads, json_path, load_start, ex.CT2_FORMATS)
     args.json = args.json or str(ROOT / "results" / "export.json")
     stages = []
 
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
         "stages": stages,
         "sizes_bytes": sizes,
         "clips": len(clips),
+        "load_average_at_start": load_start,
         "load_average": load,
         "all_passed": all(c.passed for c in checks),
         "checks": [
@@ -122,7 +125,9 @@ def main(argv=None) -> int:
 QUANT_FORMATS = ("ggml", *ex.GGML_QUANT_FORMATS)
 
 
-def quant_main(out: Path, threads: int, json_path: str, kinds: tuple[str, ...] = QUANT_FORMATS) -> int:
+def quant_main(
+    out: Path, threads: int, json_path: str, load_start: list[float], kinds: tuple[str, ...] = QUANT_FORMATS
+) -> int:
     """Every whisper.cpp file type of tiny.en (or every CTranslate2 type): bytes, write time, held-out WER and its
     change against the full-precision file (f16; CTranslate2: float32), which is ``kinds[0]``."""
     from distil_whisper_jax.assets import speech_manifest
@@ -171,6 +176,7 @@ def quant_main(out: Path, threads: int, json_path: str, kinds: tuple[str, ...] =
         "windows": len(clips),
         "words": sum(len(t.split()) for _, t in rows),
         "verify_wall_s": verify_s,
+        "load_average_at_start": load_start,
         "load_average": load,
         "formats": formats,
         "all_passed": all(c.passed for c in checks[1:]),

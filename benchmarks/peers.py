@@ -374,6 +374,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 short clips and a 1-minute recording (a smoke run)")
     ap.add_argument("--output", default=str(RESULTS_DIR / "peers.json"))
     args = ap.parse_args(argv)
+    load_start = os.getloadavg()  # before any work: the figure that says whether the machine was idle
     if args.quick:
         args.long_minutes = min(args.long_minutes, 1.0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -390,7 +391,13 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "peers",
         "date": datetime.date.today().isoformat(),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": list(load_start),
+            "loadavg_at_end": list(os.getloadavg()),
+        },
         "student": args.student,
         "quick": args.quick,
         "short_form": {"items": len(short_set(args.quick)), "rows": short},

@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 clips only")
     ap.add_argument("--output", default=str(RESULTS_DIR / "speculative.json"))
     args = ap.parse_args(argv)
+    load_start = os.getloadavg()  # before any work: the figure that says whether the machine was idle
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     items = short_set(args.quick)
     waves = [audio.load_audio(p) for p, _ in items]
@@ -156,7 +157,13 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "speculative",
         "date": datetime.date.today().isoformat(),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": list(load_start),
+            "loadavg_at_end": list(os.getloadavg()),
+        },
         "items": len(items),
         "audio_seconds": round(sum(len(w) for w in waves) / audio.SAMPLE_RATE, 1),
         "rows": rows,

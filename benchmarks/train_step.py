@@ -269,6 +269,7 @@ def summarise(run: dict, batch_size: int, n_tokens: int, peak: float) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.loadavg_at_start = list(os.getloadavg())  # before any work: says whether the machine was idle
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.recount:
         return recount(args.output)
@@ -319,6 +320,7 @@ def make_report(args, n_tokens: int, peak: dict, peaks: list, encoder_s: dict, r
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
+            "loadavg_at_start": args.loadavg_at_start,
             "loadavg_at_end": list(os.getloadavg()),
             "jax": jax.__version__,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS"),

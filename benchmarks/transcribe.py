@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    load_start = os.getloadavg()  # before any work: the figure that says whether the machine was idle
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -545,6 +546,7 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "loadavg_at_start": list(load_start),
             "loadavg_at_end": list(os.getloadavg()),
             "jax_devices": [str(d) for d in jax.local_devices()],
             "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
