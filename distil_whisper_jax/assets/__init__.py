@@ -4,10 +4,11 @@ one (``speech_multilingual/<lang>/``), the English spelling map."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import soundfile as sf
+
+from distil_whisper_jax.infra import delimited
 
 ASSETS_DIR = Path(__file__).parent
 CLIPS_DIR = ASSETS_DIR / "clips"
@@ -20,8 +21,7 @@ SPEECH_LANGUAGES = ("fr", "de", "es")  # Whisper language codes of the multiling
 
 def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
     """(path, reference transcript) of the bundled clips, optionally only those ≤ ``max_seconds`` long."""
-    with open(CLIPS_DIR / "clips.tsv", newline="", encoding="utf-8") as f:
-        rows = [(CLIPS_DIR / r["file"], r["text"]) for r in csv.DictReader(f, delimiter="\t")]
+    rows = [(CLIPS_DIR / r["file"], r["text"]) for r in delimited.read_rows(CLIPS_DIR / "clips.tsv")]
     if max_seconds is not None:
         rows = [(p, t) for p, t in rows if sf.info(str(p)).duration <= max_seconds]
     return rows
@@ -30,8 +30,7 @@ def bundled_clips(max_seconds: float | None = 30.0) -> list[tuple[Path, str]]:
 def librivox_recordings() -> list[tuple[Path, str]]:
     """(flac, transcript) of the five bundled LibriVox sentences (real read speech, 2.99-7.10 s each, 24.7 s in
     all; lower-case transcripts without punctuation, see ``librivox/README.md``)."""
-    with open(LIBRIVOX_DIR / "librivox.tsv", newline="", encoding="utf-8") as f:
-        return [(LIBRIVOX_DIR / r["file"], r["text"]) for r in csv.DictReader(f, delimiter="\t")]
+    return [(LIBRIVOX_DIR / r["file"], r["text"]) for r in delimited.read_rows(LIBRIVOX_DIR / "librivox.tsv")]
 
 
 def speech_manifest(split: str) -> Path:

@@ -27,7 +27,7 @@ without restating its column names.
 
 from __future__ import annotations
 
-import csv
+import collections
 import glob
 import itertools
 import json
@@ -49,6 +49,7 @@ from distil_whisper_jax.data.spec import (
     SourceSpec,
     require_columns,
 )
+from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.storage import is_url
 from distil_whisper_jax.speech.audio import AUDIO_EXTENSIONS
 
@@ -103,20 +104,21 @@ def parse_sources(names: str, configs: str | None = None, splits: str | None = N
 
 
 def manifest_rows(path: Path) -> Iterator[dict]:
-    """Rows of a CSV/TSV (header line) or JSONL manifest; a bad JSONL line becomes ``{"__error__": why}``."""
+    """Rows of a CSV/TSV (header line; ``infra.delimited``'s rules, ``ManifestError`` for a malformed row) or
+    JSONL manifest (a bad line becomes ``{"__error__": why}``)."""
+    if path.suffix != ".jsonl":
+        yield from delimited.read_rows(path)
+        return
     with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        row = {"__error__": f"{path}:{n}: not valid JSON ({e.msg})"}
-                    if not isinstance(row, dict):
-                        row = {"__error__": f"{path}:{n}: expected a JSON object per line"}
-                    yield row
-        else:
-            yield from csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    row = {"__error__": f"{path}:{n}: not valid JSON ({e.msg})"}
+                if not isinstance(row, dict):
+                    row = {"__error__": f"{path}:{n}: expected a JSON object per line"}
+                yield row
 
 
 def _in_memory_groups(rows_fn: Callable[[], list[dict]], where: str) -> Callable[[], RowGroups]:
@@ -138,7 +140,14 @@ def _in_memory_groups(rows_fn: Callable[[], list[dict]], where: str) -> Callable
 
 
 def _open_manifest(spec: SourceSpec) -> Source:
+    """A manifest file; a CSV/TSV one is read through once here, so that a malformed row is refused before any
+    work starts (``DataConfigError`` naming the file and line)."""
     path = Path(spec.name)
+    try:
+        if path.suffix != ".jsonl":
+            collections.deque(manifest_rows(path), maxlen=0)
+    except delimited.ManifestError as e:
+        raise DataConfigError(f"--dataset_name {e}") from None
     first = next(iter(manifest_rows(path)), None)
     if first is None:
         raise DataConfigError(f"--dataset_name {path}: manifest has no rows")
@@ -147,8 +156,7 @@ def _open_manifest(spec: SourceSpec) -> Source:
             raise DataConfigError(f"--dataset_name {first['__error__']}")
         columns = list(first)
     else:
-        with open(path, newline="", encoding="utf-8") as f:
-            columns = next(csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+        columns = delimited.read_header(path)
     return Source(
         spec,
         columns,

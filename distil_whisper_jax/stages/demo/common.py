@@ -4,14 +4,12 @@ every speaker."""
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from distil_whisper_jax.infra import config
-from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.infra import config, delimited
 from distil_whisper_jax.stages import distill, evaluate, export, label
 
 StageName = Literal["label", "train", "eval", "export"]
@@ -45,16 +43,10 @@ def subset_manifest(full: Path, rows: int | None, path: Path) -> Path:
     (atomically) with absolute audio paths."""
     if not rows:
         return full
-    with open(full, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header, table = list(reader.fieldnames or ()), list(reader)
-    subset = spread_over_speakers(table, rows)
+    subset = spread_over_speakers(list(delimited.read_rows(full)), rows)
     for r in subset:
         r["audio"] = str((full.parent / r["audio"]).resolve())
-    with atomic_write(path, "w") as f:
-        w = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        w.writeheader()
-        w.writerows(subset)
+    delimited.write_tsv_rows(path, delimited.read_header(full), subset)
     return path
 
 

@@ -12,7 +12,6 @@ demo's are.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 
 from distil_whisper_jax.assets import SPEECH_LANGUAGES, multilingual_speech_manifest
 from distil_whisper_jax.decode.generate import detect_language
+from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import special_tokens
@@ -132,8 +132,7 @@ def language_id_accuracy(model_dir: Path, manifests: list[Path], languages: list
     model = load_pretrained(model_dir)
     right: dict[str, list[bool]] = {}
     for path, lang in zip(manifests, languages):
-        with open(path, newline="", encoding="utf-8") as f:
-            clips = [path.parent / r["audio"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        clips = [path.parent / r["audio"] for r in delimited.read_rows(path)]
         right[lang] = [d == lang for d in detected_languages(model, [audio.load_audio(c) for c in clips])]
     every = [r for rs in right.values() for r in rs]
     return {**{lang: float(np.mean(rs)) for lang, rs in right.items()}, "overall": float(np.mean(every))}
