@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     real, real_s = real_manifest(a.work)
     held = [corpus / f"{k}.tsv" for k in HELDOUT_SETS]
     labelled = label(corpus, a.work, a.wer_threshold, times)
-    create_student.create_student(None, a.work / "student", 2)
+    create_student.create_student(None, a.work / "student", 2, overwrite=True)  # a re-run makes it again
     train(a.work, [real, held[0]], a, times)
     sets = [real, *held]
     models = {

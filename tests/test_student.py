@@ -107,3 +107,46 @@ def test_params_digest_is_the_same_from_every_format_and_changes_with_the_weight
     changed = jax.tree_util.tree_map(np.array, hf.params)
     changed["decoder"]["layers"]["mlp"]["fc1"]["kernel"][0, 0, 0] += 1e-3
     assert params_digest(changed) != params_digest(tiny.params)
+
+
+def _tree(d) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_non_empty_output_dir_is_refused_before_the_teacher_loads(tmp_path, capsys):
+    """A finished distillation run in --output_dir used to be overwritten silently (it then transcribed as the
+    untrained student). The teacher named here does not exist: the refusal comes first, nothing is touched."""
+    run = tmp_path / "run"
+    (run / "hf").mkdir(parents=True)
+    (run / "hf" / "model.safetensors").write_bytes(b"trained weights")
+    (run / "metrics.jsonl").write_text('{"step": 5000}\n')
+    before = _tree(run)
+    argv = ["--teacher_model_name_or_path", str(tmp_path / "no-teacher"), "--output_dir", str(run)]
+    assert cs.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {run} is not empty (it holds hf, metrics.jsonl)" in err
+    assert "use an empty directory or --overwrite_output_dir" in err and "no-teacher" not in err
+    assert _tree(run) == before
+    (tmp_path / "empty").mkdir()  # an existing empty directory is fine (the teacher is then loaded: its error)
+    assert cs.main([*argv[:2], "--output_dir", str(tmp_path / "empty")]) == 2
+    assert "no-teacher" in capsys.readouterr().err
+
+
+def test_overwrite_output_dir_replaces_everything_with_the_student(tiny, tmp_path):
+    out = tmp_path / "student"
+    (out / "checkpoints" / "300").mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"an older model")
+    assert cs.main(["--decoder_layers", "2", "--output_dir", str(out), "--overwrite_output_dir"]) == 0
+    assert not (out / "checkpoints").exists()
+    _, params, _ = make_student(tiny.config, tiny.params, 2)
+    back = load_pretrained(out)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, back.params, params))
+    # a teacher inside the directory to be cleared is refused, not deleted
+    with pytest.raises(ValueError, match=r"holds the teacher .*student/teacher"):
+        (out / "teacher").mkdir()
+        for name in ("config.json", "model.safetensors", "generation_config.json"):
+            (out / "teacher" / name).write_bytes((out / name).read_bytes())
+        from distil_whisper_jax.stages.student.create_student import create_student
+
+        create_student(str(out / "teacher"), out, 1, overwrite=True)
+    assert (out / "teacher" / "model.safetensors").is_file()

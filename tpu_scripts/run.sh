@@ -75,7 +75,10 @@ fi
 stage_command() {
   local config="" extra=()
   case "$1" in
-  student) config="$STUDENT_CONFIG" ;;
+  student) # the chain's own student dir: a re-run (or a retry after a preemption) writes the same student again
+    config="$STUDENT_CONFIG"
+    extra+=(--overwrite_output_dir)
+    ;;
   label)
     config="$LABEL_CONFIG"
     [[ -z "$DATASET" ]] || extra+=(--dataset_name "$DATASET")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the student (the teacher's encoder and chosen decoder layers) on worker 0 only:
-# distil-whisper-create-student is one process; re-running it writes the same student again.
+# distil-whisper-create-student is one process. It refuses a non-empty --output-dir unless given
+# -- --overwrite_output_dir (run.sh passes it: a re-run there writes the same student again).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

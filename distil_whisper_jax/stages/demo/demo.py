@@ -13,6 +13,7 @@ its command makes after parsing; ``demo_commands`` shows the same configs as the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -161,7 +162,8 @@ def run_pipeline(
     work = Path(work)
     cfgs = demo_configs(work, max_steps, train_rows, eval_rows, batch, learning_rate, max_label_length)
     times: dict[str, float] = {}
-    timed(times, "create_student", create_student.create_student, None, work / "student", 2)
+    make_student = functools.partial(create_student.create_student, overwrite=True)  # a resumed demo: the same again
+    timed(times, "create_student", make_student, None, work / "student", 2)
     check_stage(timed(times, "pseudo_label", label.run, cfgs["label"]), "pseudo-labelling", work / "labelled")
     check_stage(timed(times, "distill", distill.run, cfgs["train"]), "distillation", work / "run")
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]

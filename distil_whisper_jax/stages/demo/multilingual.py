@@ -13,6 +13,7 @@ demo's are.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -159,7 +160,8 @@ def run_pipeline(work: Path, languages: list[str], sizes: Sizes, teacher: Path |
     teacher = Path(teacher or multilingual_base_dir())
     cfgs = multilingual_configs(work, teacher, languages, sizes)
     times: dict[str, float] = {}
-    timed(times, "create_student", create_student.create_student, str(teacher), work / "student", 2)
+    make_student = functools.partial(create_student.create_student, overwrite=True)  # a resumed demo: the same again
+    timed(times, "create_student", make_student, str(teacher), work / "student", 2)
     labelled = timed(times, "pseudo_label", label.run, cfgs["label"])
     check_stage(labelled, "labelling", work / "labelled")
     check_stage(timed(times, "distill", distill.run, cfgs["train"]), "distillation", work / "run")

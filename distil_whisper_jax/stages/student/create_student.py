@@ -47,13 +47,33 @@ class CreateStudentConfig:
     decoder_layers: int = flag(2, "student decoder layers (2 → teacher's first and last)")
     encoder_layers: int | None = flag(None, "student encoder layers (default: all)")
     max_source_positions: int | None = flag(None, "shorter encoder context (e.g. 750 = 15 s); default: the teacher's")
+    overwrite_output_dir: bool = flag(
+        False, "replace a non-empty --output_dir: everything in it is deleted once the student is made"
+    )
 
 
 def run(cfg: CreateStudentConfig) -> storage.OutPath:
     """Create the student ``cfg`` describes; returns its directory (local, or the bucket URL's location)."""
     return create_student(
-        cfg.teacher_model_name_or_path, cfg.output_dir, cfg.decoder_layers, cfg.encoder_layers, cfg.max_source_positions
+        cfg.teacher_model_name_or_path,
+        cfg.output_dir,
+        cfg.decoder_layers,
+        cfg.encoder_layers,
+        cfg.max_source_positions,
+        cfg.overwrite_output_dir,
     )
+
+
+def check_output_dir(dest: storage.OutPath, overwrite: bool) -> bool:
+    """Whether ``dest`` holds anything; ``ValueError`` when it does and ``overwrite`` is off: a student written
+    over a finished distillation run would silently replace what it learned."""
+    found = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
+    if found and not overwrite:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ValueError(
+            f"--output_dir {dest} is not empty (it holds {shown}); use an empty directory or --overwrite_output_dir"
+        )
+    return bool(found)
 
 
 def create_student(
@@ -62,13 +82,16 @@ def create_student(
     decoder_layers: int,
     encoder_layers: int | None = None,
     max_source_positions: int | None = None,
+    overwrite: bool = False,
 ) -> storage.OutPath:
     """Slice ``teacher`` (any loadable checkpoint; None = bundled tiny.en) into a student saved at ``output_dir``.
 
-    A bucket URL is checked to be writable before the teacher loads; the student is then written and its
+    ``output_dir`` must be empty unless ``overwrite`` (then its contents are deleted once the student is made),
+    and writable (a bucket URL too): both checked before the teacher loads. The student is then written and its
     reload verified in a local directory, and uploaded whole once it passed (nothing partial reaches the
     bucket, nothing is renamed there)."""
     dest = storage.location(output_dir, "--output_dir")
+    occupied = check_output_dir(dest, overwrite)
     check_writable(dest, "--output_dir")
     if isinstance(teacher, Pretrained):
         pre = teacher
@@ -76,6 +99,8 @@ def create_student(
         pre = load_pretrained(teacher, "--teacher_model_name_or_path")
     requested = pre.source if isinstance(teacher, Pretrained) else teacher
     config, params, maps = make_student(pre.config, pre.params, decoder_layers, encoder_layers, max_source_positions)
+    if occupied:
+        _clear_for_student(dest, pre)
     with storage.staged_dir(dest) as out:
         _write_student(out, pre, requested, config, params, maps)
     n_t, n_s = count_params(pre.params), count_params(params)
@@ -91,6 +116,19 @@ def create_student(
         dest,
     )
     return dest
+
+
+def _clear_for_student(dest: storage.OutPath, pre: Pretrained) -> None:
+    """Delete what ``dest`` holds (``--overwrite_output_dir``), unless the teacher's own files are there."""
+    teacher_files = Path(pre.source)
+    if (
+        not storage.is_remote(dest)
+        and teacher_files.exists()
+        and teacher_files.resolve().is_relative_to(dest.resolve())
+    ):
+        raise ValueError(f"--output_dir {dest} holds the teacher {pre.source}; write the student elsewhere")
+    log.info("--overwrite_output_dir: deleting what %s holds", dest)
+    storage.remove_tree(dest)
 
 
 def _write_student(
