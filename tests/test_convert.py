@@ -2,6 +2,8 @@
 openai-whisper's own logits), format detection, and clean errors for bad files."""
 
 import random
+import re
+import struct
 
 import ctranslate2
 import ctranslate2.converters
@@ -175,8 +177,170 @@ def test_bad_model_inputs_raise_clear_errors(case, tmp_path, tiny_hf_dir):
     assert str(target.name) in str(err.value)
 
 
-def test_ct2_reader_survives_fuzzing():
+def ct2_layout(data: bytes) -> tuple[dict[str, dict[str, int]], int]:
+    """Where each variable's fields start in a CTranslate2 ``model.bin`` (``rank``, ``shape``, ``dtype``,
+    ``nbytes``, ``data``; ``size``: its data bytes), and where the alias section starts: the offsets at which
+    the damage below is done (the layout in ct2.py's docstring)."""
+    (n_name,) = struct.unpack_from("<H", data, 4)
+    pos = 4 + 2 + n_name + 4
+    (n_vars,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    where = {}
+    for _ in range(n_vars):
+        (n,) = struct.unpack_from("<H", data, pos)
+        name, rank = data[pos + 2 : pos + 1 + n].decode(), data[pos + 2 + n]
+        dtype = pos + 3 + n + 4 * rank
+        (size,) = struct.unpack_from("<I", data, dtype + 1)
+        where[name] = dict(rank=dtype - 4 * rank - 1, shape=dtype - 4 * rank, dtype=dtype, nbytes=dtype + 1)
+        where[name].update(data=dtype + 5, size=size)
+        pos = dtype + 5 + size
+    return where, pos
+
+
+def put(data: bytes, offset: int, new: bytes) -> bytes:
+    return data[:offset] + new + data[offset + len(new) :]
+
+
+def rename(data: bytes, name: str, new: str, start: int = 0) -> bytes:
+    """The stored string ``name`` (a variable or alias) replaced by ``new`` of the same length, from byte
+    ``start`` on."""
+    stored = lambda s: struct.pack("<H", len(s) + 1) + s.encode() + b"\0"
+    assert len(new) == len(name) and stored(name) in data[start:]
+    return data[:start] + data[start:].replace(stored(name), stored(new))
+
+
+EMB, QKV, FC1 = "decoder/embeddings/weight", "encoder/layer_0/self_attention", "encoder/layer_1/ffn/linear_0/weight"
+CUT = "truncated or corrupt CTranslate2 model"
+BAD = "corrupt CTranslate2 model"
+GGML = int.from_bytes(b"lmgg", "little")  # whisper.cpp's magic 0x67676d6c, where CTranslate2 has its version
+
+
+def ct2_damage(data: bytes, at: dict, aliases: int) -> dict[str, tuple]:
+    """Each kind of damage to the bundled tiny.en ``model.bin`` (version 6, "WhisperSpec", 148 float16
+    variables, the fifth ``decoder/embeddings/weight`` of 51864 x 384, then one alias
+    ``decoder/projection/weight`` -> the embeddings): (damaged bytes, made on demand; the message that must
+    follow "<model.bin path>: ")."""
+    emb = at[EMB]
+    k_bias = at[QKV + "/linear_0/bias"]["data"] + 2 * 384  # fused q, k, v biases of 384 float16 each
+    return {
+        "empty": (lambda: b"", "empty file, expected a CTranslate2 model"),
+        "header cut": (lambda: data[:2], f"{CUT} (reading binary version at byte 0: need 4 bytes, 2 left)"),
+        "ggml magic": (
+            lambda: b"lmgg" + data[4:],
+            f"CTranslate2 binary version {GGML} is not supported (expected 4..6)",
+        ),
+        "future version": (lambda: put(data, 0, struct.pack("<I", 7)), "CTranslate2 binary version 7 is not supported"),
+        "other spec": (
+            lambda: put(data, 6, b"Wav2VecSpec"),
+            "CTranslate2 spec is 'Wav2VecSpec', expected 'WhisperSpec'",
+        ),
+        "spec name unterminated": (lambda: put(data, 17, b"!"), f"{BAD} (spec name is not NUL-terminated)"),
+        "variable count": (lambda: put(data, 22, b"\xff" * 4), f"{BAD} (claims 4294967295 variables)"),
+        "name not utf-8": (lambda: put(data, 28, b"\xff"), f"{BAD} (variable name is not UTF-8)"),
+        "rank": (lambda: put(data, emb["rank"], b"\x09"), f"{BAD} ({EMB} has rank 9)"),
+        "dtype": (lambda: put(data, emb["dtype"], b"\x09"), f"{BAD} ({EMB} has unknown dtype id 9)"),
+        "size vs shape": (
+            lambda: put(data, emb["nbytes"], struct.pack("<I", emb["size"] - 2)),
+            f"{BAD} ({EMB}: {emb['size'] - 2} bytes for shape (51864, 384))",
+        ),
+        "tensor cut": (
+            lambda: data[: emb["data"] + 1000],
+            f"{CUT} (reading data of {EMB} at byte {emb['data']}: need {emb['size']} bytes, 1000 left)",
+        ),
+        "alias count cut": (
+            lambda: data[: aliases + 3],
+            f"{CUT} (reading alias count at byte {aliases}: need 4 bytes, 3 left)",
+        ),
+        "alias target": (
+            lambda: rename(data, EMB, EMB[:-1] + "s", start=aliases),  # the alias's target only
+            f"alias decoder/projection/weight points to missing variable {EMB[:-1]}s",
+        ),
+        "config variable missing": (
+            lambda: rename(data, "encoder/num_heads", "encoder/num_headz"),
+            "not a Whisper CTranslate2 model (missing encoder/num_heads)",
+        ),
+        "layer variable missing": (
+            lambda: rename(data, "encoder/layer_1/ffn/layer_norm/beta", "encoder/layer_1/ffn/layer_norm/bet_"),
+            "not a Whisper CTranslate2 model (missing variable encoder/layer_1/ffn/layer_norm/beta)",
+        ),
+        "fused rows": (  # the 1152 x 384 fused q/k/v weight declared 1024 x 432: the same size
+            lambda: put(data, at[QKV + "/linear_0/weight"]["shape"], struct.pack("<2I", 1024, 432)),
+            "fused qkv has 1024 rows, not divisible by 3",
+        ),
+        "key bias": (lambda: put(data, k_bias, np.float16(1).tobytes()), f"{QKV} k bias is non-zero"),
+    }
+
+
+# damage found after the file is read: the message names the model's directory
+CT2_DAMAGE_IN_DIR = {
+    "layer shape": (  # layer 1's fc1 declared transposed (the same size), layer 0's as it should be
+        lambda data, at: put(data, at[FC1]["shape"], struct.pack("<2I", 384, 1536)),
+        "tensor model.encoder.layers.1.fc1.weight has shape (384, 1536), expected (1536, 384)",
+    ),
+    "nan weight": (
+        lambda data, at: put(data, at[FC1]["data"], np.float16(np.nan).tobytes()),
+        "tensor model.encoder.layers.1.fc1.weight holds 1 NaN/inf value(s)",
+    ),
+}
+CT2_DAMAGE = (
+    "empty",
+    "header cut",
+    "ggml magic",
+    "future version",
+    "other spec",
+    "spec name unterminated",
+    "variable count",
+    "name not utf-8",
+    "rank",
+    "dtype",
+    "size vs shape",
+    "tensor cut",
+    "alias count cut",
+    "alias target",
+    "config variable missing",
+    "layer variable missing",
+    "fused rows",
+    "key bias",
+)
+
+
+@pytest.fixture(scope="module")
+def ct2_file():
     data = (default_model_dir() / "model.bin").read_bytes()
+    return data, *ct2_layout(data)
+
+
+@pytest.mark.parametrize("kind", [*CT2_DAMAGE, *CT2_DAMAGE_IN_DIR])
+def test_damaged_ct2_model_is_refused_naming_the_file_and_the_damage(ct2_file, tmp_path, kind):
+    data, at, aliases = ct2_file
+    assert tuple(ct2_damage(data, at, aliases)) == CT2_DAMAGE
+    if kind in CT2_DAMAGE_IN_DIR:
+        make, expect = CT2_DAMAGE_IN_DIR[kind]
+        damaged, named = make(data, at), tmp_path
+    else:
+        make, expect = ct2_damage(data, at, aliases)[kind]
+        damaged, named = make(), tmp_path / "model.bin"
+    (tmp_path / "vocabulary.txt").write_text("a\n")
+    (tmp_path / "model.bin").write_bytes(damaged)
+    try:
+        with pytest.raises(ValueError) as err:
+            load_pretrained(tmp_path)
+    finally:
+        (tmp_path / "model.bin").unlink()  # 75 MB each: not left behind
+    assert str(err.value).startswith(f"{named}: {expect}"), str(err.value)
+
+
+def test_ct2_reader_fuzzed_prefixes_give_one_of_the_damage_messages(ct2_file):
+    """Prefixes of the file (up to 4 kB, or 200 kB: all end before the 40 MB embedding's data is complete)
+    with a few bits flipped: every one is refused with a message naming the file and one of the kinds above."""
+    data = ct2_file[0]
+    known = re.compile(
+        rf"model\.bin: ({re.escape(CUT)} \(reading .+ at byte \d+: need \d+ bytes, \d+ left\)$"
+        rf"|{BAD} \(.+ (is not NUL-terminated|is not UTF-8|variables|has rank \d+|unknown dtype id \d+"
+        r"|bytes for shape \(.*\))\)$"
+        r"|CTranslate2 binary version \d+ is not supported|CTranslate2 spec is .+, expected)",
+        re.S,
+    )
     rng = random.Random(0)
     for i in range(60):
         buf = bytearray(data[: rng.randrange(0, 4096)] if i % 2 else data[:200_000])
@@ -184,10 +348,9 @@ def test_ct2_reader_survives_fuzzing():
             if buf:
                 pos = rng.randrange(len(buf))
                 buf[pos] ^= 1 << rng.randrange(8)
-        try:
+        with pytest.raises(ValueError) as err:
             ct2.read_ct2_model(bytes(buf))
-        except ValueError:
-            pass
+        assert known.match(str(err.value)), (i, str(err.value))
 
 
 @pytest.mark.parametrize("fmt,bad", [("hf", np.nan), ("hf", np.inf), ("openai", np.nan), ("openai", -np.inf)])

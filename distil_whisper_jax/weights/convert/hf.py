@@ -148,6 +148,7 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''} ({len(missing)}), "
             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''} ({len(unexpected)})"
         )
+    _check_shapes(state, config, source)
     f32 = lambda name: np.asarray(state[name], dtype=np.float32)
     params: dict = {}
     for name, path, kind in TOP_LEVEL:
@@ -169,6 +170,16 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
                 f"expected {tuple(want.shape)} for config {config}"
             )
     return params
+
+
+def _check_shapes(state: Mapping[str, np.ndarray], config: WhisperConfig, source: str) -> None:
+    """``ValueError`` naming ``source`` and the first tensor whose shape is not the one ``config`` needs (before
+    the layers are stacked, where a mismatch would only say that the arrays differ)."""
+    for name, want in expected_shapes(config).items():
+        if tuple(np.shape(state[name])) != want:
+            raise ValueError(
+                f"{source}: tensor {name} has shape {tuple(np.shape(state[name]))}, expected {want} for config {config}"
+            )
 
 
 def flax_to_hf(params: Mapping, config: WhisperConfig, dtype: Any = np.float32) -> dict[str, np.ndarray]:
