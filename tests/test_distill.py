@@ -5,6 +5,7 @@ demo on the bundled corpus with the real tiny.en.
 Speed: the loop tests use a small random teacher (d_model 64) so each run takes seconds; subprocesses
 only where a process must die or several must cooperate."""
 
+import dataclasses
 import gc
 import io
 import json
@@ -576,6 +577,47 @@ def test_resume_refuses_changed_settings(small_models, labelled, uninterrupted, 
     # with --allow_resume_changes: a warning naming the changes, and the run goes on to the new end
     assert run(_cfg(small_models, labelled, out, max_steps=9, allow_resume_changes=True)) == 0
     assert "--max_steps: 8 → 9" in caplog.text and "resuming anyway" in caplog.text
+
+
+def test_resume_refuses_changed_training_data(small_models, labelled, tmp_path, caplog):
+    """The training data replaced under the same path (11 rows by 4 other rows) is refused on resume, naming
+    the file and what changed, unless --allow_resume_changes; the same data resumes, and a checkpoint from
+    before the data was recorded resumes with a warning. (It used to resume silently at step 2.)"""
+    import pyarrow.parquet as pq
+
+    from distil_whisper_jax.stages.distill.distill import run
+
+    caplog.set_level("INFO")
+    table = pq.read_table(labelled / "part-00000.parquet")
+    data = write_labelled(tmp_path / "data", (table.to_pylist() + table.to_pylist())[:11])
+    out = tmp_path / "run"
+    cfg = _cfg(small_models, data, out, max_steps=2, save_steps=2, warmup_steps=1)
+    assert run(cfg) == 0
+    caplog.clear()
+    assert run(cfg) == 0 and "resumed at step 2" in caplog.text  # the same data
+    assert "records no identity of its training data" not in caplog.text
+    write_labelled(data, table.slice(3, 4).to_pylist())  # same path, other rows
+    with pytest.raises(ValueError) as info:
+        run(cfg)
+    msg = str(info.value)
+    shard = data / "part-00000.parquet"
+    assert f"training data {data}[train]: {shard}: size (bytes)" in msg and f"{shard}: rows 11 → 4" in msg, msg
+    assert "--allow_resume_changes" in msg
+    (data / "part-00001.parquet").write_bytes(shard.read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"file added: {data / 'part-00001.parquet'}")):
+        run(cfg)
+    (data / "part-00001.parquet").unlink()
+    caplog.clear()
+    assert run(dataclasses.replace(cfg, allow_resume_changes=True)) == 0
+    assert "rows 11 → 4" in caplog.text and "resuming anyway" in caplog.text and "resumed at step 2" in caplog.text
+    # a checkpoint written before the data was recorded: resumes, warning that the data is not checked
+    for f in (out / "checkpoints" / "2" / "meta").rglob("*"):
+        if f.is_file() and '"run_config"' in f.read_text():
+            meta = json.loads(f.read_text())
+            f.write_text(json.dumps({k: v for k, v in meta.items() if k != "data"}))
+    caplog.clear()
+    assert run(cfg) == 0 and "resumed at step 2" in caplog.text
+    assert "the checkpoint records no identity of its training data" in caplog.text
 
 
 def test_teacher_defaults_to_the_students_and_a_different_one_is_refused(small_models, labelled, tmp_path, tiny):

@@ -35,15 +35,23 @@ def _file_system(url: str) -> tuple[Any, str]:
         raise DataConfigError(str(e)) from None
 
 
+def _opened_size(fs: Any, path: str, handle: Any) -> int:
+    """The size of a file opened through fsspec: known from the open (no request) for remote files."""
+    size = getattr(handle, "size", None)
+    return int(size) if size is not None else int(fs.size(path))
+
+
 def parquet_source(
     spec: SourceSpec, files: Sequence[str | Path], base_dir: Path | str | None, fs: Any = None
 ) -> Source:
     """A source over Parquet ``files`` (paths inside ``fs`` when given, else local paths); all must share
     one set of columns. Only the footers are read here."""
-    opened = []
+    opened, nbytes = [], []
     for f in files:
         try:
-            opened.append(pq.ParquetFile(f if fs is None else fs.open(f, "rb")))
+            handle = f if fs is None else fs.open(f, "rb")
+            opened.append(pq.ParquetFile(handle))
+            nbytes.append(os.path.getsize(f) if fs is None else _opened_size(fs, f, handle))
         except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for truncated or foreign files
             raise DataConfigError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from None
     schema = opened[0].schema_arrow
@@ -93,6 +101,7 @@ def parquet_source(
         arrow_schema=schema,
         roles=read_roles(base_dir, fs) if base_dir is not None else {},
         groups_fn=lambda: row_groups,
+        identity={"files": {str(f): {"bytes": b, "rows": sum(per)} for f, b, per in zip(files, nbytes, sizes)}},
     )
 
 

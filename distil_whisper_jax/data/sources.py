@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import hashlib
 import itertools
 import json
 import logging
@@ -164,7 +165,17 @@ def _open_manifest(spec: SourceSpec) -> Source:
         lambda start: itertools.islice(manifest_rows(path), start, None),
         base_dir=path.resolve().parent,
         groups_fn=_in_memory_groups(lambda: list(manifest_rows(path)), str(path)),
+        identity={"files": {str(path): _file_identity(path)}},
     )
+
+
+def _file_identity(path: Path) -> dict:
+    """A manifest's size and sha256 (a manifest is small; its rows are only known by reading it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _open_audiofolder(spec: SourceSpec, path: Path) -> Source | None:
@@ -236,7 +247,9 @@ def _hf_source(spec: SourceSpec, ds: Any, base_dir: Path | None = None) -> Sourc
     n = len(ds)
     sizes = [min(HF_GROUP_ROWS, n - i) for i in range(0, n, HF_GROUP_ROWS)]
     row_groups = RowGroups(sizes, read)
-    return Source(spec, columns, n, rows_from, base_dir, schema, groups_fn=lambda: row_groups)
+    # 🤗's fingerprint of a loaded dataset follows its cache files (hence the revision that was downloaded)
+    identity = {"rows": n, "fingerprint": getattr(ds, "_fingerprint", None)}
+    return Source(spec, columns, n, rows_from, base_dir, schema, groups_fn=lambda: row_groups, identity=identity)
 
 
 def _pick_split(spec: SourceSpec, dd: Any) -> Any:

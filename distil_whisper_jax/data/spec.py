@@ -50,6 +50,9 @@ class Source:
     arrow_schema: Any = None  # pyarrow schema of the rows when known (🤗 / Parquet sources)
     roles: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
     groups_fn: Callable[[], RowGroups] | None = None  # None: a stream only (🤗 streaming)
+    # What the source reads, in cheap facts (its files with their sizes and row counts, a manifest's hash, a 🤗
+    # dataset's name and fingerprint; JSON): a training checkpoint records it so that a resume notices new data.
+    identity: dict = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -25,7 +25,8 @@ _DEFAULT_CACHE = str(Path.home() / ".cache" / "distil_whisper_jax")
 # launched and how much memory it uses; none of them changes the trained weights. Everything else that
 # defines the run (data, seed, optimizer, schedule, losses, labels) must match the checkpoint's, unless
 # --allow_resume_changes. --max_steps may grow when the schedule does not depend on it (constant ones).
-# The student is checked by its config, the teacher by its weights' digest, the batch by its global size.
+# The student is checked by its config, the teacher by its weights' digest, the batch by its global size, the
+# training data by what its files are (names, sizes, row counts; a manifest's hash: ``corpus.identity``).
 RESUME_MAY_CHANGE = (
     "model_name_or_path",
     "teacher_model_name_or_path",
@@ -167,7 +168,8 @@ class DistillConfig(MultiHostConfig):
     allow_resume_changes: bool = flag(
         False,
         "resume although flags that define the run (data, seed, optimizer, schedule, losses, labels) differ "
-        "from the checkpoint's",
+        "from the checkpoint's, or the training data changed under the same name (a file added or removed, "
+        "another size or row count, a manifest with other contents)",
         group="training",
     )
     max_steps: int = flag(help="optimizer steps to train for", group="training")

@@ -90,6 +90,13 @@ def open_data(cfg: DistillConfig, student: Pretrained, teacher: Pretrained) -> T
     return TrainData(names, sources, weights, opts, eval_sets)
 
 
+def identity(data: TrainData) -> list[dict]:
+    """Each training dataset as it is now (its name and the cheap facts its source records: files with their
+    sizes and row counts, a manifest's hash, a 🤗 dataset's fingerprint), stored with every checkpoint so that a
+    resume notices data changed under the same name (``setup.check_resume``)."""
+    return [{"dataset": s.label, **s.identity} for s in data.sources]
+
+
 def log_data(cfg: DistillConfig, data: TrainData, global_batch: int) -> None:
     log.info(
         "data: %s (%s rows), global batch %d = %d per device × %d devices × %d accumulation, %d processes; eval: %s",

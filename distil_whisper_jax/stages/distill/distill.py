@@ -150,6 +150,7 @@ def setup(cfg: DistillConfig) -> Run:
         "student": models.student.source,
         "global_batch": global_batch,
         "run_config": to_dict(cfg),
+        "data": corpus.identity(data),
     }
     manager = checkpoint.make_manager(out / checkpoint.CHECKPOINTS, cfg.save_total_limit)
     try:

@@ -190,17 +190,56 @@ def check_resume(cfg: DistillConfig, saved: dict, now: dict) -> None:
         problems += [f"--{d}" for d in differences(stored, now["run_config"], ignore)]
     else:
         log.warning("the checkpoint records no run config: only the student config and batch are checked")
+    if "data" in saved:
+        problems += data_changes(saved["data"], now["data"])
+    else:
+        log.warning("the checkpoint records no identity of its training data (an older run): the data is not checked")
     if saved.get("global_batch") != now["global_batch"]:
         problems.append(f"global batch: {saved.get('global_batch')} → {now['global_batch']}")
     if saved.get("teacher_sha256", now["teacher_sha256"]) != now["teacher_sha256"]:
         problems.append(f"teacher weights: {saved.get('teacher')} → {now['teacher']} (different sha256)")
     if not problems:
         return
-    msg = "the checkpoint was made with other settings:\n  " + "\n  ".join(problems)
+    msg = "the checkpoint was made with other settings or data:\n  " + "\n  ".join(problems)
     if cfg.allow_resume_changes:
         log.warning("%s\nresuming anyway (--allow_resume_changes)", msg)
         return
     raise ValueError(
-        msg + "\nresume with the same flags, or pass --allow_resume_changes, --overwrite_output_dir or another "
+        msg
+        + "\nresume with the same flags and data, or pass --allow_resume_changes, --overwrite_output_dir or another "
         "--output_dir"
     )
+
+
+def data_changes(saved: list[dict], now: list[dict], most: int = 20) -> list[str]:
+    """How the training data differs from the data recorded with a checkpoint (``corpus.identity``): per
+    dataset, each file added or removed and each change of a file's size, rows or hash (at most ``most``
+    lines, then how many more)."""
+    names = [d.get("dataset") for d in saved], [d.get("dataset") for d in now]
+    if names[0] != names[1]:
+        return [f"training datasets: {names[0]} → {names[1]}"]
+    changes = [
+        f"training data {new['dataset']}: {c}" for old, new in zip(saved, now) for c in _dataset_changes(old, new)
+    ]
+    return changes[:most] + ([f"… and {len(changes) - most} more changes"] if len(changes) > most else [])
+
+
+def _dataset_changes(old: dict, new: dict) -> list[str]:
+    """One dataset's changes: its files (added, removed, size, rows, hash), then its other facts."""
+    before, after = old.get("files", {}), new.get("files", {})
+    changes = [f"file added: {f}" for f in sorted(after.keys() - before.keys())]
+    changes += [f"file removed: {f}" for f in sorted(before.keys() - after.keys())]
+    for f in sorted(before.keys() & after.keys()):
+        changes += [f"{f}: {what}" for what in _facts_changed(before[f], after[f])]
+    rest = ({k: v for k, v in d.items() if k not in ("files", "dataset")} for d in (old, new))
+    return changes + _facts_changed(*rest)
+
+
+def _facts_changed(old: dict, new: dict) -> list[str]:
+    """``key old → new`` for each key whose value differs (digests shortened)."""
+
+    def show(v):
+        return f"{v[:12]}…" if isinstance(v, str) and len(v) > 16 else v
+
+    keys = [k for k in (*old, *(k for k in new if k not in old)) if old.get(k) != new.get(k)]
+    return [f"{'size (bytes)' if k == 'bytes' else k} {show(old.get(k))} → {show(new.get(k))}" for k in keys]
