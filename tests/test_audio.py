@@ -1,10 +1,9 @@
-"""audio.py: decoding (soundfile + ffmpeg fallback), errors, resampling, and log-mel parity with transformers."""
+"""audio.py: decoding (soundfile + PyAV fallback), errors, truncated files, resampling, and log-mel parity with
+transformers. The PyAV test files are made with PyAV's own encoders (no ffmpeg program needed)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
+import av
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,15 +21,8 @@ from distil_whisper_jax.speech.audio import (
     mel_filters,
     pad_or_trim,
     resample,
+    stream_audio,
 )
-
-
-@pytest.fixture
-def needs_ffmpeg():
-    """The ffmpeg fallback decoder's tests run for real: CI installs ffmpeg, so its absence is a failure."""
-    exe = shutil.which("ffmpeg")
-    assert exe is not None, "ffmpeg CLI not on PATH (apt-get install ffmpeg): the ffmpeg fallback decoder is untested"
-    return exe
 
 
 @pytest.fixture(scope="module")
@@ -205,14 +197,14 @@ def test_decode_audio_bytes_matches_load_audio(name):
 
 
 @pytest.mark.parametrize("fmt,subtype,ext", [("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")])
-def test_lossy_formats_soundfile_reads_skip_ffmpeg(tmp_path, ffmpeg_calls, fmt, subtype, ext):
+def test_lossy_formats_soundfile_reads_skip_pyav(tmp_path, pyav_calls, fmt, subtype, ext):
     # The soundfile wheels bundle libsndfile >= 1.1, which reads and writes both; without them these files
-    # would silently go through ffmpeg, which is what this test guards against.
+    # would silently go through PyAV, which is what this test guards against.
     assert fmt in sf.available_formats(), f"this libsndfile ({sf.__libsndfile_version__}) cannot handle {fmt}"
     path = tmp_path / f"tone.{ext}"
     sf.write(str(path), tone(1000, 22050, 1.0), 22050, format=fmt, subtype=subtype)
     y = load_audio(path)
-    assert ffmpeg_calls == []
+    assert pyav_calls == []
     assert abs(len(y) - 16000) <= 1200 and abs(peak_hz(y, 16000) - 1000) <= 16000 / len(y)
 
 
@@ -245,80 +237,189 @@ def test_decode_audio_bytes_errors_name_the_file(data):
         decode_audio_bytes(data, "clip_0042.flac")
 
 
-@pytest.mark.parametrize("ffmpeg", [False, True])
-def test_text_named_mp3_is_not_audio_not_missing(tmp_path, monkeypatch, ffmpeg):
+def test_text_named_mp3_is_not_audio_not_missing(tmp_path):
     """libsndfile's mpg123 decoder reports a text file named .mp3 as "does not exist"; the file is there."""
     path = tmp_path / "notes.mp3"
     path.write_text("hello, this is not audio at all\n" * 20)
-    if not ffmpeg:
-        monkeypatch.setattr(audio.shutil, "which", lambda _: None)
     with pytest.raises(AudioError) as err:
         load_audio(path)
     msg = str(err.value)
     assert "notes.mp3" in msg and "does not exist" not in msg and "no such" not in msg
-    assert "cannot decode" in msg or "not a decodable audio file" in msg
+    assert "not a decodable audio file" in msg and "not recognised as audio" in msg
 
 
-def test_undecodable_without_ffmpeg_says_so(tmp_path, monkeypatch):
+def test_undecodable_reports_both_decoders(tmp_path, pyav_calls):
     path = tmp_path / "notes.wav"
     _write_text_as_wav(path)
-    monkeypatch.setattr(audio.shutil, "which", lambda _: None)
-    with pytest.raises(AudioError, match="ffmpeg is not installed") as err:
+    with pytest.raises(AudioError, match=r"notes\.wav: not a decodable audio file \(soundfile: .+; PyAV: .+\)"):
         load_audio(path)
-    assert "notes.wav" in str(err.value)
+    assert pyav_calls == [str(path)]
 
 
-# ---------------------------------------------------------------------------------------------------- ffmpeg fallback
+# ---------------------------------------------------------------------------------------------------- PyAV fallback
 
 
-def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+def encode(path, x: np.ndarray, sr: int, codec: str, **container_options: str) -> None:
+    """Write ``x`` (float in [-1, 1], [T] or [T, C]) with PyAV's encoder ``codec``, the container from the name."""
+    x = x[:, None] if x.ndim == 1 else x
+    layout = "mono" if x.shape[1] == 1 else "stereo"
+    with av.open(str(path), "w", options=container_options) as out:
+        stream = out.add_stream(codec, rate=sr, layout=layout)
+        fmt = stream.codec_context.format
+        size = stream.codec_context.frame_size or 1024
+        for start in range(0, len(x), size):
+            chunk = x[start : start + size]
+            if fmt.name.startswith("s16"):
+                chunk = np.clip(np.round(chunk * 32768), -32768, 32767).astype(np.int16)
+            elif fmt.name.startswith("s32"):  # 16-bit samples in the top bits, so lossless codecs stay exact
+                chunk = np.clip(np.round(chunk * 32768), -32768, 32767).astype(np.int32) << 16
+            else:
+                assert fmt.name.startswith("flt"), fmt.name
+                chunk = chunk.astype(np.float32)
+            data = np.ascontiguousarray(chunk.T) if fmt.is_planar else chunk.reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(data, format=fmt.name, layout=layout)
+            frame.sample_rate, frame.pts = sr, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
 
 
 @pytest.fixture
-def ffmpeg_calls(monkeypatch) -> list[str]:
-    """Records the names passed to audio._ffmpeg_decode, proving the fallback path ran."""
+def pyav_calls(monkeypatch) -> list[str]:
+    """Records the names passed to audio._pyav_frames, proving the fallback path ran."""
     calls: list[str] = []
-    real = audio._ffmpeg_decode
+    real = audio._pyav_frames
 
-    def spy(source, name, sampling_rate, sf_reason):
+    def spy(source, name, rate, sf_reason):
         calls.append(name)
-        return real(source, name, sampling_rate, sf_reason)
+        return real(source, name, rate, sf_reason)
 
-    monkeypatch.setattr(audio, "_ffmpeg_decode", spy)
+    monkeypatch.setattr(audio, "_pyav_frames", spy)
     return calls
 
 
-def test_ffmpeg_fallback_lossless_m4a_stereo(needs_ffmpeg, tmp_path, ffmpeg_calls):
+def test_pyav_fallback_lossless_m4a_stereo(tmp_path, pyav_calls):
     left, right = tone(440, 16000, 1.0, 0.4), tone(1000, 16000, 1.0, 0.2)
-    src = tmp_path / "src.wav"
-    sf.write(str(src), np.stack([left, right], axis=1), 16000, subtype="PCM_16")
     m4a = tmp_path / "stereo alac.m4a"  # ALAC in MP4: lossless, and libsndfile cannot read it
-    _ffmpeg("-i", str(src), "-c:a", "alac", str(m4a))
+    encode(m4a, np.stack([left, right], axis=1), 16000, "alac")
     with pytest.raises(sf.LibsndfileError):
         sf.info(str(m4a))
-    expected = sf.read(str(src), dtype="float32")[0].mean(axis=1)
+    expected = (np.round(left * 32768) + np.round(right * 32768)) / 2 / 32768
     got = load_audio(m4a)
-    assert ffmpeg_calls == [str(m4a)]
+    assert pyav_calls == [str(m4a)]
     np.testing.assert_allclose(got, expected, atol=1e-6)  # same channel mean as the soundfile path
     from_bytes = decode_audio_bytes(m4a.read_bytes(), m4a.name)
     np.testing.assert_array_equal(from_bytes, got)
 
 
-def test_ffmpeg_fallback_aac_resamples(needs_ffmpeg, tmp_path, ffmpeg_calls):
-    src = tmp_path / "tone.wav"
-    sf.write(str(src), tone(1000, 44100, 2.0), 44100, subtype="PCM_16")
+def test_pyav_fallback_aac_resamples(tmp_path, pyav_calls):
     m4a = tmp_path / "tone.m4a"
-    _ffmpeg("-i", str(src), "-c:a", "aac", "-b:a", "64k", str(m4a))
+    encode(m4a, tone(1000, 44100, 2.0), 44100, "aac")
     y = load_audio(m4a)
-    assert ffmpeg_calls == [str(m4a)]
+    assert pyav_calls == [str(m4a)]
     assert y.dtype == np.float32 and abs(len(y) - 32000) <= 1600  # AAC priming/padding
     assert abs(peak_hz(y, 16000) - 1000) <= 16000 / len(y)
 
 
-def test_ffmpeg_fallback_undecodable_reports_both_decoders(needs_ffmpeg, tmp_path, ffmpeg_calls):
+def test_pyav_fallback_opus_in_webm(tmp_path, pyav_calls):
+    webm = tmp_path / "tone.webm"
+    encode(webm, tone(1000, 48000, 1.0, 0.3), 48000, "libopus")
+    y = load_audio(webm)
+    assert pyav_calls == [str(webm)]
+    assert abs(len(y) - 16000) <= 400 and abs(peak_hz(y, 16000) - 1000) <= 16000 / len(y)
+
+
+def test_pyav_fallback_undecodable_reports_both_decoders(tmp_path, pyav_calls):
     path = tmp_path / "fake.m4a"
     path.write_bytes(b"\x00\x01garbage" * 100)
     with pytest.raises(AudioError, match="fake.m4a") as err:
         load_audio(path)
-    assert ffmpeg_calls and "ffmpeg" in str(err.value) and "soundfile" in str(err.value)
+    assert pyav_calls and "PyAV" in str(err.value) and "soundfile" in str(err.value)
+
+
+def test_stream_audio_through_pyav_gives_load_audios_samples_in_blocks(tmp_path, pyav_calls):
+    m4a = tmp_path / "speech.m4a"  # 44.1 kHz stereo AAC: PyAV decodes, downmixes and resamples
+    x, sr = sf.read(str(audio_asset("jfk.flac")), dtype="float32")
+    encode(m4a, np.stack([resample(x, sr, 44100), 0.5 * resample(x, sr, 44100)], axis=1), 44100, "aac")
+    want = load_audio(m4a)
+    blocks = list(audio.stream_audio(m4a, 7000))
+    assert pyav_calls == [str(m4a)] * 2
+    assert [len(b) for b in blocks[:-1]] == [7000] * (len(blocks) - 1) and 0 < len(blocks[-1]) <= 7000
+    np.testing.assert_array_equal(np.concatenate(blocks), want)
+    assert abs(len(want) - len(x)) <= 1600
+
+
+# ---------------------------------------------------------------------------------------------------- truncated files
+
+
+def _cut(src, dst, fraction: float = 0.4):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _refused_by_every_reader(path, match: str) -> list[str]:
+    """The AudioError messages of load_audio, decode_audio_bytes and stream_audio for ``path``, after the file name
+    they start with."""
+    messages = []
+    for read in (load_audio, lambda p: decode_audio_bytes(p.read_bytes(), p.name), lambda p: list(stream_audio(p))):
+        with pytest.raises(AudioError, match=match) as err:
+            read(path)
+        messages.append(str(err.value).split(f"{path.name}: ", 1)[1])
+    return messages
+
+
+def test_truncated_flac_is_refused_not_read_short(tmp_path):
+    """A real FLAC clip cut to its first 40 % of bytes: soundfile loses sync and FFmpeg's decoder fails on the
+    cut frame, so no reader returns the 2 s it could decode as if they were the clip."""
+    path = _cut(audio_asset("piper_train.flac"), tmp_path / "cut.flac")
+    whole, from_bytes, streamed = _refused_by_every_reader(path, "cut.flac")
+    assert "truncated or damaged" in whole and "of the 5.33 s its header states" in whole
+    assert whole == from_bytes and "cannot decode the audio after the start" in streamed
+
+
+def test_flac_cut_between_frames_is_refused(tmp_path):
+    """Cut exactly between two FLAC frames, the rest decodes without an error; the length the header states
+    (STREAMINFO) tells."""
+    src = audio_asset("piper_train.flac")
+    with av.open(str(src)) as c:
+        starts = [p.pos for p in c.demux(c.streams.audio[0]) if p.pos is not None and p.size]
+    path = tmp_path / "cut between frames.flac"
+    path.write_bytes(src.read_bytes()[: starts[len(starts) // 2]])
+    msg = _refused_by_every_reader(path, "cut between frames.flac")[0]
+    assert "decodes to 2.56 s of the 5.33 s its header states" in msg
+
+
+def test_truncated_wav_is_refused_and_an_open_ended_one_is_read(tmp_path):
+    """libsndfile and FFmpeg both shorten a cut WAV's frame count to what is there; its data chunk header
+    states the real length. A header that leaves the length open (0xFFFFFFFF, as streaming writers do) is fine."""
+    src = audio_asset("goforward.wav")
+    path = _cut(src, tmp_path / "cut.wav")
+    msgs = _refused_by_every_reader(path, r"cut\.wav: truncated or damaged audio: it decodes to 1\.11 s of the 2\.79 s")
+    assert len(set(msgs)) == 1
+    data = bytearray(src.read_bytes())
+    at = data.index(b"data") + 4
+    data[at : at + 4] = b"\xff\xff\xff\xff"
+    (tmp_path / "open.wav").write_bytes(bytes(data))
+    np.testing.assert_array_equal(load_audio(tmp_path / "open.wav"), load_audio(src))
+
+
+def test_truncated_m4a_is_refused(tmp_path):
+    whole = tmp_path / "whole.m4a"
+    encode(whole, tone(440, 16000, 6.0), 16000, "aac", movflags="faststart")  # sample tables before the audio
+    assert 5.9 < len(load_audio(whole)) / 16000 < 6.2
+    msg = _refused_by_every_reader(_cut(whole, tmp_path / "cut.m4a"), "cut.m4a: not a decodable audio file")[0]
+    assert "PyAV: " in msg and "of the 6.00 s its header states (truncated or damaged)" in msg
+
+
+def test_stream_of_a_short_mp3_stops_where_load_audio_does(tmp_path):
+    """An mp3 holding fewer frames than libsndfile reckons (here cut short; its Xing header states 3 s): the
+    block reader stops at the last decoded frame instead of repeating a stale block up to the reckoned length."""
+    whole = tmp_path / "whole.mp3"
+    encode(whole, tone(440, 16000, 3.0), 16000, "libmp3lame")
+    path = _cut(whole, tmp_path / "cut.mp3")
+    assert sf.info(str(path)).duration == pytest.approx(3.0, abs=0.1)
+    want = load_audio(path)
+    assert len(want) < 0.5 * 3 * 16000
+    np.testing.assert_allclose(np.concatenate(list(stream_audio(path, 4000))), want, atol=0.01)

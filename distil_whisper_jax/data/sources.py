@@ -17,7 +17,7 @@ materialising it, so memory does not grow with the dataset. Training needs rando
 order: ``Source.row_groups()`` gives the source as groups of rows (a Parquet row group, a slice of an
 Arrow dataset, a whole manifest) read one at a time. Audio is never decoded by 🤗 (no torchcodec): columns
 are cast to ``Audio(decode=False)`` and ``row_audio.row_audio`` decodes the bytes or the path with
-``audio.decode_audio_bytes`` / ``audio.load_audio`` (soundfile, ffmpeg fallback), downmixed to mono and
+``audio.decode_audio_bytes`` / ``audio.load_audio`` (soundfile, PyAV fallback), downmixed to mono and
 resampled to 16 kHz.
 
 A labelled output directory records which column plays which part (audio, ground truth, transcript, ...)

@@ -1,7 +1,8 @@
 """Audio loading and Whisper log-mel features, in numpy.
 
-``load_audio`` / ``decode_audio_bytes`` decode a file (or its bytes) with soundfile, falling back to the
-``ffmpeg`` command line for formats libsndfile cannot read, and return float32 mono at 16 kHz.
+``load_audio`` / ``decode_audio_bytes`` decode a file (or its bytes) with soundfile, falling back to PyAV
+(FFmpeg's libraries, in-process) for formats libsndfile cannot read, and return float32 mono at 16 kHz; a file
+cut short (truncated, or damaged so that decoding fails part-way) is refused, not returned shorter.
 ``log_mel_spectrogram`` computes Whisper's input features for a batch, matching
 ``transformers.WhisperFeatureExtractor`` (~1e-7 from its float64 numpy path, ~5e-5 from its float32 torch
 path), with each example's STFT vectorised over all of its frames.
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import math
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Union
 
+import av
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
@@ -68,9 +68,9 @@ def load_audio(path: _PathLike, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode an audio file to float32 mono at ``sampling_rate`` Hz.
 
     wav/flac/ogg/mp3 (anything libsndfile reads) are decoded with soundfile; other formats (m4a, webm, ...)
-    with the ``ffmpeg`` command line if it is installed. Channels are averaged to mono (ffmpeg: its standard
-    downmix, which for stereo is the same mean), then resampled with ``resample`` (ffmpeg: its own resampler).
-    Raises ``AudioError`` for a missing, empty, undecodable or zero-length file, or non-finite samples.
+    with PyAV (FFmpeg's libraries, in-process). Channels are averaged to mono (PyAV: FFmpeg's downmix, which
+    for stereo is the same mean), then resampled with ``resample`` (PyAV: FFmpeg's resampler).
+    Raises ``AudioError`` for a missing, empty, undecodable, truncated or zero-length file, or non-finite samples.
     """
     name = _check_file(path)
     return _decode(name, name, sampling_rate)
@@ -95,35 +95,40 @@ def stream_audio(path: _PathLike, block_samples: int = N_SAMPLES) -> Iterator[np
     """Decode an audio file block by block: float32 mono 16 kHz arrays of ``block_samples`` (the last one
     shorter), so that a long recording is never held whole.
 
-    A file soundfile reads at 16 kHz is read in blocks (the same samples as ``load_audio``); anything else
-    goes through ``ffmpeg`` piped to this process (its resampler, not ``resample``'s, for other rates); without
-    ffmpeg the file is decoded whole by ``load_audio`` and handed out in blocks. Same ``AudioError`` cases
-    as ``load_audio``, raised when the generator is first advanced (or later, for damage further in)."""
+    A file soundfile reads at 16 kHz is read in blocks (the same samples as ``load_audio``); anything else is
+    decoded frame by frame with PyAV (FFmpeg's resampler, not ``resample``'s, for other rates). Same
+    ``AudioError`` cases as ``load_audio``, raised when the generator is first advanced (or later, for damage
+    further in)."""
     if block_samples < 1:
         raise ValueError(f"block_samples must be ≥ 1, got {block_samples}")
     name = _check_file(path)
     try:
-        f = sf.SoundFile(name)
+        f = _open_soundfile(name, name)
+    except AudioError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         f, reason = None, _soundfile_reason(e)
     if f is not None and f.samplerate != SAMPLE_RATE:
         reason = f"{f.samplerate} Hz, not {SAMPLE_RATE}"
         f.close()
         f = None
-    if f is not None:
-        with f:
-            blocks = (
-                b.mean(axis=1, dtype=np.float32) for b in f.blocks(block_samples, dtype="float32", always_2d=True)
-            )
-            try:
-                yield from _checked_blocks(blocks, name)
-            except (sf.LibsndfileError, RuntimeError) as e:  # damage further into the file
-                raise AudioError(f"{name}: cannot decode the audio after the start ({_soundfile_reason(e)})") from e
-    elif shutil.which("ffmpeg"):
-        yield from _checked_blocks(_ffmpeg_stream(name, block_samples, reason), name)
-    else:
-        wav = load_audio(name)
-        yield from (wav[i : i + block_samples] for i in range(0, len(wav), block_samples))
+    if f is None:
+        frames = _pyav_frames(name, name, SAMPLE_RATE, reason)
+        yield from _checked_blocks(_rebatch(frames, block_samples), name)
+        return
+    with f:
+        try:
+            yield from _checked_blocks(_soundfile_blocks(f, block_samples), name)
+        except (sf.LibsndfileError, RuntimeError) as e:  # damage further into the file
+            raise AudioError(f"{name}: cannot decode the audio after the start ({_soundfile_reason(e)})") from e
+
+
+def _soundfile_blocks(f: sf.SoundFile, n: int) -> Iterator[np.ndarray]:
+    """Channel means of ``f`` read ``n`` frames at a time, up to the last frame actually decoded (``f.blocks``
+    pads a block that comes up short with the previous block's samples, e.g. an mp3 that holds fewer frames
+    than libsndfile estimated)."""
+    while len(block := f.read(n, dtype="float32", always_2d=True)):
+        yield block.mean(axis=1, dtype=np.float32)
 
 
 def _checked_blocks(blocks: Iterator[np.ndarray], name: str) -> Iterator[np.ndarray]:
@@ -139,36 +144,26 @@ def _checked_blocks(blocks: Iterator[np.ndarray], name: str) -> Iterator[np.ndar
         raise AudioError(f"{name}: zero-length audio (the file decodes to no samples)")
 
 
-def _ffmpeg_stream(name: str, block_samples: int, sf_reason: str) -> Iterator[np.ndarray]:
-    """ffmpeg's float32 mono 16 kHz output, read from its stdout ``block_samples`` at a time."""
-    path = "file:" + os.path.abspath(name)
-    cmd = [shutil.which("ffmpeg") or "ffmpeg", *_FFMPEG_IN, path, *_FFMPEG_OUT, str(SAMPLE_RATE), "-"]
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        except OSError as e:
-            raise AudioError(f"{name}: soundfile cannot read it ({sf_reason}) and ffmpeg failed to run ({e})") from e
-        try:
-            while data := proc.stdout.read(4 * block_samples):
-                yield np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4").astype(np.float32)
-            code = proc.wait()
-        finally:  # also when the consumer stops early: no ffmpeg left running
-            proc.stdout.close()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if code != 0:
-            err.seek(0)
-            lines = err.read().decode("utf-8", "replace").strip().splitlines()
-            reason = lines[-1].replace(path, name) if lines else f"exit status {code}"
-            raise AudioError(f"{name}: not a decodable audio file (soundfile: {sf_reason}; ffmpeg: {reason})")
+def _rebatch(pieces: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    """The samples of ``pieces`` regrouped into arrays of ``n`` (the last one shorter), holding at most one
+    block plus one piece."""
+    buf: list[np.ndarray] = []
+    have = 0
+    for x in pieces:
+        buf.append(x)
+        have += len(x)
+        while have >= n:
+            joined = np.concatenate(buf)
+            yield joined[:n]
+            buf, have = [joined[n:]], have - n
+    if have:
+        yield np.concatenate(buf)
 
 
 def decode_audio_bytes(data: bytes, name: str, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the encoded bytes of an audio file (e.g. ``datasets.Audio(decode=False)``'s ``bytes``).
 
-    ``name`` (the original file name) is used in error messages and gives ffmpeg a format hint through its
-    extension. Same output and errors as ``load_audio``.
+    ``name`` (the original file name) is used in error messages. Same output and errors as ``load_audio``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise AudioError(f"{name}: expected the file's bytes, got {type(data).__name__}")
@@ -184,13 +179,15 @@ def _decode(source: str | bytes, name: str, sampling_rate: int) -> np.ndarray:
         raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate!r}")
     sampling_rate = int(sampling_rate)
     try:
-        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source) as f:
+        with _open_soundfile(source, name) as f:
             sr = f.samplerate
             audio = f.read(dtype="float32", always_2d=True)  # [T, C]
         audio = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
+    except AudioError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        sf_reason = _soundfile_reason(e)
-        audio = _ffmpeg_decode(source, name, sampling_rate, sf_reason)
+        pieces = list(_pyav_frames(source, name, sampling_rate, _soundfile_reason(e)))
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
         sr = sampling_rate
     if audio.size == 0:
         raise AudioError(f"{name}: zero-length audio (the file decodes to no samples)")
@@ -208,52 +205,98 @@ def _soundfile_reason(e: Exception) -> str:
     return reason
 
 
-# ffmpeg arguments before the input and after it (up to the sample rate): float32 mono output on stdout.
-_FFMPEG_IN = ("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i")
-# with float output ffmpeg does not normalise its downmix (stereo would be (L+R)*0.707);
-# rematrix_maxval=1 makes it (L+R)/2, the channel mean soundfile's path uses.
-_FFMPEG_OUT = (
-    "-vn",
-    "-map",
-    "0:a:0",
-    "-f",
-    "f32le",
-    "-acodec",
-    "pcm_f32le",
-    "-ac",
-    "1",
-    "-rematrix_maxval",
-    "1.0",
-    "-ar",
-)
+# ----------------------------------------------------------------------------------------------------------------
+# truncated files: a file cut short (an interrupted copy or download) must not pass for a shorter whole one
+
+_TRUNCATION_SLACK = 0.05  # seconds the decoded audio may fall short of the length the header states
+_WAV_HEAD_BYTES = 65536  # a WAV whose data chunk starts later is not checked
+_PCM_WIDTH = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+# PyAV container formats whose header states the exact length; an mp3's is an estimate unless it has a Xing
+# header (a VBR file without one can state twice its length), ogg and webm state none that covers a cut file.
+_STATED_LENGTH_FORMATS = frozenset({"flac", "wav", "aiff", "mov,mp4,m4a,3gp,3g2,mj2"})
 
 
-def _ffmpeg_decode(source: str | bytes, name: str, sampling_rate: int, sf_reason: str) -> np.ndarray:
-    """Decode with the ffmpeg CLI to float32 mono at ``sampling_rate`` (stereo is downmixed to the mean)."""
-    exe = shutil.which("ffmpeg")
-    if exe is None:
+def _check_length(name: str, decoded: int, stated: int | None, rate: int) -> None:
+    """``AudioError`` when ``decoded`` samples fall short of the ``stated`` length by more than the slack."""
+    if stated and stated - decoded > _TRUNCATION_SLACK * rate:
         raise AudioError(
-            f"{name}: not a format soundfile can read ({sf_reason}), and ffmpeg is not installed "
-            "to try it (apt-get install ffmpeg)"
+            f"{name}: truncated or damaged audio: it decodes to {decoded / rate:.2f} s of the "
+            f"{stated / rate:.2f} s its header states"
         )
-    with tempfile.TemporaryDirectory(prefix="dwj-audio-") as tmp:
+
+
+def _open_soundfile(source: str | bytes, name: str) -> sf.SoundFile:
+    """``source`` opened with soundfile; ``AudioError`` for a PCM WAV shorter than its header states (libsndfile
+    and FFmpeg both cut the frame count to what the file holds, so only the header tells)."""
+    f = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    width = _PCM_WIDTH.get(f.subtype)
+    if f.format == "WAV" and width is not None:
         if isinstance(source, bytes):
-            # ffmpeg needs a seekable input for formats like mp4/m4a, so bytes go through a temp file.
-            path = os.path.join(tmp, "input" + os.path.splitext(name)[1][:16])
-            with open(path, "wb") as f:
-                f.write(source)
+            head = source[:_WAV_HEAD_BYTES]
         else:
-            path = os.path.abspath(source)
-        cmd = [exe, *_FFMPEG_IN, "file:" + path, *_FFMPEG_OUT, str(sampling_rate), "-"]
+            with open(source, "rb") as fh:
+                head = fh.read(_WAV_HEAD_BYTES)
+        size = _riff_data_size(head)
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        except OSError as e:
-            raise AudioError(f"{name}: soundfile cannot read it ({sf_reason}) and ffmpeg failed to run ({e})") from e
-    if proc.returncode != 0:
-        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        ff_reason = lines[-1].replace("file:" + path, name) if lines else f"exit status {proc.returncode}"
-        raise AudioError(f"{name}: not a decodable audio file (soundfile: {sf_reason}; ffmpeg: {ff_reason})")
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+            _check_length(name, f.frames, None if size is None else size // (width * f.channels), f.samplerate)
+        except AudioError:
+            f.close()
+            raise
+    return f
+
+
+def _riff_data_size(head: bytes) -> int | None:
+    """The byte size a RIFF/WAVE header gives its ``data`` chunk; None if not found in ``head`` or left open
+    (0 or 0xFFFFFFFF, as writers that stream do)."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        size = int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if head[pos : pos + 4] == b"data":
+            return None if size in (0, 0xFFFFFFFF) else size
+        pos += 8 + size + size % 2
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PyAV fallback: FFmpeg's decoders for what libsndfile cannot read (m4a, webm, opus, ...)
+
+# float output: FFmpeg does not normalise its downmix (stereo would be (L+R)*0.707); rematrix_maxval=1 makes
+# it (L+R)/2, the channel mean soundfile's path uses.
+_DOWNMIX = {"rematrix_maxval": "1.0"}
+
+
+def _pyav_frames(source: str | bytes, name: str, rate: int, sf_reason: str) -> Iterator[np.ndarray]:
+    """Float32 mono arrays at ``rate``, one per decoded frame, from PyAV. ``AudioError`` naming soundfile's
+    reason (``sf_reason``) and FFmpeg's when it cannot decode the file, and for a stream that stops short of
+    the length its header states."""
+
+    def fail(reason: str) -> AudioError:
+        return AudioError(f"{name}: not a decodable audio file (soundfile: {sf_reason}; PyAV: {reason})")
+
+    decoded, stated = 0, None
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else "file:" + os.path.abspath(source)) as c:
+            if not c.streams.audio:
+                raise fail("no audio stream")
+            stream = c.streams.audio[0]
+            if c.format.name in _STATED_LENGTH_FORMATS and stream.duration and stream.time_base:
+                stated = round(stream.duration * stream.time_base * rate)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate, options=_DOWNMIX)
+            for frame in itertools.chain(c.decode(stream), [None]):  # None flushes the resampler
+                for out in resampler.resample(frame):
+                    decoded += out.samples
+                    yield out.to_ndarray()[0]
+    except AudioError:
+        raise
+    except (av.FFmpegError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        if decoded:  # it failed part-way: say where
+            of = f" of the {stated / rate:.2f} s its header states" if stated else ""
+            reason += f" after {decoded / rate:.2f} s{of} (truncated or damaged)"
+        raise fail(reason) from e
+    _check_length(name, decoded, stated, rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------

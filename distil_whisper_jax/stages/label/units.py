@@ -199,6 +199,7 @@ def bad_kind(reason: str) -> str:
         ("zero-length", "zero_length"),
         ("non-finite", "non_finite"),
         ("json", "bad_manifest_line"),
+        ("truncated", "truncated"),
         ("decodable", "undecodable"),
         ("cannot read", "undecodable"),
         ("can read", "undecodable"),
