@@ -1,6 +1,7 @@
 """The transcribe CLI and the default demo, end to end on the bundled tiny.en and clips."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -8,10 +9,11 @@ import sys
 import pytest
 import soundfile as sf
 
+from distil_whisper_jax.assets import bundled_clips
 from distil_whisper_jax.cli import transcribe as cli
 from distil_whisper_jax.decode import transcribe as tr
 from distil_whisper_jax.decode.transcribe import TranscribeConfig
-from distil_whisper_jax.speech.wer import wer
+from distil_whisper_jax.speech.wer import normalizer_for, wer
 
 
 def test_cli_prints_file_tab_text_in_input_order(clips, capsys):
@@ -101,7 +103,11 @@ def test_failed_json_write_keeps_the_transcripts(clips, tmp_path, capsys, monkey
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial file, no temp left
 
 
-def test_demo_runs_and_reports_wer():
+def test_demo_transcribes_every_bundled_clip_right_and_prints_the_wer_of_its_transcripts():
+    """``python -m distil_whisper_jax --stage transcribe``: tiny.en gets every bundled clip (≤ 30 s) right once
+    both sides are normalised (its raw text differs: "Go forward 10 meters." for "Go forward ten meters.", commas
+    dropped or added), so each clip's printed WER and the total are 0; the summary counts the clips and their
+    seconds."""
     proc = subprocess.run(
         [sys.executable, "-m", "distil_whisper_jax", "--stage", "transcribe"],
         capture_output=True,
@@ -109,4 +115,19 @@ def test_demo_runs_and_reports_wer():
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "WER" in proc.stdout and "clips" in proc.stdout
+    lines = proc.stdout.strip().split("\n")
+    head = lines.index(f"{'clip':<28} {'WER %':>6}  transcript")
+    clips = bundled_clips()
+    printed = [line.split(None, 2) for line in lines[head + 1 : head + 1 + len(clips)]]
+    assert [name for name, _, _ in printed] == [p.name for p, _ in clips]
+    norm = normalizer_for("en")
+    for (name, figure, text), (_, ref) in zip(printed, clips):
+        assert norm(text) == norm(ref), name
+        assert figure == "0.0", name
+    assert any(text != ref for (_, _, text), (_, ref) in zip(printed, clips))  # the normaliser was needed
+    seconds = sum(sf.info(str(p)).duration for p, _ in clips)
+    summary = re.fullmatch(
+        r"(\d+) clips, ([\d.]+) s of audio, [\d.]+ s wall \(incl. compile\): WER ([\d.]+) % .*", lines[-1]
+    )
+    assert summary, lines[-1]
+    assert (int(summary[1]), float(summary[2]), summary[3]) == (len(clips), round(seconds, 1), "0.00")
