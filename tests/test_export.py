@@ -272,6 +272,12 @@ QUANT_SIZES = {"q8_0": 43_550_778, "q5_1": 32_166_138, "q5_0": 29_889_210, "q4_1
 
 @pytest.mark.parametrize("quant", list(QUANT_SIZES))
 def test_quantized_file_is_byte_identical_to_ggml_quantizer(session, libggml, quant):
+    """Every quantized tensor's bytes are what ggml's own C quantizer (``ggml_quantize_chunk`` in pywhispercpp's
+    libggml) makes from the f16 file's values. The file layout around them (header ftype, which tensors are
+    quantized) is this test's re-creation of whisper.cpp's examples/quantize: neither that tool nor its
+    ``ggml_common_quantize_0`` is in the installed package (libwhisper exports no quantize symbol), so the
+    layout is checked by whisper.cpp loading and transcribing each file (the WER tests above), not against
+    the tool's output."""
     out = session["outputs"]["tiny"]
     ours = out[f"ggml-{quant}"].read_bytes()
     theirs = _quantize_like_whisper_cpp(out["ggml"].read_bytes(), libggml, quant)

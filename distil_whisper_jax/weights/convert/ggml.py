@@ -8,10 +8,12 @@ ttype``, ``int32 ne[n_dims]`` = numpy shape reversed, name, data). Names are ope
 
 File types written: ``f16`` (ftype 1; 2-D+ weights F16, the rest F32; never all-F32, which aborts
 whisper.cpp's conv) and the quantized ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``q8_0`` (ftype
-``GGML_QNT_VERSION(2)·1000 + GGML_FTYPE_MOSTLY_*``: 2002, 2003, 2008, 2009, 2007), each byte-for-byte what
-whisper.cpp's ``quantize`` tool makes from our f16 file: every 2-D tensor except the conv biases and
+``GGML_QNT_VERSION(2)·1000 + GGML_FTYPE_MOSTLY_*``: 2002, 2003, 2008, 2009, 2007), laid out as
+whisper.cpp's ``quantize`` tool lays out its output from our f16 file (after its source; the tool is not run
+here): every 2-D tensor except the conv biases and
 positional tables becomes blocks of 32 values (``ggml_quant``; the tensor record's ggml_type is 2, 3, 6, 7, 8),
-computed from the f16-rounded weights (the tool reads the f16 file); the 3-D conv weights stay F16.
+computed from the f16-rounded weights (the tool reads the f16 file), byte for byte what ggml's
+``ggml_quantize_chunk`` makes of them (tested); the 3-D conv weights stay F16.
 
 The reader checks every length and shape against the header before touching data, so truncated or
 bit-flipped files raise ``ValueError`` naming the file (no crash, no allocation beyond the file size).
