@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
-from collections.abc import Iterable, Sequence
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,3 +122,27 @@ def export_cli(tmp_path: Path, *args: str) -> int:
     from distil_whisper_jax.cli import export as cli
 
     return cli.main(["--output_dir", str(tmp_path / "E"), "--no-verify", *args])
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str = "512k") -> Iterator[Path]:
+    """``directory`` (created) as a tmpfs of ``size`` bytes, a real disk that fills up, unmounted afterwards.
+    Needs root (as in CI containers); the test is skipped where the kernel refuses the mount."""
+    import pytest
+
+    directory.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if mount.returncode:
+        pytest.skip(f"ALLOWED-SKIP: the kernel refuses to mount a small tmpfs here ({mount.stderr.strip()})")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=False)
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes a file may still take on ``directory``'s file system."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from . import fake_gcs
+from . import fake_gcs, helpers
 from .helpers import cli_args, free_port, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,14 +263,9 @@ def test_checkpoint_retention_and_damaged_fallback(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 512 KiB tmpfs (needs root, as in CI containers); skipped where mounting is not allowed."""
-    d = tmp_path / "disk"
-    d.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)], capture_output=True, text=True)
-    if mount.returncode:
-        pytest.skip(f"ALLOWED-SKIP: the kernel refuses to mount a small tmpfs here ({mount.stderr.strip()})")
-    yield d
-    subprocess.run(["umount", str(d)], check=False)
+    """A 512 KiB tmpfs (``helpers.small_disk``)."""
+    with helpers.small_disk(tmp_path / "disk", "512k") as d:
+        yield d
 
 
 def test_full_disk_keeps_previous_checkpoint(small_disk):

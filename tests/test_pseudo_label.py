@@ -5,6 +5,7 @@ process counts, kill + resume, concatenation, bad inputs. Most runs share one co
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.label.units import PseudoLabelError
 
 from . import fake_gcs
-from .helpers import free_port, labelled_rows, read_tsv, subprocess_env, write_tsv
+from .helpers import free_bytes, free_port, labelled_rows, read_tsv, small_disk, subprocess_env, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
@@ -516,3 +517,48 @@ def test_one_wer_rule_and_a_labelled_dir_trains_without_column_flags(corpus, tmp
     np.testing.assert_allclose(feats[0], expected, atol=1e-4)
     ev = eval_sets.load_eval_set(str(out), None, None, None, tiny.config.num_mel_bins)
     assert ev.texts == [ROWS[2]["text"]]
+
+
+def test_a_damaged_shard_is_labelled_again_on_resume(reference, corpus, tmp_path, caplog):
+    """A finished block whose shard was truncated (or lost) used to be trusted ('0 blocks', success): on resume
+    its footer and row count are checked, and a damaged block is labelled again, with a warning naming the file."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    truncated, lost = out / "shard-00000001.parquet", out / "shard-00000000.parquet"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    lost.unlink()
+    with caplog.at_level("INFO"):
+        assert run(out, corpus, **MARK) == 0
+    assert f"{truncated}: unreadable" in caplog.text and "block 1 is labelled again" in caplog.text
+    assert f"{lost}: missing, though block 0 is marked done with 2 rows" in caplog.text
+    assert re.search(r"process 0: 2 blocks, 4 rows", caplog.text)
+    assert labelled_rows(out) == labelled_rows(reference)
+    caplog.clear()
+    with caplog.at_level("INFO"):  # now intact: nothing is labelled again
+        assert run(out, corpus, **MARK) == 0
+    assert "labelled again" not in caplog.text and re.search(r"process 0: 0 blocks", caplog.text)
+
+
+def test_a_full_disk_stops_with_the_file_and_cause_and_a_rerun_continues(reference, corpus, tmp_path, capsys):
+    """The disk fills up while block 1's shard is written: exit status 1 and one line naming that file and the
+    cause (it was a raw pyarrow traceback); no partial file under a final name, block 0 stays done, and the same
+    command continues once there is room."""
+    from distil_whisper_jax.cli.pseudo_label import main
+
+    shard0, shard1 = (reference / f"shard-0000000{b}.parquet" for b in (0, 1))
+    assert shard1.stat().st_size > shard0.stat().st_size + 64 * 1024  # room for block 0 and its JSON, not block 1
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (free_bytes(disk) - shard0.stat().st_size - 64 * 1024))
+        out = disk / "labelled"
+        argv = ["--dataset_name", str(corpus), "--output_dir", str(out), *B2_ARGV, *MARK_ARGV]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"error: cannot write {out / 'shard-00000001.parquet'}: no space left on device" in err, err
+        assert "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == [".plabel", "schema.json", "shard-00000000.parquet"]
+        assert (out / ".plabel" / "block-00000000.json").exists()
+        assert not (out / ".plabel" / "block-00000001.json").exists()
+        filler.unlink()
+        assert main(argv) == 0
+        assert labelled_rows(out) == labelled_rows(reference)

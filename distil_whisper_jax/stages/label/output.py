@@ -6,26 +6,36 @@ column flags), ``report.json`` / ``report.md``, and ``.plabel/``: ``config.json`
 a restart must agree on every field that determines the output), ``block-<b>.json`` (a block's counts:
 its existence marks the block done), ``tail-<b>.json`` (the block's last labelled unit, which prompts the
 next block's first row) and ``end-<p>.json`` (process ``p`` read the data to its end).
+
+A restart trusts a block's marker only when its shard checks out (``finished_block``), and a write that fails
+(a full disk) raises ``OutputWriteError`` naming the file (``naming_write_errors``): nothing partial is left
+under a final name, and the blocks already written stay done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import soundfile as sf
 
 from distil_whisper_jax.data.sources import SCHEMA_FILE, SCHEMA_FORMAT, DataConfigError, Source
 from distil_whisper_jax.infra import config
-from distil_whisper_jax.infra.files import atomic_write
+from distil_whisper_jax.infra.files import OutputWriteError, atomic_write, write_error
 from distil_whisper_jax.infra.storage import OutPath, remove_tree
 from distil_whisper_jax.speech import audio as audio_lib
 from distil_whisper_jax.stages.label.config import PseudoLabelConfig, output_differences
 from distil_whisper_jax.stages.label.units import Unit
 
+log = logging.getLogger(__name__)
 STATE_DIR = ".plabel"
 SHARD_DIGITS = 8
 NEW_COLUMNS = (
@@ -50,6 +60,56 @@ def block_state_path(out: OutPath, b: int) -> OutPath:
 
 def tail_path(out: OutPath, b: int) -> OutPath:
     return out / STATE_DIR / f"tail-{b:0{SHARD_DIGITS}d}.json"
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: OutPath) -> Iterator[None]:
+    """An ``OSError`` raised inside (a full disk, a read-only mount, ...) as ``OutputWriteError`` naming
+    ``path``, the output being written, and the cause."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise write_error(path, e) from e
+
+
+def write_json(path: OutPath, obj: Any, **kw: Any) -> None:
+    """``obj`` as JSON at ``path``, atomically; a failed write raises ``OutputWriteError`` naming ``path``."""
+    with naming_write_errors(path), atomic_write(path, "w") as f:
+        json.dump(obj, f, **kw)
+
+
+def _shard_problem(out: OutPath, b: int) -> str | None:
+    """What is wrong with finished block ``b``'s shard (None: it holds the rows its marker counts)."""
+    marker, path = block_state_path(out, b), shard_path(out, b)
+    try:
+        written = json.loads(marker.read_text())["written"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its done-marker {marker.name} is unreadable ({type(e).__name__}: {e})"
+    if not path.exists():
+        return None if written == 0 else f"missing, though block {b} is marked done with {written} rows"
+    try:
+        with path.open("rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+    except (OSError, pa.ArrowException) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None if rows == written else f"holds {rows} rows, but block {b} is marked done with {written}"
+
+
+def finished_block(out: OutPath, b: int) -> bool:
+    """Whether block ``b`` is done: its marker exists and its shard has a readable Parquet footer with the row
+    count the marker records. A damaged block (a truncated shard, say) is never trusted: a warning names the
+    file, its marker and shard are removed, and it is labelled again."""
+    if not block_state_path(out, b).exists():
+        return False
+    problem = _shard_problem(out, b)
+    if problem is None:
+        return True
+    log.warning("%s: %s; block %d is labelled again", shard_path(out, b), problem, b)
+    shard_path(out, b).unlink(missing_ok=True)
+    block_state_path(out, b).unlink(missing_ok=True)
+    return False
 
 
 def umask() -> int:
@@ -115,8 +175,7 @@ def unit_name(u: Unit) -> str:
 def write_tail(out: OutPath, b: int, unit: Unit | None, ids: list[int]) -> None:
     """Record block ``b``'s last labelled unit and its label (None: the block labelled nothing)."""
     tail = None if unit is None else {"rows": unit.rows, "part": unit.part, "speaker": unit.speaker, "ids": ids}
-    with atomic_write(tail_path(out, b), "w") as f:
-        json.dump({"tail": tail}, f, default=str)
+    write_json(tail_path(out, b), {"tail": tail}, default=str)
 
 
 def read_tail(out: OutPath, b: int) -> tuple[Unit | None, list[int]] | None:
@@ -161,10 +220,8 @@ def prepare_output(out: OutPath, cfg: PseudoLabelConfig, process_index: int, pro
             "use an empty directory or --overwrite_output_dir"
         )
     else:
-        with atomic_write(cfg_path, "w") as f:
-            json.dump(config.to_dict(cfg), f, indent=1)
-    with atomic_write(out / SCHEMA_FILE, "w") as f:
-        json.dump({"format": SCHEMA_FORMAT, "version": 1, "columns": column_roles(cfg)}, f, indent=1)
+        write_json(cfg_path, config.to_dict(cfg), indent=1)
+    write_json(out / SCHEMA_FILE, {"format": SCHEMA_FORMAT, "version": 1, "columns": column_roles(cfg)}, indent=1)
     (state / f"end-{process_index}.json").unlink(missing_ok=True)
     for p in out.glob(".shard-*.parquet.*.tmp"):  # temp files of a killed run (this process's blocks only)
         if int(p.name.split("-")[1].split(".")[0]) % process_count == process_index:
@@ -173,8 +230,7 @@ def prepare_output(out: OutPath, cfg: PseudoLabelConfig, process_index: int, pro
 
 def write_end(out: OutPath, process_index: int, total_rows: int) -> None:
     """Mark that this process read the data to its end (``total_rows`` rows in all)."""
-    with atomic_write(out / STATE_DIR / f"end-{process_index}.json", "w") as f:
-        json.dump({"total_rows": total_rows}, f)
+    write_json(out / STATE_DIR / f"end-{process_index}.json", {"total_rows": total_rows})
 
 
 def stale_shard(out: OutPath, b: int) -> None:

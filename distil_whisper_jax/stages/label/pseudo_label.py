@@ -22,12 +22,13 @@ long clip's piece, else 0), and ``wer_above_threshold`` with ``--wer_filter_mode
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from distil_whisper_jax.data import row_language, wer_filter
 from distil_whisper_jax.data import sources as data
 from distil_whisper_jax.decode.generate import generate, generation_options, strip
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import atomic_write, check_writable
+from distil_whisper_jax.infra.files import OutputWriteError, atomic_write, check_writable, write_error
 from distil_whisper_jax.infra.prefetch import background
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 from distil_whisper_jax.stages.label import output
@@ -274,9 +275,22 @@ class _Shard:
                 row["condition_on_prev"] = list(prev_ids)
             self.first = (unit, None)
         if self.held:
-            self.writer = self.writer or pq.ParquetWriter(self.tmp, self.schema)
-            self.writer.write_table(pa.Table.from_pylist(self.held, schema=self.schema))
+            with self._writing():
+                self.writer = self.writer or pq.ParquetWriter(self.tmp, self.schema)
+                self.writer.write_table(pa.Table.from_pylist(self.held, schema=self.schema))
             self.held = []
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (a full disk) as ``OutputWriteError`` naming the shard; the temp file is dropped."""
+        try:
+            with output.naming_write_errors(output.shard_path(self.s.out, self.b)):
+                yield
+        except OSError:
+            if self.writer is not None:
+                with contextlib.suppress(Exception):
+                    self.writer.close()
+            raise
 
     def finish(self) -> bool:
         """Write what is held (waiting for the previous block's tail if need be); False: no rows at all."""
@@ -290,7 +304,8 @@ class _Shard:
         self._flush()
         if self.writer is None:
             return False
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
         return True
 
 
@@ -321,12 +336,19 @@ def _label_into(s: Settings, b: int, items: Any, schema: Any, bar: Any, st: dict
 def _label_block(s: Settings, b: int, items: Any, schema: Any, bar: Any) -> dict:
     """Label one block and commit its shard; returns its counts (the block is marked done by the caller)."""
     st = label_report.empty_stats(b, s.process_index)
+    path, labelling = output.shard_path(s.out, b), False
     try:
-        with atomic_write(output.shard_path(s.out, b)) as tmp:
+        with atomic_write(path) as tmp:
+            labelling = True  # an error while reading data passes as it is; the shard's own writes name it
             rows_read, bads = _label_into(s, b, items, schema, bar, st, tmp)
+            labelling = False
     except _NoRows as e:
         rows_read, bads = e.args
         output.stale_shard(s.out, b)  # a shard of an earlier, different run
+    except OSError as e:  # creating or renaming the temp file
+        if labelling or isinstance(e, OutputWriteError):
+            raise
+        raise write_error(path, e) from e
     st["rows_read"] = rows_read
     label_report.count_bads(st, bads)
     bar.update(len(bads))
@@ -347,7 +369,7 @@ def run_blocks(s: Settings, info: dict) -> dict:
         cfg.rows_per_shard,
         s.process_index,
         s.process_count,
-        skip=lambda b: output.block_state_path(out, b).exists(),
+        skip=lambda b: output.finished_block(out, b),
         limit=cfg.max_samples,
         info=info,
     )
@@ -370,8 +392,7 @@ def run_blocks(s: Settings, info: dict) -> dict:
             st = _label_block(s, b, items, schema, bar)
             st["seconds"] = time.perf_counter() - t0
             t0 += st["seconds"]
-            with atomic_write(output.block_state_path(out, b), "w") as f:  # the "done" marker, written last
-                json.dump(st, f, indent=1)
+            output.write_json(output.block_state_path(out, b), st, indent=1)  # the "done" marker, written last
             label_report.log_block(st)
             run["blocks"] += 1
             run["rows"] += st["rows_read"]

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from distil_whisper_jax.infra.files import atomic_write
-from distil_whisper_jax.stages.label.output import STATE_DIR, block_state_path
+from distil_whisper_jax.stages.label.output import STATE_DIR, block_state_path, naming_write_errors, write_json
 from distil_whisper_jax.stages.label.units import Bad, bad_kind
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,7 @@ def maybe_write_report(out: Path, config: dict, rows_per_shard: int) -> dict | N
     if not all(block_state_path(out, b).exists() for b in range(num_blocks)):
         return None
     report = build_report(out, config, num_blocks)
-    with atomic_write(out / "report.json", "w") as f:
-        json.dump(report, f, indent=2)
-    with atomic_write(out / "report.md", "w") as f:
+    write_json(out / "report.json", report, indent=2)
+    with naming_write_errors(out / "report.md"), atomic_write(out / "report.md", "w") as f:
         f.write(report_markdown(report))
     return report
