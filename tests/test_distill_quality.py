@@ -8,13 +8,17 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import distill_quality as dq
 from benchmarks import tts_corpus as tc
+from tools import espeak_ng
 
 from .helpers import read_tsv
 
@@ -77,6 +81,26 @@ def test_the_smoke_check_needs_a_lower_cross_entropy_on_every_set():
     assert dq.not_better([point(0, {"a": 5.0, "b": 4.0}), point(20, {"a": 3.0, "b": 3.9})]) == []
     assert dq.not_better([point(0, {"a": 5.0, "b": 4.0}), point(20, {"a": 3.0, "b": 4.0})]) == ["b"]
     assert dq.not_better([point(0, {"a": 5.0})]) == ["no evaluations"]
+
+
+def test_espeak_library_speaks_each_utterance_the_same_whatever_came_before():
+    """The espeak-ng library of espeakng-loader, no program: a clip depends only on its text and voice settings
+    (the library's C state and rand() would otherwise carry over from earlier utterances), also when threads
+    share it; voices resolve as the program's -v does (``en-gb+f2`` by language)."""
+    text = "She had been mistress of his house from a very early period."
+    voices = [("en-us+f3", 160, 60, 2), ("en-gb-x-rp+klatt", 160, 50, 2), ("en-gb+f2", 165, 55, 0)]
+    first = [espeak_ng.speak(text, *v) for v in voices]
+    for x, sr in first:
+        assert sr == 22050 and 2.5 < len(x) / sr < 6 and 0.1 < np.max(np.abs(x)) <= 1
+    time.sleep(1.1)  # espeak-ng 1.52 seeds its noise from the clock (seconds) unless it is seeded
+    again = [espeak_ng.speak(text, *v)[0] for v in reversed(voices)][::-1]
+    assert all(np.array_equal(x, y) for (x, _), y in zip(first, again))
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda v: espeak_ng.speak(text, *v)[0], voices * 3))
+    assert all(np.array_equal(first[i % 3][0], y) for i, y in enumerate(threaded))
+    assert espeak_ng.version().startswith("espeak-ng 1.52")
+    with pytest.raises(RuntimeError, match="'xx-nonesuch'"):
+        espeak_ng.speak(text, "xx-nonesuch", 160)
 
 
 def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path):
