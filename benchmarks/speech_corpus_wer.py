@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import json
 import logging
 from pathlib import Path
 
 from distil_whisper_jax.assets import SPEECH_SPLITS, speech_manifest
 from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech.wer import wer
 from distil_whisper_jax.weights.loading import load_pretrained
@@ -36,8 +36,7 @@ def main(argv=None) -> int:
     report: dict = {"model": model.source, "splits": {}}
     for split in SPEECH_SPLITS:
         tsv = speech_manifest(split)
-        with open(tsv, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        rows = list(delimited.read_rows(tsv))
         out = transcribe([tsv.parent / r["audio"] for r in rows], model, batch_size=args.batch_size)
         hyps = [o["text"] for o in out]
         refs = [r["text"] for r in rows]

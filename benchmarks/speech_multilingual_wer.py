@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import json
 import logging
 from pathlib import Path
 
 from distil_whisper_jax.assets import SPEECH_LANGUAGES, SPEECH_MULTILINGUAL_DIR, SPEECH_SPLITS
 from distil_whisper_jax.decode.transcribe import transcribe
+from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.wer import wer
@@ -36,8 +36,7 @@ MAX_NEW_TOKENS = 120
 
 
 def score_split(model, tsv: Path, language: str, batch_size: int, max_new_tokens: int) -> dict:
-    with open(tsv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(delimited.read_rows(tsv))
     paths = [tsv.parent / r["audio"] for r in rows]
     out = transcribe(
         paths, model, batch_size=batch_size, language=language, max_new_tokens=max_new_tokens, progress=False
