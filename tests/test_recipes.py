@@ -1,5 +1,6 @@
 """tpu_scripts/recipes/: every file loads with the real config parsers, and the cost each recipe quotes is
-``tools/recipe_cost.py``'s calibrated figure, which agrees with upstream distil-whisper's one published timing;
+``tools/recipe_cost.py``'s calibrated figure, which agrees with upstream distil-whisper's one published timing
+and, in FLOPs per step, with a hand calculation from the teachers' published sizes;
 checkpoints come often enough that a preemption loses at most about an hour; hub datasets are streamed;
 docs/recipes.md quotes the same figures."""
 
@@ -89,6 +90,54 @@ def test_calibration_agrees_with_upstreams_measurement(cost):
         # the assumed 35 % MFU is the optimistic figure: upstream's timing implies less
         assert e["flop_chip_hours"] < e["chip_hours"], name
         assert 0.1 < e["mfu"] < 0.35, name
+
+
+# Published sizes of each recipe's teacher (openai/whisper's model card and paper, Table 1): parameters, d_model,
+# layers on each side, vocabulary; small.en and medium.en have the sizes of small and medium.
+PUBLISHED = {
+    "distil-large-v2": (1550e6, 1280, 32, 51865),
+    "distil-large-v3": (1550e6, 1280, 32, 51866),
+    "distil-medium.en": (769e6, 1024, 24, 51864),
+    "distil-small.en": (244e6, 768, 12, 51864),
+}
+
+
+def hand_pflop_per_step(params: float, d: int, layers: int, vocab: int) -> float:
+    """One training step of a recipe from its teacher's published size, independently of core/flops.py: the
+    standard approximation, forward FLOPs = 2 x parameters x the positions they act on (training: 3x forward,
+    6N per token), plus the attention scores (QK^T and AV: 2 x 2 x d per pair of positions per layer).
+
+    The parameters without the tied embedding (vocab x d) split between the encoder and the decoder as their
+    layers do: an encoder layer has 12 d^2 (attention 4, MLP 8), a decoder layer 16 d^2 (cross-attention 4
+    more), of which the cross-attention k/v (2 d^2) act on the encoder's positions. Per example: S = 1500
+    encoder positions (30 s), L = 127 decoder positions (max_label_length 128, shifted by one); global batch 256.
+    Teacher: encoder forward once (shared with the frozen student encoder), decoder forward. Student: 2 of the
+    teacher's decoder layers + the embedding, 3x forward, except 2x for the cross k/v (their input, the frozen
+    encoder's output, gets no gradient)."""
+    s, n, batch = 1500, 127, 256
+    emb = vocab * d
+    encoder, decoder = (params - emb) * 12 / 28, (params - emb) * 16 / 28
+    cross_kv = decoder / 8
+    per_token = decoder - cross_kv
+    teacher_encoder = 2 * encoder * s + 4 * layers * s * s * d
+    teacher_decoder = 2 * (per_token + emb) * n + 2 * cross_kv * s + 4 * layers * (n * n + n * s) * d
+    share = 2 / layers
+    student_forward = 2 * (share * per_token + emb) * n + 2 * share * cross_kv * s + 4 * 2 * (n * n + n * s) * d
+    student = 3 * student_forward - 2 * share * cross_kv * s
+    return batch * (teacher_encoder + teacher_decoder + student) / 1e15
+
+
+def test_cost_figures_agree_with_a_hand_calculation_from_published_model_sizes(cost):
+    """The FLOPs per step (and so the hours each recipe quotes, which scale with them from upstream's 80 h)
+    against ``hand_pflop_per_step``. Within 3 %: the published counts are rounded and include biases, LayerNorms,
+    the convolutions and positional tables, which the 12:16 split spreads over the matmuls (they agree within
+    1 %). A wrong batch, label length or part (the teacher's decoder is 19 % of large-v2's step) is outside it."""
+    assert set(cost) == set(PUBLISHED)
+    reference = hand_pflop_per_step(*PUBLISHED["distil-large-v2"])
+    for name, e in cost.items():
+        hand = hand_pflop_per_step(*PUBLISHED[name])
+        assert e["pflop_per_step"] == pytest.approx(hand, rel=0.03), name
+        assert e["v4_8_hours"] == pytest.approx(UPSTREAM_V4_8_HOURS_PER_80K_STEPS * hand / reference, rel=0.03), name
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
