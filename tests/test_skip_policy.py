@@ -1,11 +1,15 @@
-"""The skip policy (tests/skip_policy.py): an unexplained skip fails the run, an allowed one does not, and every
-skip is listed. Each case runs pytest in a subprocess on a tiny test file."""
+"""The skip policy (tests/skip_policy.py): an unexplained skip or xfail fails the run, an allowed one does not, and
+every one is listed. Each case runs pytest in a subprocess on a tiny test file."""
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from tests.skip_policy import SkipPolicy
 
@@ -16,15 +20,17 @@ from tests.skip_policy import SkipPolicy
 
 def pytest_configure(config):
     config.pluginmanager.register(
-        SkipPolicy({"test_cases.py::test_allowed": ("no tmpfs", "the kernel forbids the mount")}), "skip_policy"
+        SkipPolicy({"test_cases.py::test_allowed": ("no tmpfs here", "the kernel forbids the mount")}), "skip_policy"
     )
 """
 
 
-def run_pytest(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess:
+def run_pytest(tmp_path: Path, body: str, *args: str, path: str = "test_cases.py", **env_extra: str):
+    """pytest in a subprocess on ``body`` written to ``tmp_path/path``, under ``CONFTEST``."""
     (tmp_path / "conftest.py").write_text(CONFTEST)
-    (tmp_path / "test_cases.py").write_text(textwrap.dedent(body))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text(textwrap.dedent(body))
+    env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *args],
         cwd=tmp_path,
@@ -45,20 +51,16 @@ ALLOWED_ONLY = """
     def test_allowed(x):
         pytest.skip("no tmpfs here")
 
-    @pytest.mark.xfail(reason="known")
-    def test_xfail():
-        raise AssertionError
-
     @pytest.mark.slow
     def test_deselected():
         pytest.skip("never runs: deselected by -m")
 """
 
 
-def test_allowed_skips_xfail_and_deselection_pass(tmp_path):
+def test_allowed_skips_and_deselection_pass(tmp_path):
     proc = run_pytest(tmp_path, ALLOWED_ONLY)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skip policy: 2 skipped, 0 not allowed" in proc.stdout
+    assert "skip policy: 2 skipped or xfail, 0 not allowed" in proc.stdout
     assert "allowed     test_cases.py::test_allowed[1]: no tmpfs here (the kernel forbids the mount)" in proc.stdout
 
 
@@ -79,7 +81,7 @@ def test_unexplained_skip_fails_the_run(tmp_path):
     )
     proc = run_pytest(tmp_path, body)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "skip policy: 4 skipped, 2 not allowed" in proc.stdout
+    assert "skip policy: 4 skipped or xfail, 2 not allowed" in proc.stdout
     assert "NOT ALLOWED test_cases.py::test_needs_tool: ffmpeg not on PATH" in proc.stdout
     assert "NOT ALLOWED test_cases.py::test_fixture_skip: library not found" in proc.stdout
     assert "passed" in proc.stdout  # the tests themselves all passed: only the policy failed the run
@@ -95,6 +97,70 @@ def test_allowed_test_skipping_for_another_reason_fails(tmp_path):
     proc = run_pytest(tmp_path, 'import pytest\n\ndef test_allowed():\n    pytest.skip("ffmpeg missing")\n')
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "NOT ALLOWED test_cases.py::test_allowed: ffmpeg missing" in proc.stdout
+    proc = run_pytest(
+        tmp_path, 'import pytest\n\ndef test_allowed():\n    pytest.skip("no tmpfs here (ffmpeg missing)")\n'
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the pattern must match the whole reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '@pytest.mark.xfail(reason="known bug")\ndef test_xfail():\n    raise AssertionError\n',
+        'def test_xfail():\n    pytest.xfail("known bug")\n',
+        '@pytest.mark.xfail(reason="known bug")\ndef test_xfail():\n    pass\n',  # xpass
+    ],
+    ids=["marker", "call", "xpass"],
+)
+def test_xfail_fails_the_run(tmp_path, body):
+    """An xfail is a check whose failure is ignored (an xpass, one whose verdict is): it used to pass silently."""
+    proc = run_pytest(tmp_path, "import pytest\n\n" + body)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "skip policy: 1 skipped or xfail, 1 not allowed" in proc.stdout
+    assert "NOT ALLOWED test_cases.py::test_xfail (x" in proc.stdout and "known bug" in proc.stdout
+
+
+FULL_DISK = """
+    from tests import helpers
+
+    def test_full_disk_keeps_previous_checkpoint(tmp_path):
+        with helpers.small_disk(tmp_path / "disk"):
+            pass
+"""
+
+
+def full_disk_skip(tmp_path: Path, mount_as: list[str]) -> subprocess.CompletedProcess:
+    """The full-disk test's real skip under the suite's real allow-list: helpers.small_disk runs the real mount
+    program, through ``mount_as`` (a setpriv prefix: the kernel refuses it a different way)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "mount").write_text(f'#!/bin/sh\nexec {" ".join(mount_as)} {shutil.which("mount")} "$@"\n')
+    (bin_dir / "mount").chmod(stat.S_IRWXU)
+    conftest = "from tests.skip_policy import ALLOWED_SKIPS, SkipPolicy\n\ndef pytest_configure(config):\n"
+    conftest += '    config.pluginmanager.register(SkipPolicy(ALLOWED_SKIPS), "skip_policy")\n'
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "conftest.py").write_text(conftest)
+    (tmp_path / "run" / "tests").mkdir()
+    (tmp_path / "run" / "tests" / "test_distill.py").write_text(textwrap.dedent(FULL_DISK))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t")]
+    return subprocess.run(cmd, cwd=tmp_path / "run", env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_full_disk_test_may_skip_only_when_mounts_are_forbidden_to_root(tmp_path):
+    """Allowed: root without CAP_SYS_ADMIN (a container that forbids mount(2)): EPERM, "permission denied". Not
+    allowed, though the reason also names a tmpfs: any other failure to mount, here not being root."""
+    assert os.geteuid() == 0, "runs the mount program as root with setpriv, as CI does (the full-disk tests need root)"
+    proc = full_disk_skip(tmp_path / "eperm", ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "permission denied" in proc.stdout and "1 skipped or xfail, 0 not allowed" in proc.stdout
+    proc = full_disk_skip(tmp_path / "user", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 skipped or xfail, 1 not allowed" in proc.stdout
+    assert (
+        "NOT ALLOWED tests/test_distill.py::test_full_disk_keeps_previous_checkpoint: ALLOWED-SKIP: the kernel "
+        in proc.stdout
+    )
 
 
 def test_the_suite_runs_under_the_policy(request):
