@@ -136,10 +136,15 @@ def small_disk(directory: Path, size: str = "512k") -> Iterator[Path]:
     )
     if mount.returncode:
         pytest.skip(f"ALLOWED-SKIP: the kernel refuses to mount a small tmpfs here ({mount.stderr.strip()})")
+    # A descriptor of the directory under the mount follows it when another pytest session's clean-up renames
+    # an old basetemp while this test runs: unmounting by its current path then still works.
+    fd = os.open(directory.parent, os.O_RDONLY)
     try:
         yield directory
     finally:
-        subprocess.run(["umount", str(directory)], check=False)
+        where = Path(os.readlink(f"/proc/self/fd/{fd}")) / directory.name
+        os.close(fd)
+        subprocess.run(["umount", str(where)], check=False)
 
 
 def free_bytes(directory: Path) -> int:
