@@ -721,6 +721,46 @@ def test_full_disk_mid_run_names_the_path_and_keeps_the_last_checkpoint(
     assert checkpoint_steps(out / "checkpoints") == [3] and not (out / "hf").exists()
 
 
+def test_a_failed_background_save_stops_the_run_at_the_next_step(small_models, labelled, tmp_path, caplog, monkeypatch):
+    """The checkpoints are on a 64 MiB tmpfs that fills up after the first save: the save of step 6 fails in
+    Orbax's background write, and the run stops after computing step 7 (it used to go on to the next save, at
+    step 9, and lose every step between), naming the checkpoint directory and the cause; step 3's stays."""
+    from distil_whisper_jax.stages.distill import distill
+    from distil_whisper_jax.weights.checkpoint import checkpoint_steps
+
+    out = tmp_path / "run"
+    real_save = distill.checkpoint.save
+    with helpers.small_disk(out / "checkpoints", "64m") as disk:
+
+        def save(manager, step, *args, **kw):
+            if step > 3:  # the disk fills up between the first save and the second
+                (disk / "filler").write_bytes(b"0" * max(0, helpers.free_bytes(disk) - 256 * 1024))
+            return real_save(manager, step, *args, **kw)
+
+        monkeypatch.setattr(distill.checkpoint, "save", save)
+        code = distill.run(_cfg(small_models, labelled, out, max_steps=12))
+        steps = checkpoint_steps(out / "checkpoints")
+    logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == 6, logged  # step 7 was computed, not logged: nothing after the failed save is kept
+    assert code == distill.EXIT_SAVE_FAILED, caplog.text[-3000:]
+    assert f"writing {out / 'checkpoints' / '6'} failed: no space left on device" in caplog.text
+    assert f"the last good checkpoint {out / 'checkpoints' / '3'} is intact" in caplog.text and steps == [3]
+
+
+def test_full_disk_in_set_up_names_the_path_and_leaves_no_half_written_tokenizer(
+    small_models, labelled, small_disk, caplog
+):
+    """The output directory's disk (512 KiB) cannot take the 5 MB tokenizer: exit status 4 with an error naming
+    O/tokenizer and the cause, before any training, and no partial tokenizer/ (it used to be a traceback from
+    the tokenizers library and a half-written directory)."""
+    from distil_whisper_jax.stages.distill import distill
+
+    out = small_disk / "run"
+    assert distill.run(_cfg(small_models, labelled, out)) == distill.EXIT_SAVE_FAILED
+    assert f"cannot write {out / 'tokenizer'}: no space left on device; nothing was trained" in caplog.text
+    assert not (out / "tokenizer").exists() and not list(out.glob(".tokenizer*")), list(out.iterdir())
+
+
 def test_damaged_checkpoint_is_set_aside_and_the_run_finishes(small_models, labelled, tmp_path, capfd, caplog):
     """A truncated checkpoint is skipped on resume and renamed out of the way, so that saving its step
     again works (it used to fail on every rerun with 'Checkpoint for step 8 already exists')."""

@@ -99,6 +99,33 @@ def atomic_write(path: str | os.PathLike, mode: str | None = None) -> Iterator:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Write directory ``path`` atomically: yields a temp sibling ``.<name>.tmp-<pid>`` that replaces ``path``
+    (an earlier one is moved aside as ``.<name>.old-<pid>`` and deleted) only if the block finishes without
+    error; on error the temp directory is removed and ``path`` stays as it was, so a full disk never leaves a
+    half-written directory where a reader looks. A killed writer's leftovers carry its pid
+    (``remove_stale_temporaries``). A remote ``path`` is written to a local temp directory and uploaded when
+    the block finishes (``storage.staged_dir``)."""
+    if storage.is_remote(path):
+        with storage.staged_dir(path) as d:
+            yield d
+        return
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (final.with_name(f".{final.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

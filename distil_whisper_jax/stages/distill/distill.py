@@ -10,7 +10,9 @@ student as a transformers directory at ``O/hf/`` with ``distil_info.json``, and 
 On SIGTERM (TPU preemption) or Ctrl-C the current step is checkpointed before exiting, on a pod by every process
 after the same step (``stop_signals``); a non-finite loss stops the
 run naming the step and its examples, keeping the last good checkpoint; a failed write names the path
-and the cause and keeps the last good checkpoint.
+and the cause and keeps the last good checkpoint. A checkpoint is written in the background during the next
+step, which then waits for it (``_settle_save``), so a failed save stops the run one step later, not at the
+next save; ``O/tokenizer`` and ``O/hf`` are written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.data import stream as train_data
 from distil_whisper_jax.infra import stop_signals, storage
 from distil_whisper_jax.infra.config import to_dict
-from distil_whisper_jax.infra.files import atomic_write, check_writable, os_error_cause
+from distil_whisper_jax.infra.files import (
+    OutputWriteError,
+    atomic_dir,
+    atomic_write,
+    check_writable,
+    os_error_cause,
+    remove_stale_temporaries,
+    write_error,
+)
 from distil_whisper_jax.speech.token_layout import special_tokens
 from distil_whisper_jax.speech.tokenizer import save_tokenizer
 from distil_whisper_jax.stages.distill import corpus
@@ -90,6 +100,7 @@ class Run:
     step: int = 0
     last_eval: dict = dataclasses.field(default_factory=dict)
     stop_signal: int | None = None
+    saving: int | None = None  # the step whose checkpoint is being written in the background
 
     @property
     def ckpt_root(self) -> Path:
@@ -101,7 +112,13 @@ def run(cfg: DistillConfig) -> int:
     stopped early.
     Bad input (flags, data, models, checkpoints) raises ``ValueError`` before training starts."""
     cfg.validate()
-    r = setup(cfg)
+    try:
+        r = setup(cfg)
+    except OSError as e:  # the disk refused a set-up write (tokenizer, metrics, checkpoint directory)
+        if not isinstance(e, OutputWriteError) and not is_write_error(e):
+            raise
+        log.error("%s; nothing was trained", e if isinstance(e, OutputWriteError) else write_error(e.filename, e))
+        return EXIT_SAVE_FAILED
     handlers = stop_signals.install(lambda signum: setattr(r, "stop_signal", signum))
     try:
         code = loop(r)
@@ -140,9 +157,7 @@ def setup(cfg: DistillConfig) -> Run:
     state, step_fn = build_state(cfg, models, mesh)
     specials = special_tokens(models.student.tokenizer)
     if is_main:
-        with storage.staged_dir(out / checkpoint.TOKENIZER) as tok_dir:
-            save_tokenizer(models.student.tokenizer, tok_dir)
-            _write_generation_config(models.student, tok_dir / "generation_config.json")
+        _write_tokenizer_dir(models.student, out / checkpoint.TOKENIZER)
     meta = {
         "config": models.student.config.to_dict(),
         "teacher": models.teacher_ref,
@@ -200,6 +215,10 @@ def setup(cfg: DistillConfig) -> Run:
 
 def _prepare_output(cfg: DistillConfig, out: storage.OutPath, is_main: bool) -> None:
     check_writable(out, "--output_dir")
+    if is_main and not storage.is_remote(out) and out.is_dir():  # a killed run's half-written directories
+        remove_stale_temporaries(
+            out, [f".{d}.{kind}-*" for d in (checkpoint.TOKENIZER, "hf") for kind in ("tmp", "old")]
+        )
     if cfg.overwrite_output_dir and is_main and (out / checkpoint.CHECKPOINTS).exists():
         storage.remove_tree(out / checkpoint.CHECKPOINTS)
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -287,6 +306,7 @@ def loop(r: Run) -> int:
         while r.step < cfg.max_steps:
             examples = r.stream.next_batch(r.global_batch)
             r.state, metrics = r.step_fn(r.state, r.teacher_params, r.batcher(examples[local]))
+            _settle_save(r)  # while the devices compute this step
             r.step += 1
             if stop_signals.preempted(r.step):
                 r.stop_signal = signal.SIGTERM
@@ -301,6 +321,7 @@ def loop(r: Run) -> int:
             eval_wer = _maybe_evaluate(r)
             if r.step % cfg.save_steps == 0 or r.step == cfg.max_steps or eval_wer is not None or r.stop_signal:
                 checkpoint.save(r.manager, r.step, r.state, r.stream.state.to_dict(), _meta(r), eval_wer)
+                r.saving = r.step
             if r.stop_signal:
                 name = signal.Signals(r.stop_signal).name
                 log.warning("%s: saved a checkpoint at step %d, exiting", name, r.step)
@@ -308,6 +329,16 @@ def loop(r: Run) -> int:
         return 0
     finally:
         bar.close()
+
+
+def _settle_save(r: Run) -> None:
+    """Wait for the checkpoint started after the previous step, written in the background while this step
+    was computed: a failed save stops the run now, one step after it, instead of at the next save
+    ``--save_steps`` later with every step in between lost. (On a step shorter than the write, the wait is the
+    rest of the write; ``r.saving`` keeps the failed step for the report.)"""
+    if r.saving is not None:
+        r.manager.wait_until_finished()  # raises the background write's error
+        r.saving = None
 
 
 def _log_train(r: Run, metrics: dict) -> None:
@@ -346,7 +377,7 @@ def _report_nan(r: Run, loss: float, examples: list) -> None:
 
 def _report_write_error(r: Run, e: BaseException) -> None:
     good = checkpoint.checkpoint_steps(r.ckpt_root)
-    where = getattr(e, "filename", None) or r.ckpt_root
+    where = getattr(e, "filename", None) or (r.ckpt_root / str(r.saving) if r.saving is not None else r.ckpt_root)
     log.error(
         "writing %s failed: %s (%s: %s); the last good checkpoint %s is intact",
         where,
@@ -385,6 +416,20 @@ def finish(r: Run) -> int:
     return 0
 
 
+def _write_tokenizer_dir(student: Pretrained, path: storage.OutPath) -> None:
+    """``O/tokenizer`` (tokenizer files + generation_config.json), written whole or not at all; a disk that
+    refuses it raises ``OutputWriteError`` naming the directory and the cause (the tokenizers library reports
+    a full disk as a bare ``Exception``)."""
+    try:
+        with atomic_dir(path) as d:
+            save_tokenizer(student.tokenizer, d)
+            _write_generation_config(student, d / "generation_config.json")
+    except Exception as e:
+        if not is_write_error(e):
+            raise
+        raise write_error(path, e) from e
+
+
 def _write_generation_config(student: Pretrained, path: Path) -> None:
     """The student's generation_config.json (kept from its directory, else built from its defaults)."""
     src = storage.location(student.source, "--model_name_or_path") / "generation_config.json"
@@ -398,7 +443,7 @@ def _write_generation_config(student: Pretrained, path: Path) -> None:
 
 def _write_final(r: Run, params: Any) -> None:
     gen = json.loads((r.out / checkpoint.TOKENIZER / "generation_config.json").read_text())
-    with storage.staged_dir(r.out / "hf") as hf:
+    with atomic_dir(r.out / "hf") as hf:
         _write_hf_and_info(r, hf, params, gen)
 
 
