@@ -1,6 +1,7 @@
-"""run_eval.py on the real tiny.en and real speech: corpus WER per dataset and overall (checked against jiwer),
-results.json / results.md / predictions.csv, empty references and unreadable rows counted, the multi-host
-split and merge, bad input refused before work, and speculative decoding reachable from transcribe and eval.
+"""run_eval.py on the real tiny.en and real speech: corpus WER per dataset and overall (S/D/I counted by hand;
+a run's figure recomputed from its predictions.csv), results.json / results.md / predictions.csv, empty
+references and unreadable rows counted, the multi-host split and merge, bad input refused before work, and
+speculative decoding reachable from transcribe and eval.
 
 Every run shares one loaded tiny.en and one compiled shape (batches of 2 on one device)."""
 
