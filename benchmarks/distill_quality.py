@@ -68,6 +68,16 @@ def label(corpus: Path, work: Path, wer_threshold: float, times: dict[str, float
     return json.loads((work / "labelled" / "report.json").read_text())
 
 
+def reused_outputs(corpus: Path, work: Path, started: float) -> dict[str, bool]:
+    """Which stages this run took from an earlier one (their outputs predate it), so their times are near zero:
+    the corpus from ``--cache``, the labels from ``--work``."""
+    shards = list((work / "labelled").rglob("*.parquet"))  # the labeller rewrites its report on every run
+    return {
+        "corpus": (corpus / "corpus.json").stat().st_mtime < started,
+        "labels": bool(shards) and all(p.stat().st_mtime < started for p in shards),
+    }
+
+
 def train(work: Path, eval_sets: list[Path], a: argparse.Namespace, times: dict[str, float]) -> None:
     every = max(a.max_steps // a.curve_points, 1)
     argv = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
@@ -202,7 +212,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_logging()
-    t0, load0, times = time.perf_counter(), os.getloadavg()[0], {}
+    t0, load0, times, started = time.perf_counter(), os.getloadavg()[0], {}, time.time()
     corpus = timed(times, "corpus", build_corpus, a.text, a.hours, a.heldout_per_set, a.cache)
     a.work.mkdir(parents=True, exist_ok=True)
     real, real_s = real_manifest(a.work)
@@ -225,6 +235,7 @@ def main(argv=None) -> int:
         "real_audio_s": real_s,
         "labelled": {k: labelled[k] for k in ("rows_read", "rows_written", "audio_hours_written", "wer_all_labelled")},
         "times_s": {**times, "total": time.perf_counter() - t0},
+        "reused": reused_outputs(corpus, a.work, started),
         "models": models,
         "curve": points,
         "goals": verdict(models),

@@ -363,6 +363,9 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("config", "max_steps"), "d"), (scaled(at("times_s", "train"), 1 / 60), ".0f"),
         (at("machine", "load_avg_1m_start"), ".1f"),
         (lambda d: d["times_s"]["train"] * 1000 / d["config"]["max_steps"] / 3600, ".1f")]),
+    (BENCH, "The recorded one reused {}, so its JSON times them near zero", DQ, [
+        (lambda d: {(True, True): "both", (True, False): "the corpus", (False, True): "the labels"}.get(
+            (d["reused"]["corpus"], d["reused"]["labels"]), "neither"), "s")]),
     (BENCH, "holds a run of 2026-12-02 on a machine with load average {} at the start", DD, [
         (at("machine", "load_avg_1m_start"), ".1f")]),
     (BENCH, "did not record the load average before it started; {} at its end", T, [
