@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.common import RESULTS_DIR, run_record
 from distil_whisper_jax.assets import bundled_clips, librivox_recordings, speech_manifest
 from distil_whisper_jax.data.sources import manifest_rows
 from distil_whisper_jax.decode.transcribe import transcribe
@@ -374,7 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 short clips and a 1-minute recording (a smoke run)")
     ap.add_argument("--output", default=str(RESULTS_DIR / "peers.json"))
     args = ap.parse_args(argv)
-    load_start = os.getloadavg()  # before any work: the figure that says whether the machine was idle
+    load_start = os.getloadavg()[0]  # before any work: the figure that says whether the machine was idle
     if args.quick:
         args.long_minutes = min(args.long_minutes, 1.0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -390,14 +388,7 @@ def main(argv=None) -> int:
     spec = speculative_rows(args, pre, student)
     report = {
         "benchmark": "peers",
-        "date": datetime.date.today().isoformat(),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_at_start": list(load_start),
-            "loadavg_at_end": list(os.getloadavg()),
-        },
+        **run_record(load_start),
         "student": args.student,
         "quick": args.quick,
         "short_form": {"items": len(short_set(args.quick)), "rows": short},

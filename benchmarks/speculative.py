@@ -17,11 +17,9 @@ Writes ``benchmarks/results/speculative.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, cpu_model
+from benchmarks.common import RESULTS_DIR, run_record
 from benchmarks.peers import short_set
 from distil_whisper_jax.decode import decoding
 from distil_whisper_jax.infra import config
@@ -140,7 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 clips only")
     ap.add_argument("--output", default=str(RESULTS_DIR / "speculative.json"))
     args = ap.parse_args(argv)
-    load_start = os.getloadavg()  # before any work: the figure that says whether the machine was idle
+    load_start = os.getloadavg()[0]  # before any work: the figure that says whether the machine was idle
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     items = short_set(args.quick)
     waves = [audio.load_audio(p) for p, _ in items]
@@ -156,14 +154,7 @@ def main(argv=None) -> int:
         rows += pair_rows("base", teacher, load_pretrained(base_student), waves, batches, "en")
     report = {
         "benchmark": "speculative",
-        "date": datetime.date.today().isoformat(),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_at_start": list(load_start),
-            "loadavg_at_end": list(os.getloadavg()),
-        },
+        **run_record(load_start),
         "items": len(items),
         "audio_seconds": round(sum(len(w) for w in waves) / audio.SAMPLE_RATE, 1),
         "rows": rows,
