@@ -25,12 +25,18 @@ def pytest_configure(config):
 """
 
 
+def _outer_env() -> dict[str, str]:
+    """This process's environment without the options given to the outer pytest (``PYTEST_ADDOPTS``, e.g. a
+    ``--suite-record`` file), which are not the inner session's to take."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+
+
 def run_pytest(tmp_path: Path, body: str, *args: str, path: str = "test_cases.py", **env_extra: str):
     """pytest in a subprocess on ``body`` written to ``tmp_path/path``, under ``CONFTEST``."""
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / path).write_text(textwrap.dedent(body))
-    env = dict(os.environ, PYTHONPATH=str(REPO), **env_extra)
+    env = dict(_outer_env(), PYTHONPATH=str(REPO), **env_extra)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *args],
         cwd=tmp_path,
@@ -142,7 +148,7 @@ def full_disk_skip(tmp_path: Path, mount_as: list[str]) -> subprocess.CompletedP
     (tmp_path / "run" / "conftest.py").write_text(conftest)
     (tmp_path / "run" / "tests").mkdir()
     (tmp_path / "run" / "tests" / "test_distill.py").write_text(textwrap.dedent(FULL_DISK))
-    env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = dict(_outer_env(), PYTHONPATH=str(REPO), PATH=f"{bin_dir}:{os.environ['PATH']}")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t")]
     return subprocess.run(cmd, cwd=tmp_path / "run", env=env, capture_output=True, text=True, timeout=120)
 
