@@ -142,7 +142,13 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 
 
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
-DQ = "distill_quality.json"
+DQ, SUITE = "distill_quality.json", "test_suite.json"
+
+
+def _largest_step_gib(d: Any) -> float:
+    """The largest rise of the pytest process's peak memory over one test, in GiB."""
+    peaks = [0] + [t["pytest_peak_mib"] for t in d["tests"]]
+    return max(b - a for a, b in zip(peaks, peaks[1:])) / 1024
 
 
 def _quality_row(model: str) -> list[tuple[Getter, str]]:
@@ -363,6 +369,13 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("config", "max_steps"), "d"), (scaled(at("times_s", "train"), 1 / 60), ".0f"),
         (at("machine", "load_avg_1m_start"), ".1f"),
         (lambda d: d["times_s"]["train"] * 1000 / d["config"]["max_steps"] / 3600, ".1f")]),
+    (README, "took {} minutes for {} tests on 2 CPU cores (load average {} at the start)", SUITE, [
+        (scaled(at("wall_seconds"), 1 / 60), ".0f"), (lambda d: sum(d["outcomes"].values()), "d"),
+        (at("load_average_start", 0), ".1f")]),
+    (README, "{} passed, and the {} that failed were", SUITE, [
+        (at("outcomes", "passed"), "d"), (at("outcomes", "failed"), "d")]),
+    (README, "Its pytest process peaked at {} GiB resident, {} GiB of it from one test", SUITE, [
+        (scaled(at("pytest_peak_mib"), 1 / 1024), ".1f"), (_largest_step_gib, ".1f")]),
     (BENCH, "The recorded one reused {}, so its JSON times them near zero", DQ, [
         (lambda d: {(True, True): "both", (True, False): "the corpus", (False, True): "the labels"}.get(
             (d["reused"]["corpus"], d["reused"]["labels"]), "neither"), "s")]),
