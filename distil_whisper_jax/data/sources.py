@@ -144,12 +144,13 @@ def _open_manifest(spec: SourceSpec) -> Source:
     """A manifest file; a CSV/TSV one is read through once here, so that a malformed row is refused before any
     work starts (``DataConfigError`` naming the file and line)."""
     path = Path(spec.name)
+    rows = manifest_rows(path)
     try:
+        first = next(rows, None)
         if path.suffix != ".jsonl":
-            collections.deque(manifest_rows(path), maxlen=0)
+            collections.deque(rows, maxlen=0)  # the rest, only to find a malformed row
     except delimited.ManifestError as e:
         raise DataConfigError(f"--dataset_name {e}") from None
-    first = next(iter(manifest_rows(path)), None)
     if first is None:
         raise DataConfigError(f"--dataset_name {path}: manifest has no rows")
     if path.suffix == ".jsonl":
