@@ -442,7 +442,8 @@ def test_failed_writes_leave_no_partial_outputs(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(ggml, "_records", boom)
     with pytest.raises(OSError, match="disk full"):
         ex.export(tiny, ["ggml"], tmp_path)
-    monkeypatch.setattr(ex.hf_format, "write_hf_dir", lambda d, *a, **k: (d.mkdir(), (d / "x").write_text("x"), 1 / 0))
+    half_write = lambda d, *a, **k: ((d / "x").write_text("x"), 1 / 0)  # noqa: E731 - export made d (atomic_dir)
+    monkeypatch.setattr(ex.hf_format, "write_hf_dir", half_write)
     with pytest.raises(ZeroDivisionError):
         ex.export(tiny, ["hf"], tmp_path)
     assert list(tmp_path.iterdir()) == []  # neither the files nor their temp names

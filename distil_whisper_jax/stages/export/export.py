@@ -22,10 +22,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +32,13 @@ import numpy as np
 
 from distil_whisper_jax.infra import config as config_lib
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import atomic_write, check_writable, remove_stale_temporaries, write_error
+from distil_whisper_jax.infra.files import (
+    atomic_dir,
+    atomic_write,
+    check_writable,
+    remove_stale_temporaries,
+    write_error,
+)
 from distil_whisper_jax.speech.token_layout import SpecialTokens
 from distil_whisper_jax.speech.wer import wer
 from distil_whisper_jax.stages.export.card import find_distil_info, model_card, read_distil_info
@@ -57,7 +62,7 @@ OUTPUT_NAMES = (
     | {f: f for f in CT2_FORMATS}
 )
 DTYPES = {"float32": np.float32, "float16": np.float16}
-# Temp names of the writers below (``atomic_write`` files, ``_atomic_dir`` folders), for stale clean-up.
+# Temp names of the writers below (``atomic_write`` files, ``atomic_dir`` folders), for stale clean-up.
 TEMPORARIES = (
     ".hf.tmp-*",
     ".hf.old-*",
@@ -167,21 +172,6 @@ def remove_stale_outputs(output_dir: str | os.PathLike) -> list[Path]:
 # Writing
 
 
-def _atomic_dir(final: Path, build: Callable[[Path], None]) -> None:
-    """Build a directory under a temp name next to ``final``, then swap it into place."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        build(tmp)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _write_hf(pre: Pretrained, path: Path, formats: Sequence[str], dtype: str) -> None:
     gen = pre.generation_defaults
     gen_config = hf_format.hf_generation_config(
@@ -197,7 +187,8 @@ def _write_hf(pre: Pretrained, path: Path, formats: Sequence[str], dtype: str) -
         with atomic_write(d / "README.md", "w") as f:
             f.write(model_card(pre, info, formats, dtype))
 
-    _atomic_dir(path, build)
+    with atomic_dir(path) as d:
+        build(d)
 
 
 def _write_ct2(pre: Pretrained, fmt: str, path: Path) -> None:
@@ -210,7 +201,8 @@ def _write_ct2(pre: Pretrained, fmt: str, path: Path) -> None:
         ct2_format.write_ct2_dir(d, pre.config, state, quantization, pre.generation_defaults, vocabulary)
         hf_format.write_processor_files(d, pre.config, pre.tokenizer)
 
-    _atomic_dir(path, build)
+    with atomic_dir(path) as d:
+        build(d)
 
 
 def _write(pre: Pretrained, fmt: str, path: Path, formats: Sequence[str], dtype: str) -> None:

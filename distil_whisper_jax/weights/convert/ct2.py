@@ -380,6 +380,6 @@ def write_ct2_dir(
     spec.validate()
     spec.optimize(quantization=quantization)
     path = Path(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)  # may be created empty by the caller (export's atomic_dir)
     spec.save(str(path))
     return path
