@@ -51,6 +51,7 @@ LAZY_IMPORTS_ALLOWED = {
     "pywhispercpp",
     "ctranslate2",
     "faster_whisper",
+    "onnxruntime",  # the voice-activity model (speech/vad.py), only for --long_form vad
     "matplotlib",
     "tensorboardX",
     "transformers",
