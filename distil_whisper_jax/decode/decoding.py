@@ -30,8 +30,8 @@ def check_assistant_mode(assistant_model: Any, long_form: str, num_beams: int, f
         return
     if num_beams != 1:
         raise ValueError(f"{flag}: speculative decoding is greedy; drop --num_beams {num_beams}")
-    if long_form not in ("none", "chunked"):
-        raise ValueError(f"{flag}: works with --long_form none or chunked, not {long_form}")
+    if long_form not in ("none", "chunked", "vad"):
+        raise ValueError(f"{flag}: works with --long_form none, chunked or vad, not {long_form}")
 
 
 @dataclasses.dataclass

@@ -45,12 +45,14 @@ class DecodingFlags:
 
     num_beams: int = flag(1, "beam width (1: greedy)", group=DECODING, aliases=("generation_num_beams",))
     max_new_tokens: int | None = flag(None, "cap on generated tokens per input (≥ 1)", group=DECODING)
-    long_form: Literal["none", "chunked", "sequential"] = flag(
+    long_form: Literal["none", "chunked", "sequential", "vad"] = flag(
         "none",
         "none: input longer than the model's window (30 s) is refused (transcription) or counted, not scored "
         "(evaluation); chunked: any length, overlapping windows decoded in batches and merged, with timestamps; "
         "sequential: any length, openai-whisper's algorithm (each window starts at the last segment end, "
-        "conditioned on the previous text, with temperature fallback)",
+        "conditioned on the previous text, with temperature fallback); vad: any length, cut at the pauses a "
+        "voice-activity model (Silero VAD) finds into pieces of at most one window, decoded in batches, with "
+        "timestamps (no speech found: no text)",
         group=DECODING,
     )
     chunk_length_s: float | None = flag(
