@@ -3,10 +3,21 @@ single-device references pass ``devices=jax.local_devices()[:1]`` explicitly. A 
 unless it is on the allow-list of ``tests/skip_policy.py``."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent compilation cache for the whole run, read by the pytest process and by every command a test
+# launches (JAX's own variable, inherited): a program compiled once (a decoding loop, a train step of a given
+# size) is loaded, not compiled again, by later tests and subprocesses. A CI that sets the variable itself
+# keeps the cache between runs; otherwise it is a temporary directory removed at the end of the run.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _RUN_CACHE = tempfile.mkdtemp(prefix="distil-whisper-jax-tests-xla-")
+else:
+    _RUN_CACHE = None
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")  # compile_cache.MIN_COMPILE_SECONDS
 
 
 import numpy as np
@@ -22,6 +33,11 @@ def pytest_addoption(parser):
         metavar="FILE.json",
         help="write the run's duration, peak memory (pytest and children) and per-test costs to this JSON file",
     )
+
+
+def pytest_unconfigure(config):
+    if _RUN_CACHE is not None:
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):

@@ -23,9 +23,6 @@ from .test_distill import _max_diff, small_config
 # 2-layer student, and a labelled dataset of the bundled clips
 small_models, labelled, tok = test_distill.small_models, test_distill.labelled, test_distill.tok
 
-# the module fixture that gives this module's runs one compilation cache (test_distill.JAX_CACHE)
-_compilation_cache = test_distill._compilation_cache
-
 
 def _upload(local: Path, url: str) -> None:
     from distil_whisper_jax.infra import storage
@@ -53,8 +50,6 @@ def _flags(student: str, out: str, labelled: Path, max_steps: int, **extra) -> d
         "seed": 1,
         "disable_tqdm": True,
         "freeze_encoder": True,
-        "compilation_cache": True,
-        "cache_dir": str(test_distill.JAX_CACHE),
         **extra,
     }
 

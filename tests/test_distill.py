@@ -23,24 +23,6 @@ from . import fake_gcs, helpers
 from .helpers import cli_args, free_port, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-JAX_CACHE = None  # set by the module fixture: runs share compiled programs (in-process and subprocesses)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """``--compilation_cache`` sets jax's global persistent-cache config; restore it after this module."""
-    import jax
-
-    global JAX_CACHE
-    JAX_CACHE = tmp_path_factory.mktemp("jax_cache")
-    saved = {
-        k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    }
-    yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
-
-
 # ----------------------------------------------------------------------------------------------
 # Fixtures
 
@@ -312,8 +294,6 @@ def _flags(small_models, labelled, out, max_steps=8, **extra) -> dict:
         "seed": 1,
         "disable_tqdm": True,
         "freeze_encoder": True,
-        "compilation_cache": True,
-        "cache_dir": str(JAX_CACHE),
         **{k: str(v) if isinstance(v, Path) else v for k, v in extra.items()},
     }
 
@@ -869,7 +849,7 @@ def test_end_to_end_demo_lowers_heldout_wer(tmp_path):
     )
     create_student(None, tmp_path / "student", decoder_layers=2)
     assert pseudo_label(cmds["label"]) == 0
-    argv = cmds["train"] + ["--disable_tqdm", "--compilation_cache", "--cache_dir", str(JAX_CACHE)]
+    argv = cmds["train"] + ["--disable_tqdm"]
     assert run(config.parse(DistillConfig, argv)) == 0
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/heldout/wer" in r]

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.decode import chunked, sequential
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder
+from distil_whisper_jax.infra import compile_cache
 from distil_whisper_jax.infra import config as config_lib
+from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.files import atomic_write, check_writable, write_error
 from distil_whisper_jax.infra.flag_groups import DecodingFlags
 from distil_whisper_jax.speech import audio, subtitles
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class TranscribeConfig(DecodingFlags):
+class TranscribeConfig(DecodingFlags, CompileCacheFlags):
     """What to transcribe, with which model, and where the results go."""
 
     inputs: tuple[str, ...] = config_lib.flag(help="audio files and/or folders of audio files", metavar="AUDIO_OR_DIR")
@@ -219,10 +221,12 @@ def transcribe(
     check_long_form(long_form, chunk_length_s, num_beams)
     check_assistant_mode(assistant_model, long_form, num_beams)
     files = expand_inputs(paths)
+    started = time.perf_counter()
     pre = model if isinstance(model, Pretrained) else load_pretrained(model)
     assistant = None
     if assistant_model is not None:
         assistant = assistant_model if isinstance(assistant_model, Pretrained) else load_pretrained(assistant_model)
+    loaded = time.perf_counter() - started
     timestamps = return_timestamps or long_form != "none"
     dec = decoder(
         pre, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices, assistant,
@@ -231,21 +235,23 @@ def transcribe(
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")
     t0 = time.perf_counter()
     names = [str(f) for f in files]
-    results = transcribe_loaded(
-        names,
-        # long-form reads a file block by block (bounded memory for recordings of hours)
-        (lambda i: audio.stream_audio(files[i])) if long_form != "none" else (lambda i: audio.load_audio(files[i])),
-        dec,
-        long_form,
-        chunk_length_s,
-        stride_length_s,
-        return_timestamps=timestamps,
-        on_done=lambda i: bar.update(1),
-        sequential_options=sequential_options,
-        progress=progress,
-    )
+    with compile_cache.CompileClock() as clock:
+        results = transcribe_loaded(
+            names,
+            # long-form reads a file block by block (bounded memory for recordings of hours)
+            (lambda i: audio.stream_audio(files[i])) if long_form != "none" else (lambda i: audio.load_audio(files[i])),
+            dec,
+            long_form,
+            chunk_length_s,
+            stride_length_s,
+            return_timestamps=timestamps,
+            on_done=lambda i: bar.update(1),
+            sequential_options=sequential_options,
+            progress=progress,
+        )
     bar.close()
     _log_summary(results, dec, time.perf_counter() - t0)
+    log.info("loading the model(s) %.1f s, %s", loaded, clock.summary())
     return results
 
 
@@ -408,6 +414,7 @@ def run(cfg: TranscribeConfig) -> int:
     the transcripts are printed, so that no work is lost). Bad flags raise ``ValueError`` before any work;
     so does an output location that cannot be written."""
     cfg.validate()
+    compile_cache.enable(cfg)
     files = expand_inputs(cfg.inputs)
     stems = output_stems(files, cfg.output_dir) if cfg.output_dir else []
     results = transcribe(

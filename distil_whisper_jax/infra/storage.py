@@ -23,6 +23,12 @@ from upath import UPath
 OutPath = Path | UPath
 
 
+def user_cache_dir() -> Path:
+    """This project's per-user cache (assembled models, compiled programs): ``$XDG_CACHE_HOME/distil_whisper_jax``,
+    ``~/.cache/distil_whisper_jax`` when the variable is unset."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distil_whisper_jax"
+
+
 def is_url(name: str | os.PathLike) -> bool:
     """True for ``scheme://...`` names other than local ``file://`` ones."""
     scheme, sep, _ = os.fspath(name).partition("://")

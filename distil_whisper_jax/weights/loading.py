@@ -47,8 +47,8 @@ def default_model_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Where assembled models are kept: ``$XDG_CACHE_HOME/distil_whisper_jax`` (``~/.cache/...`` by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distil_whisper_jax"
+    """Where assembled models are kept: the user cache (``storage.user_cache_dir``)."""
+    return storage.user_cache_dir()
 
 
 def _base_part_dirs() -> list[Path]:

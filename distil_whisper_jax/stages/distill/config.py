@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Literal
 
 from distil_whisper_jax.core.losses import default_ce_weight
 from distil_whisper_jax.data import wer_filter
-from distil_whisper_jax.infra import multihost
+from distil_whisper_jax.infra import compile_cache, multihost
+from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.config import flag
 from distil_whisper_jax.infra.multihost import MultiHostConfig
-
-_DEFAULT_CACHE = str(Path.home() / ".cache" / "distil_whisper_jax")
 
 # Fields a resumed run may change: how often it logs, evaluates and saves, where it writes, how it is
 # launched and how much memory it uses; none of them changes the trained weights. Everything else that
@@ -52,14 +50,14 @@ RESUME_MAY_CHANGE = (
     "device_peak_tflops",
     "cache_encoder_outputs",
     "cache_encoder_outputs_max_gb",
-    "compilation_cache",
-    "cache_dir",
+    *compile_cache.FIELDS,
+    "cache_dir",  # the old name of --compilation_cache_dir, in run configs saved before it
     *multihost.FIELDS,
 )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DistillConfig(MultiHostConfig):
+class DistillConfig(MultiHostConfig, CompileCacheFlags):
     """One distillation run (the flags of ``run_distillation.py``; the multi-host ones are shared)."""
 
     # models
@@ -230,12 +228,6 @@ class DistillConfig(MultiHostConfig):
         None, "keep the last N checkpoints (plus the best by eval WER); default: all", group="training"
     )
     disable_tqdm: bool = flag(False, "no progress bar", group="training")
-    compilation_cache: bool = flag(
-        False,
-        "persist compiled XLA programs in --cache_dir/jax_cache (restarts and resumes skip compiling)",
-        group="training",
-    )
-    cache_dir: str = flag(_DEFAULT_CACHE, "where --compilation_cache keeps compiled programs", group="training")
 
     @property
     def effective_ce_weight(self) -> float:

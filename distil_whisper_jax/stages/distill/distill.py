@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from distil_whisper_jax.core import train as core
 from distil_whisper_jax.core.flops import known_peak_tflops
 from distil_whisper_jax.core.model import DTYPES
 from distil_whisper_jax.data import stream as train_data
-from distil_whisper_jax.infra import stop_signals, storage
+from distil_whisper_jax.infra import compile_cache, stop_signals, storage
 from distil_whisper_jax.infra.config import to_dict
 from distil_whisper_jax.infra.files import (
     OutputWriteError,
@@ -112,6 +113,14 @@ def run(cfg: DistillConfig) -> int:
     stopped early.
     Bad input (flags, data, models, checkpoints) raises ``ValueError`` before training starts."""
     cfg.validate()
+    with compile_cache.CompileClock() as clock:
+        code = _train(cfg)
+    log.info("process %d: %s", jax.process_index(), clock.summary())
+    return code
+
+
+def _train(cfg: DistillConfig) -> int:
+    """``run``'s work: set up, loop, settle the saves, write the final student."""
     try:
         r = setup(cfg)
     except OSError as e:  # the disk refused a set-up write (tokenizer, metrics, checkpoint directory)
@@ -149,7 +158,9 @@ def setup(cfg: DistillConfig) -> Run:
     _init_runtime(cfg)
     out, is_main = storage.location(cfg.output_dir), jax.process_index() == 0
     _prepare_output(cfg, out, is_main)
+    started = time.perf_counter()
     models = load_models(cfg)
+    log.info("loaded the teacher and the student in %.1f s", time.perf_counter() - started)
     data = corpus.open_data(cfg, models.student, models.teacher)
     global_batch = cfg.per_device_train_batch_size * jax.device_count() * cfg.gradient_accumulation_steps
     corpus.log_data(cfg, data, global_batch)
@@ -260,9 +271,7 @@ def _make_throughput(cfg: DistillConfig, models: Models, global_batch: int, cach
 
 
 def _init_runtime(cfg: DistillConfig) -> None:
-    if cfg.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", str(Path(cfg.cache_dir) / "jax_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compile_cache.enable(cfg)
     if cfg.multi_host:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; TPUs use ICI/DCN
         cfg.init_distributed()

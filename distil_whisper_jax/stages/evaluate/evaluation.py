@@ -35,7 +35,8 @@ from distil_whisper_jax.data import sources as data
 from distil_whisper_jax.data.stream import load_row_audio
 from distil_whisper_jax.decode import transcribe
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder, set_language
-from distil_whisper_jax.infra import config, storage
+from distil_whisper_jax.infra import compile_cache, config, multihost, storage
+from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.files import check_writable
 from distil_whisper_jax.infra.flag_groups import DecodingFlags, GenerationDeviceFlags, HubDatasetFlags
 from distil_whisper_jax.infra.multihost import MultiHostConfig
@@ -50,7 +51,7 @@ DATA, MODEL, OUTPUT = "data", "model and generation", "output"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags, DecodingFlags):
+class EvalConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags, DecodingFlags, CompileCacheFlags):
     """An evaluation run: which model (and assistant), which datasets, how to decode, where results go."""
 
     model_name_or_path: str | None = config.flag(
@@ -105,7 +106,7 @@ class EvalConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags, Decodi
 
 
 ASSISTANT_FLAG = "--assistant_model_name_or_path"
-RUN_ONLY = tuple(f.name for f in dataclasses.fields(MultiHostConfig)) + ("output_dir", "predictions_csv")
+RUN_ONLY = (*multihost.FIELDS, *compile_cache.FIELDS, "output_dir", "predictions_csv")
 
 
 @dataclasses.dataclass
@@ -119,6 +120,8 @@ class Setup:
     dec: Decoder
     block_rows: int  # rows per block of the per-process split (a few batches)
     languages: list[str | None]  # each dataset's --language
+    load_seconds: float = 0.0  # loading the model(s)
+    timings: dict = dataclasses.field(default_factory=dict)  # load and compile seconds, for results.json
 
 
 def dataset_names(sources: list[data.Source]) -> list[str]:
@@ -162,6 +165,7 @@ def setup(cfg: EvalConfig) -> Setup:
         if cfg.num_local_devices > len(devices):
             raise ValueError(f"--num_local_devices {cfg.num_local_devices}: only {len(devices)} available")
         devices = devices[: cfg.num_local_devices]
+    started = time.perf_counter()
     pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
     languages = languages_of.per_source(cfg.language, len(sources))
     model = f"the model {pre.source}"
@@ -169,6 +173,7 @@ def setup(cfg: EvalConfig) -> Setup:
     assistant = None
     if cfg.assistant_model_name_or_path is not None:
         assistant = load_pretrained(cfg.assistant_model_name_or_path, "--assistant_model_name_or_path")
+    loaded = time.perf_counter() - started
     dec = decoder(
         pre,
         cfg.per_device_eval_batch_size * (1 if assistant is not None else len(devices)),  # speculative: 1 device
@@ -183,7 +188,7 @@ def setup(cfg: EvalConfig) -> Setup:
         cfg.num_assistant_tokens,
         ASSISTANT_FLAG,
     )
-    return Setup(cfg, sources, dataset_names(sources), columns, dec, 4 * dec.batch_size, languages)
+    return Setup(cfg, sources, dataset_names(sources), columns, dec, 4 * dec.batch_size, languages, loaded)
 
 
 def _block_entries(s: Setup, k: int, rows: list[tuple[int, int, dict]], on_done: Callable[[int], None]) -> list[dict]:
@@ -293,6 +298,7 @@ def results_of(s: Setup, entries: list[dict], seconds: list[float], assistant: d
             **assistant,
             "acceptance_rate": assistant["accepted_tokens"] / drafted if drafted else None,
         }
+    results["timings"] = s.timings
     results["config"] = config.to_dict(cfg)
     return results, rows
 
@@ -350,13 +356,17 @@ def run(cfg: EvalConfig) -> int:
     """Evaluate; 0 when the results were written, 1 when they could not be (they are printed instead).
     Configuration errors (``ValueError``) are raised before any row is transcribed."""
     cfg.init_distributed()
-    s = setup(cfg)
-    pi, pc = data_blocks.process_info()
-    out = storage.location(cfg.output_dir)
-    report.part_path(out, pi).unlink(missing_ok=True)  # a previous run's
-    if pc > 1:
-        multihost_utils.sync_global_devices("eval: stale parts removed")
-    entries, seconds = evaluate_process(s, pi, pc)
+    compile_cache.enable(cfg)
+    with compile_cache.CompileClock() as clock:
+        s = setup(cfg)
+        pi, pc = data_blocks.process_info()
+        out = storage.location(cfg.output_dir)
+        report.part_path(out, pi).unlink(missing_ok=True)  # a previous run's
+        if pc > 1:
+            multihost_utils.sync_global_devices("eval: stale parts removed")
+        entries, seconds = evaluate_process(s, pi, pc)
+    s.timings = {"process": pi, "load_seconds": round(s.load_seconds, 2), **clock.as_dict()}
+    log.info("process %d: loading the model(s) %.1f s, %s", pi, s.load_seconds, clock.summary())
     own = (header(s, pi, pc, seconds), entries)
     if pi != 0:
         report.write_part(out, pi, *own)

@@ -30,8 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from distil_whisper_jax.infra import compile_cache, storage
 from distil_whisper_jax.infra import config as config_lib
-from distil_whisper_jax.infra import storage
+from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.files import (
     atomic_dir,
     atomic_write,
@@ -74,7 +75,7 @@ TEMPORARIES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(CompileCacheFlags):
     """What to export, where, and whether to verify it in the real runtimes."""
 
     output_dir: str = config_lib.flag(help="where to write hf/, original-model.bin, ggml-model*.bin, ct2*/")
@@ -295,7 +296,9 @@ def run(cfg: ExportConfig) -> int:
     check_writable(cfg.output_dir, "--output_dir")
     remove_stale_outputs(cfg.output_dir)
     clips = verification_clips(cfg.verify_audio, cfg.verify_max_clips) if cfg.verify else []
+    compile_cache.enable(cfg)
     pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
+    t_load = time.perf_counter() - t0
     clips = clips_within(clips, pre.config.input_seconds, cfg.verify_audio) if clips else clips
     paths = export(pre, formats, cfg.output_dir, cfg.dtype, cfg.overwrite)
     t_export = time.perf_counter() - t0
@@ -304,8 +307,10 @@ def run(cfg: ExportConfig) -> int:
         print(f"  {fmt:<10} {path}  {size_of(path) / 1e6:.1f} MB")
     if not cfg.verify:
         return 0
-    passed = _report_verification(cfg, pre, paths, clips)
-    print(f"total {time.perf_counter() - t0:.1f} s (export {t_export:.1f} s)")
+    with compile_cache.CompileClock() as clock:
+        passed = _report_verification(cfg, pre, paths, clips)
+    total = time.perf_counter() - t0
+    print(f"total {total:.1f} s (loading {t_load:.1f} s, export {t_export:.1f} s, {clock.summary()})")
     return 0 if passed else 1
 
 

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from distil_whisper_jax.data import wer_filter
 from distil_whisper_jax.data.sources import DataConfigError
-from distil_whisper_jax.infra import config, multihost
+from distil_whisper_jax.infra import compile_cache, config, multihost
+from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.flag_groups import GenerationDeviceFlags, HubDatasetFlags
 from distil_whisper_jax.infra.multihost import MultiHostConfig
 
@@ -22,6 +23,7 @@ RUN_ONLY_FIELDS = (
     "num_local_devices",
     "strict",
     *multihost.FIELDS,
+    *compile_cache.FIELDS,
 )
 
 DATA, OUTPUT, TEACHER, FILTER = (
@@ -33,7 +35,7 @@ DATA, OUTPUT, TEACHER, FILTER = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PseudoLabelConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags):
+class PseudoLabelConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags, CompileCacheFlags):
     """A pseudo-labelling run: which data, which teacher, how to generate, what to keep, where to write."""
 
     # data

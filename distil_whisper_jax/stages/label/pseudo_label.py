@@ -45,7 +45,7 @@ from distil_whisper_jax.data import blocks as data_blocks
 from distil_whisper_jax.data import row_language, wer_filter
 from distil_whisper_jax.data import sources as data
 from distil_whisper_jax.decode.generate import generate, generation_options, strip
-from distil_whisper_jax.infra import storage
+from distil_whisper_jax.infra import compile_cache, storage
 from distil_whisper_jax.infra.files import OutputWriteError, atomic_write, check_writable, write_error
 from distil_whisper_jax.infra.prefetch import background
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
@@ -124,7 +124,9 @@ def setup(cfg: PseudoLabelConfig) -> Settings:
     out = storage.location(cfg.output_dir)
     check_writable(out, "--output_dir")
     sources, columns = _open_data(cfg)
+    started = time.perf_counter()
     pre = load_pretrained(cfg.model_name_or_path, "--model_name_or_path")
+    log.info("loaded the teacher %s in %.1f s", pre.source, time.perf_counter() - started)
     window = pre.config.input_seconds
     if cfg.max_duration_in_seconds > window:
         raise data.DataConfigError(
@@ -407,6 +409,7 @@ def run(cfg: PseudoLabelConfig) -> int:
     ``data.DataConfigError`` for a configuration that cannot work (before any labelling) and
     ``PseudoLabelError`` for a bad input under ``--strict``."""
     cfg.init_distributed()
+    compile_cache.enable(cfg)
     s = setup(cfg)
     output.prepare_output(s.out, cfg, s.process_index, s.process_count)
     log.info(
@@ -419,7 +422,9 @@ def run(cfg: PseudoLabelConfig) -> int:
     )
     t0 = time.perf_counter()
     info: dict = {}
-    totals = run_blocks(s, info)
+    with compile_cache.CompileClock() as clock:
+        totals = run_blocks(s, info)
+    log.info("process %d: %s", s.process_index, clock.summary())
     output.write_end(s.out, s.process_index, info["total_rows"])
     elapsed = time.perf_counter() - t0
     log.info(

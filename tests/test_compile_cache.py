@@ -1,0 +1,97 @@
+"""The warm start: a second run of a command loads its compiled programs from the persistent cache instead of
+compiling them (counted by JAX's own cache events, written to results.json with the load time), the cache can
+be moved or turned off, and a cache directory that cannot be written warns and the run goes on without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import jax
+import pytest
+
+from distil_whisper_jax.assets import speech_manifest
+from distil_whisper_jax.infra import compile_cache
+from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
+from distil_whisper_jax.infra.config import parse
+from distil_whisper_jax.stages.distill.config import DistillConfig
+
+from .helpers import REPO, read_tsv, subprocess_env, write_tsv
+
+
+@pytest.fixture
+def restore_session_cache():
+    """Tests here point JAX's cache elsewhere; give the rest of the run its shared cache back afterwards."""
+    yield
+    compile_cache.enable(CompileCacheFlags())
+
+
+def _eval(manifest, out, *flags: str) -> dict:
+    """``run_eval.py`` on one device in a fresh process; its results.json."""
+    argv = [sys.executable, str(REPO / "run_eval.py"), "--dataset_name", str(manifest), "--output_dir", str(out)]
+    argv += ["--per_device_eval_batch_size", "2", *flags]
+    done = subprocess.run(argv, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiling" in done.stderr and "loading the model(s)" in done.stderr, done.stderr[-2000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_a_second_run_loads_every_program_from_the_cache(tmp_path):
+    rows = read_tsv(speech_manifest("heldout"))[:2]
+    for r in rows:
+        (tmp_path / r["audio"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(speech_manifest("heldout").parent / r["audio"], tmp_path / r["audio"])
+    manifest = write_tsv(tmp_path / "two.tsv", rows)
+    cache = tmp_path / "xla"
+    first = _eval(manifest, tmp_path / "first", "--compilation_cache_dir", str(cache))["timings"]
+    second = _eval(manifest, tmp_path / "second", "--compilation_cache_dir", str(cache))["timings"]
+
+    assert first["compilation_cache_misses"] > 0 and first["compilation_cache_hits"] == 0, first
+    assert any(cache.iterdir())
+    # the same programs again: every one comes from the cache, none is compiled
+    assert second["compilation_cache_hits"] == first["compilation_cache_misses"], (first, second)
+    assert second["compilation_cache_misses"] == 0, second
+    assert second["compile_seconds"] < first["compile_seconds"], (first, second)
+    for t in (first, second):
+        assert t["load_seconds"] > 0 and t["process"] == 0
+
+
+def test_default_directory_follows_jax_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-own"))
+    assert compile_cache.default_dir() == tmp_path / "jax-own"
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache.default_dir() == tmp_path / "xdg" / "distil_whisper_jax" / "xla"
+
+
+def test_unwritable_directory_warns_and_runs_without_the_cache(tmp_path, restore_session_cache):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match=r"--compilation_cache_dir .*a-file.*running without the compilation cache"):
+        assert compile_cache.enable(CompileCacheFlags(compilation_cache_dir=str(blocker / "xla"))) is None
+    assert not jax.config.jax_enable_compilation_cache
+    with warnings.catch_warnings():  # a program still compiles and runs, uncached
+        warnings.simplefilter("error")
+        assert float(jax.jit(lambda x: x * 2)(3.0)) == 6.0
+
+
+def test_turned_off_and_moved(tmp_path, restore_session_cache):
+    assert compile_cache.enable(CompileCacheFlags(compilation_cache=False)) is None
+    assert not jax.config.jax_enable_compilation_cache
+    moved = compile_cache.enable(CompileCacheFlags(compilation_cache_dir=str(tmp_path / "new" / "place")))
+    assert moved == tmp_path / "new" / "place" and moved.is_dir()
+    assert jax.config.jax_compilation_cache_dir == str(moved) and jax.config.jax_enable_compilation_cache
+
+
+def test_bucket_url_is_refused():
+    with pytest.raises(ValueError, match="--compilation_cache_dir gs://b/x: must be a local directory"):
+        compile_cache.enable(CompileCacheFlags(compilation_cache_dir="gs://b/x"))
+
+
+def test_old_distillation_spelling_still_moves_the_cache():
+    cfg = parse(DistillConfig, ["--model_name_or_path", "m", "--train_dataset_name", "d", "--output_dir", "o", "--max_steps", "1",
+                                "--cache_dir", "/tmp/c"])  # fmt: skip
+    assert cfg.compilation_cache_dir == "/tmp/c" and cfg.compilation_cache
