@@ -4,8 +4,8 @@
 
 Without ``--model`` it uses the bundled tiny.en. Prints ``file<TAB>text`` per input (input order), or
 writes ``--output_json``; ``--output_dir`` adds a ``.txt/.srt/.vtt/.json`` set per input. Each file must
-fit the model's input unless ``--long_form chunked`` or ``sequential`` (any length; see ``chunked.py``,
-``sequential.py`` and docs/longform.md). Unreadable inputs
+fit the model's input unless ``--long_form chunked``, ``sequential`` or ``vad`` (any length; see ``chunked.py``,
+``sequential.py``, ``vad_pieces.py`` and docs/longform.md). Unreadable inputs
 are reported on stderr with the reason, counted, and make the exit status 1; the other files are still
 transcribed.
 """
@@ -25,14 +25,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distil_whisper_jax.core.model import DTYPES
-from distil_whisper_jax.decode import chunked, sequential
+from distil_whisper_jax.decode import chunked, sequential, vad_pieces
 from distil_whisper_jax.decode.decoding import Decoder, check_assistant_mode, decoder
 from distil_whisper_jax.infra import compile_cache
 from distil_whisper_jax.infra import config as config_lib
 from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.files import atomic_write, check_writable, write_error
 from distil_whisper_jax.infra.flag_groups import DecodingFlags
-from distil_whisper_jax.speech import audio, subtitles
+from distil_whisper_jax.speech import audio, subtitles, vad
 from distil_whisper_jax.speech.token_layout import SpecialTokens, special_tokens
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
 
@@ -176,8 +176,10 @@ def sequential_options(cfg: TranscribeConfig) -> sequential.SequentialOptions:
 
 def check_long_form(long_form: str, chunk_length_s: float | None, num_beams: int = 1) -> None:
     """``ValueError`` naming the flag for an unknown long-form mode or a misplaced window length."""
-    if long_form not in ("none", "chunked", "sequential"):
-        raise ValueError(f"--long_form must be none, chunked or sequential, got {long_form!r}")
+    if long_form not in ("none", "chunked", "sequential", "vad"):
+        raise ValueError(f"--long_form must be none, chunked, sequential or vad, got {long_form!r}")
+    if long_form == "vad":
+        vad.check_available()
     if long_form == "sequential" and num_beams > 1:
         raise ValueError("--long_form sequential decodes greedily (with temperature fallback); drop --num_beams")
     if chunk_length_s is not None and long_form != "chunked":
@@ -213,7 +215,8 @@ def transcribe(
     with timestamped segments. ``assistant_model``: speculative decoding (greedy only; the same text, drafted
     by a smaller model that shares the tokenizer); the acceptance rate is logged. ``"sequential"``:
     openai-whisper's algorithm (``sequential.py``), files streamed block by block, also with timestamped
-    segments, its settings in ``sequential_options``."""
+    segments, its settings in ``sequential_options``. ``"vad"``: files of any length, cut at the pauses the
+    voice-activity model finds into pieces of at most one window (``vad_pieces.py``), timestamped segments."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
@@ -294,6 +297,19 @@ def transcribe_loaded(
     check_long_form(long_form, chunk_length_s, dec.opts.num_beams)
     if long_form == "sequential":
         return _sequential(names, load, dec, sequential_options, on_done, progress)
+    if long_form == "vad":
+        specials = special_tokens(dec.pre.tokenizer)
+        return vad_pieces.transcribe_files(
+            names,
+            load,
+            dec,
+            dec.batch_size,
+            round(dec.pre.config.input_seconds * audio.SAMPLE_RATE),
+            specials.timestamp_begin,
+            specials.eot,
+            lambda ids: dec.pre.tokenizer.decode(ids, skip_special_tokens=True),
+            on_done=on_done,
+        )
     if long_form == "chunked":
         chunk, stride = chunked.window_sizes(dec.pre.config, chunk_length_s, stride_length_s)
         specials = special_tokens(dec.pre.tokenizer)
@@ -354,7 +370,7 @@ def _short_form(
                 if len(wav) > round(limit * audio.SAMPLE_RATE):
                     raise audio.AudioError(
                         f"{names[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
-                        f"{limit:g} s input; use --long_form chunked or sequential for long recordings"
+                        f"{limit:g} s input; use --long_form vad, chunked or sequential for long recordings"
                     )
             except audio.AudioError as e:
                 results[i]["error"] = str(e)

@@ -9,7 +9,10 @@ in the result (``vad.split_speech``). The silence between pieces is not decoded;
 inside it, so its timestamps are its offset plus the model's.
 
 The pieces of all files are queued and sent to the decoder ``batch_size`` at a time (the one compiled program
-chunked mode uses); a file is finished when its last piece comes back. A recording in which the VAD finds no
+chunked mode uses); a file is finished when its last piece comes back. Whisper learned from windows that cut
+speech off, so when a piece's speech runs close to its end the model may open a last segment and stop, leaving
+that speech to a next window that does not exist here; such a tail (``open_tail``) is queued once more as a
+piece of its own, from the model's last timestamp (where openai-whisper's next window would start). A recording in which the VAD finds no
 speech gives no text and no segments, without decoding anything: silence and noise never reach the model.
 
 Memory: a recording is held whole while it is segmented and its pieces wait for the decoder (64 kB per
@@ -31,6 +34,7 @@ from distil_whisper_jax.speech import audio, vad
 log = logging.getLogger(__name__)
 
 PAD_S = 0.4  # speech padding on each side: the model hears the start and end of a stretch whole
+TAIL_MIN_S = 0.5  # a tail the model left undecoded is decoded again when it is at least this long
 
 Decoder = Callable[[list[np.ndarray]], list[list[int]]]
 
@@ -114,11 +118,11 @@ def default_vad() -> vad.SileroVad:
     return vad.SileroVad()
 
 
-def plan_recording(
-    wav: np.ndarray, model: vad.SileroVad, window_samples: int, options: vad.VadOptions, keep_silence: bool = False
+def plan_probabilities(
+    probs: np.ndarray, window_samples: int, options: vad.VadOptions | None = None, keep_silence: bool = False
 ) -> Plan:
-    """``plan`` of a 16 kHz waveform for windows of ``window_samples`` (a whole number of VAD frames fit)."""
-    probs = model.probabilities(wav)
+    """``plan`` of a recording from its VAD probabilities, for windows of ``window_samples`` (a whole number of
+    VAD frames fit), with ``PAD_S`` of padding."""
     pad = round(PAD_S * audio.SAMPLE_RATE / vad.FRAME)
     return plan(vad.speech_spans(probs, options), probs, window_samples // vad.FRAME, pad, keep_silence)
 
@@ -132,10 +136,40 @@ def samples_of(piece: tuple[int, int], n_samples: int) -> tuple[int, int]:
 class _File:
     """A recording whose pieces are in flight."""
 
-    pieces: list[tuple[int, int]]  # in samples
+    pieces: list[tuple[int, int]]  # in samples; a tail decoded again is appended as a piece of its own
     n_samples: int
     split: list[int]  # in samples
     outputs: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    tail_of: dict[int, int] = dataclasses.field(default_factory=dict)  # tail piece -> the piece it continues
+
+    def take(self, k: int, ids: list[int], samples: np.ndarray, retry: bool, timestamp_begin: int, eot: int):
+        """Record piece ``k``'s ids; returns ``(index, samples)`` of its tail to decode again, or None. The tail
+        starts where the model opened its last segment (as openai-whisper's next window would)."""
+        self.outputs[k] = ids
+        t = open_tail(ids, timestamp_begin, eot)
+        cut = 0 if t is None else int(round(t * audio.SAMPLE_RATE))
+        if not retry or not 0 < cut < len(samples) - TAIL_MIN_S * audio.SAMPLE_RATE:
+            return None
+        start, end = self.pieces[k]
+        self.pieces.append((start + cut, end))
+        self.tail_of[len(self.pieces) - 1] = k
+        return len(self.pieces) - 1, samples[cut:]
+
+    @property
+    def done(self) -> bool:
+        return len(self.outputs) == len(self.pieces)
+
+
+def open_tail(ids: Sequence[int], timestamp_begin: int, eot: int) -> float | None:
+    """Where (seconds into the piece) the output opened a last segment and stopped without its text, or None.
+
+    Whisper learned from 30 s windows that cut speech off: when the speech of a window runs close to its end,
+    it often opens the last segment and stops, leaving that speech to the next window. A piece has no next
+    window, so the tail from there is decoded again on its own (with silence after it, it is transcribed)."""
+    stamps = [j for j, t in enumerate(ids) if t >= timestamp_begin]
+    if len(stamps) % 2 == 0 or any(t < eot for t in ids[stamps[-1] + 1 :]):
+        return None
+    return (ids[stamps[-1]] - timestamp_begin) * longform.SECONDS_PER_TIMESTAMP
 
 
 def transcribe_files(
@@ -159,13 +193,15 @@ def transcribe_files(
     model, options = model or default_vad(), options or vad.VadOptions()
     results: list[dict] = [{"file": str(n)} for n in names]
     files: dict[int, _File] = {}
-    queue: list[tuple[int, int, np.ndarray]] = []  # (file, piece, samples)
+    queue: list[tuple[int, int, np.ndarray, bool]] = []  # (file, piece, samples, may its tail be decoded again)
 
     def flush() -> None:
         batch, queue[:] = queue[:batch_size], queue[batch_size:]
-        for (i, k, _), ids in zip(batch, decoder([q[2] for q in batch])):
-            files[i].outputs[k] = ids
-            if len(files[i].outputs) == len(files[i].pieces):
+        for (i, k, samples, retry), ids in zip(batch, decoder([q[2] for q in batch])):
+            tail = files[i].take(k, ids, samples, retry, timestamp_begin, eot)
+            if tail is not None:
+                queue.append((i, *tail, False))
+            elif files[i].done:
                 results[i].update(merge_file(files.pop(i), timestamp_begin, eot, decode_text))
                 if on_done:
                     on_done(i)
@@ -179,7 +215,7 @@ def transcribe_files(
             if on_done:
                 on_done(i)
             continue
-        p = plan_recording(wav, model, window_samples, options)
+        p = plan_probabilities(model.probabilities(wav), window_samples, options)
         state = _File([samples_of(q, len(wav)) for q in p.pieces], len(wav), [c * vad.FRAME for c in p.split])
         for c in state.split:
             log.warning(
@@ -194,7 +230,7 @@ def transcribe_files(
                 on_done(i)
             continue
         files[i] = state
-        queue += [(i, k, wav[s:e]) for k, (s, e) in enumerate(state.pieces)]
+        queue += [(i, k, wav[s:e], True) for k, (s, e) in enumerate(state.pieces)]
         while len(queue) >= batch_size:
             flush()
     while queue:
@@ -204,21 +240,23 @@ def transcribe_files(
 
 def merge_file(state: _File, timestamp_begin: int, eot: int, decode_text: Callable[[list[int]], str]) -> dict:
     """``{"text", "segments", "vad"}`` of a recording from its pieces' ids: each piece's times offset by its start
-    and kept inside it (a timestamp predicted in the padding after a piece's audio ends with the piece)."""
+    and kept inside it (a timestamp predicted in the padding after a piece's audio ends with the piece; a piece
+    whose tail was decoded again ends where the tail starts)."""
     sr = audio.SAMPLE_RATE
     tokens: list[longform.Piece] = []
-    for k, (s, e) in enumerate(state.pieces):
-        for p in longform.pieces_from_tokens(state.outputs[k], timestamp_begin, eot, s / sr, e / sr, window=k):
-            tokens.append(
-                dataclasses.replace(p, start=_clip(p.start, s / sr, e / sr), end=_clip(p.end, s / sr, e / sr))
-            )
-    speech = sum(e - s for s, e in state.pieces) / sr
+    for k in sorted(range(len(state.pieces)), key=lambda k: state.pieces[k][0]):  # a tail follows its piece
+        s, e = (x / sr for x in state.pieces[k])
+        e = min([e] + [state.pieces[j][0] / sr for j, p in state.tail_of.items() if p == k])  # ... up to its tail
+        for p in longform.pieces_from_tokens(state.outputs[k], timestamp_begin, eot, s, e, window=k):
+            tokens.append(dataclasses.replace(p, start=_clip(p.start, s, e), end=_clip(p.end, s, e)))
+    n_pieces = len(state.pieces) - len(state.tail_of)
     return {
         "text": decode_text([p.token for p in tokens]).strip(),
         "segments": longform.segments(tokens, decode_text),
         "vad": {
-            "pieces": len(state.pieces),
-            "seconds_decoded": round(speech, 2),
+            "pieces": n_pieces,
+            "speech_seconds": round(sum(e - s for s, e in state.pieces[:n_pieces]) / sr, 2),
+            "tails_decoded_again": len(state.tail_of),
             "split_speech": [round(c / sr, 2) for c in state.split],
         },
     }
