@@ -11,6 +11,7 @@ from distil_whisper_jax.infra import compile_cache, config, multihost
 from distil_whisper_jax.infra.compile_cache import CompileCacheFlags
 from distil_whisper_jax.infra.flag_groups import GenerationDeviceFlags, HubDatasetFlags
 from distil_whisper_jax.infra.multihost import MultiHostConfig
+from distil_whisper_jax.speech import vad
 
 # Fields that do not change what is written: a restarted run may change them (batch size, devices,
 # processes, where the 🤗 cache lives, whether bad input fails the job).
@@ -82,8 +83,11 @@ class PseudoLabelConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags,
         False, "join consecutive (same-speaker) clips up to --max_duration_in_seconds", group=FILTER
     )
     max_duration_in_seconds: float = config.flag(30.0, "longest clip (or pack) labelled in one piece", group=FILTER)
-    long_audio: Literal["skip", "chunk"] = config.flag(
-        "skip", "clips longer than --max_duration_in_seconds: skip (counted) or cut into pieces", group=FILTER
+    long_audio: Literal["skip", "chunk", "vad"] = config.flag(
+        "skip",
+        "clips longer than --max_duration_in_seconds: skip (counted), cut into pieces at quiet points (chunk), or "
+        "at the pauses a voice-activity model finds (vad)",
+        group=FILTER,
     )
     strict: bool = config.flag(False, "fail on the first bad input instead of skipping it", group=FILTER)
 
@@ -107,6 +111,8 @@ class PseudoLabelConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags,
         for ok, msg in checks:
             if not ok:
                 raise DataConfigError(msg)
+        if self.long_audio == "vad":
+            vad.check_available()
 
     @property
     def text_column(self) -> str | None:

@@ -9,6 +9,7 @@ directly, so the earlier one's labels may prompt it (``condition_on_prev``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -17,9 +18,12 @@ import numpy as np
 from distil_whisper_jax.data.row_audio import row_audio
 from distil_whisper_jax.data.row_language import row_language
 from distil_whisper_jax.data.sources import Source
+from distil_whisper_jax.decode import vad_pieces
 from distil_whisper_jax.speech import audio as audio_lib
 from distil_whisper_jax.speech.token_layout import SpecialTokens
 from distil_whisper_jax.stages.label.config import PseudoLabelConfig
+
+log = logging.getLogger(__name__)
 
 
 class PseudoLabelError(RuntimeError):
@@ -70,6 +74,17 @@ def split_long(
         start = cut
     pieces.append(x[start:])
     return pieces
+
+
+def split_at_pauses(x: np.ndarray, max_len: int, source: str, row: int) -> list[np.ndarray]:
+    """Cut int16 ``x`` into pieces of at most ``max_len`` samples that cover it, at the pauses the VAD finds
+    (``vad_pieces.plan`` keeping the silence); speech without a pause for longer than that is cut and logged."""
+    plan = vad_pieces.plan_probabilities(
+        vad_pieces.default_vad().probabilities(x.astype(np.float32) / 32768.0), max_len, keep_silence=True
+    )
+    for c in plan.split:
+        log.warning("row %d of %s: speech without a pause longer than %d samples; cut at %d", row, source, max_len, c)
+    return [x[s:e] for s, e in (vad_pieces.samples_of(p, len(x)) for p in plan.pieces)]
 
 
 def pack(units: Iterable[Unit | Bad], max_len: int, by_speaker: bool) -> Iterator[Unit | Bad]:
@@ -174,7 +189,7 @@ def decoded_units(
         kept = {c: row.get(c) for c in columns if c != a.audio_column_name}
         speaker = row.get(spk_col) if spk_col else None
         if len(wav) > max_len:
-            pieces = split_long(wav, max_len)
+            pieces = split_long(wav, max_len) if a.long_audio != "vad" else split_at_pauses(wav, max_len, src.label, gi)
             for j, piece in enumerate(pieces):
                 yield Unit(piece, kept, None, speaker, [gi], j, len(pieces), lang)
         else:
