@@ -9,9 +9,10 @@ versions, so a stale entry is never used for a different program).
 Where: ``--compilation_cache_dir``, else ``$JAX_COMPILATION_CACHE_DIR`` (JAX's own variable, so a cache a
 user already set up is shared), else ``xla`` in the user cache (``~/.cache/distil_whisper_jax/xla``, under
 ``$XDG_CACHE_HOME`` when set).
-``--no-compilation_cache`` turns it off. A directory that cannot be written warns once and the run goes on
-without the cache. The directory is trusted code: JAX runs what it loads from there, so never point it at a
-place others can write to.
+``--no-compilation_cache`` turns it off. JAX writes entries from process 0 only, so on a pod the other hosts
+start warm only from a cache they share with it: a bucket URL (``gs://...``) all hosts read. A directory that
+cannot be written warns once and the run goes on without the cache. The directory is trusted code: JAX runs
+what it loads from there, so never point it at a place others can write to.
 
 ``CompileClock`` measures, around any stretch of work, the seconds spent tracing, lowering and compiling
 (cache lookups included) and the cache's hits and misses, from JAX's own monitoring events; the stages log
@@ -58,8 +59,9 @@ class CompileCacheFlags:
     )
     compilation_cache_dir: str | None = flag(
         None,
-        "a local directory for --compilation_cache; default $JAX_COMPILATION_CACHE_DIR, else "
-        "~/.cache/distil_whisper_jax/xla (under $XDG_CACHE_HOME when set)",
+        "where --compilation_cache keeps programs: a directory, or a bucket URL all hosts of a pod share (JAX "
+        "writes from process 0 only); default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/distil_whisper_jax/xla "
+        "(under $XDG_CACHE_HOME when set)",
         group=RUNTIME,
         aliases=("cache_dir",),
     )
@@ -75,36 +77,35 @@ def default_dir() -> Path:
     return storage.user_cache_dir() / "xla"
 
 
-def enable(flags: CompileCacheFlags) -> Path | None:
+def enable(flags: CompileCacheFlags) -> str | None:
     """Point JAX's persistent cache at the configured directory (or turn it off); returns the directory in use,
     ``None`` when off. Call it before the first compilation of a run; calling it again with the same settings
     keeps the cache JAX already opened."""
-    directory = _usable_dir(flags)
-    wanted = str(directory) if directory is not None else None
+    wanted = _usable_dir(flags)
     if jax.config.jax_compilation_cache_dir != wanted or jax.config.jax_enable_compilation_cache != bool(wanted):
-        jax.config.update("jax_enable_compilation_cache", directory is not None)
+        jax.config.update("jax_enable_compilation_cache", wanted is not None)
         jax.config.update("jax_compilation_cache_dir", wanted)
         jax_cache.reset_cache()  # JAX opens its cache once per process; reopen it at the new place
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
-    return directory
+    return wanted
 
 
-def _usable_dir(flags: CompileCacheFlags) -> Path | None:
-    """The cache directory, created; ``None`` (with a warning, once per cause) when it cannot be written."""
+def _usable_dir(flags: CompileCacheFlags) -> str | None:
+    """The cache directory (a local one created), ``None`` with a warning when it cannot be written."""
     if not flags.compilation_cache:
         return None
     given = flags.compilation_cache_dir
-    if given is not None and "://" in given:
-        raise ValueError(f"--compilation_cache_dir {given}: must be a local directory (each host keeps its own)")
-    directory = Path(given).expanduser() if given else default_dir()
+    remote = given is not None and storage.is_url(given)
+    directory = given if remote else Path(given).expanduser() if given else default_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if not remote:
+            directory.mkdir(parents=True, exist_ok=True)
         files.check_writable(directory, "--compilation_cache_dir")
     except (OSError, ValueError) as e:
         cause = e if isinstance(e, ValueError) else f"--compilation_cache_dir {directory}: {files.os_error_cause(e)}"
         warnings.warn(f"{cause}; running without the compilation cache (every program compiles)", stacklevel=3)
         return None
-    return directory
+    return str(directory)
 
 
 class CompileClock:
