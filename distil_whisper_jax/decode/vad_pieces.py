@@ -85,7 +85,8 @@ def plan(
         cut = _last_pause(pauses, start, window)
         if cut is None:  # one stretch of speech longer than the window
             half = start + window // 2
-            cut = half + int(np.argmin(probs[half : start + window]))
+            tail = probs[half : start + window]
+            cut = half + len(tail) - 1 - int(np.argmin(tail[::-1]))  # the latest of equally low frames
             split.append(cut)
         pieces.append((start, cut))
         start = cut
