@@ -12,8 +12,9 @@ The pieces of all files are queued and sent to the decoder ``batch_size`` at a t
 chunked mode uses); a file is finished when its last piece comes back. Whisper learned from windows that cut
 speech off, so when a piece's speech runs close to its end the model may open a last segment and stop, leaving
 that speech to a next window that does not exist here; such a tail (``open_tail``) is queued once more as a
-piece of its own, from the model's last timestamp (where openai-whisper's next window would start). A recording in which the VAD finds no
-speech gives no text and no segments, without decoding anything: silence and noise never reach the model.
+piece of its own, from the model's last timestamp (where openai-whisper's next window would start). A recording
+in which the VAD finds no speech gives no text and no segments, without decoding anything: silence and noise
+never reach the model.
 
 Memory: a recording is held whole while it is segmented and its pieces wait for the decoder (64 kB per
 second of audio, 230 MB for an hour), unlike chunked and sequential modes, which hold a few windows.
