@@ -370,7 +370,7 @@ def _short_form(
                 if len(wav) > round(limit * audio.SAMPLE_RATE):
                     raise audio.AudioError(
                         f"{names[i]}: {len(wav) / audio.SAMPLE_RATE:.1f} s is longer than the model's "
-                        f"{limit:g} s input; use --long_form vad, chunked or sequential for long recordings"
+                        f"{limit:g} s input; use --long_form chunked, sequential or vad for long recordings"
                     )
             except audio.AudioError as e:
                 results[i]["error"] = str(e)
