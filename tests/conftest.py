@@ -48,6 +48,20 @@ def pytest_configure(config):
         config.pluginmanager.register(SuiteRecord(Path(config.getoption("--suite-record"))), "suite_record")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """A module's compiled programs leave memory with it: without this the pytest process keeps every program of
+    the run (several GiB by the end). A later module that needs one again loads it from the run's persistent
+    compilation cache instead of compiling it."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The bundled real tiny.en (CTranslate2 fp16) loaded into our Flax tree."""
