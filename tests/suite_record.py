@@ -1,10 +1,11 @@
-"""What a test run costs: wall time, peak memory of the pytest process and of its children, machine load.
+"""What a test run costs: wall time, peak memory of the pytest process and of the process tree, machine load.
 
 Registered by ``tests/conftest.py``; writes only when asked (``pytest --suite-record FILE.json``). The JSON is what
 README's figures for the suite's duration and peak memory come from (``benchmarks/results/test_suite.json``), and
-its per-test rows show which tests cost the time and the memory. Peak memory is the largest resident set of any one
-process (the pytest process, or the largest child it waited for, e.g. a demo or a two-process run): what a machine
-must have free to run the suite.
+its per-test rows show which tests cost the time and the memory. ``peak_memory_mib`` is the largest memory the
+pytest process and the processes it started held together at any moment (``process_tree``: proportional set
+sizes, sampled once a second): what a machine must have free to run the suite. ``pytest_peak_mib`` is the pytest
+process's own peak resident set (``VmHWM``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
+
+from tests.process_tree import TreeSampler
 
 
 def _status_kib(field: str) -> int:
@@ -29,11 +31,6 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def _children_peak_kib() -> int:
-    """The largest resident set of any finished child process, in KiB (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-
-
 class SuiteRecord:
     """Pytest plugin: one row per test (duration, resident memory after it, peaks so far), summary at the end."""
 
@@ -44,9 +41,11 @@ class SuiteRecord:
         self.load_start = os.getloadavg()
         self._test_start: dict[str, float] = {}
         self.outcomes: dict[str, int] = {}
+        self.tree = TreeSampler(os.getpid()).start()
 
     def pytest_runtest_logstart(self, nodeid, location) -> None:
         self._test_start[nodeid] = time.perf_counter()
+        self.tree.new_window()
 
     def pytest_runtest_logreport(self, report) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
@@ -60,20 +59,20 @@ class SuiteRecord:
                 "seconds": round(time.perf_counter() - began, 2) if began is not None else None,
                 "rss_mib": _status_kib("VmRSS") // 1024,
                 "pytest_peak_mib": _status_kib("VmHWM") // 1024,
-                "children_peak_mib": _children_peak_kib() // 1024,
+                # the process tree's peak during the test (0 for a test shorter than the 1 s sampling interval)
+                "tree_peak_mib": self.tree.new_window() // 1024,
             }
         )
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:
+        self.tree.stop()
         pytest_peak = _status_kib("VmHWM") // 1024
-        children_peak = _children_peak_kib() // 1024
         record = {
             "wall_seconds": round(time.time() - self.start, 1),
             "exit_status": int(exitstatus),
             "outcomes": self.outcomes,
-            "peak_memory_mib": max(pytest_peak, children_peak),
+            "peak_memory_mib": self.tree.peak_kib // 1024,
             "pytest_peak_mib": pytest_peak,
-            "children_peak_mib": children_peak,
             "load_average_start": [round(x, 2) for x in self.load_start],
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
             "cpu_count": os.cpu_count(),
