@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -110,12 +109,6 @@ def finished_block(out: OutPath, b: int) -> bool:
     shard_path(out, b).unlink(missing_ok=True)
     block_state_path(out, b).unlink(missing_ok=True)
     return False
-
-
-def umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def output_schema(cfg: PseudoLabelConfig, columns: list[str], first: Source) -> pa.Schema:
