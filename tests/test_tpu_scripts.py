@@ -161,7 +161,9 @@ def test_dry_run_runs_nothing_and_prints_every_command_in_order(fake):
         assert f"--output_dir gs://b/exp/{url}" in stage and "/gcs/" not in stage
     assert "--dataset_name gs://b/train" in stages[1] and "--model_name_or_path gs://b/exp/student" in stages[2]
     assert "--model gs://b/exp/distill" in stages[4]
-    assert "preflight --write gs://b/exp/labelled --read gs://b/train" in out
+    # the compiling stages share one compilation cache on the bucket (JAX writes it from process 0 only)
+    assert ["--compilation_cache_dir gs://b/exp/xla_cache" in s for s in stages] == [False, True, True, True, True]
+    assert "preflight --write gs://b/exp/labelled gs://b/exp/xla_cache --read gs://b/train" in out
     assert "--version=tpu-ubuntu2204-base" in out
     assert not (fake.tmp / "logs").exists()  # even the local mkdir was only printed
     res = fake.run("create.sh", *TPU, "--accelerator-type", "v4-8", DRY_RUN="1")

@@ -371,7 +371,8 @@ remote_cleanup() {
 }
 
 # bucket_args WORDS...: the gs:// URLs among a stage's arguments, one a line, "w URL" for the value of
-# --output_dir and "r URL" for every other (a '+'-joined dataset list gives one line a URL; --flag=URL too).
+# --output_dir and --compilation_cache_dir (written, need not exist yet) and "r URL" for every other (a '+'-joined
+# dataset list gives one line a URL; --flag=URL too).
 bucket_args() {
   local prev="" word part
   for word in "$@"; do
@@ -382,7 +383,10 @@ bucket_args() {
     IFS=+ read -r -a parts <<<"$value"
     for part in "${parts[@]}"; do
       [[ "$part" == gs://* ]] || continue
-      if [[ "$flag" == --output_dir || "$flag" == --output-dir ]]; then echo "w $part"; else echo "r $part"; fi
+      case "$flag" in
+      --output_dir | --output-dir | --compilation_cache_dir) echo "w $part" ;;
+      *) echo "r $part" ;;
+      esac
     done
     prev="$word"
   done

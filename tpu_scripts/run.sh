@@ -99,6 +99,9 @@ stage_command() {
     ;;
   *) die "--stages: unknown stage '$1' (student, label, distill, eval, export)" ;;
   esac
+  # every host and every retry after a preemption loads the stage's compiled programs from one cache on the bucket
+  # (JAX writes it from process 0 only, so per-host caches would leave the other hosts compiling)
+  [[ "$1" == student || "$base" != gs://* ]] || extra+=(--compilation_cache_dir "$base/xla_cache")
   CMD=("$TPU_SCRIPTS_DIR/$1.sh" --output-dir "$base/$(output_name "$1")")
   [[ -z "$config" ]] || CMD+=(--config "$config")
   CMD+=(-- "${extra[@]}")
