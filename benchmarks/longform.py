@@ -313,7 +313,9 @@ def build_recordings(args, work: Path) -> list[la.Recording]:
     return out
 
 
-def run_all(args, work: Path) -> dict:
+def run_all(args, work: Path, save) -> dict:
+    """Every engine on every recording; ``save(results, complete)`` after each recording (a partial run keeps
+    what it measured)."""
     engines = list(QUICK_ENGINES) if args.quick else args.engines.split(",")
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
@@ -329,6 +331,7 @@ def run_all(args, work: Path) -> dict:
         rows = [measure(e, rec, models, cache_dir, work) for e in engines]
         relative(rows)
         out[rec.name] = {**rec.describe(), "reference": rec.reference, "rows": rows}
+        save({"recordings": out, "cold_cache_runs": primed, "engines": engines}, complete=rec is recs[-1])
     return {"recordings": out, "cold_cache_runs": primed, "engines": engines}
 
 
@@ -352,29 +355,34 @@ def main(argv=None) -> int:
     for name in ("jax", "absl", "distil_whisper_jax", "faster_whisper", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.perf_counter()
+
+    def save(res: dict, complete: bool) -> None:
+        report = {
+            "benchmark": "longform",
+            **run_record(load_start),
+            "quick": args.quick,
+            "complete": complete,
+            "settings": {
+                "batch_size": BATCH,
+                "threads": THREADS,
+                "gap_s": la.GAP_S,
+                "reference": REFERENCE,
+                "minutes_per_language": args.minutes_per_language,
+                "max_seconds": QUICK_SECONDS if args.quick else args.max_seconds,
+                "compilation_cache_dir_given": args.compilation_cache_dir is not None,
+            },
+            **res,
+            "summary": summary(res["recordings"]),
+            "total_s": round(time.perf_counter() - t0, 1),
+        }
+        with atomic_write(args.output, "w") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+
     with tempfile.TemporaryDirectory() as d:
-        res = run_all(args, Path(d))
-    report = {
-        "benchmark": "longform",
-        **run_record(load_start),
-        "quick": args.quick,
-        "settings": {
-            "batch_size": BATCH,
-            "threads": THREADS,
-            "gap_s": la.GAP_S,
-            "reference": REFERENCE,
-            "minutes_per_language": args.minutes_per_language,
-            "compilation_cache_dir_given": args.compilation_cache_dir is not None,
-        },  # fmt: skip
-        **res,
-        "summary": summary(res["recordings"]),
-        "total_s": round(time.perf_counter() - t0, 1),
-    }
+        res = run_all(args, Path(d), save)
     for name, rec in res["recordings"].items():
         print_table(name, rec)
-    print("\n" + json.dumps(report["summary"], indent=2))
-    with atomic_write(args.output, "w") as f:
-        json.dump(report, f, indent=2, ensure_ascii=False)
+    print("\n" + json.dumps(summary(res["recordings"]), indent=2))
     return 0
 
 

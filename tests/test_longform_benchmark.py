@@ -107,7 +107,7 @@ def test_quick_run_end_to_end(tmp_path):
     proc = subprocess.run([*cmd, "--compilation_cache_dir", cache], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
-    assert d["quick"] and d["engines"] == ["ours-vad", "fw-batched"]
+    assert d["quick"] and d["complete"] and d["engines"] == ["ours-vad", "fw-batched"]
     assert {"load_avg_1m_start", "load_avg_1m_end"} <= set(d["machine"])
     rec = d["recordings"]["en"]
     assert 60 <= rec["seconds"] < 75 and rec["clips"] == len(set(rec["sources"]))
