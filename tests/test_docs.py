@@ -372,10 +372,12 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (README, "took {} minutes for {} tests on 2 CPU cores (load average {} at the start)", SUITE, [
         (scaled(at("wall_seconds"), 1 / 60), ".0f"), (lambda d: sum(d["outcomes"].values()), "d"),
         (at("load_average_start", 0), ".1f")]),
-    (README, "{} passed, and the {} that failed were", SUITE, [
-        (at("outcomes", "passed"), "d"), (at("outcomes", "failed"), "d")]),
-    (README, "Its pytest process peaked at {} GiB resident, {} GiB of it from one test", SUITE, [
+    (README, "(load average {} at the start); {} passed.", SUITE, [
+        (at("load_average_start", 0), ".1f"), (at("outcomes", "passed"), "d")]),
+    (README, "process peaked at {} GiB resident, {} GiB of it from one test", SUITE, [
         (scaled(at("pytest_peak_mib"), 1 / 1024), ".1f"), (_largest_step_gib, ".1f")]),
+    (README, "process tree (pytest and the processes it started, proportional set sizes summed) at {} GiB", SUITE, [
+        (scaled(at("peak_memory_mib"), 1 / 1024), ".1f")]),
     (BENCH, "The recorded one reused {}, so its JSON times them near zero", DQ, [
         (lambda d: {(True, True): "both", (True, False): "the corpus", (False, True): "the labels"}.get(
             (d["reused"]["corpus"], d["reused"]["labels"]), "neither"), "s")]),
