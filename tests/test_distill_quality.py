@@ -107,7 +107,8 @@ def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path):
     """As a user runs it: its own process, one CPU device (this suite's process emulates 8, which would make the
     benchmark's global batch 8 times larger)."""
     out = tmp_path / "result.json"
-    argv = ["--quick", "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache"), "--output", str(out)]
+    work = tmp_path / "work"
+    argv = ["--quick", "--output_dir", str(work), "--cache", str(tmp_path / "cache"), "--output", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     run = subprocess.run([sys.executable, "-m", "benchmarks.distill_quality", *argv], cwd=REPO, env=env)
     assert run.returncode == 0
@@ -134,3 +135,11 @@ def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path):
     assert all(last["ce"][k] < first["ce"][k] for k in ("real", "heldout_new_voices"))
     assert set(r["goals"]) == {"heldout_new_voices_wer_gap", "real_wer_gap", "speedup"}
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the student stays behind, a transformers directory with a card naming its teacher, recipe and data
+    card = json.loads((work / "trained" / "student.json").read_text())
+    assert card["student"] == str(work / "trained" / "hf") and (work / "trained" / "hf" / "config.json").is_file()
+    assert (work / "untrained").is_dir() and card["untrained"] == str(work / "untrained")
+    assert "tiny.en" in card["teacher"] and card["recipe"][0] == "run_distillation.py"
+    assert "--freeze_encoder" in card["recipe"] and card["recipe"][card["recipe"].index("--max_steps") + 1] == "20"
+    assert card["data"]["labelled"]["rows_written"] == r["labelled"]["rows_written"]
+    assert card["wer"]["student_trained"] == models["student_trained"]["wer"]
