@@ -133,9 +133,12 @@ def test_plan_cuts_inside_speech_only_when_it_is_longer_than_the_window(keep_sil
         assert inside == set(plan.split)  # every cut inside speech is reported ...
         for c in plan.split:  # ... and falls in a stretch longer than the window
             assert any(s < c < e and e - s > window for s, e in speech)
-        if keep_silence:  # the pieces cover the recording
+        if keep_silence:  # the pieces cover the recording; silence is cut only where a window must end
             assert plan.pieces[0][0] == 0 and plan.pieces[-1][1] == len(probs)
             assert all(e1 == s2 for (_, e1), (s2, _) in zip(plan.pieces, plan.pieces[1:]))
+            silent = [not any(s < b and e > a for s, e in speech) for a, b in plan.pieces]
+            for (a, b), x, y in zip(plan.pieces, silent, silent[1:]):
+                assert not (x and y) or b - a == window, (a, b, window, plan.pieces)
         else:  # every frame of padded speech is in a piece, and no piece starts or ends in silence
             held = sum(min(e, b) - max(s, a) for s, e in speech for a, b in plan.pieces if min(e, b) > max(s, a))
             assert held == sum(e - s for s, e in speech)

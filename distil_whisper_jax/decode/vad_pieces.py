@@ -100,11 +100,13 @@ def plan(
 
 def _last_pause(pauses: Sequence[tuple[int, int]], start: int, window: int) -> int | None:
     """The cut in the last pause a piece starting at ``start`` reaches (its middle, or the piece's limit), or
-    None when no pause lies within ``(start, start + window]``."""
+    None when no pause lies within ``(start, start + window]``. A piece that starts inside that pause (the
+    recording's leading silence, or the previous cut was in it) takes the rest of the pause whole: a cut in its
+    middle would only make a piece of silence, and the next one another, frame by frame."""
     for a, b in reversed(pauses):
         lo, hi = max(a, start + 1), min(b, start + window)
         if lo <= hi:
-            return min(max((a + b) // 2, lo), hi)
+            return hi if start >= a else min((a + b) // 2, hi)
     return None
 
 
