@@ -117,7 +117,7 @@ def write_student_card(work: Path, a: argparse.Namespace, corpus: Path, labelled
         "recipe": ["run_distillation.py", *recipe(a)],
         "data": {
             "corpus": str(corpus),
-            "train_hours": info["seconds"]["train"] / 3600,
+            "train_hours": round(info["seconds"]["train"] / 3600, 3),
             "speakers": info["speakers"]["train"],
             "text": info["text"],
             "labelled": {k: labelled[k] for k in ("rows_written", "audio_hours_written", "wer_all_labelled")},
@@ -250,7 +250,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "distill_quality.json")
     p.add_argument("--quick", action="store_true", help="CI smoke run: bundled sentences, ~3 min of speech")
     a = p.parse_args(argv)
-    a.work = a.work or Path(tempfile.mkdtemp(prefix="distill_quality_"))
+    a.work = (a.work or Path(tempfile.mkdtemp(prefix="distill_quality_"))).resolve()  # student.json names it
     if a.quick:  # small everything; results stay in the work directory
         a.text, a.hours, a.heldout_per_set, a.max_steps = SPEECH_DIR / "sentences.txt", 0.05, 8, 20
         a.curve_points, a.max_label_length, a.batch_size, a.max_new_tokens = 1, 128, 4, 64
