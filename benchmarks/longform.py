@@ -220,7 +220,7 @@ def measure(engine: str, rec: la.Recording, models: dict, cache_dir: str, work: 
         "same_text_both_passes": first["text"] == second["text"],
     }
     if kind == "ours":
-        row["compile_first_decode"] = {k: first[k] for k in first if k.startswith("compil")}
+        row["compile_first_decode"] = {k: first[k] for k in first if k.startswith(("compile", "programs"))}
     log.info("%-52s WER %6.2f %%  decode %6.2f audio-s/s  whole %6.2f audio-s/s", label, row["wer"],
              row["decode_speed"], row["whole_process_speed"])  # fmt: skip
     row["text"] = second["text"]
@@ -234,7 +234,7 @@ def prime(engine: str, rec: la.Recording, models: dict, cache_dir: str, work: Pa
     whole = first["end"] - res["started"]
     return {"engine": engine, "recording": rec.name, "whole_process_s": round(whole, 2),
             "whole_process_speed": round(rec.seconds / whole, 2),
-            **{k: first[k] for k in first if k.startswith("compil")}}  # fmt: skip
+            **{k: first[k] for k in first if k.startswith(("compile", "programs"))}}  # fmt: skip
 
 
 def relative(rows: list[dict]) -> None:

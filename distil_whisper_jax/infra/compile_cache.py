@@ -155,8 +155,6 @@ class CompileClock:
             "programs_compiled": self.compiled,
             "programs_loaded": self.hits,
             "programs_stored": self.stored,
-            "compilation_cache_hits": self.hits,  # TEMP: old names, until benchmarks/longform.py moves over
-            "compilation_cache_misses": self.stored,
         }
 
     def summary(self) -> str:
