@@ -142,7 +142,11 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 
 
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
-DQ, SUITE = "distill_quality.json", "test_suite.json"
+DQ, SUITE, WS = "distill_quality.json", "test_suite.json", "warm_start.json"
+
+
+def _warm(command: str, mode: str, key: str = "wall_seconds") -> tuple[Getter, str]:
+    return at("results", command, mode, key), ".1f"
 
 
 def _largest_step_gib(d: Any) -> float:
@@ -419,6 +423,11 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("config", "max_steps"), "d"), (scaled(at("times_s", "train"), 1 / 60), ".0f"),
         (at("machine", "load_avg_1m_start"), ".1f"),
         (lambda d: d["times_s"]["train"] * 1000 / d["config"]["max_steps"] / 3600, ".1f")]),
+    (README, "bundled clips in a fresh process took {} s instead of {} s with the cache off (compiling {} s instead "
+     "of {} s), `run_eval.py` on {} held-out clips {} s instead of {} s", WS, [
+        _warm("transcribe", "warm"), _warm("transcribe", "off"), _warm("transcribe", "warm", "compile_seconds"),
+        _warm("transcribe", "off", "compile_seconds"), (at("rows"), "d"), _warm("run_eval.py", "warm"),
+        _warm("run_eval.py", "off")]),
     (README, "took {} minutes for {} tests on 2 CPU cores (load average {} at the start)", SUITE, [
         (scaled(at("wall_seconds"), 1 / 60), ".0f"), (lambda d: sum(d["outcomes"].values()), "d"),
         (at("load_average_start", 0), ".1f")]),
