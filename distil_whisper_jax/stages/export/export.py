@@ -180,30 +180,22 @@ def _write_hf(pre: Pretrained, path: Path, formats: Sequence[str], dtype: str) -
     )
     info_file = find_distil_info(pre.source)
     info = read_distil_info(info_file)
-
-    def build(d: Path) -> None:
+    with atomic_dir(path) as d:
         hf_format.write_hf_dir(d, pre.config, pre.params, DTYPES[dtype], gen_config, pre.tokenizer)
         if info_file is not None:  # local, or in the bucket of an Orbax run restored from a URL
             (d / DISTIL_INFO).write_bytes(info_file.read_bytes())
         with atomic_write(d / "README.md", "w") as f:
             f.write(model_card(pre, info, formats, dtype))
 
-    with atomic_dir(path) as d:
-        build(d)
-
 
 def _write_ct2(pre: Pretrained, fmt: str, path: Path) -> None:
     """A faster-whisper directory: CTranslate2's files, then the tokenizer and feature extractor it reads."""
-
-    def build(d: Path) -> None:
-        state = hf_format.flax_to_hf(pre.params, pre.config)
-        vocabulary = ct2_format.ct2_vocabulary_tokens(pre.tokenizer, pre.config.vocab_size)
-        quantization = ct2_format.QUANTIZATIONS[fmt]
+    state = hf_format.flax_to_hf(pre.params, pre.config)
+    vocabulary = ct2_format.ct2_vocabulary_tokens(pre.tokenizer, pre.config.vocab_size)
+    quantization = ct2_format.QUANTIZATIONS[fmt]
+    with atomic_dir(path) as d:
         ct2_format.write_ct2_dir(d, pre.config, state, quantization, pre.generation_defaults, vocabulary)
         hf_format.write_processor_files(d, pre.config, pre.tokenizer)
-
-    with atomic_dir(path) as d:
-        build(d)
 
 
 def _write(pre: Pretrained, fmt: str, path: Path, formats: Sequence[str], dtype: str) -> None:
