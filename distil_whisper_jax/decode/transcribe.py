@@ -297,35 +297,23 @@ def transcribe_loaded(
     check_long_form(long_form, chunk_length_s, dec.opts.num_beams)
     if long_form == "sequential":
         return _sequential(names, load, dec, sequential_options, on_done, progress)
+    if long_form == "none":
+        return _short_form(names, load, dec, return_timestamps, on_done)
+    # chunked and vad: windows of timestamped tokens, merged per file
+    sp = special_tokens(dec.pre.tokenizer)
+
+    def text(ids: list[int]) -> str:
+        return dec.pre.tokenizer.decode(ids, skip_special_tokens=True)
+
     if long_form == "vad":
-        specials = special_tokens(dec.pre.tokenizer)
+        window = round(dec.pre.config.input_seconds * audio.SAMPLE_RATE)
         return vad_pieces.transcribe_files(
-            names,
-            load,
-            dec,
-            dec.batch_size,
-            round(dec.pre.config.input_seconds * audio.SAMPLE_RATE),
-            specials.timestamp_begin,
-            specials.eot,
-            lambda ids: dec.pre.tokenizer.decode(ids, skip_special_tokens=True),
-            on_done=on_done,
+            names, load, dec, dec.batch_size, window, sp.timestamp_begin, sp.eot, text, on_done=on_done
         )
-    if long_form == "chunked":
-        chunk, stride = chunked.window_sizes(dec.pre.config, chunk_length_s, stride_length_s)
-        specials = special_tokens(dec.pre.tokenizer)
-        return chunked.transcribe_files(
-            names,
-            load,
-            dec,
-            dec.batch_size,
-            chunk,
-            stride,
-            specials.timestamp_begin,
-            specials.eot,
-            lambda ids: dec.pre.tokenizer.decode(ids, skip_special_tokens=True),
-            on_done=on_done,
-        )
-    return _short_form(names, load, dec, return_timestamps, on_done)
+    chunk, stride = chunked.window_sizes(dec.pre.config, chunk_length_s, stride_length_s)
+    return chunked.transcribe_files(
+        names, load, dec, dec.batch_size, chunk, stride, sp.timestamp_begin, sp.eot, text, on_done=on_done
+    )
 
 
 def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> list[dict]:

@@ -199,6 +199,11 @@ def transcribe_files(
     files: dict[int, _File] = {}
     queue: list[tuple[int, int, np.ndarray, bool]] = []  # (file, piece, samples, may its tail be decoded again)
 
+    def finish(i: int, state: _File) -> None:
+        results[i].update(merge_file(state, timestamp_begin, eot, decode_text))
+        if on_done:
+            on_done(i)
+
     def flush() -> None:
         batch, queue[:] = queue[:batch_size], queue[batch_size:]
         for (i, k, samples, retry), ids in zip(batch, decoder([q[2] for q in batch])):
@@ -206,9 +211,7 @@ def transcribe_files(
             if tail is not None:
                 queue.append((i, *tail, False))
             elif files[i].done:
-                results[i].update(merge_file(files.pop(i), timestamp_begin, eot, decode_text))
-                if on_done:
-                    on_done(i)
+                finish(i, files.pop(i))
 
     for i in range(len(names)):
         try:
@@ -228,10 +231,8 @@ def transcribe_files(
                 window_samples / audio.SAMPLE_RATE,
                 c / audio.SAMPLE_RATE,
             )
-        if not state.pieces:
-            results[i].update(merge_file(state, timestamp_begin, eot, decode_text))
-            if on_done:
-                on_done(i)
+        if not state.pieces:  # no speech: nothing to decode
+            finish(i, state)
             continue
         files[i] = state
         queue += [(i, k, wav[s:e], True) for k, (s, e) in enumerate(state.pieces)]
