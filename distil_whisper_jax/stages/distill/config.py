@@ -51,7 +51,7 @@ RESUME_MAY_CHANGE = (
     "cache_encoder_outputs",
     "cache_encoder_outputs_max_gb",
     *compile_cache.FIELDS,
-    "cache_dir",  # the old name of --compilation_cache_dir, in run configs saved before it
+    "cache_dir",  # distillation's old cache flag (now refused), in run configs saved before the cache group
     *multihost.FIELDS,
 )
 

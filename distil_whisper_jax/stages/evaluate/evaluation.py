@@ -121,7 +121,6 @@ class Setup:
     block_rows: int  # rows per block of the per-process split (a few batches)
     languages: list[str | None]  # each dataset's --language
     load_seconds: float = 0.0  # loading the model(s)
-    timings: dict = dataclasses.field(default_factory=dict)  # load and compile seconds, for results.json
 
 
 def dataset_names(sources: list[data.Source]) -> list[str]:
@@ -285,8 +284,10 @@ def run_key(cfg: EvalConfig) -> dict:
     return {k: v for k, v in config.to_dict(cfg).items() if k not in RUN_ONLY}
 
 
-def results_of(s: Setup, entries: list[dict], seconds: list[float], assistant: dict | None) -> tuple[dict, list]:
-    """``results.json``'s content and the scored rows."""
+def results_of(
+    s: Setup, entries: list[dict], seconds: list[float], assistant: dict | None, timings: dict
+) -> tuple[dict, list]:
+    """``results.json``'s content and the scored rows (``timings``: process 0's load and compile figures)."""
     cfg = s.cfg
     results, rows = report.score(entries, s.names, seconds, normalizer_for(s.languages[0]), normalizer_for)
     results["model"] = s.dec.pre.source
@@ -298,7 +299,7 @@ def results_of(s: Setup, entries: list[dict], seconds: list[float], assistant: d
             **assistant,
             "acceptance_rate": assistant["accepted_tokens"] / drafted if drafted else None,
         }
-    results["timings"] = s.timings
+    results["timings"] = timings
     results["config"] = config.to_dict(cfg)
     return results, rows
 
@@ -327,10 +328,10 @@ def _log_results(results: dict, out: Path) -> None:
     log.info("results: %s", out / "results.json")
 
 
-def finish(s: Setup, parts: list[tuple[dict, list[dict]]]) -> int:
+def finish(s: Setup, parts: list[tuple[dict, list[dict]]], timings: dict) -> int:
     """Merge the processes' parts, score, write the results (printed instead when they cannot be written)."""
     entries, seconds, assistant = report.merge_parts(parts, len(s.names))
-    results, rows = results_of(s, entries, seconds, assistant if s.dec.assistant is not None else None)
+    results, rows = results_of(s, entries, seconds, assistant if s.dec.assistant is not None else None, timings)
     out = storage.location(s.cfg.output_dir)
     errors = report.write_results(out, results, rows if s.cfg.predictions_csv else None, s.names)
     _log_results(results, out)
@@ -365,7 +366,7 @@ def run(cfg: EvalConfig) -> int:
         if pc > 1:
             multihost_utils.sync_global_devices("eval: stale parts removed")
         entries, seconds = evaluate_process(s, pi, pc)
-    s.timings = {"process": pi, "load_seconds": round(s.load_seconds, 2), **clock.as_dict()}
+    timings = {"process": pi, "load_seconds": round(s.load_seconds, 2), **clock.as_dict()}
     log.info("process %d: loading the model(s) %.1f s, %s", pi, s.load_seconds, clock.summary())
     own = (header(s, pi, pc, seconds), entries)
     if pi != 0:
@@ -373,4 +374,4 @@ def run(cfg: EvalConfig) -> int:
         log.info("process %d: %d rows evaluated; process 0 writes the results", pi, len(entries))
         return 0
     others = report.wait_for_parts(out, pc, run_key(cfg), skip=0) if pc > 1 else []
-    return finish(s, [own, *others])
+    return finish(s, [own, *others], timings)
