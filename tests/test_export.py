@@ -11,6 +11,8 @@ import json
 import os
 import random
 import struct
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -376,8 +378,24 @@ def test_bad_ggml_file_crashes_only_the_runtime_subprocess(small, tmp_path, clip
     path = ggml.write_ggml(tmp_path / "m.bin", config, params, vocab=[b"a"] * 50256)
     data = path.read_bytes()
     path.write_bytes(data[:-1000])  # the last tensor is cut short: whisper.cpp fails to load
-    got, error = finish_runtime(start_runtime([("whispercpp", path)], [clips[0][0]]), timeout=120)
-    assert got is None and ("signal" in error or "exit status" in error)
+    got, error, peak = finish_runtime(start_runtime([("whispercpp", path)], [clips[0][0]]), timeout=120)
+    assert got is None and ("signal" in error or "exit status" in error) and peak is None
+
+
+def test_a_runtime_worker_reports_its_own_peak_memory_not_its_parents():
+    """A worker forked from a large process (the demo, pytest) starts with the parent's pages mapped, and its
+    ``ru_maxrss`` keeps that high-water mark; the worker's own figure must not."""
+    ballast = bytearray(1024 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # make the pages resident
+    child = (
+        "import json, resource; from distil_whisper_jax.stages.export.runtimes import peak_rss_mib; "
+        "print(json.dumps([peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))"
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
+    own, inherited = json.loads(out.splitlines()[-1])
+    del ballast
+    assert inherited >= 1024  # what getrusage reports inside the child
+    assert 10 < own < 600, own  # the worker's imports, not the parent's gigabyte
 
 
 def test_architecture_constraints_checked_before_writing(tmp_path, small, capsys):

@@ -58,6 +58,15 @@ def test_exports_run_in_every_runtime(short_model, tmp_path):
     assert (extractor["chunk_length"], extractor["nb_max_frames"], extractor["n_samples"]) == (15, 1500, 240000)
     for path in (out / "hf", out / "original-model.bin", out / "ggml-model.bin"):
         assert load_pretrained(path).config.max_source_positions == 750
+    record = json.loads((out / "verification.json").read_text())  # the verdicts, for scripts
+    assert [c["file"] for c in record["checks"]] == [
+        "hf",
+        "original-model.bin",
+        "ggml-model.bin",
+        "ggml-model-q8_0.bin",
+    ]
+    assert all(c["passed"] for c in record["checks"]) and record["clips"] >= 1
+    assert all(50 < c["runtime_peak_mib"] < 4096 for c in record["checks"]), record
 
 
 def test_labelling_uses_the_models_window(short_model, short_clips, tmp_path):

@@ -13,13 +13,15 @@ exports the bundled tiny.en. Architecture constraints of every requested format,
 unless ``--overwrite``) and the writability of ``E`` are checked before anything is written; each output is
 written to a temp name and renamed, and temporaries a killed export left behind are removed at start.
 ``--verify`` (default) transcribes the bundled clips with every exported file in its real runtime, each in a
-subprocess, and compares with this project's JAX greedy output (see ``export_verify``). Exit status 1 if a
+subprocess, and compares with this project's JAX greedy output (see ``export_verify``); the verdicts also go
+to ``E/verification.json``, with each runtime process's own peak memory. Exit status 1 if a
 check fails or an output cannot be written (the message names the file and the cause), 2 on bad input.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -43,7 +45,14 @@ from distil_whisper_jax.infra.files import (
 from distil_whisper_jax.speech.token_layout import SpecialTokens
 from distil_whisper_jax.speech.wer import wer
 from distil_whisper_jax.stages.export.card import find_distil_info, model_card, read_distil_info
-from distil_whisper_jax.stages.export.verify import clips_within, differences, format_table, verification_clips, verify
+from distil_whisper_jax.stages.export.verify import (
+    Check,
+    clips_within,
+    differences,
+    format_table,
+    verification_clips,
+    verify,
+)
 from distil_whisper_jax.weights.convert import ct2 as ct2_format
 from distil_whisper_jax.weights.convert import ggml as ggml_format
 from distil_whisper_jax.weights.convert import hf as hf_format
@@ -63,6 +72,7 @@ OUTPUT_NAMES = (
     | {f: f for f in CT2_FORMATS}
 )
 DTYPES = {"float32": np.float32, "float16": np.float16}
+VERIFICATION_RECORD = "verification.json"  # --verify's verdicts, written beside the files it checked
 # Temp names of the writers below (``atomic_write`` files, ``atomic_dir`` folders), for stale clean-up.
 TEMPORARIES = (
     ".hf.tmp-*",
@@ -267,6 +277,7 @@ def _report_verification(cfg: ExportConfig, pre: Pretrained, paths: dict[str, Pa
     print(f"\nverification on {verified_on} (greedy, no timestamps):\n\n{table}\n")
     for diff in differences(checks, [c for c, _ in clips]):
         print(diff)
+    _write_verification_record(Path(cfg.output_dir) / VERIFICATION_RECORD, checks, verified_on, jax_wer)
     if "hf" in paths:
         info = read_distil_info(find_distil_info(pre.source))
         card = model_card(pre, info, tuple(paths), cfg.dtype, verification=table, verified_on=verified_on)
@@ -276,6 +287,31 @@ def _report_verification(cfg: ExportConfig, pre: Pretrained, paths: dict[str, Pa
         except OSError as e:
             raise write_error(paths["hf"] / "README.md", e) from e
     return all(c.passed for c in checks)
+
+
+def _write_verification_record(path: Path, checks: Sequence[Check], verified_on: str, jax_wer: float | None) -> None:
+    """The verification as JSON beside the files, for scripts: each file's verdict, WER, matches and the peak
+    memory of the runtime process that ran it (its own, measured inside it)."""
+    fields = ("fmt", "runtime", "wer", "exact", "normalized", "loops", "features", "passed", "note", "process")
+    record = {
+        "verified_on": verified_on,
+        "clips": len(checks[0].reference) if checks else 0,
+        "jax_wer": jax_wer,
+        "checks": [
+            {k: getattr(c, k) for k in fields} | {"file": c.path.name, "runtime_peak_mib": c.runtime_peak_mib}
+            for c in checks
+        ],
+    }
+    try:
+        with atomic_write(path, "w") as f:
+            json.dump(record, f, indent=2)
+    except OSError as e:
+        raise write_error(path, e) from e
+    peaks = {c.process: (c.runtime, c.runtime_peak_mib) for c in checks if c.runtime_peak_mib is not None}
+    log.info(
+        "verification processes' own peak memory: %s",
+        ", ".join(f"{runtime} {mib:.0f} MiB" for runtime, mib in peaks.values()) or "not reported",
+    )
 
 
 def run(cfg: ExportConfig) -> int:
@@ -293,6 +329,7 @@ def run(cfg: ExportConfig) -> int:
     t_load = time.perf_counter() - t0
     clips = clips_within(clips, pre.config.input_seconds, cfg.verify_audio) if clips else clips
     paths = export(pre, formats, cfg.output_dir, cfg.dtype, cfg.overwrite)
+    (Path(cfg.output_dir) / VERIFICATION_RECORD).unlink(missing_ok=True)  # it described the files just replaced
     t_export = time.perf_counter() - t0
     print(f"\nexported {pre.source} in {t_export:.1f} s:")
     for fmt, path in paths.items():

@@ -7,7 +7,8 @@ A runtime is ``hf`` (transformers PyTorch ``pipeline``), ``openai`` (openai-whis
 or ``ct2features`` (``ctranslate2.models.Whisper.generate`` on this project's log-mel features, decoded with
 the directory's tokenizer: the same model without faster-whisper's own front end). ``JOB.json`` holds
 ``{"models": [[runtime, path], ...], "clips": [path, ...], "threads": int, "max_new_tokens": int}``; the last
-stdout line is ``{"<path>": ["text", ...], ...}`` in clip order (keys: ``result_key``). Every runtime decodes
+stdout line is ``{"transcripts": {"<path>": ["text", ...], ...}, "peak_rss_mib": float}``, texts in clip order
+(keys: ``result_key``), with the worker's own peak resident memory. Every runtime decodes
 greedily, without timestamps, in English, from its own audio front end (but ``ct2features``), at most
 ``max_new_tokens`` tokens. A model that makes its runtime
 crash (a bad ggml file segfaults whisper.cpp) takes down only its process; ``finish_runtime`` reports the
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import tokenizers
 
@@ -212,31 +214,54 @@ def start_runtime(
     return proc
 
 
-def finish_runtime(proc: subprocess.Popen, timeout: float = 600) -> tuple[dict[str, list[str]] | None, str]:
-    """(transcripts by model, "") or (None, reason) when the worker crashed, timed out or printed no result."""
+class Finished(NamedTuple):
+    """A worker's outcome: its transcripts by model (None when it failed, ``error`` says why) and its own peak
+    resident memory (None when it printed no result or the system does not report it)."""
+
+    transcripts: dict[str, list[str]] | None
+    error: str = ""
+    peak_rss_mib: float | None = None
+
+
+def finish_runtime(proc: subprocess.Popen, timeout: float = 600) -> Finished:
+    """Wait for a worker started by ``start_runtime``; a crash, a timeout or a missing result is an ``error``."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        return None, f"timed out after {timeout:.0f} s"
+        return Finished(None, f"timed out after {timeout:.0f} s")
     finally:
         Path(proc.job_file).unlink(missing_ok=True)  # type: ignore[attr-defined]
     if proc.returncode != 0:
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
         tail = " | ".join(err.strip().splitlines()[-3:])
-        return None, f"runtime process {how}: {tail}"
+        return Finished(None, f"runtime process {how}: {tail}")
     try:
-        return json.loads(out.strip().splitlines()[-1]), ""
-    except (IndexError, json.JSONDecodeError):
-        return None, f"runtime printed no result: {out[-200:]!r}"
+        result = json.loads(out.strip().splitlines()[-1])
+        return Finished(result["transcripts"], "", result["peak_rss_mib"])
+    except (IndexError, KeyError, TypeError, json.JSONDecodeError):
+        return Finished(None, f"runtime printed no result: {out[-200:]!r}")
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory since it started its program, in MiB (Linux ``VmHWM``).
+
+    Not ``getrusage``: a child's ``ru_maxrss`` keeps the high-water mark of the parent's pages it was forked
+    with, so a worker started from a large process would report the parent's size, not its own."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    kib = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return kib[0] / 1024 if kib else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     (job_file,) = argv if argv is not None else sys.argv[1:]
     job = json.loads(Path(job_file).read_text())
     result = worker([tuple(m) for m in job["models"]], job["clips"], int(job["threads"]), int(job["max_new_tokens"]))
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    sys.stdout.write("\n" + json.dumps({"transcripts": result, "peak_rss_mib": peak_rss_mib()}) + "\n")
     return 0
 
 

@@ -64,6 +64,8 @@ class Check:
     features: int | None = None  # ct2: clips ctranslate2 transcribes exactly as JAX from our log-mel features
     passed: bool = False
     note: str = ""
+    process: str = ""  # the runtime process that ran this file (one per runtime, one per ggml file)
+    runtime_peak_mib: float | None = None  # that process's own peak resident memory
 
     @property
     def runtime(self) -> str:
@@ -173,11 +175,13 @@ def verify(
     procs = {key: start_runtime(models, paths, threads, max_new_tokens) for key, models in groups.items()}
     references = [_references(pre, paths, max_new_tokens) for pre, _ in jobs]
     results: dict[str, list[str] | str] = {}
+    process: dict[str, tuple[str, float | None]] = {}  # model path → (process, its peak memory)
     for key, proc in procs.items():
-        got, error = finish_runtime(proc)
+        done = finish_runtime(proc)
         for runtime, model in groups[key]:
             k = result_key(runtime, model)
-            results[k] = got[k] if got is not None else error
+            results[k] = done.transcripts[k] if done.transcripts is not None else done.error
+            process[k] = key, done.peak_rss_mib
 
     norm = english_normalizer()
     report = []
@@ -194,6 +198,8 @@ def verify(
             )
             for fmt, path in outputs.items()
         ]
+        for c in checks:
+            c.process, c.runtime_peak_mib = process[str(c.path)]
         _judge(checks, wer(refs, rounded_ref))
         report.append(checks)
     return report
