@@ -307,6 +307,9 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "| export to four formats, each verified in its runtime on the held-out sentences | {} |", DD,
      [(at("times", "export_s"), ".1f")]),
     (BENCH, "| total | {} |", DD, [(at("total_s"), ".1f")]),
+    (BENCH, "peaked at {} GiB and each whisper.cpp file at {} / {} GiB, {} GiB together", DD, [
+        (at("peak_rss_gib", "verification_subprocesses", k), ".2f")
+        for k in ("hf + original-model.bin", "ggml-model.bin", "ggml-model-q8_0.bin", "sum")]),
     (BENCH, "| this project fp32, batch 1 | {} | {}× | {} |", PE, _peer_row("short_form", 0)),
     (BENCH, "| this project fp32, batch 8 | {} | {}× | {} |", PE, _peer_row("short_form", 1)),
     (BENCH, "| this project bf16, batch 8 | {} | {}× | {} |", PE, _peer_row("short_form", 2)),
@@ -440,7 +443,7 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "The recorded one reused {}, so its JSON times them near zero", DQ, [
         (lambda d: {(True, True): "both", (True, False): "the corpus", (False, True): "the labels"}.get(
             (d["reused"]["corpus"], d["reused"]["labels"]), "neither"), "s")]),
-    (BENCH, "holds a run of 2026-12-02 on a machine with load average {} at the start", DD, [
+    (BENCH, "holds a run of 2026-12-07 on an Intel Xeon machine with\nload average {} at the start", DD, [
         (at("machine", "load_avg_1m_start"), ".1f")]),
     (BENCH, "did not record the load average before it started; {} at its end", T, [
         (at("machine", "loadavg_at_end", 0), ".1f")]),

@@ -307,10 +307,14 @@ def _write_verification_record(path: Path, checks: Sequence[Check], verified_on:
             json.dump(record, f, indent=2)
     except OSError as e:
         raise write_error(path, e) from e
-    peaks = {c.process: (c.runtime, c.runtime_peak_mib) for c in checks if c.runtime_peak_mib is not None}
+    files: dict[str, list[str]] = {}  # runtime process → the files it verified
+    for c in checks:
+        if c.runtime_peak_mib is not None:
+            files.setdefault(c.process, []).append(c.path.name)
+    peaks = {c.process: c.runtime_peak_mib for c in checks}
     log.info(
         "verification processes' own peak memory: %s",
-        ", ".join(f"{runtime} {mib:.0f} MiB" for runtime, mib in peaks.values()) or "not reported",
+        ", ".join(f"{' + '.join(names)} {peaks[p]:.0f} MiB" for p, names in files.items()) or "not reported",
     )
 
 
