@@ -13,7 +13,6 @@ import logging
 import shutil
 
 import jax
-import jiwer
 import pytest
 
 from distil_whisper_jax.assets import bundled_clips, speech_manifest
@@ -40,7 +39,9 @@ def heldout_rows(*numbers: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory):
-    """A: three rows, the second's audio missing (unreadable); B: two rows, the second's reference empty."""
+    """A: three rows, the second's audio missing (unreadable); B: two rows, the second's reference empty. Two
+    references are edited so that the rows score differently (two words the speaker did not say: 2 deletions; one
+    word changed: 1 substitution) and the corpus WER (errors over all words) differs from the rows' mean WER."""
     d = tmp_path_factory.mktemp("eval-data")
     (d / "flac").mkdir()
     a = heldout_rows(2, 3, 6)
@@ -49,6 +50,8 @@ def manifests(tmp_path_factory):
         shutil.copy(HELDOUT.parent / r["audio"], d / r["audio"])
     a[1]["audio"] = "flac/missing.flac"
     b[1]["text"] = ""
+    a[0]["text"] += " Truly, indeed."  # "…until we cried. Truly, indeed."
+    b[0]["text"] = b[0]["text"].replace("great", "grand")
     return write_tsv(d / "a.tsv", a), write_tsv(d / "b.tsv", b)
 
 
@@ -158,7 +161,7 @@ def test_results_per_dataset_and_overall(manifests, evaluated):
     for key in ("num_samples", "scored", "substitutions", "deletions", "insertions", "reference_words"):
         assert res["overall"][key] == da[key] + db[key]
     assert da["audio_seconds"] == pytest.approx(2.5658 + 2.2059, abs=0.01)  # the unreadable row adds nothing
-    # predictions.csv: every row, the normalised texts, per-utterance WER; the corpus WER is jiwer's over them
+    # predictions.csv: every row, the normalised texts, per-utterance WER; the corpus WER is errors over words
     with open(out / "predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [(r["dataset"], r["row"]) for r in rows] == [(a, "0"), (a, "1"), (a, "2"), (b, "0"), (b, "1")]
@@ -167,8 +170,15 @@ def test_results_per_dataset_and_overall(manifests, evaluated):
     scored = [r for r in rows if r["wer"] != ""]
     for r in scored:
         assert r["reference_normalised"] == normalizer_for("en")(r["reference"]).strip()
-    truth = jiwer.wer([r["reference_normalised"] for r in scored], [r["prediction_normalised"] for r in scored])
-    assert res["overall"]["wer"] == pytest.approx(100 * truth)
+    # from the rows alone, without a WER library: each row's errors are its WER × its reference words, and the
+    # corpus WER is their sum over all words (not the mean of the rows' WERs)
+    words = [len(r["reference_normalised"].split()) for r in scored]
+    errors = sum(float(r["wer"]) / 100 * n for r, n in zip(scored, words))
+    o = res["overall"]
+    assert sum(words) == o["reference_words"] == 30
+    assert (o["substitutions"], o["deletions"], o["insertions"]) == (1, 2, 0)  # the two edited references
+    assert errors == pytest.approx(o["substitutions"] + o["deletions"] + o["insertions"], abs=0.01)
+    assert o["wer"] == pytest.approx(100 * errors / sum(words), abs=0.01)
     md = (out / "results.md").read_text()
     assert a in md and "**overall**" in md and f"{res['overall']['wer']:.2f}" in md
     assert "assistant" not in res and res["config"]["dataset_name"] == f"{a}+{b}"
