@@ -353,6 +353,86 @@ def test_fuzzed_ggml_files_raise_clean_errors(small, tmp_path):
     assert outcome["truncated", "error"] > 50 and outcome["flipped", "error"] > 0
 
 
+def _ggml_layout(data: bytes) -> dict[str, int]:
+    """Byte offsets in a ggml file, walked independently of the reader: the header fields, the mel filters'
+    shape, the vocab count and first token, and the first two tensor records (their header, shape, name, data)."""
+    at = {"magic": 0} | {f: 4 + 4 * i for i, f in enumerate(ggml.HEADER)}
+    at["ftype"] = 4 + 4 * len(ggml.HEADER)
+    at["mel shape"] = at["ftype"] + 4
+    n_mel, n_fft = struct.unpack_from("<2i", data, at["mel shape"])
+    at["vocab count"] = at["mel shape"] + 8 + 4 * n_mel * n_fft
+    (n_tokens,) = struct.unpack_from("<i", data, at["vocab count"])
+    at["token 0"] = pos = at["vocab count"] + 4
+    for _ in range(n_tokens):
+        pos += 4 + struct.unpack_from("<I", data, pos)[0]
+    for t in (0, 1):
+        n_dims, name_len, ttype = struct.unpack_from("<3i", data, pos)
+        ne = struct.unpack_from(f"<{n_dims}i", data, pos + 12)
+        at[f"tensor {t}"], at[f"shape {t}"], at[f"name {t}"] = pos, pos + 12, pos + 12 + 4 * n_dims
+        at[f"data {t}"] = at[f"name {t}"] + name_len
+        at[f"type {t}"], at[f"ne0 {t}"] = ttype, ne[0]
+        pos = at[f"data {t}"] + int(np.prod(ne)) * (4 if ttype == ggml.F32 else 2)
+    at["end of tensor 1"] = pos
+    return at
+
+
+def _ggml_damage(data: bytes, at: dict[str, int]) -> dict[str, tuple[bytes, str]]:
+    """Each kind of damage: the damaged bytes and the start of the message the reader must give."""
+    name0 = data[at["name 0"] : at["data 0"]].decode()
+    cut = "ggml model: truncated or corrupt ggml model ("
+
+    def put(pos: int, raw: bytes) -> bytes:
+        return data[:pos] + raw + data[pos + len(raw) :]
+
+    def i32(v: int) -> bytes:
+        return struct.pack("<i", v)
+
+    nan = np.float32(np.nan).tobytes() if at["type 0"] == ggml.F32 else np.float16(np.nan).tobytes()
+    return {
+        "magic": (put(0, b"GGUF"), "ggml model: not a whisper.cpp ggml model (magic 0x46554747"),
+        "header cut": (data[:20], f"{cut}reading header: need"),
+        "header field zero": (put(at["n_audio_state"], i32(0)), f"{cut}header field n_audio_state = 0"),
+        "ftype": (put(at["ftype"], i32(99)), "ggml model: ggml ftype 99 is not supported (supported: f32 = 0"),
+        "heads": (put(at["n_audio_head"], i32(7)), "ggml model: corrupt ggml header ("),
+        "mel shape": (put(at["mel shape"], i32(128)), f"{cut}mel filters are [128, 201], expected ["),
+        "vocab count": (put(at["vocab count"], i32(10**6)), f"{cut}vocab block claims 1000000 tokens"),
+        "token length": (put(at["token 0"], struct.pack("<I", 5000)), f"{cut}token 0 claims 5000 bytes"),
+        "vocab cut": (data[: at["token 0"] + 10], f"{cut}vocab block ends early (token "),
+        "tensor rank": (put(at["tensor 0"], i32(9)), f"{cut}tensor header n_dims=9"),
+        "tensor name": (put(at["name 0"], b"X"), f"{cut}unknown tensor 'X{name0[1:]}'"),
+        "name not utf-8": (put(at["name 0"], b"\xff"), f"{cut}tensor name is not UTF-8"),
+        "tensor shape": (put(at["shape 0"], i32(at["ne0 0"] + 1)), f"{cut}tensor '{name0}' has shape"),
+        "tensor type": (
+            put(at["tensor 0"] + 8, i32(8 if at["type 0"] != 8 else 0)),
+            f"{cut}tensor '{name0}' has ggml type",
+        ),
+        "nan": (put(at["data 0"], nan), f"{cut}tensor '{name0}' holds non-finite values"),
+        "tensor cut": (data[: at["data 0"] + 6], f"{cut}reading data of {name0}: need"),
+        "tensors missing": (data[: at["end of tensor 1"]], "ggml model: truncated or corrupt ggml model (missing "),
+        "tensor twice": (
+            data[: at["end of tensor 1"]] + data[at["tensor 0"] : at["tensor 1"]],
+            f"{cut}tensor '{name0}' appears twice",
+        ),
+    }
+
+
+def test_damaged_ggml_files_are_refused_with_the_damage_named(small, tmp_path):
+    """One case per check of the reader, each with the message it must give (the fuzzing below only shows that
+    random damage never escapes as another exception)."""
+    config, params = small
+    data = ggml.write_ggml(tmp_path / "m.bin", config, params, vocab=[b"ab"] * 100).read_bytes()
+    for kind, (damaged, expect) in _ggml_damage(data, _ggml_layout(data)).items():
+        try:
+            ggml.read_ggml_model(damaged)
+        except ValueError as e:
+            assert str(e).startswith(expect), (kind, str(e))
+        else:
+            pytest.fail(f"{kind}: the damaged file was read")
+    (tmp_path / "empty.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.bin: empty file, expected a whisper.cpp ggml model"):
+        ggml.read_ggml_model(tmp_path / "empty.bin")
+
+
 def test_fuzzed_openai_files_raise_clean_errors(small, tmp_path):
     config, params = small
     path = write_openai_checkpoint(tmp_path / "m.pt", config, flax_to_hf(params, config))
