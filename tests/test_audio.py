@@ -197,15 +197,36 @@ def test_decode_audio_bytes_matches_load_audio(name):
 
 
 @pytest.mark.parametrize("fmt,subtype,ext", [("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3")])
-def test_lossy_formats_soundfile_reads_skip_pyav(tmp_path, pyav_calls, fmt, subtype, ext):
-    # The soundfile wheels bundle libsndfile >= 1.1, which reads and writes both; without them these files
-    # would silently go through PyAV, which is what this test guards against.
+def test_lossy_formats_ogg_through_soundfile_mp3_through_pyav(tmp_path, pyav_calls, fmt, subtype, ext):
+    # The soundfile wheels bundle libsndfile >= 1.1, which reads and writes both; without them an ogg file
+    # would silently go through PyAV, which is what this test guards against. An mp3 goes to PyAV on purpose
+    # (test_vbr_mp3_without_a_xing_header_is_read_whole).
     assert fmt in sf.available_formats(), f"this libsndfile ({sf.__libsndfile_version__}) cannot handle {fmt}"
     path = tmp_path / f"tone.{ext}"
     sf.write(str(path), tone(1000, 22050, 1.0), 22050, format=fmt, subtype=subtype)
     y = load_audio(path)
-    assert pyav_calls == []
+    assert pyav_calls == ([] if fmt == "OGG" else [str(path)])
     assert abs(len(y) - 16000) <= 1200 and abs(peak_hz(y, 16000) - 1000) <= 16000 / len(y)
+
+
+def test_vbr_mp3_without_a_xing_header_is_read_whole(tmp_path):
+    """1 s at 160 kb/s then 19 s at 32 kb/s, no Xing/Info header (as some encoders and cut-and-joined files
+    leave them): libsndfile reckons the length from the first frame's bitrate and stopped reading at 4.9 s."""
+    sr, parts = 16000, []
+    x = tone(440, sr, 20.0, 0.3)
+    for i, (piece, kbps) in enumerate([(x[:sr], 160), (x[sr:], 32)]):
+        parts.append(tmp_path / f"part{i}.mp3")
+        encode(parts[-1], piece, sr, "libmp3lame", bit_rate=kbps * 1000, write_xing="0", id3v2_version="0")
+    path = tmp_path / "joined.mp3"
+    path.write_bytes(b"".join(p.read_bytes() for p in parts))
+    assert sf.info(str(path)).duration < 6  # what libsndfile reckons
+    for y in (
+        load_audio(path),
+        decode_audio_bytes(path.read_bytes(), path.name),
+        np.concatenate(list(stream_audio(path))),
+    ):
+        assert 20.0 <= len(y) / sr < 20.3, len(y) / sr  # the encoder adds up to a frame of padding per part
+    assert abs(peak_hz(load_audio(path)[-5 * sr :], sr) - 440) < 1
 
 
 def _write_text_as_wav(path):
@@ -259,12 +280,14 @@ def test_undecodable_reports_both_decoders(tmp_path, pyav_calls):
 # ---------------------------------------------------------------------------------------------------- PyAV fallback
 
 
-def encode(path, x: np.ndarray, sr: int, codec: str, **container_options: str) -> None:
+def encode(path, x: np.ndarray, sr: int, codec: str, bit_rate: int | None = None, **container_options: str) -> None:
     """Write ``x`` (float in [-1, 1], [T] or [T, C]) with PyAV's encoder ``codec``, the container from the name."""
     x = x[:, None] if x.ndim == 1 else x
     layout = "mono" if x.shape[1] == 1 else "stereo"
     with av.open(str(path), "w", options=container_options) as out:
         stream = out.add_stream(codec, rate=sr, layout=layout)
+        if bit_rate:
+            stream.bit_rate = bit_rate
         fmt = stream.codec_context.format
         size = stream.codec_context.frame_size or 1024
         for start in range(0, len(x), size):

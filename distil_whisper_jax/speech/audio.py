@@ -1,7 +1,8 @@
 """Audio loading and Whisper log-mel features, in numpy.
 
 ``load_audio`` / ``decode_audio_bytes`` decode a file (or its bytes) with soundfile, falling back to PyAV
-(FFmpeg's libraries, in-process) for formats libsndfile cannot read, and return float32 mono at 16 kHz; a file
+(FFmpeg's libraries, in-process) for formats libsndfile cannot read and for mp3, and return float32 mono at
+16 kHz; a file
 cut short (truncated, or damaged so that decoding fails part-way) is refused, not returned shorter.
 ``log_mel_spectrogram`` computes Whisper's input features for a batch, matching
 ``transformers.WhisperFeatureExtractor`` (~1e-7 from its float64 numpy path, ~5e-5 from its float32 torch
@@ -67,9 +68,11 @@ class AudioError(ValueError):
 def load_audio(path: _PathLike, sampling_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode an audio file to float32 mono at ``sampling_rate`` Hz.
 
-    wav/flac/ogg/mp3 (anything libsndfile reads) are decoded with soundfile; other formats (m4a, webm, ...)
-    with PyAV (FFmpeg's libraries, in-process). Channels are averaged to mono (PyAV: FFmpeg's downmix, which
-    for stereo is the same mean), then resampled with ``resample`` (PyAV: FFmpeg's resampler).
+    wav/flac/ogg (what libsndfile reads) are decoded with soundfile; mp3 and other formats (m4a, webm, ...)
+    with PyAV (FFmpeg's libraries, in-process): libsndfile takes an mp3's length from its first frame, which
+    for a variable-bitrate file without a Xing header can be a fraction of it, and reads no further. Channels
+    are averaged to mono (PyAV: FFmpeg's downmix, which for stereo is the same mean), then resampled with
+    ``resample`` (PyAV: FFmpeg's resampler).
     Raises ``AudioError`` for a missing, empty, undecodable, truncated or zero-length file, or non-finite samples.
     """
     name = _check_file(path)
@@ -227,8 +230,12 @@ def _check_length(name: str, decoded: int, stated: int | None, rate: int) -> Non
 
 def _open_soundfile(source: str | bytes, name: str) -> sf.SoundFile:
     """``source`` opened with soundfile; ``AudioError`` for a PCM WAV shorter than its header states (libsndfile
-    and FFmpeg both cut the frame count to what the file holds, so only the header tells)."""
+    and FFmpeg both cut the frame count to what the file holds, so only the header tells); ``ValueError`` (the
+    callers' cue for PyAV) for an mp3."""
     f = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    if f.format == "MP3":  # its frame count is an estimate soundfile never reads past: decoded by PyAV
+        f.close()
+        raise ValueError("mp3 goes to PyAV (libsndfile reckons its length from the first frame)")
     width = _PCM_WIDTH.get(f.subtype)
     if f.format == "WAV" and width is not None:
         if isinstance(source, bytes):
