@@ -1,7 +1,7 @@
 """``--long_form vad``: Silero VAD on onnxruntime (``speech/vad.py``), the piece plan and the batched decoding of
 the pieces (``decode/vad_pieces.py``), with the real tiny.en on real speech: the bundled LibriVox sentences joined
 with real pauses of 0.5-2 s, forwards then backwards (60.7 s). Every decoding run here uses one device, batch 2,
-fp32 and a timestamp prompt, so they share one compiled program."""
+fp32 and a timestamp prompt, so they share two compiled programs (batches of 2 and 1 rows)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import webvtt
 
 from distil_whisper_jax.assets import librivox_recordings
 from distil_whisper_jax.cli import transcribe as cli
+from distil_whisper_jax.decode import decoding, vad_pieces
 from distil_whisper_jax.decode import transcribe as tr
-from distil_whisper_jax.decode import vad_pieces
 from distil_whisper_jax.speech import audio, subtitles, vad
 from distil_whisper_jax.speech.wer import wer
 from distil_whisper_jax.stages.evaluate import evaluation
@@ -200,6 +200,20 @@ def test_batched_equals_one_file_at_a_time(tiny, vad_run):
     for f, r in zip(files[:2], together):
         [alone] = tr.transcribe([f], tiny, batch_size=2, long_form="vad", devices=ONE, progress=False)
         assert alone == r
+
+
+def test_short_batches_run_as_fewer_rows(tiny, talk, monkeypatch):
+    """A batch of n pieces runs as the next of 1, 2, 4, … rows (times the devices) up to the batch size, not
+    always as a full batch: a 30 s window costs the same encoder pass whether it holds speech or filler."""
+    assert [decoding.padded_rows(n, 8) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]
+    assert [decoding.padded_rows(n, 24, 8) for n in (1, 8, 9, 17, 24)] == [8, 8, 16, 24, 24]
+    rows = []
+    real = decoding.generate
+    monkeypatch.setattr(decoding, "generate", lambda params, mel, *a: rows.append(len(mel)) or real(params, mel, *a))
+    dec = decoding.decoder(tiny, 8, timestamps=True, devices=ONE)
+    piece = talk[1][: 10 * SR]
+    one, three = dec([piece]), dec([piece] * 3)
+    assert rows == [1, 4] and three == one * 3  # the filler row changes nothing in the rows decoded
 
 
 def test_transcribe_writes_srt_vtt_and_json(talk, vad_run, tmp_path):

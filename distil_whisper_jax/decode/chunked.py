@@ -1,9 +1,10 @@
-"""Chunked long-form transcription: every window of every file through one compiled batched generation.
+"""Chunked long-form transcription: every window of every file through batched generation.
 
-Each file is cut into overlapping windows (``longform.chunk_windows``); the windows of all files are queued
-and sent to the decoder ``batch_size`` at a time, so one static-shape compiled program serves them all (the
-last batch is padded by the caller's decoder). When the last window of a file comes back, the file's token
-sequences are stitched at their overlaps (``longform.merge_pieces``) and cut into timestamped segments.
+Each file is cut into overlapping windows (``longform.chunk_windows``); the windows of all files are queued and
+sent to the decoder ``batch_size`` at a time, so a few static-shape compiled programs serve them all (the last
+batch is padded by the caller's decoder to the next of its row counts). When the last window of a file comes back,
+the file's token sequences are stitched at their overlaps (``longform.merge_pieces``) and cut into timestamped
+segments.
 
 A window can make the decoder collapse: typically one starting in the middle of a phrase, which a small model
 answers with a few words stamped over most of the window ("<|0.00|> the oldest most.<|21.76|>") and nothing

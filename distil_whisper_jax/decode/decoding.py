@@ -34,9 +34,23 @@ def check_assistant_mode(assistant_model: Any, long_form: str, num_beams: int, f
         raise ValueError(f"{flag}: works with --long_form none, chunked or vad, not {long_form}")
 
 
+def padded_rows(n: int, batch_size: int, multiple: int = 1) -> int:
+    """The rows a batch of ``n`` waveforms runs as: the smallest ``multiple`` · 2^k that holds them, at most
+    ``batch_size`` (a multiple of ``multiple``). A few static shapes, each compiled once, instead of one: the
+    last batch of a run, a lone file or a long-form file's few pieces no longer pay for a full batch of
+    encoder passes (a 30 s window costs the same whether it holds speech or filler)."""
+    if n >= batch_size:
+        return -(-n // batch_size) * batch_size
+    rows = multiple
+    while rows < n:
+        rows *= 2
+    return min(rows, batch_size)
+
+
 @dataclasses.dataclass
 class Decoder:
-    """A batch of waveforms → generated ids, through one compiled program (batches padded to ``batch_size``).
+    """A batch of waveforms → generated ids, through a few compiled programs (batches padded to
+    ``padded_rows``: 1, 2, 4, … rows up to ``batch_size``, times the device count).
 
     With an ``assistant`` the ids come from ``speculative.speculative_generate`` (the assistant drafts, the
     model verifies: the model's own greedy output) on one device; ``drafted``/``accepted``/``passes`` add
@@ -65,13 +79,12 @@ class Decoder:
         c = self.pre.config
         self.seconds += sum(len(w) for w in waves) / audio.SAMPLE_RATE
         mel = audio.log_mel_spectrogram(waves, n_mels=c.num_mel_bins, padding=c.n_frames * audio.HOP_LENGTH)
-        if self.assistant is None:
-            mel, n = parallel.pad_batch(mel, self.batch_size)
-            out = generate(self.params, mel, self.prompt, c, self.opts, DTYPES[self.dtype], list(self.devices))
-            return strip(out[:n], self.opts.eot)
         # filler rows copy the last one: a silent filler might never emit EOT and keep the batch looping
         n = len(mel)
-        mel = np.concatenate([mel, np.repeat(mel[-1:], (-n) % self.batch_size, axis=0)])
+        mel = np.concatenate([mel, np.repeat(mel[-1:], padded_rows(n, self.batch_size, len(self.devices)) - n, 0)])
+        if self.assistant is None:
+            out = generate(self.params, mel, self.prompt, c, self.opts, DTYPES[self.dtype], list(self.devices))
+            return strip(out[:n], self.opts.eot)
         out, stats = speculative.speculative_generate(
             self.params,
             c,
@@ -161,7 +174,7 @@ def decoder(
                 f"--max_new_tokens {opts.max_new_tokens}: with {assistant_flag} at most {room} fit "
                 f"(the decoder's {pre.config.max_target_positions} positions less the prompt and the drafts)"
             )
-    # Every batch is padded to one static shape (one compile), a multiple of the device count.
+    # Batches are padded to a few static shapes (``padded_rows``), multiples of the device count.
     batch_size = -(-batch_size // len(devices)) * len(devices)
     params = (
         parallel.replicate(pre.params, parallel.data_mesh(devices))

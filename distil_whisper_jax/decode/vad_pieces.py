@@ -8,13 +8,13 @@ inside, at its least speech-like frame in the window's second half; such cuts ar
 in the result (``vad.split_speech``). The silence between pieces is not decoded; a piece keeps the pauses
 inside it, so its timestamps are its offset plus the model's.
 
-The pieces of all files are queued and sent to the decoder ``batch_size`` at a time (the one compiled program
-chunked mode uses); a file is finished when its last piece comes back. Whisper learned from windows that cut
-speech off, so when a piece's speech runs close to its end the model may open a last segment and stop, leaving
-that speech to a next window that does not exist here; such a tail (``open_tail``) is queued once more as a
-piece of its own, from the model's last timestamp (where openai-whisper's next window would start). A recording
-in which the VAD finds no speech gives no text and no segments, without decoding anything: silence and noise
-never reach the model.
+The pieces of all files are queued and sent to the decoder ``batch_size`` at a time (the compiled programs chunked
+mode uses; a short batch runs as fewer rows, ``decoding.padded_rows``); a file is finished when its last piece
+comes back. Whisper learned from windows that cut speech off, so when a piece's speech runs close to its end the
+model may open a last segment and stop, leaving that speech to a next window that does not exist here; such a tail
+(``open_tail``) is queued once more as a piece of its own, from the model's last timestamp (where openai-whisper's
+next window would start). A recording in which the VAD finds no speech gives no text and no segments, without
+decoding anything: silence and noise never reach the model.
 
 Memory: a recording is held whole while it is segmented and its pieces wait for the decoder (64 kB per
 second of audio, 230 MB for an hour), unlike chunked and sequential modes, which hold a few windows.
