@@ -74,6 +74,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_together(commands: Sequence[Sequence[str]], env: dict[str, str], cwd: Path | None = None) -> list[str]:
+    """Start every command at once (the processes of one ``jax.distributed`` job), wait for all, and return
+    their combined stdout/stderr; fails the test unless every one exited 0."""
+    procs = [
+        subprocess.Popen(list(c), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in commands
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), logs
+    return logs
+
+
 def cli_args(flags: dict) -> list[str]:
     """``flags`` as command-line arguments: ``--name value``, ``--name`` alone for True, nothing for None or False."""
     argv = []

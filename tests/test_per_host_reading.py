@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from distil_whisper_jax.assets import speech_manifest
 
-from .helpers import REPO, free_port, read_tsv, subprocess_env
+from .helpers import REPO, free_port, read_tsv, run_together, subprocess_env
 
 FILES, GROUPS, GROUP_ROWS = 2, 3, 8  # real speech: 2 files of 3 row groups of 8 rows (~340 KB a group)
 ROWS = FILES * GROUPS * GROUP_ROWS
@@ -65,20 +64,9 @@ def _run_two_processes(data: Path, repo: Path, tmp_path: Path) -> list[dict]:
     """Both processes' reports (``tests/per_host_reader.py``), after both exited cleanly."""
     coordinator = f"localhost:{free_port()}"
     outs = [tmp_path / f"process_{i}.json" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.per_host_reader", coordinator, str(i), str(data), str(repo), str(BLOCK)]
-            + [str(outs[i])],
-            cwd=REPO,
-            env=subprocess_env(1),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
+    reader = [sys.executable, "-m", "tests.per_host_reader", coordinator]
+    run_together([[*reader, str(i), str(data), str(repo), str(BLOCK), str(outs[i])] for i in range(2)],
+                 subprocess_env(1), REPO)  # fmt: skip
     return [json.loads(o.read_text()) for o in outs]
 
 

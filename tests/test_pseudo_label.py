@@ -37,7 +37,16 @@ from distil_whisper_jax.stages.label import pseudo_label as pl
 from distil_whisper_jax.stages.label.units import PseudoLabelError
 
 from . import fake_gcs
-from .helpers import free_bytes, free_port, labelled_rows, read_tsv, small_disk, subprocess_env, write_tsv
+from .helpers import (
+    free_bytes,
+    free_port,
+    labelled_rows,
+    read_tsv,
+    run_together,
+    small_disk,
+    subprocess_env,
+    write_tsv,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four utterances of the bundled speech corpus (a TSV manifest, audio paths relative to it), two per
@@ -164,19 +173,7 @@ def _two_processes(out, manifest, *flags):
         "--num_processes",
         "2",
     ]
-    procs = [
-        subprocess.Popen(
-            cmd + ["--process_id", str(i)],
-            env=subprocess_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
-    return logs
+    return run_together([cmd + ["--process_id", str(i)] for i in range(2)], subprocess_env(2))
 
 
 def test_two_jax_distributed_processes_give_the_same_rows_exactly_once(reference, corpus, tmp_path):
