@@ -142,7 +142,7 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 
 
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
-DQ, SUITE, WS = "distill_quality.json", "test_suite.json", "warm_start.json"
+DQ, SUITE, WS, SLOW = "distill_quality.json", "test_suite.json", "warm_start.json", "slow_suite.json"
 
 
 def _warm(command: str, mode: str, key: str = "wall_seconds") -> tuple[Getter, str]:
@@ -438,6 +438,11 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("load_average_start", 0), ".1f"), (at("outcomes", "passed"), "d")]),
     (README, "process peaked at {} GiB resident, {} GiB of it from one test", SUITE, [
         (scaled(at("pytest_peak_mib"), 1 / 1024), ".1f"), (_largest_step_gib, ".1f")]),
+    (README, "The last slow run (`benchmarks/results/slow_suite.json`,\n{}, on a machine also running other work: load "
+     "average {} at the start, {} at the end): {} passed in {}\nminutes; its pytest process peaked at {} GiB", SLOW, [
+        (lambda d: d["date"][:10], "s"), (at("load_average_start", 0), ".1f"), (at("load_average_end", 0), ".1f"),
+        (at("outcomes", "passed"), "d"), (scaled(at("wall_seconds"), 1 / 60), ".0f"),
+        (scaled(at("pytest_peak_mib"), 1 / 1024), ".1f")]),
     (README, "process tree (pytest and the processes it started, proportional set sizes summed) at {} GiB", SUITE, [
         (scaled(at("peak_memory_mib"), 1 / 1024), ".1f")]),
     (BENCH, "The recorded one reused {}, so its JSON times them near zero", DQ, [
