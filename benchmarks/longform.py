@@ -15,13 +15,14 @@ voice-activity segmentation, temperature 0) and its sequential ``WhisperModel.tr
 temperature fallback, previous-text prompt, no VAD); the transformers ASR pipeline chunked with 30 s windows and
 ``return_timestamps=True`` (as its documentation recommends for long audio).
 
-Each engine runs in a fresh subprocess per recording that imports, loads the model and decodes the recording
-twice. **Whole-process** speed: audio seconds over the time from starting the subprocess to the end of the first
-decode (the compilation cache warm for ours: ours is run once before on the first recording of each model with
-the same ``--compilation_cache_dir``, and the JSON has each run's cache hits and misses). **Decode-only**: the
-second decode, after the first warmed everything up. WER is corpus-level after ``normalizer_for(language)``.
-``vs faster-whisper batched`` divides by that engine's speed on the same recording in the same run. Prints a table
-per recording and writes ``benchmarks/results/longform.json``.
+Each engine runs in a fresh subprocess per recording that imports, loads the model and decodes the recording twice.
+**Whole-process** speed: audio seconds over the time from starting the subprocess to the end of the first decode
+(the compilation cache warm for ours: ours is run once before on the same recording with the same
+``--compilation_cache_dir``, as a user's second run of a job; a batch shorter than ``--batch_size`` runs as fewer
+rows, whose programs another recording may not have compiled. The JSON has each run's cache hits and misses).
+**Decode-only**: the second decode, after the first warmed everything up. WER is corpus-level after
+``normalizer_for(language)``. ``vs faster-whisper batched`` divides by that engine's speed on the same recording in
+the same run. Prints a table per recording and writes ``benchmarks/results/longform.json``.
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ def run_all(args, work: Path, save) -> dict:
         # the cold run decodes the same recording (--quick: only its first clip, which needs the same programs)
         warm_up = la.english_recording(1.0, work / "prime") if args.quick else rec
         for e in engines:
-            if ENGINES[e][1] == "ours" and (e, rec.model) not in {(p["engine"], p["model"]) for p in primed}:
+            if ENGINES[e][1] == "ours":
                 primed.append({**prime(e, warm_up, models, cache_dir, work), "model": rec.model})
         rows = [measure(e, rec, models, cache_dir, work) for e in engines]
         relative(rows)
