@@ -31,12 +31,8 @@ def verification_peaks_gib(export_dir: Path) -> dict[str, float]:
     """Peak resident memory of each runtime process of the export's verification (from its
     ``verification.json``, measured inside each process); they run at the same time, ``sum`` adds them up."""
     record = json.loads((export_dir / "verification.json").read_text())
-    files: dict[str, list[str]] = {}  # process → the files it verified
-    peaks: dict[str, float] = {}
-    for c in record["checks"]:
-        files.setdefault(c["process"], []).append(c["file"])
-        peaks[c["process"]] = c["runtime_peak_mib"] / 1024
-    return {" + ".join(files[p]): peak for p, peak in peaks.items()} | {"sum": sum(peaks.values())}
+    peaks = {names: mib / 1024 for names, mib in record["process_peak_mib"].items()}
+    return peaks | {"sum": sum(peaks.values())}
 
 
 def main(argv=None) -> int:

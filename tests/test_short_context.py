@@ -67,6 +67,7 @@ def test_exports_run_in_every_runtime(short_model, tmp_path):
     ]
     assert all(c["passed"] for c in record["checks"]) and record["clips"] >= 1
     assert all(50 < c["runtime_peak_mib"] < 4096 for c in record["checks"]), record
+    assert list(record["process_peak_mib"]) == ["hf + original-model.bin", "ggml-model.bin", "ggml-model-q8_0.bin"]
 
 
 def test_labelling_uses_the_models_window(short_model, short_clips, tmp_path):

@@ -2,8 +2,8 @@
 
 ``load_audio`` / ``decode_audio_bytes`` decode a file (or its bytes) with soundfile, falling back to PyAV
 (FFmpeg's libraries, in-process) for formats libsndfile cannot read and for mp3, and return float32 mono at
-16 kHz; a file
-cut short (truncated, or damaged so that decoding fails part-way) is refused, not returned shorter.
+16 kHz; a file cut short (truncated, or damaged so that decoding fails part-way) is refused, not returned
+shorter.
 ``log_mel_spectrogram`` computes Whisper's input features for a batch, matching
 ``transformers.WhisperFeatureExtractor`` (~1e-7 from its float64 numpy path, ~5e-5 from its float32 torch
 path), with each example's STFT vectorised over all of its frames.

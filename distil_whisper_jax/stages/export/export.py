@@ -293,6 +293,10 @@ def _write_verification_record(path: Path, checks: Sequence[Check], verified_on:
     """The verification as JSON beside the files, for scripts: each file's verdict, WER, matches and the peak
     memory of the runtime process that ran it (its own, measured inside it)."""
     fields = ("fmt", "runtime", "wer", "exact", "normalized", "loops", "features", "passed", "note", "process")
+    files: dict[str, list[str]] = {}  # runtime process → the files it verified (they run at the same time)
+    for c in checks:
+        files.setdefault(c.process, []).append(c.path.name)
+    peaks = {" + ".join(files[c.process]): c.runtime_peak_mib for c in checks}
     record = {
         "verified_on": verified_on,
         "clips": len(checks[0].reference) if checks else 0,
@@ -301,21 +305,15 @@ def _write_verification_record(path: Path, checks: Sequence[Check], verified_on:
             {k: getattr(c, k) for k in fields} | {"file": c.path.name, "runtime_peak_mib": c.runtime_peak_mib}
             for c in checks
         ],
+        "process_peak_mib": peaks,  # each runtime process's own peak, named by the files it verified
     }
     try:
         with atomic_write(path, "w") as f:
             json.dump(record, f, indent=2)
     except OSError as e:
         raise write_error(path, e) from e
-    files: dict[str, list[str]] = {}  # runtime process → the files it verified
-    for c in checks:
-        if c.runtime_peak_mib is not None:
-            files.setdefault(c.process, []).append(c.path.name)
-    peaks = {c.process: c.runtime_peak_mib for c in checks}
-    log.info(
-        "verification processes' own peak memory: %s",
-        ", ".join(f"{' + '.join(names)} {peaks[p]:.0f} MiB" for p, names in files.items()) or "not reported",
-    )
+    reported = [f"{names} {mib:.0f} MiB" for names, mib in peaks.items() if mib is not None]
+    log.info("verification processes' own peak memory: %s", ", ".join(reported) or "not reported")
 
 
 def run(cfg: ExportConfig) -> int:
