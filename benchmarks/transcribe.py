@@ -6,9 +6,9 @@ All three engines get the same input, log-mel features already computed (``audio
 and return token ids, for the whole clip set (the bundled clips ≤ 30 s) looped at each batch size:
 
 * **jax**: this project, fp32, ``distil_whisper_jax.decode.generate.generate`` with ``generate.generation_options``
-  on one device (``devices=jax.local_devices()[:1]``); a short last batch is zero-padded to the batch size,
-  as ``transcribe`` does (one compiled shape per batch size). Compile time (first call) is reported
-  separately from the steady state.
+  on one device (``devices=jax.local_devices()[:1]``); a short last batch (``--no_fill``) is padded as
+  ``transcribe``'s decoder pads it (``decoding.pad_rows``: to the next of 1, 2, 4, … rows, copies of its last
+  row). Compile time (first call) is reported separately from the steady state.
 * **transformers**: ``WhisperForConditionalGeneration.generate`` (PyTorch, CPU, fp32) holding the same weights
   (built from the Flax tree via ``convert.hf.flax_to_hf``, as ``tests/conftest.py`` builds its reference),
   the same suppress lists and the same ``max_new_tokens``; ``torch.set_num_threads(os.cpu_count())``.
@@ -90,9 +90,9 @@ class JaxEngine:
         import jax
 
         self.gen_mod = importlib.import_module(impl + ".generate")
-        from distil_whisper_jax.core import parallel
+        from distil_whisper_jax.decode import decoding
 
-        self.pad_batch = parallel.pad_batch
+        self.pad_batch = decoding.pad_rows
         self.pre, self.prompt = pre, prompt
         # A patched copy (--jax_impl) has its own GenerationOptions class; same fields.
         self.opts = self.gen_mod.GenerationOptions(**dataclasses.asdict(opts))
@@ -100,9 +100,9 @@ class JaxEngine:
         self.params = jax.device_put(pre.params, self.devices[0])
 
     def __call__(self, mel: np.ndarray, batch_size: int) -> list[list[int]]:
-        padded, n = self.pad_batch(mel, batch_size)  # as transcribe does: one static shape per batch size
+        padded = self.pad_batch(mel, batch_size)  # as transcribe's decoder pads a batch
         out = self.gen_mod.generate(self.params, padded, self.prompt, self.pre.config, self.opts, devices=self.devices)
-        return [strip_ids(r, self.prompt, self.opts.eot) for r in out[:n]]
+        return [strip_ids(r, self.prompt, self.opts.eot) for r in out[: len(mel)]]
 
 
 class CT2Engine:
@@ -302,7 +302,7 @@ def profile_jax(engine: JaxEngine, mel: np.ndarray, batch_size: int, top: int = 
 
     import jax
 
-    padded, _ = engine.pad_batch(mel, batch_size)
+    padded = engine.pad_batch(mel, batch_size)
     fn = engine.gen_mod._compiled(engine.pre.config, jax.numpy.float32, engine.opts, ())
     try:
         labels = _hlo_op_names(fn.lower(engine.params, padded, np.asarray(engine.prompt, np.int32)).compile().as_text())

@@ -47,6 +47,13 @@ def padded_rows(n: int, batch_size: int, multiple: int = 1) -> int:
     return min(rows, batch_size)
 
 
+def pad_rows(mel: np.ndarray, batch_size: int, multiple: int = 1) -> np.ndarray:
+    """``mel`` [n, ...] padded to ``padded_rows(n, ...)`` rows with copies of its last row: a silent filler
+    might never emit EOT and keep the batch looping; a copy stops with the row it copies."""
+    n = len(mel)
+    return np.concatenate([mel, np.repeat(mel[-1:], padded_rows(n, batch_size, multiple) - n, axis=0)])
+
+
 @dataclasses.dataclass
 class Decoder:
     """A batch of waveforms → generated ids, through a few compiled programs (batches padded to
@@ -79,9 +86,7 @@ class Decoder:
         c = self.pre.config
         self.seconds += sum(len(w) for w in waves) / audio.SAMPLE_RATE
         mel = audio.log_mel_spectrogram(waves, n_mels=c.num_mel_bins, padding=c.n_frames * audio.HOP_LENGTH)
-        # filler rows copy the last one: a silent filler might never emit EOT and keep the batch looping
-        n = len(mel)
-        mel = np.concatenate([mel, np.repeat(mel[-1:], padded_rows(n, self.batch_size, len(self.devices)) - n, 0)])
+        n, mel = len(mel), pad_rows(mel, self.batch_size, len(self.devices))
         if self.assistant is None:
             out = generate(self.params, mel, self.prompt, c, self.opts, DTYPES[self.dtype], list(self.devices))
             return strip(out[:n], self.opts.eot)
