@@ -29,7 +29,8 @@ fraction of a measured fp32 matmul peak (best of several jitted ``jnp.dot`` of s
 ``--breakdown`` adds, per engine and batch size, the encoder time and the cost of one decoder step (the
 longest clip repeated to the batch size, decoded for exactly 21 and for 61 tokens); ``--profile`` adds a
 per-op breakdown (XLA thread time) of one JAX batch from the JAX profiler. ``--jax_impl PKG`` times a
-patched copy of the package instead (its ``generate`` and ``model`` modules; put it on ``PYTHONPATH``).
+patched copy of the package instead (its ``decode/generate``, ``core/model`` and ``core/parallel`` modules; put it
+on ``PYTHONPATH``).
 
 Prints a table and writes ``benchmarks/results/transcribe.json`` (atomically).
 """
@@ -89,7 +90,7 @@ class JaxEngine:
     def __init__(self, pre, prompt, opts, impl: str = "distil_whisper_jax"):
         import jax
 
-        self.gen_mod = importlib.import_module(impl + ".generate")
+        self.gen_mod = importlib.import_module(impl + ".decode.generate")
         from distil_whisper_jax.decode import decoding
 
         self.pad_batch = decoding.pad_rows
@@ -150,13 +151,13 @@ def jax_encoder(cfg, impl: str = "distil_whisper_jax"):
     """The jitted scanned encoder, run as generate runs it (row by row on CPU)."""
     import jax
 
-    Whisper = importlib.import_module(impl + ".model").Whisper
-    par = importlib.import_module(impl + ".parallel")
+    Whisper = importlib.import_module(impl + ".core.model").Whisper
+    par = importlib.import_module(impl + ".core.parallel")
     # CPU attention tiling is chosen by the caller (older --jax_impl copies chose it inside the model)
     tiling = {"attention_query_chunk": par.attention_query_chunk()} if hasattr(par, "attention_query_chunk") else {}
     model = Whisper(cfg, **tiling)
     encode = getattr(
-        importlib.import_module(impl + ".generate"),
+        importlib.import_module(impl + ".decode.generate"),
         "encode",  # (older --jax_impl copies lack it)
         lambda m, p, x: m.apply({"params": p}, x, method=Whisper.encode),
     )
@@ -171,7 +172,7 @@ def encoder_section(
 
     from distil_whisper_jax.core.flops import encoder_flops_by_part
 
-    Whisper = importlib.import_module(impl + ".model").Whisper
+    Whisper = importlib.import_module(impl + ".core.model").Whisper
 
     cfg = pre.config
     mel = np.random.default_rng(0).standard_normal((batch, cfg.num_mel_bins, cfg.n_frames)).astype(np.float32)
