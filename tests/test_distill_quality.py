@@ -83,6 +83,28 @@ def test_the_smoke_check_needs_a_lower_cross_entropy_on_every_set():
     assert dq.not_better([point(0, {"a": 5.0})]) == ["no evaluations"]
 
 
+def test_wer_gaps_come_with_a_paired_bootstrap_interval_over_utterances(tmp_path):
+    """The gap is corpus-level (errors over words, not a mean of row WERs), and its interval resamples the two
+    models' rows together: a student that loses words on one utterance of many gets a wide interval that still
+    holds zero, one that loses words on every utterance a narrow one that does not."""
+    teacher = [[1, 10], [0, 20], [2, 10], [0, 57]]  # 3 errors in 97 words
+    gap, lo, hi = dq.gap_interval(teacher, [[1, 10], [0, 20], [7, 10], [0, 57]])
+    assert gap == pytest.approx(500 / 97) and lo == 0 <= hi and hi > gap
+    gap, lo, hi = dq.gap_interval(teacher, [[2, 10], [2, 20], [3, 10], [5, 57]])
+    assert gap == pytest.approx(900 / 97) and 0 < lo < gap < hi
+    assert dq.gap_interval(teacher, teacher) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="not the same set"):
+        dq.gap_interval(teacher, teacher[:3])
+    csv = tmp_path / "predictions.csv"
+    csv.write_text(
+        "dataset,row,id,reference,prediction,reference_normalised,prediction_normalised,wer,error\n"
+        "/x/real.tsv,0,a,A b c.,a b,a b c,a b,33.333333,\n"
+        "/y/heldout_new_voices.tsv,0,b,Go.,,go,,100.0,\n"
+        "/x/real.tsv,1,c,Hi there,hi there,hi there,hi there,0.0,\n"
+    )
+    assert dq.row_errors(csv) == {"real": [[1.0, 3], [0.0, 2]], "heldout_new_voices": [[1.0, 1]]}
+
+
 def test_espeak_library_speaks_each_utterance_the_same_whatever_came_before():
     """The espeak-ng library of espeakng-loader, no program: a clip depends only on its text and voice settings
     (the library's C state and rand() would otherwise carry over from earlier utterances), also when threads
