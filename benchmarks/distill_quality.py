@@ -79,9 +79,9 @@ def window_seconds(a: argparse.Namespace) -> float:
     return 30.0 if a.max_source_positions is None else a.max_source_positions / 50
 
 
-def label(corpus: Path, work: Path, a: argparse.Namespace, times: dict[str, float]) -> dict:
+def label(train_tsv: Path, work: Path, a: argparse.Namespace, times: dict[str, float]) -> dict:
     """The teacher labels the training speech, a speaker's clips joined into packs that fit the student's window."""
-    argv = ["--dataset_name", str(corpus / "train.tsv"), "--text_column_name", "text"]
+    argv = ["--dataset_name", str(train_tsv), "--text_column_name", "text"]
     argv += ["--max_duration_in_seconds", f"{window_seconds(a):g}", "--wer_threshold", str(a.wer_threshold)]
     argv += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
     argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1"]
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     real, real_s = real_manifest(a.work)
     held = [corpus / f"{k}.tsv" for k in HELDOUT_SETS]
-    labelled = label(corpus, a.work, a, times)
+    labelled = label(corpus / "train.tsv", a.work, a, times)
     windowed = make_students(a.work, a)
     train(a.work, [real, held[0]], a, times)
     sets = [real, *held]
