@@ -15,7 +15,8 @@ Clips: the real recordings of ``benchmarks/distill_quality.py`` (JFK, "go forwar
 38.5 s, each ≤ 11 s: short-form). A clip is read from its file and turned into log-mel features inside the timed
 call, as ``run_eval.py`` does; one device, greedy, fp32. Each round times every model on every clip, models
 interleaved so load drift touches all alike; a model's time is its median round. Reported: milliseconds per clip
-and × the teacher's speed. Writes ``benchmarks/results/student_speed.json``.
+and × the teacher's speed; each model is also timed generating one token, which splits its time into a fixed part
+(reading, log-mel, encoder, prompt) and a cost per token. Writes ``benchmarks/results/student_speed.json``.
 
 ``--quick`` (CI): tiny.en, its 2-layer cuts at 30 s and 15 s, two rounds on three clips, written into a
 temporary directory unless ``--output`` is given.
@@ -104,38 +105,52 @@ def time_round(dec: decoding.Decoder, paths: list[Path], tokens: int) -> float:
 
 
 def measure_teacher(name: str, paths: list[Path], rounds: int, quick: bool) -> list[dict]:
+    """Every cut of teacher ``name`` timed at the teacher's token budget and at one token (the fixed part: reading,
+    log-mel, encoder, prompt); the difference over the extra tokens is the per-token cost."""
     teacher, language = teacher_model(name)
     tokens = teacher_tokens(teacher, language, paths)
     longest = max(sf.info(str(p)).duration for p in paths)
-    models = {c: fixed_length_decoder(cut_model(teacher, *c), language, tokens) for c in cuts(teacher, longest, quick)}
-    for dec in models.values():  # compile, outside the timing
-        time_round(dec, paths[:1], tokens)
+    models = {}
+    for c in cuts(teacher, longest, quick):
+        pre = cut_model(teacher, *c)
+        models[c] = (fixed_length_decoder(pre, language, tokens), fixed_length_decoder(pre, language, 1))
+    for full, one in models.values():  # compile, outside the timing
+        time_round(full, paths[:1], tokens)
+        time_round(one, paths[:1], 1)
     times: dict[tuple[int, int], list[float]] = {c: [] for c in models}
+    fixed: dict[tuple[int, int], list[float]] = {c: [] for c in models}
     for r in range(rounds):
-        for c, dec in models.items():
-            times[c].append(time_round(dec, paths, tokens))
+        for c, (full, one) in models.items():
+            times[c].append(time_round(full, paths, tokens))
+            fixed[c].append(time_round(one, paths, 1))
         log.info("%s: round %d of %d done", name, r + 1, rounds)
     base = statistics.median(times[next(iter(models))])
-    return [
-        {
-            "teacher": name,
-            "decoder_layers": d,
-            "window_s": p / 50,
-            "tokens": tokens,
-            "ms_per_clip": 1000 * statistics.median(times[(d, p)]),
-            "speedup": base / statistics.median(times[(d, p)]),
-            "rounds_ms": [round(1000 * t, 1) for t in times[(d, p)]],
-        }
-        for d, p in models
-    ]
+    rows = []
+    for d, p in models:
+        t, f = statistics.median(times[(d, p)]), statistics.median(fixed[(d, p)])
+        rows.append(
+            {
+                "teacher": name,
+                "decoder_layers": d,
+                "window_s": p / 50,
+                "tokens": tokens,
+                "ms_per_clip": 1000 * t,
+                "speedup": base / t,
+                "fixed_ms": 1000 * f,
+                "per_token_ms": 1000 * (t - f) / max(tokens - 1, 1),
+                "rounds_ms": [round(1000 * x, 1) for x in times[(d, p)]],
+            }
+        )
+    return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'teacher':<9}{'decoder layers':>15}{'window':>8}{'tokens':>8}{'ms/clip':>9}{'× teacher':>11}")
+    head = f"{'teacher':<9}{'decoder layers':>15}{'window':>8}{'tokens':>8}{'ms/clip':>9}{'× teacher':>11}"
+    print(f"\n{head}{'fixed ms':>10}{'ms/token':>10}")
     for r in rows:
         print(
             f"{r['teacher']:<9}{r['decoder_layers']:>15}{r['window_s']:>7g}s{r['tokens']:>8}"
-            f"{r['ms_per_clip']:>9.0f}{r['speedup']:>10.2f}×"
+            f"{r['ms_per_clip']:>9.0f}{r['speedup']:>10.2f}×{r['fixed_ms']:>10.0f}{r['per_token_ms']:>10.1f}"
         )
 
 

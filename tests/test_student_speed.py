@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,5 +25,6 @@ def test_quick_run_times_every_cut_on_the_teachers_token_budget(tmp_path):
     assert r["clips"] == ["goforward.wav", "jfk.flac", "sense_and_sensibility_01_austen_64kb-0870.flac"]
     assert len({x["tokens"] for x in rows}) == 1 and 10 < rows[0]["tokens"] < 40  # the teacher's mean, for all
     assert rows[0]["speedup"] == 1.0 and all(x["ms_per_clip"] > 0 and len(x["rounds_ms"]) == 2 for x in rows)
-    for x in rows:
-        assert x["speedup"] == rows[0]["ms_per_clip"] / x["ms_per_clip"]
+    for x in rows:  # the split into a fixed part (one token) and a cost per further token
+        assert x["speedup"] == rows[0]["ms_per_clip"] / x["ms_per_clip"] and x["fixed_ms"] > 0
+        assert x["per_token_ms"] == pytest.approx((x["ms_per_clip"] - x["fixed_ms"]) / (x["tokens"] - 1))
