@@ -805,6 +805,12 @@ def test_bad_inputs(small_models, labelled, tmp_path, tiny, capsys, caplog):
         ValueError, match=re.escape("(51864 vs 51865 tokens: the teacher is English-only, the student multilingual)")
     ):
         run(_cfg((teacher, tmp_path / "multi"), labelled, tmp_path / "o4"))
+    # a student that hears more than its teacher (a window of 31 s against 30)
+    longer = small_config(tiny).replace(decoder_layers=1, max_source_positions=1550)
+    write_hf_dir(tmp_path / "longer", longer, init_params(longer, 0), tokenizer=tiny.tokenizer)
+    with pytest.raises(ValueError, match=re.escape("encoder window (31 s, 1550 positions) is longer than the teacher")):
+        run(_cfg((teacher, tmp_path / "longer"), labelled, tmp_path / "o5"))
+    assert not (tmp_path / "o5" / "checkpoints").exists()
     # NaN loss: an absurd learning rate blows the params up after the first update
     out = tmp_path / "o3"
     assert run(_cfg(small_models, labelled, out, learning_rate=1e38, warmup_steps=0, save_steps=1)) == 3

@@ -81,8 +81,9 @@ def load_models(cfg: DistillConfig) -> Models:
 
 
 def check_compatible(teacher: Pretrained, student: Pretrained, freeze_encoder: bool, mse_weight: float) -> None:
-    """Teacher and student must share the vocabulary and features (and d_model when the encoder output or
-    hidden states are shared); ``ValueError`` naming both checkpoints otherwise."""
+    """Teacher and student must share the vocabulary and features, the student's window must fit in the teacher's
+    (and d_model must match when the encoder output or hidden states are shared); ``ValueError`` naming both
+    checkpoints otherwise, before any data is read."""
     t, s = teacher.config, student.config
     what = f"teacher {teacher.source} and student {student.source}"
     if t.vocab_size != s.vocab_size:
@@ -102,6 +103,12 @@ def check_compatible(teacher: Pretrained, student: Pretrained, freeze_encoder: b
         )
     if t.num_mel_bins != s.num_mel_bins:
         raise ValueError(f"{what} take different features ({t.num_mel_bins} vs {s.num_mel_bins} mel bins)")
+    if s.max_source_positions > t.max_source_positions:
+        raise ValueError(
+            f"{what}: the student's encoder window ({s.input_seconds:g} s, {s.max_source_positions} positions) is "
+            f"longer than the teacher's ({t.input_seconds:g} s): the teacher cannot hear the rest of its clips; "
+            f"make the student with --max_source_positions of at most {t.max_source_positions}"
+        )
     if t.d_model != s.d_model and (freeze_encoder or mse_weight > 0):
         raise ValueError(
             f"{what} have different widths (d_model {t.d_model} vs {s.d_model}): "
