@@ -5,7 +5,8 @@ Assistants: the teacher itself (every draft accepted), a separate copy of its we
 (every draft accepted: the assistant's encoder path is exact), the teacher's decoder over a noisy copy of its
 encoder (drafts accepted only while the noise does not change them, and only when the assistant reads its own
 encoder; read with the teacher's encoder it accepts everything) and a 2-layer student sliced from tiny.en's
-layers (a few drafts accepted, most rejected). Also: a 42 s clip through chunked long-form with the student as
+layers (a few drafts accepted, most rejected), and the teacher with its encoder cut to 15 s (a shorter window than
+the teacher's: it drafts from the start of the input). Also: a 42 s clip through chunked long-form with the student as
 assistant, and bfloat16 teacher and student against bfloat16 greedy."""
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def assistants(tiny, two_layer):
         "teacher copy": (tiny.config, copy),
         "noisy encoder": (tiny.config, {"encoder": noisy, "decoder": tiny.params["decoder"]}),
         "2-layer": two_layer,
+        "15 s window": student_lib.make_student(tiny.config, tiny.params, 4, None, 750)[:2],
     }
 
 
@@ -91,6 +93,7 @@ def _forced_choices(config, params, mel, prompt, ref, opts: GenerationOptions) -
     """The model's greedy choice [B, MAX_NEW] at every generated position, given the teacher's greedy tokens
     ``ref`` before it (one teacher-forced pass)."""
     tokens = np.concatenate([np.broadcast_to(np.asarray(prompt, np.int32), (len(ref), len(prompt))), ref], axis=1)
+    mel = mel[..., : config.n_frames]  # a shorter-window model hears the start, as in speculative decoding
     return np.asarray(_forced_fn(config, opts, len(prompt))(params, mel, tokens))
 
 
@@ -143,6 +146,9 @@ RUNS = [
     ("teacher copy", False, True),  # its own encoder, the teacher's weights
     ("noisy encoder", False, False),
     ("2-layer", True, False),
+    # the teacher's decoder over its encoder cut to 15 s: it reads the first half of the teacher's input (clip 3 is
+    # 15.4 s long), drafts well but not always the teacher's tokens
+    ("15 s window", False, False),
 ]
 
 
@@ -215,6 +221,8 @@ def test_bfloat16_teacher_and_assistant_equal_bfloat16_greedy(tiny, specials, tw
 
 
 def test_rejects_an_assistant_that_cannot_draft(tiny, specials):
+    with pytest.raises(ValueError, match=r"its window \(60 s\) is longer than the teacher's \(30 s\)"):
+        speculative.check_assistant(tiny.config, tiny.config.replace(max_source_positions=3000))
     other = tiny.config.replace(vocab_size=tiny.config.vocab_size - 1)
     prompt = prompt_ids(specials, timestamps=False)
     opts = generation_options(tiny, specials, max_new_tokens=MAX_NEW, prompt_len=len(prompt))

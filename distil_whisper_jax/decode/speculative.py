@@ -76,7 +76,8 @@ def _speculative(teacher, t_params, student, s_params, mel, prompt, opts, k: int
     length = p + n_max + k + 1  # room for the last iteration's overshoot
     rows = jnp.arange(b)
     t_enc = teacher.apply({"params": t_params}, mel, method=Whisper.encode)
-    s_enc = t_enc if share_encoder else student.apply({"params": s_params}, mel, method=Whisper.encode)
+    s_mel = mel[..., : student.config.n_frames]  # a shorter-window assistant hears the start of the clip
+    s_enc = t_enc if share_encoder else student.apply({"params": s_params}, s_mel, method=Whisper.encode)
     t_logits, t_cache = _prefill(teacher, t_params, t_enc, prompt, length)
     _, s_cache = _prefill(student, s_params, s_enc, prompt, length)
     tokens = jnp.full((b, length), opts.eot, jnp.int32).at[:, :p].set(prompt[None])
@@ -156,13 +157,21 @@ def _compiled(t_config, s_config, dtype, opts, k: int, share_encoder: bool):
 
 
 def check_assistant(t_config: WhisperConfig, s_config: WhisperConfig) -> None:
-    """``ValueError`` unless the assistant can draft for the teacher (same vocabulary and input)."""
-    for field in ("vocab_size", "num_mel_bins", "max_source_positions"):
+    """``ValueError`` unless the assistant can draft for the teacher: same vocabulary and features, and a window no
+    longer than the teacher's. A shorter window (a 15 s student of a 30 s teacher) is accepted: the assistant
+    reads the first part of the teacher's input, so on longer audio its drafts are accepted less often, while
+    the output stays the teacher's own."""
+    for field in ("vocab_size", "num_mel_bins"):
         if getattr(t_config, field) != getattr(s_config, field):
             raise ValueError(
                 f"assistant model: {field} {getattr(s_config, field)} differs from the teacher's "
                 f"{getattr(t_config, field)}; the assistant must share the teacher's tokenizer and input"
             )
+    if s_config.max_source_positions > t_config.max_source_positions:
+        raise ValueError(
+            f"assistant model: its window ({s_config.input_seconds:g} s) is longer than the teacher's "
+            f"({t_config.input_seconds:g} s)"
+        )
 
 
 def speculative_generate(
