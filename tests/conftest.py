@@ -236,3 +236,10 @@ def gcs(gcs_server, monkeypatch, tmp_path):
         monkeypatch.setattr(obj, name, value)
     yield gcs_server
     gcs_emulator.use_gcsfs()  # forget instances that hold this test's settings
+
+
+@pytest.fixture(scope="session")
+def quick_corpus_cache(tmp_path_factory):
+    """One ``--cache`` for the benchmarks' ``--quick`` runs (distill_quality, data_scaling): the small TTS corpus of
+    the bundled sentences is spoken once per session and reused (the corpus is keyed by its settings)."""
+    return tmp_path_factory.mktemp("quick_corpus")

@@ -55,10 +55,10 @@ def test_the_fit_is_a_line_in_log_hours_and_a_power_law_for_the_cross_entropy():
     assert f["ce"]["at_1h"] == pytest.approx(1.5) and f["ce"]["exponent"] == pytest.approx(-0.3)
 
 
-def test_quick_point_end_to_end_then_a_changed_recipe_is_refused(tmp_path):
+def test_quick_point_end_to_end_then_a_changed_recipe_is_refused(tmp_path, quick_corpus_cache):
     """As a user runs it: its own process, one CPU device (the suite emulates 8)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = [sys.executable, "-m", "benchmarks.data_scaling", "--quick", "--cache", str(tmp_path / "cache")]
+    cmd = [sys.executable, "-m", "benchmarks.data_scaling", "--quick", "--cache", str(quick_corpus_cache)]
     cmd += ["--work", str(tmp_path / "work")]
     assert subprocess.run(cmd, cwd=REPO, env=env).returncode == 0
     out = tmp_path / "work" / "data_scaling.json"

@@ -125,12 +125,12 @@ def test_espeak_library_speaks_each_utterance_the_same_whatever_came_before():
         espeak_ng.speak(text, "xx-nonesuch", 160)
 
 
-def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path):
+def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path, quick_corpus_cache):
     """As a user runs it: its own process, one CPU device (this suite's process emulates 8, which would make the
     benchmark's global batch 8 times larger)."""
     out = tmp_path / "result.json"
     work = tmp_path / "work"
-    argv = ["--quick", "--output_dir", str(work), "--cache", str(tmp_path / "cache"), "--output", str(out)]
+    argv = ["--quick", "--output_dir", str(work), "--cache", str(quick_corpus_cache), "--output", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     run = subprocess.run([sys.executable, "-m", "benchmarks.distill_quality", *argv], cwd=REPO, env=env)
     assert run.returncode == 0
