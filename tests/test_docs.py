@@ -143,6 +143,7 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
 DQ, SUITE, WS, SLOW = "distill_quality.json", "test_suite.json", "warm_start.json", "slow_suite.json"
+DQ15, WINDOW_SPEED = "distill_quality_15s.json", ("models", "teacher_window", "heldout_audio_s_per_s")
 
 
 def _warm(command: str, mode: str, key: str = "wall_seconds") -> tuple[Getter, str]:
@@ -221,7 +222,7 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (_lf_vad_wer_at_or_below, "d"), (at(*LFP, "ours-vad", "decode_vs_fw_batched"), ".2f"),
         (at(*LFP, "ours-vad", "whole_process_vs_fw_batched"), ".2f"),
         (at(*LFP, "ours-chunked", "decode_vs_fw_batched"), ".2f")]),
-    (README, "the demo's 2-layer student is {}× its tiny.en teacher at batch 1", PE, [
+    (README, "the demo's 2-layer 30 s student is {}× its tiny.en teacher at batch 1", PE, [
         (at(*PS, "student_vs_teacher_batch1"), ".2f")]),
     (BENCH, "| this project (JAX, fp32, 1 device) | 1 | {} | {} | {} | {} |", T, [
         *_engine_row("jax", "1"), (at(*J1, "compile_s"), ".1f")]),
@@ -412,6 +413,39 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (_curve(0, "heldout_new_voices"), ".1f"), (_curve(600, "heldout_new_voices"), ".2f")]),
     (BENCH, "({} at step 240, {} at 600)", DQ, [
         (_curve(240, "heldout_new_voices"), ".2f"), (_curve(600, "heldout_new_voices"), ".2f")]),
+    (BENCH, "on\n2026-12-07, 2 CPU cores (Intel Xeon; load average {} at the start, {} at the end;", DQ15, [
+        (at("machine", "load_avg_1m_start"), ".1f"), (at("machine", "load_avg_1m_end"), ".1f")]),
+    (BENCH, "It scores {} % WER against the text, and {} rows ({} h)\n  remain under 20 %.", DQ15, [
+        (at("labelled", "wer_all_labelled"), ".2f"), (at("labelled", "rows_written"), "d"),
+        (at("labelled", "audio_hours_written"), ".2f")]),
+    (BENCH, "- **Training:** {} steps of {} rows (packs half as long", DQ15, [
+        (at("config", "max_steps"), "d"), (at("config", "batch_size"), "d")]),
+    (BENCH, "about 20 epochs, as above), in {}\n  minutes.", DQ15, [(scaled(at("times_s", "train"), 1 / 60), ".1f")]),
+    (BENCH, "| teacher (tiny.en, 30 s) | {} | {} | {} | {} |", DQ15, _quality_row("teacher")),
+    (BENCH, "| teacher, encoder cut to 15 s (untrained) | {} | {} | {} | {} |", DQ15, _quality_row("teacher_window")),
+    (BENCH, "| student, fresh from the cut | {} | {} | {} | {} |", DQ15, _quality_row("student_fresh")),
+    (BENCH, "| student, after 1200 steps | {} | {} | {} | {} |", DQ15, _quality_row("student_trained")),
+    (BENCH, "- **New voices:** {} points above the teacher, interval {} to {} (goal", DQ15, [
+        (at("goals", "heldout_new_voices_wer_gap", "value"), ".2f"),
+        (at("goals", "heldout_new_voices_wer_gap", "interval_95", 0), ".2f"),
+        (at("goals", "heldout_new_voices_wer_gap", "interval_95", 1), ".2f")]),
+    (BENCH, "- **Real recordings:** {} points above the teacher, interval {} to {} (goal", DQ15, [
+        (at("goals", "real_wer_gap", "value"), ".2f"), (at("goals", "real_wer_gap", "interval_95", 0), ".2f"),
+        (at("goals", "real_wer_gap", "interval_95", 1), ".2f")]),
+    (BENCH, "- **Speed:** {}× the teacher at batch 1 (goal ≥ 2×", DQ15, [(at("goals", "speedup", "value"), ".2f")]),
+    (BENCH, "new voices better, at {}× the\n  teacher's speed.", DQ15, [
+        (_ratio(at(*WINDOW_SPEED), at("models", "teacher", "heldout_audio_s_per_s")), ".2f")]),
+    (BENCH, "is {} nats\n  per token at the end ({} at step 120), against {} on the new voices.", DQ15, [
+        (_curve(1200, "real"), ".2f"), (_curve(120, "real"), ".2f"), (_curve(1200, "heldout_new_voices"), ".2f")]),
+    (README, "A 15 s student (`--max_source_positions 750`, {} steps in {} minutes): {} points above the teacher on "
+     "held-out voices (goal ≤ 3: met; 95 % interval {} to {}), {} on the real recordings (goal ≤ 5: missed), {}× the "
+     "teacher's speed at batch 1", DQ15, [
+        (at("config", "max_steps"), "d"), (scaled(at("times_s", "train"), 1 / 60), ".0f"),
+        (at("goals", "heldout_new_voices_wer_gap", "value"), ".2f"),
+        (at("goals", "heldout_new_voices_wer_gap", "interval_95", 0), ".2f"),
+        (at("goals", "heldout_new_voices_wer_gap", "interval_95", 1), ".2f"),
+        (at("goals", "real_wer_gap", "value"), ".2f"), (at("goals", "speedup", "value"), ".2f")]),
+    (README, "a 2-layer 15 s student is {}×", DQ15, [(at("goals", "speedup", "value"), ".2f")]),
     (README, "learns language identification ({} → {} on held-out clips", DM, [
         (at("results", "overall", "language_id_accuracy", m), ".2f")
         for m in ("student_untrained", "student_trained")]),
