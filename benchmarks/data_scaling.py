@@ -49,7 +49,15 @@ from tools.generate_speech import write_manifest
 
 log = logging.getLogger("benchmarks.data_scaling")
 CE_SET = "heldout_new_voices"  # the held-out cross-entropy of the curve: voices no training speaker has
-RECIPE_KEYS = ("max_steps", "batch_size", "learning_rate", "decoder_layers", "max_source_positions", "wer_threshold")
+RECIPE_KEYS = (
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "decoder_layers",
+    "max_source_positions",
+    "max_label_length",
+    "wer_threshold",
+)
 
 
 def subset(corpus: Path, hours: float, largest: float, out: Path) -> tuple[Path, float]:
@@ -75,7 +83,7 @@ def subset(corpus: Path, hours: float, largest: float, out: Path) -> tuple[Path,
 def point_args(a: argparse.Namespace, work: Path) -> argparse.Namespace:
     """distill_quality's settings for one point: its recipe with this run's overrides, its own work directory."""
     p = dq.parse_args(["--output_dir", str(work)] + (["--quick"] if a.quick else []))
-    for k in ("max_steps", "decoder_layers", "max_source_positions", "learning_rate", "batch_size"):
+    for k in ("max_steps", "decoder_layers", "max_source_positions", "learning_rate", "batch_size", "max_label_length"):
         setattr(p, k, getattr(a, k))
     p.eval_batch_size, p.curve_points, p.curve_eval_rows = 8, 1, a.heldout_per_set
     return p
@@ -207,6 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=3e-4)
     p.add_argument("--decoder_layers", type=int, default=2)
     p.add_argument("--max_source_positions", type=int, default=None, help="750: a 15 s student")
+    p.add_argument("--max_label_length", type=int, default=160, help="decoder positions (96 holds a 15 s label)")
     p.add_argument("--wer_threshold", type=float, default=20.0, help="labelling filter, WER %% of a row")
     p.add_argument("--heldout_per_set", type=int, default=60)
     p.add_argument("--points", type=int, default=None, help="at most this many new sizes in this invocation")
@@ -223,6 +232,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--hours {a.hours}: every size must be above 0")
     if a.quick:
         a.hours, a.max_steps, a.heldout_per_set, a.batch_size, a.points = [0.025, 0.05], 10, 8, 4, 1
+        a.max_label_length = 128
         if a.work == default_cache_dir() / "data_scaling":
             a.work = Path(tempfile.mkdtemp(prefix="data_scaling_"))
         if a.output == RESULTS_DIR / "data_scaling.json":
