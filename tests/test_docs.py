@@ -144,6 +144,30 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
 DQ, SUITE, WS, SLOW = "distill_quality.json", "test_suite.json", "warm_start.json", "slow_suite.json"
 DQ15, WINDOW_SPEED = "distill_quality_15s.json", ("models", "teacher_window", "heldout_audio_s_per_s")
+SS = "student_speed.json"
+
+
+def _speed_row(i: int) -> tuple[str, str, str, list[tuple[Getter, str]]]:
+    """One row of the student_speed table: teacher, layers and window as text, the figures from the JSON."""
+    r = ("rows", i)
+    return (
+        BENCH,
+        "| {} | {} | {} s | {} | {}× | {} | {} |",
+        SS,
+        [
+            (at(*r, "teacher"), "s"),
+            (at(*r, "decoder_layers"), "d"),
+            (at(*r, "window_s"), "g"),
+            (at(*r, "ms_per_clip"), ".0f"),
+            (at(*r, "speedup"), ".2f"),
+            (at(*r, "fixed_ms"), ".0f"),
+            (at(*r, "per_token_ms"), ".1f"),
+        ],
+    )
+
+
+def _ss(i: int, key: str, fmt: str) -> tuple[Getter, str]:
+    return at("rows", i, key), fmt
 
 
 def _warm(command: str, mode: str, key: str = "wall_seconds") -> tuple[Getter, str]:
@@ -446,6 +470,23 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("goals", "heldout_new_voices_wer_gap", "interval_95", 1), ".2f"),
         (at("goals", "real_wer_gap", "value"), ".2f"), (at("goals", "speedup", "value"), ".2f")]),
     (README, "a 2-layer 15 s student is {}×", DQ15, [(at("goals", "speedup", "value"), ".2f")]),
+    *[_speed_row(i) for i in range(12)],
+    (BENCH, "({} for tiny.en, {} for base: end-of-text", SS, [_ss(0, "tokens", "d"), _ss(6, "tokens", "d")]),
+    (BENCH, "`python -m benchmarks.student_speed` on 2026-12-07, 2 CPU cores (Intel Xeon; load average {} at the "
+     "start)", SS, [(at("machine", "load_avg_1m_start"), ".1f")]),
+    (BENCH, "two thirds of tiny.en's ({} of {} ms) and four\n  fifths of base's ({} of {} ms)", SS, [
+        _ss(0, "fixed_ms", ".0f"), _ss(0, "ms_per_clip", ".0f"),
+        _ss(6, "fixed_ms", ".0f"), _ss(6, "ms_per_clip", ".0f")]),
+    (BENCH, "takes tiny.en's from {} to {} ms", SS, [_ss(0, "fixed_ms", ".0f"), _ss(3, "fixed_ms", ".0f")]),
+    (BENCH, "2 layers alone give {}×, the 15 s window\n  alone {}×, both {}×. Base is the same shape: {}×, {}×, {}×.",
+     SS, [_ss(i, "speedup", ".2f") for i in (1, 3, 4, 7, 9, 10)]),
+    (BENCH, "at the teacher's token count the cut itself is {}×. A 1-layer decoder at 15 s is {}× (tiny.en)\n  and {}× "
+     "(base)", SS, [_ss(4, "speedup", ".2f"), _ss(5, "speedup", ".2f"), _ss(11, "speedup", ".2f")]),
+    (BENCH, "({} against {} at 30 s; {} against {} at 15 s;", SS, [
+        _ss(6, "per_token_ms", ".1f"), _ss(8, "per_token_ms", ".1f"), _ss(9, "per_token_ms", ".1f"),
+        _ss(11, "per_token_ms", ".1f")]),
+    (BENCH, "The 15 s 2-layer student of the run above measured {}× end to end", DQ15, [
+        (at("goals", "speedup", "value"), ".2f")]),
     (README, "learns language identification ({} → {} on held-out clips", DM, [
         (at("results", "overall", "language_id_accuracy", m), ".2f")
         for m in ("student_untrained", "student_trained")]),
