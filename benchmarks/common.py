@@ -138,3 +138,28 @@ def matmul_peak(sizes=(1024, 2048, 4096), quick: bool = False) -> dict:
         out[str(n)] = 2.0 * n**3 / best
     out["peak"] = max(out.values())
     return out
+
+
+def two_panels(figsize: tuple[float, float] = (11, 4.2)):
+    """A figure with two side-by-side axes, drawn off-screen (matplotlib's Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, 2, figsize=figsize)
+
+
+def save_panels(fig, axes, path: Path) -> None:
+    """Grid and legend on each of ``axes``, then ``fig`` written to ``path`` as PNG, atomically, and closed."""
+    import matplotlib.pyplot as plt
+
+    from distil_whisper_jax.infra.files import atomic_write
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(str(tmp), dpi=110, format="png")
+    plt.close(fig)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import distill_quality as dq
-from benchmarks.common import RESULTS_DIR, run_record
+from benchmarks.common import RESULTS_DIR, run_record, save_panels, two_panels
 from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
 from distil_whisper_jax.assets import SPEECH_DIR
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
@@ -136,14 +136,9 @@ def fit(points: list[dict]) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts, f = result["points"], result["fit"]
     hours = [p["hours"] for p in pts]
-    fig, (ax, ax_ce) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax, ax_ce) = two_panels()
     for k, color in (("heldout_new_voices", "tab:orange"), ("real", "tab:blue")):
         g = [p["gap"][k] for p in pts]
         err = [[x["value"] - x["interval_95"][0] for x in g], [x["interval_95"][1] - x["value"] for x in g]]
@@ -161,13 +156,11 @@ def plot(result: dict, path: Path) -> None:
         ax_ce.plot(xs, f["ce"]["at_1h"] * xs ** f["ce"]["exponent"], "--", color="tab:orange", lw=1, label="fit")
     ax_ce.set(xscale="log", xlabel="hours of training speech", ylabel="nats per token")
     ax_ce.set_title("teacher-forced CE on held-out voices' reference text", fontsize=10)
-    for x in (ax, ax_ce):
-        x.grid(alpha=0.3)
-        x.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(str(tmp), dpi=110, format="png")
-    plt.close(fig)
+    ticks = sorted(set(hours) | {max(hours) * k for k in (2, 4, 8)} if f else set(hours))
+    for x in (ax, ax_ce):  # the sizes themselves as ticks, in hours (log axes label powers of ten otherwise)
+        x.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+        x.minorticks_off()
+    save_panels(fig, (ax, ax_ce), path)
 
 
 def load_result(a: argparse.Namespace, recipe: dict) -> dict:

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from benchmarks.common import RESULTS_DIR, run_record
+from benchmarks.common import RESULTS_DIR, run_record, save_panels, two_panels
 from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
 from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips, librivox_recordings
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
@@ -234,12 +234,7 @@ def curve(work: Path) -> list[dict]:
 
 
 def plot(points: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax_ce) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax, ax_ce) = two_panels()
     steps = [p["step"] for p in points]
     for name, color in zip(points[0]["wer"], ("tab:blue", "tab:orange", "tab:green")):
         ax.plot(steps, [min(p["wer"][name], 150) for p in points], "o-", color=color, label=f"student, {name}")
@@ -247,13 +242,7 @@ def plot(points: list[dict], path: Path) -> None:
         ax_ce.plot(steps[1:], [p["ce"][name] for p in points[1:]], "o-", color=color, label=name)
     ax.set(xlabel="training step", ylabel="greedy WER % (capped at 150)", title="2-layer tiny.en student: WER")
     ax_ce.set(xlabel="training step", ylabel="nats per token", title="teacher-forced CE on the reference text")
-    for a in (ax, ax_ce):
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(str(tmp), dpi=110, format="png")
-    plt.close(fig)
+    save_panels(fig, (ax, ax_ce), path)
 
 
 def not_better(points: list[dict]) -> list[str]:
