@@ -144,7 +144,19 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
 DQ, SUITE, WS, SLOW = "distill_quality.json", "test_suite.json", "warm_start.json", "slow_suite.json"
 DQ15, WINDOW_SPEED = "distill_quality_15s.json", ("models", "teacher_window", "heldout_audio_s_per_s")
-SS = "student_speed.json"
+SS, DS = "student_speed.json", "data_scaling.json"
+
+
+def _scaling_row(i: int) -> list[tuple[Getter, str]]:
+    """One size of the data curve: hours, labelled hours and rows, both gaps with their intervals, the CE."""
+    r = ("points", i)
+    gaps = [
+        (at(*r, "gap", k, *key), ".2f")
+        for k in ("heldout_new_voices", "real")
+        for key in (("value",), ("interval_95", 0), ("interval_95", 1))
+    ]
+    return [(at(*r, "hours"), "g"), (at(*r, "labelled", "audio_hours_written"), ".2f"),
+            (at(*r, "labelled", "rows_written"), "d"), *gaps, (at(*r, "ce"), ".3f")]  # fmt: skip
 
 
 def _speed_row(i: int) -> tuple[str, str, str, list[tuple[Getter, str]]]:
@@ -487,6 +499,15 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         _ss(11, "per_token_ms", ".1f")]),
     (BENCH, "The 15 s 2-layer student of the run above measured {}× end to end", DQ15, [
         (at("goals", "speedup", "value"), ".2f")]),
+    (BENCH, "| {} | {} h, {} rows | {} ({} to {}) | {} ({} to {}) | {} |", DS, _scaling_row(0)),
+    (BENCH, "Its {} steps of {} rows went\n  through its {} rows {} times", DS, [
+        (at("recipe", "max_steps"), "d"), (at("recipe", "batch_size"), "d"),
+        (at("points", 0, "labelled", "rows_written"), "d"),
+        (lambda d: d["recipe"]["max_steps"] * d["recipe"]["batch_size"] / d["points"][0]["labelled"]["rows_written"],
+         ".0f")]),
+    (BENCH, "The {} h run above ({} steps) reached {} and {} points", DQ15, [
+        (at("labelled", "audio_hours_written"), ".2f"), (at("config", "max_steps"), "d"),
+        (at("goals", "heldout_new_voices_wer_gap", "value"), ".2f"), (at("goals", "real_wer_gap", "value"), ".2f")]),
     (README, "learns language identification ({} → {} on held-out clips", DM, [
         (at("results", "overall", "language_id_accuracy", m), ".2f")
         for m in ("student_untrained", "student_trained")]),
