@@ -508,6 +508,10 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "The {} h run above ({} steps) reached {} and {} points", DQ15, [
         (at("labelled", "audio_hours_written"), ".2f"), (at("config", "max_steps"), "d"),
         (at("goals", "heldout_new_voices_wer_gap", "value"), ".2f"), (at("goals", "real_wer_gap", "value"), ".2f")]),
+    (README, "tiny.en cut to 15 s is {}× alone, {}× with 2 decoder layers", SS, [
+        _ss(3, "speedup", ".2f"), _ss(4, "speedup", ".2f")]),
+    (README, "at {} h the student is {} points above the teacher on held-out voices", DS, [
+        (at("points", 0, "hours"), "g"), (at("points", 0, "gap", "heldout_new_voices", "value"), ".2f")]),
     (README, "learns language identification ({} → {} on held-out clips", DM, [
         (at("results", "overall", "language_id_accuracy", m), ".2f")
         for m in ("student_untrained", "student_trained")]),
