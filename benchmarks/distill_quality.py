@@ -233,14 +233,15 @@ def curve(work: Path) -> list[dict]:
     return [points[k] for k in sorted(points)]
 
 
-def plot(points: list[dict], path: Path) -> None:
+def plot(points: list[dict], path: Path, student: str = "2-layer tiny.en student") -> None:
     fig, (ax, ax_ce) = two_panels()
     steps = [p["step"] for p in points]
     for name, color in zip(points[0]["wer"], ("tab:blue", "tab:orange", "tab:green")):
         ax.plot(steps, [min(p["wer"][name], 150) for p in points], "o-", color=color, label=f"student, {name}")
-        ax.axhline(points[0]["teacher_wer"][name], color=color, ls="--", lw=1, label=f"teacher, {name}")
+        teacher = f"the teacher it distils from, {name}"
+        ax.axhline(points[0]["teacher_wer"][name], color=color, ls="--", lw=1, label=teacher)
         ax_ce.plot(steps[1:], [p["ce"][name] for p in points[1:]], "o-", color=color, label=name)
-    ax.set(xlabel="training step", ylabel="greedy WER % (capped at 150)", title="2-layer tiny.en student: WER")
+    ax.set(xlabel="training step", ylabel="greedy WER % (capped at 150)", title=f"{student}: WER")
     ax_ce.set(xlabel="training step", ylabel="nats per token", title="teacher-forced CE on the reference text")
     save_panels(fig, (ax, ax_ce), path)
 
@@ -364,7 +365,8 @@ def main(argv=None) -> int:
     print_table(result)
     with atomic_write(a.output, "w") as f:
         json.dump(result, f, indent=2)
-    plot(points, a.output.with_suffix(".png"))
+    window = f", {window_seconds(a):g} s" if a.max_source_positions else ""
+    plot(points, a.output.with_suffix(".png"), f"{a.decoder_layers}-layer tiny.en student{window}")
     log.info(
         "wrote %s and %s; the trained student: %s (%s)",
         a.output,
