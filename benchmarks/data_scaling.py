@@ -28,7 +28,6 @@ written into the work directory.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from benchmarks import distill_quality as dq
 from benchmarks.common import RESULTS_DIR, run_record, save_panels, two_panels
 from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
 from distil_whisper_jax.assets import SPEECH_DIR
+from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
 from distil_whisper_jax.weights.loading import default_cache_dir
 from tools.generate_speech import write_manifest
@@ -63,8 +63,7 @@ RECIPE_KEYS = (
 def subset(corpus: Path, hours: float, largest: float, out: Path) -> tuple[Path, float]:
     """``out/train.tsv``: each training speaker's first ``hours / largest`` of its clips (in the corpus's order,
     audio paths absolute). Returns it and its seconds of speech."""
-    with open(corpus / "train.tsv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = list(delimited.read_rows(corpus / "train.tsv"))
     total: dict[str, float] = {}
     for r in rows:
         total[r["speaker_id"]] = total.get(r["speaker_id"], 0.0) + float(r["duration"])
@@ -120,7 +119,7 @@ def run_point(hours: float, corpus: Path, a: argparse.Namespace, teacher: dict) 
 
 def fit(points: list[dict]) -> dict:
     """Per set, gap ≈ a + b·log2(hours) and the hours where it meets the goal (None when it never does on that
-    line); CE ≈ c·hours^k. Needs two sizes (None before)."""
+    line); CE ≈ c·hours^k. Needs two sizes (empty before)."""
     hours = np.array([p["hours"] for p in points])
     if len(set(hours.tolist())) < 2:
         return {}

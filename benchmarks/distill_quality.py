@@ -65,10 +65,15 @@ TEACHER_WINDOW = "teacher_window"  # with --max_source_positions: the teacher, i
 GOALS = {"heldout_new_voices": 3.0, "real": 5.0, "speedup": 2.0}  # WER points above the teacher; × teacher speed
 
 
+def real_recordings() -> list[tuple[Path, str]]:
+    """(audio, transcript) of every real recording with a transcript that installs offline: the bundled JFK and
+    "go forward" clips, then the five LibriVox sentences."""
+    return [(p, t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS] + librivox_recordings()
+
+
 def real_manifest(work: Path) -> tuple[Path, float]:
-    """``work/real.tsv`` (absolute paths) and its seconds: every real recording with a transcript that installs
-    offline."""
-    rows = [(p, t) for p, t in bundled_clips(None) if p.name in REAL_CLIPS] + librivox_recordings()
+    """``work/real.tsv`` (absolute paths) and its seconds: ``real_recordings()``."""
+    rows = real_recordings()
     path = work / "real.tsv"
     write_manifest(path, ["audio", "text"], [[str(p), t] for p, t in rows])
     return path, sum(sf.info(str(p)).duration for p, _ in rows)

@@ -38,7 +38,7 @@ import jax
 import soundfile as sf
 
 from benchmarks.common import RESULTS_DIR, run_record
-from distil_whisper_jax.assets import bundled_clips, librivox_recordings
+from benchmarks.distill_quality import real_recordings
 from distil_whisper_jax.decode import decoding
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
 from distil_whisper_jax.speech import audio
@@ -46,12 +46,11 @@ from distil_whisper_jax.weights.loading import Pretrained, load_pretrained, mult
 from distil_whisper_jax.weights.student import make_student
 
 log = logging.getLogger("benchmarks.student_speed")
-REAL_CLIPS = ("jfk.flac", "goforward.wav")
 
 
 def clips(quick: bool) -> list[Path]:
-    """The real recordings (three of them with ``quick``)."""
-    paths = [p for p, _ in bundled_clips(None) if p.name in REAL_CLIPS] + [p for p, _ in librivox_recordings()]
+    """The real recordings of ``benchmarks/distill_quality.py`` (three of them with ``quick``)."""
+    paths = [p for p, _ in real_recordings()]
     return paths[:3] if quick else paths
 
 
