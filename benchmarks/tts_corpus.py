@@ -135,11 +135,16 @@ def r_character_vectors(path: Path) -> Iterator[list[str]]:
         yield lines
 
 
-def read_texts(path: Path) -> dict[str, str]:
-    """{title: text} of an R data file of novels (one per character vector) or of one plain UTF-8 text file."""
+def require_text(path: Path) -> None:
+    """``SystemExit`` naming the file, and the Debian package for the default, when the corpus text is missing."""
     if not path.is_file():
         hint = " (apt-get install r-cran-janeaustenr, or pass --text FILE.txt)" if path == AUSTEN_RDB else ""
         raise SystemExit(f"--text {path}: no such file{hint}")
+
+
+def read_texts(path: Path) -> dict[str, str]:
+    """{title: text} of an R data file of novels (one per character vector) or of one plain UTF-8 text file."""
+    require_text(path)
     if path.suffix == ".rdb":
         books = {}
         for lines in r_character_vectors(path):
@@ -249,6 +254,7 @@ def build_corpus(text: Path, hours: float, heldout_per_set: int, cache: Path, se
         espeak = espeak_ng.version()  # loads the library: fails here, before any work, if it cannot
     except RuntimeError as e:
         raise SystemExit(f"{e}; the corpus's espeak-ng voices need it") from None
+    require_text(text)  # its bytes are the cache key: a missing file is named here, not by a traceback
     out = cache / f"tts_{corpus_key(text, hours, heldout_per_set, seed, espeak)}"
     if (out / "corpus.json").is_file():
         log.info("corpus: reusing %s (%s)", out, espeak)

@@ -38,7 +38,7 @@ def _r_strings(strings: list[str | None], kind: int = 16) -> bytes:
     return struct.pack(">I", len(body)) + zlib.compress(body)
 
 
-def test_r_data_files_are_read_vector_by_vector(tmp_path):
+def test_r_data_files_are_read_vector_by_vector(tmp_path, monkeypatch):
     path = tmp_path / "Rdata.rdb"
     path.write_bytes(
         _r_strings(["EMMA", "By Jane Austen", None, "Emma Woodhouse, handsome, clever, and rich."])
@@ -56,6 +56,12 @@ def test_r_data_files_are_read_vector_by_vector(tmp_path):
         list(tc.r_character_vectors(path))
     with pytest.raises(SystemExit, match="no such file"):
         tc.read_texts(tmp_path / "missing.rdb")
+    monkeypatch.setattr(tc, "AUSTEN_RDB", tmp_path / "janeaustenr" / "Rdata.rdb")  # as on a machine without it
+    with pytest.raises(SystemExit, match="apt-get install r-cran-janeaustenr"):  # named before its bytes are hashed
+        tc.build_corpus(tc.AUSTEN_RDB, 0.01, 1, tmp_path / "cache")
+    with pytest.raises(SystemExit, match=r"--text .*missing\.txt: no such file"):
+        tc.build_corpus(tmp_path / "missing.txt", 0.01, 1, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # refused before any work
 
 
 def test_sentences_are_speakable_and_unique():
