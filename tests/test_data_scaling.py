@@ -77,3 +77,11 @@ def test_quick_point_end_to_end_then_a_changed_recipe_is_refused(tmp_path, quick
     refused = subprocess.run(cmd + ["--decoder_layers", "1"], cwd=REPO, env=env, capture_output=True, text=True)
     assert refused.returncode != 0 and "holds points of another recipe" in refused.stderr
     assert json.loads(out.read_text())["points"] == r["points"]  # nothing lost
+
+
+def test_a_wide_run_writes_its_own_json_and_a_negative_size_is_refused(capsys):
+    assert ds.parse_args([]).output.name == "data_scaling.json"
+    assert ds.parse_args(["--wide_hours", "1"]).output.name == "data_scaling_wide.json"  # never mixed with the base
+    with pytest.raises(SystemExit):
+        ds.parse_args(["--wide_hours", "-1"])
+    assert "--wide_hours -1.0: expected hours" in capsys.readouterr().err

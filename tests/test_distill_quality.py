@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import distill_quality as dq
 from benchmarks import tts_corpus as tc
+from distil_whisper_jax.assets import SPEECH_DIR
 from tools import espeak_ng
 
 from .helpers import read_tsv
@@ -171,3 +172,36 @@ def test_quick_benchmark_runs_every_stage_and_the_student_learns(tmp_path, quick
     assert "--freeze_encoder" in card["recipe"] and card["recipe"][card["recipe"].index("--max_steps") + 1] == "20"
     assert card["data"]["labelled"]["rows_written"] == r["labelled"]["rows_written"]
     assert card["wer"]["student_trained"] == models["student_trained"]["wer"]
+
+
+def test_the_wide_corpus_adds_new_speakers_new_sentences_and_keeps_the_held_out_speech(
+    tmp_path, quick_corpus_cache, monkeypatch
+):
+    """Real TTS (Piper sped up: flite is a Debian program the suite does not need); the base is the quick corpus."""
+    text = SPEECH_DIR / "sentences.txt"  # the quick runs' text
+    base = tc.build_corpus(text, 0.05, 8, quick_corpus_cache)
+    sped = (tc.Speaker(tc.Sped(tc.PiperVoice(1.0, 0.667, 0.8), 1.25)),)
+    wide = tc.widen_corpus(base, 0.01, text, 8, speakers=sped)
+    assert wide.parent == base.parent and tc.widen_corpus(base, 0.01, text, 8, speakers=sped) == wide  # cached
+    base_rows, rows = read_tsv(base / "train.tsv"), read_tsv(wide / "train.tsv")
+    added = rows[len(base_rows) :]
+    assert [(r["text"], r["speaker_id"]) for r in rows[: len(base_rows)]] == [
+        (r["text"], r["speaker_id"]) for r in base_rows
+    ]
+    assert added and {r["speaker_id"] for r in added} == {"joe_l1.00_n0.67_x1.25_clean"}
+    held = [read_tsv(wide / f"{k}.tsv") for k in tc.HELDOUT_SPEAKERS]
+    assert held == [
+        [{**r, "audio": f"../{base.name}/{r['audio']}"} for r in read_tsv(base / f"{k}.tsv")]
+        for k in tc.HELDOUT_SPEAKERS
+    ]
+    seen = {r["text"] for r in base_rows} | {r["text"] for h in held for r in h}
+    assert not seen & {r["text"] for r in added}  # sentences no base row or held-out row says
+    for r in rows[:3] + added + held[0][:3]:  # every path resolves from the wide corpus's directory
+        assert (wide / r["audio"]).resolve().is_file()
+    info = json.loads((wide / "corpus.json").read_text())
+    assert info["base"] == base.name and info["seconds"]["train_added"] == pytest.approx(
+        sum(float(r["duration"]) for r in added), abs=0.01
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))  # no flite program: the default speakers name the package first
+    with pytest.raises(SystemExit, match="apt-get install flite"):
+        tc.widen_corpus(base, 0.02, text, 8)
