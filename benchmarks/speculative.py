@@ -1,6 +1,7 @@
 """Benchmark: speculative decoding, a teacher alone vs the teacher verifying its distilled student's drafts.
 
     python -m benchmarks.speculative --tiny_student DIR [--base_student DIR | --build_base_student WORK]
+        [--draft_vocab 4096]
 
 Two teachers, each with a 2-layer student distilled from it on the bundled speech corpus with the frozen encoder
 shared: the bundled tiny.en (``--tiny_student``: e.g. the demo's ``demo_output/run/hf``) and the multilingual Whisper
@@ -11,7 +12,9 @@ speech corpus, greedy, no timestamps, one device: fp32 at batch 1 and 4 (ids mus
 whose ids differ from the bf16 teacher alone are counted). Each configuration is warmed up on one batch (compilation),
 then timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
 assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the teacher's.
-Writes ``benchmarks/results/speculative.json``.
+``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist: the N token ids most frequent in
+its own training labels (the labelled datasets its ``distil_info.json`` names) plus the special and timestamp
+tokens (``speculative.draft_vocabulary``). Writes ``benchmarks/results/speculative.json``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ import numpy as np
 
 from benchmarks.common import RESULTS_DIR, run_record
 from benchmarks.peers import short_set
-from distil_whisper_jax.decode import decoding
+from distil_whisper_jax.decode import decoding, speculative
 from distil_whisper_jax.infra import config
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech import audio
+from distil_whisper_jax.speech.token_layout import special_tokens
 from distil_whisper_jax.stages.demo.demo import demo_commands
 from distil_whisper_jax.stages.distill.distill import DistillConfig
 from distil_whisper_jax.stages.distill.distill import run as distill
@@ -62,9 +66,17 @@ def build_base_student(work: Path) -> Path:
     return hf
 
 
-def measure(pre, waves: list[np.ndarray], batch: int, assistant=None, language=None, dtype="float32") -> dict:
+def measure(
+    pre, waves: list[np.ndarray], batch: int, assistant=None, language=None, dtype="float32", vocab=None
+) -> dict:
     dec = decoding.decoder(
-        pre, batch_size=batch, dtype=dtype, language=language, devices=jax.local_devices()[:1], assistant=assistant
+        pre,
+        batch_size=batch,
+        dtype=dtype,
+        language=language,
+        devices=jax.local_devices()[:1],
+        assistant=assistant,
+        assistant_vocab=vocab,
     )
     t0 = time.perf_counter()
     dec(waves[:batch])
@@ -94,17 +106,38 @@ def student_info(student_dir: str) -> dict:
     return {"train_steps": info.get("train_steps"), "eval_wer": info.get("eval_wer")}
 
 
-def pair_rows(name: str, teacher, student, waves, batches, language) -> list[dict]:
+def training_labels(student_dir: str) -> list[list[int]]:
+    """The token ids of every row the student was distilled on: the ``whisper_token_ids`` of the labelled
+    datasets its ``distil_info.json`` names."""
+    import pyarrow.parquet as pq
+
+    info = json.loads((Path(student_dir) / DISTIL_INFO).read_text())
+    files = [f for d in info["train_datasets"] for f in sorted(Path(d).glob("*.parquet"))]
+    if not files:
+        raise SystemExit(f"--draft_vocab: no labelled Parquet files in {info['train_datasets']} ({student_dir})")
+    return [ids for f in files for ids in pq.read_table(f, columns=["whisper_token_ids"]).column(0).to_pylist()]
+
+
+def shortlist(student, student_dir: str, size: int) -> np.ndarray:
+    """``size`` ids most frequent in the student's training labels, plus every special and timestamp token."""
+    eot = special_tokens(student.tokenizer).eot
+    return speculative.draft_vocabulary(training_labels(student_dir), size, range(eot, student.config.vocab_size))
+
+
+def pair_rows(name: str, teacher, student, waves, batches, language, vocab=None) -> list[dict]:
     """fp32 at every batch size (ids must be identical), and bf16 at batch 1 (where rounding can change a
-    verification: the rows whose ids differ from the teacher alone in bf16 are counted)."""
+    verification: the rows whose ids differ from the teacher alone in bf16 are counted); with a ``vocab``
+    shortlist, also the student drafting from it at batch 1 in fp32."""
     rows = []
-    for b, dtype in [(b, "float32") for b in batches] + [(1, "bfloat16")]:
+    configs = [(b, "float32", None) for b in batches] + [(1, "bfloat16", None)]
+    for b, dtype, v in configs + ([(1, "float32", vocab)] if vocab is not None else []):
         alone = measure(teacher, waves, b, language=language, dtype=dtype)
-        spec = measure(teacher, waves, b, assistant=student, language=language, dtype=dtype)
+        spec = measure(teacher, waves, b, assistant=student, language=language, dtype=dtype, vocab=v)
         row = {
             "teacher": name,
             "batch": b,
             "dtype": dtype,
+            "draft_vocab": None if v is None else len(v),
             "teacher_speed": alone["speed"],
             "speculative_speed": spec["speed"],
             "speedup": round(spec["speed"] / alone["speed"], 2),
@@ -115,10 +148,11 @@ def pair_rows(name: str, teacher, student, waves, batches, language) -> list[dic
             "compile_seconds": {"teacher": alone["compile_seconds"], "speculative": spec["compile_seconds"]},
         }
         log.info(
-            "%s %s batch %d: %.2f → %.2f audio-s/s (%.2f×), acceptance %.1f %%, identical %s",
+            "%s %s batch %d, draft vocabulary %s: %.2f → %.2f audio-s/s (%.2f×), acceptance %.1f %%, identical %s",
             name,
             dtype,
             b,
+            row["draft_vocab"] or "all",
             row["teacher_speed"],
             row["speculative_speed"],
             row["speedup"],
@@ -135,6 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--base_student", help="a 2-layer student distilled from whisper-base")
     ap.add_argument("--build_base_student", help="work directory: build (or reuse) the base student there")
     ap.add_argument("--batch_sizes", default="1,4")
+    ap.add_argument("--draft_vocab", type=int, default=0, help="also draft from this many frequent tokens (0: no)")
     ap.add_argument("--quick", action="store_true", help="4 clips only")
     ap.add_argument("--output", default=str(RESULTS_DIR / "speculative.json"))
     args = ap.parse_args(argv)
@@ -145,13 +180,16 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     if args.tiny_student:
-        rows += pair_rows("tiny.en", load_pretrained(), load_pretrained(args.tiny_student), waves, batches, None)
+        student = load_pretrained(args.tiny_student)
+        vocab = shortlist(student, args.tiny_student, args.draft_vocab) if args.draft_vocab else None
+        rows += pair_rows("tiny.en", load_pretrained(), student, waves, batches, None, vocab)
     base_student = args.base_student
     if args.build_base_student:
         base_student = str(build_base_student(Path(args.build_base_student)))
     if base_student:
-        teacher = load_pretrained(multilingual_base_dir())
-        rows += pair_rows("base", teacher, load_pretrained(base_student), waves, batches, "en")
+        teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(base_student)
+        vocab = shortlist(student, base_student, args.draft_vocab) if args.draft_vocab else None
+        rows += pair_rows("base", teacher, student, waves, batches, "en", vocab)
     report = {
         "benchmark": "speculative",
         **run_record(load_start),
@@ -163,14 +201,14 @@ def main(argv=None) -> int:
         },
     }
     print(
-        "\n| teacher | dtype | batch | teacher alone audio-s/s | speculative audio-s/s | speedup | acceptance "
-        "| rows differing |"
+        "\n| teacher | dtype | batch | draft vocabulary | teacher alone audio-s/s | speculative audio-s/s | speedup "
+        "| acceptance | rows differing |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['teacher']} | {r['dtype']} | {r['batch']} | {r['teacher_speed']:.2f} | "
-            f"{r['speculative_speed']:.2f} | "
+            f"| {r['teacher']} | {r['dtype']} | {r['batch']} | {r['draft_vocab'] or 'all'} | "
+            f"{r['teacher_speed']:.2f} | {r['speculative_speed']:.2f} | "
             f"{r['speedup']:.2f}× | {100 * (r['acceptance'] or 0):.1f} % | {r['rows_differing']} of {len(items)} |"
         )
     with atomic_write(args.output, "w") as f:

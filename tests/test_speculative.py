@@ -238,3 +238,33 @@ def test_rejects_an_assistant_that_cannot_draft(tiny, specials):
             speculative.speculative_generate(
                 tiny.params, tiny.config, tiny.params, tiny.config, mel, prompt, refused, 4
             )
+
+
+def test_a_draft_vocabulary_keeps_the_output_and_costs_only_acceptance(tiny, mels, greedy):
+    """The teacher drafting for itself from a shortlist: with every token of its greedy output in the shortlist
+    each draft is still accepted (the shortlist's logits are the full projection's: the maximum of a set that holds
+    the overall maximum is that maximum); from its 5 most frequent tokens the output is unchanged and drafts of
+    the other tokens are rejected."""
+    prompt, opts, ref = greedy
+    mel, want = mels[:BATCH], ref[:BATCH]
+    run = functools.partial(
+        speculative.speculative_generate, tiny.params, tiny.config, tiny.params, tiny.config, mel, prompt, opts, K
+    )
+    full_out, full = run(share_encoder=True)
+    every = speculative.draft_vocabulary(want, 10_000)
+    out, stats = run(share_encoder=True, assistant_vocab=every)
+    np.testing.assert_array_equal(out, want)
+    assert (stats.drafted, stats.accepted, stats.teacher_passes) == (full.drafted, full.drafted, full.teacher_passes)
+    few = speculative.draft_vocabulary(want, 5)
+    out, stats = run(share_encoder=True, assistant_vocab=few)
+    np.testing.assert_array_equal(out, want)
+    assert 0 < stats.accepted < stats.drafted and stats.teacher_passes > full.teacher_passes
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 51864\)"):
+        run(assistant_vocab=[0, tiny.config.vocab_size])
+
+
+def test_the_draft_vocabulary_is_the_most_frequent_tokens_and_the_ones_always_needed():
+    seqs = [[5, 7, 7, 9], [7, 5, 11], [3]]
+    assert speculative.draft_vocabulary(seqs, 2).tolist() == [5, 7]  # 7 ×3, 5 ×2
+    assert speculative.draft_vocabulary(seqs, 3, always=[100, 101]).tolist() == [3, 5, 7, 100, 101]  # ties by id
+    assert speculative.draft_vocabulary([], 4, always=[2]).tolist() == [2]

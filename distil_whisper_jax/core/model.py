@@ -383,12 +383,15 @@ class Decoder(nn.Module):
         index: Array | int = 0,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        project: bool = True,
     ):
         """Logits for ``tokens`` [B, T] at absolute positions ``index + arange(T)``.
 
         Returns ``(logits, new_cache)`` (``new_cache`` is None without a cache). With
         ``output_hidden_states``, also the hidden states [layers + 1, B, T, d_model]: the embedding output
-        followed by every layer's output (before the final LayerNorm), for the hidden-state loss.
+        followed by every layer's output (before the final LayerNorm), for the hidden-state loss. With
+        ``project=False``, the final (normalised) hidden states [B, T, d_model] take the logits' place: for a
+        caller that projects onto part of the vocabulary (a draft model's shortlist).
         """
         t = tokens.shape[1]
         positions = jnp.asarray(index) + jnp.arange(t)
@@ -407,7 +410,10 @@ class Decoder(nn.Module):
         else:
             x, (new_cache, hidden) = self.layers(x, cache, encoder_out, index, deterministic, output_hidden_states)
         x = self.layer_norm(x)
-        logits = self.embed_tokens.attend(x.astype(self.dtype)).astype(jnp.float32)  # tied output projection
+        if not project:
+            logits = x.astype(self.dtype)
+        else:
+            logits = self.embed_tokens.attend(x.astype(self.dtype)).astype(jnp.float32)  # tied output projection
         if not output_hidden_states:
             return logits, new_cache
         return logits, new_cache, jnp.concatenate([embedded[None].astype(hidden.dtype), hidden])
@@ -447,9 +453,10 @@ class Whisper(nn.Module):
         index: Array | int = 0,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        project: bool = True,
     ):
         """See :class:`Decoder`: ``(logits, new_cache)``, plus stacked hidden states if asked for."""
-        return self.decoder(tokens, encoder_out, cache, index, deterministic, output_hidden_states)
+        return self.decoder(tokens, encoder_out, cache, index, deterministic, output_hidden_states, project)
 
     def __call__(self, mel: Array, tokens: Array, deterministic: bool = True) -> Array:
         logits, _ = self.decode(tokens, self.encode(mel, deterministic), deterministic=deterministic)

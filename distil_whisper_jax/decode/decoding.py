@@ -78,6 +78,7 @@ class Decoder:
     assistant_params: Any = None
     num_assistant_tokens: int = 5
     share_encoder: bool = False
+    assistant_vocab: tuple[int, ...] | None = None  # the ids the assistant drafts from (None: all)
     drafted: int = 0
     accepted: int = 0
     passes: int = 0
@@ -101,6 +102,7 @@ class Decoder:
             self.num_assistant_tokens,
             DTYPES[self.dtype],
             share_encoder=self.share_encoder,
+            assistant_vocab=self.assistant_vocab,
         )
         self.drafted, self.accepted, self.passes = (
             self.drafted + stats.drafted,
@@ -150,9 +152,11 @@ def decoder(
     assistant: Pretrained | None = None,
     num_assistant_tokens: int = 5,
     assistant_flag: str = "--assistant_model",
+    assistant_vocab: Sequence[int] | None = None,
 ) -> Decoder:
     """The decoder ``transcribe_loaded`` runs (build once, reuse for many calls). With an ``assistant``:
-    speculative decoding, greedy only (``ValueError`` naming ``assistant_flag`` otherwise), on one device."""
+    speculative decoding, greedy only (``ValueError`` naming ``assistant_flag`` otherwise), on one device;
+    ``assistant_vocab`` is the shortlist it drafts from (``speculative.draft_vocabulary``)."""
     specials = special_tokens(pre.tokenizer)
     try:
         prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
@@ -192,6 +196,7 @@ def decoder(
         dec.assistant, dec.num_assistant_tokens = assistant, int(num_assistant_tokens)
         dec.assistant_params = jax.device_put(assistant.params, devices[0])
         dec.share_encoder = _same_encoder(pre, assistant)
+        dec.assistant_vocab = None if assistant_vocab is None else tuple(int(t) for t in assistant_vocab)
     return dec
 
 
