@@ -300,11 +300,17 @@ def verdict(models: dict) -> dict:
     return out
 
 
+def print_models(models: dict, width: int = 22) -> None:
+    """Each model's WER per set and its speed, one row each (sets as columns of ``width``)."""
+    sets = list(models["teacher"]["wer"])
+    print(f"\n{'model':<18}" + "".join(f"{s:>{width}}" for s in sets) + f"{'held-out audio-s/s':>20}")
+    for name, m in models.items():
+        wers = "".join(f"{m['wer'][s]:>{width - 1}.2f}%" for s in sets)
+        print(f"{name:<18}{wers}{m['heldout_audio_s_per_s']:>20.1f}")
+
+
 def print_table(result: dict) -> None:
-    sets = list(result["models"]["teacher"]["wer"])
-    print(f"\n{'model':<18}" + "".join(f"{s:>22}" for s in sets) + f"{'held-out audio-s/s':>20}")
-    for name, m in result["models"].items():
-        print(f"{name:<18}" + "".join(f"{m['wer'][s]:>21.2f}%" for s in sets) + f"{m['heldout_audio_s_per_s']:>20.1f}")
+    print_models(result["models"])
     for k, v in result["goals"].items():
         ci = " [{:.2f}, {:.2f}]".format(*v["interval_95"]) if "interval_95" in v else ""
         print(f"{k:<26} {v['value']:8.2f}{ci:<17} goal {v['goal']:<6} {'met' if v['met'] else 'MISSED'}")

@@ -144,10 +144,7 @@ def gaps(models: dict) -> dict:
 
 
 def print_table(result: dict) -> None:
-    sets = list(result["models"]["teacher"]["wer"])
-    print(f"\n{'model':<16}" + "".join(f"{s:>14}" for s in sets) + f"{'audio-s/s':>12}")
-    for name, m in result["models"].items():
-        print(f"{name:<16}" + "".join(f"{m['wer'][s]:>13.2f}%" for s in sets) + f"{m['heldout_audio_s_per_s']:>12.1f}")
+    dq.print_models(result["models"], width=14)
     for k, g in result["gaps"].items():
         print(f"gap {k:<12} {g['value']:7.2f} [{g['low']:.2f}, {g['high']:.2f}]")
     print(f"speed: student {result['speedup']:.2f}× the teacher at batch {result['config']['eval_batch_size']}")
