@@ -176,7 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--heldout_share {a.heldout_share}: expected a share between 0 and 1")
     a.work = (a.work or Path(tempfile.mkdtemp(prefix="multilingual_student_"))).resolve()
     if a.quick:
-        a.max_steps, a.batch_size, a.max_label_length, a.max_new_tokens, a.eval_batch_size = 6, 4, 128, 48, 4
+        a.max_steps, a.batch_size, a.max_label_length, a.max_new_tokens, a.eval_batch_size = 6, 4, 128, 24, 4
         a.wer_threshold = 80.0  # whisper-base hears the bundled espeak-ng French at ~65 %: keep some of it
         if a.output == RESULTS_DIR / "multilingual_student.json":
             a.output = a.work / "multilingual_student.json"

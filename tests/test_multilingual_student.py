@@ -46,9 +46,10 @@ def test_quick_run_scores_each_language_and_leaves_the_student_behind(tmp_path):
     for name in ("teacher", "student_fresh", "student_trained"):
         assert set(r["models"][name]["wer"]) == sets and r["models"][name]["heldout_audio_s_per_s"] > 0
     # whisper-base prompted in each row's language (it hears espeak-ng's French badly: 65 % on these 3 rows) is far
-    # better than a fresh 2-layer cut, which loops (~400 %)
+    # better than a fresh 2-layer cut, which loops to the 24-token cap
     for k in sets:
-        assert r["models"]["teacher"]["wer"][k] < 90 < 200 < r["models"]["student_fresh"]["wer"][k], r["models"]
+        teacher, fresh = r["models"]["teacher"]["wer"][k], r["models"]["student_fresh"]["wer"][k]
+        assert teacher < 90 and fresh > teacher + 40, r["models"]
         g = r["gaps"][k]
         assert g["low"] <= g["value"] <= g["high"]
         assert g["value"] == pytest.approx(r["models"]["student_trained"]["wer"][k] - r["models"]["teacher"]["wer"][k])
