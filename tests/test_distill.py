@@ -5,6 +5,7 @@ demo on the bundled corpus with the real tiny.en.
 Speed: the loop tests use a small random teacher (d_model 64) so each run takes seconds; subprocesses
 only where a process must die or several must cooperate."""
 
+import collections
 import dataclasses
 import gc
 import io
@@ -935,6 +936,10 @@ def test_labelled_dir_with_other_column_names_trains_without_column_flags(small_
     assert run(cfg) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3 and any(k.endswith("/wer") for r in rows for k in r)
+    # the student's draft shortlist: every token of the labels, most frequent first, counted here independently
+    counts = collections.Counter(t for r in table.to_pylist() for t in r["whisper_token_ids"])
+    draft = json.loads((out / "hf" / "draft_vocab.json").read_text())
+    assert dict(zip(draft["ids"], draft["counts"])) == counts and draft["counts"] == sorted(counts.values())[::-1]
 
 
 def test_short_context_student_trains_with_eval_losses_and_exports(small_models, labelled, tmp_path):

@@ -11,6 +11,7 @@ assistant, and bfloat16 teacher and student against bfloat16 greedy."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 
@@ -268,3 +269,26 @@ def test_the_draft_vocabulary_is_the_most_frequent_tokens_and_the_ones_always_ne
     assert speculative.draft_vocabulary(seqs, 2).tolist() == [5, 7]  # 7 ×3, 5 ×2
     assert speculative.draft_vocabulary(seqs, 3, always=[100, 101]).tolist() == [3, 5, 7, 100, 101]  # ties by id
     assert speculative.draft_vocabulary([], 4, always=[2]).tolist() == [2]
+
+
+def test_assistant_vocab_size_reads_the_students_draft_vocabulary(tiny, specials, two_layer, clip_audio, tmp_path):
+    """``--assistant_vocab_size N``: the N most frequent tokens of the assistant's ``draft_vocab.json`` (which
+    distillation writes) plus every special and timestamp token; the text is the model's own. Without the file the
+    flag is refused, naming it."""
+    from distil_whisper_jax.weights.loading import default_model_dir
+    from distil_whisper_jax.weights.student import write_draft_vocab
+
+    for f in ("tokenizer.json", "vocabulary.txt", "config.json"):
+        (tmp_path / f).symlink_to(default_model_dir() / f)
+    student = dataclasses.replace(tiny, config=two_layer[0], params=two_layer[1], tokenizer_dir=tmp_path)
+    one = jax.local_devices()[:1]
+    with pytest.raises(ValueError, match="--assistant_vocab_size 100: the assistant has no draft_vocab.json"):
+        decoding.decoder(tiny, 1, devices=one, assistant=student, assistant_vocab_size=100)
+    plain = decoding.decoder(tiny, 1, devices=one)
+    want = [plain([w])[0] for w in clip_audio[:2]]
+    counts = collections.Counter(t for ids in want for t in ids)
+    write_draft_vocab(tmp_path, counts)
+    spec = decoding.decoder(tiny, 1, devices=one, assistant=student, num_assistant_tokens=K, assistant_vocab_size=3)
+    top3 = sorted(counts, key=lambda t: (-counts[t], t))[:3]
+    assert spec.assistant_vocab == tuple(sorted(set(top3) | set(range(specials.eot, tiny.config.vocab_size))))
+    assert [spec([w])[0] for w in clip_audio[:2]] == want and 0 < spec.drafted

@@ -375,6 +375,21 @@ class TrainStream:
         default = (o.languages[k] if o.languages else None) or o.labels.language
         return row_language(row, self.columns[k].language, default, self.sp)
 
+    def label_counts(self) -> dict[int, int]:
+        """How often each token id occurs in the training labels of every row of every source (the filters are
+        not applied): the student's vocabulary in use, ranked for a draft shortlist. Reads only the label
+        columns."""
+        counts = np.zeros(0, np.int64)
+        for k, src in enumerate(self.sources):
+            c = self.columns[k]
+            groups = src.row_groups()
+            cols = [x for x in dict.fromkeys((c.text, c.ids)) if x in src.columns]
+            for g in range(len(groups.sizes)):
+                ids = [t for row in groups.read(g, cols) for t in (self._target(k, row) or ())]
+                group = np.bincount(np.asarray(ids, np.int64), minlength=len(counts))
+                counts = np.pad(counts, (0, len(group) - len(counts))) + group
+        return {int(t): int(n) for t, n in enumerate(counts) if n}
+
     def _target(self, k: int, row: dict) -> list[int] | None:
         c = self.columns[k]
         if c.text == "whisper_transcript" and row.get(c.ids) is not None:

@@ -22,6 +22,7 @@ from distil_whisper_jax.decode.generate import GenerationOptions, generate, gene
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import prompt_ids, special_tokens
 from distil_whisper_jax.weights.loading import Pretrained
+from distil_whisper_jax.weights.student import read_draft_vocab
 
 
 def check_assistant_mode(assistant_model: Any, long_form: str, num_beams: int, flag: str = "--assistant_model") -> None:
@@ -153,10 +154,13 @@ def decoder(
     num_assistant_tokens: int = 5,
     assistant_flag: str = "--assistant_model",
     assistant_vocab: Sequence[int] | None = None,
+    assistant_vocab_size: int = 0,
 ) -> Decoder:
     """The decoder ``transcribe_loaded`` runs (build once, reuse for many calls). With an ``assistant``:
     speculative decoding, greedy only (``ValueError`` naming ``assistant_flag`` otherwise), on one device;
-    ``assistant_vocab`` is the shortlist it drafts from (``speculative.draft_vocabulary``)."""
+    ``assistant_vocab`` is the shortlist it drafts from (``speculative.draft_vocabulary``), or
+    ``assistant_vocab_size`` > 0 takes that many of the assistant's most frequent label tokens (its
+    ``draft_vocab.json``) plus every special and timestamp token."""
     specials = special_tokens(pre.tokenizer)
     try:
         prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
@@ -177,6 +181,8 @@ def decoder(
         devices = devices[:1]
         if num_assistant_tokens < 1:
             raise ValueError(f"--num_assistant_tokens must be ≥ 1, got {num_assistant_tokens}")
+        if assistant_vocab_size < 0:
+            raise ValueError(f"--assistant_vocab_size must be ≥ 0, got {assistant_vocab_size}")
         room = pre.config.max_target_positions - len(prompt) - num_assistant_tokens - 1
         if opts.max_new_tokens > room:
             raise ValueError(
@@ -196,6 +202,11 @@ def decoder(
         dec.assistant, dec.num_assistant_tokens = assistant, int(num_assistant_tokens)
         dec.assistant_params = jax.device_put(assistant.params, devices[0])
         dec.share_encoder = _same_encoder(pre, assistant)
+        if assistant_vocab is None and assistant_vocab_size > 0:
+            frequent = read_draft_vocab(assistant.tokenizer_dir, assistant_vocab_size)
+            assistant_vocab = speculative.draft_vocabulary(
+                [frequent], len(frequent), range(specials.eot, pre.config.vocab_size)
+            )
         dec.assistant_vocab = None if assistant_vocab is None else tuple(int(t) for t in assistant_vocab)
     return dec
 

@@ -97,6 +97,8 @@ class TranscribeConfig(DecodingFlags, CompileCacheFlags):
         check_assistant_mode(self.assistant_model, self.long_form, self.num_beams)
         if self.num_assistant_tokens < 1:
             raise ValueError(f"--num_assistant_tokens must be ≥ 1, got {self.num_assistant_tokens}")
+        if self.assistant_vocab_size < 0:
+            raise ValueError(f"--assistant_vocab_size must be ≥ 0, got {self.assistant_vocab_size}")
         if self.chunk_length_s is not None and self.chunk_length_s <= 0:
             raise ValueError(f"--chunk_length_s must be > 0, got {self.chunk_length_s}")
         if self.output_dir:
@@ -204,6 +206,7 @@ def transcribe(
     assistant_model: str | Pretrained | None = None,
     num_assistant_tokens: int = 5,
     sequential_options: sequential.SequentialOptions | None = None,
+    assistant_vocab_size: int = 0,
 ) -> list[dict]:
     """Transcribe audio files; returns one dict per input in order: ``{"file", "text", "segments"}`` or
     ``{"file", "error"}`` for an input that could not be read. ``devices``: where to run (default all
@@ -233,7 +236,7 @@ def transcribe(
     timestamps = return_timestamps or long_form != "none"
     dec = decoder(
         pre, batch_size, dtype, num_beams, timestamps, language, task, max_new_tokens, devices, assistant,
-        num_assistant_tokens,
+        num_assistant_tokens, assistant_vocab_size=assistant_vocab_size,
     )  # fmt: skip
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="transcribe")
     t0 = time.perf_counter()
@@ -436,6 +439,7 @@ def run(cfg: TranscribeConfig) -> int:
         assistant_model=cfg.assistant_model,
         num_assistant_tokens=cfg.num_assistant_tokens,
         sequential_options=sequential_options(cfg) if cfg.long_form == "sequential" else None,
+        assistant_vocab_size=cfg.assistant_vocab_size,
     )
     for r in results:
         if "error" in r:

@@ -8,6 +8,7 @@ axis), a student is literally a slice of the teacher's parameter tree.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,13 +18,37 @@ import numpy as np
 
 from distil_whisper_jax.core.model import WhisperConfig
 from distil_whisper_jax.infra import storage
-from distil_whisper_jax.infra.files import is_hub_id
+from distil_whisper_jax.infra.files import atomic_write, is_hub_id
 from distil_whisper_jax.weights.convert.hf import hf_generation_config
 from distil_whisper_jax.weights.loading import DEFAULT_MODEL, Pretrained, default_model_dir
 
 # A student's provenance file, next to its weights: written by create_student, updated by distillation,
 # read by distillation (which teacher) and by the exporter's model card.
 DISTIL_INFO = "distil_info.json"
+# The token ids of a student's training labels, most frequent first (with their counts): written by distillation,
+# read for a speculative-decoding draft shortlist (``--assistant_vocab_size``).
+DRAFT_VOCAB = "draft_vocab.json"
+
+
+def write_draft_vocab(directory: str | os.PathLike, counts: Mapping[int, int]) -> Path:
+    """``directory/draft_vocab.json``: ``{"ids": [...], "counts": [...]}``, most frequent first (ties by id)."""
+    ranked = sorted(counts, key=lambda t: (-counts[t], t))
+    path = Path(directory) / DRAFT_VOCAB
+    with atomic_write(path, "w") as f:
+        json.dump({"ids": [int(t) for t in ranked], "counts": [int(counts[t]) for t in ranked]}, f)
+    return path
+
+
+def read_draft_vocab(directory: str | os.PathLike | None, size: int, flag: str = "--assistant_vocab_size") -> list[int]:
+    """The ``size`` most frequent label token ids of the student in ``directory``; ``ValueError`` naming
+    ``flag`` when it has no ``draft_vocab.json`` (a student distilled before it was written, or not by us)."""
+    path = Path(directory) / DRAFT_VOCAB if directory is not None else None
+    if path is None or not path.is_file():
+        raise ValueError(
+            f"{flag} {size}: the assistant has no {DRAFT_VOCAB} (distillation writes it next to the student's "
+            f"weights); looked in {directory}"
+        )
+    return json.loads(path.read_text())["ids"][:size]
 
 
 def layer_map(teacher_layers: int, student_layers: int) -> list[int]:

@@ -70,7 +70,7 @@ from distil_whisper_jax.stages.distill.setup import (
 from distil_whisper_jax.weights import checkpoint
 from distil_whisper_jax.weights.convert.hf import write_hf_dir
 from distil_whisper_jax.weights.loading import Pretrained
-from distil_whisper_jax.weights.student import DISTIL_INFO, student_generation_config
+from distil_whisper_jax.weights.student import DISTIL_INFO, student_generation_config, write_draft_vocab
 
 __all__ = ["DistillConfig", "run", "known_peak_tflops", "is_write_error"]
 
@@ -468,3 +468,4 @@ def _write_hf_and_info(r: Run, hf: Path, params: Any, gen: dict) -> None:
     )
     with atomic_write(hf / DISTIL_INFO, "w") as f:
         json.dump(info, f, indent=2)
+    write_draft_vocab(hf, r.stream.label_counts())  # a speculative draft shortlist: the labels' tokens

@@ -96,6 +96,8 @@ class EvalConfig(MultiHostConfig, HubDatasetFlags, GenerationDeviceFlags, Decodi
                 raise ValueError(f"--{name} must be ≥ 1, got {value}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if self.assistant_vocab_size < 0:
+            raise ValueError(f"--assistant_vocab_size must be ≥ 0, got {self.assistant_vocab_size}")
         if self.num_beams < 1:
             raise ValueError(f"--num_beams must be ≥ 1, got {self.num_beams}")
         transcribe.check_long_form(self.long_form, self.chunk_length_s, self.num_beams)
@@ -186,6 +188,7 @@ def setup(cfg: EvalConfig) -> Setup:
         assistant,
         cfg.num_assistant_tokens,
         ASSISTANT_FLAG,
+        assistant_vocab_size=cfg.assistant_vocab_size,
     )
     return Setup(cfg, sources, dataset_names(sources), columns, dec, 4 * dec.batch_size, languages, loaded)
 
@@ -296,6 +299,7 @@ def results_of(
         results["assistant"] = {
             "model": s.dec.assistant.source,
             "num_assistant_tokens": s.dec.num_assistant_tokens,
+            "assistant_vocab": None if s.dec.assistant_vocab is None else len(s.dec.assistant_vocab),
             **assistant,
             "acceptance_rate": assistant["accepted_tokens"] / drafted if drafted else None,
         }
