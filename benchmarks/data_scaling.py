@@ -123,17 +123,28 @@ def run_point(hours: float, corpus: Path, a: argparse.Namespace, teacher: dict) 
 
 
 def fit(points: list[dict]) -> dict:
-    """Per set, gap ≈ a + b·log2(hours) and the hours where it meets the goal (None when it never does on that
-    line); CE ≈ c·hours^k. Needs two sizes (empty before)."""
+    """Per set, gap ≈ a + b·log2(hours) and the hours where it meets the goal; CE ≈ c·hours^k. Needs two sizes
+    (empty before). From four sizes the slope has a standard error, and a slope less than two of them below zero
+    is no trend: no hours are predicted from it (``hours_to_goal`` None, as for a gap that does not fall)."""
     hours = np.array([p["hours"] for p in points])
     if len(set(hours.tolist())) < 2:
         return {}
     x = np.log2(hours)
     out: dict = {"gap": {}}
     for k, goal in (("heldout_new_voices", dq.GOALS["heldout_new_voices"]), ("real", dq.GOALS["real"])):
-        slope, icpt = np.polyfit(x, [p["gap"][k]["value"] for p in points], 1)
-        reach = 2 ** ((goal - icpt) / slope) if slope < 0 else None
-        out["gap"][k] = {"intercept_at_1h": icpt, "per_doubling": slope, "goal": goal, "hours_to_goal": reach}
+        y = [p["gap"][k]["value"] for p in points]
+        (slope, icpt), se = np.polyfit(x, y, 1), None
+        if len(x) >= 4:
+            se = float(np.sqrt(np.polyfit(x, y, 1, cov=True)[1][0, 0]))
+        falls = slope < 0 and (se is None or slope + 2 * se < 0)
+        reach = 2 ** ((goal - icpt) / slope) if falls else None
+        out["gap"][k] = {
+            "intercept_at_1h": icpt,
+            "per_doubling": slope,
+            "per_doubling_se": se,
+            "goal": goal,
+            "hours_to_goal": reach,
+        }
     k_ce, log_c = np.polyfit(np.log(hours), np.log([p["ce"] for p in points]), 1)
     out["ce"] = {"at_1h": math.exp(log_c), "exponent": k_ce}
     return out
@@ -200,8 +211,9 @@ def print_table(result: dict) -> None:
         labelled = p["labelled"]["audio_hours_written"]
         print(f"{p['hours']:6g} {labelled:11.2f} {cells[0]:>24} {cells[1]:>24} {p['ce']:7.3f}")
     for k, v in result["fit"].get("gap", {}).items():
-        reach = "never on this line" if v["hours_to_goal"] is None else f"{v['hours_to_goal']:.1f} h"
-        print(f"fit {k}: {v['per_doubling']:+.2f} points per doubling; goal {v['goal']} reached at {reach}")
+        reach = "no falling trend to read it from" if v["hours_to_goal"] is None else f"{v['hours_to_goal']:.1f} h"
+        se = "" if v.get("per_doubling_se") is None else f" ± {v['per_doubling_se']:.2f}"
+        print(f"fit {k}: {v['per_doubling']:+.2f}{se} points per doubling; goal {v['goal']} reached at {reach}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -53,6 +53,13 @@ def test_the_fit_is_a_line_in_log_hours_and_a_power_law_for_the_cross_entropy():
     assert new["hours_to_goal"] == pytest.approx(2 ** ((10 - 3) / 2))  # 3 points: 11.3 h
     assert real["per_doubling"] == pytest.approx(1) and real["hours_to_goal"] is None  # a growing gap: never
     assert f["ce"]["at_1h"] == pytest.approx(1.5) and f["ce"]["exponent"] == pytest.approx(-0.3)
+    # noise: a slope within two standard errors of zero predicts nothing; a steady fall still does
+    noisy = [_point(h, 10 - 2 * math.log2(h), g, 1.0) for h, g in ((0.25, 37), (0.5, 17), (1, 35), (2, 20))]
+    f = ds.fit(noisy)
+    assert f["gap"]["real"]["per_doubling"] < 0 and f["gap"]["real"]["hours_to_goal"] is None
+    assert f["gap"]["real"]["per_doubling_se"] > -f["gap"]["real"]["per_doubling"] / 2
+    assert f["gap"]["heldout_new_voices"]["per_doubling_se"] == pytest.approx(0, abs=1e-6)
+    assert f["gap"]["heldout_new_voices"]["hours_to_goal"] == pytest.approx(2 ** ((10 - 3) / 2))
 
 
 def test_quick_point_end_to_end_then_a_changed_recipe_is_refused(tmp_path, quick_corpus_cache):
