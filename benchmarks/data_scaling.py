@@ -211,9 +211,9 @@ def print_table(result: dict) -> None:
         labelled = p["labelled"]["audio_hours_written"]
         print(f"{p['hours']:6g} {labelled:11.2f} {cells[0]:>24} {cells[1]:>24} {p['ce']:7.3f}")
     for k, v in result["fit"].get("gap", {}).items():
-        reach = "no falling trend to read it from" if v["hours_to_goal"] is None else f"{v['hours_to_goal']:.1f} h"
+        reach = f"reached at {v['hours_to_goal']:.1f} h" if v["hours_to_goal"] is not None else "no hours predicted"
         se = "" if v.get("per_doubling_se") is None else f" ± {v['per_doubling_se']:.2f}"
-        print(f"fit {k}: {v['per_doubling']:+.2f}{se} points per doubling; goal {v['goal']} reached at {reach}")
+        print(f"fit {k}: {v['per_doubling']:+.2f}{se} points per doubling; goal {v['goal']} {reach}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
