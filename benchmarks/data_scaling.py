@@ -162,7 +162,8 @@ def plot(result: dict, path: Path) -> None:
         if f:
             xs = np.geomspace(min(hours), max(hours) * 8, 50)
             line = f["gap"][k]["intercept_at_1h"] + f["gap"][k]["per_doubling"] * np.log2(xs)
-            ax.plot(xs, line, "--", color=color, lw=1, label=f"{k}: fit")
+            flat = f["gap"][k]["hours_to_goal"] is None  # no falling trend (or within 2 s.e. of flat)
+            ax.plot(xs, line, "--", color=color, lw=1, label=f"{k}: fit" + (", no trend" if flat else ""))
     ax.set(xscale="log", xlabel="hours of training speech", ylabel="student WER − teacher WER (points)")
     ax.set_title("WER gap to the teacher (95 % intervals; dotted: goals)", fontsize=10)
     ax_ce.plot(hours, [p["ce"] for p in pts], "o", color="tab:orange", label=CE_SET)
