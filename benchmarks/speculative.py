@@ -12,14 +12,16 @@ speech corpus, greedy, no timestamps, one device: fp32 at batch 1 and 4 (ids mus
 whose ids differ from the bf16 teacher alone are counted). Each configuration is warmed up on one batch (compilation),
 then timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
 assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the teacher's.
-``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist: the N token ids most frequent in
-its own training labels (the labelled datasets its ``distil_info.json`` names) plus the special and timestamp
-tokens (``speculative.draft_vocabulary``). Writes ``benchmarks/results/speculative.json``.
+``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist (``--assistant_vocab_size N``): the
+N token ids most frequent in its own training labels plus the special and timestamp tokens (a student distilled
+before distillation wrote its ``draft_vocab.json`` gets one from the labelled datasets its ``distil_info.json``
+names). Writes ``benchmarks/results/speculative.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -32,11 +34,10 @@ import numpy as np
 
 from benchmarks.common import RESULTS_DIR, run_record
 from benchmarks.peers import short_set
-from distil_whisper_jax.decode import decoding, speculative
+from distil_whisper_jax.decode import decoding
 from distil_whisper_jax.infra import config
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech import audio
-from distil_whisper_jax.speech.token_layout import special_tokens
 from distil_whisper_jax.stages.demo.demo import demo_commands
 from distil_whisper_jax.stages.distill.distill import DistillConfig
 from distil_whisper_jax.stages.distill.distill import run as distill
@@ -44,7 +45,7 @@ from distil_whisper_jax.stages.label.config import PseudoLabelConfig
 from distil_whisper_jax.stages.label.pseudo_label import run as pseudo_label
 from distil_whisper_jax.stages.student.create_student import create_student
 from distil_whisper_jax.weights.loading import load_pretrained, multilingual_base_dir
-from distil_whisper_jax.weights.student import DISTIL_INFO
+from distil_whisper_jax.weights.student import DISTIL_INFO, DRAFT_VOCAB, write_draft_vocab
 
 log = logging.getLogger("benchmarks.speculative")
 
@@ -67,7 +68,7 @@ def build_base_student(work: Path) -> Path:
 
 
 def measure(
-    pre, waves: list[np.ndarray], batch: int, assistant=None, language=None, dtype="float32", vocab=None
+    pre, waves: list[np.ndarray], batch: int, assistant=None, language=None, dtype="float32", vocab_size=0
 ) -> dict:
     dec = decoding.decoder(
         pre,
@@ -76,7 +77,7 @@ def measure(
         language=language,
         devices=jax.local_devices()[:1],
         assistant=assistant,
-        assistant_vocab=vocab,
+        assistant_vocab_size=vocab_size,
     )
     t0 = time.perf_counter()
     dec(waves[:batch])
@@ -93,6 +94,7 @@ def measure(
         "compile_seconds": round(warm, 2),
         "acceptance": None if dec.acceptance is None else round(dec.acceptance, 4),
         "teacher_passes": dec.passes if assistant is not None else None,
+        "draft_vocab": None if dec.assistant_vocab is None else len(dec.assistant_vocab),
         "ids": ids,
     }
 
@@ -118,26 +120,26 @@ def training_labels(student_dir: str) -> list[list[int]]:
     return [ids for f in files for ids in pq.read_table(f, columns=["whisper_token_ids"]).column(0).to_pylist()]
 
 
-def shortlist(student, student_dir: str, size: int) -> np.ndarray:
-    """``size`` ids most frequent in the student's training labels, plus every special and timestamp token."""
-    eot = special_tokens(student.tokenizer).eot
-    return speculative.draft_vocabulary(training_labels(student_dir), size, range(eot, student.config.vocab_size))
+def ensure_draft_vocab(student_dir: str) -> None:
+    """A student distilled before distillation wrote ``draft_vocab.json`` gets one from its training labels."""
+    if not (Path(student_dir) / DRAFT_VOCAB).is_file():
+        write_draft_vocab(student_dir, collections.Counter(t for ids in training_labels(student_dir) for t in ids))
 
 
-def pair_rows(name: str, teacher, student, waves, batches, language, vocab=None) -> list[dict]:
+def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=0) -> list[dict]:
     """fp32 at every batch size (ids must be identical), and bf16 at batch 1 (where rounding can change a
-    verification: the rows whose ids differ from the teacher alone in bf16 are counted); with a ``vocab``
-    shortlist, also the student drafting from it at batch 1 in fp32."""
+    verification: the rows whose ids differ from the teacher alone in bf16 are counted); with ``vocab_size``, also
+    the student drafting from that many of its label tokens (``--assistant_vocab_size``) at batch 1 in fp32."""
     rows = []
-    configs = [(b, "float32", None) for b in batches] + [(1, "bfloat16", None)]
-    for b, dtype, v in configs + ([(1, "float32", vocab)] if vocab is not None else []):
+    configs = [(b, "float32", 0) for b in batches] + [(1, "bfloat16", 0)]
+    for b, dtype, v in configs + ([(1, "float32", vocab_size)] if vocab_size else []):
         alone = measure(teacher, waves, b, language=language, dtype=dtype)
-        spec = measure(teacher, waves, b, assistant=student, language=language, dtype=dtype, vocab=v)
+        spec = measure(teacher, waves, b, assistant=student, language=language, dtype=dtype, vocab_size=v)
         row = {
             "teacher": name,
             "batch": b,
             "dtype": dtype,
-            "draft_vocab": None if v is None else len(v),
+            "draft_vocab": spec["draft_vocab"],
             "teacher_speed": alone["speed"],
             "speculative_speed": spec["speed"],
             "speedup": round(spec["speed"] / alone["speed"], 2),
@@ -179,17 +181,18 @@ def main(argv=None) -> int:
     waves = [audio.load_audio(p) for p, _ in items]
     batches = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
-    if args.tiny_student:
-        student = load_pretrained(args.tiny_student)
-        vocab = shortlist(student, args.tiny_student, args.draft_vocab) if args.draft_vocab else None
-        rows += pair_rows("tiny.en", load_pretrained(), student, waves, batches, None, vocab)
     base_student = args.base_student
     if args.build_base_student:
         base_student = str(build_base_student(Path(args.build_base_student)))
+    for student_dir in (args.tiny_student, base_student) if args.draft_vocab else ():
+        if student_dir:
+            ensure_draft_vocab(student_dir)
+    if args.tiny_student:
+        student = load_pretrained(args.tiny_student)
+        rows += pair_rows("tiny.en", load_pretrained(), student, waves, batches, None, args.draft_vocab)
     if base_student:
         teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(base_student)
-        vocab = shortlist(student, base_student, args.draft_vocab) if args.draft_vocab else None
-        rows += pair_rows("base", teacher, student, waves, batches, "en", vocab)
+        rows += pair_rows("base", teacher, student, waves, batches, "en", args.draft_vocab)
     report = {
         "benchmark": "speculative",
         **run_record(load_start),
