@@ -505,13 +505,24 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("points", 0, "labelled", "rows_written"), "d"),
         (lambda d: d["recipe"]["max_steps"] * d["recipe"]["batch_size"] / d["points"][0]["labelled"]["rows_written"],
          ".0f")]),
-    (BENCH, "The {} h run above ({} steps) reached {} and {} points", DQ15, [
-        (at("labelled", "audio_hours_written"), ".2f"), (at("config", "max_steps"), "d"),
-        (at("goals", "heldout_new_voices_wer_gap", "value"), ".2f"), (at("goals", "real_wer_gap", "value"), ".2f")]),
+    *[(BENCH, "| {} | {} h, {} rows | {} ({} to {}) | {} ({} to {}) | {} |", DS, _scaling_row(i)) for i in (1, 2, 3)],
+    (BENCH, "**New voices: the gap falls {} ± {} points per doubling of the hours**", DS, [
+        (lambda d: -d["fit"]["gap"]["heldout_new_voices"]["per_doubling"], ".2f"),
+        (at("fit", "gap", "heldout_new_voices", "per_doubling_se"), ".2f")]),
+    (BENCH, "the line crosses the 3-point goal at {} h", DS, [
+        (at("fit", "gap", "heldout_new_voices", "hours_to_goal"), ".1f")]),
+    (BENCH, "falls as a power law, {} · hours^{}**", DS, [
+        (at("fit", "ce", "at_1h"), ".2f"), (at("fit", "ce", "exponent"), ".2f")]),
+    (BENCH, "the fitted slope, {} ± {} per\n  doubling", DS, [
+        (at("fit", "gap", "real", "per_doubling"), ".2f"), (at("fit", "gap", "real", "per_doubling_se"), ".2f")]),
     (README, "tiny.en cut to 15 s is {}× alone, {}× with 2 decoder layers", SS, [
         _ss(3, "speedup", ".2f"), _ss(4, "speedup", ".2f")]),
-    (README, "at {} h the student is {} points above the teacher on held-out voices", DS, [
-        (at("points", 0, "hours"), "g"), (at("points", 0, "gap", "heldout_new_voices", "value"), ".2f")]),
+    (README, "the gap on held-out voices falls {} points per doubling of the speech and reaches the 3-point goal at "
+     "about {} h", DS, [(lambda d: -d["fit"]["gap"]["heldout_new_voices"]["per_doubling"], ".2f"),
+                        (at("fit", "gap", "heldout_new_voices", "hours_to_goal"), ".1f")]),
+    (README, "on the real recordings it stays {} to {} points with no trend", DS, [
+        (lambda d: min(p["gap"]["real"]["value"] for p in d["points"]), ".0f"),
+        (lambda d: max(p["gap"]["real"]["value"] for p in d["points"]), ".0f")]),
     (README, "learns language identification ({} → {} on held-out clips", DM, [
         (at("results", "overall", "language_id_accuracy", m), ".2f")
         for m in ("student_untrained", "student_trained")]),
