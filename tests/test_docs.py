@@ -144,7 +144,7 @@ def _ml_demo_row(lang: str) -> list[tuple[Getter, str]]:
 # (document, text with {} where each figure stands, results file, [(value, format), ...])
 DQ, SUITE, WS, SLOW = "distill_quality.json", "test_suite.json", "warm_start.json", "slow_suite.json"
 DQ15, WINDOW_SPEED = "distill_quality_15s.json", ("models", "teacher_window", "heldout_audio_s_per_s")
-SS, DS = "student_speed.json", "data_scaling.json"
+SS, DS, SPD = "student_speed.json", "data_scaling.json", "speculative_draft_vocab.json"
 
 
 def _scaling_row(i: int) -> list[tuple[Getter, str]]:
@@ -157,6 +157,15 @@ def _scaling_row(i: int) -> list[tuple[Getter, str]]:
     ]
     return [(at(*r, "hours"), "g"), (at(*r, "labelled", "audio_hours_written"), ".2f"),
             (at(*r, "labelled", "rows_written"), "d"), *gaps, (at(*r, "ce"), ".3f")]  # fmt: skip
+
+
+def _draft_row(i: int) -> list[tuple[Getter, str]]:
+    """One row of the draft-vocabulary table: dtype, shortlist size (or all), speeds, acceptance, passes."""
+    r = ("rows", i)
+    return [(at(*r, "dtype"), "s"), (lambda d: d["rows"][i]["draft_vocab"] or "all", ""),
+            (at(*r, "teacher_speed"), ".2f"), (at(*r, "speculative_speed"), ".2f"), (at(*r, "speedup"), ".2f"),
+            (lambda d: 100 * d["rows"][i]["acceptance"], ".1f"), (at(*r, "teacher_passes"), "d"),
+            (at(*r, "rows_differing"), "d"), (at("items"), "d")]  # fmt: skip
 
 
 def _speed_row(i: int) -> tuple[str, str, str, list[tuple[Getter, str]]]:
@@ -506,6 +515,7 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (lambda d: d["recipe"]["max_steps"] * d["recipe"]["batch_size"] / d["points"][0]["labelled"]["rows_written"],
          ".0f")]),
     *[(BENCH, "| {} | {} h, {} rows | {} ({} to {}) | {} ({} to {}) | {} |", DS, _scaling_row(i)) for i in (1, 2, 3)],
+    *[(BENCH, "| {} | {} | {} | {} | {}× | {} % | {} | {} of {} |", SPD, _draft_row(i)) for i in range(3)],
     (BENCH, "**New voices: the gap falls {} ± {} points per doubling of the hours**", DS, [
         (lambda d: -d["fit"]["gap"]["heldout_new_voices"]["per_doubling"], ".2f"),
         (at("fit", "gap", "heldout_new_voices", "per_doubling_se"), ".2f")]),
@@ -517,6 +527,9 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (at("fit", "gap", "real", "per_doubling"), ".2f"), (at("fit", "gap", "real", "per_doubling_se"), ".2f")]),
     (README, "tiny.en cut to 15 s is {}× alone, {}× with 2 decoder layers", SS, [
         _ss(3, "speedup", ".2f"), _ss(4, "speedup", ".2f")]),
+    (README, "the acceptance fell from {} % to {} % and the run stayed at {}× the teacher", SPD, [
+        (lambda d: 100 * d["rows"][0]["acceptance"], ".0f"), (lambda d: 100 * d["rows"][2]["acceptance"], ".0f"),
+        (at("rows", 2, "speedup"), ".2f")]),
     (README, "the gap on held-out voices falls {} points per doubling of the speech and reaches the 3-point goal at "
      "about {} h", DS, [(lambda d: -d["fit"]["gap"]["heldout_new_voices"]["per_doubling"], ".2f"),
                         (at("fit", "gap", "heldout_new_voices", "hours_to_goal"), ".1f")]),
