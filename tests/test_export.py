@@ -43,6 +43,7 @@ def student(tiny, tmp_path_factory):
     info = json.loads((out / "distil_info.json").read_text())
     info.update(train_datasets=["bundled clips"], eval_wer={"heldout": {"student": 101.5, "teacher": 4.2}})
     (out / "distil_info.json").write_text(json.dumps(info))
+    (out / "draft_vocab.json").write_text(json.dumps({"ids": [13, 11], "counts": [5, 2]}))  # as distillation writes
     return load_pretrained(out)
 
 
@@ -198,6 +199,7 @@ def test_hf_dir_is_complete_and_card_has_provenance(session):
     card = (student_hf / "README.md").read_text()
     assert "| distilled from (teacher) |" in card and "0, 3" in card and "| heldout | 101.5 | 4.2 |" in card
     assert (student_hf / "distil_info.json").is_file()
+    assert json.loads((student_hf / "draft_vocab.json").read_text()) == {"ids": [13, 11], "counts": [5, 2]}
     tiny_card = (tiny_hf / "README.md").read_text()
     assert "| distilled from (teacher) | unknown |" in tiny_card and "whisper.load_model" in tiny_card
 

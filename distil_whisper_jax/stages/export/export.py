@@ -58,7 +58,7 @@ from distil_whisper_jax.weights.convert import ggml as ggml_format
 from distil_whisper_jax.weights.convert import hf as hf_format
 from distil_whisper_jax.weights.convert import openai as openai_format
 from distil_whisper_jax.weights.loading import Pretrained, load_pretrained
-from distil_whisper_jax.weights.student import DISTIL_INFO
+from distil_whisper_jax.weights.student import DISTIL_INFO, DRAFT_VOCAB
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,9 @@ def _write_hf(pre: Pretrained, path: Path, formats: Sequence[str], dtype: str) -
         hf_format.write_hf_dir(d, pre.config, pre.params, DTYPES[dtype], gen_config, pre.tokenizer)
         if info_file is not None:  # local, or in the bucket of an Orbax run restored from a URL
             (d / DISTIL_INFO).write_bytes(info_file.read_bytes())
+            draft = info_file.with_name(DRAFT_VOCAB)  # the student's draft shortlist (--assistant_vocab_size)
+            if draft.is_file():
+                (d / DRAFT_VOCAB).write_bytes(draft.read_bytes())
         with atomic_write(d / "README.md", "w") as f:
             f.write(model_card(pre, info, formats, dtype))
 
