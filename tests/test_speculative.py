@@ -290,5 +290,11 @@ def test_assistant_vocab_size_reads_the_students_draft_vocabulary(tiny, specials
     write_draft_vocab(tmp_path, counts)
     spec = decoding.decoder(tiny, 1, devices=one, assistant=student, num_assistant_tokens=K, assistant_vocab_size=3)
     top3 = sorted(counts, key=lambda t: (-counts[t], t))[:3]
-    assert spec.assistant_vocab == tuple(sorted(set(top3) | set(range(specials.eot, tiny.config.vocab_size))))
+    every_special = set(range(specials.eot, tiny.config.vocab_size))
+    assert spec.assistant_vocab == tuple(sorted(set(top3) | every_special))
     assert [spec([w])[0] for w in clip_audio[:2]] == want and 0 < spec.drafted
+    # asking for more text tokens than the labels hold: the lowest ids not among them fill the rest
+    n = len([t for t in counts if t < specials.eot]) + 4
+    wide = decoding.decoder(tiny, 1, devices=one, assistant=student, num_assistant_tokens=K, assistant_vocab_size=n)
+    fill = [t for t in range(specials.eot) if t not in counts][:4]
+    assert set(wide.assistant_vocab) == {t for t in counts if t < specials.eot} | set(fill) | every_special

@@ -159,8 +159,8 @@ def decoder(
     """The decoder ``transcribe_loaded`` runs (build once, reuse for many calls). With an ``assistant``:
     speculative decoding, greedy only (``ValueError`` naming ``assistant_flag`` otherwise), on one device;
     ``assistant_vocab`` is the shortlist it drafts from (``speculative.draft_vocabulary``), or
-    ``assistant_vocab_size`` > 0 takes that many of the assistant's most frequent label tokens (its
-    ``draft_vocab.json``) plus every special and timestamp token."""
+    ``assistant_vocab_size`` > 0 takes that many text tokens, the assistant's most frequent label tokens first (its
+    ``draft_vocab.json``) and the lowest ids after them, plus every special and timestamp token."""
     specials = special_tokens(pre.tokenizer)
     try:
         prompt = prompt_ids(specials, language=language, task=task, timestamps=timestamps)
@@ -204,8 +204,11 @@ def decoder(
         dec.share_encoder = _same_encoder(pre, assistant)
         if assistant_vocab is None and assistant_vocab_size > 0:
             frequent = read_draft_vocab(assistant.tokenizer_dir, assistant_vocab_size)
+            # labels holding fewer tokens: the lowest ids next (byte-pair merges come in order of frequency)
+            taken = set(frequent)
+            fill = [t for t in range(specials.eot) if t not in taken][: assistant_vocab_size - len(frequent)]
             assistant_vocab = speculative.draft_vocabulary(
-                [frequent], len(frequent), range(specials.eot, pre.config.vocab_size)
+                [frequent + fill], assistant_vocab_size, range(specials.eot, pre.config.vocab_size)
             )
         dec.assistant_vocab = None if assistant_vocab is None else tuple(int(t) for t in assistant_vocab)
     return dec

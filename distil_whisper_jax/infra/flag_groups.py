@@ -61,7 +61,8 @@ class DecodingFlags:
     num_assistant_tokens: int = flag(5, "tokens the assistant drafts per verification pass", group=DECODING)
     assistant_vocab_size: int = flag(
         0,
-        "the assistant drafts from only its N most frequent training-label tokens (its draft_vocab.json, written by "
-        "distillation) and the special tokens: cheaper drafts at small batches on CPU, the same output; 0: every token",
+        "the assistant drafts from only N text tokens, its most frequent training-label tokens first (its "
+        "draft_vocab.json, written by distillation), then the lowest ids, and the special tokens: cheaper drafts at "
+        "small batches on CPU, the same output; 0: every token",
         group=DECODING,
     )
