@@ -12,10 +12,10 @@ speech corpus, greedy, no timestamps, one device: fp32 at batch 1 and 4 (ids mus
 whose ids differ from the bf16 teacher alone are counted). Each configuration is warmed up on one batch (compilation),
 then timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
 assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the teacher's.
-``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist (``--assistant_vocab_size N``): the
-N token ids most frequent in its own training labels plus the special and timestamp tokens (a student distilled
-before distillation wrote its ``draft_vocab.json`` gets one from the labelled datasets its ``distil_info.json``
-names). Writes ``benchmarks/results/speculative.json``.
+``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist (``--assistant_vocab_size N``): N
+text tokens, its most frequent training-label tokens first and the lowest ids after them, plus the special and
+timestamp tokens (a student distilled before distillation wrote its ``draft_vocab.json`` gets one from the labelled
+datasets its ``distil_info.json`` names). Writes ``benchmarks/results/speculative.json``.
 """
 
 from __future__ import annotations

@@ -252,11 +252,12 @@ def test_a_draft_vocabulary_keeps_the_output_and_costs_only_acceptance(tiny, mel
         speculative.speculative_generate, tiny.params, tiny.config, tiny.params, tiny.config, mel, prompt, opts, K
     )
     full_out, full = run(share_encoder=True)
-    every = speculative.draft_vocabulary(want, 10_000)
+    counts = collections.Counter(want.ravel().tolist())
+    every = sorted(counts)
     out, stats = run(share_encoder=True, assistant_vocab=every)
     np.testing.assert_array_equal(out, want)
     assert (stats.drafted, stats.accepted, stats.teacher_passes) == (full.drafted, full.drafted, full.teacher_passes)
-    few = speculative.draft_vocabulary(want, 5)
+    few = sorted(counts, key=lambda t: (-counts[t], t))[:5]  # its 5 most frequent tokens
     out, stats = run(share_encoder=True, assistant_vocab=few)
     np.testing.assert_array_equal(out, want)
     assert 0 < stats.accepted < stats.drafted and stats.teacher_passes > full.teacher_passes
@@ -264,11 +265,16 @@ def test_a_draft_vocabulary_keeps_the_output_and_costs_only_acceptance(tiny, mel
         run(assistant_vocab=[0, tiny.config.vocab_size])
 
 
-def test_the_draft_vocabulary_is_the_most_frequent_tokens_and_the_ones_always_needed():
+def test_the_draft_vocabulary_is_the_most_frequent_tokens_first(tmp_path):
+    from distil_whisper_jax.weights.student import read_draft_vocab, write_draft_vocab
+
     seqs = [[5, 7, 7, 9], [7, 5, 11], [3]]
-    assert speculative.draft_vocabulary(seqs, 2).tolist() == [5, 7]  # 7 ×3, 5 ×2
-    assert speculative.draft_vocabulary(seqs, 3, always=[100, 101]).tolist() == [3, 5, 7, 100, 101]  # ties by id
-    assert speculative.draft_vocabulary([], 4, always=[2]).tolist() == [2]
+    write_draft_vocab(tmp_path, collections.Counter(t for s in seqs for t in s))
+    assert read_draft_vocab(tmp_path, 2) == [7, 5]  # 7 ×3, 5 ×2
+    assert read_draft_vocab(tmp_path, 3) == [7, 5, 3]  # ties by id
+    assert read_draft_vocab(tmp_path, 10) == [7, 5, 3, 9, 11]
+    write_draft_vocab(tmp_path, {})
+    assert read_draft_vocab(tmp_path, 4) == []
 
 
 def test_assistant_vocab_size_reads_the_students_draft_vocabulary(tiny, specials, two_layer, clip_audio, tmp_path):

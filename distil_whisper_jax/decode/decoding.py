@@ -158,7 +158,7 @@ def decoder(
 ) -> Decoder:
     """The decoder ``transcribe_loaded`` runs (build once, reuse for many calls). With an ``assistant``:
     speculative decoding, greedy only (``ValueError`` naming ``assistant_flag`` otherwise), on one device;
-    ``assistant_vocab`` is the shortlist it drafts from (``speculative.draft_vocabulary``), or
+    ``assistant_vocab`` is the shortlist of token ids it drafts from, or
     ``assistant_vocab_size`` > 0 takes that many text tokens, the assistant's most frequent label tokens first (its
     ``draft_vocab.json``) and the lowest ids after them, plus every special and timestamp token."""
     specials = special_tokens(pre.tokenizer)
@@ -207,9 +207,7 @@ def decoder(
             # labels holding fewer tokens: the lowest ids next (byte-pair merges come in order of frequency)
             taken = set(frequent)
             fill = [t for t in range(specials.eot) if t not in taken][: assistant_vocab_size - len(frequent)]
-            assistant_vocab = speculative.draft_vocabulary(
-                [frequent + fill], assistant_vocab_size, range(specials.eot, pre.config.vocab_size)
-            )
+            assistant_vocab = sorted(taken | set(fill) | set(range(specials.eot, pre.config.vocab_size)))
         dec.assistant_vocab = None if assistant_vocab is None else tuple(int(t) for t in assistant_vocab)
     return dec
 

@@ -173,18 +173,6 @@ def _compiled(t_config, s_config, dtype, opts, k: int, share_encoder: bool):
     return jax.jit(run)
 
 
-def draft_vocabulary(sequences, size: int, always: Sequence[int] = ()) -> np.ndarray:
-    """A draft shortlist: the ``size`` token ids most frequent in ``sequences`` (iterables of ids, e.g. a
-    student's training labels; ties by id), plus ``always`` (the special and timestamp tokens generation may
-    need), sorted."""
-    counts: dict[int, int] = {}
-    for seq in sequences:
-        for t in seq:
-            counts[int(t)] = counts.get(int(t), 0) + 1
-    top = sorted(counts, key=lambda t: (-counts[t], t))[: max(int(size), 0)]
-    return np.array(sorted(set(top) | {int(t) for t in always}), np.int32)
-
-
 def check_assistant(t_config: WhisperConfig, s_config: WhisperConfig) -> None:
     """``ValueError`` unless the assistant can draft for the teacher: same vocabulary and features, and a window no
     longer than the teacher's. A shorter window (a 15 s student of a 30 s teacher) is accepted: the assistant
@@ -220,7 +208,8 @@ def speculative_generate(
 
     Same output contract as ``generate.generate`` (EOT after the end). ``share_encoder``: the assistant's
     encoder is the teacher's (checked by the caller), so it runs once. ``assistant_vocab``: the token ids the
-    assistant drafts from (``draft_vocabulary``; the end-of-text token is added), None for all.
+    assistant drafts from (``decoding.decoder`` makes it from the student's ``draft_vocab.json``; the end-of-text
+    token is added), None for all.
     """
     check_assistant(t_config, s_config)
     if options.num_beams != 1:
