@@ -18,7 +18,6 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
-from transformers import WhisperFeatureExtractor
 
 from distil_whisper_jax.core.model import WhisperConfig, param_shapes
 from distil_whisper_jax.infra.files import atomic_write
@@ -365,6 +364,8 @@ def write_processor_files(path: Path, config: WhisperConfig, tokenizer: Any) -> 
             f"max_source_positions {config.max_source_positions}: transformers' feature extractor needs a whole "
             "number of seconds (a multiple of 50 positions)"
         )
+    from transformers import WhisperFeatureExtractor  # here: it imports torch, ~1 s of every command's start
+
     extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=int(seconds))
     files = {
         "preprocessor_config.json": extractor.to_dict(),  # what transformers 4.x and faster-whisper read
