@@ -114,3 +114,50 @@ def test_distillations_old_cache_flag_is_refused_not_reinterpreted(capsys):
     with pytest.raises(SystemExit):
         parse(DistillConfig, [*argv, "--cache_dir", "/tmp/c"])
     assert "--cache_dir" in capsys.readouterr().err
+
+
+def test_a_saved_program_is_traced_once_per_machine_and_decodes_the_same(
+    tmp_path, restore_session_cache, monkeypatch, caplog
+):
+    """``saved_program``: the first call traces the decoding loop and saves it; a new process (here: the memo
+    emptied) reads it back without tracing and decodes the same ids; a damaged file is traced again with a
+    warning; another package source is another program. (That a saved program decodes like the model traced in
+    place, every generation test of the suite checks: the suite runs with the cache on.)"""
+    import numpy as np
+
+    from distil_whisper_jax.decode import generate as generation
+
+    from .helpers import random_params, small_config
+
+    config = small_config(max_source_positions=100)  # 2 s windows: the test is about the program, not speed
+    params = random_params(config)
+    mel = np.random.default_rng(0).standard_normal((1, config.num_mel_bins, config.n_frames)).astype(np.float32)
+    opts = generation.GenerationOptions(max_new_tokens=12)
+    exported = tmp_path / "xla" / "exported"
+
+    def run_in_a_new_process() -> np.ndarray:
+        monkeypatch.setattr(compile_cache, "_SAVED", {})
+        generation._compiled.cache_clear()
+        jax.clear_caches()  # nothing traced stays in memory
+        return generation.generate(params, mel, [50257], config, opts, devices=jax.local_devices()[:1])
+
+    compile_cache.enable(CompileCacheFlags(compilation_cache_dir=str(tmp_path / "xla")))
+    reference = run_in_a_new_process()
+    saved = list(exported.iterdir())
+    assert [p.name.startswith("generate-") for p in saved] == [True], saved
+
+    def traced(*a, **k):
+        raise AssertionError("the model was traced again")
+
+    with monkeypatch.context() as m:
+        m.setattr(generation, "_greedy", traced)
+        assert np.array_equal(run_in_a_new_process(), reference)
+
+    saved[0].write_bytes(b"damaged")
+    assert np.array_equal(run_in_a_new_process(), reference)
+    assert "unreadable saved program" in caplog.text
+    assert saved[0].stat().st_size > 1000  # replaced by the program traced again
+
+    monkeypatch.setattr(compile_cache, "package_fingerprint", lambda: "an edited package")
+    assert np.array_equal(run_in_a_new_process(), reference)
+    assert len(list(exported.iterdir())) == 2

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from distil_whisper_jax.core.model import Whisper
-from distil_whisper_jax.decode.generate import GenerationOptions, _compiled, generate, generation_options, strip
+from distil_whisper_jax.decode.generate import GenerationOptions, generate, generation_options, strip
+from distil_whisper_jax.infra import compile_cache
 from distil_whisper_jax.speech import audio
 from distil_whisper_jax.speech.token_layout import prompt_ids
 
@@ -90,13 +91,17 @@ def test_eight_devices_equal_one(tiny, mel, specials, timestamps, beams):
     np.testing.assert_array_equal(single, sharded)
 
 
-def test_compiled_once_per_shape(tiny, mel, specials):
+def test_compiled_once_per_shape(tiny, mel, specials, monkeypatch):
     opts = generation_options(tiny, specials, max_new_tokens=16)
     prompt = prompt_ids(specials)
-    for batch in (mel[:2], mel[2:4], mel[:2][::-1]):
-        generate(tiny.params, batch, prompt, tiny.config, opts, devices=one_device())
-    fn = _compiled(tiny.config, jnp.float32, opts, ())
-    assert fn._cache_size() == 1
+    monkeypatch.setattr(compile_cache, "_SAVED", {})
+    jax.clear_caches()  # nothing of this shape compiled in memory yet
+    with compile_cache.CompileClock() as first:  # counts programs compiled or loaded from the cache
+        generate(tiny.params, mel[:2], prompt, tiny.config, opts, devices=one_device())
+    with compile_cache.CompileClock() as again:
+        for batch in (mel[2:4], mel[:2][::-1]):
+            generate(tiny.params, batch, prompt, tiny.config, opts, devices=one_device())
+    assert first.programs >= 1 and again.programs == 0, (first.as_dict(), again.as_dict())
 
 
 def test_beam_search_matches_transformers(tiny, tiny_torch, mel, specials):

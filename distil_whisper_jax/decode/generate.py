@@ -20,6 +20,7 @@ import numpy as np
 
 from distil_whisper_jax.core import parallel
 from distil_whisper_jax.core.model import Whisper, WhisperConfig, init_cache, unstack_decoder
+from distil_whisper_jax.infra import compile_cache
 
 if TYPE_CHECKING:
     from distil_whisper_jax.speech.token_layout import SpecialTokens
@@ -342,7 +343,10 @@ def generate(
         mesh = parallel.data_mesh(devices)
         padded, prompts = parallel.shard_batch(padded, mesh), parallel.shard_batch(prompts, mesh)
         return np.asarray(fn(params, padded, prompts))[:n]
-    return np.asarray(_compiled(config, dtype, options, ())(params, mel, jnp.asarray(prompts)))
+    args = (params, mel, jnp.asarray(prompts))
+    static = (config, np.dtype(dtype).name, options, parallel.attention_query_chunk())
+    fn = compile_cache.saved_program(_compiled(config, dtype, options, ()), "generate", static, args)
+    return np.asarray(fn(*args))
 
 
 @functools.lru_cache(maxsize=8)

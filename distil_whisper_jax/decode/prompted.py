@@ -34,6 +34,7 @@ import numpy as np
 from distil_whisper_jax.core import parallel
 from distil_whisper_jax.core.model import Whisper, WhisperConfig, init_cache, unstack_decoder
 from distil_whisper_jax.decode.generate import GenerationOptions, first_argmax, process_logits
+from distil_whisper_jax.infra import compile_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +176,8 @@ def generate_prompted(
         args = tuple(parallel.shard_batch(a, mesh) for a in args)
         fn = _compiled(config, dtype, options, no_speech, tuple(devices))
     else:
+        static = (config, np.dtype(dtype).name, options, no_speech, parallel.attention_query_chunk())
         fn = _compiled(config, dtype, options, no_speech, ())
+        fn = compile_cache.saved_program(fn, "prompted", static, (params, *args))
     tokens, sum_lp, no_speech_prob = fn(params, *args)
     return PromptedResult(np.asarray(tokens), np.asarray(sum_lp), np.asarray(no_speech_prob))

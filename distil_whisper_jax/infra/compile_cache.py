@@ -14,6 +14,13 @@ start warm only from a cache they share with it: a bucket URL (``gs://...``) all
 cannot be written warns once and the run goes on without the cache. The directory is trusted code: JAX runs
 what it loads from there, so never point it at a place others can write to.
 
+XLA's cache saves the compiling, not the tracing: before JAX can look a program up it traces the Python (the Flax
+model layer by layer, each stage of the decoding loop) and lowers it, ~1-2 s per program for whisper-base on a CPU,
+which a short run pays for every batch shape. ``saved_program`` keeps the traced program too (``jax.export``, in
+``exported/`` beside XLA's entries), so a warm run reads it back in a fraction of that and goes straight to the
+cache lookup. Its key is the program's name and static settings, the argument shapes, the devices, the jax version
+and this package's source code, so an edited package never runs a stale program.
+
 ``CompileClock`` measures, around any stretch of work, the seconds spent tracing, lowering and compiling
 (cache lookups included) and the cache's hits and misses, from JAX's own monitoring events; the stages log
 it next to their model-loading time and write both to their results.
@@ -22,17 +29,25 @@ it next to their model-loading time and write both to their results.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import logging
 import os
 import warnings
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from jax import monitoring
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from distil_whisper_jax.infra import files, storage
 from distil_whisper_jax.infra.config import flag
+
+log = logging.getLogger(__name__)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 RUNTIME = "runtime"
 # programs that compile faster than this are not worth a disk round trip (JAX's default is 1 s)
@@ -108,6 +123,60 @@ def _usable_dir(flags: CompileCacheFlags) -> str | None:
         warnings.warn(f"{cause}; running without the compilation cache (every program compiles)", stacklevel=3)
         return None
     return str(directory)
+
+
+@functools.cache
+def package_fingerprint() -> str:
+    """A digest of this package's Python sources: a saved program is only reused by the code that traced it."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _program_key(name: str, static: Hashable, args: tuple) -> str:
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    shapes = [(tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x).__name__))) for x in leaves]
+    device = jax.local_devices()[0]
+    parts = (name, repr(static), str(tree), shapes, jax.__version__, device.platform, device.device_kind)
+    return hashlib.sha256(repr((parts, package_fingerprint())).encode()).hexdigest()[:32]
+
+
+_SAVED: dict[str, Callable] = {}  # this process's programs read or traced so far, by key
+_SAVED_MAX = 32
+
+
+def saved_program(fn: Callable, name: str, static: Hashable, args: tuple) -> Callable:
+    """``fn`` (a ``jax.jit`` function of one device's arrays) for ``args``, traced once per machine instead of once
+    per process: the traced program is saved in the compilation cache directory and a later run reads it back
+    (see the module docstring). ``static`` holds everything else the program depends on (its config, options and
+    dtype). With the compilation cache off, or on a bucket URL, ``fn`` itself."""
+    directory = jax.config.jax_compilation_cache_dir
+    if not jax.config.jax_enable_compilation_cache or not directory or storage.is_url(directory):
+        return fn
+    key = _program_key(name, static, args)
+    if key in _SAVED:
+        return _SAVED[key]
+    path = Path(directory) / "exported" / f"{name}-{key}.jaxexp"
+    exported = None
+    if path.is_file():
+        try:
+            exported = jax.export.deserialize(bytearray(path.read_bytes()))
+        except Exception as e:  # a damaged or foreign file: trace again and replace it
+            log.warning("%s: unreadable saved program (%s); tracing it again", path, e)
+    if exported is None:
+        specs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), args)
+        exported = jax.export.export(fn)(*specs)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with files.atomic_write(path, "wb") as f:
+                f.write(exported.serialize())
+        except OSError as e:
+            log.warning("%s: cannot save the traced program (%s); the next run traces it again", path, e)
+    if len(_SAVED) >= _SAVED_MAX:
+        _SAVED.pop(next(iter(_SAVED)))  # the oldest
+    _SAVED[key] = jax.jit(exported.call)
+    return _SAVED[key]
 
 
 class CompileClock:
