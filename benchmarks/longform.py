@@ -52,9 +52,13 @@ ENGINES = {  # key: (label, kind, mode)
     "ours-chunked": ("this project `--long_form chunked`, batch 8", "ours", "chunked"),
     "ours-sequential": ("this project `--long_form sequential`", "ours", "sequential"),
     "fw-batched": ("faster-whisper batched pipeline fp32, batch 8", "faster-whisper", "batched"),
+    "fw-batched-mkl": ("faster-whisper batched pipeline fp32, batch 8, `CT2_USE_MKL=1`", "faster-whisper", "batched"),
     "fw-sequential": ("faster-whisper sequential fp32", "faster-whisper", "sequential"),
     "hf-pipeline": ("transformers chunked pipeline, timestamps, batch 8", "transformers", "chunked"),
 }
+# CTranslate2 multiplies matrices with Intel MKL on Intel CPUs and with oneDNN elsewhere unless told otherwise: on an
+# AMD CPU the peer's default and its MKL setting are both measured, and the goal is judged against the faster one
+ENGINE_ENV = {"fw-batched-mkl": {"CT2_USE_MKL": "1"}}
 QUICK_ENGINES, QUICK_SECONDS = ("ours-vad", "fw-batched"), 60.0
 
 
@@ -149,6 +153,7 @@ def launch(spec: dict, work: Path) -> dict:
     path, spec["out"] = work / f"spec_{n:03d}.json", str(work / f"out_{n:03d}.json")
     path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CPU as a user has it (one device)
+    env.update(ENGINE_ENV.get(spec["engine"], {}))
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.longform", "--worker", str(path)], env=env,
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
@@ -247,20 +252,25 @@ def relative(rows: list[dict]) -> None:
 
 def summary(recordings: dict[str, dict]) -> dict:
     """Per recording: vad against faster-whisper batched (WER difference, speed ratios, whether the goal — WER at
-    or below it, speed ≥ 1.0× both ways — is met); over all recordings: each engine's pooled speeds."""
+    or below it, speed ≥ 1.0× both ways — is met, against the faster of its default and its MKL setting where both
+    ran); over all recordings: each engine's pooled speeds."""
     out: dict = {"recordings": {}, "pooled": {}}
     for name, r in recordings.items():
         by = {row["engine"]: row for row in r["rows"]}
         v, f = by.get("ours-vad"), by.get(REFERENCE)
         if v and f:
+            peers = [by[e] for e in (REFERENCE, "fw-batched-mkl") if e in by]
+            fastest = {k: max(p[f"{k}_speed"] for p in peers) for k in ("decode", "whole_process")}
+            vs = {k: round(v[f"{k}_speed"] / fastest[k], 2) for k in fastest}
             out["recordings"][name] = {
                 "vad_wer": v["wer"],
                 "fw_batched_wer": f["wer"],
                 "vad_wer_minus_fw_batched": round(v["wer"] - f["wer"], 2),
                 "vad_vs_fw_batched_decode": v["decode_vs_fw_batched"],
                 "vad_vs_fw_batched_whole_process": v["whole_process_vs_fw_batched"],
-                "goal_met": v["wer"] <= f["wer"]
-                and min(v["decode_vs_fw_batched"], v["whole_process_vs_fw_batched"]) >= 1.0,
+                "vad_vs_fastest_fw_batched_decode": vs["decode"],
+                "vad_vs_fastest_fw_batched_whole_process": vs["whole_process"],
+                "goal_met": v["wer"] <= f["wer"] and min(vs.values()) >= 1.0,
                 "lowest_wer": min(r["rows"], key=lambda x: x["wer"])["engine"],
             }
     engines = {row["engine"] for r in recordings.values() for row in r["rows"]}
