@@ -159,6 +159,17 @@ def _scaling_row(i: int) -> list[tuple[Getter, str]]:
             (at(*r, "labelled", "rows_written"), "d"), *gaps, (at(*r, "ce"), ".3f")]  # fmt: skip
 
 
+ML = "multilingual_student.json"
+
+
+def _ml_student_row(lang: str) -> list[tuple[Getter, str]]:
+    """One language of the real-speech multilingual student: prompts, words, teacher/student WER, the gap."""
+    k = f"heldout_{lang}"
+    return [(at("heldout_prompts", k), "d"), (lambda d: sum(n for _, n in d["models"]["teacher"]["rows"][k]), "d"),
+            (at("models", "teacher", "wer", k), ".2f"), (at("models", "student_trained", "wer", k), ".2f"),
+            *[(at("gaps", k, key), ".2f") for key in ("value", "low", "high")]]  # fmt: skip
+
+
 def _draft_row(i: int) -> list[tuple[Getter, str]]:
     """One row of the draft-vocabulary table: dtype, shortlist size (or all), speeds, acceptance, passes."""
     r = ("rows", i)
@@ -516,6 +527,26 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
          ".0f")]),
     *[(BENCH, "| {} | {} h, {} rows | {} ({} to {}) | {} ({} to {}) | {} |", DS, _scaling_row(i)) for i in (1, 2, 3)],
     *[(BENCH, "| {} | {} | {} | {} | {}× | {} % | {} | {} of {} |", SPD, _draft_row(i)) for i in range(3)],
+    *[(BENCH, f"| {name}, {{}} prompts, {{}} words | {{}} % | {{}} % | {{}} [{{}}, {{}}] |", ML, _ml_student_row(lang))
+      for lang, name in (("fr", "French"), ("es", "Spanish"), ("it", "Italian"), ("ru", "Russian"))],
+    (BENCH, "AMD EPYC, 2 cores,\n{} minutes; `benchmarks/results/multilingual_student.json`): a 2-layer, {} s student "
+     "of whisper-base, {} steps of\n{}.", ML, [(scaled(at("times_s", "total"), 1 / 60), ".0f"),
+                                               (scaled(at("config", "max_source_positions"), 1 / 50), ".0f"),
+                                               (at("config", "max_steps"), "d"), (at("config", "batch_size"), "d")]),
+    (BENCH, "the teacher's WER filter ({} %) keeps {} packs, {} h of speech", ML, [
+        (at("config", "wer_threshold"), ".0f"), (at("data", "labelled", "rows_written"), "d"),
+        (at("data", "labelled", "audio_hours_written"), ".2f")]),
+    (BENCH, "at {}× the teacher's speed at batch 1 ({} against {} audio\n  seconds per second", ML, [
+        (at("speedup"), ".2f"), (at("models", "student_trained", "heldout_audio_s_per_s"), ".2f"),
+        (at("models", "teacher", "heldout_audio_s_per_s"), ".2f")]),
+    (README, "0.74 h of Debian's French, Spanish, Italian and Russian prompts, one speaker each): {} points above the "
+     "teacher on held-out Spanish prompts, {} on French, {} on Italian, {} on Russian, at {}× the teacher's speed",
+     ML, [*[(at("gaps", f"heldout_{k}", "value"), ".2f") for k in ("es", "fr", "it", "ru")], (at("speedup"), ".2f")]),
+    (README, "a 2-layer, 15 s student of whisper-base, {} h of Debian's", ML, [
+        (at("data", "labelled", "audio_hours_written"), ".2f")]),
+    (BENCH, "load\n  average {} at the end", ML, [(at("machine", "load_avg_1m_end"), ".1f")]),
+    (BENCH, "{} passes over it", ML, [(lambda d: d["config"]["max_steps"] * d["config"]["batch_size"]
+                                       / d["data"]["labelled"]["rows_written"], ".0f")]),
     (BENCH, "**New voices: the gap falls {} ± {} points per doubling of the hours**", DS, [
         (lambda d: -d["fit"]["gap"]["heldout_new_voices"]["per_doubling"], ".2f"),
         (at("fit", "gap", "heldout_new_voices", "per_doubling_se"), ".2f")]),
