@@ -15,7 +15,10 @@ assistant's acceptance rate (accepted / drafted tokens), and whether the token i
 ``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist (``--assistant_vocab_size N``): N
 text tokens, its most frequent training-label tokens first and the lowest ids after them, plus the special and
 timestamp tokens (a student distilled before distillation wrote its ``draft_vocab.json`` gets one from the labelled
-datasets its ``distil_info.json`` names). Writes ``benchmarks/results/speculative.json``.
+datasets its ``distil_info.json`` names). ``--multilingual_student WORK`` adds whisper-base with the real-speech student
+of ``benchmarks/multilingual_student.py`` (its ``--output_dir``; a 15 s student runs its own encoder on the first 15 s)
+as the assistant, per language on that student's held-out prompts, fp32 at batch 1: drafts from a student that has
+learnt the speaker. Writes ``benchmarks/results/speculative.json`` (``--output`` to put it elsewhere).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS_DIR, run_record
 from benchmarks.peers import short_set
+from distil_whisper_jax.data.sources import manifest_rows
 from distil_whisper_jax.decode import decoding
 from distil_whisper_jax.infra import config
 from distil_whisper_jax.infra.files import atomic_write
@@ -126,12 +130,12 @@ def ensure_draft_vocab(student_dir: str) -> None:
         write_draft_vocab(student_dir, collections.Counter(t for ids in training_labels(student_dir) for t in ids))
 
 
-def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=0) -> list[dict]:
+def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=0, bf16=True) -> list[dict]:
     """fp32 at every batch size (ids must be identical), and bf16 at batch 1 (where rounding can change a
     verification: the rows whose ids differ from the teacher alone in bf16 are counted); with ``vocab_size``, also
     the student drafting from that many of its label tokens (``--assistant_vocab_size``) at batch 1 in fp32."""
     rows = []
-    configs = [(b, "float32", 0) for b in batches] + [(1, "bfloat16", 0)]
+    configs = [(b, "float32", 0) for b in batches] + ([(1, "bfloat16", 0)] if bf16 else [])
     for b, dtype, v in configs + ([(1, "float32", vocab_size)] if vocab_size else []):
         alone = measure(teacher, waves, b, language=language, dtype=dtype)
         spec = measure(teacher, waves, b, assistant=student, language=language, dtype=dtype, vocab_size=v)
@@ -146,6 +150,7 @@ def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=
             "acceptance": spec["acceptance"],
             "identical_ids": alone["ids"] == spec["ids"],
             "rows_differing": sum(a != s for a, s in zip(alone["ids"], spec["ids"])),
+            "items": len(waves),
             "teacher_passes": spec["teacher_passes"],
             "compile_seconds": {"teacher": alone["compile_seconds"], "speculative": spec["compile_seconds"]},
         }
@@ -165,6 +170,22 @@ def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=
     return rows
 
 
+def multilingual_rows(work: Path) -> list[dict]:
+    """whisper-base alone and with the real-speech multilingual student (``multilingual_student.py``'s output
+    directory ``work``) drafting, per language on that student's held-out prompts, fp32 at batch 1."""
+    student_dir = work / "trained" / "hf"
+    tsvs = sorted(work.glob("heldout_*.tsv"))
+    if not student_dir.is_dir() or not tsvs:
+        raise SystemExit(f"--multilingual_student {work}: no trained/hf or heldout_*.tsv (run multilingual_student)")
+    teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(student_dir)
+    rows = []
+    for tsv in tsvs:
+        lang = tsv.stem.removeprefix("heldout_")
+        waves = [audio.load_audio(r["audio"]) for r in manifest_rows(tsv)]
+        rows += pair_rows(f"base, {lang} held-out prompts", teacher, student, waves, [1], lang, bf16=False)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny_student", help="a 2-layer student distilled from the bundled tiny.en")
@@ -172,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--build_base_student", help="work directory: build (or reuse) the base student there")
     ap.add_argument("--batch_sizes", default="1,4")
     ap.add_argument("--draft_vocab", type=int, default=0, help="also draft from this many frequent tokens (0: no)")
+    ap.add_argument("--multilingual_student", type=Path, help="multilingual_student.py's --output_dir: its student "
+                    "drafts for whisper-base on its held-out prompts, per language")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="4 clips only")
     ap.add_argument("--output", default=str(RESULTS_DIR / "speculative.json"))
     args = ap.parse_args(argv)
@@ -193,6 +216,8 @@ def main(argv=None) -> int:
     if base_student:
         teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(base_student)
         rows += pair_rows("base", teacher, student, waves, batches, "en", args.draft_vocab)
+    if args.multilingual_student:
+        rows += multilingual_rows(args.multilingual_student)
     report = {
         "benchmark": "speculative",
         **run_record(load_start),
@@ -200,7 +225,13 @@ def main(argv=None) -> int:
         "audio_seconds": round(sum(len(w) for w in waves) / audio.SAMPLE_RATE, 1),
         "rows": rows,
         "students": {
-            name: student_info(path) for name, path in (("tiny.en", args.tiny_student), ("base", base_student)) if path
+            name: student_info(str(path))
+            for name, path in (
+                ("tiny.en", args.tiny_student),
+                ("base", base_student),
+                ("multilingual", args.multilingual_student and args.multilingual_student / "trained" / "hf"),
+            )
+            if path
         },
     }
     print(
@@ -212,7 +243,7 @@ def main(argv=None) -> int:
         print(
             f"| {r['teacher']} | {r['dtype']} | {r['batch']} | {r['draft_vocab'] or 'all'} | "
             f"{r['teacher_speed']:.2f} | {r['speculative_speed']:.2f} | "
-            f"{r['speedup']:.2f}× | {100 * (r['acceptance'] or 0):.1f} % | {r['rows_differing']} of {len(items)} |"
+            f"{r['speedup']:.2f}× | {100 * (r['acceptance'] or 0):.1f} % | {r['rows_differing']} of {r['items']} |"
         )
     with atomic_write(args.output, "w") as f:
         json.dump(report, f, indent=2)

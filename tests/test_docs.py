@@ -159,7 +159,7 @@ def _scaling_row(i: int) -> list[tuple[Getter, str]]:
             (at(*r, "labelled", "rows_written"), "d"), *gaps, (at(*r, "ce"), ".3f")]  # fmt: skip
 
 
-ML = "multilingual_student.json"
+ML, SPM = "multilingual_student.json", "speculative_multilingual.json"
 
 
 def _ml_student_row(lang: str) -> list[tuple[Getter, str]]:
@@ -549,6 +549,19 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
          ".0f")]),
     *[(BENCH, "| {} | {} h, {} rows | {} ({} to {}) | {} ({} to {}) | {} |", DS, _scaling_row(i)) for i in (1, 2, 3)],
     *[(BENCH, "| {} | {} | {} | {} | {}× | {} % | {} | {} of {} |", SPD, _draft_row(i)) for i in range(3)],
+    *[(BENCH, f"| {lang} | {{}} | {{}} | {{}} | {{}}× | {{}} % | {{}} | {{}} |", SPM, [
+        (at("rows", i, "items"), "d"), (at("rows", i, "teacher_speed"), ".2f"),
+        (at("rows", i, "speculative_speed"), ".2f"),
+        (at("rows", i, "speedup"), ".2f"), (scaled(at("rows", i, "acceptance"), 100), ".1f"),
+        (at("rows", i, "teacher_passes"), "d"), (at("rows", i, "rows_differing"), "d")])
+      for i, lang in enumerate(("es", "fr", "it", "ru"))],
+    (README, "drafting on its held-out prompts: {}–{} % accepted, {}–{}× the teacher", SPM, [
+        (lambda d: 100 * min(r["acceptance"] for r in d["rows"]), ".0f"),
+        (lambda d: 100 * max(r["acceptance"] for r in d["rows"]), ".0f"),
+        (lambda d: min(r["speedup"] for r in d["rows"]), ".2f"),
+        (lambda d: max(r["speedup"] for r in d["rows"]), ".2f")]),
+    (BENCH, "speculative_multilingual.json`\non 2026-12-07 (AMD EPYC, load average {} at the start)", SPM, [
+        (at("machine", "load_avg_1m_start"), ".1f")]),
     *[(BENCH, f"| {name}, {{}} prompts, {{}} words | {{}} % | {{}} % | {{}} [{{}}, {{}}] |", ML, _ml_student_row(lang))
       for lang, name in (("fr", "French"), ("es", "Spanish"), ("it", "Italian"), ("ru", "Russian"))],
     (BENCH, "AMD EPYC, 2 cores,\n{} minutes; `benchmarks/results/multilingual_student.json`): a 2-layer, {} s student "
