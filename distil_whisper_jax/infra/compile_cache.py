@@ -18,8 +18,9 @@ XLA's cache saves the compiling, not the tracing: before JAX can look a program 
 model layer by layer, each stage of the decoding loop) and lowers it, ~1-2 s per program for whisper-base on a CPU,
 which a short run pays for every batch shape. ``saved_program`` keeps the traced program too (``jax.export``, in
 ``exported/`` beside XLA's entries), so a warm run reads it back in a fraction of that and goes straight to the
-cache lookup. Its key is the program's name and static settings, the argument shapes, the devices, the jax version
-and this package's source code, so an edited package never runs a stale program.
+cache lookup. Its key is the program's name and static settings, the argument shapes, the devices, JAX's tracing
+settings (x64, matmul precision), the jax version and this package's source code, so an edited package never runs a
+stale program.
 
 ``CompileClock`` measures, around any stretch of work, the seconds spent tracing, lowering and compiling
 (cache lookups included) and the cache's hits and misses, from JAX's own monitoring events; the stages log
@@ -138,7 +139,9 @@ def _program_key(name: str, static: Hashable, args: tuple) -> str:
     leaves, tree = jax.tree_util.tree_flatten(args)
     shapes = [(tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x).__name__))) for x in leaves]
     device = jax.local_devices()[0]
-    parts = (name, repr(static), str(tree), shapes, jax.__version__, device.platform, device.device_kind)
+    # the settings JAX reads while tracing (a program traced under other ones would ignore them)
+    tracing = (jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)
+    parts = (name, repr(static), str(tree), shapes, tracing, jax.__version__, device.platform, device.device_kind)
     return hashlib.sha256(repr((parts, package_fingerprint())).encode()).hexdigest()[:32]
 
 
