@@ -159,7 +159,7 @@ def _scaling_row(i: int) -> list[tuple[Getter, str]]:
             (at(*r, "labelled", "rows_written"), "d"), *gaps, (at(*r, "ce"), ".3f")]  # fmt: skip
 
 
-ML, SPM = "multilingual_student.json", "speculative_multilingual.json"
+ML, SPM, WSA = "multilingual_student.json", "speculative_multilingual.json", "warm_start_amd_epyc.json"
 
 
 def _ml_student_row(lang: str) -> list[tuple[Getter, str]]:
@@ -560,6 +560,11 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (lambda d: 100 * max(r["acceptance"] for r in d["rows"]), ".0f"),
         (lambda d: min(r["speedup"] for r in d["rows"]), ".2f"),
         (lambda d: max(r["speedup"] for r in d["rows"]), ".2f")]),
+    (README, "on an AMD EPYC machine: transcribe {} s warm against {} s off (compiling {} s instead of {} s), "
+     "`run_eval.py` {} s against {} s (`benchmarks/results/warm_start_amd_epyc.json`, load average {} at the start)", WSA, [
+        _warm("transcribe", "warm"), _warm("transcribe", "off"), _warm("transcribe", "warm", "compile_seconds"),
+        _warm("transcribe", "off", "compile_seconds"), _warm("run_eval.py", "warm"), _warm("run_eval.py", "off"),
+        (at("machine", "load_avg_1m_start"), ".1f")]),
     (BENCH, "speculative_multilingual.json`\non 2026-12-07 (AMD EPYC, load average {} at the start)", SPM, [
         (at("machine", "load_avg_1m_start"), ".1f")]),
     *[(BENCH, f"| {name}, {{}} prompts, {{}} words | {{}} % | {{}} % | {{}} [{{}}, {{}}] |", ML, _ml_student_row(lang))
