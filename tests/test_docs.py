@@ -561,7 +561,8 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
         (lambda d: min(r["speedup"] for r in d["rows"]), ".2f"),
         (lambda d: max(r["speedup"] for r in d["rows"]), ".2f")]),
     (README, "on an AMD EPYC machine: transcribe {} s warm against {} s off (compiling {} s instead of {} s), "
-     "`run_eval.py` {} s against {} s (`benchmarks/results/warm_start_amd_epyc.json`, load average {} at the start)", WSA, [
+     "`run_eval.py` {} s against {} s (`benchmarks/results/warm_start_amd_epyc.json`, load average {} at the "
+     "start)", WSA, [
         _warm("transcribe", "warm"), _warm("transcribe", "off"), _warm("transcribe", "warm", "compile_seconds"),
         _warm("transcribe", "off", "compile_seconds"), _warm("run_eval.py", "warm"), _warm("run_eval.py", "off"),
         (at("machine", "load_avg_1m_start"), ".1f")]),
