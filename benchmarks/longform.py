@@ -11,9 +11,10 @@ Engines, each from its own documented long-form defaults, greedy (beam 1) where 
 batching applies, on the same weights (the model this project loads, exported by it to CTranslate2 float32 and
 transformers): this project ``--long_form vad``, ``chunked`` and ``sequential`` (temperature fallback and the
 previous-text prompt, its defaults); faster-whisper's ``BatchedInferencePipeline`` (fp32, its default
-voice-activity segmentation, temperature 0) and its sequential ``WhisperModel.transcribe`` (its defaults:
-temperature fallback, previous-text prompt, no VAD); the transformers ASR pipeline chunked with 30 s windows and
-``return_timestamps=True`` (as its documentation recommends for long audio).
+voice-activity segmentation, temperature 0), also with ``CT2_USE_MKL=1`` (CTranslate2 uses Intel MKL only on Intel
+CPUs; the goal is judged against the faster of the two settings) and its sequential ``WhisperModel.transcribe``
+(its defaults: temperature fallback, previous-text prompt, no VAD); the transformers ASR pipeline chunked with 30 s
+windows and ``return_timestamps=True`` (as its documentation recommends for long audio).
 
 Each engine runs in a fresh subprocess per recording that imports, loads the model and decodes the recording twice.
 **Whole-process** speed: audio seconds over the time from starting the subprocess to the end of the first decode
