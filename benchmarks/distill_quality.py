@@ -87,10 +87,16 @@ def window_seconds(a: argparse.Namespace) -> float:
     return 30.0 if a.max_source_positions is None else a.max_source_positions / 50
 
 
+def pack_seconds(a: argparse.Namespace) -> float:
+    """The longest training pack in seconds: the student's window unless the caller's ``a.pack_seconds`` says less
+    (a 30 s student can train on short packs when it will only hear short clips, and its labels stay short)."""
+    return getattr(a, "pack_seconds", None) or window_seconds(a)
+
+
 def label(train_tsv: Path, work: Path, a: argparse.Namespace, times: dict[str, float]) -> dict:
-    """The teacher labels the training speech, a speaker's clips joined into packs that fit the student's window."""
+    """The teacher labels the training speech, a speaker's clips joined into packs of ≤ ``pack_seconds``."""
     argv = ["--dataset_name", str(train_tsv), "--text_column_name", "text"]
-    argv += ["--max_duration_in_seconds", f"{window_seconds(a):g}", "--wer_threshold", str(a.wer_threshold)]
+    argv += ["--max_duration_in_seconds", f"{pack_seconds(a):g}", "--wer_threshold", str(a.wer_threshold)]
     argv += ["--speaker_id_column_name", "speaker_id", "--concatenate_audio", "--output_dir", str(work / "labelled")]
     argv += ["--per_device_eval_batch_size", "8", "--num_local_devices", "1", *language_flags(a)]
     argv += ["--model_name_or_path", a.teacher] if a.teacher else []

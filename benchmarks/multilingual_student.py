@@ -3,7 +3,7 @@
 trained on, against its teacher.
 
     python -m benchmarks.multilingual_student [--languages fr,es,it,ru] [--max_steps 600] [--decoder_layers 2]
-        [--max_source_positions 750] [--output_dir DIR] [--quick]
+        [--max_source_positions 750] [--pack_seconds 15] [--output_dir DIR] [--quick]
 
 1. **Data** (``benchmarks.longform_audio.asterisk_entries``; Debian ``asterisk-core-sounds-LL`` and ``-LL-g722``,
    CC-BY-SA-3.0): each language's speech prompts, decoded once to 16 kHz FLAC into ``--cache``; a prompt whose text
@@ -14,8 +14,9 @@ trained on, against its teacher.
    window are compared on the same prompts. No other speaker of these languages installs offline, so the held-out
    prompts are new sentences by a voice the student heard: the gaps measure that, not new voices.
 2. **Labels**: the teacher (the ``multilingual`` extra's whisper-base) labels the training prompts, each prompted in
-   its own language, a language's prompts joined into packs that fit the student's window, keeping rows whose WER
-   is ≤ ``--wer_threshold``.
+   its own language, a language's prompts joined into packs that fit the student's window (or ``--pack_seconds``,
+   shorter: a 30 s student that will only hear short prompts can train on short packs with short labels), keeping
+   rows whose WER is ≤ ``--wer_threshold``.
 3. **Distillation**: ``--decoder_layers`` of the teacher's six (maximally spaced), encoder frozen and cached, for
    ``--max_steps`` (no evaluation during training: distillation scores its eval sets in one language).
 4. **Evaluation**: ``run_eval.py``'s code, each row prompted in its language, for the teacher, the student before
@@ -152,6 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wer_threshold", type=float, default=30.0, help="labelling filter, WER %% of a row")
     p.add_argument("--decoder_layers", type=int, default=2)
     p.add_argument("--max_source_positions", type=int, default=None, help="750: a 15 s student")
+    p.add_argument("--pack_seconds", type=float, default=None, help="longest training pack (default the window)")
     p.add_argument("--max_steps", type=int, default=600)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=3e-4)
@@ -167,6 +169,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.languages = (a.languages or ",".join(allowed)).split(",")
     if not a.languages or any(x not in allowed for x in a.languages) or len(set(a.languages)) < len(a.languages):
         p.error(f"--languages {','.join(a.languages)}: expected distinct codes of {','.join(allowed)}")
+    window = 30.0 if a.max_source_positions is None else a.max_source_positions / 50
+    if a.pack_seconds is not None and not 0 < a.pack_seconds <= window:
+        p.error(f"--pack_seconds {a.pack_seconds:g}: expected > 0 and at most the student's window, {window:g} s")
     if not 0 < a.heldout_share < 1:
         p.error(f"--heldout_share {a.heldout_share}: expected a share between 0 and 1")
     a.work = (a.work or Path(tempfile.mkdtemp(prefix="multilingual_student_"))).resolve()
