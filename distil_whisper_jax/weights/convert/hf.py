@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 
-from distil_whisper_jax.core.model import WhisperConfig, param_shapes
+from distil_whisper_jax.core.model import WhisperConfig
 from distil_whisper_jax.infra.files import atomic_write
 from distil_whisper_jax.speech.token_layout import SpecialTokens
 from distil_whisper_jax.speech.tokenizer import save_tokenizer
@@ -161,13 +160,8 @@ def hf_to_flax(state: Mapping[str, np.ndarray], config: WhisperConfig, source: s
             _set(params, (side, "layers") + path, stacked)
     if TIED in state and not np.array_equal(f32(TIED), f32("model.decoder.embed_tokens.weight")):
         raise ValueError(f"{source}: proj_out.weight differs from the token embedding; Whisper ties them")
-    expected = param_shapes(config)
-    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree_util.tree_leaves(params)):
-        if tuple(want.shape) != tuple(got.shape):
-            raise ValueError(
-                f"{source}: tensor {jax.tree_util.keystr(path)} has shape {got.shape}, "
-                f"expected {tuple(want.shape)} for config {config}"
-            )
+    # Every input shape was checked above, so the tree's shapes follow from the tables; that the tables build the
+    # model's own tree is a test (test_model's round trip), not a trace of the model at every load (~0.3 s).
     return params
 
 
