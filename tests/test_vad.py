@@ -19,7 +19,7 @@ import webvtt
 
 from distil_whisper_jax.assets import librivox_recordings
 from distil_whisper_jax.cli import transcribe as cli
-from distil_whisper_jax.decode import decoding, vad_pieces
+from distil_whisper_jax.decode import decoding, sequential, vad_pieces
 from distil_whisper_jax.decode import transcribe as tr
 from distil_whisper_jax.speech import audio, subtitles, vad
 from distil_whisper_jax.speech.wer import wer
@@ -263,3 +263,52 @@ def test_missing_runtime_or_model_is_named_before_work(monkeypatch, talk, tmp_pa
         evaluation.EvalConfig(dataset_name="x", output_dir=str(tmp_path), long_form="vad").validate()
     with pytest.raises(ValueError, match="needs onnxruntime"):
         PseudoLabelConfig(dataset_name="x", output_dir=str(tmp_path), long_audio="vad").validate()
+
+
+def test_looping_pieces_go_to_the_fallback_and_its_output_is_kept():
+    """Pieces whose greedy output loops are decoded again by the fallback, a batch at a time, and only those."""
+    loop, fine, hot = [50363, 7, 7, 7, 7], [50363, 1, 2, 50364], [50363, 3, 50364]
+    sent: list[int] = []
+
+    def greedy(waves):
+        return [loop if len(w) > 20 * SR else fine for w in waves]  # the two ~30 s pieces loop, the 10 s one not
+
+    def hotter(waves):
+        sent.extend(len(w) for w in waves)
+        return [hot for _ in waves]
+
+    fallback = vad_pieces.Fallback(lambda ids: ids.count(7) > 2, hotter)
+    [r] = vad_pieces.transcribe_files(
+        ["speech.wav"], lambda i: np.zeros(70 * SR, np.float32), greedy, 2, 30 * SR, 50363, 50256,
+        lambda ids: " ".join(map(str, ids)), model=_SpeechEverywhere(), fallback=fallback,
+    )  # fmt: skip
+    assert len(sent) == 2 and min(sent) > 20 * SR and r["vad"]["decoded_again_hotter"] == 2
+    assert r["text"] == "3 3 1 2" and "7" not in r["text"]
+
+
+def test_the_fallback_decodes_a_window_like_greedy_at_temperature_0(tiny, talk):
+    """``sequential.window_fallback`` through the prompted program at temperature 0 gives ``generate``'s greedy
+    ids for the same pieces (an independent program), and a hotter setting still transcribes them."""
+    waves = [talk[1][s:e] for s, e in talk[3][:3]]
+    greedy = decoding.decoder(tiny, 2, timestamps=True, devices=ONE)(waves)
+    same = sequential.SequentialOptions(temperatures=(0.0, 0.0))
+    assert sequential.window_fallback(tiny, batch_size=2, devices=ONE, options=same)(waves) == greedy
+    assert sequential.window_fallback(tiny, batch_size=2, devices=ONE, options=sequential.SequentialOptions(
+        temperatures=(0.0,))) is None  # fmt: skip
+    always = sequential.SequentialOptions(temperatures=(0.0, 0.4), compression_ratio_threshold=0.0)
+    hot = sequential.window_fallback(tiny, batch_size=2, devices=ONE, options=always)(waves)
+    text = [tiny.tokenizer.decode(ids, skip_special_tokens=True) for ids in hot]
+    refs = [t for _, t in librivox_recordings()[:3]]
+    assert wer(refs, text) < 25, (refs, text)
+
+
+def test_vad_with_every_piece_sent_to_a_temperature_0_fallback_equals_plain_vad(tiny, talk, vad_run):
+    """The whole path: every piece counted as looping, decoded again at temperature 0, gives the same result."""
+    forced = sequential.SequentialOptions(temperatures=(0.0, 0.0), compression_ratio_threshold=0.0)
+    [r] = tr.transcribe(
+        [talk[0]], tiny, batch_size=2, long_form="vad", devices=ONE, progress=False, sequential_options=forced
+    )
+    plain = vad_run[1][0]
+    assert r["vad"]["decoded_again_hotter"] == r["vad"]["pieces"] + r["vad"]["tails_decoded_again"] > 0
+    assert plain["vad"]["decoded_again_hotter"] == 0
+    assert (r["text"], r["segments"]) == (plain["text"], plain["segments"])

@@ -375,6 +375,56 @@ def _runner(
     )
 
 
+def window_fallback(
+    pre: Pretrained,
+    *,
+    params: Any = None,
+    batch_size: int = 8,
+    dtype: Any = np.float32,
+    devices: Sequence[Any] | None = None,
+    language: str | None = None,
+    task: str = "transcribe",
+    max_new_tokens: int | None = None,
+    options: SequentialOptions | None = None,
+) -> Callable[[list[np.ndarray]], list[list[int]]] | None:
+    """openai-whisper's temperature fallback for windows decoded on their own, for a caller whose greedy output
+    of a window failed the compression-ratio check (``--long_form vad``: a piece that loops). The returned
+    function decodes each waveform (at most one window) without previous text, at ``options.temperatures``
+    from the second on, until its output passes the compression-ratio and log-probability checks; the last
+    temperature's output stands otherwise, as in openai-whisper. It returns each waveform's ids up to EOT
+    (timestamps relative to its start; none when the output looks like silence). ``None`` when the options leave
+    no temperature to fall back to. Nothing is compiled until the function is first called."""
+    options = options or SequentialOptions()
+    if len(options.temperatures) < 2:
+        return None
+    run = _runner(pre, params, batch_size, dtype, devices, language, task, max_new_tokens, options)
+
+    def decode(waves: list[np.ndarray]) -> list[list[int]]:
+        files = []
+        for i, w in enumerate(waves):
+            f = _File(i, _Samples(iter([w])), temp_i=1)
+            if not _load_window(run, f):
+                raise ValueError(f"window_fallback: waveform {i} is empty")
+            files.append(f)
+        out: dict[int, list[int]] = {}
+        while files:
+            retry = []
+            for b in range(0, len(files), run.batch):
+                batch = files[b : b + run.batch]
+                for f, (ids, sum_lp, no_speech) in zip(batch, run.step(batch)):
+                    text = run.decode_text([t for t in ids if t < run.specials.eot]).strip()
+                    avg_logprob, hotter = sum_lp / (len(ids) + 1), f.temp_i + 1 < len(options.temperatures)
+                    if hotter and _needs_fallback(options, compression_ratio(text), avg_logprob, no_speech):
+                        f.temp_i += 1
+                        retry.append(f)
+                    else:  # what openai-whisper takes as silence gives no text, as in sequential mode
+                        out[f.index] = [] if _is_silence(options, avg_logprob, no_speech) else ids
+            files = retry
+        return [out[i] for i in range(len(waves))]
+
+    return decode
+
+
 def transcribe_files(
     names: Sequence[str],
     load: Callable[[int], np.ndarray | Iterable[np.ndarray]],

@@ -61,10 +61,12 @@ class TranscribeConfig(DecodingFlags, CompileCacheFlags):
     )
     temperature: float = config_lib.flag(0.0, "--long_form sequential: first sampling temperature (0: greedy)")
     temperature_increment_on_fallback: float | None = config_lib.flag(
-        0.2, "--long_form sequential: temperature step when a window fails the thresholds below (0: no fallback)"
+        0.2,
+        "--long_form sequential (and vad, for a piece that loops): temperature step when a window fails the "
+        "thresholds below (0: no fallback)",
     )
     compression_ratio_threshold: float | None = config_lib.flag(
-        2.4, "--long_form sequential: decode again hotter when the text's gzip compression ratio is above this"
+        2.4, "--long_form sequential and vad: decode again hotter when the text's gzip compression ratio is above this"
     )
     logprob_threshold: float | None = config_lib.flag(
         -1.0, "--long_form sequential: decode again hotter when the average log-probability is below this"
@@ -219,7 +221,8 @@ def transcribe(
     by a smaller model that shares the tokenizer); the acceptance rate is logged. ``"sequential"``:
     openai-whisper's algorithm (``sequential.py``), files streamed block by block, also with timestamped
     segments, its settings in ``sequential_options``. ``"vad"``: files of any length, cut at the pauses the
-    voice-activity model finds into pieces of at most one window (``vad_pieces.py``), timestamped segments."""
+    voice-activity model finds into pieces of at most one window (``vad_pieces.py``), timestamped segments; a
+    piece whose greedy output loops is decoded again with the temperatures of ``sequential_options``."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
@@ -310,13 +313,31 @@ def transcribe_loaded(
 
     if long_form == "vad":
         window = round(dec.pre.config.input_seconds * audio.SAMPLE_RATE)
+        fallback = _vad_fallback(dec, sequential_options, lambda ids: text([t for t in ids if t < sp.eot]))
         return vad_pieces.transcribe_files(
-            names, load, dec, dec.batch_size, window, sp.timestamp_begin, sp.eot, text, on_done=on_done
-        )
+            names, load, dec, dec.batch_size, window, sp.timestamp_begin, sp.eot, text, on_done=on_done,
+            fallback=fallback,
+        )  # fmt: skip
     chunk, stride = chunked.window_sizes(dec.pre.config, chunk_length_s, stride_length_s)
     return chunked.transcribe_files(
         names, load, dec, dec.batch_size, chunk, stride, sp.timestamp_begin, sp.eot, text, on_done=on_done
     )
+
+
+def _vad_fallback(
+    dec: Decoder, options: sequential.SequentialOptions | None, text: Callable[[list[int]], str]
+) -> vad_pieces.Fallback | None:
+    """``--long_form vad``: a piece whose greedy output fails sequential mode's compression-ratio test is decoded
+    again with its temperatures and thresholds (None when they leave no fallback)."""
+    options = options or sequential.SequentialOptions()
+    limit = options.compression_ratio_threshold
+    decode = sequential.window_fallback(
+        dec.pre, params=dec.params, batch_size=dec.batch_size, dtype=DTYPES[dec.dtype], devices=dec.devices,
+        language=dec.language, task=dec.task, max_new_tokens=dec.max_new_tokens, options=options,
+    )  # fmt: skip
+    if decode is None or limit is None:
+        return None
+    return vad_pieces.Fallback(lambda ids: sequential.compression_ratio(text(ids).strip()) > limit, decode)
 
 
 def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> list[dict]:
@@ -438,7 +459,7 @@ def run(cfg: TranscribeConfig) -> int:
         chunk_length_s=cfg.chunk_length_s,
         assistant_model=cfg.assistant_model,
         num_assistant_tokens=cfg.num_assistant_tokens,
-        sequential_options=sequential_options(cfg) if cfg.long_form == "sequential" else None,
+        sequential_options=sequential_options(cfg) if cfg.long_form in ("sequential", "vad") else None,
         assistant_vocab_size=cfg.assistant_vocab_size,
     )
     for r in results:

@@ -13,8 +13,11 @@ mode uses; a short batch runs as fewer rows, ``decoding.padded_rows``); a file i
 comes back. Whisper learned from windows that cut speech off, so when a piece's speech runs close to its end the
 model may open a last segment and stop, leaving that speech to a next window that does not exist here; such a tail
 (``open_tail``) is queued once more as a piece of its own, from the model's last timestamp (where openai-whisper's
-next window would start). A recording in which the VAD finds no speech gives no text and no segments, without
-decoding anything: silence and noise never reach the model.
+next window would start). A piece whose greedy output loops (its text compresses too well, openai-whisper's test)
+is decoded again with openai-whisper's temperature fallback (``Fallback``, ``sequential.window_fallback``), a batch
+of such pieces at a time; greedy decoding alone repeats one word to the token cap on some real recordings.
+A recording in which the VAD finds no speech gives no text and no segments, without decoding anything: silence
+and noise never reach the model.
 
 Memory: a recording is held whole while it is segmented and its pieces wait for the decoder (64 kB per
 second of audio, 230 MB for an hour), unlike chunked and sequential modes, which hold a few windows.
@@ -38,6 +41,15 @@ PAD_S = 0.4  # speech padding on each side: the model hears the start and end of
 TAIL_MIN_S = 0.5  # a tail the model left undecoded is decoded again when it is at least this long
 
 Decoder = Callable[[list[np.ndarray]], list[list[int]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """What to do with a piece whose greedy output loops: ``loops(ids)`` says it does (openai-whisper's
+    compression-ratio test), ``decode`` decodes such pieces again (``sequential.window_fallback``: hotter)."""
+
+    loops: Callable[[list[int]], bool]
+    decode: Decoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +157,7 @@ class _File:
     split: list[int]  # in samples
     outputs: dict[int, list[int]] = dataclasses.field(default_factory=dict)
     tail_of: dict[int, int] = dataclasses.field(default_factory=dict)  # tail piece -> the piece it continues
+    hotter: int = 0  # pieces whose greedy output looped, decoded again by the fallback
 
     def take(self, k: int, ids: list[int], samples: np.ndarray, retry: bool, timestamp_begin: int, eot: int):
         """Record piece ``k``'s ids; returns ``(index, samples)`` of its tail to decode again, or None. The tail
@@ -188,30 +201,46 @@ def transcribe_files(
     model: vad.SileroVad | None = None,
     options: vad.VadOptions | None = None,
     on_done: Callable[[int], None] | None = None,
+    fallback: Fallback | None = None,
 ) -> list[dict]:
     """One dict per input in order: ``{"file", "text", "segments", "vad"}`` or ``{"file", "error"}``.
 
     ``load(i)`` returns input ``i``'s 16 kHz waveform or its blocks, or raises ``audio.AudioError``; ``decoder``
-    must have a timestamp prompt. ``vad`` says how much speech was found, how many pieces were decoded and
-    where a stretch of speech longer than a window was cut (``split_speech``, seconds)."""
+    must have a timestamp prompt. ``vad`` says how much speech was found, how many pieces were decoded, how
+    many of them looped and were decoded again by ``fallback`` (``decoded_again_hotter``) and where a stretch of
+    speech longer than a window was cut (``split_speech``, seconds)."""
     model, options = model or default_vad(), options or vad.VadOptions()
     results: list[dict] = [{"file": str(n)} for n in names]
     files: dict[int, _File] = {}
     queue: list[tuple[int, int, np.ndarray, bool]] = []  # (file, piece, samples, may its tail be decoded again)
+    hot: list[tuple[int, int, np.ndarray, bool]] = []  # pieces whose greedy output looped, for ``fallback``
 
     def finish(i: int, state: _File) -> None:
         results[i].update(merge_file(state, timestamp_begin, eot, decode_text))
         if on_done:
             on_done(i)
 
+    def settle(item: tuple[int, int, np.ndarray, bool], ids: list[int]) -> None:
+        i, k, samples, retry = item
+        tail = files[i].take(k, ids, samples, retry, timestamp_begin, eot)
+        if tail is not None:
+            queue.append((i, *tail, False))
+        elif files[i].done:
+            finish(i, files.pop(i))
+
     def flush() -> None:
         batch, queue[:] = queue[:batch_size], queue[batch_size:]
-        for (i, k, samples, retry), ids in zip(batch, decoder([q[2] for q in batch])):
-            tail = files[i].take(k, ids, samples, retry, timestamp_begin, eot)
-            if tail is not None:
-                queue.append((i, *tail, False))
-            elif files[i].done:
-                finish(i, files.pop(i))
+        for item, ids in zip(batch, decoder([q[2] for q in batch])):
+            if fallback is not None and fallback.loops(ids):
+                files[item[0]].hotter += 1
+                hot.append(item)
+            else:
+                settle(item, ids)
+
+    def flush_hot() -> None:
+        batch, hot[:] = hot[:batch_size], hot[batch_size:]
+        for item, ids in zip(batch, fallback.decode([q[2] for q in batch])):
+            settle(item, ids)
 
     for i in range(len(names)):
         try:
@@ -222,15 +251,7 @@ def transcribe_files(
             if on_done:
                 on_done(i)
             continue
-        p = plan_probabilities(model.probabilities(wav), window_samples, options)
-        state = _File([samples_of(q, len(wav)) for q in p.pieces], len(wav), [c * vad.FRAME for c in p.split])
-        for c in state.split:
-            log.warning(
-                "%s: speech without a pause for longer than the %.0f s window; cut inside it at %.2f s",
-                names[i],
-                window_samples / audio.SAMPLE_RATE,
-                c / audio.SAMPLE_RATE,
-            )
+        state = _planned(wav, str(names[i]), model, window_samples, options)
         if not state.pieces:  # no speech: nothing to decode
             finish(i, state)
             continue
@@ -238,9 +259,28 @@ def transcribe_files(
         queue += [(i, k, wav[s:e], True) for k, (s, e) in enumerate(state.pieces)]
         while len(queue) >= batch_size:
             flush()
-    while queue:
-        flush()
+        while len(hot) >= batch_size:
+            flush_hot()
+    while queue or hot:  # a piece decoded again may leave a tail to decode
+        if queue:
+            flush()
+        else:
+            flush_hot()
     return results
+
+
+def _planned(wav: np.ndarray, name: str, model: vad.SileroVad, window_samples: int, options: vad.VadOptions) -> _File:
+    """A recording cut into pieces (none without speech); a cut inside speech is logged."""
+    p = plan_probabilities(model.probabilities(wav), window_samples, options)
+    state = _File([samples_of(q, len(wav)) for q in p.pieces], len(wav), [c * vad.FRAME for c in p.split])
+    for c in state.split:
+        log.warning(
+            "%s: speech without a pause for longer than the %.0f s window; cut inside it at %.2f s",
+            name,
+            window_samples / audio.SAMPLE_RATE,
+            c / audio.SAMPLE_RATE,
+        )
+    return state
 
 
 def merge_file(state: _File, timestamp_begin: int, eot: int, decode_text: Callable[[list[int]], str]) -> dict:
@@ -262,6 +302,7 @@ def merge_file(state: _File, timestamp_begin: int, eot: int, decode_text: Callab
             "pieces": n_pieces,
             "speech_seconds": round(sum(e - s for s, e in state.pieces[:n_pieces]) / sr, 2),
             "tails_decoded_again": len(state.tail_of),
+            "decoded_again_hotter": state.hotter,
             "split_speech": [round(c / sr, 2) for c in state.split],
         },
     }
