@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distil_whisper_jax.core import parallel
+from distil_whisper_jax.decode.decoding import padded_rows
 from distil_whisper_jax.decode.generate import GenerationOptions, generation_options
 from distil_whisper_jax.decode.prompted import generate_prompted
 from distil_whisper_jax.speech import audio
@@ -398,6 +399,11 @@ def window_fallback(
     if len(options.temperatures) < 2:
         return None
     run = _runner(pre, params, batch_size, dtype, devices, language, task, max_new_tokens, options)
+    sized = {run.batch: run}  # a few looping pieces run as a few rows (decoding.padded_rows), not a full batch
+
+    def rows(n: int) -> _Runner:
+        k = padded_rows(n, run.batch, len(run.devices))
+        return sized.setdefault(k, dataclasses.replace(run, batch=k))
 
     def decode(waves: list[np.ndarray]) -> list[list[int]]:
         files = []
@@ -407,11 +413,12 @@ def window_fallback(
                 raise ValueError(f"window_fallback: waveform {i} is empty")
             files.append(f)
         out: dict[int, list[int]] = {}
+        taken: Counter = Counter()
         while files:
             retry = []
             for b in range(0, len(files), run.batch):
                 batch = files[b : b + run.batch]
-                for f, (ids, sum_lp, no_speech) in zip(batch, run.step(batch)):
+                for f, (ids, sum_lp, no_speech) in zip(batch, rows(len(batch)).step(batch)):
                     text = run.decode_text([t for t in ids if t < run.specials.eot]).strip()
                     avg_logprob, hotter = sum_lp / (len(ids) + 1), f.temp_i + 1 < len(options.temperatures)
                     if hotter and _needs_fallback(options, compression_ratio(text), avg_logprob, no_speech):
@@ -419,7 +426,9 @@ def window_fallback(
                         retry.append(f)
                     else:  # what openai-whisper takes as silence gives no text, as in sequential mode
                         out[f.index] = [] if _is_silence(options, avg_logprob, no_speech) else ids
+                        taken[options.temperatures[f.temp_i]] += 1
             files = retry
+        log.info("temperature fallback: %d window(s) decoded again, taken at temperature %s", len(waves), dict(taken))
         return [out[i] for i in range(len(waves))]
 
     return decode
