@@ -265,17 +265,22 @@ def test_missing_runtime_or_model_is_named_before_work(monkeypatch, talk, tmp_pa
         PseudoLabelConfig(dataset_name="x", output_dir=str(tmp_path), long_audio="vad").validate()
 
 
+def _said(w: np.ndarray, *tokens: int, until: float | None = None) -> list[int]:
+    """A fake output: ``tokens`` in one segment from 0 s to ``until`` (default the piece's end)."""
+    end = len(w) / SR if until is None else until
+    return [50363, *tokens, 50363 + round(end / 0.02)]
+
+
 def test_looping_pieces_go_to_the_fallback_and_its_output_is_kept():
     """Pieces whose greedy output loops are decoded again by the fallback, a batch at a time, and only those."""
-    loop, fine, hot = [50363, 7, 7, 7, 7], [50363, 1, 2, 50364], [50363, 3, 50364]
     sent: list[int] = []
 
-    def greedy(waves):
-        return [loop if len(w) > 20 * SR else fine for w in waves]  # the two ~30 s pieces loop, the 10 s one not
+    def greedy(waves):  # the two ~30 s pieces loop, the 10 s one does not
+        return [_said(w, 7, 7, 7, 7) if len(w) > 20 * SR else _said(w, 1, 2) for w in waves]
 
     def hotter(waves):
         sent.extend(len(w) for w in waves)
-        return [hot for _ in waves]
+        return [_said(w, 3) for w in waves]
 
     fallback = vad_pieces.Fallback(lambda ids: ids.count(7) > 2, hotter)
     [r] = vad_pieces.transcribe_files(
@@ -283,7 +288,43 @@ def test_looping_pieces_go_to_the_fallback_and_its_output_is_kept():
         lambda ids: " ".join(map(str, ids)), model=_SpeechEverywhere(), fallback=fallback,
     )  # fmt: skip
     assert len(sent) == 2 and min(sent) > 20 * SR and r["vad"]["decoded_again_hotter"] == 2
-    assert r["text"] == "3 3 1 2" and "7" not in r["text"]
+    assert r["text"] == "3 3 1 2" and r["vad"]["tails_decoded_again"] == 0
+
+
+class _SpeechUntil:
+    """A stand-in VAD that hears speech for the first 20 s, then silence."""
+
+    def probabilities(self, wav):
+        probs = np.full(-(-len(wav) // vad.FRAME), 0.02, np.float32)
+        probs[: 20 * SR // vad.FRAME] = 0.95
+        return probs
+
+
+@pytest.mark.parametrize("closed_at, tail", [(10.0, True), (19.6, False)])
+def test_speech_left_unsaid_after_a_closed_segment_is_decoded_again(closed_at, tail):
+    """Whisper may close a segment and stop with speech still to come in its window: when the VAD heard at least
+    UNSAID_MIN_S of speech after the last timestamp, that tail is decoded again (once); less is left alone."""
+    heard: list[float] = []
+
+    def decoder(waves):
+        heard.extend(len(w) / SR for w in waves)
+        return [_said(w, 1, until=closed_at) if len(heard) == 1 else _said(w, 2) for w in waves]
+
+    [r] = vad_pieces.transcribe_files(
+        ["speech.wav"], lambda i: np.zeros(25 * SR, np.float32), decoder, 2, 30 * SR, 50363, 50256,
+        lambda ids: " ".join(map(str, ids)), model=_SpeechUntil(),
+    )  # fmt: skip
+    piece = 20 + vad_pieces.PAD_S
+    assert heard[0] == pytest.approx(piece, abs=0.05)
+    if tail:
+        assert heard[1:] == [pytest.approx(piece - closed_at, abs=0.05)] and r["text"] == "1 2"
+        assert [(s["start"], s["end"]) for s in r["segments"]] == [
+            (0.0, closed_at),
+            (closed_at, pytest.approx(piece, abs=0.05)),
+        ]
+    else:
+        assert heard[1:] == [] and r["text"] == "1"
+    assert r["vad"]["tails_decoded_again"] == int(tail)
 
 
 def test_the_fallback_decodes_a_window_like_greedy_at_temperature_0(tiny, talk):

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PAD_S = 0.4  # speech padding on each side: the model hears the start and end of a stretch whole
 TAIL_MIN_S = 0.5  # a tail the model left undecoded is decoded again when it is at least this long
+UNSAID_MIN_S = 1.0  # ... and after a closed last segment, when the VAD heard at least this much speech in it
 
 Decoder = Callable[[list[np.ndarray]], list[list[int]]]
 
@@ -155,19 +156,29 @@ class _File:
     pieces: list[tuple[int, int]]  # in samples; a tail decoded again is appended as a piece of its own
     n_samples: int
     split: list[int]  # in samples
+    speech: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # the VAD's stretches, in samples
     outputs: dict[int, list[int]] = dataclasses.field(default_factory=dict)
     tail_of: dict[int, int] = dataclasses.field(default_factory=dict)  # tail piece -> the piece it continues
     hotter: int = 0  # pieces whose greedy output looped, decoded again by the fallback
 
     def take(self, k: int, ids: list[int], samples: np.ndarray, retry: bool, timestamp_begin: int, eot: int):
         """Record piece ``k``'s ids; returns ``(index, samples)`` of its tail to decode again, or None. The tail
-        starts where the model opened its last segment (as openai-whisper's next window would)."""
+        starts where the model opened its last segment, or where its last segment closed when the VAD heard
+        speech after it that the model left unsaid (as openai-whisper's next window would start there)."""
         self.outputs[k] = ids
-        t = open_tail(ids, timestamp_begin, eot)
-        cut = 0 if t is None else int(round(t * audio.SAMPLE_RATE))
-        if not retry or not 0 < cut < len(samples) - TAIL_MIN_S * audio.SAMPLE_RATE:
+        if not retry:
             return None
         start, end = self.pieces[k]
+        t, sr = open_tail(ids, timestamp_begin, eot), audio.SAMPLE_RATE
+        if t is not None:
+            cut = int(round(t * sr))
+            if not 0 < cut < len(samples) - TAIL_MIN_S * sr:
+                return None
+        else:
+            t = closed_end(ids, timestamp_begin, eot)
+            cut = 0 if t is None else int(round(t * sr))
+            if not 0 < cut < len(samples) or self.speech_in(start + cut, end) < UNSAID_MIN_S * sr:
+                return None
         self.pieces.append((start + cut, end))
         self.tail_of[len(self.pieces) - 1] = k
         return len(self.pieces) - 1, samples[cut:]
@@ -175,6 +186,10 @@ class _File:
     @property
     def done(self) -> bool:
         return len(self.outputs) == len(self.pieces)
+
+    def speech_in(self, a: int, b: int) -> int:
+        """Samples of the VAD's speech within ``[a, b)``."""
+        return sum(max(0, min(e, b) - max(s, a)) for s, e in self.speech)
 
 
 def open_tail(ids: Sequence[int], timestamp_begin: int, eot: int) -> float | None:
@@ -185,6 +200,17 @@ def open_tail(ids: Sequence[int], timestamp_begin: int, eot: int) -> float | Non
     window, so the tail from there is decoded again on its own (with silence after it, it is transcribed)."""
     stamps = [j for j, t in enumerate(ids) if t >= timestamp_begin]
     if len(stamps) % 2 == 0 or any(t < eot for t in ids[stamps[-1] + 1 :]):
+        return None
+    return (ids[stamps[-1]] - timestamp_begin) * longform.SECONDS_PER_TIMESTAMP
+
+
+def closed_end(ids: Sequence[int], timestamp_begin: int, eot: int) -> float | None:
+    """Where (seconds into the piece) the output's last segment closed, when it ends on a closed segment (an even
+    number of timestamps, nothing after the last one), or None. Whisper may also stop after a complete segment
+    with speech still to come in the window (that speech would open the next window); ``take`` decodes it again
+    when the VAD heard it."""
+    stamps = [j for j, t in enumerate(ids) if t >= timestamp_begin]
+    if not stamps or len(stamps) % 2 or any(t < eot for t in ids[stamps[-1] + 1 :]):
         return None
     return (ids[stamps[-1]] - timestamp_begin) * longform.SECONDS_PER_TIMESTAMP
 
@@ -271,8 +297,10 @@ def transcribe_files(
 
 def _planned(wav: np.ndarray, name: str, model: vad.SileroVad, window_samples: int, options: vad.VadOptions) -> _File:
     """A recording cut into pieces (none without speech); a cut inside speech is logged."""
-    p = plan_probabilities(model.probabilities(wav), window_samples, options)
+    probs = model.probabilities(wav)
+    p = plan_probabilities(probs, window_samples, options)
     state = _File([samples_of(q, len(wav)) for q in p.pieces], len(wav), [c * vad.FRAME for c in p.split])
+    state.speech = [samples_of(q, len(wav)) for q in vad.speech_spans(probs, options)]
     for c in state.split:
         log.warning(
             "%s: speech without a pause for longer than the %.0f s window; cut inside it at %.2f s",
