@@ -265,6 +265,18 @@ def test_missing_runtime_or_model_is_named_before_work(monkeypatch, talk, tmp_pa
         PseudoLabelConfig(dataset_name="x", output_dir=str(tmp_path), long_audio="vad").validate()
 
 
+def test_loops_are_units_repeated_many_times_in_a_row_not_repetitive_speech():
+    eot, ts = 50256, 50363
+    o = 440  # any text token
+    assert vad_pieces.loops([ts, *[o] * 40], eot)  # "O O O O …" to the cap
+    assert vad_pieces.loops([ts, 1, 2, 3, *[7, 8, 9] * 6, ts + 50], eot)  # a 3-token phrase six times
+    assert vad_pieces.loops([ts, *[t for k in range(6) for t in (5, 6, 7, ts + k, ts + k)]], eot)  # stamps between
+    assert not vad_pieces.loops([ts, *[7, 8] * 4, 9, ts + 100], eot)  # "no, no, no, no": 8 tokens
+    assert not vad_pieces.loops([ts, *range(1, 60), ts + 100], eot)
+    phrase = [11, 12, 13, 14]  # a prompt's refrain ("press the hash key") between other words: not in a row
+    assert not vad_pieces.loops([ts, *[t for k in range(6) for t in (100 + k, 200 + k, *phrase)], ts + 99], eot)
+
+
 def _said(w: np.ndarray, *tokens: int, until: float | None = None) -> list[int]:
     """A fake output: ``tokens`` in one segment from 0 s to ``until`` (default the piece's end)."""
     end = len(w) / SR if until is None else until
@@ -343,9 +355,10 @@ def test_the_fallback_decodes_a_window_like_greedy_at_temperature_0(tiny, talk):
     assert wer(refs, text) < 25, (refs, text)
 
 
-def test_vad_with_every_piece_sent_to_a_temperature_0_fallback_equals_plain_vad(tiny, talk, vad_run):
+def test_vad_with_every_piece_sent_to_a_temperature_0_fallback_equals_plain_vad(tiny, talk, vad_run, monkeypatch):
     """The whole path: every piece counted as looping, decoded again at temperature 0, gives the same result."""
-    forced = sequential.SequentialOptions(temperatures=(0.0, 0.0), compression_ratio_threshold=0.0)
+    monkeypatch.setattr(vad_pieces, "loops", lambda ids, eot: True)
+    forced = sequential.SequentialOptions(temperatures=(0.0, 0.0))
     [r] = tr.transcribe(
         [talk[0]], tiny, batch_size=2, long_form="vad", devices=ONE, progress=False, sequential_options=forced
     )

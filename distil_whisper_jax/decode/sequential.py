@@ -387,14 +387,16 @@ def window_fallback(
     task: str = "transcribe",
     max_new_tokens: int | None = None,
     options: SequentialOptions | None = None,
+    loops: Callable[[list[int]], bool] | None = None,
 ) -> Callable[[list[np.ndarray]], list[list[int]]] | None:
     """openai-whisper's temperature fallback for windows decoded on their own, for a caller whose greedy output
-    of a window failed the compression-ratio check (``--long_form vad``: a piece that loops). The returned
-    function decodes each waveform (at most one window) without previous text, at ``options.temperatures``
-    from the second on, until its output passes the compression-ratio and log-probability checks; the last
-    temperature's output stands otherwise, as in openai-whisper. It returns each waveform's ids up to EOT
-    (timestamps relative to its start; none when the output looks like silence). ``None`` when the options leave
-    no temperature to fall back to. Nothing is compiled until the function is first called."""
+    of a window was bad (``--long_form vad``: a piece that loops). The returned function decodes each waveform
+    (at most one window) without previous text, at ``options.temperatures`` from the second on, until its output
+    passes the checks: ``loops(ids)`` is false, or without ``loops`` openai-whisper's compression-ratio and
+    log-probability tests; the last temperature's output stands otherwise, as in openai-whisper. It returns each
+    waveform's ids up to EOT (timestamps relative to its start; none when the output looks like silence).
+    ``None`` when the options leave no temperature to fall back to. Nothing is compiled until the function is
+    first called."""
     options = options or SequentialOptions()
     if len(options.temperatures) < 2:
         return None
@@ -421,7 +423,11 @@ def window_fallback(
                 for f, (ids, sum_lp, no_speech) in zip(batch, rows(len(batch)).step(batch)):
                     text = run.decode_text([t for t in ids if t < run.specials.eot]).strip()
                     avg_logprob, hotter = sum_lp / (len(ids) + 1), f.temp_i + 1 < len(options.temperatures)
-                    if hotter and _needs_fallback(options, compression_ratio(text), avg_logprob, no_speech):
+                    if loops is not None:
+                        bad = loops(ids)
+                    else:
+                        bad = _needs_fallback(options, compression_ratio(text), avg_logprob, no_speech)
+                    if hotter and bad:
                         f.temp_i += 1
                         retry.append(f)
                     else:  # what openai-whisper takes as silence gives no text, as in sequential mode

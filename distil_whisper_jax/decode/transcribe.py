@@ -13,6 +13,7 @@ transcribed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -62,11 +63,11 @@ class TranscribeConfig(DecodingFlags, CompileCacheFlags):
     temperature: float = config_lib.flag(0.0, "--long_form sequential: first sampling temperature (0: greedy)")
     temperature_increment_on_fallback: float | None = config_lib.flag(
         0.2,
-        "--long_form sequential (and vad, for a piece that loops): temperature step when a window fails the "
-        "thresholds below (0: no fallback)",
+        "--long_form sequential: temperature step when a window fails the thresholds below (0: no fallback); "
+        "--long_form vad: the temperatures for a piece that loops",
     )
     compression_ratio_threshold: float | None = config_lib.flag(
-        2.4, "--long_form sequential and vad: decode again hotter when the text's gzip compression ratio is above this"
+        2.4, "--long_form sequential: decode again hotter when the text's gzip compression ratio is above this"
     )
     logprob_threshold: float | None = config_lib.flag(
         -1.0, "--long_form sequential: decode again hotter when the average log-probability is below this"
@@ -222,7 +223,7 @@ def transcribe(
     openai-whisper's algorithm (``sequential.py``), files streamed block by block, also with timestamped
     segments, its settings in ``sequential_options``. ``"vad"``: files of any length, cut at the pauses the
     voice-activity model finds into pieces of at most one window (``vad_pieces.py``), timestamped segments; a
-    piece whose greedy output loops is decoded again with the temperatures of ``sequential_options``."""
+    piece whose greedy output loops is decoded again at the temperatures of ``sequential_options``."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
@@ -313,7 +314,7 @@ def transcribe_loaded(
 
     if long_form == "vad":
         window = round(dec.pre.config.input_seconds * audio.SAMPLE_RATE)
-        fallback = _vad_fallback(dec, sequential_options, lambda ids: text([t for t in ids if t < sp.eot]))
+        fallback = _vad_fallback(dec, sequential_options, sp.eot)
         return vad_pieces.transcribe_files(
             names, load, dec, dec.batch_size, window, sp.timestamp_begin, sp.eot, text, on_done=on_done,
             fallback=fallback,
@@ -324,20 +325,15 @@ def transcribe_loaded(
     )
 
 
-def _vad_fallback(
-    dec: Decoder, options: sequential.SequentialOptions | None, text: Callable[[list[int]], str]
-) -> vad_pieces.Fallback | None:
-    """``--long_form vad``: a piece whose greedy output fails sequential mode's compression-ratio test is decoded
-    again with its temperatures and thresholds (None when they leave no fallback)."""
-    options = options or sequential.SequentialOptions()
-    limit = options.compression_ratio_threshold
+def _vad_fallback(dec: Decoder, options: sequential.SequentialOptions | None, eot: int) -> vad_pieces.Fallback | None:
+    """``--long_form vad``: a piece whose greedy output loops is decoded again at sequential mode's temperatures
+    until it no longer does (None when the temperatures leave no fallback)."""
+    loops = functools.partial(vad_pieces.loops, eot=eot)
     decode = sequential.window_fallback(
         dec.pre, params=dec.params, batch_size=dec.batch_size, dtype=DTYPES[dec.dtype], devices=dec.devices,
-        language=dec.language, task=dec.task, max_new_tokens=dec.max_new_tokens, options=options,
+        language=dec.language, task=dec.task, max_new_tokens=dec.max_new_tokens, options=options, loops=loops,
     )  # fmt: skip
-    if decode is None or limit is None:
-        return None
-    return vad_pieces.Fallback(lambda ids: sequential.compression_ratio(text(ids).strip()) > limit, decode)
+    return None if decode is None else vad_pieces.Fallback(loops, decode)
 
 
 def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> list[dict]:

@@ -13,9 +13,10 @@ mode uses; a short batch runs as fewer rows, ``decoding.padded_rows``); a file i
 comes back. Whisper learned from windows that cut speech off, so when a piece's speech runs close to its end the
 model may open a last segment and stop, leaving that speech to a next window that does not exist here; such a tail
 (``open_tail``) is queued once more as a piece of its own, from the model's last timestamp (where openai-whisper's
-next window would start). A piece whose greedy output loops (its text compresses too well, openai-whisper's test)
-is decoded again with openai-whisper's temperature fallback (``Fallback``, ``sequential.window_fallback``), a batch
-of such pieces at a time; greedy decoding alone repeats one word to the token cap on some real recordings.
+next window would start), and so is speech the VAD heard after the output's last closed segment (``closed_end``).
+A piece whose greedy output loops (``loops``: a unit of tokens repeated many times in a row) is decoded again
+with openai-whisper's temperatures (``Fallback``, ``sequential.window_fallback``), a batch of such pieces at a
+time, until it no longer loops; greedy decoding alone repeats one word to the token cap on some real recordings.
 A recording in which the VAD finds no speech gives no text and no segments, without decoding anything: silence
 and noise never reach the model.
 
@@ -44,10 +45,31 @@ UNSAID_MIN_S = 1.0  # ... and after a closed last segment, when the VAD heard at
 Decoder = Callable[[list[np.ndarray]], list[list[int]]]
 
 
+LOOP_UNIT = 8  # tokens: the longest unit ``loops`` looks for
+LOOP_REPEATS = 5  # a unit said this many times in a row (and at least LOOP_TOKENS tokens) is a loop, not speech
+LOOP_TOKENS = 16
+
+
+def loops(ids: Sequence[int], eot: int) -> bool:
+    """Does the output say one unit of 1-``LOOP_UNIT`` text tokens ``LOOP_REPEATS`` times or more in a row,
+    spanning at least ``LOOP_TOKENS`` tokens (timestamps between the repeats ignored)? That is how greedy decoding
+    loops ("O O O O …" to the token cap). openai-whisper's gzip compression ratio is not used here: repetitive
+    but correct text compresses well too, and UTF-8 Cyrillic even more (Russian prompts score 2.0-3.1 against
+    its threshold of 2.4), so it sends correct pieces to sampling."""
+    toks = [t for t in ids if t < eot]
+    for unit in range(1, LOOP_UNIT + 1):
+        run = 0
+        for i in range(unit, len(toks)):
+            run = run + 1 if toks[i] == toks[i - unit] else 0
+            if run + unit >= max(LOOP_TOKENS, LOOP_REPEATS * unit):
+                return True
+    return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Fallback:
-    """What to do with a piece whose greedy output loops: ``loops(ids)`` says it does (openai-whisper's
-    compression-ratio test), ``decode`` decodes such pieces again (``sequential.window_fallback``: hotter)."""
+    """What to do with a piece whose greedy output loops: ``loops(ids)`` says it does, ``decode`` decodes such
+    pieces again (``sequential.window_fallback``: hotter, until the output no longer loops)."""
 
     loops: Callable[[list[int]], bool]
     decode: Decoder
