@@ -170,6 +170,27 @@ def _ml_student_row(lang: str) -> list[tuple[Getter, str]]:
             *[(at("gaps", k, key), ".2f") for key in ("value", "low", "high")]]  # fmt: skip
 
 
+def in_other(results: str, getter: Getter) -> Getter:
+    """``getter`` applied to another committed JSON (a table that sets two runs side by side)."""
+
+    def get(d: Any) -> float:
+        return getter(json.loads((RESULTS / results).read_text(encoding="utf-8")))
+
+    get.__name__ = f"{results}:{getter.__name__}"
+    return get
+
+
+ML30 = "multilingual_student_30s.json"
+
+
+def _ml30_row(lang: str) -> list[tuple[Getter, str]]:
+    """One language of the 30 s student: teacher/student WER, the gap with its interval, the 15 s student's gap."""
+    k = f"heldout_{lang}"
+    return [(at("models", "teacher", "wer", k), ".2f"), (at("models", "student_trained", "wer", k), ".2f"),
+            *[(at("gaps", k, key), ".2f") for key in ("value", "low", "high")],
+            (in_other(ML, at("gaps", k, "value")), ".2f")]  # fmt: skip
+
+
 def _draft_row(i: int) -> list[tuple[Getter, str]]:
     """One row of the draft-vocabulary table: dtype, shortlist size (or all), speeds, acceptance, passes."""
     r = ("rows", i)
@@ -586,6 +607,15 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (README, "a 2-layer, 15 s student of whisper-base, {} h of Debian's", ML, [
         (at("data", "labelled", "audio_hours_written"), ".2f")]),
     (BENCH, "load\n  average {} at the end", ML, [(at("machine", "load_avg_1m_end"), ".1f")]),
+    *[(BENCH, f"| {name} | {{}} % | {{}} % | {{}} [{{}}, {{}}] | {{}} |", ML30, _ml30_row(lang))
+      for lang, name in (("fr", "French"), ("es", "Spanish"), ("it", "Italian"), ("ru", "Russian"))],
+    (BENCH, "(AMD EPYC, 2 cores, {} minutes, other work\non the machine during most of the training, load average {} "
+     "at the end)", ML30, [(scaled(at("times_s", "total"), 1 / 60), ".0f"), (at("machine", "load_avg_1m_end"), ".1f")]),
+    (BENCH, "({} packs, {} h)", ML30, [(at("data", "labelled", "rows_written"), "d"),
+                                      (at("data", "labelled", "audio_hours_written"), ".2f")]),
+    (BENCH, "Speed at batch 1: {}× the teacher ({} against {} audio seconds per second), against {}× for the 15 s",
+     ML30, [(at("speedup"), ".2f"), (at("models", "student_trained", "heldout_audio_s_per_s"), ".2f"),
+            (at("models", "teacher", "heldout_audio_s_per_s"), ".2f"), (in_other(ML, at("speedup")), ".2f")]),
     (BENCH, "{} passes over it", ML, [(lambda d: d["config"]["max_steps"] * d["config"]["batch_size"]
                                        / d["data"]["labelled"]["rows_written"], ".0f")]),
     (BENCH, "**New voices: the gap falls {} ± {} points per doubling of the hours**", DS, [
