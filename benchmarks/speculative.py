@@ -74,6 +74,13 @@ def build_base_student(work: Path) -> Path:
 def measure(
     pre, waves: list[np.ndarray], batch: int, assistant=None, language=None, dtype="float32", vocab_size=0
 ) -> dict:
+    """One configuration timed once over ``waves`` after a warm-up batch (its compilation)."""
+    dec, warm = prepared(pre, waves, batch, assistant, language, dtype, vocab_size)
+    return timed_pass(dec, waves, batch, warm)
+
+
+def prepared(pre, waves, batch, assistant=None, language=None, dtype="float32", vocab_size=0):
+    """The decoder of one configuration, warmed up (compiled) on the first batch: (decoder, warm-up seconds)."""
     dec = decoding.decoder(
         pre,
         batch_size=batch,
@@ -85,8 +92,12 @@ def measure(
     )
     t0 = time.perf_counter()
     dec(waves[:batch])
-    warm = time.perf_counter() - t0
-    dec.drafted = dec.accepted = dec.passes = 0  # count the timed pass only
+    return dec, time.perf_counter() - t0
+
+
+def timed_pass(dec, waves: list[np.ndarray], batch: int, warm: float) -> dict:
+    """One timed pass of a prepared decoder over every input (its drafted/accepted counts are this pass's)."""
+    dec.drafted = dec.accepted = dec.passes = 0
     ids, t1 = [], time.perf_counter()
     for i in range(0, len(waves), batch):
         ids += dec(waves[i : i + batch])
@@ -97,10 +108,27 @@ def measure(
         "speed": round(audio_s / seconds, 2),
         "compile_seconds": round(warm, 2),
         "acceptance": None if dec.acceptance is None else round(dec.acceptance, 4),
-        "teacher_passes": dec.passes if assistant is not None else None,
+        "teacher_passes": dec.passes if dec.assistant is not None else None,
         "draft_vocab": None if dec.assistant_vocab is None else len(dec.assistant_vocab),
         "ids": ids,
     }
+
+
+def interleaved(teacher, student, waves, batch, language, dtype, vocab_size, repeats: int) -> tuple[dict, dict]:
+    """The teacher alone and with the student drafting, timed in turns ``repeats`` times (a slow spell of the
+    machine then hits both): each with its median speed (of two passes, the faster), ids and counts of the first
+    pass."""
+    alone_dec, alone_warm = prepared(teacher, waves, batch, None, language, dtype)
+    spec_dec, spec_warm = prepared(teacher, waves, batch, student, language, dtype, vocab_size)
+    alone, spec = [], []
+    for _ in range(repeats):
+        alone.append(timed_pass(alone_dec, waves, batch, alone_warm))
+        spec.append(timed_pass(spec_dec, waves, batch, spec_warm))
+    out = []
+    for runs in (alone, spec):
+        speeds = sorted(r["speed"] for r in runs)
+        out.append({**runs[0], "speed": speeds[len(speeds) // 2], "speeds": [r["speed"] for r in runs]})
+    return out[0], out[1]
 
 
 def student_info(student_dir: str) -> dict:
@@ -130,15 +158,15 @@ def ensure_draft_vocab(student_dir: str) -> None:
         write_draft_vocab(student_dir, collections.Counter(t for ids in training_labels(student_dir) for t in ids))
 
 
-def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=0, bf16=True) -> list[dict]:
+def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=0, bf16=True, repeats=1) -> list[dict]:
     """fp32 at every batch size (ids must be identical), and bf16 at batch 1 (where rounding can change a
     verification: the rows whose ids differ from the teacher alone in bf16 are counted); with ``vocab_size``, also
-    the student drafting from that many of its label tokens (``--assistant_vocab_size``) at batch 1 in fp32."""
+    the student drafting from that many of its label tokens (``--assistant_vocab_size``) at batch 1 in fp32. Each
+    pair is timed in turns ``repeats`` times; the speeds are the medians."""
     rows = []
     configs = [(b, "float32", 0) for b in batches] + ([(1, "bfloat16", 0)] if bf16 else [])
     for b, dtype, v in configs + ([(1, "float32", vocab_size)] if vocab_size else []):
-        alone = measure(teacher, waves, b, language=language, dtype=dtype)
-        spec = measure(teacher, waves, b, assistant=student, language=language, dtype=dtype, vocab_size=v)
+        alone, spec = interleaved(teacher, student, waves, b, language, dtype, v, repeats)
         row = {
             "teacher": name,
             "batch": b,
@@ -147,6 +175,7 @@ def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=
             "teacher_speed": alone["speed"],
             "speculative_speed": spec["speed"],
             "speedup": round(spec["speed"] / alone["speed"], 2),
+            "repeats": {"teacher_speeds": alone["speeds"], "speculative_speeds": spec["speeds"]},
             "acceptance": spec["acceptance"],
             "identical_ids": alone["ids"] == spec["ids"],
             "rows_differing": sum(a != s for a, s in zip(alone["ids"], spec["ids"])),
@@ -170,19 +199,23 @@ def pair_rows(name: str, teacher, student, waves, batches, language, vocab_size=
     return rows
 
 
-def multilingual_rows(work: Path) -> list[dict]:
+def multilingual_rows(work: Path, vocab_size: int = 0, repeats: int = 1) -> list[dict]:
     """whisper-base alone and with the real-speech multilingual student (``multilingual_student.py``'s output
-    directory ``work``) drafting, per language on that student's held-out prompts, fp32 at batch 1."""
+    directory ``work``) drafting, per language on that student's held-out prompts, fp32 at batch 1 (and with a
+    ``vocab_size`` shortlist)."""
     student_dir = work / "trained" / "hf"
     tsvs = sorted(work.glob("heldout_*.tsv"))
     if not student_dir.is_dir() or not tsvs:
         raise SystemExit(f"--multilingual_student {work}: no trained/hf or heldout_*.tsv (run multilingual_student)")
-    teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(student_dir)
+    teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(str(student_dir))
+    if vocab_size:
+        ensure_draft_vocab(str(student_dir))
     rows = []
     for tsv in tsvs:
         lang = tsv.stem.removeprefix("heldout_")
         waves = [audio.load_audio(r["audio"]) for r in manifest_rows(tsv)]
-        rows += pair_rows(f"base, {lang} held-out prompts", teacher, student, waves, [1], lang, bf16=False)
+        name = f"base, {lang} held-out prompts"
+        rows += pair_rows(name, teacher, student, waves, [1], lang, vocab_size, bf16=False, repeats=repeats)
     return rows
 
 
@@ -195,6 +228,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draft_vocab", type=int, default=0, help="also draft from this many frequent tokens (0: no)")
     ap.add_argument("--multilingual_student", type=Path, help="multilingual_student.py's --output_dir: its student "
                     "drafts for whisper-base on its held-out prompts, per language")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=1, help="time each pair this many times in turns (the median)")
     ap.add_argument("--quick", action="store_true", help="4 clips only")
     ap.add_argument("--output", default=str(RESULTS_DIR / "speculative.json"))
     args = ap.parse_args(argv)
@@ -212,12 +246,14 @@ def main(argv=None) -> int:
             ensure_draft_vocab(student_dir)
     if args.tiny_student:
         student = load_pretrained(args.tiny_student)
-        rows += pair_rows("tiny.en", load_pretrained(), student, waves, batches, None, args.draft_vocab)
+        rows += pair_rows(
+            "tiny.en", load_pretrained(), student, waves, batches, None, args.draft_vocab, True, args.repeats
+        )
     if base_student:
         teacher, student = load_pretrained(multilingual_base_dir()), load_pretrained(base_student)
-        rows += pair_rows("base", teacher, student, waves, batches, "en", args.draft_vocab)
+        rows += pair_rows("base", teacher, student, waves, batches, "en", args.draft_vocab, repeats=args.repeats)
     if args.multilingual_student:
-        rows += multilingual_rows(args.multilingual_student)
+        rows += multilingual_rows(args.multilingual_student, args.draft_vocab, args.repeats)
     report = {
         "benchmark": "speculative",
         **run_record(load_start),

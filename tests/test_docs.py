@@ -180,7 +180,16 @@ def in_other(results: str, getter: Getter) -> Getter:
     return get
 
 
-ML30 = "multilingual_student_30s.json"
+ML30, SPM30 = "multilingual_student_30s.json", "speculative_multilingual_30s.json"
+
+
+def _spm30_row(i: int) -> list[tuple[Getter, str]]:
+    """One row of the shared-encoder speculative table: prompts, shortlist, speeds, acceptance, passes, differing."""
+    r = ("rows", i)
+    return [(at(*r, "items"), "d"), (lambda d: d["rows"][i]["draft_vocab"] or "all", ""),
+            (at(*r, "teacher_speed"), ".2f"), (at(*r, "speculative_speed"), ".2f"), (at(*r, "speedup"), ".2f"),
+            (scaled(at(*r, "acceptance"), 100), ".1f"), (at(*r, "teacher_passes"), "d"),
+            (at(*r, "rows_differing"), "d")]  # fmt: skip
 
 
 def _ml30_row(lang: str) -> list[tuple[Getter, str]]:
@@ -607,6 +616,16 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (README, "a 2-layer, 15 s student of whisper-base, {} h of Debian's", ML, [
         (at("data", "labelled", "audio_hours_written"), ".2f")]),
     (BENCH, "load\n  average {} at the end", ML, [(at("machine", "load_avg_1m_end"), ".1f")]),
+    *[(BENCH, f"| {lang} | {{}} | {{}} | {{}} | {{}} | {{}}× | {{}} % | {{}} | {{}} |", SPM30, _spm30_row(i))
+      for i, lang in enumerate(("es", "es", "fr", "fr", "it", "it", "ru", "ru"))],
+    (README, "which shares the teacher's encoder: {}–{} % accepted, {}–{}× the teacher ({}–{}× with an 8,192-token "
+     "shortlist", SPM30, [
+        (lambda d: 100 * min(r["acceptance"] for r in d["rows"] if not r["draft_vocab"]), ".0f"),
+        (lambda d: 100 * max(r["acceptance"] for r in d["rows"] if not r["draft_vocab"]), ".0f"),
+        *[(lambda d, f=f, v=v: f(r["speedup"] for r in d["rows"] if bool(r["draft_vocab"]) == v), ".2f")
+          for v in (False, True) for f in (min, max)]]),
+    (BENCH, "speculative_multilingual_30s.json` on 2026-12-08 (AMD EPYC, load average {} at the start)", SPM30, [
+        (at("machine", "load_avg_1m_start"), ".1f")]),
     *[(BENCH, f"| {name} | {{}} % | {{}} % | {{}} [{{}}, {{}}] | {{}} |", ML30, _ml30_row(lang))
       for lang, name in (("fr", "French"), ("es", "Spanish"), ("it", "Italian"), ("ru", "Russian"))],
     (BENCH, "(AMD EPYC, 2 cores, {} minutes, other work\non the machine during most of the training, load average {} "
