@@ -618,6 +618,9 @@ QUOTES: list[tuple[str, str, str, list[tuple[Getter, str]]]] = [
     (BENCH, "load\n  average {} at the end", ML, [(at("machine", "load_avg_1m_end"), ".1f")]),
     *[(BENCH, f"| {lang} | {{}} | {{}} | {{}} | {{}} | {{}}× | {{}} % | {{}} | {{}} |", SPM30, _spm30_row(i))
       for i, lang in enumerate(("es", "es", "fr", "fr", "it", "it", "ru", "ru"))],
+    (README, "a 30 s student of the same data (`--pack_seconds 15`) lands within those intervals ({}, {}, {}, {}) at "
+     "{}×", ML30, [*[(at("gaps", f"heldout_{k}", "value"), ".2f") for k in ("es", "fr", "it", "ru")],
+                   (at("speedup"), ".2f")]),
     (README, "which shares the teacher's encoder: {}–{} % accepted, {}–{}× the teacher ({}–{}× with an 8,192-token "
      "shortlist", SPM30, [
         (lambda d: 100 * min(r["acceptance"] for r in d["rows"] if not r["draft_vocab"]), ".0f"),
