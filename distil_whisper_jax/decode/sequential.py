@@ -403,24 +403,19 @@ def window_fallback(
     run = _runner(pre, params, batch_size, dtype, devices, language, task, max_new_tokens, options)
     sized = {run.batch: run}  # a few looping pieces run as a few rows (decoding.padded_rows), not a full batch
 
-    def rows(n: int) -> _Runner:
-        k = padded_rows(n, run.batch, len(run.devices))
-        return sized.setdefault(k, dataclasses.replace(run, batch=k))
-
     def decode(waves: list[np.ndarray]) -> list[list[int]]:
-        files = []
-        for i, w in enumerate(waves):
-            f = _File(i, _Samples(iter([w])), temp_i=1)
-            if not _load_window(run, f):
-                raise ValueError(f"window_fallback: waveform {i} is empty")
-            files.append(f)
+        files = [_File(i, _Samples(iter([w])), temp_i=1) for i, w in enumerate(waves)]
+        if not all(_load_window(run, f) for f in files):
+            raise ValueError("window_fallback: an empty waveform (expected at least one sample each)")
         out: dict[int, list[int]] = {}
         taken: Counter = Counter()
         while files:
             retry = []
             for b in range(0, len(files), run.batch):
                 batch = files[b : b + run.batch]
-                for f, (ids, sum_lp, no_speech) in zip(batch, rows(len(batch)).step(batch)):
+                k = padded_rows(len(batch), run.batch, len(run.devices))
+                step = sized.setdefault(k, dataclasses.replace(run, batch=k)).step
+                for f, (ids, sum_lp, no_speech) in zip(batch, step(batch)):
                     text = run.decode_text([t for t in ids if t < run.specials.eot]).strip()
                     avg_logprob, hotter = sum_lp / (len(ids) + 1), f.temp_i + 1 < len(options.temperatures)
                     if loops is not None:
